@@ -1,0 +1,8 @@
+//! complaintd: a daemon that runs an organisation's complaint inbox by mail.
+//!
+//! See `ARCHITECTURE.md` for the code map and the invariants.
+
+pub mod calendar;
+pub mod case;
+pub mod clock;
+pub mod rules;

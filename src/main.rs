@@ -1,0 +1,2 @@
+//! The `complaintd` command line.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Loading a policy directory: files in name order, includes, parse and check.

@@ -1,0 +1,1 @@
+//! Parsing rule files: pest grammar (`grammar/rules.pest`) → typed AST with spans.

@@ -1,0 +1,1 @@
+//! Running the tests written in rule files (`complaintd rules test`).
