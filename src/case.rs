@@ -28,7 +28,10 @@ pub struct Address {
 
 impl Address {
     pub fn new(email: &str, name: Option<&str>) -> Self {
-        Address { email: email.trim().to_lowercase(), name: name.map(str::to_owned) }
+        Address {
+            email: email.trim().to_lowercase(),
+            name: name.map(str::to_owned),
+        }
     }
 
     pub fn domain(&self) -> &str {
@@ -254,6 +257,71 @@ pub struct MailFacts {
 
 impl MailFacts {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A subject reduced to what identifies "the same issue" across senders:
+/// reply/forward prefixes and bracketed case numbers removed, case folded,
+/// whitespace and punctuation collapsed.
+pub fn subject_fingerprint(subject: &str) -> String {
+    let mut rest = subject.trim();
+    loop {
+        let lower = rest.to_lowercase();
+        let stripped = [
+            "re:",
+            "fw:",
+            "fwd:",
+            "aw:",
+            "回复：",
+            "回复:",
+            "转发：",
+            "转发:",
+            "答复：",
+        ]
+        .iter()
+        .find(|p| lower.starts_with(*p))
+        .map(|p| rest[p.len()..].trim_start());
+        match stripped {
+            Some(s) => rest = s,
+            None => break,
+        }
+    }
+    let mut out = String::new();
+    let mut in_bracket = false;
+    for ch in rest.chars() {
+        match ch {
+            '[' => in_bracket = true,
+            ']' => in_bracket = false,
+            _ if in_bracket => {}
+            c if c.is_alphanumeric() => out.extend(c.to_lowercase()),
+            _ => {
+                if !out.ends_with(' ') && !out.is_empty() {
+                    out.push(' ');
+                }
+            }
+        }
+    }
+    out.trim_end().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_ignores_prefixes_case_numbers_and_punctuation() {
+        assert_eq!(
+            subject_fingerprint("Re: Fwd: [TS-2026-000123] 停气 通知!!"),
+            "停气 通知"
+        );
+        assert_eq!(subject_fingerprint("回复：停气  通知"), "停气 通知");
+        assert_eq!(
+            subject_fingerprint("Gas  Outage"),
+            subject_fingerprint("gas outage")
+        );
     }
 }

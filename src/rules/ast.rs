@@ -23,7 +23,11 @@ pub struct Span {
 impl Span {
     /// The smallest span covering both `self` and `other` (same file assumed).
     pub fn to(self, other: Span) -> Span {
-        let (first, _) = if self.start <= other.start { (self, other) } else { (other, self) };
+        let (first, _) = if self.start <= other.start {
+            (self, other)
+        } else {
+            (other, self)
+        };
         Span {
             file: self.file,
             start: self.start.min(other.start),
@@ -277,9 +281,16 @@ pub enum Expr {
         span: Span,
     },
     /// `field is set` / `field is empty`.
-    IsSet { left: Operand, negated: bool, span: Span },
+    IsSet {
+        left: Operand,
+        negated: bool,
+        span: Span,
+    },
     /// A bare flag: `open`, `overdue`, or a custom `flag` field.
-    Flag { left: Operand, span: Span },
+    Flag {
+        left: Operand,
+        span: Span,
+    },
 }
 
 impl Expr {
@@ -336,7 +347,10 @@ pub enum Aggregate {
     CasesFromSender { window: Spanned<Duration> },
     /// `count(distinct senders with same category within 48 hours)`;
     /// `same subject` compares subject fingerprints; `tag crisis` a tag.
-    DistinctSenders { key: Spanned<GroupKey>, window: Spanned<Duration> },
+    DistinctSenders {
+        key: Spanned<GroupKey>,
+        window: Spanned<Duration>,
+    },
     /// `count(reopenings)`: how often this case was reopened.
     Reopenings,
 }
@@ -557,7 +571,11 @@ pub enum TestMail {
     /// `mail file "fixtures/leak.eml"`, relative to the policy directory.
     File(Spanned<String>),
     /// Inline `mail { from: … subject: … body: """…""" }` headers.
-    Inline { headers: Vec<(Ident, Spanned<String>)>, body: Spanned<String>, span: Span },
+    Inline {
+        headers: Vec<(Ident, Spanned<String>)>,
+        body: Spanned<String>,
+        span: Span,
+    },
 }
 
 /// `given case from "a@x" at 2026-09-01T10:00:00+08:00 category billing tag t`.
@@ -583,7 +601,10 @@ pub enum Expectation {
     /// `expect route service cc office`.
     Route { department: Ident, cc: Vec<Ident> },
     /// `expect deadline resolve due 2026-10-13T17:50:00+08:00`.
-    Due { deadline: Ident, at: Spanned<chrono::DateTime<chrono::FixedOffset>> },
+    Due {
+        deadline: Ident,
+        at: Spanned<chrono::DateTime<chrono::FixedOffset>>,
+    },
     /// `expect rule media_threat fired` / `expect rule x not fired`.
     Fired { rule: Ident, fired: bool },
 }

@@ -45,11 +45,23 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(span: Span, message: impl Into<String>) -> Self {
-        Diagnostic { level: Level::Error, message: message.into(), span, help: None, note: None }
+        Diagnostic {
+            level: Level::Error,
+            message: message.into(),
+            span,
+            help: None,
+            note: None,
+        }
     }
 
     pub fn warning(span: Span, message: impl Into<String>) -> Self {
-        Diagnostic { level: Level::Warning, message: message.into(), span, help: None, note: None }
+        Diagnostic {
+            level: Level::Warning,
+            message: message.into(),
+            span,
+            help: None,
+            note: None,
+        }
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
@@ -75,12 +87,19 @@ impl Diagnostic {
         let gutter = " ".repeat(line_no.len());
         // Columns are characters; carets are placed by display width so that
         // Chinese text (two columns a character) lines up in a terminal.
-        let prefix: String = line_text.chars().take(self.span.col.saturating_sub(1) as usize).collect();
+        let prefix: String = line_text
+            .chars()
+            .take(self.span.col.saturating_sub(1) as usize)
+            .collect();
         let snippet = sources.snippet(self.span);
         let first_line_of_snippet = snippet.split('\n').next().unwrap_or("");
         let caret_count = UnicodeWidthStr::width(first_line_of_snippet).max(1);
         let _ = writeln!(out, "{}: {}", self.level, self.message);
-        let _ = writeln!(out, "{gutter}--> {path}:{}:{}", self.span.line, self.span.col);
+        let _ = writeln!(
+            out,
+            "{gutter}--> {path}:{}:{}",
+            self.span.line, self.span.col
+        );
         let _ = writeln!(out, "{gutter} |");
         let _ = writeln!(out, "{line_no} | {line_text}");
         let _ = writeln!(
@@ -126,7 +145,10 @@ pub fn render_all(diagnostics: &[Diagnostic], sources: &SourceMap) -> String {
 
 /// The closest candidate to `name` by edit distance, if it is close enough
 /// to be a likely typo (the rule `just` uses: distance below a third of the length, at least 1).
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let limit = (name.chars().count() / 3).max(1);
     candidates
         .into_iter()
@@ -149,7 +171,8 @@ mod tests {
         let file = sources.add("rules/20-route.rules", text);
         let start = text.find("servce").unwrap();
         let span = span_at(file, text, start, start + "servce".len());
-        let d = Diagnostic::error(span, "unknown department `servce`").with_help("did you mean `service`?");
+        let d = Diagnostic::error(span, "unknown department `servce`")
+            .with_help("did you mean `service`?");
         assert_eq!(
             d.render(&sources),
             "error: unknown department `servce`\n \
@@ -169,7 +192,10 @@ mod tests {
         let start = text.find("\"收费\"").unwrap();
         let span = span_at(file, text, start, start + "\"收费\"".len());
         let rendered = Diagnostic::error(span, "x").render(&sources);
-        assert!(rendered.contains("\n  |              ^^^^^^\n"), "{rendered}");
+        assert!(
+            rendered.contains("\n  |              ^^^^^^\n"),
+            "{rendered}"
+        );
     }
 
     #[test]

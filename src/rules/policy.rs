@@ -25,7 +25,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_regex_size: 1 << 20, max_text_len: 256 * 1024, max_fired_rules: 1000 }
+        Limits {
+            max_regex_size: 1 << 20,
+            max_text_len: 256 * 1024,
+            max_fired_rules: 1000,
+        }
     }
 }
 
@@ -72,7 +76,9 @@ impl Policy {
     }
 
     pub fn escalation(&self, deadline: &str) -> Option<&EscalateBlock> {
-        self.escalations.iter().find(|e| e.deadline.node == deadline)
+        self.escalations
+            .iter()
+            .find(|e| e.deadline.node == deadline)
     }
 
     pub fn calendar(&self, name: &str) -> Option<&Calendar> {

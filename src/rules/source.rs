@@ -24,7 +24,10 @@ impl SourceMap {
     }
 
     pub fn add(&mut self, path: impl Into<PathBuf>, text: impl Into<String>) -> FileId {
-        self.files.push(SourceFile { path: path.into(), text: text.into() });
+        self.files.push(SourceFile {
+            path: path.into(),
+            text: text.into(),
+        });
         (self.files.len() - 1) as FileId
     }
 
@@ -49,7 +52,9 @@ impl SourceMap {
     /// The full source line (without its newline) on which `span` starts.
     pub fn line_of(&self, span: Span) -> &str {
         let text = &self.get(span.file).text;
-        let start = text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+        let start = text[..span.start.min(text.len())]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
         let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
         text[start..end].trim_end_matches('\r')
     }
@@ -68,5 +73,11 @@ pub fn line_col(text: &str, offset: usize) -> (u32, u32) {
 /// Builds a span for `start..end` in file `file` whose text is `text`.
 pub fn span_at(file: FileId, text: &str, start: usize, end: usize) -> Span {
     let (line, col) = line_col(text, start);
-    Span { file, start, end, line, col }
+    Span {
+        file,
+        start,
+        end,
+        line,
+        col,
+    }
 }
