@@ -193,7 +193,7 @@ mod tests {
         let span = span_at(file, text, start, start + "\"收费\"".len());
         let rendered = Diagnostic::error(span, "x").render(&sources);
         assert!(
-            rendered.contains("\n  |              ^^^^^^\n"),
+            rendered.contains("\n  |               ^^^^^^\n"),
             "{rendered}"
         );
     }
