@@ -231,6 +231,116 @@ impl Case {
     }
 }
 
+/// Why something happened: the rule that decided it and the values it saw.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Because {
+    /// Rule name, `route #N`, `deadline NAME`, or a non-rule cause such as `department reply`.
+    pub rule: String,
+    /// `file:line:col` of the rule in the policy, when a rule decided it.
+    pub location: Option<String>,
+    /// The values the rule looked at, as `(what, value)` pairs.
+    pub seen: Vec<(String, String)>,
+}
+
+/// One entry of a case's append-only event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// Everything that can happen to a case. New kinds are added at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    Created {
+        message_id: String,
+        channel: String,
+        sender: String,
+    },
+    MailReceived {
+        message_id: String,
+        from: String,
+        role: String,
+        subject: String,
+    },
+    FieldSet {
+        field: String,
+        value: FieldValue,
+        because: Because,
+    },
+    TagAdded {
+        tag: String,
+        because: Because,
+    },
+    Assigned {
+        department: String,
+        cc: Vec<String>,
+        because: Because,
+    },
+    StateChanged {
+        from: CaseState,
+        to: CaseState,
+        because: Because,
+    },
+    ClockStarted {
+        deadline: String,
+        due: DateTime<Utc>,
+        calendar: Option<String>,
+        counted: String,
+        because: Because,
+    },
+    ClockPaused {
+        deadline: String,
+    },
+    ClockResumed {
+        deadline: String,
+        due: DateTime<Utc>,
+        paused_seconds: i64,
+    },
+    ClockStopped {
+        deadline: String,
+        met: bool,
+    },
+    ClockBreached {
+        deadline: String,
+    },
+    EscalationFired {
+        deadline: String,
+        step: usize,
+        template: String,
+        recipients: Vec<String>,
+        because: Because,
+    },
+    MailQueued {
+        outbox_id: String,
+        purpose: String,
+        to: Vec<String>,
+        subject: String,
+        template: String,
+    },
+    MailSent {
+        outbox_id: String,
+    },
+    MailFailed {
+        outbox_id: String,
+        permanent: bool,
+        reason: String,
+    },
+    CommandRejected {
+        from: String,
+        reason: String,
+    },
+    SecurityAlert {
+        from: String,
+        reason: String,
+    },
+    Note {
+        text: String,
+    },
+}
+
 /// An attachment as the rules see it: metadata only.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct AttachmentFacts {
