@@ -61,11 +61,15 @@ impl Calendar {
         let mut hours_given_at: [Option<Span>; 7] = [None; 7];
         let mut holidays = Vec::new();
         let mut makeup_days = Vec::new();
+        // A calendar whose only hours were rejected is not also reported as
+        // never open: that would repeat the same problem.
+        let mut hours_rejected = false;
         for entry in &decl.entries {
             match entry {
                 CalendarEntry::Hours {
                     days, intervals, ..
                 } => {
+                    let reported = problems.len();
                     let hours = check_intervals(intervals, &mut problems);
                     for set in days {
                         for day in check_weekdays(set, &hours_given_at, &mut problems) {
@@ -73,6 +77,7 @@ impl Calendar {
                             weekly[day] = hours.clone();
                         }
                     }
+                    hours_rejected |= problems.len() > reported;
                 }
                 CalendarEntry::Holiday { dates, label, .. } => {
                     holidays.extend(check_dates(dates, label, &mut problems));
@@ -83,7 +88,7 @@ impl Calendar {
             }
         }
         check_conflicts(&holidays, &makeup_days, &mut problems);
-        if weekly.iter().all(Vec::is_empty) {
+        if !hours_rejected && weekly.iter().all(Vec::is_empty) {
             problems.push(
                 Diagnostic::error(
                     decl.name.span,
