@@ -6,3 +6,4 @@ pub mod calendar;
 pub mod case;
 pub mod clock;
 pub mod rules;
+pub mod store;
