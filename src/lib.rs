@@ -7,3 +7,4 @@ pub mod case;
 pub mod clock;
 pub mod config;
 pub mod rules;
+pub mod store;
