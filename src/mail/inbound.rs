@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::html::html_to_text;
-use super::lang::detect_language;
+use super::lang::{detect_language, detect_mail_language};
 use super::quote::split_reply;
 use super::normalize_message_id;
 use crate::case::{Address, AttachmentFacts, MailFacts};
@@ -160,8 +160,10 @@ pub enum ParseProblem {
     BadTransferEncoding { part: u32 },
     /// A multipart part without a boundary parameter.
     MultipartWithoutBoundary { part: u32 },
-    /// The declared boundary never appears: the body was read as one part.
-    BoundaryNotFound { boundary: String },
+    /// The declared boundary of a multipart part never appears.
+    BoundaryNotFound { part: u32, boundary: String },
+    /// The parts were read by the boundary the body actually uses.
+    BoundaryRecovered { boundary: String },
     /// The closing `--boundary--` is missing: the mail may be truncated.
     UnterminatedMultipart { boundary: String },
     /// Only the headers were read ([`peek_headers`]).
@@ -193,10 +195,13 @@ impl std::fmt::Display for ParseProblem {
             ParseProblem::MultipartWithoutBoundary { part } => {
                 write!(f, "part {part}: multipart without a boundary")
             }
-            ParseProblem::BoundaryNotFound { boundary } => write!(
+            ParseProblem::BoundaryNotFound { part, boundary } => write!(
                 f,
-                "MIME boundary {boundary:?} never appears; the body was read as one part"
+                "part {part}: MIME boundary {boundary:?} never appears"
             ),
+            ParseProblem::BoundaryRecovered { boundary } => {
+                write!(f, "the parts were read by the boundary the body uses, {boundary:?}")
+            }
             ParseProblem::UnterminatedMultipart { boundary } => write!(
                 f,
                 "MIME boundary {boundary:?} is never closed; the mail may be truncated"
@@ -235,8 +240,63 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseError> {
     }
     let mut mail = read_headers(&message, raw);
     mail.body_parsed = true;
-    let blobs = read_body(&message, &mut mail);
+    let structure = mime_structure_problems(&message);
+    let root_boundary_lost = structure
+        .iter()
+        .any(|p| matches!(p, ParseProblem::BoundaryNotFound { part: 0, .. }));
+    mail.problems.extend(structure);
+    let blobs = if root_boundary_lost {
+        read_body_without_boundary(&parser, &message, &mut mail)
+    } else {
+        read_body(&message, &mut mail)
+    };
     Ok(ParsedMail { mail, blobs })
+}
+
+/// A multipart mail whose declared boundary never appears (a broken client
+/// or a rewriting relay): read the parts by the boundary the body actually
+/// uses, or failing that take the whole body as text.
+fn read_body_without_boundary(
+    parser: &MessageParser,
+    message: &Message<'_>,
+    mail: &mut IncomingMail,
+) -> Vec<AttachmentBlob> {
+    let body = message
+        .raw_message()
+        .get(message.root_part().offset_body as usize..)
+        .unwrap_or_default();
+    if let Some(boundary) = boundary_in_body(body) {
+        let mut synthetic =
+            format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n").into_bytes();
+        synthetic.extend_from_slice(body);
+        let reparsed = std::panic::catch_unwind(|| parser.parse(&synthetic[..]).map(Message::into_owned));
+        if let Ok(Some(reparsed)) = reparsed {
+            mail.problems.push(ParseProblem::BoundaryRecovered { boundary });
+            return read_body(&reparsed, mail);
+        }
+    }
+    let full_text = normalize_newlines(&String::from_utf8_lossy(body));
+    let split = split_reply(&full_text);
+    mail.text = split.new_text;
+    mail.quoted = split.quoted;
+    mail.body_source = BodySource::Plain;
+    mail.language = detect_mail_language(&mail.subject, &mail.text);
+    Vec::new()
+}
+
+/// The boundary of the first `--boundary` line of a body, if it has one.
+fn boundary_in_body(body: &[u8]) -> Option<String> {
+    body.split(|&b| b == b'\n').find_map(|line| {
+        let line = strip_final_newline(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let candidate = line.strip_prefix(b"--")?;
+        let candidate = candidate.strip_suffix(b"--").unwrap_or(candidate);
+        let usable = (1..=70).contains(&candidate.len())
+            && candidate
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"'()+_,-./:=?".contains(&b));
+        usable.then(|| String::from_utf8_lossy(candidate).into_owned())
+    })
 }
 
 /// Reads only the header block: cheap, for mail too large to parse whole.
@@ -361,8 +421,6 @@ fn read_headers(message: &Message<'_>, raw: &[u8]) -> IncomingMail {
 }
 
 fn read_body(message: &Message<'_>, mail: &mut IncomingMail) -> Vec<AttachmentBlob> {
-    mail.problems.extend(mime_structure_problems(message));
-
     let mut texts = Vec::new();
     let mut source = BodySource::None;
     for &id in &message.text_body {
@@ -389,7 +447,7 @@ fn read_body(message: &Message<'_>, mail: &mut IncomingMail) -> Vec<AttachmentBl
     mail.text = split.new_text;
     mail.quoted = split.quoted;
     mail.body_source = source;
-    mail.language = detect_language(&format!("{}\n{}", mail.subject, mail.text));
+    mail.language = detect_mail_language(&mail.subject, &mail.text);
 
     let mut blobs: Vec<AttachmentBlob> = Vec::new();
     for &id in &message.attachments {
@@ -450,6 +508,7 @@ fn mime_structure_problems(message: &Message<'_>) -> Vec<ParseProblem> {
         let closing = format!("--{boundary}--");
         if !contains(body, opening.as_bytes()) {
             problems.push(ParseProblem::BoundaryNotFound {
+                part: id as u32,
                 boundary: clean_line(boundary),
             });
         } else if !contains(body, closing.as_bytes()) {
@@ -543,7 +602,25 @@ fn attachment_name(part: &MessagePart<'_>, position: usize) -> String {
                 .subject()
                 .map(|s| format!("{}.eml", clean_line(s)))
                 .unwrap_or_else(|| format!("message-{position}.eml")),
-            _ => format!("attachment-{position}"),
+            _ => {
+                let mime = part.content_type().map(mime_type_of).unwrap_or_default();
+                let extension = match mime.as_str() {
+                    "message/delivery-status" | "message/global-delivery-status" => {
+                        return "delivery-status.txt".to_owned()
+                    }
+                    "text/rfc822-headers" | "message/rfc822-headers" => {
+                        return "returned-headers.txt".to_owned()
+                    }
+                    "text/plain" => ".txt",
+                    "text/html" => ".html",
+                    "image/jpeg" => ".jpg",
+                    "image/png" => ".png",
+                    "image/gif" => ".gif",
+                    "application/pdf" => ".pdf",
+                    _ => "",
+                };
+                format!("attachment-{position}{extension}")
+            }
         }
     } else {
         cleaned

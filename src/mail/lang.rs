@@ -12,6 +12,20 @@ pub const UNDETERMINED: &str = "und";
 /// At most this many characters are looked at.
 const SAMPLE_CHARS: usize = 4000;
 
+/// A body with at least this many letters decides the language on its own.
+const ENOUGH_BODY_LETTERS: usize = 20;
+
+/// Detects the language of a mail: from its text when the text says enough,
+/// else from subject and text together. Subjects are often copied from
+/// elsewhere (a forwarded mail, a form); the body is what the sender wrote.
+pub fn detect_mail_language(subject: &str, text: &str) -> String {
+    if ScriptCounts::of(text).letters() >= ENOUGH_BODY_LETTERS {
+        detect_language(text)
+    } else {
+        detect_language(&format!("{subject}\n{text}"))
+    }
+}
+
 /// Detects the language of `text`.
 pub fn detect_language(text: &str) -> String {
     let sample: String = text.chars().take(SAMPLE_CHARS).collect();
@@ -168,6 +182,15 @@ mod tests {
         assert_eq!(detect_language("Gas leak!"), "en");
         assert_eq!(detect_language("12345 !!!"), UNDETERMINED);
         assert_eq!(detect_language(""), UNDETERMINED);
+    }
+
+    #[test]
+    fn a_mail_body_outweighs_its_subject() {
+        assert_eq!(
+            detect_mail_language("投诉：燃气表漏气", "There is a smell of gas at the door of the cafe."),
+            "en"
+        );
+        assert_eq!(detect_mail_language("燃气表漏气", "Help!"), "zh");
     }
 
     #[test]

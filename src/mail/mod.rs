@@ -7,12 +7,18 @@
 //!   one is known by `sha256:<hex>` of its bytes.
 //! - Addresses are lower-cased `local@domain` ([`crate::case::Address`]).
 
+pub mod classify;
 pub mod html;
 pub mod inbound;
 pub mod lang;
+pub mod outbound;
 pub mod quote;
 pub mod token;
 
+pub use classify::{
+    classify, AutoReplyReason, ClassifyContext, KnownMessage, LoopReason, MailKind, MemoryLookup,
+    ThreadLookup, ThreadedBy, UnverifiedReason,
+};
 pub use inbound::{
     parse, peek_headers, AttachmentBlob, AttachmentMeta, BodySource, DeliveryReport,
     DsnRecipient, IncomingMail, ParseError, ParseProblem, ParsedMail,
