@@ -687,7 +687,11 @@ fn read_report(message: &Message<'_>) -> DeliveryReport {
 }
 
 fn returned_headers_id(bytes: &[u8]) -> Option<String> {
-    let message = MessageParser::new().parse_headers(bytes)?;
+    // The header parser wants the block to end in a line break, which the
+    // part body lost to its boundary.
+    let mut block = bytes.to_vec();
+    block.extend_from_slice(b"\r\n\r\n");
+    let message = MessageParser::new().parse_headers(&block[..])?;
     message.message_id().and_then(normalize_message_id)
 }
 
