@@ -13,6 +13,7 @@ pub mod inbound;
 pub mod lang;
 pub mod outbound;
 pub mod quote;
+pub mod template;
 pub mod token;
 
 pub use classify::{
