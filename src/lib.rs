@@ -6,5 +6,6 @@ pub mod calendar;
 pub mod case;
 pub mod clock;
 pub mod config;
+pub mod mail;
 pub mod rules;
 pub mod store;
