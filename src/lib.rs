@@ -5,4 +5,5 @@
 pub mod calendar;
 pub mod case;
 pub mod clock;
+pub mod config;
 pub mod rules;
