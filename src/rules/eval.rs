@@ -22,6 +22,7 @@
 mod clockmath;
 mod condition;
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
@@ -242,7 +243,7 @@ pub fn evaluate(
         policy,
         history,
         now,
-        case: case.clone(),
+        case: Cow::Borrowed(case),
         mail,
         text,
         lowered: condition::Lowered::default(),
@@ -255,6 +256,32 @@ pub fn evaluate(
         actions: evaluator.actions,
         trace: evaluator.trace,
     }
+}
+
+/// Whether `condition` holds for `case` at `now`, outside any mail (as for
+/// a schedule's filter or a test's expectation), with the values it looked at.
+pub fn holds(
+    policy: &Policy,
+    case: &Case,
+    condition: &Expr,
+    history: &dyn CaseHistory,
+    now: DateTime<Utc>,
+) -> (bool, Vec<(String, String)>) {
+    let evaluator = Evaluator {
+        policy,
+        history,
+        now,
+        case: Cow::Borrowed(case),
+        mail: None,
+        text: "",
+        lowered: condition::Lowered::default(),
+        actions: Vec::new(),
+        trace: Vec::new(),
+        fired_rules: 0,
+    };
+    let mut looked = Looked::default();
+    let holds = evaluator.eval_expr(condition, &mut looked);
+    (holds, looked.seen)
 }
 
 /// Applies actions to a case in order and returns the events to log.
@@ -456,8 +483,8 @@ struct Evaluator<'a> {
     policy: &'a Policy,
     history: &'a dyn CaseHistory,
     now: DateTime<Utc>,
-    /// A private copy of the case with every decided action applied.
-    case: Case,
+    /// The case with every decided action applied (copied on the first change).
+    case: Cow<'a, Case>,
     mail: Option<&'a MailFacts>,
     /// The mail text, cut at `limits.max_text_len`.
     text: &'a str,
@@ -506,7 +533,7 @@ impl<'a> Evaluator<'a> {
 
     /// Records an action and applies it to the working copy.
     fn push(&mut self, action: Action) {
-        mutate(&mut self.case, &action, self.now);
+        mutate(self.case.to_mut(), &action, self.now);
         self.actions.push(action);
     }
 

@@ -53,7 +53,10 @@ enum Got<'c> {
     Number(f64),
     Flag(bool),
     Date(NaiveDate),
+    /// Texts: recipients, attachment names and types.
     List(Vec<Cow<'c, str>>),
+    /// Names: the case's tags.
+    Tags(Vec<Cow<'c, str>>),
 }
 
 impl Got<'_> {
@@ -61,7 +64,7 @@ impl Got<'_> {
         match self {
             Got::Missing => false,
             Got::Text(s) | Got::Name(s) => !s.is_empty(),
-            Got::List(items) => !items.is_empty(),
+            Got::List(items) | Got::Tags(items) => !items.is_empty(),
             Got::Number(_) | Got::Flag(_) | Got::Date(_) => true,
         }
     }
@@ -73,8 +76,8 @@ impl Got<'_> {
             Got::Number(n) => FieldValue::Number(*n).to_string(),
             Got::Flag(b) => b.to_string(),
             Got::Date(d) => d.to_string(),
-            Got::List(items) if items.is_empty() => "(none)".to_owned(),
-            Got::List(items) => shorten(&items.join(", ")),
+            Got::List(items) | Got::Tags(items) if items.is_empty() => "(none)".to_owned(),
+            Got::List(items) | Got::Tags(items) => shorten(&items.join(", ")),
         }
     }
 }
@@ -215,7 +218,7 @@ impl Evaluator<'_> {
                 r.is_some_and(|r| ordering_holds(op, Some(d.cmp(&r))))
             }
             Got::Text(s) | Got::Name(s) => self.compare_str(s, matches!(got, Got::Text(_)), op, right, looked),
-            Got::List(items) => {
+            Got::List(items) | Got::Tags(items) => {
                 let Some(r) = self.value_text(right, looked) else {
                     return false;
                 };
@@ -269,6 +272,8 @@ impl Evaluator<'_> {
                 let needle = lower(needle);
                 items.iter().any(|item| lower(item).contains(needle.as_ref()))
             }
+            // `tags contains crisis` asks for the tag, not a part of one.
+            Got::Tags(items) => items.iter().any(|item| item.as_ref() == *needle),
             _ => false,
         });
         let shown = found.map_or_else(|| "(no match)".to_owned(), shorten);
@@ -300,7 +305,9 @@ impl Evaluator<'_> {
             let hit = match &got {
                 Got::Text(s) => self.lowered(left, s).contains(lower(&needle).as_ref()),
                 Got::Name(s) => s.as_ref() == needle.as_ref(),
-                Got::List(items) => items.iter().any(|item| item.as_ref() == needle.as_ref()),
+                Got::List(items) | Got::Tags(items) => {
+                    items.iter().any(|item| item.as_ref() == needle.as_ref())
+                }
                 Got::Number(n) => parse_number(&needle).is_some_and(|v| v == *n),
                 Got::Missing | Got::Flag(_) | Got::Date(_) => false,
             };
@@ -347,7 +354,7 @@ impl Evaluator<'_> {
         let number_text;
         let candidates: Vec<&str> = match &got {
             Got::Text(s) | Got::Name(s) => vec![s.as_ref()],
-            Got::List(items) => items.iter().map(|i| i.as_ref()).collect(),
+            Got::List(items) | Got::Tags(items) => items.iter().map(|i| i.as_ref()).collect(),
             Got::Number(n) => {
                 number_text = FieldValue::Number(*n).to_string();
                 vec![number_text.as_str()]
@@ -495,7 +502,7 @@ impl Evaluator<'_> {
                 Got::Name(borrowed(language))
             }
             ("status", None, 1) => Got::Name(borrowed(self.case.state.as_str())),
-            ("tags", None, 1) => Got::List(self.case.tags.iter().map(|t| borrowed(t)).collect()),
+            ("tags", None, 1) => Got::Tags(self.case.tags.iter().map(|t| borrowed(t)).collect()),
             ("open", None, 1) => Got::Flag(self.case.state.is_open()),
             ("overdue", None, 1) => Got::Flag(
                 self.case
