@@ -696,7 +696,12 @@ impl<'a> Evaluator<'a> {
 
     /// The field value an action `field = value` stores; `$N` is converted
     /// to the field's declared type.
-    fn field_value(&self, field: &str, value: &Value, looked: &Looked) -> Result<FieldValue, String> {
+    fn field_value(
+        &self,
+        field: &str,
+        value: &Value,
+        looked: &Looked,
+    ) -> Result<FieldValue, String> {
         Ok(match value {
             Value::Name(n) => FieldValue::Name(n.clone()),
             Value::Text(t) => FieldValue::Text(t.clone()),
@@ -714,9 +719,9 @@ impl<'a> Evaluator<'a> {
                             .chars()
                             .filter(|c| !matches!(c, ',' | '，' | ' '))
                             .collect();
-                        let number: f64 = digits.parse().map_err(|_| {
-                            format!("${group} = \"{captured}\" is not a number")
-                        })?;
+                        let number: f64 = digits
+                            .parse()
+                            .map_err(|_| format!("${group} = \"{captured}\" is not a number"))?;
                         if !number.is_finite() {
                             return Err(format!("${group} = \"{captured}\" is not a number"));
                         }
@@ -908,7 +913,11 @@ impl<'a> Evaluator<'a> {
                 notes: Vec::new(),
             });
             if fired {
-                chosen = Some((duration_rule.duration.clone(), duration_rule.span, looked.seen));
+                chosen = Some((
+                    duration_rule.duration.clone(),
+                    duration_rule.span,
+                    looked.seen,
+                ));
                 break;
             }
         }
@@ -946,9 +955,10 @@ impl<'a> Evaluator<'a> {
                     seen.push(("calendar".to_owned(), cal.clone()));
                 }
                 if let Some(verdict) = self.trace.last_mut() {
-                    verdict
-                        .notes
-                        .push(format!("{duration_text}: due {} ({counted})", due.to_rfc3339()));
+                    verdict.notes.push(format!(
+                        "{duration_text}: due {} ({counted})",
+                        due.to_rfc3339()
+                    ));
                 }
                 let because = self.because(&rule, span, seen);
                 self.push(Action::StartClock {
@@ -1011,7 +1021,11 @@ impl<'a> Evaluator<'a> {
     }
 
     /// When a step of a clock falls due, given the clock's current state.
-    fn step_time(&self, clock: &ClockState, step: &EscalationStep) -> Result<DateTime<Utc>, String> {
+    fn step_time(
+        &self,
+        clock: &ClockState,
+        step: &EscalationStep,
+    ) -> Result<DateTime<Utc>, String> {
         let calendar = self.calendar(clock.calendar.as_deref());
         clockmath::step_time(calendar, clock, step.at.node)
     }
@@ -1087,7 +1101,9 @@ impl<'a> Evaluator<'a> {
         verdict.seen = looked.seen.clone();
         let because = self.because(&rule, step.span, looked.seen);
         if !holds {
-            verdict.notes.push("its condition does not hold: skipped".to_owned());
+            verdict
+                .notes
+                .push("its condition does not hold: skipped".to_owned());
             self.trace.push(verdict);
             self.push(Action::MarkStepFired {
                 deadline: deadline.to_owned(),
@@ -1207,7 +1223,9 @@ impl<'a> Evaluator<'a> {
             return;
         };
         if clock.stopped_at.is_some() {
-            verdict.notes.push("the clock has stopped in time".to_owned());
+            verdict
+                .notes
+                .push("the clock has stopped in time".to_owned());
             self.trace.push(verdict);
             return;
         }
@@ -1287,10 +1305,9 @@ impl<'a> Evaluator<'a> {
                     let calendar = self.calendar(clock.calendar.as_deref());
                     match clockmath::resume(calendar, &clock, since, self.now) {
                         Ok((due, paused_seconds, counted)) => {
-                            verdict.notes.push(format!(
-                                "resumed: due {} ({counted})",
-                                due.to_rfc3339()
-                            ));
+                            verdict
+                                .notes
+                                .push(format!("resumed: due {} ({counted})", due.to_rfc3339()));
                             let because = self.because(&rule, pause_while.span(), looked.seen);
                             self.push(Action::ResumeClock {
                                 deadline: name.to_owned(),
@@ -1336,13 +1353,20 @@ pub fn location_of(policy: &Policy, span: Span) -> Option<String> {
     if span.line == 0 {
         return None;
     }
-    Some(format!("{}:{}:{}", file.path.display(), span.line, span.col))
+    Some(format!(
+        "{}:{}:{}",
+        file.path.display(),
+        span.line,
+        span.col
+    ))
 }
 
 /// The source text of a span, when it points into the policy's sources.
 pub(crate) fn snippet_of(policy: &Policy, span: Span) -> Option<&str> {
     let (_, file) = policy.sources.files().nth(span.file as usize)?;
-    file.text.get(span.start..span.end).filter(|s| !s.is_empty())
+    file.text
+        .get(span.start..span.end)
+        .filter(|s| !s.is_empty())
 }
 
 /// The name of a lifecycle event as the policy writes it.

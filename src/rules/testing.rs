@@ -62,10 +62,7 @@ pub fn run_tests(policy: &Policy, policy_dir: &Path) -> Vec<TestOutcome> {
 pub fn render_outcomes(outcomes: &[TestOutcome]) -> String {
     let mut out = String::new();
     for outcome in outcomes.iter().filter(|o| !o.passed()) {
-        out.push_str(&format!(
-            "FAILED {} ({})\n",
-            outcome.name, outcome.location
-        ));
+        out.push_str(&format!("FAILED {} ({})\n", outcome.name, outcome.location));
         for failure in &outcome.failures {
             out.push_str(&format!("    {failure}\n"));
         }
@@ -136,7 +133,8 @@ pub fn run_test(policy: &Policy, test: &TestDecl, policy_dir: &Path) -> TestOutc
     let evaluation = evaluate(policy, &case, &Input::NewComplaint(&mail), &history, now);
     apply(&mut case, &evaluation.actions, now);
     for expectation in &test.expectations {
-        if let Some(message) = check_expectation(policy, &case, &evaluation, expectation, &history, now)
+        if let Some(message) =
+            check_expectation(policy, &case, &evaluation, expectation, &history, now)
         {
             outcome.failures.push(TestFailure {
                 location: at_location(expectation.span),
@@ -201,13 +199,8 @@ fn check_expectation(
                 )
             })
         }
-        Expectation::Tag(tag) => (!case.tags.contains(&tag.node)).then(|| {
-            format!(
-                "expected tag {}, got {}",
-                tag.node,
-                tags_text(case)
-            )
-        }),
+        Expectation::Tag(tag) => (!case.tags.contains(&tag.node))
+            .then(|| format!("expected tag {}, got {}", tag.node, tags_text(case))),
         Expectation::NoTag(tag) => case
             .tags
             .contains(&tag.node)
@@ -307,10 +300,7 @@ pub fn parse_address(text: &str) -> Address {
     match (text.rfind('<'), text.rfind('>')) {
         (Some(open), Some(close)) if open < close => {
             let name = text[..open].trim().trim_matches('"').trim();
-            Address::new(
-                &text[open + 1..close],
-                (!name.is_empty()).then_some(name),
-            )
+            Address::new(&text[open + 1..close], (!name.is_empty()).then_some(name))
         }
         _ => Address::new(text, None),
     }
@@ -332,9 +322,12 @@ pub fn inline_mail(
         let value = &value.node;
         match key.as_str() {
             "from" => mail.sender = parse_address(value),
-            "to" | "cc" => mail
-                .recipients
-                .extend(value.split(',').filter(|a| !a.trim().is_empty()).map(parse_address)),
+            "to" | "cc" => mail.recipients.extend(
+                value
+                    .split(',')
+                    .filter(|a| !a.trim().is_empty())
+                    .map(parse_address),
+            ),
             "subject" => mail.subject = value.clone(),
             "date" => {
                 date = DateTime::parse_from_rfc3339(value.trim())

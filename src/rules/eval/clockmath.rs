@@ -21,7 +21,11 @@ pub fn duration_text(duration: Duration) -> String {
     format!(
         "{} {}",
         duration.amount,
-        if duration.amount == 1 { singular } else { plural }
+        if duration.amount == 1 {
+            singular
+        } else {
+            plural
+        }
     )
 }
 
@@ -196,7 +200,10 @@ fn calendar_add(
     duration: Duration,
 ) -> (DateTime<Utc>, String) {
     let due = start + elapsed(duration);
-    (due, format!("{} from {}", duration_text(duration), start.to_rfc3339()))
+    (
+        due,
+        format!("{} from {}", duration_text(duration), start.to_rfc3339()),
+    )
 }
 
 fn calendar_business_seconds(_calendar: &Calendar, from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {

@@ -217,7 +217,9 @@ impl Evaluator<'_> {
                 };
                 r.is_some_and(|r| ordering_holds(op, Some(d.cmp(&r))))
             }
-            Got::Text(s) | Got::Name(s) => self.compare_str(s, matches!(got, Got::Text(_)), op, right, looked),
+            Got::Text(s) | Got::Name(s) => {
+                self.compare_str(s, matches!(got, Got::Text(_)), op, right, looked)
+            }
             Got::List(items) | Got::Tags(items) => {
                 let Some(r) = self.value_text(right, looked) else {
                     return false;
@@ -232,7 +234,14 @@ impl Evaluator<'_> {
         }
     }
 
-    fn compare_str(&self, s: &str, is_text: bool, op: CompareOp, right: &Value, looked: &Looked) -> bool {
+    fn compare_str(
+        &self,
+        s: &str,
+        is_text: bool,
+        op: CompareOp,
+        right: &Value,
+        looked: &Looked,
+    ) -> bool {
         match op {
             CompareOp::Eq | CompareOp::Ne => {
                 let Some(r) = self.value_text(right, looked) else {
@@ -263,14 +272,22 @@ impl Evaluator<'_> {
         }
     }
 
-    fn contains(&self, left: &Operand, right: &Value, span: super::Span, looked: &mut Looked) -> bool {
+    fn contains(
+        &self,
+        left: &Operand,
+        right: &Value,
+        span: super::Span,
+        looked: &mut Looked,
+    ) -> bool {
         let got = self.operand(left);
         let needle = self.value_text(right, looked).map(|n| n.into_owned());
         let found = needle.as_deref().filter(|needle| match &got {
             Got::Text(s) | Got::Name(s) => self.lowered(left, s).contains(lower(needle).as_ref()),
             Got::List(items) => {
                 let needle = lower(needle);
-                items.iter().any(|item| lower(item).contains(needle.as_ref()))
+                items
+                    .iter()
+                    .any(|item| lower(item).contains(needle.as_ref()))
             }
             // `tags contains crisis` asks for the tag, not a part of one.
             Got::Tags(items) => items.iter().any(|item| item.as_ref() == *needle),
@@ -344,7 +361,11 @@ impl Evaluator<'_> {
         looked: &mut Looked,
     ) -> bool {
         let label = self.condition_label(span, || {
-            format!("{} matches /{}/", self.operand_label(left), regex.node.pattern)
+            format!(
+                "{} matches /{}/",
+                self.operand_label(left),
+                regex.node.pattern
+            )
         });
         let Some(compiled) = self.policy.regexes.get(&regex.span) else {
             looked.see(label, "(regex not compiled by the checker)".to_owned());
@@ -418,11 +439,15 @@ impl Evaluator<'_> {
             if let [only] = path.node.as_slice() {
                 match only.node.as_str() {
                     "text" => {
-                        return Cow::Borrowed(self.lowered.text.get_or_init(|| self.text.to_lowercase()))
+                        return Cow::Borrowed(
+                            self.lowered.text.get_or_init(|| self.text.to_lowercase()),
+                        )
                     }
                     "subject" => {
                         return Cow::Borrowed(
-                            self.lowered.subject.get_or_init(|| self.subject().to_lowercase()),
+                            self.lowered
+                                .subject
+                                .get_or_init(|| self.subject().to_lowercase()),
                         )
                     }
                     _ => {}
@@ -433,7 +458,8 @@ impl Evaluator<'_> {
     }
 
     fn subject(&self) -> &str {
-        self.mail.map_or(self.case.subject.as_str(), |m| m.subject.as_str())
+        self.mail
+            .map_or(self.case.subject.as_str(), |m| m.subject.as_str())
     }
 
     fn operand(&self, left: &Operand) -> Got<'_> {
@@ -504,12 +530,11 @@ impl Evaluator<'_> {
             ("status", None, 1) => Got::Name(borrowed(self.case.state.as_str())),
             ("tags", None, 1) => Got::Tags(self.case.tags.iter().map(|t| borrowed(t)).collect()),
             ("open", None, 1) => Got::Flag(self.case.state.is_open()),
-            ("overdue", None, 1) => Got::Flag(
-                self.case
-                    .clocks
-                    .values()
-                    .any(|c| c.stopped_at.is_none() && c.paused_since.is_none() && c.due <= self.now),
-            ),
+            ("overdue", None, 1) => {
+                Got::Flag(self.case.clocks.values().any(|c| {
+                    c.stopped_at.is_none() && c.paused_since.is_none() && c.due <= self.now
+                }))
+            }
             ("route" | "assignee", None, 1) => self
                 .case
                 .assignment
@@ -535,7 +560,9 @@ impl Evaluator<'_> {
         match aggregate {
             Aggregate::CasesFromSender { window } => {
                 let since = clockmath::window_start(until, window.node);
-                let others = self.history.cases_from_sender(&case.sender.email, since, until);
+                let others = self
+                    .history
+                    .cases_from_sender(&case.sender.email, since, until);
                 let this = u64::from(case.created_at >= since && case.created_at <= until);
                 others + this
             }
@@ -559,7 +586,8 @@ impl Evaluator<'_> {
                         )
                     }
                     GroupKey::Tag(tag) => (
-                        self.history.distinct_senders_with_tag(&tag.node, since, until),
+                        self.history
+                            .distinct_senders_with_tag(&tag.node, since, until),
                         case.tags.contains(&tag.node),
                     ),
                 };
