@@ -913,16 +913,12 @@ impl<'a> Evaluator<'a> {
                 notes: Vec::new(),
             });
             if fired {
-                chosen = Some((
-                    duration_rule.duration.clone(),
-                    duration_rule.span,
-                    looked.seen,
-                ));
+                chosen = Some((duration_rule.duration, duration_rule.span, looked.seen));
                 break;
             }
         }
         if chosen.is_none() {
-            if let Some(duration) = decl.otherwise.clone() {
+            if let Some(duration) = decl.otherwise {
                 self.trace.push(Verdict {
                     stage: Stage::Deadline,
                     rule: rule.clone(),
