@@ -70,7 +70,10 @@ fn complaints(count: usize) -> Vec<(Case, MailFacts)> {
                 text.push_str(PHRASES[rng.next() % PHRASES.len()]);
                 text.push('。');
             }
-            let subject = PHRASES[rng.next() % PHRASES.len()].chars().take(12).collect::<String>();
+            let subject = PHRASES[rng.next() % PHRASES.len()]
+                .chars()
+                .take(12)
+                .collect::<String>();
             let channel = CHANNELS[rng.next() % CHANNELS.len()];
             let attachments = (0..rng.next() % 3)
                 .map(|n| AttachmentFacts {
@@ -156,7 +159,11 @@ fn generated_policy(rules: usize) -> String {
     header(&mut out);
     out.push_str("classify {\n");
     for r in 0..rules {
-        let word = PHRASES[r % PHRASES.len()].chars().skip(r % 5).take(2).collect::<String>();
+        let word = PHRASES[r % PHRASES.len()]
+            .chars()
+            .skip(r % 5)
+            .take(2)
+            .collect::<String>();
         let condition = match r % 6 {
             0 => format!("text has any (\"{word}\", \"词{r}\", \"项{r}\")"),
             1 => format!("subject contains \"{word}\""),
@@ -239,9 +246,13 @@ fn bench_evaluate(c: &mut Criterion) {
         })
     });
 
-    let default = load_and_check(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules").as_path())
-        .policy
-        .expect("the default policy checks");
+    let default = load_and_check(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("rules")
+            .as_path(),
+    )
+    .policy
+    .expect("the default policy checks");
     let earlier = history(2_000);
     group.bench_function("default_policy", |b| {
         b.iter(|| {
