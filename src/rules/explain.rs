@@ -182,7 +182,10 @@ fn render(policy: &Policy, mail: &MailFacts, case: &Case, evaluation: &Evaluatio
             .iter()
             .filter(|v| v.stage == Stage::Deadline && v.rule == rule)
         {
-            let line = source_line(policy, verdict.span);
+            let mut line = source_line(policy, verdict.span);
+            if decl.otherwise.is_some_and(|d| d.span == verdict.span) {
+                line = format!("otherwise -> {line}");
+            }
             let _ = writeln!(
                 out,
                 "    {:<10} {}",
@@ -197,7 +200,7 @@ fn render(policy: &Policy, mail: &MailFacts, case: &Case, evaluation: &Evaluatio
                 let _ = writeln!(out, "               saw  {}", seen_text(verdict));
             }
         }
-        let _ = writeln!(out, "    counted    {counted}");
+        let _ = writeln!(out, "    {counted}");
         let block = policy.escalation(name);
         for action in &evaluation.actions {
             if let Action::ScheduleTimer {

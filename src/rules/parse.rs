@@ -157,7 +157,11 @@ impl<'t> Builder<'t> {
     fn span(&self, start: usize, end: usize) -> Span {
         let line_index = self.line_starts.partition_point(|&s| s <= start) - 1;
         let line_start = self.line_starts[line_index];
-        let col = self.text.get(line_start..start).map_or(0, |s| s.chars().count()) + 1;
+        let col = self
+            .text
+            .get(line_start..start)
+            .map_or(0, |s| s.chars().count())
+            + 1;
         Span {
             file: self.file,
             start,
@@ -227,7 +231,12 @@ impl<'t> Builder<'t> {
 
     fn severity_decl(&self, pair: Pair<'_, Rule>) -> PResult<SeverityDecl> {
         let span = self.of(&pair);
-        let levels = self.cursor(pair).pairs.iter().map(|p| self.ident(p)).collect();
+        let levels = self
+            .cursor(pair)
+            .pairs
+            .iter()
+            .map(|p| self.ident(p))
+            .collect();
         Ok(SeverityDecl { levels, span })
     }
 
@@ -235,7 +244,10 @@ impl<'t> Builder<'t> {
     fn name_and_display(&self, pair: Pair<'_, Rule>) -> PResult<(Ident, Option<Spanned<String>>)> {
         let mut c = self.cursor(pair);
         let name = self.ident(&c.expect(Rule::ident)?);
-        let display = c.optional(Rule::string).map(|s| self.string(&s)).transpose()?;
+        let display = c
+            .optional(Rule::string)
+            .map(|s| self.string(&s))
+            .transpose()?;
         Ok((name, display))
     }
 
@@ -286,7 +298,10 @@ impl<'t> Builder<'t> {
                 FIELD_TYPES.iter().map(|(n, _)| *n),
             )
         })?;
-        let display = c.optional(Rule::string).map(|s| self.string(&s)).transpose()?;
+        let display = c
+            .optional(Rule::string)
+            .map(|s| self.string(&s))
+            .transpose()?;
         Ok(FieldDecl {
             name,
             ty: Spanned::new(ty, ty_span),
@@ -297,7 +312,12 @@ impl<'t> Builder<'t> {
 
     fn languages_decl(&self, pair: Pair<'_, Rule>) -> PResult<LanguagesDecl> {
         let span = self.of(&pair);
-        let languages = self.cursor(pair).pairs.iter().map(|p| self.ident(p)).collect();
+        let languages = self
+            .cursor(pair)
+            .pairs
+            .iter()
+            .map(|p| self.ident(p))
+            .collect();
         Ok(LanguagesDecl { languages, span })
     }
 
@@ -320,9 +340,7 @@ impl<'t> Builder<'t> {
                     Rule::time_range => intervals.push(self.time_range(part)?),
                     Rule::date_range => dates.push(self.date_range(part)?),
                     Rule::string => label = Some(self.string(&part)?),
-                    other => {
-                        return Err(internal(entry_span, &format!("{other:?} in a calendar")))
-                    }
+                    other => return Err(internal(entry_span, &format!("{other:?} in a calendar"))),
                 }
             }
             entries.push(match rule {
@@ -355,7 +373,10 @@ impl<'t> Builder<'t> {
         let span = self.of(&pair);
         let mut c = self.cursor(pair);
         let name = self.ident(&c.expect(Rule::ident)?);
-        let display = c.optional(Rule::string).map(|s| self.string(&s)).transpose()?;
+        let display = c
+            .optional(Rule::string)
+            .map(|s| self.string(&s))
+            .transpose()?;
         let mut addresses = Vec::new();
         let mut manager: Option<Spanned<String>> = None;
         let mut contacts = Vec::new();
@@ -443,7 +464,10 @@ impl<'t> Builder<'t> {
         let span = self.of(&pair);
         let mut c = self.cursor(pair);
         let name = self.ident(&c.expect(Rule::ident)?);
-        let description = c.optional(Rule::string).map(|s| self.string(&s)).transpose()?;
+        let description = c
+            .optional(Rule::string)
+            .map(|s| self.string(&s))
+            .transpose()?;
         let condition = self.condition(c.expect(Rule::condition)?)?;
         let mut actions = Vec::new();
         let mut stop = false;
@@ -542,7 +566,10 @@ impl<'t> Builder<'t> {
         let span = self.of(&pair);
         let mut c = self.cursor(pair);
         let name = self.ident(&c.expect(Rule::ident)?);
-        let display = c.optional(Rule::string).map(|s| self.string(&s)).transpose()?;
+        let display = c
+            .optional(Rule::string)
+            .map(|s| self.string(&s))
+            .transpose()?;
         let mut decl = DeadlineDecl {
             name,
             display,
@@ -590,7 +617,8 @@ impl<'t> Builder<'t> {
                     });
                 }
                 Rule::deadline_otherwise => {
-                    decl.otherwise = Some(self.duration(self.cursor(part).expect(Rule::duration)?)?);
+                    decl.otherwise =
+                        Some(self.duration(self.cursor(part).expect(Rule::duration)?)?);
                 }
                 other => return Err(internal(span, &format!("{other:?} in a deadline"))),
             }
@@ -759,10 +787,11 @@ impl<'t> Builder<'t> {
             }
         }
         let Some((recipients, _)) = recipients else {
-            return Err(
-                Diagnostic::error(name.span, format!("schedule `{name}` says nobody to send to"))
-                    .with_help("add a line `to office` (departments, `<address>` or `assignee`)"),
-            );
+            return Err(Diagnostic::error(
+                name.span,
+                format!("schedule `{name}` says nobody to send to"),
+            )
+            .with_help("add a line `to office` (departments, `<address>` or `assignee`)"));
         };
         let Some(template) = template else {
             return Err(
@@ -1082,7 +1111,12 @@ impl<'t> Builder<'t> {
         let span = self.of(&pair);
         match pair.as_rule() {
             Rule::path => {
-                let parts = self.cursor(pair).pairs.iter().map(|p| self.ident(p)).collect();
+                let parts = self
+                    .cursor(pair)
+                    .pairs
+                    .iter()
+                    .map(|p| self.ident(p))
+                    .collect();
                 Ok(Operand::Path(Spanned::new(parts, span)))
             }
             Rule::header_operand => {
@@ -1165,11 +1199,12 @@ impl<'t> Builder<'t> {
             "i" => true,
             _ => {
                 let flag_span = self.span(span.start + close + 1, span.end);
-                return Err(Diagnostic::error(
-                    flag_span,
-                    format!("unknown regex flag `{flags}`"),
-                )
-                .with_help("the only flag is `i` (ignore upper/lower case), as in /refund/i"));
+                return Err(
+                    Diagnostic::error(flag_span, format!("unknown regex flag `{flags}`"))
+                        .with_help(
+                            "the only flag is `i` (ignore upper/lower case), as in /refund/i",
+                        ),
+                );
             }
         };
         Ok(Spanned::new(
@@ -1275,8 +1310,10 @@ impl<'t> Builder<'t> {
             None => first,
         };
         if last < first {
-            return Err(Diagnostic::error(span, "this date range ends before it starts")
-                .with_help("write the earlier date first, e.g. 2026-10-01..2026-10-07"));
+            return Err(
+                Diagnostic::error(span, "this date range ends before it starts")
+                    .with_help("write the earlier date first, e.g. 2026-10-01..2026-10-07"),
+            );
         }
         Ok(Spanned::new(DateRange { first, last }, span))
     }
@@ -1305,7 +1342,12 @@ impl<'t> Builder<'t> {
                 .position(|d| *d == written)
                 .or_else(|| WEEKDAYS_LONG.iter().position(|d| *d == written))
                 .ok_or_else(|| {
-                    unknown_name(self.of(name), "weekday", name.as_str(), WEEKDAYS.iter().copied())
+                    unknown_name(
+                        self.of(name),
+                        "weekday",
+                        name.as_str(),
+                        WEEKDAYS.iter().copied(),
+                    )
                 })?;
             days.push(index as u8);
         }
@@ -1389,7 +1431,10 @@ fn unknown_name<'a>(
     let d = Diagnostic::error(span, format!("unknown {what} `{written}`"));
     match did_you_mean(written, known.clone()) {
         Some(near) => d.with_help(format!("did you mean `{near}`?")),
-        None => d.with_help(format!("the {what}s are {}", or_list(known.map(|k| format!("`{k}`"))))),
+        None => d.with_help(format!(
+            "the {what}s are {}",
+            or_list(known.map(|k| format!("`{k}`")))
+        )),
     }
 }
 
@@ -1491,9 +1536,7 @@ fn parse_date(text: &str) -> Result<NaiveDate, String> {
 }
 
 /// `2026-09-30T17:50:00+08:00` → a date-time; the error carries a help line.
-fn parse_datetime(
-    text: &str,
-) -> Result<chrono::DateTime<FixedOffset>, (String, Option<String>)> {
+fn parse_datetime(text: &str) -> Result<chrono::DateTime<FixedOffset>, (String, Option<String>)> {
     let (date_text, rest) = text
         .split_once(['T', 't'])
         .ok_or_else(|| (format!("`{text}` is not a date and time"), None))?;
@@ -1514,10 +1557,7 @@ fn parse_datetime(
             while digits.len() < 9 {
                 digits.push('0');
             }
-            (
-                whole.parse().unwrap_or(99),
-                digits.parse().unwrap_or(0),
-            )
+            (whole.parse().unwrap_or(99), digits.parse().unwrap_or(0))
         }
     };
     let time = NaiveTime::from_hms_nano_opt(hour, minute, second, nanos).ok_or_else(|| {
@@ -1539,7 +1579,10 @@ fn parse_datetime(
         0
     } else {
         let sign = if offset_text.starts_with('-') { -1 } else { 1 };
-        let digits: String = offset_text[1..].chars().filter(char::is_ascii_digit).collect();
+        let digits: String = offset_text[1..]
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
         let hours: i32 = digits.get(..2).and_then(|h| h.parse().ok()).unwrap_or(99);
         let minutes: i32 = digits.get(2..).and_then(|m| m.parse().ok()).unwrap_or(99);
         if hours > 23 || minutes > 59 {
@@ -1873,7 +1916,10 @@ impl Builder<'_> {
         let message = match expected.len() {
             0 => format!("unexpected {found}"),
             1 => format!("expected {}, found {found}", expected[0]),
-            _ => format!("expected one of {}, found {found}", or_list(expected.into_iter())),
+            _ => format!(
+                "expected one of {}, found {found}",
+                or_list(expected.into_iter())
+            ),
         };
         let found_text = self.text.get(span.start..span.end).unwrap_or("");
         let help = self.hint(found_text, &positives).or(help);
