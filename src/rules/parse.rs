@@ -157,7 +157,11 @@ impl<'t> Builder<'t> {
     fn span(&self, start: usize, end: usize) -> Span {
         let line_index = self.line_starts.partition_point(|&s| s <= start) - 1;
         let line_start = self.line_starts[line_index];
-        let col = self.text.get(line_start..start).map_or(0, |s| s.chars().count()) + 1;
+        let col = self
+            .text
+            .get(line_start..start)
+            .map_or(0, |s| s.chars().count())
+            + 1;
         Span {
             file: self.file,
             start,
@@ -227,7 +231,12 @@ impl<'t> Builder<'t> {
 
     fn severity_decl(&self, pair: Pair<'_, Rule>) -> PResult<SeverityDecl> {
         let span = self.of(&pair);
-        let levels = self.cursor(pair).pairs.iter().map(|p| self.ident(p)).collect();
+        let levels = self
+            .cursor(pair)
+            .pairs
+            .iter()
+            .map(|p| self.ident(p))
+            .collect();
         Ok(SeverityDecl { levels, span })
     }
 
@@ -235,7 +244,10 @@ impl<'t> Builder<'t> {
     fn name_and_display(&self, pair: Pair<'_, Rule>) -> PResult<(Ident, Option<Spanned<String>>)> {
         let mut c = self.cursor(pair);
         let name = self.ident(&c.expect(Rule::ident)?);
-        let display = c.optional(Rule::string).map(|s| self.string(&s)).transpose()?;
+        let display = c
+            .optional(Rule::string)
+            .map(|s| self.string(&s))
+            .transpose()?;
         Ok((name, display))
     }
 
@@ -286,7 +298,10 @@ impl<'t> Builder<'t> {
                 FIELD_TYPES.iter().map(|(n, _)| *n),
             )
         })?;
-        let display = c.optional(Rule::string).map(|s| self.string(&s)).transpose()?;
+        let display = c
+            .optional(Rule::string)
+            .map(|s| self.string(&s))
+            .transpose()?;
         Ok(FieldDecl {
             name,
             ty: Spanned::new(ty, ty_span),
@@ -297,7 +312,12 @@ impl<'t> Builder<'t> {
 
     fn languages_decl(&self, pair: Pair<'_, Rule>) -> PResult<LanguagesDecl> {
         let span = self.of(&pair);
-        let languages = self.cursor(pair).pairs.iter().map(|p| self.ident(p)).collect();
+        let languages = self
+            .cursor(pair)
+            .pairs
+            .iter()
+            .map(|p| self.ident(p))
+            .collect();
         Ok(LanguagesDecl { languages, span })
     }
 
@@ -320,9 +340,7 @@ impl<'t> Builder<'t> {
                     Rule::time_range => intervals.push(self.time_range(part)?),
                     Rule::date_range => dates.push(self.date_range(part)?),
                     Rule::string => label = Some(self.string(&part)?),
-                    other => {
-                        return Err(internal(entry_span, &format!("{other:?} in a calendar")))
-                    }
+                    other => return Err(internal(entry_span, &format!("{other:?} in a calendar"))),
                 }
             }
             entries.push(match rule {
@@ -355,7 +373,10 @@ impl<'t> Builder<'t> {
         let span = self.of(&pair);
         let mut c = self.cursor(pair);
         let name = self.ident(&c.expect(Rule::ident)?);
-        let display = c.optional(Rule::string).map(|s| self.string(&s)).transpose()?;
+        let display = c
+            .optional(Rule::string)
+            .map(|s| self.string(&s))
+            .transpose()?;
         let mut addresses = Vec::new();
         let mut manager: Option<Spanned<String>> = None;
         let mut contacts = Vec::new();
@@ -443,7 +464,10 @@ impl<'t> Builder<'t> {
         let span = self.of(&pair);
         let mut c = self.cursor(pair);
         let name = self.ident(&c.expect(Rule::ident)?);
-        let description = c.optional(Rule::string).map(|s| self.string(&s)).transpose()?;
+        let description = c
+            .optional(Rule::string)
+            .map(|s| self.string(&s))
+            .transpose()?;
         let condition = self.condition(c.expect(Rule::condition)?)?;
         let mut actions = Vec::new();
         let mut stop = false;
@@ -472,7 +496,7 @@ impl<'t> Builder<'t> {
         let action = match rule {
             Rule::raise_severity => RuleAction::RaiseSeverity(self.ident(&c.expect(Rule::ident)?)),
             Rule::set_severity => RuleAction::SetSeverity(self.ident(&c.expect(Rule::ident)?)),
-            Rule::tag_action => RuleAction::Tag(self.ident(&c.expect(Rule::ident)?)),
+            Rule::tag_action => RuleAction::Tag(self.ident(&c.expect(Rule::tag_name)?)),
             _ => {
                 let field = self.ident(&c.expect(Rule::ident)?);
                 let value = self.value(c.expect(Rule::value)?)?;
@@ -525,14 +549,23 @@ impl<'t> Builder<'t> {
 
     fn route_target(&self, pair: Pair<'_, Rule>) -> PResult<RouteTarget> {
         let span = self.of(&pair);
-        let mut names = self.cursor(pair).pairs.into_iter().map(|p| self.ident(&p));
-        let department = names
-            .next()
-            .ok_or_else(|| internal(span, "a route without a department"))?;
+        let mut c = self.cursor(pair);
+        let department = self.ident(&c.expect(Rule::dept_name)?);
+        let cc = self.cc_list(c.optional(Rule::cc_list));
         Ok(RouteTarget {
             department,
-            cc: names.collect(),
+            cc,
             span,
+        })
+    }
+
+    fn cc_list(&self, pair: Option<Pair<'_, Rule>>) -> Vec<Ident> {
+        pair.map_or_else(Vec::new, |list| {
+            self.cursor(list)
+                .pairs
+                .iter()
+                .map(|p| self.ident(p))
+                .collect()
         })
     }
 
@@ -542,7 +575,10 @@ impl<'t> Builder<'t> {
         let span = self.of(&pair);
         let mut c = self.cursor(pair);
         let name = self.ident(&c.expect(Rule::ident)?);
-        let display = c.optional(Rule::string).map(|s| self.string(&s)).transpose()?;
+        let display = c
+            .optional(Rule::string)
+            .map(|s| self.string(&s))
+            .transpose()?;
         let mut decl = DeadlineDecl {
             name,
             display,
@@ -590,7 +626,8 @@ impl<'t> Builder<'t> {
                     });
                 }
                 Rule::deadline_otherwise => {
-                    decl.otherwise = Some(self.duration(self.cursor(part).expect(Rule::duration)?)?);
+                    decl.otherwise =
+                        Some(self.duration(self.cursor(part).expect(Rule::duration)?)?);
                 }
                 other => return Err(internal(span, &format!("{other:?} in a deadline"))),
             }
@@ -638,7 +675,7 @@ impl<'t> Builder<'t> {
         while let Some(r) = c.optional(Rule::recipient) {
             recipients.push(self.recipient(r)?);
         }
-        let template = self.ident(&c.expect(Rule::ident)?);
+        let template = self.ident(&c.expect(Rule::template_name)?);
         let raise_severity = match c.optional(Rule::step_raise) {
             Some(raise) => Some(self.ident(&self.cursor(raise).expect(Rule::ident)?)),
             None => None,
@@ -753,16 +790,17 @@ impl<'t> Builder<'t> {
                     if let Some(first) = &template {
                         return Err(self.repeated(part_span, "using", first.span));
                     }
-                    template = Some(self.ident(&self.cursor(part).expect(Rule::ident)?));
+                    template = Some(self.ident(&self.cursor(part).expect(Rule::template_name)?));
                 }
                 other => return Err(internal(span, &format!("{other:?} in a schedule"))),
             }
         }
         let Some((recipients, _)) = recipients else {
-            return Err(
-                Diagnostic::error(name.span, format!("schedule `{name}` says nobody to send to"))
-                    .with_help("add a line `to office` (departments, `<address>` or `assignee`)"),
-            );
+            return Err(Diagnostic::error(
+                name.span,
+                format!("schedule `{name}` says nobody to send to"),
+            )
+            .with_help("add a line `to office` (departments, `<address>` or `assignee`)"));
         };
         let Some(template) = template else {
             return Err(
@@ -925,11 +963,11 @@ impl<'t> Builder<'t> {
         let rule = inner.as_rule();
         let mut c = self.cursor(inner);
         let expectation = match rule {
-            Rule::expect_no_tag => Expectation::NoTag(self.ident(&c.expect(Rule::ident)?)),
-            Rule::expect_tag => Expectation::Tag(self.ident(&c.expect(Rule::ident)?)),
+            Rule::expect_no_tag => Expectation::NoTag(self.ident(&c.expect(Rule::tag_name)?)),
+            Rule::expect_tag => Expectation::Tag(self.ident(&c.expect(Rule::tag_name)?)),
             Rule::expect_route => {
-                let department = self.ident(&c.expect(Rule::ident)?);
-                let cc = c.pairs.iter().map(|p| self.ident(p)).collect();
+                let department = self.ident(&c.expect(Rule::dept_name)?);
+                let cc = self.cc_list(c.optional(Rule::cc_list));
                 Expectation::Route { department, cc }
             }
             Rule::expect_deadline => {
@@ -1005,7 +1043,7 @@ impl<'t> Builder<'t> {
         let span = self.of(&pair);
         let mut c = self.cursor(pair);
         let left = self.operand(c.next()?)?;
-        let Some(tail) = c.pairs.pop_front() else {
+        let Some(tail) = c.optional(Rule::cond_tail) else {
             return match left {
                 Operand::Path(_) => Ok(Expr::Flag { left, span }),
                 Operand::Header(_) => Err(Diagnostic::error(
@@ -1020,6 +1058,7 @@ impl<'t> Builder<'t> {
                 .with_help("compare it, e.g. `count(reopenings) >= 2`")),
             };
         };
+        let tail = self.cursor(tail).next()?;
         let rule = tail.as_rule();
         let mut t = self.cursor(tail);
         match rule {
@@ -1082,7 +1121,12 @@ impl<'t> Builder<'t> {
         let span = self.of(&pair);
         match pair.as_rule() {
             Rule::path => {
-                let parts = self.cursor(pair).pairs.iter().map(|p| self.ident(p)).collect();
+                let parts = self
+                    .cursor(pair)
+                    .pairs
+                    .iter()
+                    .map(|p| self.ident(p))
+                    .collect();
                 Ok(Operand::Path(Spanned::new(parts, span)))
             }
             Rule::header_operand => {
@@ -1165,11 +1209,12 @@ impl<'t> Builder<'t> {
             "i" => true,
             _ => {
                 let flag_span = self.span(span.start + close + 1, span.end);
-                return Err(Diagnostic::error(
-                    flag_span,
-                    format!("unknown regex flag `{flags}`"),
-                )
-                .with_help("the only flag is `i` (ignore upper/lower case), as in /refund/i"));
+                return Err(
+                    Diagnostic::error(flag_span, format!("unknown regex flag `{flags}`"))
+                        .with_help(
+                            "the only flag is `i` (ignore upper/lower case), as in /refund/i",
+                        ),
+                );
             }
         };
         Ok(Spanned::new(
@@ -1275,8 +1320,10 @@ impl<'t> Builder<'t> {
             None => first,
         };
         if last < first {
-            return Err(Diagnostic::error(span, "this date range ends before it starts")
-                .with_help("write the earlier date first, e.g. 2026-10-01..2026-10-07"));
+            return Err(
+                Diagnostic::error(span, "this date range ends before it starts")
+                    .with_help("write the earlier date first, e.g. 2026-10-01..2026-10-07"),
+            );
         }
         Ok(Spanned::new(DateRange { first, last }, span))
     }
@@ -1305,7 +1352,12 @@ impl<'t> Builder<'t> {
                 .position(|d| *d == written)
                 .or_else(|| WEEKDAYS_LONG.iter().position(|d| *d == written))
                 .ok_or_else(|| {
-                    unknown_name(self.of(name), "weekday", name.as_str(), WEEKDAYS.iter().copied())
+                    unknown_name(
+                        self.of(name),
+                        "weekday",
+                        name.as_str(),
+                        WEEKDAYS.iter().copied(),
+                    )
                 })?;
             days.push(index as u8);
         }
@@ -1389,7 +1441,10 @@ fn unknown_name<'a>(
     let d = Diagnostic::error(span, format!("unknown {what} `{written}`"));
     match did_you_mean(written, known.clone()) {
         Some(near) => d.with_help(format!("did you mean `{near}`?")),
-        None => d.with_help(format!("the {what}s are {}", or_list(known.map(|k| format!("`{k}`"))))),
+        None => d.with_help(format!(
+            "the {what}s are {}",
+            or_list(known.map(|k| format!("`{k}`")))
+        )),
     }
 }
 
@@ -1491,9 +1546,7 @@ fn parse_date(text: &str) -> Result<NaiveDate, String> {
 }
 
 /// `2026-09-30T17:50:00+08:00` → a date-time; the error carries a help line.
-fn parse_datetime(
-    text: &str,
-) -> Result<chrono::DateTime<FixedOffset>, (String, Option<String>)> {
+fn parse_datetime(text: &str) -> Result<chrono::DateTime<FixedOffset>, (String, Option<String>)> {
     let (date_text, rest) = text
         .split_once(['T', 't'])
         .ok_or_else(|| (format!("`{text}` is not a date and time"), None))?;
@@ -1514,10 +1567,7 @@ fn parse_datetime(
             while digits.len() < 9 {
                 digits.push('0');
             }
-            (
-                whole.parse().unwrap_or(99),
-                digits.parse().unwrap_or(0),
-            )
+            (whole.parse().unwrap_or(99), digits.parse().unwrap_or(0))
         }
     };
     let time = NaiveTime::from_hms_nano_opt(hour, minute, second, nanos).ok_or_else(|| {
@@ -1539,7 +1589,10 @@ fn parse_datetime(
         0
     } else {
         let sign = if offset_text.starts_with('-') { -1 } else { 1 };
-        let digits: String = offset_text[1..].chars().filter(char::is_ascii_digit).collect();
+        let digits: String = offset_text[1..]
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
         let hours: i32 = digits.get(..2).and_then(|h| h.parse().ok()).unwrap_or(99);
         let minutes: i32 = digits.get(2..).and_then(|m| m.parse().ok()).unwrap_or(99);
         if hours > 23 || minutes > 59 {
@@ -1677,7 +1730,7 @@ fn describe(rule: Rule) -> Option<String> {
         | Rule::escalate_block
         | Rule::schedule_decl
         | Rule::test_decl => "a declaration",
-        Rule::field_type => "a field type (`text`, `number`, `flag` or `date`)",
+        Rule::field_type => "a field type (`text`, `number`, `flag`, `date`)",
         Rule::hours_entry | Rule::holiday_entry | Rule::workday_entry => {
             "`hours`, `holiday` or `workday`"
         }
@@ -1690,7 +1743,7 @@ fn describe(rule: Rule) -> Option<String> {
         | Rule::raise_severity
         | Rule::set_severity
         | Rule::tag_action
-        | Rule::set_field => "an action (`severity >= …`, `tag …` or `field = …`)",
+        | Rule::set_field => "an action (`severity >= …`, `tag …`, `field = …`)",
         Rule::route_rule => "`when`",
         Rule::route_label => return None,
         Rule::route_otherwise => "`otherwise`",
@@ -1704,7 +1757,9 @@ fn describe(rule: Rule) -> Option<String> {
         | Rule::deadline_otherwise => "a deadline setting",
         Rule::clock_event => "an event such as `received` or `resolved`",
         Rule::escalation_step => "`at`",
-        Rule::step_offset => "when to act: `50%`, `due`, or a duration such as `2 hours before due`",
+        Rule::step_offset => {
+            "when to act: `50%`, `due`, or a duration such as `2 hours before due`"
+        }
         Rule::at_due => "`due`",
         Rule::before_due => "`before due`",
         Rule::after_due => "`after due`",
@@ -1717,11 +1772,9 @@ fn describe(rule: Rule) -> Option<String> {
         Rule::digest_clause => "`digest`",
         Rule::to_clause => "`to`",
         Rule::using_clause => "`using`",
-        Rule::test_at
-        | Rule::test_channel
-        | Rule::given_case
-        | Rule::test_mail
-        | Rule::expect => "a test line (`at`, `channel`, `given`, `mail` or `expect`)",
+        Rule::test_at | Rule::test_channel | Rule::given_case | Rule::test_mail | Rule::expect => {
+            "a test line (`at`, `channel`, `given`, `mail`, `expect`)"
+        }
         Rule::given_category | Rule::given_subject | Rule::given_tag | Rule::given_reopened => {
             "`category`, `subject`, `tag` or `reopened`"
         }
@@ -1736,8 +1789,9 @@ fn describe(rule: Rule) -> Option<String> {
         | Rule::expect_field => "an expectation",
         Rule::fired | Rule::not_fired => "`fired` or `not fired`",
         Rule::condition | Rule::cond_and | Rule::not_cond | Rule::test_cond => "a condition",
-        Rule::compare_tail | Rule::cmp_op => {
-            "a comparison (`==`, `!=`, `<`, `<=`, `>`, `>=` or `contains`)"
+        Rule::cmp_op => "a comparison (`==`, `!=`, `<`, `<=`, `>`, `>=`, `contains`)",
+        Rule::cond_tail | Rule::compare_tail => {
+            "a comparison (`==`, `>=`, `contains`, `has any (…)`, `matches /…/`, `is set`, …)"
         }
         Rule::has_tail => "`has`",
         Rule::has_mode => "`any` or `all`",
@@ -1761,12 +1815,18 @@ fn describe(rule: Rule) -> Option<String> {
         | Rule::unit_hours
         | Rule::unit_days
         | Rule::unit_weeks => {
-            "a unit (`minutes`, `hours`, `days`, `weeks`, or `working minutes`, `working hours`, `working days`)"
+            "a unit (`minutes`, `hours`, `days`, `weeks`, `working hours`, `working days`, …)"
         }
         Rule::percent => "a percentage such as `50%`",
         Rule::ident => "a name",
+        Rule::dept_name => "a department",
+        Rule::template_name => "a template",
+        Rule::tag_name => "a tag",
+        Rule::cc_list => "`cc`",
         Rule::language => "a language code such as `zh` or `en`",
-        Rule::weekdays | Rule::weekday_name => "a weekday such as `mon` or a range such as `mon..fri`",
+        Rule::weekdays | Rule::weekday_name => {
+            "a weekday such as `mon` or a range such as `mon..fri`"
+        }
         Rule::string => "a text in quotes",
         Rule::address => "an address such as <name@example.com>",
         Rule::regex => "a regex such as /refund|退款/",
@@ -1870,10 +1930,24 @@ impl Builder<'_> {
                 }
             }
         }
+        // Words first, then punctuation, then the end of the file: the order
+        // in which a reader looks for the fix.
+        expected.sort_by_key(|words| {
+            if words == "the end of the file" {
+                2
+            } else if words.starts_with('`') && !words[1..].starts_with(char::is_alphabetic) {
+                1
+            } else {
+                0
+            }
+        });
         let message = match expected.len() {
             0 => format!("unexpected {found}"),
-            1 => format!("expected {}, found {found}", expected[0]),
-            _ => format!("expected one of {}, found {found}", or_list(expected.into_iter())),
+            1 | 2 => format!("expected {}, found {found}", or_list(expected.into_iter())),
+            _ => format!(
+                "expected one of {}, found {found}",
+                or_list(expected.into_iter())
+            ),
         };
         let found_text = self.text.get(span.start..span.end).unwrap_or("");
         let help = self.hint(found_text, &positives).or(help);
@@ -1897,7 +1971,9 @@ impl Builder<'_> {
                 }
             ));
         }
-        if found == "=" && positives.contains(&Rule::cmp_op) {
+        if found == "="
+            && (positives.contains(&Rule::cmp_op) || positives.contains(&Rule::cond_tail))
+        {
             return Some("to compare, write `==`; a single `=` sets a field in an action".into());
         }
         if found == "=" && positives.contains(&Rule::op_eq) {
