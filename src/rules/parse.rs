@@ -14,7 +14,7 @@ use pest::iterators::Pair;
 use pest::Parser as _;
 
 use super::ast::*;
-use super::diag::{did_you_mean, Diagnostic};
+use super::diag::Diagnostic;
 
 #[derive(pest_derive::Parser)]
 #[grammar = "../grammar/rules.pest"]
@@ -89,6 +89,14 @@ const MONTHS: &[&str] = &[
     "November",
     "December",
 ];
+
+/// Parentheses and `not`s a condition may nest; real policies use two or three.
+/// With [`MAX_CHAIN`] this bounds the depth of a condition's tree, which the
+/// checker and the evaluator walk recursively.
+const MAX_CONDITION_DEPTH: usize = 16;
+
+/// Parts one `and` or `or` chain may join.
+const MAX_CHAIN: usize = 64;
 
 /// Numbers beyond this lose precision as `f64`; no policy needs them.
 const MAX_NUMBER_DIGITS: usize = 15;
@@ -993,7 +1001,22 @@ impl<'t> Builder<'t> {
 
     /// `a or b or c`, folded to the left; each node spans its operands.
     fn condition(&self, pair: Pair<'_, Rule>) -> PResult<Expr> {
-        self.fold(pair, Rule::cond_and, Expr::Or)
+        self.nested_condition(pair, 0)
+    }
+
+    /// `depth` counts the parentheses and `not`s around this condition; the
+    /// limit keeps a pathological file from exhausting the stack.
+    fn nested_condition(&self, pair: Pair<'_, Rule>, depth: usize) -> PResult<Expr> {
+        if depth > MAX_CONDITION_DEPTH {
+            return Err(
+                Diagnostic::error(self.of(&pair), "this condition is nested too deeply").with_note(
+                    format!(
+                        "at most {MAX_CONDITION_DEPTH} levels of parentheses and `not` are allowed"
+                    ),
+                ),
+            );
+        }
+        self.fold(pair, Rule::cond_and, Expr::Or, depth)
     }
 
     fn fold(
@@ -1001,38 +1024,80 @@ impl<'t> Builder<'t> {
         pair: Pair<'_, Rule>,
         operand_rule: Rule,
         combine: fn(Box<Expr>, Box<Expr>, Span) -> Expr,
+        depth: usize,
     ) -> PResult<Expr> {
         let span = self.of(&pair);
-        let mut operands = self.cursor(pair).pairs.into_iter();
-        let first = operands
+        // Each operand with the end of its text, closing parenthesis included,
+        // so that `(a or b) and c` spans from `(` to `c`.
+        let mut operand_pairs: Vec<(Pair<'_, Rule>, usize)> = Vec::new();
+        for child in pair.into_inner() {
+            match child.as_rule() {
+                Rule::rparen => {
+                    if let Some(last) = operand_pairs.last_mut() {
+                        last.1 = child.as_span().end();
+                    }
+                }
+                rule if is_syntax(rule) => {}
+                _ => {
+                    let end = exact_end(&child);
+                    operand_pairs.push((child, end));
+                }
+            }
+        }
+        if operand_pairs.len() > MAX_CHAIN {
+            let word = if operand_rule == Rule::cond_and {
+                "or"
+            } else {
+                "and"
+            };
+            return Err(Diagnostic::error(
+                span,
+                format!("this condition joins more than {MAX_CHAIN} parts with `{word}`"),
+            )
+            .with_help(
+                "split it over several rules, or list the values: `text has any (\"a\", \"b\", …)`",
+            ));
+        }
+        let mut operands = operand_pairs.into_iter();
+        let (first, _) = operands
             .next()
             .ok_or_else(|| internal(span, "an empty condition"))?;
-        let start = first.as_span().start();
-        let mut expr = self.operand_expr(first, operand_rule)?;
-        for next in operands {
-            let end = exact_end(&next);
-            let right = self.operand_expr(next, operand_rule)?;
+        let mut expr = self.operand_expr(first, operand_rule, depth)?;
+        for (next, end) in operands {
+            let right = self.operand_expr(next, operand_rule, depth)?;
+            let start = span.start;
             expr = combine(Box::new(expr), Box::new(right), self.span(start, end));
         }
         Ok(expr)
     }
 
-    fn operand_expr(&self, pair: Pair<'_, Rule>, operand_rule: Rule) -> PResult<Expr> {
+    fn operand_expr(
+        &self,
+        pair: Pair<'_, Rule>,
+        operand_rule: Rule,
+        depth: usize,
+    ) -> PResult<Expr> {
         if operand_rule == Rule::cond_and {
-            self.fold(pair, Rule::cond_not, Expr::And)
+            self.fold(pair, Rule::cond_not, Expr::And, depth)
         } else {
-            self.unary(pair)
+            self.unary(pair, depth)
         }
     }
 
-    fn unary(&self, pair: Pair<'_, Rule>) -> PResult<Expr> {
+    fn unary(&self, pair: Pair<'_, Rule>, depth: usize) -> PResult<Expr> {
         let span = self.of(&pair);
         match pair.as_rule() {
             Rule::not_cond => {
+                if depth >= MAX_CONDITION_DEPTH {
+                    return Err(Diagnostic::error(span, "this condition is nested too deeply")
+                        .with_note(format!(
+                            "at most {MAX_CONDITION_DEPTH} levels of parentheses and `not` are allowed"
+                        )));
+                }
                 let inner = self.cursor(pair).next()?;
-                Ok(Expr::Not(Box::new(self.unary(inner)?), span))
+                Ok(Expr::Not(Box::new(self.unary(inner, depth + 1)?), span))
             }
-            Rule::condition => self.condition(pair),
+            Rule::condition => self.nested_condition(pair, depth + 1),
             Rule::always => Ok(Expr::Always(span)),
             Rule::test_cond => self.test_cond(pair),
             other => Err(internal(span, &format!("{other:?} in a condition"))),
@@ -1439,13 +1504,26 @@ fn unknown_name<'a>(
     known: impl Iterator<Item = &'a str> + Clone,
 ) -> Diagnostic {
     let d = Diagnostic::error(span, format!("unknown {what} `{written}`"));
-    match did_you_mean(written, known.clone()) {
+    match suggest(written, known.clone()) {
         Some(near) => d.with_help(format!("did you mean `{near}`?")),
         None => d.with_help(format!(
             "the {what}s are {}",
-            or_list(known.map(|k| format!("`{k}`")))
+            join_list(known.map(|k| format!("`{k}`")).collect(), "and")
         )),
     }
+}
+
+/// The known word closest to a misspelt one, if it is a likely typo. Unlike
+/// plain edit distance, swapping two neighbouring letters (`thne`) counts as
+/// one edit, the most common slip when typing keywords.
+fn suggest<'a>(written: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (written.chars().count() / 3).max(1);
+    known
+        .filter(|k| *k != written)
+        .map(|k| (strsim::osa_distance(written, k), k))
+        .filter(|(distance, _)| *distance <= limit)
+        .min_by_key(|(distance, k)| (*distance, *k))
+        .map(|(_, k)| k)
 }
 
 /// `a`, `a or b`, `a, b or c`.
@@ -1891,8 +1969,11 @@ impl Builder<'_> {
         let positives: Vec<Rule> = match &error.variant {
             ErrorVariant::ParsingError { positives, .. } => positives.clone(),
             ErrorVariant::CustomError { message } => {
-                let span = self.span(position, position);
-                return Diagnostic::error(span, format!("cannot read this file: {message}"));
+                // pest gives up with a custom error only when its stack or call
+                // budget runs out, which takes absurdly deep nesting.
+                let (span, _) = self.found_token(position);
+                return Diagnostic::error(span, "this file is nested too deeply to read")
+                    .with_note(format!("the parser stopped here: {message}"));
             }
         };
         if let Some(lexical) = self.lexical_error(position, &positives) {
@@ -1900,13 +1981,14 @@ impl Builder<'_> {
         }
         let (span, found) = self.found_token(position);
 
+        // Where a declaration may start, pest names either every declaration
+        // keyword or (at the very start of a file) the whole file rule; both
+        // read best as "a declaration", with the keywords in a help line.
+        let top_level = positives.contains(&Rule::file)
+            || DECLARATION_KEYWORDS.iter().all(|k| positives.contains(k));
         let mut expected: Vec<String> = Vec::new();
         let mut help: Option<String> = None;
-        let declarations = DECLARATION_KEYWORDS
-            .iter()
-            .filter(|k| positives.contains(k))
-            .count();
-        if declarations == DECLARATION_KEYWORDS.len() {
+        if top_level {
             expected.push("a declaration".to_owned());
             help = Some(format!(
                 "a declaration starts with {}",
@@ -1919,9 +2001,9 @@ impl Builder<'_> {
             ));
         }
         for rule in &positives {
-            if declarations == DECLARATION_KEYWORDS.len()
-                && (DECLARATION_KEYWORDS.contains(rule) || *rule == Rule::EOI)
-            {
+            let part_of_declaration =
+                DECLARATION_KEYWORDS.contains(rule) || *rule == Rule::EOI || *rule == Rule::file;
+            if top_level && part_of_declaration {
                 continue;
             }
             if let Some(words) = describe(*rule) {
@@ -1950,7 +2032,11 @@ impl Builder<'_> {
             ),
         };
         let found_text = self.text.get(span.start..span.end).unwrap_or("");
-        let help = self.hint(found_text, &positives).or(help);
+        let mut candidates = positives.clone();
+        if top_level {
+            candidates.extend_from_slice(DECLARATION_KEYWORDS);
+        }
+        let help = self.hint(found_text, &candidates).or(help);
         let diagnostic = Diagnostic::error(span, message);
         match help {
             Some(help) => diagnostic.with_help(help),
@@ -1981,7 +2067,7 @@ impl Builder<'_> {
         }
         if first.is_alphabetic() {
             let keywords: Vec<&str> = positives.iter().filter_map(|r| token_text(*r)).collect();
-            if let Some(near) = did_you_mean(found, keywords.iter().copied()) {
+            if let Some(near) = suggest(found, keywords.iter().copied()) {
                 return Some(format!("did you mean `{near}`?"));
             }
         }
@@ -2018,7 +2104,7 @@ impl Builder<'_> {
         let rest = self.text.get(position..)?;
         let line_end = rest.find(['\n', '\r']).unwrap_or(rest.len());
         let line = &rest[..line_end];
-        if rest.starts_with("\"\"\"") && positives.contains(&Rule::string) {
+        if rest.starts_with("\"\"\"") {
             if !rest[3..].contains("\"\"\"") {
                 return Some(
                     Diagnostic::error(
@@ -2030,7 +2116,9 @@ impl Builder<'_> {
             }
             return None;
         }
-        if rest.starts_with('"') && positives.contains(&Rule::string) {
+        // pest stops at the opening quote of a malformed text whatever it
+        // expected there, so a text is examined even when none was expected.
+        if rest.starts_with('"') {
             let mut chars = line.char_indices().skip(1);
             while let Some((i, c)) = chars.next() {
                 match c {
