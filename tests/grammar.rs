@@ -1401,3 +1401,148 @@ fn fixtures_render_exactly_as_expected() {
     assert!(checked >= 20, "only {checked} fixtures");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+// ------------------------------------------------------------------ robustness
+
+mod robustness {
+    use complaintd::rules::parse::parse_file;
+    use complaintd::rules::source::line_col;
+    use complaintd::rules::SourceMap;
+    use proptest::prelude::*;
+
+    /// Whatever the text, parsing returns; an error points inside the text
+    /// at a character boundary, with the right line and column, and renders.
+    fn parses_or_reports_cleanly(text: &str) {
+        let mut sources = SourceMap::new();
+        let id = sources.add("t.rules", text);
+        if let Err(d) = parse_file(id, text) {
+            let span = d.span;
+            assert!(span.start <= span.end && span.end <= text.len(), "{span:?}");
+            assert!(text.is_char_boundary(span.start) && text.is_char_boundary(span.end));
+            assert_eq!((span.line, span.col), line_col(text, span.start));
+            let rendered = d.render(&sources);
+            assert!(rendered.starts_with("error: "), "{rendered}");
+            assert!(
+                !rendered.contains("cond_") && !rendered.contains("kw_"),
+                "{rendered}"
+            );
+        }
+    }
+
+    const VOCABULARY: &[&str] = &[
+        "classify",
+        "rule",
+        "r",
+        ":",
+        "when",
+        "then",
+        "and",
+        "or",
+        "not",
+        "(",
+        ")",
+        "{",
+        "}",
+        ",",
+        "==",
+        ">=",
+        "=",
+        "->",
+        "route",
+        "otherwise",
+        "cc",
+        "deadline",
+        "escalate",
+        "at",
+        "50%",
+        "due",
+        "notify",
+        "using",
+        "3",
+        "working",
+        "days",
+        "hours",
+        "\"文本\"",
+        "\"",
+        "/re/i",
+        "/",
+        "<a@b.c>",
+        "<",
+        "has",
+        "any",
+        "all",
+        "matches",
+        "is",
+        "set",
+        "empty",
+        "count",
+        "cases",
+        "from",
+        "same",
+        "sender",
+        "within",
+        "test",
+        "mail",
+        "expect",
+        "2026-10-01",
+        "2026-02-30",
+        "09:00-12:00",
+        "2026-09-30T17:50:00+08:00",
+        "$1",
+        "$0",
+        "质检部",
+        "tag",
+        "stop",
+        "severity",
+        "category",
+        "calendar",
+        "hours",
+        "mon..fri",
+        "holiday",
+        "department",
+        "manager",
+        "schedule",
+        "\"\"\"",
+        "#",
+        "\n",
+        "，",
+        "：",
+    ];
+
+    proptest! {
+        #[test]
+        fn arbitrary_text(text in "\\PC{0,120}") {
+            parses_or_reports_cleanly(&text);
+        }
+
+        #[test]
+        fn sequences_of_tokens(tokens in prop::collection::vec(prop::sample::select(VOCABULARY), 0..40)) {
+            parses_or_reports_cleanly(&tokens.join(" "));
+        }
+
+        #[test]
+        fn damaged_default_policy(
+            file in prop::sample::select(&[
+                "rules/00-organisation.rules",
+                "rules/10-classify.rules",
+                "rules/20-route.rules",
+                "rules/30-deadlines.rules",
+                "rules/90-tests.rules",
+            ][..]),
+            at in any::<prop::sample::Index>(),
+            removed in 0..12usize,
+            inserted in "[\\PC\n]{0,4}",
+        ) {
+            let original = std::fs::read_to_string(file).unwrap();
+            let chars: Vec<char> = original.chars().collect();
+            let start = at.index(chars.len());
+            let end = (start + removed).min(chars.len());
+            let damaged: String = chars[..start]
+                .iter()
+                .chain(inserted.chars().collect::<Vec<_>>().iter())
+                .chain(chars[end..].iter())
+                .collect();
+            parses_or_reports_cleanly(&damaged);
+        }
+    }
+}

@@ -339,3 +339,287 @@ impl<B: Backend> Loader<B> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::diag::render_all;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn paths(loaded: &Loaded) -> Vec<String> {
+        loaded
+            .sources
+            .files()
+            .map(|(_, f)| f.path.display().to_string())
+            .collect()
+    }
+
+    /// The category names of each parsed file, in load order.
+    fn categories(loaded: &Loaded) -> Vec<Vec<String>> {
+        loaded
+            .files
+            .iter()
+            .map(|f| {
+                f.items
+                    .iter()
+                    .filter_map(|i| match i {
+                        Item::Category(c) => Some(c.name.node.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_default_policy_loads_without_problems() {
+        let loaded = load_dir(Path::new("rules"));
+        assert_eq!(render_all(&loaded.diagnostics, &loaded.sources), "");
+        assert_eq!(
+            paths(&loaded),
+            [
+                "rules/00-organisation.rules",
+                "rules/10-classify.rules",
+                "rules/20-route.rules",
+                "rules/30-deadlines.rules",
+                "rules/90-tests.rules"
+            ]
+        );
+        assert_eq!(loaded.files.len(), 5);
+    }
+
+    #[test]
+    fn only_rules_files_directly_in_the_directory_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "20-b.rules", "category b");
+        write(root, "10-a.rules", "category a");
+        write(root, "notes.txt", "not a policy");
+        write(root, ".10-a.rules.swp", "category swap");
+        write(root, "examples/x.rules", "category example");
+        write(root, "templates/reminder.zh.txt", "text");
+        let loaded = load_dir(root);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        assert_eq!(categories(&loaded), [vec!["a"], vec!["b"]]);
+        assert_eq!(
+            paths(&loaded),
+            [
+                root.join("10-a.rules").display().to_string(),
+                root.join("20-b.rules").display().to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn includes_are_relative_loaded_once_and_follow_their_includer() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(
+            root,
+            "10-main.rules",
+            "include \"shared/common.rules\"\ninclude \"20-other.rules\"\ncategory main",
+        );
+        write(
+            root,
+            "20-other.rules",
+            "include \"shared/common.rules\"\ncategory other",
+        );
+        write(
+            root,
+            "shared/common.rules",
+            "include \"../shared/deeper.rules\"\ncategory common",
+        );
+        write(root, "shared/deeper.rules", "category deeper");
+        let loaded = load_dir(root);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        assert_eq!(
+            categories(&loaded),
+            [vec!["main"], vec!["common"], vec!["deeper"], vec!["other"]]
+        );
+        // Each item's span names the file it came from.
+        for (id, file) in loaded.files.iter().enumerate() {
+            let Some(Item::Category(c)) = file.items.last() else {
+                panic!()
+            };
+            assert_eq!(c.span.file, id as FileId);
+            assert_eq!(
+                loaded.sources.snippet(c.span),
+                format!("category {}", c.name)
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_include_is_reported_at_its_string() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "10-main.rules",
+            "category a\ninclude \"nope.rules\"\n",
+        );
+        let loaded = load_dir(dir.path());
+        assert_eq!(loaded.files.len(), 1);
+        let main = dir.path().join("10-main.rules");
+        let missing = dir.path().join("nope.rules");
+        assert_eq!(
+            loaded.diagnostics[0].render(&loaded.sources),
+            format!(
+                "error: cannot include `{}`: it does not exist\n \
+                 --> {}:2:9\n  \
+                 |\n\
+                 2 | include \"nope.rules\"\n  \
+                 |         ^^^^^^^^^^^^\n",
+                missing.display(),
+                main.display()
+            )
+        );
+    }
+
+    #[test]
+    fn an_include_cycle_is_reported_where_it_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "10-a.rules", "include \"b.inc\"\ncategory a");
+        write(root, "b.inc", "include \"c.inc\"\ncategory b");
+        write(root, "c.inc", "category c\ninclude \"10-a.rules\"");
+        let loaded = load_dir(root);
+        assert_eq!(loaded.diagnostics.len(), 1, "{:?}", loaded.diagnostics);
+        let d = &loaded.diagnostics[0];
+        assert_eq!(
+            d.message,
+            format!(
+                "include cycle: `{}` includes `{}` includes `{}` includes `{}`",
+                root.join("10-a.rules").display(),
+                root.join("b.inc").display(),
+                root.join("c.inc").display(),
+                root.join("10-a.rules").display()
+            )
+        );
+        assert_eq!(loaded.sources.snippet(d.span), "\"10-a.rules\"");
+        assert_eq!(loaded.sources.path(d.span.file), root.join("c.inc"));
+        // Every file of the cycle is still loaded, once.
+        assert_eq!(categories(&loaded), [vec!["a"], vec!["b"], vec!["c"]]);
+    }
+
+    #[test]
+    fn a_file_including_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "10-a.rules", "include \"./10-a.rules\"");
+        let loaded = load_dir(dir.path());
+        assert_eq!(loaded.diagnostics.len(), 1);
+        assert!(loaded.diagnostics[0].message.ends_with("includes itself"));
+    }
+
+    #[test]
+    fn every_file_with_an_error_is_reported_and_the_others_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "10-bad.rules", "category \"oops\"");
+        write(root, "20-good.rules", "category fine");
+        write(root, "30-bad.rules", "route { otherwise -> }");
+        let loaded = load_dir(root);
+        assert_eq!(categories(&loaded), [vec!["fine"]]);
+        let messages: Vec<(String, &str)> = loaded
+            .diagnostics
+            .iter()
+            .map(|d| {
+                (
+                    loaded.sources.path(d.span.file).display().to_string(),
+                    d.message.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                (
+                    root.join("10-bad.rules").display().to_string(),
+                    "expected a name, found `\"oops\"`"
+                ),
+                (
+                    root.join("30-bad.rules").display().to_string(),
+                    "expected a department, found `}`"
+                )
+            ]
+        );
+        assert!(loaded.has_errors());
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_reported_at_the_first_bad_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = b"category a\ncategory b \"".to_vec();
+        bytes.extend_from_slice(&[0xB7, 0xFE]);
+        bytes.extend_from_slice(b"\"\n");
+        std::fs::write(dir.path().join("10-gbk.rules"), bytes).unwrap();
+        let loaded = load_dir(dir.path());
+        assert!(loaded.files.is_empty());
+        let d = &loaded.diagnostics[0];
+        assert_eq!(d.message, "this file is not UTF-8 text");
+        assert_eq!((d.span.line, d.span.col), (2, 13));
+    }
+
+    #[test]
+    fn a_missing_or_empty_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = load_dir(dir.path());
+        assert_eq!(
+            loaded.diagnostics[0].message,
+            format!("`{}` holds no policy files", dir.path().display())
+        );
+        let gone = dir.path().join("gone");
+        let loaded = load_dir(&gone);
+        assert_eq!(
+            loaded.diagnostics[0].message,
+            format!(
+                "cannot read the policy directory `{}`: it does not exist",
+                gone.display()
+            )
+        );
+    }
+
+    #[test]
+    fn sources_in_memory_resolve_includes_among_themselves() {
+        let mut sources = SourceMap::new();
+        sources.add(
+            "p/10-main.rules",
+            "include \"lib/common.rules\"\ncategory main",
+        );
+        sources.add(
+            "p/20-next.rules",
+            "category next\ninclude \"missing.rules\"",
+        );
+        sources.add(
+            "p/lib/common.rules",
+            "include \"../10-main.rules\"\ncategory common",
+        );
+        let loaded = load_sources(sources);
+        assert_eq!(
+            categories(&loaded),
+            [vec!["main"], vec!["common"], vec!["next"]]
+        );
+        let found: Vec<(&str, &str)> = loaded
+            .diagnostics
+            .iter()
+            .map(|d| (d.message.as_str(), loaded.sources.snippet(d.span)))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "include cycle: `p/10-main.rules` includes `p/lib/common.rules` includes `p/lib/../10-main.rules`",
+                    "\"../10-main.rules\""
+                ),
+                (
+                    "cannot include `p/missing.rules`: it does not exist",
+                    "\"missing.rules\""
+                )
+            ]
+        );
+    }
+}

@@ -2036,7 +2036,8 @@ impl Builder<'_> {
         if top_level {
             candidates.extend_from_slice(DECLARATION_KEYWORDS);
         }
-        let help = self.hint(found_text, &candidates).or(help);
+        let after = self.text.get(span.end..).unwrap_or("");
+        let help = self.hint(found_text, after, &candidates).or(help);
         let diagnostic = Diagnostic::error(span, message);
         match help {
             Some(help) => diagnostic.with_help(help),
@@ -2045,9 +2046,17 @@ impl Builder<'_> {
     }
 
     /// A targeted hint: a misspelt keyword, full-width punctuation, `=` for `==`.
-    fn hint(&self, found: &str, positives: &[Rule]) -> Option<String> {
+    fn hint(&self, found: &str, after: &str, positives: &[Rule]) -> Option<String> {
         let first = found.chars().next()?;
-        if let Some((_, ascii)) = FULL_WIDTH.iter().find(|(c, _)| *c == first) {
+        // A full-width mark right after a name (`安全：`) is as likely the
+        // culprit as one standing alone.
+        let next = after.trim_start_matches([' ', '\t']).chars().next();
+        let full_width = FULL_WIDTH
+            .iter()
+            .find(|(c, _)| *c == first)
+            .or_else(|| FULL_WIDTH.iter().find(|(c, _)| Some(*c) == next));
+        if let Some((mark, ascii)) = full_width {
+            let first = mark;
             return Some(format!(
                 "`{first}` is full-width punctuation from a Chinese input method; write {} instead",
                 if ascii.starts_with("nothing") {
@@ -2104,8 +2113,8 @@ impl Builder<'_> {
         let rest = self.text.get(position..)?;
         let line_end = rest.find(['\n', '\r']).unwrap_or(rest.len());
         let line = &rest[..line_end];
-        if rest.starts_with("\"\"\"") {
-            if !rest[3..].contains("\"\"\"") {
+        if let Some(after) = rest.strip_prefix("\"\"\"") {
+            if !after.contains("\"\"\"") {
                 return Some(
                     Diagnostic::error(
                         self.span(position, position + 3),
