@@ -163,3 +163,13 @@ proptest! {
         let _ = token::claimed_case(&address);
     }
 }
+
+#[test]
+fn a_peeked_bounce_is_still_a_bounce() {
+    let peek = peek_headers(&fixture("dsn-bounce.eml")).unwrap();
+    let report = peek
+        .report
+        .expect("the report type is read from the header");
+    assert_eq!(report.report_type, "delivery-status");
+    assert_eq!(report.original_message_id, None);
+}
