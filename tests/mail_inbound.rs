@@ -173,3 +173,14 @@ fn a_peeked_bounce_is_still_a_bounce() {
     assert_eq!(report.report_type, "delivery-status");
     assert_eq!(report.original_message_id, None);
 }
+
+#[test]
+fn an_empty_plain_part_gives_way_to_the_html() {
+    let raw = "From: a@example.com\r\nSubject: x\r\nMessage-ID: <e@x>\r\n\
+               Content-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n\
+               --alt\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n \r\n\
+               --alt\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<div>燃气表坏了</div>\r\n--alt--\r\n";
+    let mail = parse(raw.as_bytes()).unwrap().mail;
+    assert_eq!(mail.text, "燃气表坏了");
+    assert_eq!(mail.body_source, complaintd::mail::BodySource::Html);
+}

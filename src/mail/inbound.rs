@@ -480,6 +480,22 @@ fn read_body(message: &Message<'_>, mail: &mut IncomingMail) -> Vec<AttachmentBl
             _ => {}
         }
     }
+    // Some clients send an empty text/plain beside the real HTML body.
+    if texts.iter().all(|t| t.trim().is_empty()) {
+        let html_texts: Vec<String> = message
+            .html_body
+            .iter()
+            .filter_map(|&id| match &message.parts.get(id as usize)?.body {
+                PartType::Html(html) => Some(html_to_text(html)),
+                _ => None,
+            })
+            .filter(|t| !t.trim().is_empty())
+            .collect();
+        if !html_texts.is_empty() {
+            texts = html_texts;
+            source = BodySource::Html;
+        }
+    }
     let full_text = normalize_newlines(&texts.join("\n\n"));
     let split = split_reply(&full_text);
     mail.text = split.new_text;
