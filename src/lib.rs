@@ -5,5 +5,7 @@
 pub mod calendar;
 pub mod case;
 pub mod clock;
+pub mod config;
 pub mod mail;
 pub mod rules;
+pub mod store;
