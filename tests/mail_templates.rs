@@ -201,6 +201,39 @@ fn acknowledgement_shows_the_case_number_and_nothing_the_sender_wrote() {
 }
 
 #[test]
+fn the_acknowledgement_context_holds_no_case_content() {
+    let templates = default_templates();
+    let full = full_context("SECRET-SUBJECT", "SECRET-NAME", "SECRET-TEXT");
+    let context = TemplateContext::acknowledgement(
+        "某市燃气有限公司",
+        "zh",
+        "2026-11-24 10:05",
+        full.case.as_ref().unwrap(),
+    );
+    let json = serde_json::to_string(&context).unwrap();
+    assert!(!json.contains("SECRET"), "{json}");
+    assert!(!json.contains("wang@example.com"), "{json}");
+    assert!(json.contains("TS-2026-000123"));
+    // Even a template edited to print content has nothing to print.
+    let edited = Templates::from_files(
+        files(&[(
+            "acknowledgement.zh.txt",
+            "Subject: {{ case.subject }}\n\n{{ case.sender.email }}{{ mail }}{{ case.fields }}\n",
+        )]),
+        &languages(),
+    )
+    .unwrap();
+    let rendered = edited.render("acknowledgement", "zh", &context).unwrap();
+    assert!(!format!("{rendered:?}").contains("SECRET"));
+    for language in languages() {
+        let rendered = templates
+            .render("acknowledgement", &language, &context)
+            .unwrap();
+        assert!(rendered.text.contains("TS-2026-000123"));
+    }
+}
+
+#[test]
 fn forward_carries_case_fields_text_deadlines_and_reply_commands() {
     let templates = default_templates();
     let context = full_context("账单多收", "王女士", "这个月账单多收了三百元。");
