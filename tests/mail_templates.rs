@@ -94,6 +94,7 @@ fn sample_case(subject: &str, sender_name: &str) -> Case {
             paused_seconds: 0,
             stopped_at: None,
             fired_steps: Default::default(),
+            business: true,
         },
     );
     case
