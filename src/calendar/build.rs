@@ -5,7 +5,7 @@ use std::fmt;
 use chrono::{NaiveDate, Weekday};
 use chrono_tz::Tz;
 
-use super::{Calendar, DateIndex, LabelledDates, DEFAULT_HORIZON_DAYS};
+use super::{Calendar, LabelledDates, SpecialDays, DEFAULT_HORIZON_DAYS};
 use crate::rules::ast::{
     CalendarDecl, CalendarEntry, DateRange, Span, Spanned, TimeRange, WeekdaySet,
 };
@@ -114,24 +114,21 @@ impl Calendar {
             None => default_makeup_weekday(&weekly),
         };
         match zone {
-            Some(zone) if problems.is_empty() => Ok(Calendar {
-                name: decl.name.node.clone(),
-                zone,
-                weekly,
-                makeup_weekday,
-                holiday_index: DateIndex::new(
-                    &holidays.iter().map(|h| h.node.clone()).collect::<Vec<_>>(),
-                ),
-                holidays: holidays.into_iter().map(|h| h.node).collect(),
-                makeup_index: DateIndex::new(
-                    &makeup_days
-                        .iter()
-                        .map(|m| m.node.clone())
-                        .collect::<Vec<_>>(),
-                ),
-                makeup_days: makeup_days.into_iter().map(|m| m.node).collect(),
-                horizon_days: options.horizon_days,
-            }),
+            Some(zone) if problems.is_empty() => {
+                let holidays: Vec<LabelledDates> = holidays.into_iter().map(|h| h.node).collect();
+                let makeup_days: Vec<LabelledDates> =
+                    makeup_days.into_iter().map(|m| m.node).collect();
+                Ok(Calendar {
+                    name: decl.name.node.clone(),
+                    zone,
+                    weekly,
+                    makeup_weekday,
+                    special_days: SpecialDays::new(&holidays, &makeup_days),
+                    holidays,
+                    makeup_days,
+                    horizon_days: options.horizon_days,
+                })
+            }
             _ => {
                 problems.sort_by_key(|d| (d.span.file, d.span.start));
                 Err(problems)
