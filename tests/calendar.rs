@@ -569,6 +569,32 @@ mod limits {
             horizon
         );
         assert!(!closed.is_open(start));
+        let next_week = at("2026-10-15T10:00:00+08:00");
+        assert_eq!(closed.business_seconds_between(start, next_week), Ok(0));
+    }
+
+    #[test]
+    fn answers_before_a_long_closure_need_no_search_beyond_it() {
+        let closing = CalendarBuilder::new("closing", "Asia/Shanghai")
+            .hours(Weekday::Mon, Weekday::Fri, "09:00-17:00")
+            .holiday(date(2026, 10, 9), date(2099, 12, 31), "closed for good")
+            .build()
+            .unwrap();
+        let last_morning = at("2026-10-08T10:00:00+08:00");
+        let last_close = at("2026-10-08T17:00:00+08:00");
+        assert_eq!(closing.next_close(last_morning), Ok(last_close));
+        assert_eq!(
+            closing.business_seconds_between(last_morning, at("2026-10-20T00:00:00+08:00")),
+            Ok(7 * 3600)
+        );
+        let (due, text) = closing
+            .explain_add(last_morning, duration(7, DurationUnit::WorkingHours))
+            .unwrap();
+        assert_eq!(due, last_close);
+        assert_eq!(
+            text,
+            "counted 7 working hours (Asia/Shanghai): 2026-10-08 10:00–17:00"
+        );
     }
 
     #[test]

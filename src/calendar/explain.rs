@@ -103,8 +103,8 @@ impl Calendar {
         let mut days: Vec<(NaiveDate, Vec<String>)> = Vec::new();
         if due > start {
             let mut spans = self.open_spans_from(start)?;
-            loop {
-                let span = spans.next_span()?;
+            let last_day = self.local_date(due).succ_opt();
+            while let Some(span) = spans.next_span_through(last_day)? {
                 let (span_start, span_end) = (from_nanos(span.start), from_nanos(span.end));
                 if span_start >= due {
                     break;

@@ -27,7 +27,7 @@ use chrono_tz::Tz;
 use crate::rules::ast::{Duration, DurationUnit, TimeRange};
 
 pub use build::{CalendarBuildError, CalendarBuilder, CalendarOptions};
-use walk::{from_nanos, to_nanos, Nanos, NANOS_PER_SECOND};
+use walk::{from_nanos, to_nanos, Nanos, OpenSpan, NANOS_PER_SECOND};
 
 /// Days searched before a computation gives up: twenty years.
 pub const DEFAULT_HORIZON_DAYS: u32 = 20 * 366;
@@ -207,21 +207,30 @@ impl Calendar {
 
     /// When the open period containing `at` ends, or, when closed at `at`,
     /// when the next open period ends. Intervals that touch (one ends when
-    /// the next begins, e.g. across midnight) are one open period.
+    /// the next begins, e.g. across midnight) are one open period, so a
+    /// calendar open day and night has no close within its horizon.
     pub fn next_close(&self, at: DateTime<Utc>) -> Result<DateTime<Utc>, CalendarError> {
         let mut spans = self.open_spans_from(at)?;
-        let mut close = spans.next_span()?.end;
+        let mut close = spans.next_span()?;
         loop {
-            let next = spans.next_span()?;
-            if next.start > close {
-                return Ok(from_nanos(close));
+            // Only an interval of the next day can touch one that ends at
+            // midnight; looking further would only search in vain.
+            let touching_day = close.date.succ_opt();
+            match spans.next_span_through(touching_day)? {
+                Some(next) if next.start <= close.end => {
+                    close = OpenSpan {
+                        end: close.end.max(next.end),
+                        ..next
+                    };
+                }
+                _ => return Ok(from_nanos(close.end)),
             }
-            close = close.max(next.end);
         }
     }
 
-    /// Open time between `from` and `until`, in whole seconds; 0 when
-    /// `until <= from`.
+    /// Open time between `from` and `until`, in whole seconds (a fraction
+    /// of a second is dropped); 0 when `until <= from`. Instants further
+    /// apart than the calendar's horizon are an error.
     pub fn business_seconds_between(
         &self,
         from: DateTime<Utc>,
@@ -239,15 +248,16 @@ impl Calendar {
         if until <= from {
             return Ok(total);
         }
+        let last_day = self.local_date(until).succ_opt();
         let until = to_nanos(self, until)?;
         let mut spans = self.open_spans_from(from)?;
-        loop {
-            let span = spans.next_span()?;
+        while let Some(span) = spans.next_span_through(last_day)? {
             if span.start >= until {
-                return Ok(total);
+                break;
             }
             total += span.end.min(until) - span.start;
         }
+        Ok(total)
     }
 
     /// The instant `secs` seconds of open time after `start`.

@@ -250,16 +250,32 @@ impl Forward<'_> {
     /// The next open interval, or an error past the horizon.
     pub(crate) fn next_span(&mut self) -> Result<OpenSpan, CalendarError> {
         loop {
+            if let Some(span) = self.next_span_through(None)? {
+                return Ok(span);
+            }
+        }
+    }
+
+    /// The next open interval of a day up to `last_day`, `None` when there
+    /// is none, or an error past the horizon.
+    pub(crate) fn next_span_through(
+        &mut self,
+        last_day: Option<NaiveDate>,
+    ) -> Result<Option<OpenSpan>, CalendarError> {
+        loop {
             while let Some(span) = self.day.spans.get(self.position).copied() {
                 self.position += 1;
                 if span.end > self.from {
-                    return Ok(OpenSpan {
+                    return Ok(Some(OpenSpan {
                         start: span.start.max(self.from),
                         ..span
-                    });
+                    }));
                 }
             }
             let date = self.next_day.ok_or_else(|| self.calendar.out_of_range())?;
+            if last_day.is_some_and(|last| date > last) {
+                return Ok(None);
+            }
             // The walk starts the day before `from`; the horizon counts from
             // the day of `from`.
             if self.days_walked > self.calendar.horizon_days {
