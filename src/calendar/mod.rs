@@ -422,3 +422,117 @@ impl Calendar {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, m, d).expect("valid test date")
+    }
+
+    fn dates(first: NaiveDate, last: NaiveDate, label: &str) -> LabelledDates {
+        LabelledDates {
+            first,
+            last,
+            label: Some(label.to_owned()),
+        }
+    }
+
+    #[test]
+    fn overlapping_holidays_close_every_date_and_the_earlier_names_the_shared_ones() {
+        let holidays = [
+            dates(date(10, 3), date(10, 9), "later"),
+            dates(date(10, 1), date(10, 5), "earlier"),
+        ];
+        let makeup = [dates(date(10, 10), date(10, 10), "make-up")];
+        let special = SpecialDays::new(&holidays, &makeup);
+        assert_eq!(special.get(date(9, 30)), DayKind::Regular);
+        assert_eq!(special.get(date(10, 1)), DayKind::Holiday(1));
+        assert_eq!(special.get(date(10, 5)), DayKind::Holiday(1));
+        assert_eq!(special.get(date(10, 6)), DayKind::Holiday(0));
+        assert_eq!(special.get(date(10, 9)), DayKind::Holiday(0));
+        assert_eq!(special.get(date(10, 10)), DayKind::MakeupDay(0));
+        assert_eq!(special.get(date(10, 11)), DayKind::Regular);
+    }
+
+    #[test]
+    fn a_holiday_inside_another_adds_no_range() {
+        let holidays = [
+            dates(date(10, 1), date(10, 7), "outer"),
+            dates(date(10, 2), date(10, 3), "inner"),
+        ];
+        let special = SpecialDays::new(&holidays, &[]);
+        assert_eq!(
+            special.0,
+            vec![(date(10, 1), date(10, 7), DayKind::Holiday(0))]
+        );
+    }
+
+    #[test]
+    fn makeup_days_use_monday_hours_unless_monday_is_closed() {
+        let standard = CalendarBuilder::new("standard", "UTC")
+            .hours(Weekday::Mon, Weekday::Mon, "09:00-12:00")
+            .hours(Weekday::Tue, Weekday::Fri, "09:00-17:00")
+            .workday(date(10, 11), "make-up Sunday")
+            .build()
+            .expect("valid calendar");
+        assert_eq!(standard.makeup_weekday(), Weekday::Mon);
+        assert_eq!(
+            standard.hours_on(date(10, 11)),
+            standard.weekly_hours(Weekday::Mon)
+        );
+
+        let shop = CalendarBuilder::new("shop", "UTC")
+            .hours(Weekday::Tue, Weekday::Sat, "10:00-19:00")
+            .workday(date(10, 12), "open on a Monday")
+            .build()
+            .expect("valid calendar");
+        assert_eq!(shop.makeup_weekday(), Weekday::Tue);
+        assert_eq!(
+            shop.hours_on(date(10, 12)),
+            &[TimeRange {
+                start_minute: 600,
+                end_minute: 1140
+            }]
+        );
+    }
+
+    #[test]
+    fn makeup_days_can_take_the_hours_of_another_weekday() {
+        let office = CalendarBuilder::new("office", "UTC")
+            .hours(Weekday::Mon, Weekday::Thu, "09:00-17:00")
+            .hours(Weekday::Fri, Weekday::Fri, "09:00-12:00")
+            .workday(date(10, 10), "short make-up Saturday")
+            .makeup_hours_like(Weekday::Fri)
+            .build()
+            .expect("valid calendar");
+        assert_eq!(
+            office.hours_on(date(10, 10)),
+            office.weekly_hours(Weekday::Fri)
+        );
+        let closed_weekday = CalendarBuilder::new("office", "UTC")
+            .hours(Weekday::Mon, Weekday::Fri, "09:00-17:00")
+            .workday(date(10, 10), "make-up Saturday")
+            .makeup_hours_like(Weekday::Sun)
+            .build()
+            .expect_err("Sunday has no hours to lend");
+        assert_eq!(
+            closed_weekday.to_string(),
+            "make-up working days use the hours of Sunday, which has none"
+        );
+    }
+
+    #[test]
+    fn a_holiday_on_a_weekday_closes_it_and_hours_on_follows_the_day_kind() {
+        let office = CalendarBuilder::new("office", "UTC")
+            .hours(Weekday::Mon, Weekday::Fri, "09:00-17:00")
+            .holiday(date(10, 1), date(10, 2), "closed")
+            .build()
+            .expect("valid calendar");
+        assert_eq!(office.day_kind(date(10, 1)), DayKind::Holiday(0));
+        assert!(office.hours_on(date(10, 1)).is_empty());
+        assert_eq!(office.hours_on(date(10, 5)).len(), 1);
+        assert!(office.hours_on(date(10, 4)).is_empty());
+    }
+}
