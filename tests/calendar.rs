@@ -147,13 +147,19 @@ mod china_2026 {
 
     #[test]
     fn working_days_from_the_lunch_break_count_from_the_afternoon_opening() {
-        let due = shanghai_office()
-            .add(
+        let (due, text) = shanghai_office()
+            .explain_add(
                 at("2026-10-08T12:30:00+08:00"),
                 duration(1, DurationUnit::WorkingDays),
             )
             .unwrap();
         assert_eq!(due, at("2026-10-09T14:00:00+08:00"));
+        assert_eq!(
+            text,
+            "counted 1 working day (Asia/Shanghai) from 2026-10-08 14:00 \
+             (started at 12:30, during a break): 2026-10-09; \
+             due at the same time of day, 2026-10-09 14:00"
+        );
     }
 
     #[test]
@@ -176,15 +182,26 @@ mod china_2026 {
             .build()
             .unwrap();
         let thursday_afternoon = at("2026-10-15T15:00:00+08:00");
-        let one_day = office
-            .add(thursday_afternoon, duration(1, DurationUnit::WorkingDays))
+        let (one_day, text) = office
+            .explain_add(thursday_afternoon, duration(1, DurationUnit::WorkingDays))
             .unwrap();
         assert_eq!(one_day, at("2026-10-16T12:00:00+08:00"));
+        assert_eq!(
+            text,
+            "counted 1 working day (Asia/Shanghai) from 2026-10-15 15:00: 2026-10-16; \
+             closed by 15:00 that day, so due at its close of business, 2026-10-16 12:00"
+        );
         let thursday_morning = at("2026-10-15T10:00:00+08:00");
-        let two_days = office
-            .add(thursday_morning, duration(2, DurationUnit::WorkingDays))
+        let (two_days, text) = office
+            .explain_add(thursday_morning, duration(2, DurationUnit::WorkingDays))
             .unwrap();
         assert_eq!(two_days, at("2026-10-17T13:00:00+08:00"));
+        assert_eq!(
+            text,
+            "counted 2 working days (Asia/Shanghai) from 2026-10-15 10:00: \
+             2026-10-16, 2026-10-17; \
+             closed at 10:00 that day, so due at its next opening, 2026-10-17 13:00"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::{Calendar, CalendarError, DayKind, LabelledDates};
 use crate::rules::ast::{Duration, DurationUnit};
 
 /// Most days listed one by one before the middle of a list is elided.
-const MAX_LISTED_DAYS: usize = 4;
+const MAX_LISTED_DAYS: usize = 5;
 
 impl Calendar {
     /// `start` plus `duration`, as [`Calendar::add`], with a short account of
@@ -154,7 +154,7 @@ impl Calendar {
             CountStart::AfterBreak(opening) => {
                 let _ = write!(
                     text,
-                    " from {}, the opening after the break at {}",
+                    " from {} (started at {}, during a break)",
                     self.local_text(opening),
                     time_text(zone::wall(self.zone, start))
                 );
