@@ -3,7 +3,7 @@
 # SMTP → Dovecot LMTP → Maildir) for complaintd's end-to-end tests and for
 # trying the daemon by hand. See docs/mailstack.md.
 #
-# Usage: scripts/mailstack.sh up|down|status|stop-imap|start-imap|stop-smtp|start-smtp
+# Usage: scripts/mailstack.sh up|down|purge|status|stop-imap|start-imap|stop-smtp|start-smtp
 #
 # Environment:
 #   MAILSTACK_DIR         root directory for configs, mail, logs (default /tmp/complaintd-mailstack)
@@ -29,7 +29,7 @@ readonly PASSWORD=secret
 readonly SMTP_HOSTNAME=mail.example.test
 # Seconds to wait for a server to come up or go down before giving up.
 readonly WAIT_SECONDS=30
-readonly REQUIRED_PACKAGES=(dovecot-imapd dovecot-lmtpd opensmtpd openssl ca-certificates util-linux)
+readonly REQUIRED_PACKAGES=(dovecot-imapd dovecot-lmtpd opensmtpd openssl ca-certificates util-linux procps)
 
 R="$MAILSTACK_DIR"
 ETC="$R/etc"
@@ -52,10 +52,11 @@ die() {
 
 usage() {
     cat >&2 <<'EOF'
-usage: mailstack.sh up|down|status|stop-imap|start-imap|stop-smtp|start-smtp
+usage: mailstack.sh up|down|purge|status|stop-imap|start-imap|stop-smtp|start-smtp
   up          install packages if missing, write configs, start both servers
               (or add MAILSTACK_USERS to a running stack), wait until they answer
   down        stop both servers; nothing of the stack keeps running
+  purge       down, then delete the stack's users, mail, queue, certificates, logs
   status      print the state of both servers; exit 0 only if both run
   stop-imap / start-imap / stop-smtp / start-smtp
               stop or start one server, for outage tests (needs a prior `up`)
@@ -67,8 +68,9 @@ EOF
 
 validate_port() {
     local name=$1 value=$2
-    [[ $value =~ ^[0-9]+$ ]] && ((value > 0 && value < 65536)) ||
+    if ! [[ $value =~ ^[0-9]+$ ]] || ((value < 1 || value > 65535)); then
         die "$name must be a TCP port number, got '$value'"
+    fi
 }
 
 # Addresses become lines of passwd-file and smtpd tables, so only a safe
@@ -248,7 +250,7 @@ lookup file
 nameserver 127.0.0.1
 EOF
     write_if_changed "$ETC/hosts" <<EOF || true
-127.0.0.1 localhost $SMTP_HOSTNAME $(hostname)
+127.0.0.1 localhost $SMTP_HOSTNAME $(uname -n)
 ::1 localhost
 EOF
     write_if_changed "$ETC/smtpd-userbase" <<EOF || true
@@ -269,17 +271,16 @@ EOF
 
 # Returns 0 if a table changed.
 write_smtpd_tables() {
-    local changed=1 users
-    users=$(all_users)
+    local changed=1
     # A file table must not be empty or smtpd rejects the config, so an
     # address nobody uses keeps it non-empty.
     {
         printf 'postmaster@%s vmail\n' "$SMTP_HOSTNAME"
-        [[ -n $users ]] && printf '%s vmail\n' $users
+        all_users | sed 's/$/ vmail/'
     } | write_if_changed "$ETC/smtpd-vusers" && changed=0
     {
         printf '%s\n' "$SMTP_HOSTNAME"
-        [[ -n $users ]] && printf '%s\n' $users | sed 's/.*@//'
+        all_users | sed 's/.*@//'
     } | sort -u | write_if_changed "$ETC/smtpd-domains" && changed=0
     return $changed
 }
@@ -323,6 +324,8 @@ wait_until() {
 }
 
 # True if no live (non-zombie) process is left in session $1.
+# pgrep cannot leave zombies out, ps can.
+# shellcheck disable=SC2009
 session_gone() { ! ps -s "$1" -o stat= 2>/dev/null | grep -q '^[^Z]'; }
 
 # Stops everything in the session led by pid $1. Both servers run as session
@@ -349,6 +352,7 @@ start_imap() {
         die "dovecot rejects $DOVECOT_CONF: $(cat "$LOG/dovecot-check.log")"
     # Dovecot daemonizes (becoming a session leader); the private mount
     # namespace only hides the host's resolver from it. Fd 9 is the lock.
+    # shellcheck disable=SC2016 # $1 and $2 are the inner shell's arguments.
     unshare -m --propagation private sh -c '
         mount --bind "$1/resolv.conf" /etc/resolv.conf &&
         mount --bind "$1/hosts" /etc/hosts &&
@@ -376,17 +380,20 @@ start_smtp() {
     # resolver configuration that reads files only (no DNS queries).
     mkdir -p /var/spool/smtpd
     rm -f "$R/smtpd/run/smtpd.sock"
+    # shellcheck disable=SC2016 # $1.. are the inner shell's arguments.
     local namespace_setup='
         mount --bind "$1/etc/resolv.conf" /etc/resolv.conf &&
         mount --bind "$1/etc/hosts" /etc/hosts &&
         mount --bind "$1/smtpd/spool" /var/spool/smtpd &&
         mount --bind "$1/smtpd/run" /run'
+    # shellcheck disable=SC2016
     unshare -m --propagation private sh -c "$namespace_setup"' &&
         exec smtpd -n -f "$2"' sh "$R" "$SMTPD_CONF" >"$LOG/smtpd-check.log" 2>&1 ||
         die "smtpd rejects $SMTPD_CONF: $(cat "$LOG/smtpd-check.log")"
     # smtpd runs in the foreground (-d) as leader of its own session, so
     # `down` can find every process it forked. The shell records its own pid
     # before exec-ing smtpd, so the pid file holds smtpd's pid.
+    # shellcheck disable=SC2016
     setsid unshare -m --propagation private sh -c "$namespace_setup"' &&
         echo $$ >"$3" &&
         exec smtpd -d -f "$2"' sh "$R" "$SMTPD_CONF" "$SMTPD_PID_FILE" \
@@ -489,6 +496,14 @@ cmd_down() {
     printf 'mailstack down (%s)\n' "$R"
 }
 
+# Stops the stack and deletes everything it wrote (only the paths it owns
+# under $R, never $R itself wholesale), so the next `up` starts empty.
+cmd_purge() {
+    cmd_down
+    rm -rf "$ETC" "$RUN" "$LOG" "$TLS" "$R/state" "$R/mail" "$R/smtpd"
+    printf 'mailstack purged (%s)\n' "$R"
+}
+
 cmd_status() {
     local ok=0 pid
     if pid=$(dovecot_pid) && port_open "$IMAP_PORT"; then
@@ -517,7 +532,7 @@ main() {
     validate_port MAILSTACK_IMAPS_PORT "$IMAPS_PORT"
     validate_port MAILSTACK_SMTP_PORT "$SMTP_PORT"
     case $1 in
-    up | down | status | stop-imap | start-imap | stop-smtp | start-smtp) ;;
+    up | down | purge | status | stop-imap | start-imap | stop-smtp | start-smtp) ;;
     *) usage ;;
     esac
     if [[ $1 == status ]]; then
@@ -531,6 +546,7 @@ main() {
     case $1 in
     up) cmd_up ;;
     down) cmd_down ;;
+    purge) cmd_purge ;;
     stop-imap) stop_imap ;;
     start-imap) require_configs && start_imap ;;
     stop-smtp) stop_smtp ;;
