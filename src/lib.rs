@@ -2,8 +2,11 @@
 //!
 //! See `ARCHITECTURE.md` for the code map and the invariants.
 
+pub mod backoff;
 pub mod calendar;
 pub mod case;
 pub mod clock;
 pub mod config;
+pub mod metrics;
 pub mod rules;
+pub mod tls;
