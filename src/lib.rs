@@ -9,4 +9,5 @@ pub mod clock;
 pub mod config;
 pub mod metrics;
 pub mod rules;
+pub mod smtp;
 pub mod tls;
