@@ -7,6 +7,7 @@ pub mod calendar;
 pub mod case;
 pub mod clock;
 pub mod config;
+pub mod imap;
 pub mod metrics;
 pub mod rules;
 pub mod smtp;

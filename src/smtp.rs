@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -596,7 +596,7 @@ impl Sender {
                 .await?;
         }
         if let Some(user) = &self.config.user {
-            if matches!(self.security, Security::None) && !is_loopback(&self.config.host) {
+            if matches!(self.security, Security::None) && !tls::is_loopback(&self.config.host) {
                 return Err(SmtpFailure::Connection(format!(
                     "refusing to send the SMTP password unencrypted to {}",
                     self.config.host
@@ -751,15 +751,6 @@ fn hello_name(from: &str) -> ClientId {
         Some((_, domain)) if !domain.is_empty() => ClientId::Domain(domain.to_owned()),
         _ => ClientId::Domain("localhost".into()),
     }
-}
-
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Sleeps unless shutdown comes first; returns false on shutdown.
@@ -954,15 +945,5 @@ mod tests {
             ClientId::Domain("corp.example".into())
         );
         assert_eq!(hello_name("nobody"), ClientId::Domain("localhost".into()));
-    }
-
-    #[test]
-    fn loopback_hosts_are_recognised() {
-        assert!(is_loopback("127.0.0.1"));
-        assert!(is_loopback("::1"));
-        assert!(is_loopback("[::1]"));
-        assert!(is_loopback("LOCALHOST"));
-        assert!(!is_loopback("mail.example.test"));
-        assert!(!is_loopback("10.0.0.1"));
     }
 }

@@ -96,6 +96,16 @@ pub fn smtp_tls_parameters(host: &str, extra_ca: Option<&Path>) -> Result<TlsPar
         .map_err(|e| TlsError::Smtp(e.to_string()))
 }
 
+/// Whether `host` names this machine, where a password may travel unencrypted.
+pub fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = std::fs::read(path).map_err(|source| TlsError::ReadCa {
         path: path.to_owned(),
@@ -170,5 +180,15 @@ mod tests {
             server_name("not a host").unwrap_err(),
             TlsError::ServerName { .. }
         ));
+    }
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        assert!(is_loopback("127.0.0.1"));
+        assert!(is_loopback("::1"));
+        assert!(is_loopback("[::1]"));
+        assert!(is_loopback("LOCALHOST"));
+        assert!(!is_loopback("mail.example.test"));
+        assert!(!is_loopback("10.0.0.1"));
     }
 }
