@@ -87,6 +87,8 @@ struct Inner {
     mail_failed: Family<FailureLabels, Counter>,
     outbox_depth: Gauge,
     imap_reconnects: Family<MailboxLabels, Counter>,
+    imap_connected: Family<MailboxLabels, Gauge>,
+    imap_idling: Family<MailboxLabels, Gauge>,
     rule_reloads: Family<ReloadLabels, Counter>,
     last_reload: Gauge,
 }
@@ -144,6 +146,18 @@ impl Metrics {
             "IMAP connections lost or refused, by mailbox",
             imap_reconnects.clone(),
         );
+        let imap_connected = Family::<MailboxLabels, Gauge>::default();
+        registry.register(
+            "imap_connected",
+            "1 while the mailbox has a logged-in connection with its folder selected",
+            imap_connected.clone(),
+        );
+        let imap_idling = Family::<MailboxLabels, Gauge>::default();
+        registry.register(
+            "imap_idling",
+            "1 while the mailbox waits in IMAP IDLE",
+            imap_idling.clone(),
+        );
         let rule_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "rule_reloads",
@@ -165,6 +179,8 @@ impl Metrics {
                 mail_failed,
                 outbox_depth,
                 imap_reconnects,
+                imap_connected,
+                imap_idling,
                 rule_reloads,
                 last_reload,
             }),
@@ -208,6 +224,35 @@ impl Metrics {
                 mailbox: mailbox.to_owned(),
             })
             .inc();
+    }
+
+    pub fn set_imap_connected(&self, mailbox: &str, connected: bool) {
+        self.inner
+            .imap_connected
+            .get_or_create(&MailboxLabels {
+                mailbox: mailbox.to_owned(),
+            })
+            .set(i64::from(connected));
+    }
+
+    pub fn set_imap_idling(&self, mailbox: &str, idling: bool) {
+        self.inner
+            .imap_idling
+            .get_or_create(&MailboxLabels {
+                mailbox: mailbox.to_owned(),
+            })
+            .set(i64::from(idling));
+    }
+
+    /// Whether the mailbox waits in IDLE right now.
+    pub fn imap_idling(&self, mailbox: &str) -> bool {
+        self.inner
+            .imap_idling
+            .get_or_create(&MailboxLabels {
+                mailbox: mailbox.to_owned(),
+            })
+            .get()
+            == 1
     }
 
     /// Counts a rule reload; a successful one also sets the last-reload time.
@@ -389,6 +434,9 @@ mod tests {
         metrics.mail_failed(FailureKind::Temporary);
         metrics.set_outbox_depth(7);
         metrics.imap_reconnect("complaints");
+        metrics.set_imap_connected("complaints", true);
+        metrics.set_imap_idling("complaints", true);
+        metrics.set_imap_idling("complaints", false);
         metrics.rules_reloaded(false, Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
         metrics.rules_reloaded(true, Utc.with_ymd_and_hms(2026, 3, 1, 8, 0, 0).unwrap());
         let text = metrics.encode();
@@ -400,6 +448,8 @@ mod tests {
             "complaintd_mail_failed_total{kind=\"temporary\"} 2",
             "complaintd_outbox_depth 7",
             "complaintd_imap_reconnects_total{mailbox=\"complaints\"} 1",
+            "complaintd_imap_connected{mailbox=\"complaints\"} 1",
+            "complaintd_imap_idling{mailbox=\"complaints\"} 0",
             "complaintd_rule_reloads_total{outcome=\"success\"} 1",
             "complaintd_rule_reloads_total{outcome=\"failure\"} 1",
             "complaintd_rules_last_reload_timestamp_seconds 1772352000",

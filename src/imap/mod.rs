@@ -198,7 +198,12 @@ pub async fn run_mailbox<S: IngestSink>(
     let mut backoff = Backoff::new(worker.options.reconnect);
     let mut rng = StdRng::from_entropy();
     while !worker.shutdown.is_cancelled() {
-        match worker.run_connection(&mut backoff).await {
+        let ended = worker.run_connection(&mut backoff).await;
+        worker
+            .metrics
+            .set_imap_connected(&worker.mailbox.name, false);
+        worker.metrics.set_imap_idling(&worker.mailbox.name, false);
+        match ended {
             Ok(()) => break,
             Err(error) => {
                 worker.metrics.imap_reconnect(&worker.mailbox.name);
@@ -280,6 +285,7 @@ impl<S: IngestSink> Worker<S> {
             idle = use_idle,
             "imap: connected"
         );
+        self.metrics.set_imap_connected(&self.mailbox.name, true);
         if let AfterIngest::MoveTo(target) = &self.mailbox.after_ingest {
             if !rescan && last_uid > 0 {
                 self.move_leftovers(&mut session, target, can_move, last_uid)
@@ -551,6 +557,7 @@ impl<S: IngestSink> Worker<S> {
         let renew = self.options.idle_renew.min(MAX_IDLE_RENEW);
         let mut handle = session.idle();
         timed("IDLE", limit, handle.init()).await?;
+        self.metrics.set_imap_idling(&self.mailbox.name, true);
         let wake = {
             let (wait, _stop) = handle.wait_with_timeout(renew);
             tokio::select! {
@@ -567,6 +574,7 @@ impl<S: IngestSink> Worker<S> {
                 },
             }
         };
+        self.metrics.set_imap_idling(&self.mailbox.name, false);
         let session = timed("DONE", limit, handle.done()).await?;
         Ok((session, wake))
     }
