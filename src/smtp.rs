@@ -508,18 +508,18 @@ pub async fn run_sender<S: OutboxSource>(
             let Some(open) = connection.as_mut() else {
                 continue 'rounds;
             };
-            let result = sender.deliver(&mut open.smtp, &mail).await;
+            let (result, usable) = sender.deliver(&mut open.smtp, &mail).await;
             open.last_used = Instant::now();
+            if !usable {
+                if let Some(broken) = connection.take() {
+                    sender.close(broken).await;
+                }
+            }
             let now = clock.now();
             let disposition = match result {
                 Ok(reply) => Disposition::Sent { reply },
                 Err(failure) => {
                     tracing::warn!(id = mail.id, error = %failure, "smtp sender: delivery failed");
-                    if !failure.keeps_connection() {
-                        if let Some(broken) = connection.take() {
-                            sender.close(broken).await;
-                        }
-                    }
                     disposition_after_failure(&failure, mail.attempts, &options, now, &mut rng)
                 }
             };
@@ -619,8 +619,30 @@ impl Sender {
     }
 
     /// Sends one message: MAIL, RCPT for every recipient, DATA. A refused step is
-    /// followed by RSET, so the connection can carry the next message.
+    /// followed by RSET, so the connection can carry the next message. Returns the
+    /// outcome, and whether the connection can still be used.
     async fn deliver(
+        &self,
+        smtp: &mut AsyncSmtpConnection,
+        mail: &OutgoingMail,
+    ) -> (Result<String, SmtpFailure>, bool) {
+        match self.transaction(smtp, mail).await {
+            Ok(reply) => (Ok(reply), true),
+            Err(failure) if !failure.keeps_connection() => (Err(failure), false),
+            Err(failure) => {
+                let usable = match self.step("RSET", smtp.command(Rset)).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "smtp sender: RSET after a refusal failed");
+                        false
+                    }
+                };
+                (Err(failure), usable)
+            }
+        }
+    }
+
+    async fn transaction(
         &self,
         smtp: &mut AsyncSmtpConnection,
         mail: &OutgoingMail,
@@ -646,41 +668,25 @@ impl Sender {
             parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
 
-        let envelope = async {
-            self.step("MAIL FROM", smtp.command(Mail::new(from, parameters)))
-                .await?;
-            for recipient in recipients {
-                let shown = recipient.to_string();
-                self.step("RCPT TO", smtp.command(Rcpt::new(recipient, Vec::new())))
-                    .await
-                    .map_err(|failure| match failure {
-                        SmtpFailure::Reply { code, message } => SmtpFailure::Reply {
-                            code,
-                            message: format!("recipient <{shown}>: {message}"),
-                        },
-                        other => other,
-                    })?;
-            }
-            self.step("DATA", smtp.command(Data)).await
+        self.step("MAIL FROM", smtp.command(Mail::new(from, parameters)))
+            .await?;
+        for recipient in recipients {
+            let shown = recipient.to_string();
+            self.step("RCPT TO", smtp.command(Rcpt::new(recipient, Vec::new())))
+                .await
+                .map_err(|failure| match failure {
+                    SmtpFailure::Reply { code, message } => SmtpFailure::Reply {
+                        code,
+                        message: format!("recipient <{shown}>: {message}"),
+                    },
+                    other => other,
+                })?;
         }
-        .await;
-        if let Err(failure) = envelope {
-            if failure.keeps_connection() {
-                self.reset(smtp).await?;
-            }
-            return Err(failure);
-        }
+        self.step("DATA", smtp.command(Data)).await?;
         // From here on a broken connection leaves it open whether the server took the
         // message: it is retried, and the stable Message-ID lets duplicates be recognised.
         let reply = self.step("end of data", smtp.message(&mail.bytes)).await?;
         Ok(reply.message().collect::<Vec<_>>().join(" "))
-    }
-
-    async fn reset(&self, smtp: &mut AsyncSmtpConnection) -> Result<(), SmtpFailure> {
-        self.step("RSET", smtp.command(Rset))
-            .await
-            .map(|_| ())
-            .map_err(|e| SmtpFailure::Connection(format!("RSET after a refusal failed: {e}")))
     }
 
     async fn close(&self, mut open: Connection) {

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use complaintd::backoff::BackoffPolicy;
 use complaintd::clock::{Clock, SystemClock};
 use complaintd::config::{AfterIngest, MailboxConfig, SmtpConfig, TlsMode};
+use complaintd::imap::plan::folder_name;
 use complaintd::imap::{
     run_mailbox, Checkpoint, FetchedMessage, ImapOptions, IngestBatch, IngestSink, SinkError,
 };
@@ -976,18 +977,21 @@ async fn oversized_messages_are_handed_over_with_their_headers_only() {
 async fn move_after_ingest_empties_the_folder_into_the_target() {
     let stack = Stack::up("move", 7, &["mover"]);
     let mut imap = stack.client("mover").await;
-    imap.create("Processed").await;
+    // A Chinese folder name travels in modified UTF-7, which Dovecot checks.
+    let target = folder_name("已处理");
+    assert_eq!(target, "&XfJZBHQG-");
+    imap.create(&target).await;
     for n in 1..=3 {
         imap.append("INBOX", &message(&format!("move {n}"), &format!("m{n}")))
             .await;
     }
     let sink = RecordingSink::new();
     let mut mailbox = stack.mailbox("mover", "mover");
-    mailbox.after_ingest = AfterIngest::MoveTo("Processed".into());
+    mailbox.after_ingest = AfterIngest::MoveTo("已处理".into());
     let running = Running::start(mailbox, fast_imap_options(), sink.clone(), Metrics::new());
     sink.wait_for_count(3).await;
     let moved = imap
-        .wait_for("Processed", "three moved messages", |m| m.len() == 3)
+        .wait_for(&target, "three moved messages", |m| m.len() == 3)
         .await;
     running.stop().await;
     assert!(imap.messages("INBOX").await.is_empty());

@@ -258,7 +258,8 @@ impl<S: IngestSink> Worker<S> {
         let capabilities = timed("CAPABILITY", limit, session.capabilities()).await?;
         let use_idle = self.options.use_idle && capabilities.has_str("IDLE");
         let can_move = capabilities.has_str("MOVE");
-        let selected = timed("SELECT", limit, session.select(&self.mailbox.folder)).await?;
+        let folder = plan::folder_name(&self.mailbox.folder);
+        let selected = timed("SELECT", limit, session.select(&folder)).await?;
         let uidvalidity = selected.uid_validity.ok_or_else(|| {
             ImapError::Protocol(format!(
                 "SELECT {} gave no UIDVALIDITY",
@@ -486,12 +487,13 @@ impl<S: IngestSink> Worker<S> {
         can_move: bool,
     ) -> Result<(), ImapError> {
         let limit = self.limit();
+        let target = plan::folder_name(target);
         if can_move {
-            timed("UID MOVE", limit, session.uid_mv(set, target)).await
+            timed("UID MOVE", limit, session.uid_mv(set, &target)).await
         } else {
             // Without MOVE: copy, then flag the original \Deleted. We never EXPUNGE, so
             // the original stays until someone else expunges the folder.
-            timed("UID COPY", limit, session.uid_copy(set, target)).await?;
+            timed("UID COPY", limit, session.uid_copy(set, &target)).await?;
             store_flags(session, set, "+FLAGS.SILENT (\\Deleted)", limit).await
         }
     }

@@ -1,5 +1,5 @@
 //! Pure planning of an IMAP fetch pass: which UIDs are new, how they are batched, and
-//! how a UID set is written on the wire.
+//! how UID sets and folder names are written on the wire.
 
 /// One message as listed by `UID FETCH n:* (UID RFC822.SIZE)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +86,62 @@ pub fn uid_set(uids: impl IntoIterator<Item = u32>) -> String {
     out
 }
 
+/// Writes a folder name in IMAP's modified UTF-7 (RFC 3501 5.1.3), so configured names
+/// such as `投诉` reach servers that do not accept UTF-8 names.
+pub fn folder_name(name: &str) -> String {
+    let mut out = String::new();
+    let mut pending: Vec<u16> = Vec::new();
+    for c in name.chars() {
+        if (' '..='~').contains(&c) {
+            flush_utf16(&mut pending, &mut out);
+            if c == '&' {
+                out.push_str("&-");
+            } else {
+                out.push(c);
+            }
+        } else {
+            let mut units = [0u16; 2];
+            pending.extend_from_slice(c.encode_utf16(&mut units));
+        }
+    }
+    flush_utf16(&mut pending, &mut out);
+    out
+}
+
+/// Appends `&<modified base64 of UTF-16BE>-` for the pending non-ASCII run.
+fn flush_utf16(pending: &mut Vec<u16>, out: &mut String) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
+    if pending.is_empty() {
+        return;
+    }
+    let bytes: Vec<u8> = pending.iter().flat_map(|u| u.to_be_bytes()).collect();
+    out.push('&');
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let sextets = [
+            b[0] >> 2,
+            ((b[0] & 0x03) << 4) | (b[1] >> 4),
+            ((b[1] & 0x0f) << 2) | (b[2] >> 6),
+            b[2] & 0x3f,
+        ];
+        // Modified base64 has no padding: only the sextets that carry input bits.
+        let used = match chunk.len() {
+            1 => 2,
+            2 => 3,
+            _ => 4,
+        };
+        for &sextet in &sextets[..used] {
+            out.push(char::from(ALPHABET[usize::from(sextet)]));
+        }
+    }
+    out.push('-');
+    pending.clear();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +206,21 @@ mod tests {
         assert_eq!(uid_set([42]), "42");
         assert_eq!(uid_set([u32::MAX - 1, u32::MAX]), "4294967294:4294967295");
         assert_eq!(uid_set(Vec::new()), "");
+    }
+
+    #[test]
+    fn folder_names_use_modified_utf7() {
+        assert_eq!(folder_name("INBOX"), "INBOX");
+        assert_eq!(folder_name("Processed/2026"), "Processed/2026");
+        assert_eq!(folder_name("R&D"), "R&-D");
+        // The examples of RFC 3501 section 5.1.3.
+        assert_eq!(folder_name("台北"), "&U,BTFw-");
+        assert_eq!(
+            folder_name("~peter/mail/日本語/台北"),
+            "~peter/mail/&ZeVnLIqe-/&U,BTFw-"
+        );
+        assert_eq!(folder_name("投诉"), "&YpWLyQ-");
+        // A character outside the BMP is a surrogate pair.
+        assert_eq!(folder_name("a😀b"), "a&2D3eAA-b");
     }
 }
