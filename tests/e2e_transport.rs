@@ -27,6 +27,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// Generous: the machine is shared and slow; a passing test finishes far sooner.
@@ -1164,22 +1165,66 @@ enum Script {
     DropAfterData,
 }
 
+/// How a scripted server secures its connections.
+#[derive(Clone)]
+enum ServerTls {
+    None,
+    /// TLS from the first byte.
+    Implicit(TlsAcceptor),
+    /// Offers STARTTLS and refuses mail until it was used.
+    Starttls(TlsAcceptor),
+}
+
+/// A TLS acceptor with the stack's server certificate (issued by its CA).
+fn stack_acceptor(stack: &Stack) -> TlsAcceptor {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{crypto::ring, ServerConfig};
+    let certificates: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(stack.dir.join("tls/cert.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(stack.dir.join("tls/key.pem")).unwrap();
+    let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certificates, key)
+        .unwrap();
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// What the scripted server saw.
+#[derive(Default)]
+struct Seen {
+    bodies: Vec<Vec<u8>>,
+    /// Decoded `AUTH PLAIN` responses.
+    logins: Vec<String>,
+    /// Whether each message arrived over TLS.
+    encrypted: Vec<bool>,
+}
+
 /// A minimal SMTP server that follows one script per connection (the last repeats)
-/// and records every message body it read.
+/// and records what it read.
 struct ScriptedServer {
     port: u16,
     connections: Arc<AtomicUsize>,
-    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+    seen: Arc<Mutex<Seen>>,
     task: JoinHandle<()>,
 }
 
 impl ScriptedServer {
     async fn start(scripts: Vec<Script>) -> ScriptedServer {
+        Self::start_with_tls(scripts, ServerTls::None).await
+    }
+
+    async fn start_with_tls(scripts: Vec<Script>, tls: ServerTls) -> ScriptedServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let (count, seen) = (connections.clone(), bodies.clone());
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (count, record) = (connections.clone(), seen.clone());
         let task = tokio::spawn(async move {
             let mut scripts: VecDeque<Script> = scripts.into();
             loop {
@@ -1192,16 +1237,41 @@ impl ScriptedServer {
                 } else {
                     scripts[0]
                 };
-                let seen = seen.clone();
+                let record = record.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = serve_script(stream, script, seen).await;
+                    let _ = match tls {
+                        ServerTls::None => {
+                            serve_script(BufReader::new(stream), script, record, PLAIN).await
+                        }
+                        ServerTls::Implicit(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => {
+                                serve_script(
+                                    BufReader::new(tls),
+                                    script,
+                                    record,
+                                    Phase {
+                                        encrypted: true,
+                                        ..PLAIN
+                                    },
+                                )
+                                .await
+                            }
+                            Err(e) => Err(e),
+                        },
+                        ServerTls::Starttls(acceptor) => {
+                            serve_starttls(stream, script, record, acceptor)
+                                .await
+                                .map(|()| false)
+                        }
+                    };
                 });
             }
         });
         ScriptedServer {
             port,
             connections,
-            bodies,
+            seen,
             task,
         }
     }
@@ -1220,6 +1290,10 @@ impl ScriptedServer {
             timeout: Duration::from_secs(5),
         }
     }
+
+    fn bodies(&self) -> Vec<Vec<u8>> {
+        self.seen.lock().unwrap().bodies.clone()
+    }
 }
 
 impl Drop for ScriptedServer {
@@ -1228,57 +1302,147 @@ impl Drop for ScriptedServer {
     }
 }
 
-async fn serve_script(
+/// Serves the plain part of a STARTTLS session, then the rest over TLS.
+async fn serve_starttls(
     stream: TcpStream,
     script: Script,
-    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+    seen: Arc<Mutex<Seen>>,
+    acceptor: TlsAcceptor,
 ) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read);
-    write.write_all(b"220 scripted.test ESMTP\r\n").await?;
+    let mut plain = BufReader::new(stream);
+    let offer = Phase {
+        offer_starttls: true,
+        ..PLAIN
+    };
+    let upgraded = serve_script(&mut plain, script, seen.clone(), offer).await?;
+    if !upgraded {
+        return Ok(());
+    }
+    // The client waits for our 220 before its handshake, so nothing is left buffered.
+    let tls = acceptor.accept(plain.into_inner()).await?;
+    let upgraded = Phase {
+        greet: false,
+        offer_starttls: false,
+        encrypted: true,
+    };
+    serve_script(BufReader::new(tls), script, seen, upgraded)
+        .await
+        .map(|_| ())
+}
+
+/// How one SMTP dialogue starts.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    /// Send the 220 greeting (not after STARTTLS).
+    greet: bool,
+    /// Offer STARTTLS and refuse mail before it.
+    offer_starttls: bool,
+    encrypted: bool,
+}
+
+const PLAIN: Phase = Phase {
+    greet: true,
+    offer_starttls: false,
+    encrypted: false,
+};
+
+/// Speaks SMTP on `stream`. When offering STARTTLS, returns `Ok(true)` after the
+/// client asked for it and was told to go ahead.
+async fn serve_script<S>(
+    mut stream: S,
+    script: Script,
+    seen: Arc<Mutex<Seen>>,
+    phase: Phase,
+) -> std::io::Result<bool>
+where
+    S: tokio::io::AsyncBufRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Phase {
+        greet,
+        offer_starttls,
+        encrypted,
+    } = phase;
+    if greet {
+        stream.write_all(b"220 scripted.test ESMTP\r\n").await?;
+    }
     let mut line = String::new();
     loop {
         line.clear();
-        if lines.read_line(&mut line).await? == 0 {
-            return Ok(());
+        if stream.read_line(&mut line).await? == 0 {
+            return Ok(false);
         }
-        let command = line.trim_end().to_ascii_uppercase();
-        if command.starts_with("EHLO") {
-            write
-                .write_all(b"250-scripted.test\r\n250-8BITMIME\r\n250 PIPELINING\r\n")
+        let command = line.trim_end().to_owned();
+        let upper = command.to_ascii_uppercase();
+        if upper.starts_with("EHLO") {
+            let starttls = if offer_starttls {
+                "250-STARTTLS\r\n"
+            } else {
+                ""
+            };
+            let reply = format!(
+                "250-scripted.test\r\n{starttls}250-AUTH PLAIN LOGIN\r\n250-8BITMIME\r\n250 PIPELINING\r\n"
+            );
+            stream.write_all(reply.as_bytes()).await?;
+        } else if upper.starts_with("STARTTLS") && offer_starttls {
+            stream.write_all(b"220 go ahead\r\n").await?;
+            stream.flush().await?;
+            return Ok(true);
+        } else if upper.starts_with("MAIL") && offer_starttls {
+            stream
+                .write_all(b"530 5.7.0 must issue STARTTLS first\r\n")
                 .await?;
-        } else if command.starts_with("DATA") {
-            write.write_all(b"354 go ahead\r\n").await?;
+        } else if let Some(response) = command.strip_prefix("AUTH PLAIN ") {
+            let decoded = decode_base64(response);
+            seen.lock().unwrap().logins.push(decoded.replace('\0', "|"));
+            stream.write_all(b"235 2.7.0 ok\r\n").await?;
+        } else if upper.starts_with("DATA") {
+            stream.write_all(b"354 go ahead\r\n").await?;
             let mut body = Vec::new();
             loop {
                 let mut data_line = Vec::new();
-                if read_line_bytes(&mut lines, &mut data_line).await? == 0 {
-                    return Ok(());
+                if stream.read_until(b'\n', &mut data_line).await? == 0 {
+                    return Ok(false);
                 }
                 if data_line == b".\r\n" {
                     break;
                 }
                 body.extend_from_slice(&data_line);
             }
-            bodies.lock().unwrap().push(body);
-            match script {
-                Script::Accept => write.write_all(b"250 2.0.0 queued as 42\r\n").await?,
-                Script::DropAfterData => return Ok(()),
+            {
+                let mut seen = seen.lock().unwrap();
+                seen.bodies.push(body);
+                seen.encrypted.push(encrypted);
             }
-        } else if command.starts_with("QUIT") {
-            write.write_all(b"221 bye\r\n").await?;
-            return Ok(());
+            match script {
+                Script::Accept => stream.write_all(b"250 2.0.0 queued as 42\r\n").await?,
+                Script::DropAfterData => return Ok(false),
+            }
+        } else if upper.starts_with("QUIT") {
+            stream.write_all(b"221 bye\r\n").await?;
+            return Ok(false);
         } else {
-            write.write_all(b"250 ok\r\n").await?;
+            stream.write_all(b"250 ok\r\n").await?;
         }
     }
 }
 
-async fn read_line_bytes(
-    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-    out: &mut Vec<u8>,
-) -> std::io::Result<usize> {
-    reader.read_until(b'\n', out).await
+/// Standard base64, enough for the test's AUTH PLAIN.
+fn decode_base64(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for byte in text.bytes().filter(|b| *b != b'=') {
+        let value = ALPHABET.iter().position(|a| *a == byte).unwrap() as u32;
+        bits = (bits << 6) | value;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1304,7 +1468,7 @@ async fn a_disconnect_after_data_is_retried_with_the_same_message_id() {
     sender.stop().await;
     let entry = outbox.entry(id);
     assert_eq!(entry.temporary_failures.len(), 1, "{entry:?}");
-    let bodies = server.bodies.lock().unwrap().clone();
+    let bodies = server.bodies();
     assert_eq!(bodies.len(), 2, "the server read the message twice");
     assert_eq!(
         bodies[0], bodies[1],
@@ -1344,7 +1508,7 @@ async fn one_connection_carries_many_messages() {
     }
     sender.stop().await;
     assert_eq!(server.connections.load(Ordering::SeqCst), 1);
-    assert_eq!(server.bodies.lock().unwrap().len(), 5);
+    assert_eq!(server.bodies().len(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1375,9 +1539,117 @@ async fn the_per_minute_cap_holds_back_the_rest() {
         tokio::time::timeout(Duration::from_secs(2), outbox.wait_until_settled(ids[2])).await;
     assert!(held.is_err(), "the third mail must wait for a token");
     sender.stop().await;
-    assert_eq!(server.bodies.lock().unwrap().len(), 2);
+    assert_eq!(server.bodies().len(), 2);
     assert!(matches!(
         outbox.entry(ids[3]).outcome,
         Outcome::Pending { .. }
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_over_implicit_tls_and_starttls_with_auth_trusts_only_the_stack_ca() {
+    // The stack is only needed for its CA and server certificate.
+    let stack = Stack::up("smtp-tls", 11, &[]);
+    let acceptor = stack_acceptor(&stack);
+    for (name, tls, mode) in [
+        (
+            "implicit",
+            ServerTls::Implicit(acceptor.clone()),
+            TlsMode::Tls,
+        ),
+        (
+            "starttls",
+            ServerTls::Starttls(acceptor.clone()),
+            TlsMode::Starttls,
+        ),
+    ] {
+        let server = ScriptedServer::start_with_tls(vec![Script::Accept], tls).await;
+        let mut config = server.config();
+        config.tls = mode;
+        config.ca_file = Some(stack.ca_file());
+        config.user = Some(format!("complaints@{DOMAIN}"));
+        config.password_file = Some(stack.password_file());
+        let outbox = MemoryOutbox::new();
+        let id = outbox.queue(
+            &address("complaints"),
+            &[address("customer")],
+            message(name, name),
+        );
+        let sender = RunningSender::start(
+            config,
+            fast_sender_options(),
+            outbox.clone(),
+            Metrics::new(),
+        );
+        let outcome = outbox.wait_until_settled(id).await;
+        sender.stop().await;
+        assert!(
+            matches!(outcome, Outcome::Sent { .. }),
+            "{name}: {outcome:?}"
+        );
+        let seen = server.seen.lock().unwrap();
+        assert_eq!(seen.encrypted, [true], "{name}");
+        assert_eq!(
+            seen.logins,
+            [format!("|complaints@{DOMAIN}|{PASSWORD}")],
+            "{name}: the password from the file, sent after encryption"
+        );
+    }
+
+    // Without the stack's CA the certificate is not trusted: temporary failures, nothing sent.
+    let server =
+        ScriptedServer::start_with_tls(vec![Script::Accept], ServerTls::Implicit(acceptor)).await;
+    let mut config = server.config();
+    config.tls = TlsMode::Tls;
+    let outbox = MemoryOutbox::new();
+    let id = outbox.queue(
+        &address("complaints"),
+        &[address("customer")],
+        message("x", "x"),
+    );
+    let sender = RunningSender::start(
+        config,
+        fast_sender_options(),
+        outbox.clone(),
+        Metrics::new(),
+    );
+    let failures = outbox
+        .wait_for("a temporary failure", |entries| {
+            entries[0].temporary_failures.first().cloned()
+        })
+        .await;
+    sender.stop().await;
+    assert!(
+        failures.contains("TLS") || failures.contains("certificate"),
+        "{failures}"
+    );
+    assert!(matches!(outbox.entry(id).outcome, Outcome::Pending { .. }));
+    assert!(server.bodies().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_starttls_is_never_used_in_plain_text() {
+    let server = ScriptedServer::start(vec![Script::Accept]).await;
+    let mut config = server.config();
+    config.tls = TlsMode::Starttls;
+    let outbox = MemoryOutbox::new();
+    outbox.queue(
+        &address("complaints"),
+        &[address("customer")],
+        message("x", "x"),
+    );
+    let sender = RunningSender::start(
+        config,
+        fast_sender_options(),
+        outbox.clone(),
+        Metrics::new(),
+    );
+    let failure = outbox
+        .wait_for("a temporary failure", |entries| {
+            entries[0].temporary_failures.first().cloned()
+        })
+        .await;
+    sender.stop().await;
+    assert!(failure.contains("STARTTLS"), "{failure}");
+    assert!(server.bodies().is_empty());
 }
