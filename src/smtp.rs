@@ -42,7 +42,7 @@ use crate::tls::{self, TlsError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingMail {
     /// The outbox's identifier of this message.
-    pub id: u64,
+    pub id: String,
     /// The envelope sender (`MAIL FROM`); empty for the null sender `<>`.
     pub envelope_from: String,
     /// The envelope recipients (`RCPT TO`); every one must be accepted.
@@ -83,23 +83,25 @@ pub trait OutboxSource: Send + Sync + 'static {
     /// The server accepted the message; `reply` is its final answer (usually a queue id).
     fn mark_sent(
         &self,
-        id: u64,
+        id: &str,
         at: DateTime<Utc>,
         reply: &str,
     ) -> impl Future<Output = Result<(), OutboxError>> + Send;
 
-    /// The attempt failed for now; try again at `next_attempt`.
+    /// The attempt at `at` failed for now; try again at `next_attempt`.
     fn mark_temporary_failure(
         &self,
-        id: u64,
+        id: &str,
+        at: DateTime<Utc>,
         error: &str,
         next_attempt: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), OutboxError>> + Send;
 
-    /// The message can never be delivered as it is.
+    /// The attempt at `at` showed the message can never be delivered as it is.
     fn mark_permanent_failure(
         &self,
-        id: u64,
+        id: &str,
+        at: DateTime<Utc>,
         error: &str,
     ) -> impl Future<Output = Result<(), OutboxError>> + Send;
 
@@ -519,7 +521,7 @@ pub async fn run_sender<S: OutboxSource>(
             let disposition = match result {
                 Ok(reply) => Disposition::Sent { reply },
                 Err(failure) => {
-                    tracing::warn!(id = mail.id, error = %failure, "smtp sender: delivery failed");
+                    tracing::warn!(id = %mail.id, error = %failure, "smtp sender: delivery failed");
                     disposition_after_failure(&failure, mail.attempts, &options, now, &mut rng)
                 }
             };
@@ -705,24 +707,26 @@ impl Sender {
         let result = match &disposition {
             Disposition::Sent { reply } => {
                 self.metrics.mail_sent();
-                tracing::info!(id = mail.id, %reply, "smtp sender: sent");
-                source.mark_sent(mail.id, now, reply).await
+                tracing::info!(id = %mail.id, %reply, "smtp sender: sent");
+                source.mark_sent(&mail.id, now, reply).await
             }
             Disposition::RetryAt { error, at } => {
                 self.metrics.mail_failed(FailureKind::Temporary);
-                tracing::info!(id = mail.id, %error, next_attempt = %at, "smtp sender: will retry");
-                source.mark_temporary_failure(mail.id, error, *at).await
+                tracing::info!(id = %mail.id, %error, next_attempt = %at, "smtp sender: will retry");
+                source
+                    .mark_temporary_failure(&mail.id, now, error, *at)
+                    .await
             }
             Disposition::GiveUp { error } => {
                 self.metrics.mail_failed(FailureKind::Permanent);
-                tracing::warn!(id = mail.id, %error, "smtp sender: failed permanently");
-                source.mark_permanent_failure(mail.id, error).await
+                tracing::warn!(id = %mail.id, %error, "smtp sender: failed permanently");
+                source.mark_permanent_failure(&mail.id, now, error).await
             }
         };
         match result {
             Ok(()) => true,
             Err(e) => {
-                tracing::error!(id = mail.id, error = %e, ?disposition, "smtp sender: cannot record the outcome");
+                tracing::error!(id = %mail.id, error = %e, ?disposition, "smtp sender: cannot record the outcome");
                 false
             }
         }
@@ -915,7 +919,7 @@ mod tests {
     #[test]
     fn envelopes_are_checked_before_sending() {
         let mail = |from: &str, to: &[&str]| OutgoingMail {
-            id: 1,
+            id: "TS-2026-000001.ack.1".into(),
             envelope_from: from.into(),
             recipients: to.iter().map(|s| s.to_string()).collect(),
             bytes: b"Subject: x\r\n\r\nx\r\n".to_vec(),

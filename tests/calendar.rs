@@ -56,7 +56,10 @@ mod china_2026 {
     #[test]
     fn one_working_hour_after_hours_before_national_day_is_due_the_morning_after_it() {
         let due = shanghai_office()
-            .add(before_national_day(), duration(1, DurationUnit::WorkingHours))
+            .add(
+                before_national_day(),
+                duration(1, DurationUnit::WorkingHours),
+            )
             .unwrap();
         assert_eq!(due, at("2026-10-08T09:30:00+08:00"));
     }
@@ -65,11 +68,18 @@ mod china_2026 {
     fn working_hours_skip_the_lunch_break() {
         let office = shanghai_office();
         let start = before_national_day();
-        let add = |hours| office.add(start, duration(hours, DurationUnit::WorkingHours)).unwrap();
+        let add = |hours| {
+            office
+                .add(start, duration(hours, DurationUnit::WorkingHours))
+                .unwrap()
+        };
         assert_eq!(add(4), at("2026-10-08T14:30:00+08:00"));
         assert_eq!(add(8), at("2026-10-09T09:30:00+08:00"));
         let lunch = office
-            .add(at("2026-10-08T11:30:00+08:00"), duration(1, DurationUnit::WorkingHours))
+            .add(
+                at("2026-10-08T11:30:00+08:00"),
+                duration(1, DurationUnit::WorkingHours),
+            )
             .unwrap();
         assert_eq!(lunch, at("2026-10-08T14:30:00+08:00"));
     }
@@ -78,7 +88,10 @@ mod china_2026 {
     fn time_that_runs_out_at_closing_time_is_due_at_closing_time() {
         let office = shanghai_office();
         let full_day = office
-            .add(before_national_day(), duration(7, DurationUnit::WorkingHours))
+            .add(
+                before_national_day(),
+                duration(7, DurationUnit::WorkingHours),
+            )
             .unwrap();
         assert_eq!(full_day, at("2026-10-08T17:30:00+08:00"));
         let morning = office
@@ -106,7 +119,10 @@ mod china_2026 {
         let office = shanghai_office();
         let add = |days| {
             office
-                .add(before_national_day(), duration(days, DurationUnit::WorkingDays))
+                .add(
+                    before_national_day(),
+                    duration(days, DurationUnit::WorkingDays),
+                )
                 .unwrap()
         };
         assert_eq!(add(1), at("2026-10-08T17:30:00+08:00"));
@@ -120,7 +136,11 @@ mod china_2026 {
     fn working_days_from_open_time_keep_the_time_of_day() {
         let office = shanghai_office();
         let friday = at("2026-10-09T10:15:00+08:00");
-        let add = |days| office.add(friday, duration(days, DurationUnit::WorkingDays)).unwrap();
+        let add = |days| {
+            office
+                .add(friday, duration(days, DurationUnit::WorkingDays))
+                .unwrap()
+        };
         assert_eq!(add(1), at("2026-10-10T10:15:00+08:00"));
         assert_eq!(add(2), at("2026-10-12T10:15:00+08:00"));
     }
@@ -128,7 +148,10 @@ mod china_2026 {
     #[test]
     fn working_days_from_the_lunch_break_count_from_the_afternoon_opening() {
         let due = shanghai_office()
-            .add(at("2026-10-08T12:30:00+08:00"), duration(1, DurationUnit::WorkingDays))
+            .add(
+                at("2026-10-08T12:30:00+08:00"),
+                duration(1, DurationUnit::WorkingDays),
+            )
             .unwrap();
         assert_eq!(due, at("2026-10-09T14:00:00+08:00"));
     }
@@ -136,7 +159,10 @@ mod china_2026 {
     #[test]
     fn working_days_before_the_day_opens_count_that_day_as_the_first() {
         let due = shanghai_office()
-            .add(at("2026-10-09T07:00:00+08:00"), duration(1, DurationUnit::WorkingDays))
+            .add(
+                at("2026-10-09T07:00:00+08:00"),
+                duration(1, DurationUnit::WorkingDays),
+            )
             .unwrap();
         assert_eq!(due, at("2026-10-09T17:30:00+08:00"));
     }
@@ -168,8 +194,14 @@ mod china_2026 {
         let add = |amount, unit| office.add(start, duration(amount, unit)).unwrap();
         assert_eq!(add(3, DurationUnit::Days), at("2026-10-03T17:50:00+08:00"));
         assert_eq!(add(1, DurationUnit::Weeks), at("2026-10-07T17:50:00+08:00"));
-        assert_eq!(add(30, DurationUnit::Minutes), at("2026-09-30T18:20:00+08:00"));
-        assert_eq!(add(24, DurationUnit::Hours), at("2026-10-01T17:50:00+08:00"));
+        assert_eq!(
+            add(30, DurationUnit::Minutes),
+            at("2026-09-30T18:20:00+08:00")
+        );
+        assert_eq!(
+            add(24, DurationUnit::Hours),
+            at("2026-10-01T17:50:00+08:00")
+        );
     }
 
     #[test]
@@ -188,17 +220,30 @@ mod china_2026 {
     fn next_open_and_next_close_jump_over_the_holiday() {
         let office = shanghai_office();
         let in_holiday = at("2026-10-01T10:00:00+08:00");
-        assert_eq!(office.next_open(in_holiday).unwrap(), at("2026-10-08T08:30:00+08:00"));
-        assert_eq!(office.next_close(in_holiday).unwrap(), at("2026-10-08T12:00:00+08:00"));
+        assert_eq!(
+            office.next_open(in_holiday).unwrap(),
+            at("2026-10-08T08:30:00+08:00")
+        );
+        assert_eq!(
+            office.next_close(in_holiday).unwrap(),
+            at("2026-10-08T12:00:00+08:00")
+        );
         let open = at("2026-10-08T15:00:00+08:00");
         assert_eq!(office.next_open(open).unwrap(), open);
-        assert_eq!(office.next_close(open).unwrap(), at("2026-10-08T17:30:00+08:00"));
+        assert_eq!(
+            office.next_close(open).unwrap(),
+            at("2026-10-08T17:30:00+08:00")
+        );
     }
 
     #[test]
     fn business_seconds_count_only_open_time() {
         let office = shanghai_office();
-        let seconds = |from, until| office.business_seconds_between(at(from), at(until)).unwrap();
+        let seconds = |from, until| {
+            office
+                .business_seconds_between(at(from), at(until))
+                .unwrap()
+        };
         assert_eq!(
             seconds("2026-09-30T17:50:00+08:00", "2026-10-08T09:30:00+08:00"),
             3600
@@ -218,9 +263,18 @@ mod china_2026 {
         let office = shanghai_office();
         let due = at("2026-10-08T09:30:00+08:00");
         let back = |amount, unit| office.subtract(due, duration(amount, unit)).unwrap();
-        assert_eq!(back(2, DurationUnit::WorkingHours), at("2026-09-30T16:30:00+08:00"));
-        assert_eq!(back(1, DurationUnit::WorkingHours), at("2026-10-08T08:30:00+08:00"));
-        assert_eq!(back(1, DurationUnit::WorkingDays), at("2026-09-30T09:30:00+08:00"));
+        assert_eq!(
+            back(2, DurationUnit::WorkingHours),
+            at("2026-09-30T16:30:00+08:00")
+        );
+        assert_eq!(
+            back(1, DurationUnit::WorkingHours),
+            at("2026-10-08T08:30:00+08:00")
+        );
+        assert_eq!(
+            back(1, DurationUnit::WorkingDays),
+            at("2026-09-30T09:30:00+08:00")
+        );
         assert_eq!(back(2, DurationUnit::Days), at("2026-10-06T09:30:00+08:00"));
     }
 
@@ -323,17 +377,32 @@ mod daylight_saving_in_berlin {
         let office = berlin_office();
         let day = duration(1, DurationUnit::Days);
         let spring = at("2026-03-28T09:00:00+01:00");
-        assert_eq!(office.add(spring, day).unwrap(), at("2026-03-29T09:00:00+02:00"));
-        assert_eq!(office.add(spring, day).unwrap() - spring, TimeDelta::hours(23));
+        assert_eq!(
+            office.add(spring, day).unwrap(),
+            at("2026-03-29T09:00:00+02:00")
+        );
+        assert_eq!(
+            office.add(spring, day).unwrap() - spring,
+            TimeDelta::hours(23)
+        );
         let autumn = at("2026-10-24T09:00:00+02:00");
-        assert_eq!(office.add(autumn, day).unwrap(), at("2026-10-25T09:00:00+01:00"));
-        assert_eq!(office.add(autumn, day).unwrap() - autumn, TimeDelta::hours(25));
+        assert_eq!(
+            office.add(autumn, day).unwrap(),
+            at("2026-10-25T09:00:00+01:00")
+        );
+        assert_eq!(
+            office.add(autumn, day).unwrap() - autumn,
+            TimeDelta::hours(25)
+        );
     }
 
     #[test]
     fn a_local_time_that_does_not_exist_becomes_the_end_of_the_gap() {
         let due = berlin_office()
-            .add(at("2026-03-28T02:30:00+01:00"), duration(1, DurationUnit::Days))
+            .add(
+                at("2026-03-28T02:30:00+01:00"),
+                duration(1, DurationUnit::Days),
+            )
             .unwrap();
         assert_eq!(due, at("2026-03-29T03:00:00+02:00"));
     }
@@ -341,7 +410,10 @@ mod daylight_saving_in_berlin {
     #[test]
     fn a_local_time_that_occurs_twice_is_the_earlier() {
         let due = berlin_office()
-            .add(at("2026-10-24T02:30:00+02:00"), duration(1, DurationUnit::Days))
+            .add(
+                at("2026-10-24T02:30:00+02:00"),
+                duration(1, DurationUnit::Days),
+            )
             .unwrap();
         assert_eq!(due, at("2026-10-25T02:30:00+02:00"));
     }
@@ -350,7 +422,10 @@ mod daylight_saving_in_berlin {
     fn explanations_mention_the_gap_and_the_repeated_hour() {
         let office = berlin_office();
         let (_, spring) = office
-            .explain_add(at("2026-03-28T02:30:00+01:00"), duration(1, DurationUnit::Days))
+            .explain_add(
+                at("2026-03-28T02:30:00+01:00"),
+                duration(1, DurationUnit::Days),
+            )
             .unwrap();
         assert_eq!(
             spring,
@@ -359,7 +434,10 @@ mod daylight_saving_in_berlin {
              (clocks go forward), so 03:00"
         );
         let (_, autumn) = office
-            .explain_add(at("2026-10-24T02:30:00+02:00"), duration(1, DurationUnit::Days))
+            .explain_add(
+                at("2026-10-24T02:30:00+02:00"),
+                duration(1, DurationUnit::Days),
+            )
             .unwrap();
         assert_eq!(
             autumn,
@@ -374,11 +452,13 @@ mod daylight_saving_in_berlin {
         let desk = berlin_always_open();
         let four_hours = duration(4, DurationUnit::WorkingHours);
         assert_eq!(
-            desk.add(at("2026-03-28T23:00:00+01:00"), four_hours).unwrap(),
+            desk.add(at("2026-03-28T23:00:00+01:00"), four_hours)
+                .unwrap(),
             at("2026-03-29T04:00:00+02:00")
         );
         assert_eq!(
-            desk.add(at("2026-10-24T23:00:00+02:00"), four_hours).unwrap(),
+            desk.add(at("2026-10-24T23:00:00+02:00"), four_hours)
+                .unwrap(),
             at("2026-10-25T02:00:00+01:00")
         );
     }
@@ -417,7 +497,10 @@ mod daylight_saving_in_berlin {
         );
         assert!(odd.is_open(at("2026-04-05T02:30:00+02:00")));
         let due = odd
-            .add(at("2026-03-28T12:00:00+01:00"), duration(1, DurationUnit::WorkingDays))
+            .add(
+                at("2026-03-28T12:00:00+01:00"),
+                duration(1, DurationUnit::WorkingDays),
+            )
             .unwrap();
         assert_eq!(due, at("2026-03-30T10:00:00+02:00"));
     }
@@ -427,12 +510,17 @@ mod daylight_saving_in_berlin {
         let office = berlin_office();
         let friday = at("2026-03-27T10:00:00+01:00");
         assert_eq!(
-            office.add(friday, duration(1, DurationUnit::WorkingDays)).unwrap(),
+            office
+                .add(friday, duration(1, DurationUnit::WorkingDays))
+                .unwrap(),
             at("2026-03-30T10:00:00+02:00")
         );
         assert_eq!(
             office
-                .add(at("2026-03-27T16:00:00+01:00"), duration(2, DurationUnit::WorkingHours))
+                .add(
+                    at("2026-03-27T16:00:00+01:00"),
+                    duration(2, DurationUnit::WorkingHours)
+                )
                 .unwrap(),
             at("2026-03-30T09:00:00+02:00")
         );
@@ -472,8 +560,14 @@ mod limits {
             horizon_days: complaintd::calendar::DEFAULT_HORIZON_DAYS,
         });
         assert_eq!(closed.next_open(start), horizon);
-        assert_eq!(closed.add(start, duration(1, DurationUnit::WorkingHours)), horizon);
-        assert_eq!(closed.add(start, duration(1, DurationUnit::WorkingDays)), horizon);
+        assert_eq!(
+            closed.add(start, duration(1, DurationUnit::WorkingHours)),
+            horizon
+        );
+        assert_eq!(
+            closed.add(start, duration(1, DurationUnit::WorkingDays)),
+            horizon
+        );
         assert!(!closed.is_open(start));
     }
 
@@ -538,7 +632,10 @@ impl DeclText {
     }
 
     fn render(&self, diagnostics: &[complaintd::rules::Diagnostic]) -> Vec<String> {
-        diagnostics.iter().map(|d| d.render(&self.sources)).collect()
+        diagnostics
+            .iter()
+            .map(|d| d.render(&self.sources))
+            .collect()
     }
 }
 
@@ -577,7 +674,12 @@ fn weekdays(decl: &DeclText, text: &str, first: u8, last: u8, nth: usize) -> Spa
     decl.spanned(WeekdaySet { first, last }, text, nth)
 }
 
-fn calendar_decl(decl: &DeclText, name: &str, zone: &str, entries: Vec<CalendarEntry>) -> CalendarDecl {
+fn calendar_decl(
+    decl: &DeclText,
+    name: &str,
+    zone: &str,
+    entries: Vec<CalendarEntry>,
+) -> CalendarDecl {
     let quoted = format!("\"{zone}\"");
     CalendarDecl {
         name: decl.spanned(name.to_owned(), name, 0),
@@ -807,7 +909,10 @@ calendar office \"Asia/Shangai\" {
         assert_eq!(office.zone(), chrono_tz::Asia::Shanghai);
         assert_eq!(
             office
-                .add(before_national_day(), duration(3, DurationUnit::WorkingDays))
+                .add(
+                    before_national_day(),
+                    duration(3, DurationUnit::WorkingDays)
+                )
                 .unwrap(),
             at("2026-10-10T17:30:00+08:00")
         );

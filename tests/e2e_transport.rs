@@ -18,7 +18,7 @@ use complaintd::clock::{Clock, SystemClock};
 use complaintd::config::{AfterIngest, MailboxConfig, SmtpConfig, TlsMode};
 use complaintd::imap::plan::folder_name;
 use complaintd::imap::{
-    run_mailbox, Checkpoint, FetchedMessage, ImapOptions, IngestBatch, IngestSink, SinkError,
+    run_mailbox, Checkpoint, FetchedBatch, FetchedMessage, ImapOptions, IngestSink, SinkError,
 };
 use complaintd::metrics::{FailureKind, Metrics};
 use complaintd::smtp::{run_sender, OutboxError, OutboxSource, OutgoingMail, SenderOptions};
@@ -361,7 +361,7 @@ impl IngestSink for RecordingSink {
         Ok(self.state.lock().unwrap().checkpoints.get(mailbox).copied())
     }
 
-    async fn ingest(&self, batch: IngestBatch) -> Result<(), SinkError> {
+    async fn ingest(&self, batch: FetchedBatch) -> Result<(), SinkError> {
         if let Some(gate) = &self.gate {
             self.state.lock().unwrap().waiting += 1;
             self.changed.notify_waiters();
@@ -462,12 +462,13 @@ impl MemoryOutbox {
         })
     }
 
-    fn queue(&self, from: &str, recipients: &[String], bytes: Vec<u8>) -> u64 {
+    /// Queues a mail; returns its position (1, 2, …) for the test to refer to it by.
+    fn queue(&self, from: &str, recipients: &[String], bytes: Vec<u8>) -> usize {
         let mut entries = self.entries.lock().unwrap();
-        let id = entries.len() as u64 + 1;
+        let id = entries.len() + 1;
         entries.push(Entry {
             mail: OutgoingMail {
-                id,
+                id: format!("TS-2026-{id:06}.test.1"),
                 envelope_from: from.into(),
                 recipients: recipients.to_vec(),
                 bytes,
@@ -483,8 +484,8 @@ impl MemoryOutbox {
         id
     }
 
-    fn entry(&self, id: u64) -> Entry {
-        self.entries.lock().unwrap()[id as usize - 1].clone()
+    fn entry(&self, id: usize) -> Entry {
+        self.entries.lock().unwrap()[id - 1].clone()
     }
 
     async fn wait_for<T>(&self, what: &str, mut check: impl FnMut(&[Entry]) -> Option<T>) -> T {
@@ -508,10 +509,10 @@ impl MemoryOutbox {
         }
     }
 
-    async fn wait_until_settled(&self, id: u64) -> Outcome {
+    async fn wait_until_settled(&self, id: usize) -> Outcome {
         self.wait_for(
             &format!("mail {id} to be sent or failed"),
-            |entries| match &entries[id as usize - 1].outcome {
+            |entries| match &entries[id - 1].outcome {
                 Outcome::Pending { .. } => None,
                 done => Some(done.clone()),
             },
@@ -519,10 +520,11 @@ impl MemoryOutbox {
         .await
     }
 
-    fn update(&self, id: u64, change: impl FnOnce(&mut Entry)) -> Result<(), OutboxError> {
+    fn update(&self, id: &str, change: impl FnOnce(&mut Entry)) -> Result<(), OutboxError> {
         let mut entries = self.entries.lock().unwrap();
         let entry = entries
-            .get_mut(id as usize - 1)
+            .iter_mut()
+            .find(|e| e.mail.id == id)
             .ok_or_else(|| OutboxError::new(format!("no mail {id}")))?;
         change(entry);
         drop(entries);
@@ -550,14 +552,20 @@ impl OutboxSource for MemoryOutbox {
             .collect())
     }
 
-    async fn mark_sent(&self, id: u64, _at: DateTime<Utc>, reply: &str) -> Result<(), OutboxError> {
+    async fn mark_sent(
+        &self,
+        id: &str,
+        _at: DateTime<Utc>,
+        reply: &str,
+    ) -> Result<(), OutboxError> {
         let reply = reply.to_owned();
         self.update(id, |e| e.outcome = Outcome::Sent { reply })
     }
 
     async fn mark_temporary_failure(
         &self,
-        id: u64,
+        id: &str,
+        _at: DateTime<Utc>,
         error: &str,
         next_attempt: DateTime<Utc>,
     ) -> Result<(), OutboxError> {
@@ -569,7 +577,12 @@ impl OutboxSource for MemoryOutbox {
         })
     }
 
-    async fn mark_permanent_failure(&self, id: u64, error: &str) -> Result<(), OutboxError> {
+    async fn mark_permanent_failure(
+        &self,
+        id: &str,
+        _at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), OutboxError> {
         let error = error.to_owned();
         self.update(id, |e| e.outcome = Outcome::Failed { error })
     }
@@ -1036,7 +1049,7 @@ async fn a_changed_uidvalidity_rescans_the_folder_with_the_rescan_flag() {
     sink.wait_for_count(5).await;
     running.stop().await;
     let second = sink.checkpoint("validity").unwrap().unwrap();
-    assert_ne!(first.uidvalidity, second.uidvalidity);
+    assert_ne!(first.uid_validity, second.uid_validity);
     assert_eq!(second.last_uid, 3);
     let batches = sink.state.lock().unwrap().batches.clone();
     assert_eq!(batches.first(), Some(&(false, vec![1, 2])));
@@ -1485,7 +1498,7 @@ async fn a_disconnect_after_data_is_retried_with_the_same_message_id() {
 async fn one_connection_carries_many_messages() {
     let server = ScriptedServer::start(vec![Script::Accept]).await;
     let outbox = MemoryOutbox::new();
-    let ids: Vec<u64> = (1..=5)
+    let ids: Vec<usize> = (1..=5)
         .map(|n| {
             outbox.queue(
                 &address("complaints"),
@@ -1515,7 +1528,7 @@ async fn one_connection_carries_many_messages() {
 async fn the_per_minute_cap_holds_back_the_rest() {
     let server = ScriptedServer::start(vec![Script::Accept]).await;
     let outbox = MemoryOutbox::new();
-    let ids: Vec<u64> = (1..=4)
+    let ids: Vec<usize> = (1..=4)
         .map(|n| {
             outbox.queue(
                 &address("complaints"),

@@ -25,20 +25,13 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::config::{AfterIngest, MailboxConfig, TlsMode};
 use crate::metrics::Metrics;
+pub use crate::store::Checkpoint;
 use crate::tls::{self, TlsError};
 use connect::{open_session, timed, ImapSession};
 use plan::{BatchLimits, Listed};
 
 /// RFC 2177 asks clients to re-issue IDLE at least every 29 minutes; we stay well below.
 pub const MAX_IDLE_RENEW: Duration = Duration::from_secs(25 * 60);
-
-/// Where a mailbox's ingest stands, as committed by the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Checkpoint {
-    pub uidvalidity: u32,
-    /// Every message with this UID or lower has been handed over and committed.
-    pub last_uid: u32,
-}
 
 /// One fetched message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,9 +53,10 @@ impl FetchedMessage {
     }
 }
 
-/// A batch of messages for the store to commit in one go.
+/// A batch of fetched messages for the store to commit in one go (the store's own
+/// `IngestBatch` is what it makes of them).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IngestBatch {
+pub struct FetchedBatch {
     /// The mailbox's configured name.
     pub mailbox: String,
     pub uidvalidity: u32,
@@ -76,11 +70,11 @@ pub struct IngestBatch {
     pub messages: Vec<FetchedMessage>,
 }
 
-impl IngestBatch {
+impl FetchedBatch {
     /// The checkpoint to commit with this batch.
     pub fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
-            uidvalidity: self.uidvalidity,
+            uid_validity: self.uidvalidity,
             last_uid: self.messages.iter().map(|m| m.uid).max().unwrap_or(0),
         }
     }
@@ -109,7 +103,7 @@ pub trait IngestSink: Send + Sync + 'static {
     /// Commits the batch durably, together with `batch.checkpoint()`, and returns.
     /// An error means nothing of the batch was committed; it will be fetched again.
     /// Oversized messages (`body: None`) are to be recorded, not dropped.
-    fn ingest(&self, batch: IngestBatch) -> impl Future<Output = Result<(), SinkError>> + Send;
+    fn ingest(&self, batch: FetchedBatch) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
 /// Tuning of the mailbox task that the mailbox configuration does not carry.
@@ -268,11 +262,11 @@ impl<S: IngestSink> Worker<S> {
         })?;
         let (mut last_uid, mut rescan) = match self.sink.checkpoint(&self.mailbox.name)? {
             None => (0, false),
-            Some(c) if c.uidvalidity == uidvalidity => (c.last_uid, false),
+            Some(c) if c.uid_validity == uidvalidity => (c.last_uid, false),
             Some(c) => {
                 tracing::warn!(
                     mailbox = %self.mailbox.name,
-                    old = c.uidvalidity,
+                    old = c.uid_validity,
                     new = uidvalidity,
                     "imap: UIDVALIDITY changed; rescanning the folder from UID 1"
                 );
@@ -364,7 +358,7 @@ impl<S: IngestSink> Worker<S> {
             }
             let uids: Vec<u32> = messages.iter().map(|m| m.uid).collect();
             let count = messages.len();
-            let batch = IngestBatch {
+            let batch = FetchedBatch {
                 mailbox: self.mailbox.name.clone(),
                 uidvalidity,
                 rescan,
