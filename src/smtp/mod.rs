@@ -7,6 +7,8 @@
 //! stable Message-ID, so a mail resent after an ambiguous failure is recognisably the
 //! same mail.
 
+mod store_outbox;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -37,6 +39,7 @@ use crate::clock::Clock;
 use crate::config::{SmtpConfig, TlsMode};
 use crate::metrics::{FailureKind, Metrics};
 use crate::tls::{self, TlsError};
+pub use store_outbox::StoreOutbox;
 
 /// A message waiting in the outbox, ready to be sent as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
