@@ -139,7 +139,7 @@ impl Default for SenderOptions {
         SenderOptions {
             batch_limit: 50,
             retry: BackoffPolicy::new(Duration::from_secs(60), Duration::from_secs(3600)),
-            max_attempts: 40,
+            max_attempts: 100,
             reconnect: BackoffPolicy::new(Duration::from_secs(1), Duration::from_secs(300)),
             idle_poll: Duration::from_secs(60),
             max_idle_connection: Duration::from_secs(30),
