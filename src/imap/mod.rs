@@ -351,6 +351,10 @@ impl<S: IngestSink> Worker<S> {
             max_message_bytes: self.options.max_message_bytes,
         };
         for batch in plan::batches(&new, limits) {
+            // A long backlog must not hold up shutdown; the rest waits for the next start.
+            if self.shutdown.is_cancelled() {
+                break;
+            }
             let messages = self.fetch_batch(session, &batch).await?;
             if messages.is_empty() {
                 // Every message of the batch was expunged meanwhile.
