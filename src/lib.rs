@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod calendar;
 pub mod case;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod imap;
