@@ -2,12 +2,14 @@
 //! Dovecot and OpenSMTPD (started by `scripts/mailstack.sh`), plus scripted SMTP servers
 //! for failures a real server will not produce on demand.
 //!
-//! Every test that needs the mail stack gets its own stack (directory and ports), so tests
-//! that stop a server cannot disturb the others; the stack is taken down when the test ends.
+//! Every test that needs the mail stack gets its own isolated stack from the harness in
+//! `tests/support/` (own directory, free ports), so tests that stop a server cannot disturb
+//! the others; the stack is taken down when the test ends.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +25,7 @@ use complaintd::imap::{
 use complaintd::metrics::{FailureKind, Metrics};
 use complaintd::smtp::{run_sender, OutboxError, OutboxSource, OutgoingMail, SenderOptions};
 use futures::TryStreamExt;
+use support::PASSWORD;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
@@ -32,73 +35,55 @@ use tokio_util::sync::CancellationToken;
 
 /// Generous: the machine is shared and slow; a passing test finishes far sooner.
 const DEADLINE: Duration = Duration::from_secs(30);
-const PASSWORD: &str = "secret";
 const DOMAIN: &str = "example.test";
 
 // ------------------------------------------------------------------ the mail stack
 
-/// A private Dovecot + OpenSMTPD from `scripts/mailstack.sh`, taken down on drop.
+/// A private Dovecot + OpenSMTPD (the harness's isolated stack: own directory, free
+/// ports, empty mailboxes), taken down when dropped.
 struct Stack {
-    dir: PathBuf,
-    imap_port: u16,
-    imaps_port: u16,
-    smtp_port: u16,
+    inner: support::IsolatedStack,
 }
 
 impl Stack {
-    /// Brings up a stack for one test; `slot` picks its ports and directory.
-    fn up(name: &str, slot: u16, users: &[&str]) -> Stack {
-        let base = 12_200 + slot * 10;
-        let stack = Stack {
-            dir: std::env::temp_dir().join(format!("complaintd-e2e-transport-{name}")),
-            imap_port: base,
-            imaps_port: base + 1,
-            smtp_port: base + 2,
-        };
-        // Start from empty mailboxes: a previous run's mail would confuse every count.
-        stack.run("down");
-        match std::fs::remove_dir_all(stack.dir.join("mail")) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                panic!("cannot empty {}: {e}", stack.dir.display())
-            }
-            _ => {}
-        }
+    /// Brings up a stack for one test with these local users (`@example.test`).
+    fn up(users: &[&str]) -> Stack {
         let users: Vec<String> = users.iter().map(|u| format!("{u}@{DOMAIN}")).collect();
-        stack.script("up", &users.join(","));
-        stack
+        let users: Vec<&str> = users.iter().map(String::as_str).collect();
+        let inner = support::MailStack::isolated(&users).expect("an isolated mail stack");
+        Stack { inner }
     }
 
-    fn script(&self, command: &str, users: &str) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mailstack.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .arg(command)
-            .env("MAILSTACK_DIR", &self.dir)
-            .env("MAILSTACK_IMAP_PORT", self.imap_port.to_string())
-            .env("MAILSTACK_IMAPS_PORT", self.imaps_port.to_string())
-            .env("MAILSTACK_SMTP_PORT", self.smtp_port.to_string())
-            .env("MAILSTACK_USERS", users)
-            .output()
-            .expect("cannot run scripts/mailstack.sh");
-        assert!(
-            output.status.success(),
-            "mailstack.sh {command} failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+    fn dir(&self) -> PathBuf {
+        self.inner.dir().to_path_buf()
+    }
+
+    fn imap_port(&self) -> u16 {
+        self.inner.imap_port()
+    }
+
+    fn imaps_port(&self) -> u16 {
+        self.inner.imaps_port()
     }
 
     fn run(&self, command: &str) {
-        self.script(command, "");
+        let result = match command {
+            "stop-imap" => self.inner.stop_imap(),
+            "start-imap" => self.inner.start_imap(),
+            "stop-smtp" => self.inner.stop_smtp(),
+            "start-smtp" => self.inner.start_smtp(),
+            other => panic!("no such stack command: {other}"),
+        };
+        result.unwrap_or_else(|e| panic!("mailstack.sh {command}: {e:#}"));
     }
 
     fn ca_file(&self) -> PathBuf {
-        self.dir.join("tls/ca.pem")
+        self.inner.ca_cert_path()
     }
 
     /// A file holding the password every stack user has.
     fn password_file(&self) -> PathBuf {
-        let path = self.dir.join("test-password");
+        let path = self.dir().join("test-password");
         std::fs::write(&path, format!("{PASSWORD}\n")).unwrap();
         path
     }
@@ -107,7 +92,7 @@ impl Stack {
         MailboxConfig {
             name: name.into(),
             host: "127.0.0.1".into(),
-            port: self.imap_port,
+            port: self.imap_port(),
             tls: TlsMode::None,
             ca_file: None,
             user: format!("{user}@{DOMAIN}"),
@@ -124,7 +109,7 @@ impl Stack {
     fn smtp(&self) -> SmtpConfig {
         SmtpConfig {
             host: "127.0.0.1".into(),
-            port: self.smtp_port,
+            port: self.inner.smtp_port(),
             tls: TlsMode::None,
             ca_file: None,
             user: None,
@@ -137,22 +122,7 @@ impl Stack {
     }
 
     async fn client(&self, user: &str) -> TestImap {
-        TestImap::login(self.imap_port, user).await
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        // Leave nothing running, even when the test failed.
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mailstack.sh");
-        let _ = Command::new("bash")
-            .arg(&script)
-            .arg("down")
-            .env("MAILSTACK_DIR", &self.dir)
-            .env("MAILSTACK_IMAP_PORT", self.imap_port.to_string())
-            .env("MAILSTACK_IMAPS_PORT", self.imaps_port.to_string())
-            .env("MAILSTACK_SMTP_PORT", self.smtp_port.to_string())
-            .output();
+        TestImap::login(self.imap_port(), user).await
     }
 }
 
@@ -659,7 +629,7 @@ fn message_id_of(bytes: &[u8]) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingests_appended_and_smtp_delivered_mail_and_resumes_from_the_checkpoint() {
-    let stack = Stack::up("ingest", 0, &["ingest"]);
+    let stack = Stack::up(&["ingest"]);
     let mut imap = stack.client("ingest").await;
     for n in 1..=5 {
         imap.append(
@@ -749,7 +719,7 @@ async fn ingests_appended_and_smtp_delivered_mail_and_resumes_from_the_checkpoin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seen_is_set_only_after_the_commit_and_a_refused_commit_is_fetched_again() {
-    let stack = Stack::up("seen", 1, &["seen"]);
+    let stack = Stack::up(&["seen"]);
     let mut imap = stack.client("seen").await;
     for n in 1..=3 {
         imap.append("INBOX", &message(&format!("seen {n}"), &format!("seen{n}")))
@@ -805,7 +775,7 @@ async fn seen_is_set_only_after_the_commit_and_a_refused_commit_is_fetched_again
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_wakes_the_task_within_a_second_or_two() {
-    let stack = Stack::up("idle", 2, &["idle"]);
+    let stack = Stack::up(&["idle"]);
     let mut imap = stack.client("idle").await;
     let sink = RecordingSink::new();
     // Polling every ten minutes: only IDLE can make the deliveries below fast.
@@ -842,7 +812,7 @@ async fn idle_wakes_the_task_within_a_second_or_two() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_when_idle_is_not_used() {
-    let stack = Stack::up("poll", 3, &["poll"]);
+    let stack = Stack::up(&["poll"]);
     let mut imap = stack.client("poll").await;
     let sink = RecordingSink::new();
     let mut mailbox = stack.mailbox("poll", "poll");
@@ -862,13 +832,13 @@ async fn polls_when_idle_is_not_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imaps_and_starttls_trust_the_stack_ca_and_nothing_else() {
-    let stack = Stack::up("tls", 4, &["tls"]);
+    let stack = Stack::up(&["tls"]);
     let mut imap = stack.client("tls").await;
     imap.append("INBOX", &message("over tls", "t1")).await;
 
     for (mode, port) in [
-        (TlsMode::Tls, stack.imaps_port),
-        (TlsMode::Starttls, stack.imap_port),
+        (TlsMode::Tls, stack.imaps_port()),
+        (TlsMode::Starttls, stack.imap_port()),
     ] {
         let sink = RecordingSink::new();
         let mut mailbox = stack.mailbox("tls", "tls");
@@ -890,7 +860,7 @@ async fn imaps_and_starttls_trust_the_stack_ca_and_nothing_else() {
     let metrics = Metrics::new();
     let mut mailbox = stack.mailbox("untrusted", "tls");
     mailbox.tls = TlsMode::Tls;
-    mailbox.port = stack.imaps_port;
+    mailbox.port = stack.imaps_port();
     let running = Running::start(mailbox, fast_imap_options(), sink.clone(), metrics.clone());
     let start = Instant::now();
     while metrics.imap_reconnects("untrusted") < 3 {
@@ -906,7 +876,7 @@ async fn imaps_and_starttls_trust_the_stack_ca_and_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_the_imap_server_restarts() {
-    let stack = Stack::up("restart", 5, &["restart"]);
+    let stack = Stack::up(&["restart"]);
     let mut imap = stack.client("restart").await;
     imap.append("INBOX", &message("before", "r1")).await;
     drop(imap);
@@ -946,7 +916,7 @@ async fn reconnects_after_the_imap_server_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_messages_are_handed_over_with_their_headers_only() {
-    let stack = Stack::up("oversized", 6, &["big"]);
+    let stack = Stack::up(&["big"]);
     let mut imap = stack.client("big").await;
     imap.append("INBOX", &message("small", "b1")).await;
     let mut large = message("large", "b2");
@@ -988,7 +958,7 @@ async fn oversized_messages_are_handed_over_with_their_headers_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_after_ingest_empties_the_folder_into_the_target() {
-    let stack = Stack::up("move", 7, &["mover"]);
+    let stack = Stack::up(&["mover"]);
     let mut imap = stack.client("mover").await;
     // A Chinese folder name travels in modified UTF-7, which Dovecot checks.
     let target = folder_name("已处理");
@@ -1017,7 +987,7 @@ async fn move_after_ingest_empties_the_folder_into_the_target() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_uidvalidity_rescans_the_folder_with_the_rescan_flag() {
-    let stack = Stack::up("uidvalidity", 8, &["validity"]);
+    let stack = Stack::up(&["validity"]);
     let mut imap = stack.client("validity").await;
     imap.create("Complaints").await;
     for n in 1..=2 {
@@ -1059,7 +1029,7 @@ async fn a_changed_uidvalidity_rescans_the_folder_with_the_rescan_flag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_into_a_real_mailbox_and_records_a_5xx_as_permanent() {
-    let stack = Stack::up("deliver", 9, &["dept"]);
+    let stack = Stack::up(&["dept"]);
     let outbox = MemoryOutbox::new();
     let metrics = Metrics::new();
     let sender = RunningSender::start(
@@ -1125,7 +1095,7 @@ async fn delivers_into_a_real_mailbox_and_records_a_5xx_as_permanent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_down_gives_temporary_failures_then_delivery_when_it_returns() {
-    let stack = Stack::up("smtp-outage", 10, &["patient"]);
+    let stack = Stack::up(&["patient"]);
     stack.run("stop-smtp");
     let outbox = MemoryOutbox::new();
     let metrics = Metrics::new();
@@ -1193,11 +1163,11 @@ fn stack_acceptor(stack: &Stack) -> TlsAcceptor {
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use tokio_rustls::rustls::{crypto::ring, ServerConfig};
     let certificates: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(stack.dir.join("tls/cert.pem"))
+        CertificateDer::pem_file_iter(stack.dir().join("tls/cert.pem"))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-    let key = PrivateKeyDer::from_pem_file(stack.dir.join("tls/key.pem")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(stack.dir().join("tls/key.pem")).unwrap();
     let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -1561,7 +1531,7 @@ async fn the_per_minute_cap_holds_back_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_over_implicit_tls_and_starttls_with_auth_trusts_only_the_stack_ca() {
     // The stack is only needed for its CA and server certificate.
-    let stack = Stack::up("smtp-tls", 11, &[]);
+    let stack = Stack::up(&[]);
     let acceptor = stack_acceptor(&stack);
     for (name, tls, mode) in [
         (
