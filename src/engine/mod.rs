@@ -15,6 +15,7 @@
 mod clocks;
 mod compose;
 mod ingest;
+pub mod inspect;
 mod lookup;
 mod policy;
 mod schedules;
