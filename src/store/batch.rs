@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Datelike, Utc};
 use sha2::{Digest, Sha256};
 
+use super::engine_ops::{self, ExtraOp, SYSTEM_MAIL_SCOPE};
 use super::error::StoreError;
 use super::keys;
 use super::outbox::{mail_identity, put_entry, MailDraft, MailIdentity, OutboxEntry, OutboxState};
@@ -115,6 +116,8 @@ pub struct ChangeSet {
     attachments: Vec<AttachmentOp>,
     acks: Vec<(String, i64)>,
     quarantine: Option<QuarantineOp>,
+    /// Outbox failures, mail about no case and schedule runs (`engine_ops`).
+    pub(super) extra: Vec<ExtraOp>,
 }
 
 impl ChangeSet {
@@ -628,6 +631,10 @@ fn apply_changes(
         tx.set_counter(TreeId::AckCounters, key, count + 1)?;
     }
 
+    for op in &changes.extra {
+        engine_ops::apply(tx, settings, op, &mut applied)?;
+    }
+
     if let Some(op) = &changes.quarantine {
         let id = tx.tree(TreeId::Quarantine).generate_id()?;
         let key = id.to_be_bytes().to_vec();
@@ -823,7 +830,7 @@ fn apply_timer_op(tx: &Tx<'_>, resolver: &mut Resolver<'_>, op: &TimerOp) -> TxR
     }
 }
 
-fn queue_mail(
+pub(super) fn queue_mail(
     tx: &Tx<'_>,
     settings: &StoreSettings,
     case: &CaseId,
@@ -875,6 +882,10 @@ fn queue_mail(
             outbox_id: entry.id.clone(),
         },
     )?;
+    // Mail about no case (digests) has no event log to append to.
+    if case.0 == SYSTEM_MAIL_SCOPE {
+        return Ok(identity);
+    }
     append_event(
         tx,
         case,

@@ -10,6 +10,7 @@
 //! are described in `docs/store.md`.
 
 mod batch;
+mod engine_ops;
 mod error;
 mod history;
 pub mod keys;
@@ -28,6 +29,7 @@ use sled::transaction::{TransactionError, Transactional, TransactionalTree};
 pub use batch::{
     Applied, CaseRef, ChangeOutcome, ChangeSet, CommitReport, IngestBatch, NewCaseKey,
 };
+pub use engine_ops::SYSTEM_MAIL_SCOPE;
 pub use error::StoreError;
 pub use history::{BatchHistory, StoreHistory};
 pub use outbox::{

@@ -403,7 +403,10 @@ impl Store {
                     let mut next = entry.clone();
                     next.state = state;
                     put_entry(tx, Some(&entry), &next)?;
-                    append_event(tx, &entry.case, &event)?;
+                    // Mail about no case (digests) has no event log to append to.
+                    if entry.case.0 != super::engine_ops::SYSTEM_MAIL_SCOPE {
+                        append_event(tx, &entry.case, &event)?;
+                    }
                     Ok(next)
                 }
             }
