@@ -107,9 +107,19 @@ impl Workspace {
         self.path().join("store")
     }
 
-    /// Writes `config.toml` for `stack` (with `extra` appended to the `[mail]` table) and
+    /// Writes `config.toml` for `stack` (with `mail_extra` appended to the `[mail]` table) and
     /// returns its path.
     pub fn write_config(&self, stack: &MailStack, mail_extra: &str) -> Result<PathBuf> {
+        self.write_config_with(stack, mail_extra, |text| text)
+    }
+
+    /// Like [`Workspace::write_config`], with the text passed through `edit` first.
+    pub fn write_config_with(
+        &self,
+        stack: &MailStack,
+        mail_extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<PathBuf> {
         let text = format!(
             r#"
 time_zone = "Asia/Shanghai"
@@ -156,12 +166,22 @@ level = "info"
             ca = stack.ca_cert_path().display(),
         );
         let path = self.path().join("config.toml");
-        std::fs::write(&path, text)?;
+        std::fs::write(&path, edit(text))?;
         Ok(path)
     }
 
     pub fn config(&self, stack: &MailStack, mail_extra: &str) -> Result<Config> {
-        let path = self.write_config(stack, mail_extra)?;
+        self.config_with(stack, mail_extra, |text| text)
+    }
+
+    /// The configuration of [`Workspace::write_config_with`], loaded.
+    pub fn config_with(
+        &self,
+        stack: &MailStack,
+        mail_extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<Config> {
+        let path = self.write_config_with(stack, mail_extra, edit)?;
         Config::load(&path).map_err(|errors| {
             anyhow::anyhow!(
                 "config: {}",
@@ -416,18 +436,13 @@ pub async fn wait_for_mails(
 /// indexes new files on its next look), as the virtual mail user owns them.
 pub fn deliver_to_maildir(stack: &MailStack, user: &str, unique: &str, raw: &[u8]) -> Result<()> {
     let (local, domain) = user.split_once('@').context("an address")?;
-    let maildir = stack
-        .dir()
-        .join("mail")
-        .join(domain)
-        .join(local)
-        .join("Maildir");
+    let mut maildir = stack.dir().join("mail");
+    for part in [domain, local, "Maildir"] {
+        maildir = maildir.join(part);
+        ensure_vmail_dir(&maildir)?;
+    }
     for sub in ["tmp", "new", "cur"] {
-        let dir = maildir.join(sub);
-        if !dir.exists() {
-            std::fs::create_dir_all(&dir)?;
-            chown_vmail(&dir)?;
-        }
+        ensure_vmail_dir(&maildir.join(sub))?;
     }
     // Written under tmp/ and renamed into new/, as the Maildir protocol asks, so Dovecot
     // never sees half a message.
@@ -437,6 +452,16 @@ pub fn deliver_to_maildir(stack: &MailStack, user: &str, unique: &str, raw: &[u8
     chown_vmail(&tmp)?;
     std::fs::rename(&tmp, maildir.join("new").join(&name))?;
     Ok(())
+}
+
+/// Creates `dir` owned by the virtual mail user, unless it exists (Dovecot may create it
+/// at the same moment).
+fn ensure_vmail_dir(dir: &Path) -> Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => chown_vmail(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
 }
 
 fn chown_vmail(path: &Path) -> Result<()> {
