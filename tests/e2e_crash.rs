@@ -112,13 +112,13 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_no_case() -> Res
     for round in 0..KILLS {
         if delivered < MAILS {
             let end = (delivered + per_wave).min(MAILS);
-            for i in delivered..end {
+            for (i, message_id) in message_ids.iter().enumerate().take(end).skip(delivered) {
                 let raw = complaint(
                     "客户",
                     &sender_of(i),
                     &format!("燃气表读数不对 #{i}"),
                     "这个月的燃气表读数明显偏高，请派人核查。",
-                    &message_ids[i],
+                    message_id,
                 );
                 deliver_to_maildir(&stack, COMPLAINTS, &format!("{run}.{i}"), &raw)?;
             }

@@ -20,13 +20,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, LogConfig, LogFormat};
-use crate::engine::{Engine, EngineError};
+use crate::engine::{ActivePolicy, Engine, EngineError, EngineSettings};
 use crate::imap::{self, ImapError, ImapOptions};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::reload::{self, ReloadOptions};
 use crate::scheduler::{Scheduler, SchedulerOptions};
 use crate::smtp::{self, SenderError, SenderOptions};
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 use adapters::{BlockingWork, EngineOutbox, EngineSink};
 
 /// Why the daemon did not start, or stopped with an error.
@@ -118,11 +118,12 @@ pub async fn run_with(
     let clock = Arc::clone(&options.clock);
     let metrics = options.metrics.clone();
 
-    // Opening sled and checking the policy read files: blocking work.
+    // Checking the policy and opening sled read files: blocking work. The policy comes
+    // first, so a broken one is refused before anything is opened for writing.
     let engine = {
         let config = config.clone();
         let clock = Arc::clone(&clock);
-        tokio::task::spawn_blocking(move || Engine::from_config(&config, clock))
+        tokio::task::spawn_blocking(move || open_engine(&config, clock))
             .await
             .map_err(|e| DaemonError::Task(e.to_string()))??
     };
@@ -368,6 +369,16 @@ pub async fn run_with(
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// Loads the policy, then opens the store, then builds the engine over both.
+fn open_engine(config: &Config, clock: Arc<dyn Clock>) -> Result<Engine, DaemonError> {
+    let settings = EngineSettings::from_config(config)?;
+    let active =
+        ActivePolicy::load(&settings.rules_dir, clock.now()).map_err(DaemonError::Policy)?;
+    let store = Store::open_with(&config.store.path, settings.store_settings())
+        .map_err(|e| DaemonError::Engine(e.into()))?;
+    Ok(Engine::with_policy(store, settings, clock, active)?)
 }
 
 /// Every mailbox's channel must be one the policy declares, or its complaints could not be
