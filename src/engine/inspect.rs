@@ -126,15 +126,17 @@ fn open(source: &StoreSource) -> Result<(Store, Tz), String> {
         Some(settings) => Store::open_with(&path, settings),
         None => Store::open(&path),
     };
-    opened.map(|store| (store, zone)).map_err(|error| match &error {
-        StoreError::Open { .. } if is_lock_error(&error) => format!(
-            "the store at {} is in use by another process (is the daemon running?). \
+    opened
+        .map(|store| (store, zone))
+        .map_err(|error| match &error {
+            StoreError::Open { .. } if is_lock_error(&error) => format!(
+                "the store at {} is in use by another process (is the daemon running?). \
              sled lets one process open a store at a time and has no read-only mode; \
              stop the daemon to inspect its store, or inspect a copy taken while it was stopped",
-            path.display()
-        ),
-        _ => error.to_string(),
-    })
+                path.display()
+            ),
+            _ => error.to_string(),
+        })
 }
 
 /// Whether the store could not be opened because another process holds it.
@@ -376,7 +378,12 @@ fn print_detail(detail: &CaseDetail, zone: Tz, out: &mut dyn Write) -> std::io::
     }
     writeln!(out, "  events:")?;
     for event in &detail.events {
-        writeln!(out, "    {}  {}", local(event.at, zone), describe(&event.kind))?;
+        writeln!(
+            out,
+            "    {}  {}",
+            local(event.at, zone),
+            describe(&event.kind, zone)
+        )?;
     }
     Ok(())
 }
@@ -401,8 +408,8 @@ fn outbox_state(state: &OutboxState, zone: Tz) -> String {
     }
 }
 
-/// One event as a line for people.
-pub fn describe(kind: &EventKind) -> String {
+/// One event as a line for people, times in `zone`.
+pub fn describe(kind: &EventKind, zone: Tz) -> String {
     let because = |b: &crate::case::Because| {
         if b.seen.is_empty() {
             format!(" [{}]", b.rule)
@@ -453,10 +460,13 @@ pub fn describe(kind: &EventKind) -> String {
             due,
             counted,
             ..
-        } => format!("clock {deadline} started, due {} ({counted})", due.to_rfc3339()),
+        } => format!(
+            "clock {deadline} started, due {} ({counted})",
+            local(*due, zone)
+        ),
         EventKind::ClockPaused { deadline } => format!("clock {deadline} paused"),
         EventKind::ClockResumed { deadline, due, .. } => {
-            format!("clock {deadline} resumed, due {}", due.to_rfc3339())
+            format!("clock {deadline} resumed, due {}", local(*due, zone))
         }
         EventKind::ClockStopped { deadline, met } => format!(
             "clock {deadline} stopped ({})",
@@ -487,7 +497,11 @@ pub fn describe(kind: &EventKind) -> String {
             reason,
         } => format!(
             "mail {outbox_id} failed ({}): {reason}",
-            if *permanent { "permanent" } else { "will retry" }
+            if *permanent {
+                "permanent"
+            } else {
+                "will retry"
+            }
         ),
         EventKind::CommandRejected { from, reason } => {
             format!("command of {from} rejected: {reason}")
