@@ -75,10 +75,10 @@ pub fn interpret(text: &str) -> CustomerIntent {
             reason: reason.join("\n"),
         };
     }
-    if DISSATISFIED.iter().any(|w| head == *w) {
+    if DISSATISFIED.contains(&head) {
         return CustomerIntent::Satisfaction(1);
     }
-    if SATISFIED.iter().any(|w| head == *w) {
+    if SATISFIED.contains(&head) {
         return CustomerIntent::Satisfaction(5);
     }
     CustomerIntent::Correspondence
