@@ -1115,6 +1115,59 @@ mod properties {
         }
 
         #[test]
+        fn working_days_on_uniform_hours_keep_the_time_or_end_at_close_of_business(
+            start in instants(), days in 1u32..30,
+        ) {
+            // Every working day of the Shanghai office has the same hours, so
+            // no adjustment happens: an open start keeps its time of day (a
+            // start in the lunch break counts from 14:00) on the N-th working
+            // day after; any other closed start ends at close of business of
+            // the N-th working day counting the day of the next opening.
+            let office = shanghai_office();
+            let zone = office.zone();
+            let local = |at: DateTime<Utc>| at.with_timezone(&zone).naive_local();
+            let time = |h, m| chrono::NaiveTime::from_hms_opt(h, m, 0).unwrap();
+            let due = local(office.add(start, duration(days, DurationUnit::WorkingDays)).unwrap());
+            let opening = local(office.next_open(start).unwrap());
+            let anchor = if office.is_open(start) {
+                Some(local(start))
+            } else if opening.date() == local(start).date() && opening.time() == time(14, 0) {
+                Some(opening)
+            } else {
+                None
+            };
+            match anchor {
+                Some(anchor) => {
+                    prop_assert_eq!(due.time(), anchor.time());
+                    let counted = anchor
+                        .date()
+                        .iter_days()
+                        .skip(1)
+                        .take_while(|date| *date <= due.date())
+                        .filter(|date| {
+                            let same_time = zone.from_local_datetime(&date.and_time(anchor.time()));
+                            office.is_open(same_time.unwrap().with_timezone(&Utc))
+                        })
+                        .count();
+                    prop_assert_eq!(counted, days as usize);
+                }
+                None => {
+                    prop_assert_eq!(due.time(), time(17, 30));
+                    let counted = opening
+                        .date()
+                        .iter_days()
+                        .take_while(|date| *date <= due.date())
+                        .filter(|date| {
+                            let morning = zone.from_local_datetime(&date.and_time(time(10, 0)));
+                            office.is_open(morning.unwrap().with_timezone(&Utc))
+                        })
+                        .count();
+                    prop_assert_eq!(counted, days as usize);
+                }
+            }
+        }
+
+        #[test]
         fn natural_days_keep_the_local_time_when_it_exists(
             calendar in calendars(), start in instants(), days in 0u32..400,
         ) {
