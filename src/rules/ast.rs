@@ -429,7 +429,7 @@ pub enum DurationUnit {
     WorkingMinutes,
     /// Hours counted only while the calendar is open.
     WorkingHours,
-    /// Working days: see `calendar.rs` for the exact rule.
+    /// Working days: see `src/calendar/` and `docs/calendar.md` for the exact rule.
     WorkingDays,
 }
 
