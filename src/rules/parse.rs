@@ -16,9 +16,16 @@ use pest::Parser as _;
 use super::ast::*;
 use super::diag::Diagnostic;
 
-#[derive(pest_derive::Parser)]
-#[grammar = "../grammar/rules.pest"]
-struct RulesParser;
+/// The pest parser; kept in a private module so that its `Rule` enum (one
+/// variant per grammar rule) does not leak into the crate's API next to
+/// [`ast::Rule`](super::ast::Rule).
+mod grammar {
+    #[derive(pest_derive::Parser)]
+    #[grammar = "../grammar/rules.pest"]
+    pub struct RulesParser;
+}
+
+use grammar::{Rule, RulesParser};
 
 type PResult<T> = Result<T, Diagnostic>;
 
