@@ -111,7 +111,9 @@ impl Templates {
                     continue;
                 }
             };
-            let is_template = path.extension().is_some_and(|e| e == "txt" || e == "html");
+            let is_template = path
+                .extension()
+                .is_some_and(|e| e == "txt" || e == "html");
             if !is_template {
                 continue;
             }
@@ -185,7 +187,8 @@ impl Templates {
             }
         }
         for (file, name, language, source) in html_files {
-            let Some(has_html) = available.get_mut(&name).and_then(|l| l.get_mut(&language)) else {
+            let Some(has_html) = available.get_mut(&name).and_then(|l| l.get_mut(&language))
+            else {
                 errors.push(TemplateError::HtmlWithoutText {
                     expected: format!("{name}.{language}.txt"),
                     file,
@@ -246,12 +249,12 @@ impl Templates {
         language: &str,
         context: &impl Serialize,
     ) -> Result<RenderedMail, TemplateError> {
-        let language =
-            self.language_for(name, language)
-                .ok_or_else(|| TemplateError::NotFound {
-                    name: name.to_owned(),
-                    language: language.to_owned(),
-                })?;
+        let language = self
+            .language_for(name, language)
+            .ok_or_else(|| TemplateError::NotFound {
+                name: name.to_owned(),
+                language: language.to_owned(),
+            })?;
         let context = minijinja::Value::from_serialize(context);
         let render = |part: Part| -> Result<String, TemplateError> {
             let key = part.key(name, &language);
@@ -350,7 +353,8 @@ fn split_file_name(file: &str) -> Option<(String, String, String)> {
     let name = parts.next()?;
     let valid = |s: &str| {
         !s.is_empty()
-            && s.chars()
+            && s
+                .chars()
                 .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
     };
     (valid(name) && valid(language) && matches!(extension, "txt" | "html"))
@@ -377,14 +381,8 @@ fn split_subject(source: &str) -> Option<(String, String)> {
 /// Trims blank lines at both ends and trailing spaces on each line, and ends with one newline.
 fn tidy_text(text: &str) -> String {
     let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
-    let start = lines
-        .iter()
-        .position(|l| !l.is_empty())
-        .unwrap_or(lines.len());
-    let end = lines
-        .iter()
-        .rposition(|l| !l.is_empty())
-        .map_or(start, |e| e + 1);
+    let start = lines.iter().position(|l| !l.is_empty()).unwrap_or(lines.len());
+    let end = lines.iter().rposition(|l| !l.is_empty()).map_or(start, |e| e + 1);
     let mut out = lines[start..end].join("\n");
     out.push('\n');
     out
@@ -578,11 +576,7 @@ impl CaseView {
                 .map(|(name, value)| FieldView {
                     field: Named {
                         name: name.clone(),
-                        display: names
-                            .fields
-                            .get(name)
-                            .cloned()
-                            .unwrap_or_else(|| name.clone()),
+                        display: names.fields.get(name).cloned().unwrap_or_else(|| name.clone()),
                     },
                     value: match value {
                         FieldValue::Flag(true) => "yes".to_owned(),
