@@ -4,6 +4,7 @@
 
 pub mod calendar;
 pub mod case;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod mail;

@@ -56,7 +56,10 @@ mod china_2026 {
     #[test]
     fn one_working_hour_after_hours_before_national_day_is_due_the_morning_after_it() {
         let due = shanghai_office()
-            .add(before_national_day(), duration(1, DurationUnit::WorkingHours))
+            .add(
+                before_national_day(),
+                duration(1, DurationUnit::WorkingHours),
+            )
             .unwrap();
         assert_eq!(due, at("2026-10-08T09:30:00+08:00"));
     }
@@ -65,11 +68,18 @@ mod china_2026 {
     fn working_hours_skip_the_lunch_break() {
         let office = shanghai_office();
         let start = before_national_day();
-        let add = |hours| office.add(start, duration(hours, DurationUnit::WorkingHours)).unwrap();
+        let add = |hours| {
+            office
+                .add(start, duration(hours, DurationUnit::WorkingHours))
+                .unwrap()
+        };
         assert_eq!(add(4), at("2026-10-08T14:30:00+08:00"));
         assert_eq!(add(8), at("2026-10-09T09:30:00+08:00"));
         let lunch = office
-            .add(at("2026-10-08T11:30:00+08:00"), duration(1, DurationUnit::WorkingHours))
+            .add(
+                at("2026-10-08T11:30:00+08:00"),
+                duration(1, DurationUnit::WorkingHours),
+            )
             .unwrap();
         assert_eq!(lunch, at("2026-10-08T14:30:00+08:00"));
     }
@@ -78,7 +88,10 @@ mod china_2026 {
     fn time_that_runs_out_at_closing_time_is_due_at_closing_time() {
         let office = shanghai_office();
         let full_day = office
-            .add(before_national_day(), duration(7, DurationUnit::WorkingHours))
+            .add(
+                before_national_day(),
+                duration(7, DurationUnit::WorkingHours),
+            )
             .unwrap();
         assert_eq!(full_day, at("2026-10-08T17:30:00+08:00"));
         let morning = office
@@ -106,7 +119,10 @@ mod china_2026 {
         let office = shanghai_office();
         let add = |days| {
             office
-                .add(before_national_day(), duration(days, DurationUnit::WorkingDays))
+                .add(
+                    before_national_day(),
+                    duration(days, DurationUnit::WorkingDays),
+                )
                 .unwrap()
         };
         assert_eq!(add(1), at("2026-10-08T17:30:00+08:00"));
@@ -120,23 +136,39 @@ mod china_2026 {
     fn working_days_from_open_time_keep_the_time_of_day() {
         let office = shanghai_office();
         let friday = at("2026-10-09T10:15:00+08:00");
-        let add = |days| office.add(friday, duration(days, DurationUnit::WorkingDays)).unwrap();
+        let add = |days| {
+            office
+                .add(friday, duration(days, DurationUnit::WorkingDays))
+                .unwrap()
+        };
         assert_eq!(add(1), at("2026-10-10T10:15:00+08:00"));
         assert_eq!(add(2), at("2026-10-12T10:15:00+08:00"));
     }
 
     #[test]
     fn working_days_from_the_lunch_break_count_from_the_afternoon_opening() {
-        let due = shanghai_office()
-            .add(at("2026-10-08T12:30:00+08:00"), duration(1, DurationUnit::WorkingDays))
+        let (due, text) = shanghai_office()
+            .explain_add(
+                at("2026-10-08T12:30:00+08:00"),
+                duration(1, DurationUnit::WorkingDays),
+            )
             .unwrap();
         assert_eq!(due, at("2026-10-09T14:00:00+08:00"));
+        assert_eq!(
+            text,
+            "counted 1 working day (Asia/Shanghai) from 2026-10-08 14:00 \
+             (started at 12:30, during a break): 2026-10-09; \
+             due at the same time of day, 2026-10-09 14:00"
+        );
     }
 
     #[test]
     fn working_days_before_the_day_opens_count_that_day_as_the_first() {
         let due = shanghai_office()
-            .add(at("2026-10-09T07:00:00+08:00"), duration(1, DurationUnit::WorkingDays))
+            .add(
+                at("2026-10-09T07:00:00+08:00"),
+                duration(1, DurationUnit::WorkingDays),
+            )
             .unwrap();
         assert_eq!(due, at("2026-10-09T17:30:00+08:00"));
     }
@@ -150,15 +182,26 @@ mod china_2026 {
             .build()
             .unwrap();
         let thursday_afternoon = at("2026-10-15T15:00:00+08:00");
-        let one_day = office
-            .add(thursday_afternoon, duration(1, DurationUnit::WorkingDays))
+        let (one_day, text) = office
+            .explain_add(thursday_afternoon, duration(1, DurationUnit::WorkingDays))
             .unwrap();
         assert_eq!(one_day, at("2026-10-16T12:00:00+08:00"));
+        assert_eq!(
+            text,
+            "counted 1 working day (Asia/Shanghai) from 2026-10-15 15:00: 2026-10-16; \
+             closed by 15:00 that day, so due at its close of business, 2026-10-16 12:00"
+        );
         let thursday_morning = at("2026-10-15T10:00:00+08:00");
-        let two_days = office
-            .add(thursday_morning, duration(2, DurationUnit::WorkingDays))
+        let (two_days, text) = office
+            .explain_add(thursday_morning, duration(2, DurationUnit::WorkingDays))
             .unwrap();
         assert_eq!(two_days, at("2026-10-17T13:00:00+08:00"));
+        assert_eq!(
+            text,
+            "counted 2 working days (Asia/Shanghai) from 2026-10-15 10:00: \
+             2026-10-16, 2026-10-17; \
+             closed at 10:00 that day, so due at its next opening, 2026-10-17 13:00"
+        );
     }
 
     #[test]
@@ -168,8 +211,14 @@ mod china_2026 {
         let add = |amount, unit| office.add(start, duration(amount, unit)).unwrap();
         assert_eq!(add(3, DurationUnit::Days), at("2026-10-03T17:50:00+08:00"));
         assert_eq!(add(1, DurationUnit::Weeks), at("2026-10-07T17:50:00+08:00"));
-        assert_eq!(add(30, DurationUnit::Minutes), at("2026-09-30T18:20:00+08:00"));
-        assert_eq!(add(24, DurationUnit::Hours), at("2026-10-01T17:50:00+08:00"));
+        assert_eq!(
+            add(30, DurationUnit::Minutes),
+            at("2026-09-30T18:20:00+08:00")
+        );
+        assert_eq!(
+            add(24, DurationUnit::Hours),
+            at("2026-10-01T17:50:00+08:00")
+        );
     }
 
     #[test]
@@ -188,17 +237,30 @@ mod china_2026 {
     fn next_open_and_next_close_jump_over_the_holiday() {
         let office = shanghai_office();
         let in_holiday = at("2026-10-01T10:00:00+08:00");
-        assert_eq!(office.next_open(in_holiday).unwrap(), at("2026-10-08T08:30:00+08:00"));
-        assert_eq!(office.next_close(in_holiday).unwrap(), at("2026-10-08T12:00:00+08:00"));
+        assert_eq!(
+            office.next_open(in_holiday).unwrap(),
+            at("2026-10-08T08:30:00+08:00")
+        );
+        assert_eq!(
+            office.next_close(in_holiday).unwrap(),
+            at("2026-10-08T12:00:00+08:00")
+        );
         let open = at("2026-10-08T15:00:00+08:00");
         assert_eq!(office.next_open(open).unwrap(), open);
-        assert_eq!(office.next_close(open).unwrap(), at("2026-10-08T17:30:00+08:00"));
+        assert_eq!(
+            office.next_close(open).unwrap(),
+            at("2026-10-08T17:30:00+08:00")
+        );
     }
 
     #[test]
     fn business_seconds_count_only_open_time() {
         let office = shanghai_office();
-        let seconds = |from, until| office.business_seconds_between(at(from), at(until)).unwrap();
+        let seconds = |from, until| {
+            office
+                .business_seconds_between(at(from), at(until))
+                .unwrap()
+        };
         assert_eq!(
             seconds("2026-09-30T17:50:00+08:00", "2026-10-08T09:30:00+08:00"),
             3600
@@ -218,9 +280,18 @@ mod china_2026 {
         let office = shanghai_office();
         let due = at("2026-10-08T09:30:00+08:00");
         let back = |amount, unit| office.subtract(due, duration(amount, unit)).unwrap();
-        assert_eq!(back(2, DurationUnit::WorkingHours), at("2026-09-30T16:30:00+08:00"));
-        assert_eq!(back(1, DurationUnit::WorkingHours), at("2026-10-08T08:30:00+08:00"));
-        assert_eq!(back(1, DurationUnit::WorkingDays), at("2026-09-30T09:30:00+08:00"));
+        assert_eq!(
+            back(2, DurationUnit::WorkingHours),
+            at("2026-09-30T16:30:00+08:00")
+        );
+        assert_eq!(
+            back(1, DurationUnit::WorkingHours),
+            at("2026-10-08T08:30:00+08:00")
+        );
+        assert_eq!(
+            back(1, DurationUnit::WorkingDays),
+            at("2026-09-30T09:30:00+08:00")
+        );
         assert_eq!(back(2, DurationUnit::Days), at("2026-10-06T09:30:00+08:00"));
     }
 
@@ -323,17 +394,32 @@ mod daylight_saving_in_berlin {
         let office = berlin_office();
         let day = duration(1, DurationUnit::Days);
         let spring = at("2026-03-28T09:00:00+01:00");
-        assert_eq!(office.add(spring, day).unwrap(), at("2026-03-29T09:00:00+02:00"));
-        assert_eq!(office.add(spring, day).unwrap() - spring, TimeDelta::hours(23));
+        assert_eq!(
+            office.add(spring, day).unwrap(),
+            at("2026-03-29T09:00:00+02:00")
+        );
+        assert_eq!(
+            office.add(spring, day).unwrap() - spring,
+            TimeDelta::hours(23)
+        );
         let autumn = at("2026-10-24T09:00:00+02:00");
-        assert_eq!(office.add(autumn, day).unwrap(), at("2026-10-25T09:00:00+01:00"));
-        assert_eq!(office.add(autumn, day).unwrap() - autumn, TimeDelta::hours(25));
+        assert_eq!(
+            office.add(autumn, day).unwrap(),
+            at("2026-10-25T09:00:00+01:00")
+        );
+        assert_eq!(
+            office.add(autumn, day).unwrap() - autumn,
+            TimeDelta::hours(25)
+        );
     }
 
     #[test]
     fn a_local_time_that_does_not_exist_becomes_the_end_of_the_gap() {
         let due = berlin_office()
-            .add(at("2026-03-28T02:30:00+01:00"), duration(1, DurationUnit::Days))
+            .add(
+                at("2026-03-28T02:30:00+01:00"),
+                duration(1, DurationUnit::Days),
+            )
             .unwrap();
         assert_eq!(due, at("2026-03-29T03:00:00+02:00"));
     }
@@ -341,7 +427,10 @@ mod daylight_saving_in_berlin {
     #[test]
     fn a_local_time_that_occurs_twice_is_the_earlier() {
         let due = berlin_office()
-            .add(at("2026-10-24T02:30:00+02:00"), duration(1, DurationUnit::Days))
+            .add(
+                at("2026-10-24T02:30:00+02:00"),
+                duration(1, DurationUnit::Days),
+            )
             .unwrap();
         assert_eq!(due, at("2026-10-25T02:30:00+02:00"));
     }
@@ -350,7 +439,10 @@ mod daylight_saving_in_berlin {
     fn explanations_mention_the_gap_and_the_repeated_hour() {
         let office = berlin_office();
         let (_, spring) = office
-            .explain_add(at("2026-03-28T02:30:00+01:00"), duration(1, DurationUnit::Days))
+            .explain_add(
+                at("2026-03-28T02:30:00+01:00"),
+                duration(1, DurationUnit::Days),
+            )
             .unwrap();
         assert_eq!(
             spring,
@@ -359,7 +451,10 @@ mod daylight_saving_in_berlin {
              (clocks go forward), so 03:00"
         );
         let (_, autumn) = office
-            .explain_add(at("2026-10-24T02:30:00+02:00"), duration(1, DurationUnit::Days))
+            .explain_add(
+                at("2026-10-24T02:30:00+02:00"),
+                duration(1, DurationUnit::Days),
+            )
             .unwrap();
         assert_eq!(
             autumn,
@@ -374,11 +469,13 @@ mod daylight_saving_in_berlin {
         let desk = berlin_always_open();
         let four_hours = duration(4, DurationUnit::WorkingHours);
         assert_eq!(
-            desk.add(at("2026-03-28T23:00:00+01:00"), four_hours).unwrap(),
+            desk.add(at("2026-03-28T23:00:00+01:00"), four_hours)
+                .unwrap(),
             at("2026-03-29T04:00:00+02:00")
         );
         assert_eq!(
-            desk.add(at("2026-10-24T23:00:00+02:00"), four_hours).unwrap(),
+            desk.add(at("2026-10-24T23:00:00+02:00"), four_hours)
+                .unwrap(),
             at("2026-10-25T02:00:00+01:00")
         );
     }
@@ -417,7 +514,10 @@ mod daylight_saving_in_berlin {
         );
         assert!(odd.is_open(at("2026-04-05T02:30:00+02:00")));
         let due = odd
-            .add(at("2026-03-28T12:00:00+01:00"), duration(1, DurationUnit::WorkingDays))
+            .add(
+                at("2026-03-28T12:00:00+01:00"),
+                duration(1, DurationUnit::WorkingDays),
+            )
             .unwrap();
         assert_eq!(due, at("2026-03-30T10:00:00+02:00"));
     }
@@ -427,12 +527,17 @@ mod daylight_saving_in_berlin {
         let office = berlin_office();
         let friday = at("2026-03-27T10:00:00+01:00");
         assert_eq!(
-            office.add(friday, duration(1, DurationUnit::WorkingDays)).unwrap(),
+            office
+                .add(friday, duration(1, DurationUnit::WorkingDays))
+                .unwrap(),
             at("2026-03-30T10:00:00+02:00")
         );
         assert_eq!(
             office
-                .add(at("2026-03-27T16:00:00+01:00"), duration(2, DurationUnit::WorkingHours))
+                .add(
+                    at("2026-03-27T16:00:00+01:00"),
+                    duration(2, DurationUnit::WorkingHours)
+                )
                 .unwrap(),
             at("2026-03-30T09:00:00+02:00")
         );
@@ -472,9 +577,41 @@ mod limits {
             horizon_days: complaintd::calendar::DEFAULT_HORIZON_DAYS,
         });
         assert_eq!(closed.next_open(start), horizon);
-        assert_eq!(closed.add(start, duration(1, DurationUnit::WorkingHours)), horizon);
-        assert_eq!(closed.add(start, duration(1, DurationUnit::WorkingDays)), horizon);
+        assert_eq!(
+            closed.add(start, duration(1, DurationUnit::WorkingHours)),
+            horizon
+        );
+        assert_eq!(
+            closed.add(start, duration(1, DurationUnit::WorkingDays)),
+            horizon
+        );
         assert!(!closed.is_open(start));
+        let next_week = at("2026-10-15T10:00:00+08:00");
+        assert_eq!(closed.business_seconds_between(start, next_week), Ok(0));
+    }
+
+    #[test]
+    fn answers_before_a_long_closure_need_no_search_beyond_it() {
+        let closing = CalendarBuilder::new("closing", "Asia/Shanghai")
+            .hours(Weekday::Mon, Weekday::Fri, "09:00-17:00")
+            .holiday(date(2026, 10, 9), date(2099, 12, 31), "closed for good")
+            .build()
+            .unwrap();
+        let last_morning = at("2026-10-08T10:00:00+08:00");
+        let last_close = at("2026-10-08T17:00:00+08:00");
+        assert_eq!(closing.next_close(last_morning), Ok(last_close));
+        assert_eq!(
+            closing.business_seconds_between(last_morning, at("2026-10-20T00:00:00+08:00")),
+            Ok(7 * 3600)
+        );
+        let (due, text) = closing
+            .explain_add(last_morning, duration(7, DurationUnit::WorkingHours))
+            .unwrap();
+        assert_eq!(due, last_close);
+        assert_eq!(
+            text,
+            "counted 7 working hours (Asia/Shanghai): 2026-10-08 10:00–17:00"
+        );
     }
 
     #[test]
@@ -538,7 +675,10 @@ impl DeclText {
     }
 
     fn render(&self, diagnostics: &[complaintd::rules::Diagnostic]) -> Vec<String> {
-        diagnostics.iter().map(|d| d.render(&self.sources)).collect()
+        diagnostics
+            .iter()
+            .map(|d| d.render(&self.sources))
+            .collect()
     }
 }
 
@@ -577,7 +717,12 @@ fn weekdays(decl: &DeclText, text: &str, first: u8, last: u8, nth: usize) -> Spa
     decl.spanned(WeekdaySet { first, last }, text, nth)
 }
 
-fn calendar_decl(decl: &DeclText, name: &str, zone: &str, entries: Vec<CalendarEntry>) -> CalendarDecl {
+fn calendar_decl(
+    decl: &DeclText,
+    name: &str,
+    zone: &str,
+    entries: Vec<CalendarEntry>,
+) -> CalendarDecl {
     let quoted = format!("\"{zone}\"");
     CalendarDecl {
         name: decl.spanned(name.to_owned(), name, 0),
@@ -807,7 +952,10 @@ calendar office \"Asia/Shangai\" {
         assert_eq!(office.zone(), chrono_tz::Asia::Shanghai);
         assert_eq!(
             office
-                .add(before_national_day(), duration(3, DurationUnit::WorkingDays))
+                .add(
+                    before_national_day(),
+                    duration(3, DurationUnit::WorkingDays)
+                )
                 .unwrap(),
             at("2026-10-10T17:30:00+08:00")
         );
@@ -825,5 +973,204 @@ calendar office \"Asia/Shangai\" {
             "`2pm-5pm` is not an interval like `09:00-17:30`; Friday already has opening hours \
              (give each weekday its hours once; a day with other hours needs its own `hours` line)"
         );
+    }
+}
+
+mod properties {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    use proptest::test_runner::Config;
+
+    /// A calendar with odd hours in a DST zone: a night shift that runs over
+    /// midnight into Saturday, Sunday hours across both changes, a lunch
+    /// break, a holiday and a make-up Sunday.
+    fn berlin_odd() -> Calendar {
+        CalendarBuilder::new("odd", "Europe/Berlin")
+            .hours(
+                Weekday::Mon,
+                Weekday::Mon,
+                "00:00-02:30 08:00-12:00 13:00-17:00",
+            )
+            .hours(Weekday::Tue, Weekday::Thu, "08:00-17:00")
+            .hours(Weekday::Fri, Weekday::Fri, "22:00-24:00")
+            .hours(Weekday::Sat, Weekday::Sat, "00:00-03:00")
+            .hours(Weekday::Sun, Weekday::Sun, "01:30-03:30")
+            .holiday(date(2026, 12, 24), date(2026, 12, 26), "Weihnachten")
+            .workday(date(2026, 12, 27), "Inventur")
+            .build()
+            .unwrap()
+    }
+
+    /// Havana changes its clocks at midnight: 00:00 does not exist on
+    /// 2026-03-08 and occurs twice on 2026-11-01. Its hours touch midnight.
+    fn havana_midnight() -> Calendar {
+        CalendarBuilder::new("havana", "America/Havana")
+            .hours(
+                Weekday::Mon,
+                Weekday::Fri,
+                "00:00-00:30 09:00-17:00 23:30-24:00",
+            )
+            .hours(Weekday::Sat, Weekday::Sun, "00:00-01:30 22:00-24:00")
+            .build()
+            .unwrap()
+    }
+
+    fn calendars() -> impl Strategy<Value = Calendar> {
+        prop_oneof![
+            Just(shanghai_office()),
+            Just(berlin_odd()),
+            Just(berlin_office()),
+            Just(havana_midnight()),
+        ]
+    }
+
+    /// Instants in 2026, often near the clock changes in Berlin and
+    /// Havana and National Day, sometimes with a fraction of a second.
+    fn instants() -> impl Strategy<Value = DateTime<Utc>> {
+        let seconds = prop_oneof![
+            at("2026-01-01T00:00:00Z").timestamp()..at("2027-01-01T00:00:00Z").timestamp(),
+            at("2026-03-27T00:00:00Z").timestamp()..at("2026-04-01T00:00:00Z").timestamp(),
+            at("2026-10-23T00:00:00Z").timestamp()..at("2026-10-28T00:00:00Z").timestamp(),
+            at("2026-09-29T00:00:00Z").timestamp()..at("2026-10-12T00:00:00Z").timestamp(),
+            at("2026-03-07T00:00:00Z").timestamp()..at("2026-03-10T00:00:00Z").timestamp(),
+            at("2026-10-31T00:00:00Z").timestamp()..at("2026-11-03T00:00:00Z").timestamp(),
+        ];
+        let nanos = prop_oneof![3 => Just(0u32), 1 => 0u32..1_000_000_000];
+        (seconds, nanos).prop_map(|(s, n)| DateTime::from_timestamp(s, n).unwrap())
+    }
+
+    fn business_units() -> impl Strategy<Value = DurationUnit> {
+        prop_oneof![
+            Just(DurationUnit::WorkingMinutes),
+            Just(DurationUnit::WorkingHours),
+            Just(DurationUnit::WorkingDays),
+        ]
+    }
+
+    fn any_unit() -> impl Strategy<Value = DurationUnit> {
+        prop_oneof![
+            Just(DurationUnit::Minutes),
+            Just(DurationUnit::Hours),
+            Just(DurationUnit::Days),
+            Just(DurationUnit::Weeks),
+            business_units(),
+        ]
+    }
+
+    /// Open at `at`, or exactly at the end of an open interval.
+    fn open_or_closing(calendar: &Calendar, at: DateTime<Utc>) -> bool {
+        calendar.is_open(at) || calendar.is_open(at - TimeDelta::nanoseconds(1))
+    }
+
+    proptest! {
+        #![proptest_config(Config::with_cases(512))]
+
+        #[test]
+        fn adding_business_seconds_adds_exactly_that_much_open_time(
+            calendar in calendars(), start in instants(), secs in 0i64..400 * 3600,
+        ) {
+            let due = calendar.add_business_seconds(start, secs).unwrap();
+            prop_assert_eq!(calendar.business_seconds_between(start, due).unwrap(), secs);
+            let back = calendar.add_business_seconds(start, -secs).unwrap();
+            prop_assert_eq!(calendar.business_seconds_between(back, start).unwrap(), secs);
+        }
+
+        #[test]
+        fn business_additions_are_monotonic_in_the_start(
+            calendar in calendars(), start in instants(), later_by in 0i64..10 * 86_400,
+            unit in business_units(), amount in 0u32..40,
+        ) {
+            let later = start + TimeDelta::seconds(later_by);
+            let d = duration(amount, unit);
+            prop_assert!(calendar.add(start, d).unwrap() <= calendar.add(later, d).unwrap());
+            prop_assert!(calendar.subtract(start, d).unwrap() <= calendar.subtract(later, d).unwrap());
+        }
+
+        #[test]
+        fn additions_are_monotonic_in_the_amount(
+            calendar in calendars(), start in instants(), unit in any_unit(),
+            amount in 0u32..40, more in 0u32..40,
+        ) {
+            let shorter = calendar.add(start, duration(amount, unit)).unwrap();
+            let longer = calendar.add(start, duration(amount + more, unit)).unwrap();
+            prop_assert!(shorter <= longer);
+            prop_assert!(start <= shorter);
+        }
+
+        #[test]
+        fn business_results_are_open_or_exactly_at_a_closing_time(
+            calendar in calendars(), start in instants(), unit in business_units(),
+            amount in 1u32..40,
+        ) {
+            let due = calendar.add(start, duration(amount, unit)).unwrap();
+            prop_assert!(due > start);
+            prop_assert!(open_or_closing(&calendar, due), "{} is closed", due);
+            let back = calendar.subtract(start, duration(amount, unit)).unwrap();
+            prop_assert!(back < start);
+            prop_assert!(open_or_closing(&calendar, back), "{} is closed", back);
+        }
+
+        #[test]
+        fn natural_days_keep_the_local_time_when_it_exists(
+            calendar in calendars(), start in instants(), days in 0u32..400,
+        ) {
+            let zone = calendar.zone();
+            let due = calendar.add(start, duration(days, DurationUnit::Days)).unwrap();
+            let wanted = start.with_timezone(&zone).naive_local()
+                + TimeDelta::days(i64::from(days));
+            let got = due.with_timezone(&zone).naive_local();
+            match zone.from_local_datetime(&wanted) {
+                chrono::LocalResult::Single(exact) => prop_assert_eq!(due, exact.with_timezone(&Utc)),
+                chrono::LocalResult::Ambiguous(earlier, _) => {
+                    prop_assert!(days == 0 || due == earlier.with_timezone(&Utc));
+                    prop_assert_eq!(got, wanted);
+                }
+                chrono::LocalResult::None => {
+                    // The first instant after the gap: its local time is past
+                    // the wanted time, a moment earlier it was before it.
+                    prop_assert!(got > wanted);
+                    let before = (due - TimeDelta::nanoseconds(1)).with_timezone(&zone).naive_local();
+                    prop_assert!(before < wanted);
+                }
+            }
+        }
+
+        #[test]
+        fn is_open_agrees_with_next_open_and_next_close(
+            calendar in calendars(), moment in instants(),
+        ) {
+            let opening = calendar.next_open(moment).unwrap();
+            prop_assert_eq!(calendar.is_open(moment), opening == moment);
+            prop_assert!(calendar.is_open(opening));
+            prop_assert_eq!(calendar.business_seconds_between(moment, opening).unwrap(), 0);
+            let close = calendar.next_close(moment).unwrap();
+            prop_assert!(close > opening);
+            prop_assert!(!calendar.is_open(close));
+            prop_assert!(calendar.is_open(close - TimeDelta::nanoseconds(1)));
+            prop_assert_eq!(
+                calendar.business_seconds_between(opening, close).unwrap(),
+                (close - opening).num_seconds()
+            );
+        }
+
+        #[test]
+        fn a_pause_moves_the_due_time_by_the_time_paused(
+            calendar in calendars(), due in instants(), paused_from in instants(),
+            paused_for in 0i64..5 * 86_400, unit in any_unit(),
+        ) {
+            let resumed_at = paused_from + TimeDelta::seconds(paused_for);
+            let (new_due, paused) = calendar
+                .extend_for_pause(due, unit, paused_from, resumed_at)
+                .unwrap();
+            prop_assert!(new_due >= due);
+            if unit.is_business() {
+                prop_assert_eq!(paused, calendar.business_seconds_between(paused_from, resumed_at).unwrap());
+                prop_assert_eq!(calendar.business_seconds_between(due, new_due).unwrap(), paused);
+            } else {
+                prop_assert_eq!(paused, paused_for);
+                prop_assert_eq!(new_due - due, TimeDelta::seconds(paused_for));
+            }
+        }
     }
 }

@@ -102,7 +102,10 @@ fn mail(headers: &[(&str, &str)], body: &str) -> IncomingMail {
 }
 
 fn customer(extra: &[(&str, &str)]) -> IncomingMail {
-    let mut headers = vec![("From", "王女士 <wang@example.com>"), ("Subject", "燃气表坏了")];
+    let mut headers = vec![
+        ("From", "王女士 <wang@example.com>"),
+        ("Subject", "燃气表坏了"),
+    ];
     headers.extend_from_slice(extra);
     mail(&headers, "燃气表坏了，请派人来修。\r\n")
 }
@@ -180,7 +183,11 @@ fn every_branch_of_classification() {
         format!("complaints+ts-2026-000077.service.20261231.{tag}@gas.example");
     let missing_case_same_tag =
         format!("complaints+ts-2026-999999.service.20261231.{tag}@gas.example");
-    let expired = token_address(CASE, "service", NaiveDate::from_ymd_opt(2026, 11, 24).unwrap());
+    let expired = token_address(
+        CASE,
+        "service",
+        NaiveDate::from_ymd_opt(2026, 11, 24).unwrap(),
+    );
     let other_case_token = valid_token(OTHER_CASE, "service");
     let unknown_department_token = valid_token(CASE, "quality");
     let foreign_domain = valid.replace("@gas.example", "@evil.example");
@@ -196,44 +203,92 @@ fn every_branch_of_classification() {
         (
             "a Message-ID already ingested is a duplicate",
             customer(&[("Message-ID", "<already-seen@example.com>")]),
-            MailKind::Duplicate { case: Some(case(CASE)) },
+            MailKind::Duplicate {
+                case: Some(case(CASE)),
+            },
         ),
         (
             "our own sent mail coming back is a loop",
             customer(&[("Message-ID", &in_reply_to_ack)]),
-            MailKind::Loop { reason: LoopReason::OwnMessage },
+            MailKind::Loop {
+                reason: LoopReason::OwnMessage,
+            },
         ),
         (
             "mail from our own address is a loop",
-            mail(&[("From", "Complaints <Complaints@gas.example>"), ("Subject", "x")], "x"),
-            MailKind::Loop { reason: LoopReason::FromOwnAddress("complaints@gas.example".into()) },
+            mail(
+                &[
+                    ("From", "Complaints <Complaints@gas.example>"),
+                    ("Subject", "x"),
+                ],
+                "x",
+            ),
+            MailKind::Loop {
+                reason: LoopReason::FromOwnAddress("complaints@gas.example".into()),
+            },
         ),
         (
             "mail from a plus-address of ours is a loop",
             mail(&[("From", &valid), ("Subject", "x")], "x"),
-            MailKind::Loop { reason: LoopReason::FromOwnAddress(valid.to_lowercase()) },
+            MailKind::Loop {
+                reason: LoopReason::FromOwnAddress(valid.to_lowercase()),
+            },
         ),
         (
             "our X-Complaintd headers on incoming mail are a loop, never a command",
-            department_mail("service@gas.example", &valid, &[("X-Complaintd-Purpose", "forward")]),
-            MailKind::Loop { reason: LoopReason::OwnHeader("x-complaintd-purpose".into()) },
+            department_mail(
+                "service@gas.example",
+                &valid,
+                &[("X-Complaintd-Purpose", "forward")],
+            ),
+            MailKind::Loop {
+                reason: LoopReason::OwnHeader("x-complaintd-purpose".into()),
+            },
         ),
         // Bounces.
         (
             "a DSN of our forward is a bounce on its case",
             dsn(&format!("Message-ID: <{FORWARD_ID}>\r\nSubject: x")),
-            MailKind::Bounce { original_message_id: Some(FORWARD_ID.into()), case: Some(case(CASE)) },
+            MailKind::Bounce {
+                original_message_id: Some(FORWARD_ID.into()),
+                case: Some(case(CASE)),
+            },
         ),
         (
             "a DSN of a mail we do not know is a bounce without case",
             dsn("Message-ID: <unknown@elsewhere.example>"),
-            MailKind::Bounce { original_message_id: Some("unknown@elsewhere.example".into()), case: None },
+            MailKind::Bounce {
+                original_message_id: Some("unknown@elsewhere.example".into()),
+                case: None,
+            },
+        ),
+        (
+            "a terse DSN without the returned message threads to its case",
+            mail(
+                &[
+                    ("From", "MAILER-DAEMON@mx.gas.example"),
+                    ("Subject", "failure"),
+                    ("In-Reply-To", &in_reply_to_forward),
+                    (
+                        "Content-Type",
+                        "multipart/report; report-type=delivery-status; boundary=\"t\"",
+                    ),
+                ],
+                "--t\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--t--\r\n",
+            ),
+            MailKind::Bounce {
+                original_message_id: None,
+                case: Some(case(CASE)),
+            },
         ),
         // Automatic mail.
         (
             "Auto-Submitted other than no is automatic",
             customer(&[("Auto-Submitted", "auto-generated")]),
-            auto(AutoReplyReason::AutoSubmitted("auto-generated".into()), None),
+            auto(
+                AutoReplyReason::AutoSubmitted("auto-generated".into()),
+                None,
+            ),
         ),
         (
             "Auto-Submitted: no is a person's mail",
@@ -263,7 +318,10 @@ fn every_branch_of_classification() {
         (
             "X-Autorespond is automatic",
             customer(&[("X-Autorespond", "yes")]),
-            auto(AutoReplyReason::AutoReplyHeader("x-autorespond".into()), None),
+            auto(
+                AutoReplyReason::AutoReplyHeader("x-autorespond".into()),
+                None,
+            ),
         ),
         (
             "the null sender is automatic",
@@ -273,64 +331,133 @@ fn every_branch_of_classification() {
         (
             "a read receipt is automatic, logged on its case",
             read_receipt(),
-            auto(AutoReplyReason::Report("disposition-notification".into()), Some(CASE)),
+            auto(
+                AutoReplyReason::Report("disposition-notification".into()),
+                Some(CASE),
+            ),
         ),
         (
             "a department's out-of-office reply to the token address is automatic",
-            department_mail("service@gas.example", &valid, &[("Auto-Submitted", "auto-replied"), ("In-Reply-To", &in_reply_to_forward)]),
-            auto(AutoReplyReason::AutoSubmitted("auto-replied".into()), Some(CASE)),
+            department_mail(
+                "service@gas.example",
+                &valid,
+                &[
+                    ("Auto-Submitted", "auto-replied"),
+                    ("In-Reply-To", &in_reply_to_forward),
+                ],
+            ),
+            auto(
+                AutoReplyReason::AutoSubmitted("auto-replied".into()),
+                Some(CASE),
+            ),
         ),
         // Department replies.
         (
             "token address and department address: a department reply",
-            department_mail("客户服务中心 <Service@Gas.Example>", &valid, &[("In-Reply-To", &in_reply_to_forward)]),
-            MailKind::DepartmentReply { case: case(CASE), department: "service".into() },
+            department_mail(
+                "客户服务中心 <Service@Gas.Example>",
+                &valid,
+                &[("In-Reply-To", &in_reply_to_forward)],
+            ),
+            MailKind::DepartmentReply {
+                case: case(CASE),
+                department: "service".into(),
+            },
         ),
         (
             "the department manager may reply too",
             department_mail("service-lead@gas.example", &valid, &[]),
-            MailKind::DepartmentReply { case: case(CASE), department: "service".into() },
+            MailKind::DepartmentReply {
+                case: case(CASE),
+                department: "service".into(),
+            },
         ),
         (
             "the token address may be in Cc",
             department_mail("service@gas.example", &cc_token, &[]),
-            MailKind::DepartmentReply { case: case(CASE), department: "service".into() },
+            MailKind::DepartmentReply {
+                case: case(CASE),
+                department: "service".into(),
+            },
         ),
         (
             "the token address may be only in Delivered-To (Bcc)",
-            department_mail("service@gas.example", "someone@gas.example", &[("Delivered-To", &delivered_to)]),
-            MailKind::DepartmentReply { case: case(CASE), department: "service".into() },
+            department_mail(
+                "service@gas.example",
+                "someone@gas.example",
+                &[("Delivered-To", &delivered_to)],
+            ),
+            MailKind::DepartmentReply {
+                case: case(CASE),
+                department: "service".into(),
+            },
         ),
         (
             "an upper-cased token address still verifies",
             department_mail("service@gas.example", &valid.to_uppercase(), &[]),
-            MailKind::DepartmentReply { case: case(CASE), department: "service".into() },
+            MailKind::DepartmentReply {
+                case: case(CASE),
+                department: "service".into(),
+            },
         ),
         // Claims that fail.
         (
             "forged department From with a valid-looking subject but no token",
             department_mail("service@gas.example", "complaints@gas.example", &[]),
-            unverified(CASE, UnverifiedReason::DepartmentAddressWithoutToken { department: "service".into() }),
+            unverified(
+                CASE,
+                UnverifiedReason::DepartmentAddressWithoutToken {
+                    department: "service".into(),
+                },
+            ),
         ),
         (
             "department address replying to the forward without the token",
-            department_mail("network@gas.example", "complaints@gas.example", &[("In-Reply-To", &in_reply_to_forward)]),
-            unverified(CASE, UnverifiedReason::DepartmentAddressWithoutToken { department: "network".into() }),
+            department_mail(
+                "network@gas.example",
+                "complaints@gas.example",
+                &[("In-Reply-To", &in_reply_to_forward)],
+            ),
+            unverified(
+                CASE,
+                UnverifiedReason::DepartmentAddressWithoutToken {
+                    department: "network".into(),
+                },
+            ),
         ),
         (
             "valid token but the sender is a customer",
             department_mail("wang@example.com", &valid, &[]),
-            unverified(CASE, UnverifiedReason::SenderNotInDepartment { sender: "wang@example.com".into(), department: "service".into() }),
+            unverified(
+                CASE,
+                UnverifiedReason::SenderNotInDepartment {
+                    sender: "wang@example.com".into(),
+                    department: "service".into(),
+                },
+            ),
         ),
         (
             "valid token but the sender belongs to another department",
             department_mail("network@gas.example", &valid, &[]),
-            unverified(CASE, UnverifiedReason::SenderNotInDepartment { sender: "network@gas.example".into(), department: "service".into() }),
+            unverified(
+                CASE,
+                UnverifiedReason::SenderNotInDepartment {
+                    sender: "network@gas.example".into(),
+                    department: "service".into(),
+                },
+            ),
         ),
         (
             "a token's tag moved to another case does not verify",
-            department_mail("service@gas.example", &other_case_same_tag, &[("Subject", "状态: 已解决")]),
-            unverified(OTHER_CASE, UnverifiedReason::Token(TokenError::BadSignature)),
+            department_mail(
+                "service@gas.example",
+                &other_case_same_tag,
+                &[("Subject", "状态: 已解决")],
+            ),
+            unverified(
+                OTHER_CASE,
+                UnverifiedReason::Token(TokenError::BadSignature),
+            ),
         ),
         (
             "a forged token for a case that does not exist stays on the threaded case",
@@ -340,47 +467,83 @@ fn every_branch_of_classification() {
         (
             "an expired token",
             department_mail("service@gas.example", &expired, &[]),
-            unverified(CASE, UnverifiedReason::Token(TokenError::Expired {
-                expired_on: NaiveDate::from_ymd_opt(2026, 11, 24).unwrap(),
-                case: case(CASE),
-                department: "service".into(),
-            })),
+            unverified(
+                CASE,
+                UnverifiedReason::Token(TokenError::Expired {
+                    expired_on: NaiveDate::from_ymd_opt(2026, 11, 24).unwrap(),
+                    case: case(CASE),
+                    department: "service".into(),
+                }),
+            ),
         ),
         (
             "a valid token for another case than the mail answers",
-            department_mail("service@gas.example", &other_case_token, &[("In-Reply-To", &in_reply_to_forward)]),
-            unverified(OTHER_CASE, UnverifiedReason::ThreadMismatch { threaded_case: case(CASE) }),
+            department_mail(
+                "service@gas.example",
+                &other_case_token,
+                &[("In-Reply-To", &in_reply_to_forward)],
+            ),
+            unverified(
+                OTHER_CASE,
+                UnverifiedReason::ThreadMismatch {
+                    threaded_case: case(CASE),
+                },
+            ),
         ),
         (
             "a valid token for a department the policy no longer has",
             department_mail("service@gas.example", &unknown_department_token, &[]),
-            unverified(CASE, UnverifiedReason::UnknownDepartment { department: "quality".into() }),
+            unverified(
+                CASE,
+                UnverifiedReason::UnknownDepartment {
+                    department: "quality".into(),
+                },
+            ),
         ),
         (
             "a token at another domain is not ours",
-            department_mail("service@gas.example", &foreign_domain, &[("Subject", "hello")]),
+            department_mail(
+                "service@gas.example",
+                &foreign_domain,
+                &[("Subject", "hello")],
+            ),
             MailKind::NewComplaint,
         ),
         // Customer replies.
         (
             "a customer reply threaded by In-Reply-To",
             customer(&[("In-Reply-To", &in_reply_to_ack)]),
-            MailKind::CustomerReply { case: case(CASE), threaded_by: ThreadedBy::Header(ACK_ID.into()) },
+            MailKind::CustomerReply {
+                case: case(CASE),
+                threaded_by: ThreadedBy::Header(ACK_ID.into()),
+            },
         ),
         (
             "a customer reply threaded by References",
             customer(&[("References", &references_ack)]),
-            MailKind::CustomerReply { case: case(CASE), threaded_by: ThreadedBy::Header(ACK_ID.into()) },
+            MailKind::CustomerReply {
+                case: case(CASE),
+                threaded_by: ThreadedBy::Header(ACK_ID.into()),
+            },
         ),
         (
             "In-Reply-To wins over the subject number",
-            customer(&[("In-Reply-To", &in_reply_to_other), ("Subject", "Re: [TS-2026-000123]")]),
-            MailKind::CustomerReply { case: case(OTHER_CASE), threaded_by: ThreadedBy::Header(OTHER_FORWARD_ID.into()) },
+            customer(&[
+                ("In-Reply-To", &in_reply_to_other),
+                ("Subject", "Re: [TS-2026-000123]"),
+            ]),
+            MailKind::CustomerReply {
+                case: case(OTHER_CASE),
+                threaded_by: ThreadedBy::Header(OTHER_FORWARD_ID.into()),
+            },
         ),
         (
             "a customer reply threaded by the bracketed number, any case",
             customer(&[("Subject", "Re: [ts-2026-000123] 还没修好")]),
-            MailKind::CustomerReply { case: case(CASE), threaded_by: ThreadedBy::SubjectNumber },
+            MailKind::CustomerReply {
+                case: case(CASE),
+                threaded_by: ThreadedBy::SubjectNumber,
+            },
         ),
         (
             "a bracketed number of no existing case is a new complaint",
@@ -389,8 +552,14 @@ fn every_branch_of_classification() {
         ),
         (
             "a malformed plus-address is ignored, the thread decides",
-            customer(&[("To", "complaints+hello@gas.example"), ("In-Reply-To", &in_reply_to_ack)]),
-            MailKind::CustomerReply { case: case(CASE), threaded_by: ThreadedBy::Header(ACK_ID.into()) },
+            customer(&[
+                ("To", "complaints+hello@gas.example"),
+                ("In-Reply-To", &in_reply_to_ack),
+            ]),
+            MailKind::CustomerReply {
+                case: case(CASE),
+                threaded_by: ThreadedBy::Header(ACK_ID.into()),
+            },
         ),
         // New complaints.
         (
@@ -400,7 +569,13 @@ fn every_branch_of_classification() {
         ),
         (
             "a department address writing a new mail without a case is a new complaint",
-            mail(&[("From", "service@gas.example"), ("Subject", "热线转来的投诉")], "客户来电投诉燃气表。"),
+            mail(
+                &[
+                    ("From", "service@gas.example"),
+                    ("Subject", "热线转来的投诉"),
+                ],
+                "客户来电投诉燃气表。",
+            ),
             MailKind::NewComplaint,
         ),
     ];

@@ -73,7 +73,10 @@ fn header_section(bytes: &[u8]) -> String {
 #[test]
 fn acknowledgement_headers() {
     let built = build(&ack(), HOST).unwrap();
-    assert_eq!(built.message_id, "TS-2026-000123.ack.1@complaintd.gas.example");
+    assert_eq!(
+        built.message_id,
+        "TS-2026-000123.ack.1@complaintd.gas.example"
+    );
     assert_eq!(built.subject, "[TS-2026-000123] 您的投诉已受理");
     assert_eq!(built.envelope_from, "complaints@gas.example");
     assert_eq!(built.envelope_to, vec!["wang@example.com"]);
@@ -124,7 +127,10 @@ fn other_purposes_are_auto_generated() {
         )),
         Some(true)
     );
-    assert_eq!(mail.cc, vec![Address::new("service-office@gas.example", None)]);
+    assert_eq!(
+        mail.cc,
+        vec![Address::new("service-office@gas.example", None)]
+    );
     assert_eq!(
         built.envelope_to,
         vec!["billing@gas.example", "service-office@gas.example"]
@@ -152,12 +158,18 @@ fn html_and_attachments_make_a_multipart_mail() {
 
 #[test]
 fn building_twice_gives_the_same_bytes() {
-    assert_eq!(build(&forward(), HOST).unwrap(), build(&forward(), HOST).unwrap());
+    assert_eq!(
+        build(&forward(), HOST).unwrap(),
+        build(&forward(), HOST).unwrap()
+    );
     let mut later = forward();
     later.sequence = 2;
     let first = build(&forward(), HOST).unwrap();
     let second = build(&later, HOST).unwrap();
-    assert_eq!(second.message_id, "TS-2026-000123.forward.2@complaintd.gas.example");
+    assert_eq!(
+        second.message_id,
+        "TS-2026-000123.forward.2@complaintd.gas.example"
+    );
     assert_ne!(first.bytes, second.bytes);
 }
 
@@ -203,7 +215,10 @@ fn no_field_can_inject_a_header() {
     );
     for single in ["Subject", "From", "To", "X-Complaintd-Purpose"] {
         assert_eq!(
-            names.iter().filter(|n| n.eq_ignore_ascii_case(single)).count(),
+            names
+                .iter()
+                .filter(|n| n.eq_ignore_ascii_case(single))
+                .count(),
             1,
             "{single} in:\n{headers}"
         );
@@ -240,7 +255,10 @@ fn invalid_input_is_refused_with_a_reason() {
 
     let mut bad_case = ack();
     bad_case.case = Some(CaseId("TS 1>".into()));
-    assert!(matches!(build(&bad_case, HOST), Err(BuildError::InvalidCase(_))));
+    assert!(matches!(
+        build(&bad_case, HOST),
+        Err(BuildError::InvalidCase(_))
+    ));
 
     assert!(matches!(
         build(&ack(), "host\r\nBcc: x"),

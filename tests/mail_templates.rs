@@ -46,12 +46,8 @@ fn now() -> DateTime<Utc> {
 
 fn names() -> DisplayNames {
     let mut names = DisplayNames::default();
-    names
-        .categories
-        .insert("billing".into(), "收费争议".into());
-    names
-        .channels
-        .insert("own".into(), "自有投诉渠道".into());
+    names.categories.insert("billing".into(), "收费争议".into());
+    names.channels.insert("own".into(), "自有投诉渠道".into());
     names
         .departments
         .insert("billing_dept".into(), "营业收费部".into());
@@ -97,7 +93,9 @@ fn sample_case(subject: &str, sender_name: &str) -> Case {
             paused_since: None,
             paused_seconds: 0,
             stopped_at: None,
+            business: false,
             fired_steps: Default::default(),
+            business: true,
         },
     );
     case
@@ -119,7 +117,11 @@ fn full_context(subject: &str, sender_name: &str, text_line: &str) -> TemplateCo
         organisation: "某市燃气有限公司".into(),
         language: "zh".into(),
         now: "2026-11-25 10:00".into(),
-        mail: Some(MailView::new(&sample_mail(text_line), case.created_at, Shanghai)),
+        mail: Some(MailView::new(
+            &sample_mail(text_line),
+            case.created_at,
+            Shanghai,
+        )),
         department: Some(Named {
             name: "billing_dept".into(),
             display: "营业收费部".into(),
@@ -201,6 +203,39 @@ fn acknowledgement_shows_the_case_number_and_nothing_the_sender_wrote() {
 }
 
 #[test]
+fn the_acknowledgement_context_holds_no_case_content() {
+    let templates = default_templates();
+    let full = full_context("SECRET-SUBJECT", "SECRET-NAME", "SECRET-TEXT");
+    let context = TemplateContext::acknowledgement(
+        "某市燃气有限公司",
+        "zh",
+        "2026-11-24 10:05",
+        full.case.as_ref().unwrap(),
+    );
+    let json = serde_json::to_string(&context).unwrap();
+    assert!(!json.contains("SECRET"), "{json}");
+    assert!(!json.contains("wang@example.com"), "{json}");
+    assert!(json.contains("TS-2026-000123"));
+    // Even a template edited to print content has nothing to print.
+    let edited = Templates::from_files(
+        files(&[(
+            "acknowledgement.zh.txt",
+            "Subject: {{ case.subject }}\n\n{{ case.sender.email }}{{ mail }}{{ case.fields }}\n",
+        )]),
+        &languages(),
+    )
+    .unwrap();
+    let rendered = edited.render("acknowledgement", "zh", &context).unwrap();
+    assert!(!format!("{rendered:?}").contains("SECRET"));
+    for language in languages() {
+        let rendered = templates
+            .render("acknowledgement", &language, &context)
+            .unwrap();
+        assert!(rendered.text.contains("TS-2026-000123"));
+    }
+}
+
+#[test]
 fn forward_carries_case_fields_text_deadlines_and_reply_commands() {
     let templates = default_templates();
     let context = full_context("账单多收", "王女士", "这个月账单多收了三百元。");
@@ -220,7 +255,11 @@ fn forward_carries_case_fields_text_deadlines_and_reply_commands() {
         "处理结果:",
         "这个月账单多收了三百元。",
     ] {
-        assert!(zh.text.contains(expected), "missing {expected:?} in:\n{}", zh.text);
+        assert!(
+            zh.text.contains(expected),
+            "missing {expected:?} in:\n{}",
+            zh.text
+        );
     }
     let en = templates.render("forward", "en", &context).unwrap();
     for expected in [
@@ -230,7 +269,11 @@ fn forward_carries_case_fields_text_deadlines_and_reply_commands() {
         "responsibility: ours | not-ours",
         "result:",
     ] {
-        assert!(en.text.contains(expected), "missing {expected:?} in:\n{}", en.text);
+        assert!(
+            en.text.contains(expected),
+            "missing {expected:?} in:\n{}",
+            en.text
+        );
     }
     assert!(zh.html.is_some() && en.html.is_some());
 }
@@ -243,7 +286,10 @@ fn html_templates_escape_every_value() {
     let rendered = templates.render("forward", "zh", &context).unwrap();
     let html = rendered.html.expect("forward has an HTML part");
     assert!(!html.contains("<script>"), "unescaped script in:\n{html}");
-    assert!(!html.contains("<b onmouseover"), "unescaped tag in:\n{html}");
+    assert!(
+        !html.contains("<b onmouseover"),
+        "unescaped tag in:\n{html}"
+    );
     assert!(html.contains("&lt;script&gt;"), "{html}");
     // Plain text is not HTML: there the value appears as written.
     assert!(rendered.text.contains(evil));
@@ -309,15 +355,18 @@ fn template_errors_name_file_and_line() {
     .unwrap_err();
     let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
     assert_eq!(messages.len(), 4, "{messages:#?}");
-    assert!(messages.iter().any(|m| m.starts_with("nosubject.zh.txt:1: the first line must be")));
+    assert!(messages
+        .iter()
+        .any(|m| m.starts_with("nosubject.zh.txt:1: the first line must be")));
     assert!(
         messages.iter().any(|m| m.starts_with("broken.zh.txt:4: ")),
         "{messages:#?}"
     );
+    assert!(messages.iter().any(|m| m
+        .contains("orphan.zh.html: an HTML template needs the plain-text template orphan.zh.txt")));
     assert!(messages
         .iter()
-        .any(|m| m.contains("orphan.zh.html: an HTML template needs the plain-text template orphan.zh.txt")));
-    assert!(messages.iter().any(|m| m.starts_with("README: template files are named")));
+        .any(|m| m.starts_with("README: template files are named")));
 }
 
 #[test]
@@ -332,12 +381,8 @@ fn misspelt_variables_fail_at_render_with_their_line() {
     .unwrap();
     let context = serde_json::json!({"case": {"number": "TS-1"}});
     let error = templates.render("typo", "zh", &context).unwrap_err();
-    assert!(
-        error.to_string().starts_with("typo.zh.txt:4: "),
-        "{error}"
-    );
+    assert!(error.to_string().starts_with("typo.zh.txt:4: "), "{error}");
 }
-
 
 #[test]
 fn status_label_filter_names_states_in_both_languages() {

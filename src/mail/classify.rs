@@ -84,9 +84,13 @@ pub struct ClassifyContext<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MailKind {
     /// Already ingested: do nothing more.
-    Duplicate { case: Option<CaseId> },
+    Duplicate {
+        case: Option<CaseId>,
+    },
     /// Our own mail, or a mail from our own address: never answer it.
-    Loop { reason: LoopReason },
+    Loop {
+        reason: LoopReason,
+    },
     /// Automatic mail: never acknowledge it. `case` is the case it threads to, for the log.
     AutoReply {
         reason: AutoReplyReason,
@@ -100,8 +104,14 @@ pub enum MailKind {
         case: Option<CaseId>,
     },
     /// A verified department reply: its first lines may carry commands.
-    DepartmentReply { case: CaseId, department: String },
-    CustomerReply { case: CaseId, threaded_by: ThreadedBy },
+    DepartmentReply {
+        case: CaseId,
+        department: String,
+    },
+    CustomerReply {
+        case: CaseId,
+        threaded_by: ThreadedBy,
+    },
     /// A mail on a case that claims more than it proves: ordinary
     /// correspondence, never a command. The reason goes into the event log.
     Unverified {
@@ -252,7 +262,10 @@ impl std::fmt::Display for UnverifiedReason {
                 "sent from an address of department {department} without a reply token"
             ),
             UnverifiedReason::UnknownDepartment { department } => {
-                write!(f, "reply token for department {department}, which the policy no longer has")
+                write!(
+                    f,
+                    "reply token for department {department}, which the policy no longer has"
+                )
             }
             UnverifiedReason::ThreadMismatch { threaded_case } => write!(
                 f,
@@ -285,20 +298,23 @@ pub fn classify(
     if let Some(reason) = loop_reason(mail, &own) {
         return MailKind::Loop { reason };
     }
+    let thread = thread_of(mail, lookup);
     if let Some(report) = &mail.report {
         if report.report_type == "delivery-status" {
             let original_message_id = report.original_message_id.clone();
+            // Without the returned message (a header-only look, a terse
+            // MTA) the bounce may still thread to its case.
             let case = original_message_id
                 .as_deref()
                 .and_then(|id| lookup.message(id))
-                .and_then(|known| known.case().cloned());
+                .and_then(|known| known.case().cloned())
+                .or_else(|| thread.as_ref().map(|(case, _)| case.clone()));
             return MailKind::Bounce {
                 original_message_id,
                 case,
             };
         }
     }
-    let thread = thread_of(mail, lookup);
     if let Some(reason) = auto_reply_reason(mail) {
         return MailKind::AutoReply {
             reason,
@@ -383,10 +399,7 @@ static CASE_NUMBER_IN_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
 /// The case a mail threads to: In-Reply-To, then References (newest first),
 /// then the first bracketed case number in the subject that exists.
 fn thread_of(mail: &IncomingMail, lookup: &dyn ThreadLookup) -> Option<(CaseId, ThreadedBy)> {
-    let referenced = mail
-        .in_reply_to
-        .iter()
-        .chain(mail.references.iter().rev());
+    let referenced = mail.in_reply_to.iter().chain(mail.references.iter().rev());
     for id in referenced {
         if let Some(case) = lookup.message(id).and_then(|known| known.case().cloned()) {
             return Some((case, ThreadedBy::Header(id.clone())));
@@ -420,7 +433,10 @@ fn token_verdicts(
         .map(|a| a.email.clone())
         .chain(header_recipients)
         .filter(|address| {
-            address.split('@').next().is_some_and(|local| local.contains('+'))
+            address
+                .split('@')
+                .next()
+                .is_some_and(|local| local.contains('+'))
                 && own.contains(&token::base_mailbox(address))
         })
         .filter(|address| seen.insert(address.clone()))
@@ -479,13 +495,17 @@ fn classify_reply(
 
     // A token that is well-formed but fails is someone claiming to be a
     // department: the mail stays on the case it names, without authority.
-    let failed = verdicts.iter().find_map(|(address, verdict)| match verdict {
-        Err(error @ TokenError::Expired { case, .. }) => Some((Some(case.clone()), error.clone())),
-        Err(error @ TokenError::BadSignature) => {
-            Some((token::claimed_case(address), error.clone()))
-        }
-        _ => None,
-    });
+    let failed = verdicts
+        .iter()
+        .find_map(|(address, verdict)| match verdict {
+            Err(error @ TokenError::Expired { case, .. }) => {
+                Some((Some(case.clone()), error.clone()))
+            }
+            Err(error @ TokenError::BadSignature) => {
+                Some((token::claimed_case(address), error.clone()))
+            }
+            _ => None,
+        });
     if let Some((claimed, error)) = failed {
         let case = claimed
             .filter(|case| lookup.case_exists(case))

@@ -10,31 +10,8 @@ const HIDDEN: [&str; 6] = ["head", "script", "style", "title", "template", "nosc
 
 /// Elements that start and end a line of their own.
 const BLOCKS: [&str; 26] = [
-    "p",
-    "div",
-    "li",
-    "tr",
-    "table",
-    "ul",
-    "ol",
-    "dl",
-    "dt",
-    "dd",
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
-    "hr",
-    "section",
-    "article",
-    "header",
-    "footer",
-    "address",
-    "center",
-    "form",
-    "fieldset",
+    "p", "div", "li", "tr", "table", "ul", "ol", "dl", "dt", "dd", "h1", "h2", "h3", "h4", "h5",
+    "h6", "hr", "section", "article", "header", "footer", "address", "center", "form", "fieldset",
     "body",
 ];
 
@@ -284,10 +261,7 @@ mod tests {
     fn blocks_and_breaks_become_lines() {
         let html = "<html><head><title>t</title><style>p{x:y}</style></head><body>\
                     <div>第一行</div><div>第二行<br>第三行</div><p>Para&nbsp;one &amp; two</p></body></html>";
-        assert_eq!(
-            html_to_text(html),
-            "第一行\n第二行\n第三行\nPara one & two"
-        );
+        assert_eq!(html_to_text(html), "第一行\n第二行\n第三行\nPara one & two");
     }
 
     #[test]
@@ -302,7 +276,8 @@ mod tests {
 
     #[test]
     fn scripts_comments_and_stray_brackets() {
-        let html = "a <!-- hidden --> b <script>alert('<b>')</script> c < d &#20320;&#x597D; &bogus; & e";
+        let html =
+            "a <!-- hidden --> b <script>alert('<b>')</script> c < d &#20320;&#x597D; &bogus; & e";
         assert_eq!(html_to_text(html), "a b c < d 你好 &bogus; & e");
     }
 

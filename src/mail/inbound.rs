@@ -14,14 +14,16 @@ use mail_parser::decoders::base64::base64_decode;
 use mail_parser::decoders::charsets::map::charset_decoder;
 use mail_parser::decoders::quoted_printable::quoted_printable_decode;
 use mail_parser::parsers::MessageStream;
-use mail_parser::{Encoding, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType};
+use mail_parser::{
+    Encoding, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::html::html_to_text;
 use super::lang::{detect_language, detect_mail_language};
-use super::quote::split_reply;
 use super::normalize_message_id;
+use super::quote::split_reply;
 use crate::case::{Address, AttachmentFacts, MailFacts};
 
 /// The largest header block [`peek_headers`] reads.
@@ -148,24 +150,47 @@ impl DsnRecipient {
 #[serde(tag = "problem", rename_all = "snake_case")]
 pub enum ParseProblem {
     MissingMessageId,
-    InvalidMessageId { value: String },
+    InvalidMessageId {
+        value: String,
+    },
     MissingFrom,
-    InvalidFrom { value: String },
-    InvalidDate { value: String },
+    InvalidFrom {
+        value: String,
+    },
+    InvalidDate {
+        value: String,
+    },
     /// A part declares a charset nobody knows; it was read as UTF-8.
-    UnknownCharset { part: u32, charset: String },
+    UnknownCharset {
+        part: u32,
+        charset: String,
+    },
     /// Bytes that are not valid in the declared charset were replaced by U+FFFD.
-    UndecodableText { part: u32, replaced: usize },
+    UndecodableText {
+        part: u32,
+        replaced: usize,
+    },
     /// Broken base64 or quoted-printable.
-    BadTransferEncoding { part: u32 },
+    BadTransferEncoding {
+        part: u32,
+    },
     /// A multipart part without a boundary parameter.
-    MultipartWithoutBoundary { part: u32 },
+    MultipartWithoutBoundary {
+        part: u32,
+    },
     /// The declared boundary of a multipart part never appears.
-    BoundaryNotFound { part: u32, boundary: String },
+    BoundaryNotFound {
+        part: u32,
+        boundary: String,
+    },
     /// The parts were read by the boundary the body actually uses.
-    BoundaryRecovered { boundary: String },
+    BoundaryRecovered {
+        boundary: String,
+    },
     /// The closing `--boundary--` is missing: the mail may be truncated.
-    UnterminatedMultipart { boundary: String },
+    UnterminatedMultipart {
+        boundary: String,
+    },
     /// Only the headers were read ([`peek_headers`]).
     BodyNotParsed,
 }
@@ -177,7 +202,10 @@ impl std::fmt::Display for ParseProblem {
                 f.write_str("no Message-ID; a content hash stands in for it")
             }
             ParseProblem::InvalidMessageId { value } => {
-                write!(f, "unusable Message-ID {value:?}; a content hash stands in for it")
+                write!(
+                    f,
+                    "unusable Message-ID {value:?}; a content hash stands in for it"
+                )
             }
             ParseProblem::MissingFrom => f.write_str("no From address"),
             ParseProblem::InvalidFrom { value } => write!(f, "unreadable From address {value:?}"),
@@ -195,12 +223,14 @@ impl std::fmt::Display for ParseProblem {
             ParseProblem::MultipartWithoutBoundary { part } => {
                 write!(f, "part {part}: multipart without a boundary")
             }
-            ParseProblem::BoundaryNotFound { part, boundary } => write!(
-                f,
-                "part {part}: MIME boundary {boundary:?} never appears"
-            ),
+            ParseProblem::BoundaryNotFound { part, boundary } => {
+                write!(f, "part {part}: MIME boundary {boundary:?} never appears")
+            }
             ParseProblem::BoundaryRecovered { boundary } => {
-                write!(f, "the parts were read by the boundary the body uses, {boundary:?}")
+                write!(
+                    f,
+                    "the parts were read by the boundary the body uses, {boundary:?}"
+                )
             }
             ParseProblem::UnterminatedMultipart { boundary } => write!(
                 f,
@@ -269,9 +299,11 @@ fn read_body_without_boundary(
         let mut synthetic =
             format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n").into_bytes();
         synthetic.extend_from_slice(body);
-        let reparsed = std::panic::catch_unwind(|| parser.parse(&synthetic[..]).map(Message::into_owned));
+        let reparsed =
+            std::panic::catch_unwind(|| parser.parse(&synthetic[..]).map(Message::into_owned));
         if let Ok(Some(reparsed)) = reparsed {
-            mail.problems.push(ParseProblem::BoundaryRecovered { boundary });
+            mail.problems
+                .push(ParseProblem::BoundaryRecovered { boundary });
             return read_body(&reparsed, mail);
         }
     }
@@ -394,6 +426,12 @@ fn read_headers(message: &Message<'_>, raw: &[u8]) -> IncomingMail {
         .map(mime_type_of)
         .unwrap_or_else(|| "text/plain".to_owned());
 
+    // The report type is in the header; read_body adds what the parts say.
+    let report = (mime_type == "multipart/report").then(|| DeliveryReport {
+        report_type: report_type(message),
+        ..DeliveryReport::default()
+    });
+
     IncomingMail {
         message_id,
         message_id_synthesized,
@@ -412,7 +450,7 @@ fn read_headers(message: &Message<'_>, raw: &[u8]) -> IncomingMail {
         language: detect_language(message.subject().unwrap_or_default()),
         return_path: return_path(&headers),
         mime_type,
-        report: None,
+        report,
         size: raw.len() as u64,
         body_parsed: false,
         problems,
@@ -440,6 +478,22 @@ fn read_body(message: &Message<'_>, mail: &mut IncomingMail) -> Vec<AttachmentBl
                 }
             }
             _ => {}
+        }
+    }
+    // Some clients send an empty text/plain beside the real HTML body.
+    if texts.iter().all(|t| t.trim().is_empty()) {
+        let html_texts: Vec<String> = message
+            .html_body
+            .iter()
+            .filter_map(|&id| match &message.parts.get(id as usize)?.body {
+                PartType::Html(html) => Some(html_to_text(html)),
+                _ => None,
+            })
+            .filter(|t| !t.trim().is_empty())
+            .collect();
+        if !html_texts.is_empty() {
+            texts = html_texts;
+            source = BodySource::Html;
         }
     }
     let full_text = normalize_newlines(&texts.join("\n\n"));
@@ -501,9 +555,7 @@ fn mime_structure_problems(message: &Message<'_>) -> Vec<ParseProblem> {
             problems.push(ParseProblem::MultipartWithoutBoundary { part: id as u32 });
             continue;
         };
-        let body = raw
-            .get(part.offset_body as usize..)
-            .unwrap_or_default();
+        let body = raw.get(part.offset_body as usize..).unwrap_or_default();
         let opening = format!("--{boundary}");
         let closing = format!("--{boundary}--");
         if !contains(body, opening.as_bytes()) {
@@ -546,7 +598,10 @@ fn charset_problems(id: u32, part: &MessagePart<'_>) -> Vec<ParseProblem> {
         PartType::Text(text) | PartType::Html(text) => text.as_ref(),
         _ => "",
     };
-    let replaced = text.chars().filter(|&c| c == char::REPLACEMENT_CHARACTER).count();
+    let replaced = text
+        .chars()
+        .filter(|&c| c == char::REPLACEMENT_CHARACTER)
+        .count();
     if replaced > 0 {
         problems.push(ParseProblem::UndecodableText { part: id, replaced });
     }
@@ -587,10 +642,7 @@ fn strip_final_newline(bytes: &[u8]) -> &[u8] {
 
 fn attachment_name(part: &MessagePart<'_>, position: usize) -> String {
     let declared = part.attachment_name().unwrap_or_default();
-    let base = declared
-        .rsplit(['/', '\\'])
-        .next()
-        .unwrap_or_default();
+    let base = declared.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String = clean_line(base)
         .trim_matches(|c: char| c == '.' || c.is_whitespace())
         .chars()
@@ -627,14 +679,18 @@ fn attachment_name(part: &MessagePart<'_>, position: usize) -> String {
     }
 }
 
+fn report_type(message: &Message<'_>) -> String {
+    message
+        .root_part()
+        .content_type()
+        .and_then(|ct| ct.attribute("report-type"))
+        .map(|t| t.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 fn read_report(message: &Message<'_>) -> DeliveryReport {
     let mut report = DeliveryReport {
-        report_type: message
-            .root_part()
-            .content_type()
-            .and_then(|ct| ct.attribute("report-type"))
-            .map(|t| t.to_ascii_lowercase())
-            .unwrap_or_default(),
+        report_type: report_type(message),
         ..DeliveryReport::default()
     };
     let mut returned_id = None;

@@ -165,7 +165,9 @@ mod tests {
             "en"
         );
         assert_eq!(
-            detect_language("我家的燃气表已经坏了一个星期，打了好几次电话都没有人来修，请尽快处理。"),
+            detect_language(
+                "我家的燃气表已经坏了一个星期，打了好几次电话都没有人来修，请尽快处理。"
+            ),
             "zh"
         );
         assert_eq!(
@@ -187,7 +189,10 @@ mod tests {
     #[test]
     fn a_mail_body_outweighs_its_subject() {
         assert_eq!(
-            detect_mail_language("投诉：燃气表漏气", "There is a smell of gas at the door of the cafe."),
+            detect_mail_language(
+                "投诉：燃气表漏气",
+                "There is a smell of gas at the door of the cafe."
+            ),
             "en"
         );
         assert_eq!(detect_mail_language("燃气表漏气", "Help!"), "zh");

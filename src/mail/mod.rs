@@ -21,8 +21,8 @@ pub use classify::{
     ThreadLookup, ThreadedBy, UnverifiedReason,
 };
 pub use inbound::{
-    parse, peek_headers, AttachmentBlob, AttachmentMeta, BodySource, DeliveryReport,
-    DsnRecipient, IncomingMail, ParseError, ParseProblem, ParsedMail,
+    parse, peek_headers, AttachmentBlob, AttachmentMeta, BodySource, DeliveryReport, DsnRecipient,
+    IncomingMail, ParseError, ParseProblem, ParsedMail,
 };
 
 /// The longest Message-ID accepted (RFC 5322 lines are at most 998 octets).

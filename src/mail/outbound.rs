@@ -310,7 +310,13 @@ fn attachment_part(attachment: &OutgoingAttachment) -> Result<SinglePart, BuildE
             content_type: attachment.content_type.clone(),
         }
     })?;
-    let name = clean_line(attachment.name.rsplit(['/', '\\']).next().unwrap_or_default());
+    let name = clean_line(
+        attachment
+            .name
+            .rsplit(['/', '\\'])
+            .next()
+            .unwrap_or_default(),
+    );
     let name = if name.is_empty() {
         "attachment".to_owned()
     } else {
@@ -328,13 +334,14 @@ fn header_message_id(id: &str) -> Option<String> {
 
 fn mailbox(field: &'static str, address: &Address) -> Result<Mailbox, BuildError> {
     let email = address.email.trim();
-    let parsed: lettre::Address = email.parse().map_err(|e: lettre::address::AddressError| {
-        BuildError::InvalidAddress {
-            field,
-            address: email.to_owned(),
-            reason: e.to_string(),
-        }
-    })?;
+    let parsed: lettre::Address =
+        email.parse().map_err(
+            |e: lettre::address::AddressError| BuildError::InvalidAddress {
+                field,
+                address: email.to_owned(),
+                reason: e.to_string(),
+            },
+        )?;
     let name = address
         .name
         .as_deref()

@@ -32,8 +32,10 @@ static SEPARATOR: LazyLock<Regex> = LazyLock::new(|| {
 static HEADER_FROM: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)^\s*\*?(from|发件人)\*?\s*[:：]").expect("valid regex"));
 static HEADER_OTHER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)^\s*\*?(sent|date|to|cc|subject|发送时间|日期|时间|收件人|抄送|主题)\*?\s*[:：]")
-        .expect("valid regex")
+    Regex::new(
+        r"(?i)^\s*\*?(sent|date|to|cc|subject|发送时间|日期|时间|收件人|抄送|主题)\*?\s*[:：]",
+    )
+    .expect("valid regex")
 });
 static UNDERSCORE_RULE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^\s*_{5,}\s*$").expect("valid regex"));

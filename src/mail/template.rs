@@ -111,9 +111,7 @@ impl Templates {
                     continue;
                 }
             };
-            let is_template = path
-                .extension()
-                .is_some_and(|e| e == "txt" || e == "html");
+            let is_template = path.extension().is_some_and(|e| e == "txt" || e == "html");
             if !is_template {
                 continue;
             }
@@ -187,8 +185,7 @@ impl Templates {
             }
         }
         for (file, name, language, source) in html_files {
-            let Some(has_html) = available.get_mut(&name).and_then(|l| l.get_mut(&language))
-            else {
+            let Some(has_html) = available.get_mut(&name).and_then(|l| l.get_mut(&language)) else {
                 errors.push(TemplateError::HtmlWithoutText {
                     expected: format!("{name}.{language}.txt"),
                     file,
@@ -249,12 +246,12 @@ impl Templates {
         language: &str,
         context: &impl Serialize,
     ) -> Result<RenderedMail, TemplateError> {
-        let language = self
-            .language_for(name, language)
-            .ok_or_else(|| TemplateError::NotFound {
-                name: name.to_owned(),
-                language: language.to_owned(),
-            })?;
+        let language =
+            self.language_for(name, language)
+                .ok_or_else(|| TemplateError::NotFound {
+                    name: name.to_owned(),
+                    language: language.to_owned(),
+                })?;
         let context = minijinja::Value::from_serialize(context);
         let render = |part: Part| -> Result<String, TemplateError> {
             let key = part.key(name, &language);
@@ -353,8 +350,7 @@ fn split_file_name(file: &str) -> Option<(String, String, String)> {
     let name = parts.next()?;
     let valid = |s: &str| {
         !s.is_empty()
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
     };
     (valid(name) && valid(language) && matches!(extension, "txt" | "html"))
@@ -381,8 +377,14 @@ fn split_subject(source: &str) -> Option<(String, String)> {
 /// Trims blank lines at both ends and trailing spaces on each line, and ends with one newline.
 fn tidy_text(text: &str) -> String {
     let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
-    let start = lines.iter().position(|l| !l.is_empty()).unwrap_or(lines.len());
-    let end = lines.iter().rposition(|l| !l.is_empty()).map_or(start, |e| e + 1);
+    let start = lines
+        .iter()
+        .position(|l| !l.is_empty())
+        .unwrap_or(lines.len());
+    let end = lines
+        .iter()
+        .rposition(|l| !l.is_empty())
+        .map_or(start, |e| e + 1);
     let mut out = lines[start..end].join("\n");
     out.push('\n');
     out
@@ -576,7 +578,11 @@ impl CaseView {
                 .map(|(name, value)| FieldView {
                     field: Named {
                         name: name.clone(),
-                        display: names.fields.get(name).cloned().unwrap_or_else(|| name.clone()),
+                        display: names
+                            .fields
+                            .get(name)
+                            .cloned()
+                            .unwrap_or_else(|| name.clone()),
                     },
                     value: match value {
                         FieldValue::Flag(true) => "yes".to_owned(),
@@ -590,6 +596,36 @@ impl CaseView {
                 email: case.sender.email.clone(),
             },
             deadlines,
+        }
+    }
+}
+
+impl CaseView {
+    /// What an acknowledgement may show: the number, the registration time,
+    /// channel, language and state. Everything the sender wrote or the rules
+    /// derived from it is emptied, because the sender of a new complaint is
+    /// unverified and an acknowledgement must not echo content to whoever
+    /// forged the From address.
+    pub fn redacted(&self) -> CaseView {
+        CaseView {
+            number: self.number.clone(),
+            subject: String::new(),
+            received_at: self.received_at.clone(),
+            channel: self.channel.clone(),
+            language: self.language.clone(),
+            status: self.status.clone(),
+            severity: None,
+            category: None,
+            responsibility: None,
+            tags: Vec::new(),
+            department: None,
+            cc_departments: Vec::new(),
+            fields: Vec::new(),
+            sender: PersonView {
+                name: String::new(),
+                email: String::new(),
+            },
+            deadlines: Vec::new(),
         }
     }
 }
@@ -680,6 +716,20 @@ pub struct TemplateContext {
     pub reply_address: Option<String>,
     pub escalation: Option<EscalationView>,
     pub digest: Option<DigestView>,
+}
+
+impl TemplateContext {
+    /// The context of an acknowledgement: the case [`CaseView::redacted`],
+    /// no mail, no department.
+    pub fn acknowledgement(organisation: &str, language: &str, now: &str, case: &CaseView) -> Self {
+        TemplateContext {
+            organisation: organisation.to_owned(),
+            language: language.to_owned(),
+            now: now.to_owned(),
+            case: Some(case.redacted()),
+            ..TemplateContext::default()
+        }
+    }
 }
 
 /// A UTC time shown in `tz`.

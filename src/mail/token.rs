@@ -80,7 +80,9 @@ pub enum TokenError {
     NoToken,
     #[error("malformed reply token: {0}")]
     Malformed(&'static str),
-    #[error("the case number {0:?} cannot be put in an address (only ASCII letters, digits and '-')")]
+    #[error(
+        "the case number {0:?} cannot be put in an address (only ASCII letters, digits and '-')"
+    )]
     UnencodableCase(String),
     #[error("the reply token's signature does not match: forged, altered, or made for another case or department")]
     BadSignature,
@@ -206,9 +208,7 @@ pub fn claimed_case(address: &str) -> Option<CaseId> {
     let token = token_part(address).ok()?;
     let case = token.split('.').next()?;
     let plausible = !case.is_empty()
-        && case
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && case.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && case.bytes().any(|b| b.is_ascii_digit());
     plausible.then(|| CaseId(case.to_ascii_uppercase()))
 }
@@ -230,10 +230,7 @@ fn token_part(address: &str) -> Result<&str, TokenError> {
 }
 
 fn case_segment(case: &str) -> Result<String, TokenError> {
-    let ok = !case.is_empty()
-        && case
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let ok = !case.is_empty() && case.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if ok {
         Ok(case.to_ascii_lowercase())
     } else {
@@ -251,19 +248,24 @@ fn department_segment(name: &str) -> String {
     if is_plain_department(name) {
         name.to_owned()
     } else {
-        format!("{ENCODED_DEPARTMENT_PREFIX}{}", base32_encode(name.as_bytes()))
+        format!(
+            "{ENCODED_DEPARTMENT_PREFIX}{}",
+            base32_encode(name.as_bytes())
+        )
     }
 }
 
 fn parse_department_segment(segment: &str) -> Result<String, TokenError> {
     if let Some(encoded) = segment.strip_prefix(ENCODED_DEPARTMENT_PREFIX) {
-        let bytes = base32_decode(encoded)
-            .ok_or(TokenError::Malformed("the department is not base32"))?;
+        let bytes =
+            base32_decode(encoded).ok_or(TokenError::Malformed("the department is not base32"))?;
         String::from_utf8(bytes).map_err(|_| TokenError::Malformed("the department is not UTF-8"))
     } else if is_plain_department(segment) {
         Ok(segment.to_owned())
     } else {
-        Err(TokenError::Malformed("the department part is not a department name"))
+        Err(TokenError::Malformed(
+            "the department part is not a department name",
+        ))
     }
 }
 
@@ -510,7 +512,11 @@ mod tests {
             let token = mint(&secret(), &case, department, day(2026, 12, 31)).unwrap();
             let address = reply_address("complaints@corp.example", &token);
             let local = address.rsplit_once('@').unwrap().0;
-            assert!(local.len() <= 64, "{address} has a {}-octet local part", local.len());
+            assert!(
+                local.len() <= 64,
+                "{address} has a {}-octet local part",
+                local.len()
+            );
         }
     }
 
