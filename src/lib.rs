@@ -7,6 +7,7 @@ pub mod case;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod lifecycle;
 pub mod mail;
 pub mod rules;
 pub mod store;

@@ -93,7 +93,6 @@ fn sample_case(subject: &str, sender_name: &str) -> Case {
             paused_since: None,
             paused_seconds: 0,
             stopped_at: None,
-            business: false,
             fired_steps: Default::default(),
             business: true,
         },
