@@ -118,7 +118,7 @@ pub enum FieldType {
     Date,
 }
 
-/// `channel hotline "热线批转" mailbox "hotline"`: where a case came in.
+/// `channel hotline "热线批转"`: where a case came in (the config maps mailboxes to channels).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelDecl {
     pub name: Ident,
