@@ -167,6 +167,10 @@ pub struct ClockState {
     pub stopped_at: Option<DateTime<Utc>>,
     /// Indexes of escalation steps that already fired: each fires once.
     pub fired_steps: BTreeSet<usize>,
+    /// Whether the clock counts business time (its duration is in working
+    /// units); the measure of `paused_seconds` and of percentage steps.
+    #[serde(default)]
+    pub business: bool,
 }
 
 impl ClockState {

@@ -4,5 +4,10 @@
 
 pub mod calendar;
 pub mod case;
+pub mod cli;
 pub mod clock;
+pub mod config;
+pub mod lifecycle;
+pub mod mail;
 pub mod rules;
+pub mod store;

@@ -39,7 +39,7 @@ impl Span {
 }
 
 /// A value with the span it was written at.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Spanned<T> {
     pub node: T,
     pub span: Span,

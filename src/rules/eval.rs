@@ -1,6 +1,1386 @@
 //! Pure evaluation: a checked policy, a case, an input and an instant → actions.
+//!
+//! [`evaluate`] is a function of its arguments only: no I/O, no wall clock,
+//! no runtime. It works on a private copy of the case and applies each action
+//! to that copy as soon as it decides it, so later rules see what earlier ones
+//! set. The caller applies the returned actions to the real case with
+//! [`apply`] — the daemon, `simulate` and `rules test` all go through it.
+//!
+//! One evaluation runs, in this order:
+//! 1. on a new complaint: the default (lowest) severity if none is set;
+//! 2. the `classify` blocks whose trigger matches the input, in file order;
+//! 3. on a new complaint or a reopening: the route (first match wins);
+//! 4. the clock event of the input: clocks stop on their `stops on` events,
+//!    then start on their `starts on` events, with escalation timers;
+//! 5. on a due timer: the escalation step or the breach;
+//! 6. after every input: each `pause while` condition of a live clock.
+//!
+//! The case's lifecycle state is the caller's: for `Input::Lifecycle` the case
+//! passed in already carries the new state (and, for a reopening, the
+//! incremented `reopen_count`).
+
+mod clockmath;
+mod condition;
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::ast::{
+    ClockEvent, DeadlineDecl, EscalationStep, Expr, Recipient, RuleAction, Span, Trigger, Value,
+};
+use super::policy::Policy;
+use crate::calendar::Calendar;
+use crate::case::{Assignment, Because, Case, ClockState, Event, EventKind, FieldValue, MailFacts};
+
+use condition::Looked;
+
+/// What happened to a case that the rules must react to.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// A new complaint: the case was just created from this mail.
+    NewComplaint(&'a MailFacts),
+    /// The customer wrote again about an open case.
+    CustomerReply(&'a MailFacts),
+    /// A lifecycle event (forwarded, resolved, reopened, …) already reflected
+    /// in the case's state.
+    Lifecycle(ClockEvent),
+    /// A timer scheduled by an earlier [`Action::ScheduleTimer`] fell due.
+    Timer { deadline: &'a str, kind: TimerKind },
+    /// A field or the state changed outside the rules: re-check pauses.
+    Recheck,
+}
+
+/// Which timer of a deadline clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "timer", content = "step", rename_all = "snake_case")]
+pub enum TimerKind {
+    /// The escalation step with this index in the deadline's `escalate` block.
+    Step(usize),
+    /// The due time itself: a clock still running then is breached.
+    Due,
+}
+
+/// A resolved recipient of an escalation mail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecipient {
+    pub address: String,
+    /// How the policy named it: `assignee`, `assignee.manager`, `office`,
+    /// `office.manager`, `customer`, `address`.
+    pub role: String,
+}
+
+/// Something the daemon must do (and record) because of the rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Set a field (also `severity = X`, which may lower it).
+    SetField {
+        field: String,
+        value: FieldValue,
+        because: Because,
+    },
+    /// `severity >= X` when the case was below X.
+    RaiseSeverity {
+        from: Option<String>,
+        to: String,
+        because: Because,
+    },
+    AddTag {
+        tag: String,
+        because: Because,
+    },
+    /// Route the case to a department, copying others.
+    Assign {
+        department: String,
+        cc: Vec<String>,
+        because: Because,
+    },
+    StartClock {
+        deadline: String,
+        calendar: Option<String>,
+        started_at: DateTime<Utc>,
+        /// The duration as the policy wrote it, e.g. `3 working days`.
+        duration: String,
+        /// Whether the clock counts business time (working units).
+        business: bool,
+        due: DateTime<Utc>,
+        /// How the due time was computed, for people.
+        counted: String,
+        because: Because,
+    },
+    StopClock {
+        deadline: String,
+        /// Whether it stopped in time.
+        met: bool,
+        because: Because,
+    },
+    PauseClock {
+        deadline: String,
+        because: Because,
+    },
+    ResumeClock {
+        deadline: String,
+        /// The due time extended by the paused time.
+        due: DateTime<Utc>,
+        /// Total paused time of the clock so far, in its own measure.
+        paused_seconds: i64,
+        counted: String,
+        because: Because,
+    },
+    /// The daemon must deliver `Input::Timer { deadline, kind }` at `fire_at`.
+    /// A timer that arrives when it no longer applies is ignored, so earlier
+    /// timers of the same clock need not be cancelled.
+    ScheduleTimer {
+        deadline: String,
+        kind: TimerKind,
+        fire_at: DateTime<Utc>,
+        because: Because,
+    },
+    /// Send the step's mail. A severity raise of the step follows as its own
+    /// [`Action::RaiseSeverity`].
+    FireStep {
+        deadline: String,
+        step: usize,
+        template: String,
+        recipients: Vec<StepRecipient>,
+        because: Because,
+    },
+    /// The step's time came but its `when` did not hold: it will not fire.
+    MarkStepFired {
+        deadline: String,
+        step: usize,
+        because: Because,
+    },
+    /// The clock passed its due time while running.
+    Breach {
+        deadline: String,
+        due: DateTime<Utc>,
+        because: Because,
+    },
+}
+
+impl Action {
+    pub fn because(&self) -> &Because {
+        match self {
+            Action::SetField { because, .. }
+            | Action::RaiseSeverity { because, .. }
+            | Action::AddTag { because, .. }
+            | Action::Assign { because, .. }
+            | Action::StartClock { because, .. }
+            | Action::StopClock { because, .. }
+            | Action::PauseClock { because, .. }
+            | Action::ResumeClock { because, .. }
+            | Action::ScheduleTimer { because, .. }
+            | Action::FireStep { because, .. }
+            | Action::MarkStepFired { because, .. }
+            | Action::Breach { because, .. } => because,
+        }
+    }
+}
+
+/// The part of the policy a verdict belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Classify,
+    Route,
+    Deadline,
+    Pause,
+    Escalation,
+}
+
+/// What one rule (classify rule, route, deadline duration, pause condition,
+/// escalation step) made of the input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub stage: Stage,
+    /// Rule name, `route #N`, `otherwise`, `deadline NAME`, `pause NAME`,
+    /// `escalate NAME #N`.
+    pub rule: String,
+    pub span: Span,
+    pub fired: bool,
+    /// The values the condition looked at, as `(what, value)`.
+    pub seen: Vec<(String, String)>,
+    /// What firing changed, or why it changed nothing.
+    pub notes: Vec<String>,
+}
+
+/// The result of one evaluation.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Evaluation {
+    pub actions: Vec<Action>,
+    pub trace: Vec<Verdict>,
+}
+
+impl Evaluation {
+    /// Whether a rule of this name fired (any stage).
+    pub fn fired(&self, rule: &str) -> bool {
+        self.trace.iter().any(|v| v.fired && v.rule == rule)
+    }
+
+    /// The verdicts of one stage, in evaluation order.
+    pub fn verdicts(&self, stage: Stage) -> impl Iterator<Item = &Verdict> {
+        self.trace.iter().filter(move |v| v.stage == stage)
+    }
+}
+
+/// Evaluates `input` on `case` under `policy` at `now`. Pure.
+pub fn evaluate(
+    policy: &Policy,
+    case: &Case,
+    input: &Input<'_>,
+    history: &dyn CaseHistory,
+    now: DateTime<Utc>,
+) -> Evaluation {
+    let mail = match *input {
+        Input::NewComplaint(m) | Input::CustomerReply(m) => Some(m),
+        _ => None,
+    };
+    let text = mail.map_or("", |m| cut_at_char(&m.text, policy.limits.max_text_len));
+    let mut evaluator = Evaluator {
+        policy,
+        history,
+        now,
+        case: Cow::Borrowed(case),
+        mail,
+        text,
+        lowered: condition::Lowered::default(),
+        actions: Vec::new(),
+        trace: Vec::new(),
+        fired_rules: 0,
+    };
+    evaluator.run(input);
+    Evaluation {
+        actions: evaluator.actions,
+        trace: evaluator.trace,
+    }
+}
+
+/// Whether `condition` holds for `case` at `now`, outside any mail (as for
+/// a schedule's filter or a test's expectation), with the values it looked at.
+pub fn holds(
+    policy: &Policy,
+    case: &Case,
+    condition: &Expr,
+    history: &dyn CaseHistory,
+    now: DateTime<Utc>,
+) -> (bool, Vec<(String, String)>) {
+    let evaluator = Evaluator {
+        policy,
+        history,
+        now,
+        case: Cow::Borrowed(case),
+        mail: None,
+        text: "",
+        lowered: condition::Lowered::default(),
+        actions: Vec::new(),
+        trace: Vec::new(),
+        fired_rules: 0,
+    };
+    let mut looked = Looked::default();
+    let holds = evaluator.eval_expr(condition, &mut looked);
+    (holds, looked.seen)
+}
+
+/// Applies actions to a case in order and returns the events to log.
+/// Timers are the caller's to store; they produce no event.
+pub fn apply(case: &mut Case, actions: &[Action], now: DateTime<Utc>) -> Vec<Event> {
+    let mut events = Vec::new();
+    for action in actions {
+        mutate(case, action, now);
+        if let Some(kind) = event_of(action) {
+            events.push(Event { at: now, kind });
+        }
+    }
+    events
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn cut_at_char(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn mutate(case: &mut Case, action: &Action, now: DateTime<Utc>) {
+    match action {
+        Action::SetField { field, value, .. } => {
+            case.fields.insert(field.clone(), value.clone());
+        }
+        Action::RaiseSeverity { to, .. } => {
+            case.fields
+                .insert("severity".to_owned(), FieldValue::Name(to.clone()));
+        }
+        Action::AddTag { tag, .. } => {
+            case.tags.insert(tag.clone());
+        }
+        Action::Assign {
+            department,
+            cc,
+            because,
+        } => {
+            case.assignment = Some(Assignment {
+                department: department.clone(),
+                cc: cc.clone(),
+                rule: because.rule.clone(),
+            });
+        }
+        Action::StartClock {
+            deadline,
+            calendar,
+            started_at,
+            business,
+            due,
+            ..
+        } => {
+            case.clocks.insert(
+                deadline.clone(),
+                ClockState {
+                    deadline: deadline.clone(),
+                    calendar: calendar.clone(),
+                    started_at: *started_at,
+                    due: *due,
+                    paused_since: None,
+                    paused_seconds: 0,
+                    stopped_at: None,
+                    fired_steps: BTreeSet::new(),
+                    business: *business,
+                },
+            );
+        }
+        Action::StopClock { deadline, .. } => {
+            if let Some(clock) = case.clocks.get_mut(deadline) {
+                clock.stopped_at = Some(now);
+                clock.paused_since = None;
+            }
+        }
+        Action::PauseClock { deadline, .. } => {
+            if let Some(clock) = case.clocks.get_mut(deadline) {
+                clock.paused_since = Some(now);
+            }
+        }
+        Action::ResumeClock {
+            deadline,
+            due,
+            paused_seconds,
+            ..
+        } => {
+            if let Some(clock) = case.clocks.get_mut(deadline) {
+                clock.paused_since = None;
+                clock.due = *due;
+                clock.paused_seconds = *paused_seconds;
+            }
+        }
+        Action::FireStep { deadline, step, .. } | Action::MarkStepFired { deadline, step, .. } => {
+            if let Some(clock) = case.clocks.get_mut(deadline) {
+                clock.fired_steps.insert(*step);
+            }
+        }
+        Action::ScheduleTimer { .. } | Action::Breach { .. } => {}
+    }
+}
+
+fn event_of(action: &Action) -> Option<EventKind> {
+    Some(match action {
+        Action::SetField {
+            field,
+            value,
+            because,
+        } => EventKind::FieldSet {
+            field: field.clone(),
+            value: value.clone(),
+            because: because.clone(),
+        },
+        Action::RaiseSeverity { to, because, .. } => EventKind::FieldSet {
+            field: "severity".to_owned(),
+            value: FieldValue::Name(to.clone()),
+            because: because.clone(),
+        },
+        Action::AddTag { tag, because } => EventKind::TagAdded {
+            tag: tag.clone(),
+            because: because.clone(),
+        },
+        Action::Assign {
+            department,
+            cc,
+            because,
+        } => EventKind::Assigned {
+            department: department.clone(),
+            cc: cc.clone(),
+            because: because.clone(),
+        },
+        Action::StartClock {
+            deadline,
+            calendar,
+            due,
+            counted,
+            because,
+            ..
+        } => EventKind::ClockStarted {
+            deadline: deadline.clone(),
+            due: *due,
+            calendar: calendar.clone(),
+            counted: counted.clone(),
+            because: because.clone(),
+        },
+        Action::StopClock { deadline, met, .. } => EventKind::ClockStopped {
+            deadline: deadline.clone(),
+            met: *met,
+        },
+        Action::PauseClock { deadline, .. } => EventKind::ClockPaused {
+            deadline: deadline.clone(),
+        },
+        Action::ResumeClock {
+            deadline,
+            due,
+            paused_seconds,
+            ..
+        } => EventKind::ClockResumed {
+            deadline: deadline.clone(),
+            due: *due,
+            paused_seconds: *paused_seconds,
+        },
+        Action::FireStep {
+            deadline,
+            step,
+            template,
+            recipients,
+            because,
+        } => EventKind::EscalationFired {
+            deadline: deadline.clone(),
+            step: *step,
+            template: template.clone(),
+            recipients: recipients.iter().map(|r| r.address.clone()).collect(),
+            because: because.clone(),
+        },
+        Action::MarkStepFired {
+            deadline,
+            step,
+            because,
+        } => EventKind::Note {
+            text: format!(
+                "escalation step #{} of deadline {deadline} skipped: its condition did not hold ({})",
+                step + 1,
+                because.rule
+            ),
+        },
+        Action::Breach { deadline, .. } => EventKind::ClockBreached {
+            deadline: deadline.clone(),
+        },
+        Action::ScheduleTimer { .. } => return None,
+    })
+}
+
+/// The working state of one evaluation.
+struct Evaluator<'a> {
+    policy: &'a Policy,
+    history: &'a dyn CaseHistory,
+    now: DateTime<Utc>,
+    /// The case with every decided action applied (copied on the first change).
+    case: Cow<'a, Case>,
+    mail: Option<&'a MailFacts>,
+    /// The mail text, cut at `limits.max_text_len`.
+    text: &'a str,
+    lowered: condition::Lowered,
+    actions: Vec<Action>,
+    trace: Vec<Verdict>,
+    fired_rules: usize,
+}
+
+impl<'a> Evaluator<'a> {
+    fn run(&mut self, input: &Input<'_>) {
+        if matches!(input, Input::NewComplaint(_)) {
+            self.default_severity();
+        }
+        let trigger = match input {
+            Input::NewComplaint(_) => Some(Trigger::Received),
+            Input::CustomerReply(_) => Some(Trigger::CustomerReply),
+            Input::Lifecycle(ClockEvent::Reopened) => Some(Trigger::Reopened),
+            _ => None,
+        };
+        if let Some(trigger) = trigger {
+            self.classify(trigger);
+        }
+        if matches!(
+            input,
+            Input::NewComplaint(_) | Input::Lifecycle(ClockEvent::Reopened)
+        ) {
+            self.route();
+        }
+        let clock_event = match input {
+            Input::NewComplaint(_) => Some(ClockEvent::Received),
+            Input::Lifecycle(event) => Some(*event),
+            _ => None,
+        };
+        if let Some(event) = clock_event {
+            self.clock_event(event);
+        }
+        if let Input::Timer { deadline, kind } = input {
+            match kind {
+                TimerKind::Step(step) => self.step_timer(deadline, *step),
+                TimerKind::Due => self.due_timer(deadline),
+            }
+        }
+        self.check_pauses();
+    }
+
+    /// Records an action and applies it to the working copy.
+    fn push(&mut self, action: Action) {
+        mutate(self.case.to_mut(), &action, self.now);
+        self.actions.push(action);
+    }
+
+    /// `file:line:col` of a span, if it points into the policy's sources.
+    fn location(&self, span: Span) -> Option<String> {
+        location_of(self.policy, span)
+    }
+
+    fn because(&self, rule: &str, span: Span, seen: Vec<(String, String)>) -> Because {
+        Because {
+            rule: rule.to_owned(),
+            location: self.location(span),
+            seen,
+        }
+    }
+
+    fn severity_rank(&self, level: Option<&str>) -> Option<usize> {
+        level.and_then(|l| self.policy.severity_rank(l))
+    }
+
+    fn default_severity(&mut self) {
+        if self.case.severity().is_some() {
+            return;
+        }
+        if let Some(lowest) = self.policy.severities.first() {
+            let because = Because {
+                rule: "default severity".to_owned(),
+                location: None,
+                seen: vec![("severity".to_owned(), "(not set)".to_owned())],
+            };
+            self.push(Action::SetField {
+                field: "severity".to_owned(),
+                value: FieldValue::Name(lowest.clone()),
+                because,
+            });
+        }
+    }
+
+    fn classify(&mut self, trigger: Trigger) {
+        let policy = self.policy;
+        let limit = policy.limits.max_fired_rules;
+        for block in policy.classify.iter().filter(|b| b.trigger.node == trigger) {
+            for rule in &block.rules {
+                if self.fired_rules >= limit {
+                    self.trace.push(Verdict {
+                        stage: Stage::Classify,
+                        rule: rule.name.node.clone(),
+                        span: rule.span,
+                        fired: false,
+                        seen: Vec::new(),
+                        notes: vec![format!(
+                            "not evaluated: {limit} rules already fired (limits.max_fired_rules)"
+                        )],
+                    });
+                    return;
+                }
+                let mut looked = Looked::default();
+                let fired = self.condition(&rule.condition, &mut looked);
+                let mut notes = Vec::new();
+                if fired {
+                    self.fired_rules += 1;
+                    let because = self.because(&rule.name.node, rule.span, looked.seen.clone());
+                    for action in &rule.actions {
+                        let note = self.rule_action(&action.node, &looked, &because);
+                        notes.push(note);
+                    }
+                    if rule.stop {
+                        notes.push("stop: no later rule of this block runs".to_owned());
+                    }
+                }
+                self.trace.push(Verdict {
+                    stage: Stage::Classify,
+                    rule: rule.name.node.clone(),
+                    span: rule.span,
+                    fired,
+                    seen: looked.seen,
+                    notes,
+                });
+                if fired && rule.stop {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Carries out one action of a fired rule; returns what it did, for the trace.
+    fn rule_action(&mut self, action: &RuleAction, looked: &Looked, because: &Because) -> String {
+        match action {
+            RuleAction::RaiseSeverity(level) => self.raise_severity(&level.node, because),
+            RuleAction::SetSeverity(level) => {
+                let current = self.case.severity().map(str::to_owned);
+                if current.as_deref() == Some(level.node.as_str()) {
+                    return format!("severity already {}", level.node);
+                }
+                self.push(Action::SetField {
+                    field: "severity".to_owned(),
+                    value: FieldValue::Name(level.node.clone()),
+                    because: because.clone(),
+                });
+                format!(
+                    "severity {} → {}",
+                    current.as_deref().unwrap_or("(not set)"),
+                    level.node
+                )
+            }
+            RuleAction::Tag(tag) => {
+                if self.case.tags.contains(&tag.node) {
+                    return format!("tag {} already present", tag.node);
+                }
+                self.push(Action::AddTag {
+                    tag: tag.node.clone(),
+                    because: because.clone(),
+                });
+                format!("tag {}", tag.node)
+            }
+            RuleAction::Set { field, value } => {
+                match self.field_value(&field.node, &value.node, looked) {
+                    Ok(value) => {
+                        if self.case.field(&field.node) == Some(&value) {
+                            return format!("{} already {value}", field.node);
+                        }
+                        let note = format!("{} = {value}", field.node);
+                        self.push(Action::SetField {
+                            field: field.node.clone(),
+                            value,
+                            because: because.clone(),
+                        });
+                        note
+                    }
+                    Err(problem) => format!("{} not set: {problem}", field.node),
+                }
+            }
+        }
+    }
+
+    fn raise_severity(&mut self, level: &str, because: &Because) -> String {
+        let current = self.case.severity().map(str::to_owned);
+        let (Some(target), current_rank) = (
+            self.policy.severity_rank(level),
+            self.severity_rank(current.as_deref()),
+        ) else {
+            return format!("severity {level} is not a declared level");
+        };
+        if current_rank.is_some_and(|rank| rank >= target) {
+            return format!(
+                "severity already {}",
+                current.as_deref().unwrap_or_default()
+            );
+        }
+        self.push(Action::RaiseSeverity {
+            from: current.clone(),
+            to: level.to_owned(),
+            because: because.clone(),
+        });
+        format!(
+            "severity {} → {level}",
+            current.as_deref().unwrap_or("(not set)")
+        )
+    }
+
+    /// The field value an action `field = value` stores; `$N` is converted
+    /// to the field's declared type.
+    fn field_value(
+        &self,
+        field: &str,
+        value: &Value,
+        looked: &Looked,
+    ) -> Result<FieldValue, String> {
+        Ok(match value {
+            Value::Name(n) => FieldValue::Name(n.clone()),
+            Value::Text(t) => FieldValue::Text(t.clone()),
+            Value::Number(n) => FieldValue::Number(*n),
+            Value::Bool(b) => FieldValue::Flag(*b),
+            Value::Date(d) => FieldValue::Date(*d),
+            Value::Capture(group) => {
+                let captured = looked
+                    .capture(*group)
+                    .ok_or_else(|| format!("${group} captured nothing"))?;
+                let declared = self.policy.field(field).map(|f| f.ty.node);
+                match declared {
+                    Some(super::ast::FieldType::Number) => {
+                        let digits: String = captured
+                            .chars()
+                            .filter(|c| !matches!(c, ',' | '，' | ' '))
+                            .collect();
+                        let number: f64 = digits
+                            .parse()
+                            .map_err(|_| format!("${group} = \"{captured}\" is not a number"))?;
+                        if !number.is_finite() {
+                            return Err(format!("${group} = \"{captured}\" is not a number"));
+                        }
+                        FieldValue::Number(number)
+                    }
+                    Some(super::ast::FieldType::Date) => FieldValue::Date(
+                        chrono::NaiveDate::parse_from_str(captured.trim(), "%Y-%m-%d").map_err(
+                            |_| format!("${group} = \"{captured}\" is not a date (YYYY-MM-DD)"),
+                        )?,
+                    ),
+                    Some(super::ast::FieldType::Flag) => match captured.trim() {
+                        "true" | "yes" | "是" => FieldValue::Flag(true),
+                        "false" | "no" | "否" => FieldValue::Flag(false),
+                        other => return Err(format!("${group} = \"{other}\" is not a flag")),
+                    },
+                    Some(super::ast::FieldType::Text) => FieldValue::Text(captured.to_owned()),
+                    None => FieldValue::Name(captured.to_owned()),
+                }
+            }
+        })
+    }
+
+    fn route(&mut self) {
+        let policy = self.policy;
+        let mut chosen = None;
+        for (index, route) in policy.routes.routes.iter().enumerate() {
+            let name = route
+                .name
+                .as_ref()
+                .map_or_else(|| format!("route #{}", index + 1), |n| n.node.clone());
+            let mut looked = Looked::default();
+            let fired = self.condition(&route.condition, &mut looked);
+            self.trace.push(Verdict {
+                stage: Stage::Route,
+                rule: name.clone(),
+                span: route.span,
+                fired,
+                seen: looked.seen.clone(),
+                notes: Vec::new(),
+            });
+            if fired {
+                chosen = Some((name, &route.target, route.span, looked.seen));
+                break;
+            }
+        }
+        if chosen.is_none() {
+            if let Some(target) = &policy.routes.otherwise {
+                self.trace.push(Verdict {
+                    stage: Stage::Route,
+                    rule: "otherwise".to_owned(),
+                    span: target.span,
+                    fired: true,
+                    seen: Vec::new(),
+                    notes: Vec::new(),
+                });
+                chosen = Some(("otherwise".to_owned(), target, target.span, Vec::new()));
+            }
+        }
+        let Some((name, target, span, seen)) = chosen else {
+            return;
+        };
+        let department = target.department.node.clone();
+        let cc: Vec<String> = target.cc.iter().map(|c| c.node.clone()).collect();
+        let unchanged = self
+            .case
+            .assignment
+            .as_ref()
+            .is_some_and(|a| a.department == department && a.cc == cc);
+        let note = if unchanged {
+            format!("already routed to {department}")
+        } else if cc.is_empty() {
+            format!("route to {department}")
+        } else {
+            format!("route to {department}, cc {}", cc.join(", "))
+        };
+        if let Some(verdict) = self.trace.last_mut() {
+            verdict.notes.push(note);
+        }
+        if !unchanged {
+            let because = self.because(&name, span, seen);
+            self.push(Action::Assign {
+                department,
+                cc,
+                because,
+            });
+        }
+    }
+
+    /// The calendar a deadline counts on: its own, the assignee's, or the default.
+    fn calendar_name_for(&self, decl: &DeadlineDecl) -> Option<String> {
+        if let Some(name) = &decl.calendar {
+            return Some(name.node.clone());
+        }
+        let assigned = self
+            .case
+            .assignment
+            .as_ref()
+            .and_then(|a| self.policy.department(&a.department))
+            .and_then(|d| d.calendar.as_ref())
+            .map(|c| c.node.clone());
+        assigned.or_else(|| self.policy.default_calendar.clone())
+    }
+
+    fn calendar(&self, name: Option<&str>) -> Option<&'a Calendar> {
+        let policy = self.policy;
+        name.and_then(|n| policy.calendar(n))
+    }
+
+    fn clock_event(&mut self, event: ClockEvent) {
+        let policy = self.policy;
+        for decl in &policy.deadlines {
+            let name = decl.name.node.as_str();
+            if decl.stops_on.iter().any(|e| e.node == event) {
+                self.stop_clock(decl, event);
+            }
+            if decl.starts_on.iter().any(|e| e.node == event) {
+                let live = self
+                    .case
+                    .clocks
+                    .get(name)
+                    .is_some_and(|c| c.stopped_at.is_none());
+                if live {
+                    self.trace.push(Verdict {
+                        stage: Stage::Deadline,
+                        rule: format!("deadline {name}"),
+                        span: decl.span,
+                        fired: false,
+                        seen: Vec::new(),
+                        notes: vec![format!(
+                            "already running; not restarted on {}",
+                            clock_event_name(event)
+                        )],
+                    });
+                } else {
+                    self.start_clock(decl, event);
+                }
+            }
+        }
+    }
+
+    fn stop_clock(&mut self, decl: &DeadlineDecl, event: ClockEvent) {
+        let name = decl.name.node.as_str();
+        let Some(clock) = self.case.clocks.get(name) else {
+            return;
+        };
+        if clock.stopped_at.is_some() {
+            return;
+        }
+        // A paused clock was within its time if it was when it paused.
+        let met = clock.paused_since.unwrap_or(self.now) <= clock.due;
+        let rule = format!("deadline {name}");
+        let seen = vec![
+            ("event".to_owned(), clock_event_name(event).to_owned()),
+            ("due".to_owned(), clock.due.to_rfc3339()),
+        ];
+        self.trace.push(Verdict {
+            stage: Stage::Deadline,
+            rule: rule.clone(),
+            span: decl.span,
+            fired: true,
+            seen: seen.clone(),
+            notes: vec![format!(
+                "stopped on {}: {}",
+                clock_event_name(event),
+                if met { "met" } else { "late" }
+            )],
+        });
+        let because = self.because(&rule, decl.span, seen);
+        self.push(Action::StopClock {
+            deadline: name.to_owned(),
+            met,
+            because,
+        });
+    }
+
+    fn start_clock(&mut self, decl: &DeadlineDecl, event: ClockEvent) {
+        let name = decl.name.node.as_str();
+        let rule = format!("deadline {name}");
+        let mut chosen = None;
+        for duration_rule in &decl.durations {
+            let mut looked = Looked::default();
+            let fired = self.condition(&duration_rule.condition, &mut looked);
+            self.trace.push(Verdict {
+                stage: Stage::Deadline,
+                rule: rule.clone(),
+                span: duration_rule.span,
+                fired,
+                seen: looked.seen.clone(),
+                notes: Vec::new(),
+            });
+            if fired {
+                chosen = Some((duration_rule.duration, duration_rule.span, looked.seen));
+                break;
+            }
+        }
+        if chosen.is_none() {
+            if let Some(duration) = decl.otherwise {
+                self.trace.push(Verdict {
+                    stage: Stage::Deadline,
+                    rule: rule.clone(),
+                    span: duration.span,
+                    fired: true,
+                    seen: Vec::new(),
+                    notes: Vec::new(),
+                });
+                let span = duration.span;
+                chosen = Some((duration, span, Vec::new()));
+            }
+        }
+        let Some((duration, span, mut seen)) = chosen else {
+            if let Some(verdict) = self.trace.last_mut() {
+                verdict
+                    .notes
+                    .push("no duration applies: the clock does not start".to_owned());
+            }
+            return;
+        };
+        let calendar_name = self.calendar_name_for(decl);
+        let calendar = self.calendar(calendar_name.as_deref());
+        let start = self.now;
+        match clockmath::due_after(calendar, start, duration.node) {
+            Ok((due, counted)) => {
+                let duration_text = clockmath::duration_text(duration.node);
+                seen.push(("starts on".to_owned(), clock_event_name(event).to_owned()));
+                seen.push(("duration".to_owned(), duration_text.clone()));
+                if let Some(cal) = &calendar_name {
+                    seen.push(("calendar".to_owned(), cal.clone()));
+                }
+                if let Some(verdict) = self.trace.last_mut() {
+                    verdict.notes.push(format!(
+                        "{duration_text}: due {} ({counted})",
+                        due.to_rfc3339()
+                    ));
+                }
+                let because = self.because(&rule, span, seen);
+                self.push(Action::StartClock {
+                    deadline: name.to_owned(),
+                    calendar: calendar_name,
+                    started_at: start,
+                    duration: duration_text,
+                    business: duration.node.unit.is_business(),
+                    due,
+                    counted,
+                    because: because.clone(),
+                });
+                self.schedule_timers(name, &because);
+            }
+            Err(problem) => {
+                if let Some(verdict) = self.trace.last_mut() {
+                    verdict
+                        .notes
+                        .push(format!("the clock does not start: {problem}"));
+                }
+            }
+        }
+    }
+
+    /// Schedules every unfired escalation step of a live clock, and its due time.
+    fn schedule_timers(&mut self, deadline: &str, because: &Because) {
+        let policy = self.policy;
+        let Some(clock) = self.case.clocks.get(deadline).cloned() else {
+            return;
+        };
+        if let Some(block) = policy.escalation(deadline) {
+            for (index, step) in block.steps.iter().enumerate() {
+                if clock.fired_steps.contains(&index) {
+                    continue;
+                }
+                match self.step_time(&clock, step) {
+                    Ok(fire_at) => self.push(Action::ScheduleTimer {
+                        deadline: deadline.to_owned(),
+                        kind: TimerKind::Step(index),
+                        fire_at,
+                        because: because.clone(),
+                    }),
+                    Err(problem) => {
+                        if let Some(verdict) = self.trace.last_mut() {
+                            verdict.notes.push(format!(
+                                "escalation step #{} not scheduled: {problem}",
+                                index + 1
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        self.push(Action::ScheduleTimer {
+            deadline: deadline.to_owned(),
+            kind: TimerKind::Due,
+            fire_at: clock.due,
+            because: because.clone(),
+        });
+    }
+
+    /// When a step of a clock falls due, given the clock's current state.
+    fn step_time(
+        &self,
+        clock: &ClockState,
+        step: &EscalationStep,
+    ) -> Result<DateTime<Utc>, String> {
+        let calendar = self.calendar(clock.calendar.as_deref());
+        clockmath::step_time(calendar, clock, step.at.node)
+    }
+
+    fn step_timer(&mut self, deadline: &str, index: usize) {
+        let policy = self.policy;
+        let rule = format!("escalate {deadline} #{}", index + 1);
+        let Some(step) = policy
+            .escalation(deadline)
+            .and_then(|block| block.steps.get(index))
+        else {
+            self.trace.push(Verdict {
+                stage: Stage::Escalation,
+                rule,
+                span: Span::default(),
+                fired: false,
+                seen: Vec::new(),
+                notes: vec!["the policy has no such escalation step (any more)".to_owned()],
+            });
+            return;
+        };
+        let mut verdict = Verdict {
+            stage: Stage::Escalation,
+            rule: rule.clone(),
+            span: step.span,
+            fired: false,
+            seen: Vec::new(),
+            notes: Vec::new(),
+        };
+        let Some(clock) = self.case.clocks.get(deadline).cloned() else {
+            verdict.notes.push("the clock never started".to_owned());
+            self.trace.push(verdict);
+            return;
+        };
+        if clock.stopped_at.is_some() {
+            verdict.notes.push("the clock has stopped".to_owned());
+            self.trace.push(verdict);
+            return;
+        }
+        if clock.paused_since.is_some() {
+            verdict
+                .notes
+                .push("the clock is paused; the step is rescheduled on resume".to_owned());
+            self.trace.push(verdict);
+            return;
+        }
+        if clock.fired_steps.contains(&index) {
+            verdict.notes.push("already fired".to_owned());
+            self.trace.push(verdict);
+            return;
+        }
+        let fire_at = match self.step_time(&clock, step) {
+            Ok(t) => t,
+            Err(problem) => {
+                verdict.notes.push(problem);
+                self.trace.push(verdict);
+                return;
+            }
+        };
+        if self.now < fire_at {
+            verdict.notes.push(format!(
+                "early: the step falls due at {} (an earlier schedule)",
+                fire_at.to_rfc3339()
+            ));
+            self.trace.push(verdict);
+            return;
+        }
+        let mut looked = Looked::default();
+        let holds = match &step.condition {
+            Some(condition) => self.condition(condition, &mut looked),
+            None => true,
+        };
+        verdict.seen = looked.seen.clone();
+        let because = self.because(&rule, step.span, looked.seen);
+        if !holds {
+            verdict
+                .notes
+                .push("its condition does not hold: skipped".to_owned());
+            self.trace.push(verdict);
+            self.push(Action::MarkStepFired {
+                deadline: deadline.to_owned(),
+                step: index,
+                because,
+            });
+            return;
+        }
+        verdict.fired = true;
+        let (recipients, problems) = self.recipients(step);
+        verdict.notes.extend(problems);
+        verdict.notes.push(format!(
+            "notify {} using {}",
+            if recipients.is_empty() {
+                "nobody".to_owned()
+            } else {
+                recipients
+                    .iter()
+                    .map(|r| format!("{} <{}>", r.role, r.address))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            step.template.node
+        ));
+        self.push(Action::FireStep {
+            deadline: deadline.to_owned(),
+            step: index,
+            template: step.template.node.clone(),
+            recipients,
+            because: because.clone(),
+        });
+        if let Some(level) = &step.raise_severity {
+            let note = self.raise_severity(&level.node, &because);
+            verdict.notes.push(note);
+        }
+        self.trace.push(verdict);
+    }
+
+    /// The addresses of a step's recipients, deduplicated, and what could not be resolved.
+    fn recipients(&self, step: &EscalationStep) -> (Vec<StepRecipient>, Vec<String>) {
+        let policy = self.policy;
+        let mut found: Vec<StepRecipient> = Vec::new();
+        let mut problems = Vec::new();
+        let assignee = self.case.assignment.as_ref().map(|a| a.department.as_str());
+        let mut add = |address: &str, role: String| {
+            let address = address.trim().trim_start_matches('<').trim_end_matches('>');
+            let address = address.to_lowercase();
+            if !found.iter().any(|r| r.address == address) {
+                found.push(StepRecipient { address, role });
+            }
+        };
+        for recipient in &step.recipients {
+            match &recipient.node {
+                Recipient::Assignee => match assignee.and_then(|d| policy.department(d)) {
+                    Some(dept) => {
+                        for address in &dept.addresses {
+                            add(&address.node, "assignee".to_owned());
+                        }
+                    }
+                    None => problems.push("assignee: the case is not routed".to_owned()),
+                },
+                Recipient::AssigneeRole(role) => {
+                    let role_name = format!("assignee.{}", role.node);
+                    match assignee.and_then(|d| policy.department(d)) {
+                        Some(dept) => match department_role(dept, &role.node) {
+                            Some(address) => add(address, role_name),
+                            None => problems.push(format!(
+                                "{role_name}: department {} has no {}",
+                                dept.name.node, role.node
+                            )),
+                        },
+                        None => problems.push(format!("{role_name}: the case is not routed")),
+                    }
+                }
+                Recipient::Department(name, role) => match policy.department(&name.node) {
+                    Some(dept) => match role {
+                        None => {
+                            for address in &dept.addresses {
+                                add(&address.node, name.node.clone());
+                            }
+                        }
+                        Some(role) => {
+                            let role_name = format!("{}.{}", name.node, role.node);
+                            match department_role(dept, &role.node) {
+                                Some(address) => add(address, role_name),
+                                None => problems.push(format!(
+                                    "{role_name}: department {} has no {}",
+                                    name.node, role.node
+                                )),
+                            }
+                        }
+                    },
+                    None => problems.push(format!("{}: no such department", name.node)),
+                },
+                Recipient::Customer => add(&self.case.sender.email, "customer".to_owned()),
+                Recipient::Address(address) => add(address, "address".to_owned()),
+            }
+        }
+        (found, problems)
+    }
+
+    fn due_timer(&mut self, deadline: &str) {
+        let policy = self.policy;
+        let rule = format!("deadline {deadline}");
+        let decl = policy.deadline(deadline);
+        let mut verdict = Verdict {
+            stage: Stage::Deadline,
+            rule: rule.clone(),
+            span: decl.map_or_else(Span::default, |d| d.span),
+            fired: false,
+            seen: Vec::new(),
+            notes: Vec::new(),
+        };
+        let Some(clock) = self.case.clocks.get(deadline).cloned() else {
+            verdict.notes.push("the clock never started".to_owned());
+            self.trace.push(verdict);
+            return;
+        };
+        if clock.stopped_at.is_some() {
+            verdict
+                .notes
+                .push("the clock has stopped in time".to_owned());
+            self.trace.push(verdict);
+            return;
+        }
+        if clock.paused_since.is_some() {
+            verdict
+                .notes
+                .push("the clock is paused; its due time moves on resume".to_owned());
+            self.trace.push(verdict);
+            return;
+        }
+        if self.now < clock.due {
+            verdict.notes.push(format!(
+                "early: due at {} (an earlier schedule)",
+                clock.due.to_rfc3339()
+            ));
+            self.trace.push(verdict);
+            return;
+        }
+        verdict.fired = true;
+        verdict.seen = vec![("due".to_owned(), clock.due.to_rfc3339())];
+        verdict.notes.push("breached".to_owned());
+        let because = self.because(&rule, verdict.span, verdict.seen.clone());
+        self.push(Action::Breach {
+            deadline: deadline.to_owned(),
+            due: clock.due,
+            because: because.clone(),
+        });
+        if decl.is_some_and(|d| d.hard_stop.is_some()) {
+            verdict
+                .notes
+                .push("hard stop: the clock stops at its due time".to_owned());
+            self.push(Action::StopClock {
+                deadline: deadline.to_owned(),
+                met: false,
+                because,
+            });
+        }
+        self.trace.push(verdict);
+    }
+
+    /// Pauses live clocks whose `pause while` holds, resumes paused ones whose
+    /// condition no longer holds (extending the due time by the paused time).
+    fn check_pauses(&mut self) {
+        let policy = self.policy;
+        for decl in &policy.deadlines {
+            let Some(pause_while) = &decl.pause_while else {
+                continue;
+            };
+            let name = decl.name.node.as_str();
+            let Some(clock) = self.case.clocks.get(name).cloned() else {
+                continue;
+            };
+            if clock.stopped_at.is_some() {
+                continue;
+            }
+            let rule = format!("pause {name}");
+            let mut looked = Looked::default();
+            let holds = self.condition(pause_while, &mut looked);
+            let mut verdict = Verdict {
+                stage: Stage::Pause,
+                rule: rule.clone(),
+                span: pause_while.span(),
+                fired: holds,
+                seen: looked.seen.clone(),
+                notes: Vec::new(),
+            };
+            match (clock.paused_since, holds) {
+                (None, true) => {
+                    verdict.notes.push("paused".to_owned());
+                    let because = self.because(&rule, pause_while.span(), looked.seen);
+                    self.push(Action::PauseClock {
+                        deadline: name.to_owned(),
+                        because,
+                    });
+                }
+                (Some(since), false) => {
+                    let calendar = self.calendar(clock.calendar.as_deref());
+                    match clockmath::resume(calendar, &clock, since, self.now) {
+                        Ok((due, paused_seconds, counted)) => {
+                            verdict
+                                .notes
+                                .push(format!("resumed: due {} ({counted})", due.to_rfc3339()));
+                            let because = self.because(&rule, pause_while.span(), looked.seen);
+                            self.push(Action::ResumeClock {
+                                deadline: name.to_owned(),
+                                due,
+                                paused_seconds,
+                                counted,
+                                because: because.clone(),
+                            });
+                            self.trace.push(verdict);
+                            self.schedule_timers(name, &because);
+                            continue;
+                        }
+                        Err(problem) => verdict.notes.push(format!("cannot resume: {problem}")),
+                    }
+                }
+                (None, false) => {}
+                (Some(_), true) => verdict.notes.push("still paused".to_owned()),
+            }
+            self.trace.push(verdict);
+        }
+    }
+
+    /// Evaluates a condition, recording what it looked at.
+    fn condition(&mut self, expr: &Expr, looked: &mut Looked) -> bool {
+        self.eval_expr(expr, looked)
+    }
+}
+
+/// The address of a department's `manager` or named contact.
+fn department_role<'d>(dept: &'d super::ast::DepartmentDecl, role: &str) -> Option<&'d str> {
+    if role == "manager" {
+        return dept.manager.as_ref().map(|m| m.node.as_str());
+    }
+    dept.contacts
+        .iter()
+        .find(|(name, _)| name.node == role)
+        .map(|(_, address)| address.node.as_str())
+}
+
+/// `file:line:col` of a span, when it points into the policy's sources.
+pub fn location_of(policy: &Policy, span: Span) -> Option<String> {
+    let (_, file) = policy.sources.files().nth(span.file as usize)?;
+    if span.line == 0 {
+        return None;
+    }
+    Some(format!(
+        "{}:{}:{}",
+        file.path.display(),
+        span.line,
+        span.col
+    ))
+}
+
+/// The source text of a span, when it points into the policy's sources.
+pub(crate) fn snippet_of(policy: &Policy, span: Span) -> Option<&str> {
+    let (_, file) = policy.sources.files().nth(span.file as usize)?;
+    file.text
+        .get(span.start..span.end)
+        .filter(|s| !s.is_empty())
+}
+
+/// The name of a lifecycle event as the policy writes it.
+pub fn clock_event_name(event: ClockEvent) -> &'static str {
+    match event {
+        ClockEvent::Received => "received",
+        ClockEvent::Acknowledged => "acknowledged",
+        ClockEvent::Forwarded => "forwarded",
+        ClockEvent::Accepted => "accepted",
+        ClockEvent::Contacted => "contacted",
+        ClockEvent::Resolved => "resolved",
+        ClockEvent::Answered => "answered",
+        ClockEvent::Closed => "closed",
+        ClockEvent::Reopened => "reopened",
+        ClockEvent::ResponsibilityDecided => "responsibility_decided",
+        ClockEvent::Withdrawn => "withdrawn",
+    }
+}
 
 /// What the evaluator may ask about *other* cases, for aggregate conditions.
 ///

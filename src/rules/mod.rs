@@ -9,6 +9,7 @@ pub mod ast;
 pub mod check;
 pub mod diag;
 pub mod eval;
+pub mod explain;
 pub mod load;
 pub mod parse;
 pub mod policy;

@@ -55,6 +55,8 @@ pub struct Policy {
     pub deadlines: Vec<DeadlineDecl>,
     pub escalations: Vec<EscalateBlock>,
     pub schedules: Vec<ScheduleDecl>,
+    /// Each schedule's parsed crontab, by schedule name.
+    pub crons: HashMap<String, cron::Schedule>,
     pub tests: Vec<TestDecl>,
     /// Every regex literal of the policy, compiled, keyed by the literal's span.
     pub regexes: HashMap<Span, Regex>,

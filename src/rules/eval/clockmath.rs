@@ -1,0 +1,233 @@
+//! Deadline arithmetic for the evaluator: due times, step times, pauses and
+//! aggregate windows, on a business calendar when the duration counts business time.
+
+use chrono::{DateTime, Utc};
+
+use super::super::ast::{Duration, DurationUnit, StepOffset};
+use crate::calendar::Calendar;
+use crate::case::ClockState;
+
+/// A duration as the policy writes it: `30 minutes`, `1 working hour`, `3 days`.
+pub fn duration_text(duration: Duration) -> String {
+    let (singular, plural) = match duration.unit {
+        DurationUnit::Minutes => ("minute", "minutes"),
+        DurationUnit::Hours => ("hour", "hours"),
+        DurationUnit::Days => ("day", "days"),
+        DurationUnit::Weeks => ("week", "weeks"),
+        DurationUnit::WorkingMinutes => ("working minute", "working minutes"),
+        DurationUnit::WorkingHours => ("working hour", "working hours"),
+        DurationUnit::WorkingDays => ("working day", "working days"),
+    };
+    format!(
+        "{} {}",
+        duration.amount,
+        if duration.amount == 1 {
+            singular
+        } else {
+            plural
+        }
+    )
+}
+
+/// Elapsed length of a natural duration; business durations count as their
+/// elapsed equivalent here (only aggregate windows use this).
+fn elapsed(duration: Duration) -> chrono::Duration {
+    let amount = i64::from(duration.amount);
+    match duration.unit {
+        DurationUnit::Minutes | DurationUnit::WorkingMinutes => chrono::Duration::minutes(amount),
+        DurationUnit::Hours | DurationUnit::WorkingHours => chrono::Duration::hours(amount),
+        DurationUnit::Days | DurationUnit::WorkingDays => chrono::Duration::days(amount),
+        DurationUnit::Weeks => chrono::Duration::weeks(amount),
+    }
+}
+
+/// Start of an aggregate window of `duration` ending at `until`.
+pub fn window_start(until: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    until - elapsed(duration)
+}
+
+fn no_calendar(duration: Duration) -> String {
+    format!(
+        "`{}` counts business time, but no calendar applies",
+        duration_text(duration)
+    )
+}
+
+/// The due time of `duration` counted from `start`, with how it was counted.
+pub fn due_after(
+    calendar: Option<&Calendar>,
+    start: DateTime<Utc>,
+    duration: Duration,
+) -> Result<(DateTime<Utc>, String), String> {
+    match calendar {
+        Some(calendar) => calendar_add(calendar, start, duration),
+        None if duration.unit.is_business() => Err(no_calendar(duration)),
+        None => {
+            let due = start + elapsed(duration);
+            Ok((
+                due,
+                format!(
+                    "{} elapsed from {} to {}",
+                    duration_text(duration),
+                    start.to_rfc3339(),
+                    due.to_rfc3339()
+                ),
+            ))
+        }
+    }
+}
+
+/// Seconds between two instants in a clock's own measure.
+fn measure(
+    calendar: Option<&Calendar>,
+    business: bool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<i64, String> {
+    if !business {
+        return Ok((to - from).num_seconds());
+    }
+    let calendar = calendar.ok_or("the clock counts business time, but its calendar is gone")?;
+    calendar_business_seconds(calendar, from, to)
+}
+
+/// `from` advanced by `seconds` of a clock's own measure.
+fn advance(
+    calendar: Option<&Calendar>,
+    business: bool,
+    from: DateTime<Utc>,
+    seconds: i64,
+) -> Result<DateTime<Utc>, String> {
+    if !business {
+        return Ok(from + chrono::Duration::seconds(seconds));
+    }
+    let calendar = calendar.ok_or("the clock counts business time, but its calendar is gone")?;
+    calendar_add_business_seconds(calendar, from, seconds)
+}
+
+/// When an escalation step of `clock` falls due. Time the clock spent paused
+/// shifts every step that had not yet come when it paused.
+pub fn step_time(
+    calendar: Option<&Calendar>,
+    clock: &ClockState,
+    offset: StepOffset,
+) -> Result<DateTime<Utc>, String> {
+    let business = clock.business;
+    match offset {
+        StepOffset::Percent(100) => Ok(clock.due),
+        StepOffset::Percent(percent) => {
+            let total = measure(calendar, business, clock.started_at, clock.due)?;
+            let length = total - clock.paused_seconds;
+            let share = length * i64::from(percent) / 100;
+            advance(
+                calendar,
+                business,
+                clock.started_at,
+                share + clock.paused_seconds,
+            )
+        }
+        StepOffset::AfterStart(duration) => {
+            let (at, _) = due_after(calendar, clock.started_at, duration)?;
+            advance(calendar, business, at, clock.paused_seconds)
+        }
+        StepOffset::AfterDue(duration) => due_after(calendar, clock.due, duration).map(|(t, _)| t),
+        StepOffset::BeforeDue(duration) => before(calendar, clock.due, duration),
+    }
+}
+
+/// The instant `duration` before `due`.
+fn before(
+    calendar: Option<&Calendar>,
+    due: DateTime<Utc>,
+    duration: Duration,
+) -> Result<DateTime<Utc>, String> {
+    match calendar {
+        Some(calendar) => calendar_sub(calendar, due, duration),
+        None if duration.unit.is_business() => Err(no_calendar(duration)),
+        None => Ok(due - elapsed(duration)),
+    }
+}
+
+/// A paused clock resuming at `now`: its new due time, its total paused
+/// time and how the extension was counted.
+pub fn resume(
+    calendar: Option<&Calendar>,
+    clock: &ClockState,
+    paused_since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, i64, String), String> {
+    let paused = measure(calendar, clock.business, paused_since, now)?.max(0);
+    let due = advance(calendar, clock.business, clock.due, paused)?;
+    let measure_name = if clock.business {
+        "business time"
+    } else {
+        "elapsed time"
+    };
+    Ok((
+        due,
+        clock.paused_seconds + paused,
+        format!(
+            "paused {} of {measure_name} from {} to {}; due moved from {} to {}",
+            seconds_text(paused),
+            paused_since.to_rfc3339(),
+            now.to_rfc3339(),
+            clock.due.to_rfc3339(),
+            due.to_rfc3339()
+        ),
+    ))
+}
+
+/// `2 h 30 min`, `45 s`.
+pub fn seconds_text(seconds: i64) -> String {
+    let (hours, rest) = (seconds / 3600, seconds % 3600);
+    let (minutes, seconds) = (rest / 60, rest % 60);
+    let mut parts = Vec::new();
+    if hours > 0 {
+        parts.push(format!("{hours} h"));
+    }
+    if minutes > 0 {
+        parts.push(format!("{minutes} min"));
+    }
+    if seconds > 0 || parts.is_empty() {
+        parts.push(format!("{seconds} s"));
+    }
+    parts.join(" ")
+}
+
+fn calendar_add(
+    calendar: &Calendar,
+    start: DateTime<Utc>,
+    duration: Duration,
+) -> Result<(DateTime<Utc>, String), String> {
+    calendar
+        .explain_add(start, duration)
+        .map_err(|e| e.to_string())
+}
+
+fn calendar_business_seconds(
+    calendar: &Calendar,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<i64, String> {
+    calendar
+        .business_seconds_between(from, to)
+        .map_err(|e| e.to_string())
+}
+
+fn calendar_add_business_seconds(
+    calendar: &Calendar,
+    from: DateTime<Utc>,
+    seconds: i64,
+) -> Result<DateTime<Utc>, String> {
+    calendar
+        .add_business_seconds(from, seconds)
+        .map_err(|e| e.to_string())
+}
+
+fn calendar_sub(
+    calendar: &Calendar,
+    due: DateTime<Utc>,
+    duration: Duration,
+) -> Result<DateTime<Utc>, String> {
+    calendar.subtract(due, duration).map_err(|e| e.to_string())
+}

@@ -1,0 +1,603 @@
+//! Conditions: what a path reads on the case and its mail, and how each test decides.
+//!
+//! Every atomic test records `(what, value)` in [`Looked`] so that a fired
+//! rule can say what it saw; `and`/`or` short-circuit, so only what was
+//! actually looked at is recorded.
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::cmp::Ordering;
+
+use chrono::NaiveDate;
+
+use super::super::ast::{Aggregate, CompareOp, Expr, GroupKey, Operand, RegexLit, Spanned, Value};
+use super::{clockmath, snippet_of, Evaluator};
+use crate::case::{subject_fingerprint, FieldValue};
+
+/// Longest value shown in a `seen` pair, in characters.
+const SEEN_MAX_CHARS: usize = 80;
+
+/// Lower-cased mail text and subject, computed at most once per evaluation.
+#[derive(Debug, Default)]
+pub(super) struct Lowered {
+    text: OnceCell<String>,
+    subject: OnceCell<String>,
+}
+
+/// What a condition looked at, and the groups of the last regex that matched.
+#[derive(Debug, Default)]
+pub(super) struct Looked {
+    pub seen: Vec<(String, String)>,
+    captures: Vec<Option<String>>,
+}
+
+impl Looked {
+    /// Group `n` of the regex that matched last in this condition (`$n`).
+    pub fn capture(&self, group: u8) -> Option<&str> {
+        self.captures.get(group as usize)?.as_deref()
+    }
+
+    fn see(&mut self, what: String, value: String) {
+        self.seen.push((what, value));
+    }
+}
+
+/// A value read from the case or the mail.
+#[derive(Debug)]
+enum Got<'c> {
+    Missing,
+    /// Free text: subject, text, addresses, headers, custom text fields.
+    Text(Cow<'c, str>),
+    /// A declared name: severity, category, channel, status, department, …
+    Name(Cow<'c, str>),
+    Number(f64),
+    Flag(bool),
+    Date(NaiveDate),
+    /// Texts: recipients, attachment names and types.
+    List(Vec<Cow<'c, str>>),
+    /// Names: the case's tags.
+    Tags(Vec<Cow<'c, str>>),
+}
+
+impl Got<'_> {
+    fn is_set(&self) -> bool {
+        match self {
+            Got::Missing => false,
+            Got::Text(s) | Got::Name(s) => !s.is_empty(),
+            Got::List(items) | Got::Tags(items) => !items.is_empty(),
+            Got::Number(_) | Got::Flag(_) | Got::Date(_) => true,
+        }
+    }
+
+    fn display(&self) -> String {
+        match self {
+            Got::Missing => "(not set)".to_owned(),
+            Got::Text(s) | Got::Name(s) => shorten(s),
+            Got::Number(n) => FieldValue::Number(*n).to_string(),
+            Got::Flag(b) => b.to_string(),
+            Got::Date(d) => d.to_string(),
+            Got::List(items) | Got::Tags(items) if items.is_empty() => "(none)".to_owned(),
+            Got::List(items) | Got::Tags(items) => shorten(&items.join(", ")),
+        }
+    }
+}
+
+/// At most [`SEEN_MAX_CHARS`] characters of `s`, with `…` when cut, on one line.
+fn shorten(s: &str) -> String {
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(SEEN_MAX_CHARS + 1)
+        .collect();
+    if one_line.chars().count() > SEEN_MAX_CHARS {
+        let mut cut: String = one_line.chars().take(SEEN_MAX_CHARS).collect();
+        cut.push('…');
+        cut
+    } else {
+        one_line
+    }
+}
+
+/// `s` in lower case, borrowed when it has no upper-case letter.
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.chars().any(char::is_uppercase) {
+        Cow::Owned(s.to_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+fn ordering_holds(op: CompareOp, ordering: Option<Ordering>) -> bool {
+    let Some(ordering) = ordering else {
+        return false;
+    };
+    match op {
+        CompareOp::Eq => ordering == Ordering::Equal,
+        CompareOp::Ne => ordering != Ordering::Equal,
+        CompareOp::Lt => ordering == Ordering::Less,
+        CompareOp::Le => ordering != Ordering::Greater,
+        CompareOp::Gt => ordering == Ordering::Greater,
+        CompareOp::Ge => ordering != Ordering::Less,
+        CompareOp::Contains => false,
+    }
+}
+
+fn borrowed(s: &str) -> Cow<'_, str> {
+    Cow::Borrowed(s)
+}
+
+fn parse_number(s: &str) -> Option<f64> {
+    s.trim().parse::<f64>().ok().filter(|n| n.is_finite())
+}
+
+impl Evaluator<'_> {
+    pub(super) fn eval_expr(&self, expr: &Expr, looked: &mut Looked) -> bool {
+        match expr {
+            Expr::And(a, b, _) => self.eval_expr(a, looked) && self.eval_expr(b, looked),
+            Expr::Or(a, b, _) => self.eval_expr(a, looked) || self.eval_expr(b, looked),
+            Expr::Not(inner, _) => !self.eval_expr(inner, looked),
+            Expr::Always(_) => true,
+            Expr::Compare {
+                left,
+                op,
+                right,
+                span,
+            } => {
+                if op.node == CompareOp::Contains {
+                    self.contains(left, &right.node, *span, looked)
+                } else {
+                    let got = self.operand(left);
+                    looked.see(self.operand_label(left), got.display());
+                    self.compare(&got, op.node, &right.node, looked)
+                }
+            }
+            Expr::HasAny {
+                left,
+                all,
+                values,
+                span,
+            } => self.has_any(left, *all, values, *span, looked),
+            Expr::Matches { left, regex, span } => self.matches(left, regex, *span, looked),
+            Expr::IsSet {
+                left,
+                negated,
+                span: _,
+            } => {
+                let got = self.operand(left);
+                looked.see(self.operand_label(left), got.display());
+                got.is_set() != *negated
+            }
+            Expr::Flag { left, span: _ } => {
+                let got = self.operand(left);
+                let value = match &got {
+                    Got::Flag(b) => *b,
+                    Got::Number(n) => *n != 0.0,
+                    other => other.is_set(),
+                };
+                looked.see(self.operand_label(left), value.to_string());
+                value
+            }
+        }
+    }
+
+    /// The text of a right-hand value used as a string (names, texts, `$N`).
+    fn value_text<'v>(&self, value: &'v Value, looked: &'v Looked) -> Option<Cow<'v, str>> {
+        match value {
+            Value::Name(s) | Value::Text(s) => Some(Cow::Borrowed(s)),
+            Value::Capture(group) => looked.capture(*group).map(Cow::Borrowed),
+            Value::Number(n) => Some(Cow::Owned(FieldValue::Number(*n).to_string())),
+            Value::Bool(b) => Some(Cow::Owned(b.to_string())),
+            Value::Date(d) => Some(Cow::Owned(d.to_string())),
+        }
+    }
+
+    fn compare(&self, got: &Got<'_>, op: CompareOp, right: &Value, looked: &Looked) -> bool {
+        match got {
+            Got::Missing => op == CompareOp::Ne,
+            Got::Number(n) => {
+                let r = match right {
+                    Value::Number(r) => Some(*r),
+                    other => self
+                        .value_text(other, looked)
+                        .and_then(|t| parse_number(&t)),
+                };
+                r.is_some_and(|r| ordering_holds(op, n.partial_cmp(&r)))
+            }
+            Got::Flag(b) => match (right, op) {
+                (Value::Bool(r), CompareOp::Eq) => b == r,
+                (Value::Bool(r), CompareOp::Ne) => b != r,
+                _ => false,
+            },
+            Got::Date(d) => {
+                let r = match right {
+                    Value::Date(r) => Some(*r),
+                    other => self
+                        .value_text(other, looked)
+                        .and_then(|t| NaiveDate::parse_from_str(t.trim(), "%Y-%m-%d").ok()),
+                };
+                r.is_some_and(|r| ordering_holds(op, Some(d.cmp(&r))))
+            }
+            Got::Text(s) | Got::Name(s) => {
+                self.compare_str(s, matches!(got, Got::Text(_)), op, right, looked)
+            }
+            Got::List(items) | Got::Tags(items) => {
+                let Some(r) = self.value_text(right, looked) else {
+                    return false;
+                };
+                let any_equal = items.iter().any(|item| item.as_ref() == r.as_ref());
+                match op {
+                    CompareOp::Eq => any_equal,
+                    CompareOp::Ne => !any_equal,
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    fn compare_str(
+        &self,
+        s: &str,
+        is_text: bool,
+        op: CompareOp,
+        right: &Value,
+        looked: &Looked,
+    ) -> bool {
+        match op {
+            CompareOp::Eq | CompareOp::Ne => {
+                let Some(r) = self.value_text(right, looked) else {
+                    return op == CompareOp::Ne;
+                };
+                // Free text compares case-insensitively for ASCII, like `contains`;
+                // declared names are exact.
+                let equal = if is_text {
+                    s.eq_ignore_ascii_case(&r)
+                } else {
+                    s == r.as_ref()
+                };
+                equal == (op == CompareOp::Eq)
+            }
+            _ => {
+                if let Value::Number(r) = right {
+                    return parse_number(s).is_some_and(|n| ordering_holds(op, n.partial_cmp(r)));
+                }
+                // Names order by severity rank; nothing else has an order.
+                let Some(r) = self.value_text(right, looked) else {
+                    return false;
+                };
+                match (self.policy.severity_rank(s), self.policy.severity_rank(&r)) {
+                    (Some(a), Some(b)) => ordering_holds(op, Some(a.cmp(&b))),
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    fn contains(
+        &self,
+        left: &Operand,
+        right: &Value,
+        span: super::Span,
+        looked: &mut Looked,
+    ) -> bool {
+        let got = self.operand(left);
+        let needle = self.value_text(right, looked).map(|n| n.into_owned());
+        let found = needle.as_deref().filter(|needle| match &got {
+            Got::Text(s) | Got::Name(s) => self.lowered(left, s).contains(lower(needle).as_ref()),
+            Got::List(items) => {
+                let needle = lower(needle);
+                items
+                    .iter()
+                    .any(|item| lower(item).contains(needle.as_ref()))
+            }
+            // `tags contains crisis` asks for the tag, not a part of one.
+            Got::Tags(items) => items.iter().any(|item| item.as_ref() == *needle),
+            _ => false,
+        });
+        let shown = found.map_or_else(|| "(no match)".to_owned(), shorten);
+        let label = self.condition_label(span, || {
+            format!(
+                "{} contains \"{}\"",
+                self.operand_label(left),
+                needle.as_deref().unwrap_or("")
+            )
+        });
+        looked.see(label, shown);
+        found.is_some()
+    }
+
+    fn has_any(
+        &self,
+        left: &Operand,
+        all: bool,
+        values: &[Spanned<Value>],
+        span: super::Span,
+        looked: &mut Looked,
+    ) -> bool {
+        let got = self.operand(left);
+        let mut found: Vec<String> = Vec::new();
+        for value in values {
+            let Some(needle) = self.value_text(&value.node, looked) else {
+                continue;
+            };
+            let hit = match &got {
+                Got::Text(s) => self.lowered(left, s).contains(lower(&needle).as_ref()),
+                Got::Name(s) => s.as_ref() == needle.as_ref(),
+                Got::List(items) | Got::Tags(items) => {
+                    items.iter().any(|item| item.as_ref() == needle.as_ref())
+                }
+                Got::Number(n) => parse_number(&needle).is_some_and(|v| v == *n),
+                Got::Missing | Got::Flag(_) | Got::Date(_) => false,
+            };
+            if hit {
+                found.push(needle.into_owned());
+            }
+        }
+        let holds = if all {
+            found.len() == values.len()
+        } else {
+            !found.is_empty()
+        };
+        let label = self.condition_label(span, || {
+            format!(
+                "{} has {} (…)",
+                self.operand_label(left),
+                if all { "all" } else { "any" }
+            )
+        });
+        let shown = if found.is_empty() {
+            "(none)".to_owned()
+        } else {
+            shorten(&found.join(", "))
+        };
+        looked.see(label, shown);
+        holds
+    }
+
+    fn matches(
+        &self,
+        left: &Operand,
+        regex: &Spanned<RegexLit>,
+        span: super::Span,
+        looked: &mut Looked,
+    ) -> bool {
+        let label = self.condition_label(span, || {
+            format!(
+                "{} matches /{}/",
+                self.operand_label(left),
+                regex.node.pattern
+            )
+        });
+        let Some(compiled) = self.policy.regexes.get(&regex.span) else {
+            looked.see(label, "(regex not compiled by the checker)".to_owned());
+            return false;
+        };
+        let got = self.operand(left);
+        let number_text;
+        let candidates: Vec<&str> = match &got {
+            Got::Text(s) | Got::Name(s) => vec![s.as_ref()],
+            Got::List(items) | Got::Tags(items) => items.iter().map(|i| i.as_ref()).collect(),
+            Got::Number(n) => {
+                number_text = FieldValue::Number(*n).to_string();
+                vec![number_text.as_str()]
+            }
+            Got::Date(_) | Got::Flag(_) | Got::Missing => Vec::new(),
+        };
+        for candidate in candidates {
+            if let Some(caps) = compiled.captures(candidate) {
+                looked.captures = caps
+                    .iter()
+                    .map(|group| group.map(|m| m.as_str().to_owned()))
+                    .collect();
+                let whole = caps.get(0).map_or("", |m| m.as_str());
+                looked.see(label, shorten(whole));
+                return true;
+            }
+        }
+        looked.see(label, "(no match)".to_owned());
+        false
+    }
+
+    /// The text as written in the policy, or a rendering when the span is not in the sources.
+    fn condition_label(&self, span: super::Span, fallback: impl FnOnce() -> String) -> String {
+        snippet_of(self.policy, span).map_or_else(fallback, str::to_owned)
+    }
+
+    pub(super) fn operand_label(&self, left: &Operand) -> String {
+        if let Some(text) = snippet_of(self.policy, left.span()) {
+            return text.to_owned();
+        }
+        match left {
+            Operand::Path(path) => path
+                .node
+                .iter()
+                .map(|p| p.node.as_str())
+                .collect::<Vec<_>>()
+                .join("."),
+            Operand::Header(name) => format!("header \"{}\"", name.node),
+            Operand::Count(aggregate) => match &aggregate.node {
+                Aggregate::CasesFromSender { window } => format!(
+                    "count(cases from same sender within {})",
+                    clockmath::duration_text(window.node)
+                ),
+                Aggregate::DistinctSenders { key, window } => format!(
+                    "count(distinct senders with {} within {})",
+                    match &key.node {
+                        GroupKey::SameCategory => "same category".to_owned(),
+                        GroupKey::SameSubject => "same subject".to_owned(),
+                        GroupKey::Tag(tag) => format!("tag {}", tag.node),
+                    },
+                    clockmath::duration_text(window.node)
+                ),
+                Aggregate::Reopenings => "count(reopenings)".to_owned(),
+            },
+        }
+    }
+
+    /// `s` lower-cased; the mail text and subject are lowered once per evaluation.
+    fn lowered<'s>(&'s self, left: &Operand, s: &'s str) -> Cow<'s, str> {
+        if let Operand::Path(path) = left {
+            if let [only] = path.node.as_slice() {
+                match only.node.as_str() {
+                    "text" => {
+                        return Cow::Borrowed(
+                            self.lowered.text.get_or_init(|| self.text.to_lowercase()),
+                        )
+                    }
+                    "subject" => {
+                        return Cow::Borrowed(
+                            self.lowered
+                                .subject
+                                .get_or_init(|| self.subject().to_lowercase()),
+                        )
+                    }
+                    _ => {}
+                }
+            }
+        }
+        lower(s)
+    }
+
+    fn subject(&self) -> &str {
+        self.mail
+            .map_or(self.case.subject.as_str(), |m| m.subject.as_str())
+    }
+
+    fn operand(&self, left: &Operand) -> Got<'_> {
+        match left {
+            Operand::Path(path) => self.path(&path.node),
+            Operand::Header(name) => self
+                .mail
+                .and_then(|m| m.header(&name.node))
+                .map_or(Got::Missing, |v| Got::Text(Cow::Borrowed(v))),
+            Operand::Count(aggregate) => Got::Number(self.count(&aggregate.node) as f64),
+        }
+    }
+
+    fn path(&self, path: &[super::super::ast::Ident]) -> Got<'_> {
+        let first = path.first().map_or("", |p| p.node.as_str());
+        let second = path.get(1).map(|p| p.node.as_str());
+        let sender = self.mail.map_or(&self.case.sender, |m| &m.sender);
+        match (first, second, path.len()) {
+            ("subject", None, 1) => Got::Text(borrowed(self.subject())),
+            ("text", None, 1) => Got::Text(borrowed(self.text)),
+            ("sender", None, 1) | ("sender", Some("email" | "address"), 2) => {
+                Got::Text(borrowed(&sender.email))
+            }
+            ("sender", Some("domain"), 2) => Got::Text(borrowed(sender.domain())),
+            ("sender", Some("name"), 2) => sender
+                .name
+                .as_deref()
+                .map_or(Got::Missing, |n| Got::Text(borrowed(n))),
+            ("recipients", None, 1) => Got::List(
+                self.mail
+                    .map(|m| m.recipients.iter().map(|r| borrowed(&r.email)).collect())
+                    .unwrap_or_default(),
+            ),
+            ("channel", None, 1) => {
+                let channel = if self.case.channel.is_empty() {
+                    self.mail.map_or("", |m| m.channel.as_str())
+                } else {
+                    self.case.channel.as_str()
+                };
+                Got::Name(borrowed(channel))
+            }
+            ("attachments", Some("count"), 2) => {
+                Got::Number(self.mail.map_or(0, |m| m.attachments.len()) as f64)
+            }
+            ("attachments", Some("names"), 2) => Got::List(
+                self.mail
+                    .map(|m| m.attachments.iter().map(|a| borrowed(&a.name)).collect())
+                    .unwrap_or_default(),
+            ),
+            ("attachments", Some("types"), 2) => Got::List(
+                self.mail
+                    .map(|m| {
+                        m.attachments
+                            .iter()
+                            .map(|a| borrowed(&a.content_type))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
+            ("language", None, 1) => {
+                let language = self
+                    .mail
+                    .map(|m| m.language.as_str())
+                    .filter(|l| !l.is_empty())
+                    .unwrap_or(self.case.language.as_str());
+                Got::Name(borrowed(language))
+            }
+            ("status", None, 1) => Got::Name(borrowed(self.case.state.as_str())),
+            ("tags", None, 1) => Got::Tags(self.case.tags.iter().map(|t| borrowed(t)).collect()),
+            ("open", None, 1) => Got::Flag(self.case.state.is_open()),
+            ("overdue", None, 1) => {
+                Got::Flag(self.case.clocks.values().any(|c| {
+                    c.stopped_at.is_none() && c.paused_since.is_none() && c.due <= self.now
+                }))
+            }
+            ("route" | "assignee", None, 1) => self
+                .case
+                .assignment
+                .as_ref()
+                .map_or(Got::Missing, |a| Got::Name(borrowed(&a.department))),
+            ("reopenings", None, 1) => Got::Number(f64::from(self.case.reopen_count)),
+            (field, None, 1) => match self.case.field(field) {
+                None => Got::Missing,
+                Some(FieldValue::Name(n)) => Got::Name(borrowed(n)),
+                Some(FieldValue::Text(t)) => Got::Text(borrowed(t)),
+                Some(FieldValue::Number(n)) => Got::Number(*n),
+                Some(FieldValue::Flag(b)) => Got::Flag(*b),
+                Some(FieldValue::Date(d)) => Got::Date(*d),
+            },
+            _ => Got::Missing,
+        }
+    }
+
+    /// An aggregate over other cases, plus this case when it qualifies.
+    fn count(&self, aggregate: &Aggregate) -> u64 {
+        let until = self.now;
+        let case = &self.case;
+        match aggregate {
+            Aggregate::CasesFromSender { window } => {
+                let since = clockmath::window_start(until, window.node);
+                let others = self
+                    .history
+                    .cases_from_sender(&case.sender.email, since, until);
+                let this = u64::from(case.created_at >= since && case.created_at <= until);
+                others + this
+            }
+            Aggregate::DistinctSenders { key, window } => {
+                let since = clockmath::window_start(until, window.node);
+                let (senders, this_qualifies) = match &key.node {
+                    GroupKey::SameCategory => match case.field("category") {
+                        Some(FieldValue::Name(category) | FieldValue::Text(category)) => (
+                            self.history
+                                .distinct_senders_with_category(category, since, until),
+                            true,
+                        ),
+                        _ => return 0,
+                    },
+                    GroupKey::SameSubject => {
+                        let fingerprint = subject_fingerprint(&case.subject);
+                        (
+                            self.history
+                                .distinct_senders_with_subject(&fingerprint, since, until),
+                            true,
+                        )
+                    }
+                    GroupKey::Tag(tag) => (
+                        self.history
+                            .distinct_senders_with_tag(&tag.node, since, until),
+                        case.tags.contains(&tag.node),
+                    ),
+                };
+                let this_counts = this_qualifies
+                    && case.created_at >= since
+                    && case.created_at <= until
+                    && !senders.iter().any(|s| s == &case.sender.email);
+                senders.len() as u64 + u64::from(this_counts)
+            }
+            Aggregate::Reopenings => u64::from(case.reopen_count),
+        }
+    }
+}

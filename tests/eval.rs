@@ -1,0 +1,1140 @@
+//! The evaluator and the rule-file test runner, on policies written as rule text.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+
+use complaintd::case::{
+    Address, AttachmentFacts, Case, CaseId, CaseState, EventKind, FieldValue, MailFacts,
+};
+use complaintd::rules::check::{check, Environment};
+use complaintd::rules::diag::render_all;
+use complaintd::rules::eval::{
+    apply, evaluate, Action, Evaluation, HistoryEntry, Input, MemoryHistory, Stage, TimerKind,
+};
+use complaintd::rules::parse::parse_file;
+use complaintd::rules::testing::run_tests;
+use complaintd::rules::{Limits, Policy, SourceMap};
+
+const POLICY: &str = r#"
+severity general < important < hot < major
+category billing "收费"
+category safety "安全"
+category other "其他"
+field loss: number "损失"
+field note: text
+channel own
+channel hotline
+languages zh en
+calendar office "Asia/Shanghai" {
+    hours mon..fri 08:30-12:00 14:00-17:30
+    holiday 2026-10-01..2026-10-07 "国庆节"
+    workday 2026-10-10 "调休上班"
+}
+department service "客服" <service@corp.example> {
+    manager <lead@corp.example>
+    contact supervisor <sup@corp.example>
+    calendar office
+}
+department network "管网" <network@corp.example>, <duty@corp.example>
+department office "办公室" <office@corp.example> { manager <gm@corp.example> }
+template reminder "reminder"
+template overdue "overdue"
+
+classify {
+    rule leak "燃气泄漏":
+        when text has any ("漏气", "燃气味")
+        then category = safety, severity >= major, tag safety
+    rule bill:
+        when subject contains "bill" or text matches /账单|多收/
+        then category = billing
+    rule billing_seen:
+        when category == billing
+        then tag billing_seen
+    rule media:
+        when text matches /曝光|媒体/
+        then severity >= hot, tag exposure
+    rule loss:
+        when text matches /损失\s*([0-9,]+|[一二三四五六七八九十百千]+)\s*元/
+        then loss = $1
+    rule repeat:
+        when count(cases from same sender within 30 days) >= 3
+        then severity >= major, tag repeat
+    rule collective:
+        when category is set and count(distinct senders with same category within 48 hours) >= 5
+        then severity >= major, tag collective
+    rule priority:
+        when header "X-Priority" == "1" or attachments.count >= 3
+        then tag urgent
+    rule rest:
+        when category is empty
+        then category = other
+}
+
+classify on reopened {
+    rule reopened_twice:
+        when count(reopenings) >= 2
+        then severity >= major, tag reopened_twice
+}
+
+route {
+    safety: when category == safety -> network, cc office
+    when severity == major -> office, cc service
+    otherwise -> service
+}
+
+deadline forward {
+    calendar office
+    starts on received
+    stops on forwarded
+    otherwise -> 1 working hour
+}
+
+deadline answer "答复" {
+    calendar office
+    starts on received
+    stops on answered
+    pause while status == waiting_on_customer
+    when severity == major -> 4 working hours
+    when channel == hotline -> 2 days
+    otherwise -> 2 working days
+}
+
+deadline appeal {
+    starts on responsibility_decided
+    stops on closed
+    hard stop
+    otherwise -> 3 days
+}
+
+escalate answer {
+    at 50% notify assignee using reminder
+    at 100% notify assignee.manager, assignee.supervisor using overdue, severity >= important
+    at 1 working day after due notify office.manager, customer using overdue when severity == major
+}
+
+escalate appeal {
+    at 4 hours before due notify assignee using reminder
+}
+"#;
+
+fn policy_with(text: &str, limits: Limits) -> Policy {
+    let mut sources = SourceMap::new();
+    let file = sources.add("test.rules", text);
+    let parsed = match parse_file(file, text) {
+        Ok(parsed) => parsed,
+        Err(d) => panic!("{}", d.render(&sources)),
+    };
+    let checked = check(sources, &[parsed], limits, &Environment::default());
+    match checked.policy {
+        Some(policy) => policy,
+        None => panic!("{}", render_all(&checked.diagnostics, &checked.sources)),
+    }
+}
+
+fn policy() -> Policy {
+    policy_with(POLICY, Limits::default())
+}
+
+fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .expect("a valid test time")
+        .with_timezone(&Utc)
+}
+
+/// A Tuesday morning in Shanghai: the office is open.
+const TUESDAY_10: &str = "2026-11-24T10:00:00+08:00";
+
+fn mail(from: &str, subject: &str, text: &str) -> MailFacts {
+    MailFacts {
+        subject: subject.to_owned(),
+        text: text.to_owned(),
+        sender: Address::new(from, None),
+        language: "zh".to_owned(),
+        channel: "own".to_owned(),
+        received_at: at(TUESDAY_10),
+        ..MailFacts::default()
+    }
+}
+
+fn case_for(mail: &MailFacts, channel: &str) -> Case {
+    Case::new(
+        CaseId("TS-2026-000001".to_owned()),
+        mail.received_at,
+        channel,
+        mail.sender.clone(),
+        &mail.subject,
+        &mail.language,
+    )
+}
+
+/// Evaluates a new complaint and applies the actions; returns the case and the evaluation.
+fn receive(
+    policy: &Policy,
+    mail: &MailFacts,
+    channel: &str,
+    history: &MemoryHistory,
+) -> (Case, Evaluation) {
+    let mut case = case_for(mail, channel);
+    let now = mail.received_at;
+    let evaluation = evaluate(policy, &case, &Input::NewComplaint(mail), history, now);
+    apply(&mut case, &evaluation.actions, now);
+    (case, evaluation)
+}
+
+fn name(value: &str) -> Option<FieldValue> {
+    Some(FieldValue::Name(value.to_owned()))
+}
+
+fn timers(evaluation: &Evaluation, deadline: &str) -> Vec<(TimerKind, DateTime<Utc>)> {
+    evaluation
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ScheduleTimer {
+                deadline: d,
+                kind,
+                fire_at,
+                ..
+            } if d == deadline => Some((*kind, *fire_at)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn later_rules_see_fields_set_by_earlier_ones() {
+    let policy = policy();
+    let (case, evaluation) = receive(
+        &policy,
+        &mail("a@example.com", "Your BILL", "你好"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    assert_eq!(case.field("category"), name("billing").as_ref());
+    assert!(case.tags.contains("billing_seen"), "{:?}", case.tags);
+    assert!(evaluation.fired("billing_seen"));
+    // `rest` ran after `bill` set the category, so it saw it set and did not fire.
+    assert!(!evaluation.fired("rest"));
+    assert_eq!(case.field("severity"), name("general").as_ref());
+}
+
+#[test]
+fn contains_ignores_case_and_an_unmatched_mail_falls_to_the_catch_all() {
+    let policy = policy();
+    let (case, _) = receive(
+        &policy,
+        &mail("a@example.com", "about my Bill", ""),
+        "own",
+        &MemoryHistory::default(),
+    );
+    assert_eq!(case.field("category"), name("billing").as_ref());
+    let (case, evaluation) = receive(
+        &policy,
+        &mail("a@example.com", "hello", "维修太慢"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    assert_eq!(case.field("category"), name("other").as_ref());
+    assert!(evaluation.fired("rest"));
+    assert_eq!(
+        case.assignment.as_ref().map(|a| a.department.as_str()),
+        Some("service")
+    );
+}
+
+#[test]
+fn a_fired_rule_records_its_name_location_and_the_values_it_saw() {
+    let policy = policy();
+    let (_, evaluation) = receive(
+        &policy,
+        &mail("a@example.com", "投诉", "我要找媒体曝光"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    let raise = evaluation
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::RaiseSeverity { from, to, because } if because.rule == "media" => {
+                Some((from.clone(), to.clone(), because.clone()))
+            }
+            _ => None,
+        })
+        .expect("media raised the severity");
+    assert_eq!(raise.0.as_deref(), Some("general"));
+    assert_eq!(raise.1, "hot");
+    let line = POLICY
+        .lines()
+        .position(|l| l.contains("rule media:"))
+        .unwrap()
+        + 1;
+    assert_eq!(
+        raise.2.location.as_deref(),
+        Some(format!("test.rules:{line}:5").as_str())
+    );
+    assert_eq!(
+        raise.2.seen,
+        vec![("text matches /曝光|媒体/".to_owned(), "媒体".to_owned())]
+    );
+    let verdict = evaluation.trace.iter().find(|v| v.rule == "media").unwrap();
+    assert_eq!(verdict.stage, Stage::Classify);
+    assert!(verdict.fired);
+    assert_eq!(
+        verdict.notes,
+        vec!["severity general → hot", "tag exposure"]
+    );
+    let quiet = evaluation.trace.iter().find(|v| v.rule == "leak").unwrap();
+    assert!(!quiet.fired);
+    assert_eq!(
+        quiet.seen,
+        vec![(
+            "text has any (\"漏气\", \"燃气味\")".to_owned(),
+            "(none)".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn raising_severity_never_lowers_it() {
+    let policy = policy();
+    // `leak` makes it major; `media` (>= hot) comes later and must not lower it.
+    let (case, evaluation) = receive(
+        &policy,
+        &mail("a@example.com", "漏气", "有燃气味，我要找媒体"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    assert_eq!(case.field("severity"), name("major").as_ref());
+    let media = evaluation.trace.iter().find(|v| v.rule == "media").unwrap();
+    assert!(media.fired);
+    assert_eq!(media.notes, vec!["severity already major", "tag exposure"]);
+    assert!(!evaluation
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::RaiseSeverity { to, .. } if to == "hot")));
+}
+
+#[test]
+fn setting_severity_may_lower_it_and_stop_ends_the_block() {
+    let policy = policy_with(
+        &POLICY.replace(
+            "    rule bill:",
+            "    rule calm: when text contains \"误会\" then severity = general, tag calm, stop\n    rule bill:",
+        ),
+        Limits::default(),
+    );
+    let mail = mail(
+        "a@example.com",
+        "漏气?",
+        "有燃气味，不过是误会，账单也有问题",
+    );
+    let (case, evaluation) = receive(&policy, &mail, "own", &MemoryHistory::default());
+    assert_eq!(
+        case.field("severity"),
+        name("general").as_ref(),
+        "calm lowered leak's major"
+    );
+    assert!(case.tags.contains("calm"));
+    assert!(
+        evaluation.trace.iter().all(|v| v.rule != "bill"),
+        "no rule after `stop` is considered"
+    );
+    assert_eq!(case.field("category"), name("safety").as_ref());
+    // The block after it still runs its own rules on other triggers; routing still happens.
+    assert_eq!(
+        case.assignment.as_ref().map(|a| a.department.as_str()),
+        Some("network")
+    );
+}
+
+#[test]
+fn a_capture_group_sets_a_number_field_and_a_non_number_is_reported() {
+    let policy = policy();
+    let (case, evaluation) = receive(
+        &policy,
+        &mail("a@example.com", "赔偿", "一共损失 1,350 元"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    assert_eq!(case.field("loss"), Some(&FieldValue::Number(1350.0)));
+    let set = evaluation.actions.iter().find_map(|a| match a {
+        Action::SetField { field, because, .. } if field == "loss" => Some(because.clone()),
+        _ => None,
+    });
+    assert_eq!(set.unwrap().seen[0].1, "损失 1,350 元");
+
+    let (case, evaluation) = receive(
+        &policy,
+        &mail("a@example.com", "赔偿", "损失三百元"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    assert_eq!(case.field("loss"), None);
+    let verdict = evaluation.trace.iter().find(|v| v.rule == "loss").unwrap();
+    assert!(verdict.fired);
+    assert_eq!(
+        verdict.notes,
+        vec!["loss not set: $1 = \"三百\" is not a number"]
+    );
+}
+
+#[test]
+fn text_beyond_the_limit_is_not_looked_at() {
+    let limits = Limits {
+        max_text_len: 30,
+        ..Limits::default()
+    };
+    let policy = policy_with(POLICY, limits);
+    let padding = "很".repeat(10); // 30 bytes
+    let (case, _) = receive(
+        &policy,
+        &mail("a@example.com", "x", &format!("{padding}燃气味")),
+        "own",
+        &MemoryHistory::default(),
+    );
+    assert_ne!(case.field("category"), name("safety").as_ref());
+    let (case, _) = receive(
+        &policy,
+        &mail("a@example.com", "x", &format!("燃气味{padding}")),
+        "own",
+        &MemoryHistory::default(),
+    );
+    assert_eq!(case.field("category"), name("safety").as_ref());
+}
+
+fn earlier(sender: &str, opened: &str, category: Option<&str>) -> HistoryEntry {
+    HistoryEntry {
+        sender: sender.to_owned(),
+        opened_at: at(opened),
+        category: category.map(str::to_owned),
+        subject_fingerprint: String::new(),
+        tags: Vec::new(),
+    }
+}
+
+#[test]
+fn repeat_complaints_count_this_case_and_the_window_ends_now() {
+    let policy = policy();
+    let sender = "zhao@example.com";
+    let two_before = MemoryHistory {
+        entries: vec![
+            earlier(sender, "2026-11-02T09:00:00+08:00", None),
+            earlier(sender, "2026-11-12T09:00:00+08:00", None),
+            earlier("other@example.com", "2026-11-12T09:00:00+08:00", None),
+        ],
+    };
+    let (case, evaluation) = receive(
+        &policy,
+        &mail(sender, "又来了", "第三次"),
+        "own",
+        &two_before,
+    );
+    assert!(evaluation.fired("repeat"));
+    assert!(case.tags.contains("repeat"));
+    let verdict = evaluation
+        .trace
+        .iter()
+        .find(|v| v.rule == "repeat")
+        .unwrap();
+    assert_eq!(
+        verdict.seen,
+        vec![(
+            "count(cases from same sender within 30 days)".to_owned(),
+            "3".to_owned()
+        )]
+    );
+    // One of the two is 31 days old: outside the window.
+    let one_in_window = MemoryHistory {
+        entries: vec![
+            earlier(sender, "2026-10-24T09:59:00+08:00", None),
+            earlier(sender, "2026-11-12T09:00:00+08:00", None),
+        ],
+    };
+    let (_, evaluation) = receive(
+        &policy,
+        &mail(sender, "又来了", "第二次"),
+        "own",
+        &one_in_window,
+    );
+    assert!(!evaluation.fired("repeat"));
+}
+
+#[test]
+fn collective_complaints_count_distinct_senders_of_the_same_category() {
+    let policy = policy();
+    let within = "2026-11-23T12:00:00+08:00";
+    let mut entries: Vec<HistoryEntry> = (0..3)
+        .map(|i| earlier(&format!("n{i}@example.com"), within, Some("billing")))
+        .collect();
+    // The same neighbour twice, and this case's own sender, count once each.
+    entries.push(earlier("n0@example.com", within, Some("billing")));
+    entries.push(earlier("me@example.com", within, Some("billing")));
+    // Another category and an old complaint do not count.
+    entries.push(earlier("x@example.com", within, Some("safety")));
+    entries.push(earlier(
+        "y@example.com",
+        "2026-11-20T12:00:00+08:00",
+        Some("billing"),
+    ));
+    let history = MemoryHistory { entries };
+    let (_, evaluation) = receive(
+        &policy,
+        &mail("me@example.com", "账单", "多收"),
+        "own",
+        &history,
+    );
+    let verdict = evaluation
+        .trace
+        .iter()
+        .find(|v| v.rule == "collective")
+        .unwrap();
+    assert_eq!(verdict.seen[1].1, "4", "{:?}", verdict.seen);
+    assert!(!verdict.fired);
+
+    let mut more = history.clone();
+    more.entries
+        .push(earlier("n9@example.com", within, Some("billing")));
+    let (case, evaluation) = receive(
+        &policy,
+        &mail("me@example.com", "账单", "多收"),
+        "own",
+        &more,
+    );
+    assert!(evaluation.fired("collective"));
+    assert_eq!(case.field("severity"), name("major").as_ref());
+}
+
+#[test]
+fn headers_and_attachments_are_readable() {
+    let policy = policy();
+    let mut urgent = mail("a@example.com", "x", "y");
+    urgent
+        .headers
+        .push(("x-priority".to_owned(), "1".to_owned()));
+    let (case, _) = receive(&policy, &urgent, "own", &MemoryHistory::default());
+    assert!(case.tags.contains("urgent"));
+
+    let mut photos = mail("a@example.com", "x", "y");
+    photos.attachments = (0..3)
+        .map(|i| AttachmentFacts {
+            name: format!("{i}.jpg"),
+            content_type: "image/jpeg".to_owned(),
+            size: 10,
+        })
+        .collect();
+    let (case, _) = receive(&policy, &photos, "own", &MemoryHistory::default());
+    assert!(case.tags.contains("urgent"));
+
+    let (case, _) = receive(
+        &policy,
+        &mail("a@example.com", "x", "y"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    assert!(!case.tags.contains("urgent"));
+}
+
+#[test]
+fn the_first_matching_route_wins_and_records_its_name_and_cc() {
+    let policy = policy();
+    let (case, evaluation) = receive(
+        &policy,
+        &mail("a@example.com", "漏气", "燃气味很重，还要找媒体"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    let assignment = case.assignment.expect("routed");
+    assert_eq!(assignment.department, "network");
+    assert_eq!(assignment.cc, vec!["office".to_owned()]);
+    assert_eq!(assignment.rule, "safety");
+    let routes: Vec<&str> = evaluation
+        .verdicts(Stage::Route)
+        .map(|v| v.rule.as_str())
+        .collect();
+    assert_eq!(
+        routes,
+        vec!["safety"],
+        "routes after the first match are not considered"
+    );
+
+    let (case, evaluation) = receive(
+        &policy,
+        &mail("a@example.com", "x", "我要找媒体"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    assert_eq!(
+        case.assignment.as_ref().map(|a| a.department.as_str()),
+        Some("service")
+    );
+    let routes: Vec<(&str, bool)> = evaluation
+        .verdicts(Stage::Route)
+        .map(|v| (v.rule.as_str(), v.fired))
+        .collect();
+    assert_eq!(
+        routes,
+        vec![("safety", false), ("route #2", false), ("otherwise", true)]
+    );
+}
+
+#[test]
+fn deadlines_start_on_received_with_the_first_matching_duration_on_the_calendar() {
+    let policy = policy();
+    let (case, evaluation) = receive(
+        &policy,
+        &mail("a@example.com", "x", "y"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    assert_eq!(case.clocks["forward"].due, at("2026-11-24T11:00:00+08:00"));
+    // Two working days from Tuesday 10:00 is Thursday 10:00.
+    assert_eq!(case.clocks["answer"].due, at("2026-11-26T10:00:00+08:00"));
+    assert!(case.clocks["answer"].business);
+    assert!(
+        !case.clocks.contains_key("appeal"),
+        "appeal starts on responsibility_decided"
+    );
+    let started = evaluation
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::StartClock {
+                deadline,
+                duration,
+                counted,
+                because,
+                ..
+            } if deadline == "answer" => Some((duration.clone(), counted.clone(), because.clone())),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(started.0, "2 working days");
+    assert!(!started.1.is_empty());
+    assert_eq!(started.2.rule, "deadline answer");
+    assert!(started
+        .2
+        .seen
+        .contains(&("duration".to_owned(), "2 working days".to_owned())));
+
+    // Friday 17:00 (office closes 17:30): the forward hour runs into Monday.
+    let mut late = mail("a@example.com", "x", "y");
+    late.received_at = at("2026-11-27T17:00:00+08:00");
+    let (case, _) = receive(&policy, &late, "own", &MemoryHistory::default());
+    assert_eq!(case.clocks["forward"].due, at("2026-11-30T09:00:00+08:00"));
+
+    // A hotline complaint gets two natural days, weekend or not.
+    let (case, _) = receive(&policy, &late, "hotline", &MemoryHistory::default());
+    assert_eq!(case.clocks["answer"].due, at("2026-11-29T17:00:00+08:00"));
+    assert!(!case.clocks["answer"].business);
+
+    // Majors get 4 working hours, after classification raised the severity.
+    let (case, _) = receive(
+        &policy,
+        &mail("a@example.com", "x", "燃气味"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    assert_eq!(case.clocks["answer"].due, at("2026-11-24T16:00:00+08:00"));
+}
+
+#[test]
+fn escalation_steps_are_scheduled_from_the_clock() {
+    let policy = policy();
+    let (_, evaluation) = receive(
+        &policy,
+        &mail("a@example.com", "x", "y"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    // 50% of Tue 10:00 → Thu 10:00 is 7 of 14 working hours: Wednesday 10:00.
+    assert_eq!(
+        timers(&evaluation, "answer"),
+        vec![
+            (TimerKind::Step(0), at("2026-11-25T10:00:00+08:00")),
+            (TimerKind::Step(1), at("2026-11-26T10:00:00+08:00")),
+            (TimerKind::Step(2), at("2026-11-27T10:00:00+08:00")),
+            (TimerKind::Due, at("2026-11-26T10:00:00+08:00")),
+        ]
+    );
+    assert_eq!(
+        timers(&evaluation, "forward"),
+        vec![(TimerKind::Due, at("2026-11-24T11:00:00+08:00"))]
+    );
+}
+
+/// A routed case with its clocks, as the daemon holds it after the new complaint.
+fn received_case(policy: &Policy, text: &str) -> Case {
+    receive(
+        policy,
+        &mail("cust@example.com", "x", text),
+        "own",
+        &MemoryHistory::default(),
+    )
+    .0
+}
+
+fn timer(policy: &Policy, case: &Case, deadline: &str, kind: TimerKind, now: &str) -> Evaluation {
+    evaluate(
+        policy,
+        case,
+        &Input::Timer { deadline, kind },
+        &MemoryHistory::default(),
+        at(now),
+    )
+}
+
+#[test]
+fn a_step_fires_once_with_resolved_recipients_and_raises_severity() {
+    let policy = policy();
+    let mut case = received_case(&policy, "y");
+    let now = "2026-11-26T10:00:00+08:00";
+    let evaluation = timer(&policy, &case, "answer", TimerKind::Step(1), now);
+    let fired = evaluation
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::FireStep {
+                step,
+                template,
+                recipients,
+                because,
+                ..
+            } => Some((*step, template.clone(), recipients.clone(), because.clone())),
+            _ => None,
+        })
+        .expect("the step fired");
+    assert_eq!(fired.0, 1);
+    assert_eq!(fired.1, "overdue");
+    let recipients: Vec<(&str, &str)> = fired
+        .2
+        .iter()
+        .map(|r| (r.address.as_str(), r.role.as_str()))
+        .collect();
+    assert_eq!(
+        recipients,
+        vec![
+            ("lead@corp.example", "assignee.manager"),
+            ("sup@corp.example", "assignee.supervisor")
+        ]
+    );
+    assert_eq!(fired.3.rule, "escalate answer #2");
+    assert!(evaluation
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::RaiseSeverity { to, .. } if to == "important")));
+
+    let events = apply(&mut case, &evaluation.actions, at(now));
+    assert!(events
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::EscalationFired { step: 1, .. })));
+    assert_eq!(case.field("severity"), name("important").as_ref());
+    let again = timer(&policy, &case, "answer", TimerKind::Step(1), now);
+    assert!(again.actions.is_empty(), "{:?}", again.actions);
+    assert_eq!(again.trace[0].notes, vec!["already fired"]);
+}
+
+#[test]
+fn a_step_whose_condition_fails_is_marked_and_a_stale_timer_is_ignored() {
+    let policy = policy();
+    let mut case = received_case(&policy, "y");
+    // Step #3 only fires for majors; this case is general.
+    let now = "2026-11-27T10:00:00+08:00";
+    let evaluation = timer(&policy, &case, "answer", TimerKind::Step(2), now);
+    assert!(
+        matches!(
+            evaluation.actions.as_slice(),
+            [Action::MarkStepFired { step: 2, .. }]
+        ),
+        "{:?}",
+        evaluation.actions
+    );
+    apply(&mut case, &evaluation.actions, at(now));
+    assert!(case.clocks["answer"].fired_steps.contains(&2));
+
+    // A timer that arrives before its step's time (an earlier schedule) does nothing.
+    let early = timer(
+        &policy,
+        &case,
+        "answer",
+        TimerKind::Step(0),
+        "2026-11-25T09:59:00+08:00",
+    );
+    assert!(early.actions.is_empty());
+    assert!(
+        early.trace[0].notes[0].starts_with("early"),
+        "{:?}",
+        early.trace[0].notes
+    );
+}
+
+#[test]
+fn recipients_that_do_not_resolve_are_reported_not_invented() {
+    let policy = policy();
+    let mut case = received_case(&policy, "燃气味");
+    assert_eq!(case.assignment.as_ref().unwrap().department, "network");
+    let evaluation = timer(
+        &policy,
+        &case,
+        "answer",
+        TimerKind::Step(1),
+        "2026-11-24T16:00:00+08:00",
+    );
+    let recipients = evaluation.actions.iter().find_map(|a| match a {
+        Action::FireStep { recipients, .. } => Some(recipients.clone()),
+        _ => None,
+    });
+    assert_eq!(recipients, Some(Vec::new()));
+    assert!(evaluation.trace[0]
+        .notes
+        .contains(&"assignee.manager: department network has no manager".to_owned()));
+    apply(
+        &mut case,
+        &evaluation.actions,
+        at("2026-11-24T16:00:00+08:00"),
+    );
+    assert!(case.clocks["answer"].fired_steps.contains(&1));
+}
+
+#[test]
+fn a_paused_clock_skips_its_steps_and_resumes_with_the_due_time_extended() {
+    let policy = policy();
+    let mut case = received_case(&policy, "y");
+    // Wednesday 08:30 the department asks the customer; the clock pauses.
+    case.state = CaseState::WaitingOnCustomer;
+    let pause_at = at("2026-11-25T08:30:00+08:00");
+    let evaluation = evaluate(
+        &policy,
+        &case,
+        &Input::Recheck,
+        &MemoryHistory::default(),
+        pause_at,
+    );
+    assert!(
+        matches!(evaluation.actions.as_slice(), [Action::PauseClock { deadline, .. }] if deadline == "answer")
+    );
+    apply(&mut case, &evaluation.actions, pause_at);
+    assert!(case.clocks["answer"].paused_since.is_some());
+
+    let step = timer(
+        &policy,
+        &case,
+        "answer",
+        TimerKind::Step(0),
+        "2026-11-25T10:00:00+08:00",
+    );
+    assert!(step.actions.is_empty(), "no step fires while paused");
+
+    // The customer answers Thursday 08:30: one working day (7 h) paused.
+    case.state = CaseState::InProgress;
+    let resume_at = at("2026-11-26T08:30:00+08:00");
+    let evaluation = evaluate(
+        &policy,
+        &case,
+        &Input::Recheck,
+        &MemoryHistory::default(),
+        resume_at,
+    );
+    let resumed = evaluation.actions.iter().find_map(|a| match a {
+        Action::ResumeClock {
+            due,
+            paused_seconds,
+            ..
+        } => Some((*due, *paused_seconds)),
+        _ => None,
+    });
+    assert_eq!(resumed, Some((at("2026-11-27T10:00:00+08:00"), 7 * 3600)));
+    assert_eq!(
+        timers(&evaluation, "answer"),
+        vec![
+            (TimerKind::Step(0), at("2026-11-26T10:00:00+08:00")),
+            (TimerKind::Step(1), at("2026-11-27T10:00:00+08:00")),
+            (TimerKind::Step(2), at("2026-11-30T10:00:00+08:00")),
+            (TimerKind::Due, at("2026-11-27T10:00:00+08:00")),
+        ]
+    );
+    apply(&mut case, &evaluation.actions, resume_at);
+    assert_eq!(case.clocks["answer"].paused_seconds, 7 * 3600);
+    // The old due timer (Thursday 10:00) is now early and ignored.
+    let old_due = timer(
+        &policy,
+        &case,
+        "answer",
+        TimerKind::Due,
+        "2026-11-26T10:00:00+08:00",
+    );
+    assert!(old_due.actions.is_empty());
+}
+
+#[test]
+fn clocks_stop_on_their_events_and_a_running_clock_is_breached_at_due() {
+    let policy = policy();
+    let mut case = received_case(&policy, "y");
+    let forwarded_at = at("2026-11-24T10:30:00+08:00");
+    let evaluation = evaluate(
+        &policy,
+        &case,
+        &Input::Lifecycle(complaintd::rules::ast::ClockEvent::Forwarded),
+        &MemoryHistory::default(),
+        forwarded_at,
+    );
+    assert!(
+        matches!(evaluation.actions.as_slice(), [Action::StopClock { deadline, met: true, .. }] if deadline == "forward")
+    );
+    apply(&mut case, &evaluation.actions, forwarded_at);
+    let late_due = timer(
+        &policy,
+        &case,
+        "forward",
+        TimerKind::Due,
+        "2026-11-24T11:00:00+08:00",
+    );
+    assert!(
+        late_due.actions.is_empty(),
+        "a stopped clock is not breached"
+    );
+
+    let breach = timer(
+        &policy,
+        &case,
+        "answer",
+        TimerKind::Due,
+        "2026-11-26T10:00:00+08:00",
+    );
+    assert!(
+        matches!(breach.actions.as_slice(), [Action::Breach { deadline, .. }] if deadline == "answer")
+    );
+    let events = apply(&mut case, &breach.actions, at("2026-11-26T10:00:00+08:00"));
+    assert!(
+        matches!(events.as_slice(), [e] if matches!(&e.kind, EventKind::ClockBreached { deadline } if deadline == "answer"))
+    );
+
+    let answered_at = at("2026-11-26T11:00:00+08:00");
+    let evaluation = evaluate(
+        &policy,
+        &case,
+        &Input::Lifecycle(complaintd::rules::ast::ClockEvent::Answered),
+        &MemoryHistory::default(),
+        answered_at,
+    );
+    assert!(matches!(
+        evaluation.actions.as_slice(),
+        [Action::StopClock { met: false, .. }]
+    ));
+}
+
+#[test]
+fn a_hard_stop_clock_ends_at_its_due_time() {
+    let policy = policy();
+    let mut case = received_case(&policy, "y");
+    let decided = at("2026-11-24T12:00:00+08:00");
+    let evaluation = evaluate(
+        &policy,
+        &case,
+        &Input::Lifecycle(complaintd::rules::ast::ClockEvent::ResponsibilityDecided),
+        &MemoryHistory::default(),
+        decided,
+    );
+    // Three natural days, and the reminder four hours before.
+    assert_eq!(
+        timers(&evaluation, "appeal"),
+        vec![
+            (TimerKind::Step(0), at("2026-11-27T08:00:00+08:00")),
+            (TimerKind::Due, at("2026-11-27T12:00:00+08:00")),
+        ]
+    );
+    apply(&mut case, &evaluation.actions, decided);
+    let due = timer(
+        &policy,
+        &case,
+        "appeal",
+        TimerKind::Due,
+        "2026-11-27T12:00:00+08:00",
+    );
+    assert!(
+        matches!(
+            due.actions.as_slice(),
+            [Action::Breach { .. }, Action::StopClock { met: false, .. }]
+        ),
+        "{:?}",
+        due.actions
+    );
+}
+
+#[test]
+fn a_reopening_runs_the_reopened_rules_and_reroutes() {
+    let policy = policy();
+    let mut case = received_case(&policy, "y");
+    case.state = CaseState::Reopened;
+    case.reopen_count = 2;
+    let now = at("2026-12-01T10:00:00+08:00");
+    let evaluation = evaluate(
+        &policy,
+        &case,
+        &Input::Lifecycle(complaintd::rules::ast::ClockEvent::Reopened),
+        &MemoryHistory::default(),
+        now,
+    );
+    assert!(evaluation.fired("reopened_twice"));
+    assert!(evaluation
+        .verdicts(Stage::Classify)
+        .all(|v| v.rule == "reopened_twice"));
+    apply(&mut case, &evaluation.actions, now);
+    assert_eq!(case.field("severity"), name("major").as_ref());
+    assert_eq!(
+        case.assignment.as_ref().map(|a| a.department.as_str()),
+        Some("office")
+    );
+}
+
+#[test]
+fn apply_logs_one_event_per_decision_and_evaluation_is_deterministic() {
+    let policy = policy();
+    let complaint = mail("a@example.com", "bill", "燃气味");
+    let case = case_for(&complaint, "own");
+    let now = complaint.received_at;
+    let first = evaluate(
+        &policy,
+        &case,
+        &Input::NewComplaint(&complaint),
+        &MemoryHistory::default(),
+        now,
+    );
+    let second = evaluate(
+        &policy,
+        &case,
+        &Input::NewComplaint(&complaint),
+        &MemoryHistory::default(),
+        now,
+    );
+    assert_eq!(first, second);
+    let mut applied = case.clone();
+    let events = apply(&mut applied, &first.actions, now);
+    let timers = first
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::ScheduleTimer { .. }))
+        .count();
+    assert_eq!(events.len(), first.actions.len() - timers);
+    assert!(events.iter().all(|e| e.at == now));
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::FieldSet { field, .. } if field == "severity" => "severity",
+            EventKind::FieldSet { .. } => "field",
+            EventKind::TagAdded { .. } => "tag",
+            EventKind::Assigned { .. } => "assigned",
+            EventKind::ClockStarted { .. } => "clock",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["severity", "field", "severity", "tag", "field", "tag", "assigned", "clock", "clock"]
+    );
+}
+
+#[test]
+fn the_fired_rule_limit_stops_classification() {
+    let limits = Limits {
+        max_fired_rules: 2,
+        ..Limits::default()
+    };
+    let policy = policy_with(POLICY, limits);
+    let (_, evaluation) = receive(
+        &policy,
+        &mail("a@example.com", "bill", "燃气味 账单 媒体"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    let fired: Vec<&str> = evaluation
+        .verdicts(Stage::Classify)
+        .filter(|v| v.fired)
+        .map(|v| v.rule.as_str())
+        .collect();
+    assert_eq!(fired, vec!["leak", "bill"]);
+    let last = evaluation.verdicts(Stage::Classify).last().unwrap();
+    assert!(
+        last.notes[0].contains("max_fired_rules"),
+        "{:?}",
+        last.notes
+    );
+}
+
+const TESTED_POLICY: &str = r#"
+severity general < major
+category billing
+category other
+channel own
+languages zh
+department service <service@corp.example>
+department office <office@corp.example>
+classify {
+    rule bill: when text contains "账单" then category = billing
+    rule rest: when category is empty then category = other
+}
+route {
+    when category == billing -> office
+    otherwise -> service
+}
+deadline answer { starts on received stops on answered otherwise -> 2 hours }
+
+test "passes" {
+    at 2026-11-24T10:00:00+08:00
+    mail { from: "a@example.com" subject: "x" body: "账单" }
+    expect category == billing
+    expect route office
+    expect deadline answer due 2026-11-24T12:00:00+08:00
+    expect rule bill fired
+    expect rule rest not fired
+}
+
+test "fails everywhere" {
+    at 2026-11-24T10:00:00+08:00
+    given case from "a@example.com" at 2026-11-20T10:00:00+08:00 category billing
+    mail { from: "a@example.com" subject: "x" body: "other" }
+    expect category == billing
+    expect severity == major
+    expect tag vip
+    expect route office cc service
+    expect deadline answer due 2026-11-24T12:30:00+08:00
+    expect rule bill fired
+    expect rule rest not fired
+}
+"#;
+
+#[test]
+fn the_test_runner_reports_every_failed_expectation_with_its_location() {
+    let policy = policy_with(TESTED_POLICY, Limits::default());
+    let outcomes = run_tests(&policy, Path::new("."));
+    assert_eq!(outcomes.len(), 2);
+    assert!(outcomes[0].passed(), "{:?}", outcomes[0].failures);
+    let line = |needle: &str| {
+        let start = TESTED_POLICY.find("fails everywhere").unwrap();
+        TESTED_POLICY[..start].lines().count()
+            + TESTED_POLICY[start..]
+                .lines()
+                .position(|l| l.contains(needle))
+                .unwrap()
+    };
+    let failures: Vec<String> = outcomes[1]
+        .failures
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        failures,
+        vec![
+            format!("test.rules:{}:5: expected category == billing, got other", line("expect category")),
+            format!("test.rules:{}:5: expected severity == major, got general", line("expect severity")),
+            format!("test.rules:{}:5: expected tag vip, got no tags", line("expect tag")),
+            format!("test.rules:{}:5: expected route office cc service, got service (by otherwise)", line("expect route")),
+            format!(
+                "test.rules:{}:5: expected deadline answer due 2026-11-24T12:30:00+08:00, got 2026-11-24T12:00:00+08:00",
+                line("expect deadline")
+            ),
+            format!("test.rules:{}:5: expected rule bill fired, but it did not fire", line("expect rule bill")),
+            format!("test.rules:{}:5: expected rule rest not fired, but it fired", line("expect rule rest")),
+        ]
+    );
+}
