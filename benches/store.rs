@@ -156,6 +156,25 @@ fn ingest(c: &mut Criterion) {
         )
     });
 
+    let store = Store::open(dir.path().join("batch-no-flush")).expect("open");
+    let mut next = 0u64;
+    group.bench_function("commit_per_batch_of_100_without_flush", |b| {
+        b.iter_batched(
+            || {
+                let first = next;
+                next += BATCH;
+                let mut batch = IngestBatch::new();
+                for n in first..first + BATCH {
+                    batch.push(complaint(n));
+                }
+                batch.advance_checkpoint("INBOX", checkpoint(first + BATCH));
+                batch
+            },
+            |batch| store.commit(&batch).expect("commit"),
+            BatchSize::PerIteration,
+        )
+    });
+
     let store = Store::open(dir.path().join("no-flush")).expect("open");
     let mut next = 0u64;
     group.bench_function("commit_per_message_without_flush", |b| {

@@ -287,18 +287,21 @@ write_smtpd_tables() {
 
 # ------------------------------------------------------------- process state
 
-# Prints the pid in file $1 if that process is alive and its command is $2.
+# Prints the pid in file $1 if that process is alive, its command is $2 and
+# its command line names config file $3 (a stale pid file may name a reused
+# pid, even another stack's server).
 live_pid() {
-    local file=$1 command=$2 pid
+    local file=$1 command=$2 config=$3 pid
     [[ -s $file ]] || return 1
     pid=$(<"$file")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     [[ -r /proc/$pid/comm && "$(<"/proc/$pid/comm")" == "$command" ]] || return 1
+    tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$config" || return 1
     printf '%s\n' "$pid"
 }
 
-dovecot_pid() { live_pid "$DOVECOT_PID_FILE" dovecot; }
-smtpd_pid() { live_pid "$SMTPD_PID_FILE" smtpd; }
+dovecot_pid() { live_pid "$DOVECOT_PID_FILE" dovecot "$DOVECOT_CONF"; }
+smtpd_pid() { live_pid "$SMTPD_PID_FILE" smtpd "$SMTPD_CONF"; }
 
 # True if something accepts TCP connections on 127.0.0.1:$1.
 port_open() {
@@ -536,8 +539,11 @@ main() {
     *) usage ;;
     esac
     if [[ $1 == status ]]; then
-        cmd_status
-        return
+        # A stopped stack is an answer, not an error.
+        trap - ERR
+        local status=0
+        cmd_status || status=$?
+        return "$status"
     fi
     mkdir -p "$R" "$LOG"
     # One command at a time per stack; parallel tests queue here.

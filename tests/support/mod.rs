@@ -102,12 +102,12 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
             .any(|window| window == needle)
 }
 
-fn env_port(name: &str, default: u16) -> u16 {
+fn env_port(name: &str, default: u16) -> Result<u16> {
     match std::env::var(name) {
         Ok(value) => value
             .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a port number, got {value:?}")),
-        Err(_) => default,
+            .with_context(|| format!("{name} must be a port number, got {value:?}")),
+        Err(_) => Ok(default),
     }
 }
 
@@ -131,21 +131,21 @@ fn free_ports<const N: usize>() -> Result<[u16; N]> {
 impl MailStack {
     /// The stack described by `MAILSTACK_DIR` and the `MAILSTACK_*_PORT` variables (the same
     /// defaults as `mailstack.sh`). It is not started: see [`MailStack::up`].
-    pub fn from_env() -> MailStack {
-        MailStack {
+    pub fn from_env() -> Result<MailStack> {
+        Ok(MailStack {
             dir: std::env::var_os("MAILSTACK_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)),
-            imap_port: env_port("MAILSTACK_IMAP_PORT", 10143),
-            imaps_port: env_port("MAILSTACK_IMAPS_PORT", 10993),
-            smtp_port: env_port("MAILSTACK_SMTP_PORT", 10025),
-        }
+            imap_port: env_port("MAILSTACK_IMAP_PORT", 10143)?,
+            imaps_port: env_port("MAILSTACK_IMAPS_PORT", 10993)?,
+            smtp_port: env_port("MAILSTACK_SMTP_PORT", 10025)?,
+        })
     }
 
     /// The shared stack of [`MailStack::from_env`], brought up if it is not running, with
     /// `users` added (idempotent; safe to call from parallel tests).
     pub fn up(users: &[&str]) -> Result<MailStack> {
-        let stack = MailStack::from_env();
+        let stack = MailStack::from_env()?;
         stack.add_users(users)?;
         Ok(stack)
     }
