@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod imap;
+pub mod lifecycle;
 pub mod mail;
 pub mod metrics;
 pub mod rules;
