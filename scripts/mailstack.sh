@@ -119,7 +119,8 @@ ensure_packages() {
     local status=0
     {
         DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                -o DPkg::Lock::Timeout=300 "${missing[@]}"
     } >"$LOG/apt.log" 2>&1 || status=$?
     ((own_policy)) && rm -f /usr/sbin/policy-rc.d
     ((status == 0)) || {
