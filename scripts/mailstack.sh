@@ -490,7 +490,7 @@ cmd_up() {
         wait_until dovecot_knows_user "$user" || die "Dovecot does not know $user after reload (log: $LOG/dovecot.log)"
         wait_until smtp_accepts_recipient "$user" || die "SMTP does not accept $user after reload (log: $LOG/smtpd.log)"
     done < <(requested_users)
-    ((added)) && log "users now: $(all_users | tr '\n' ' ')"
+    ((added)) && log "added: $(requested_users | tr "\n" " ")"
     print_endpoints
 }
 
