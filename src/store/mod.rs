@@ -54,6 +54,9 @@ pub struct StoreSettings {
     pub case_number_width: usize,
     /// The time zone whose calendar year a case number carries.
     pub case_number_tz: chrono_tz::Tz,
+    /// Memory sled may use for its page cache (sled's own default is 1 GiB,
+    /// too much for a small daemon).
+    pub cache_capacity_bytes: u64,
 }
 
 impl Default for StoreSettings {
@@ -62,6 +65,7 @@ impl Default for StoreSettings {
             case_prefix: "TS".into(),
             case_number_width: 6,
             case_number_tz: chrono_tz::UTC,
+            cache_capacity_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -147,6 +151,7 @@ impl Store {
         let path = path.as_ref();
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(settings.cache_capacity_bytes)
             .open()
             .map_err(|source| StoreError::Open {
                 path: path.display().to_string(),
