@@ -501,6 +501,16 @@ fn case_numbers_restart_each_year_in_the_configured_time_zone() {
 }
 
 #[test]
+fn a_store_held_open_elsewhere_is_reported_as_locked() {
+    let dir = TempDir::new().expect("tempdir");
+    let held = open(&dir);
+    let err = Store::open(dir.path().join("db")).expect_err("held");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("is the daemon running?"), "{err}");
+    drop(held);
+}
+
+#[test]
 fn invalid_settings_are_refused() {
     let dir = TempDir::new().expect("tempdir");
     let settings = StoreSettings {
