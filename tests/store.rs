@@ -476,7 +476,6 @@ fn case_numbers_restart_each_year_in_the_configured_time_zone() {
         case_prefix: "GAS".into(),
         case_number_width: 4,
         case_number_tz: chrono_tz::Asia::Shanghai,
-        ..StoreSettings::default()
     };
     let store = Store::open_with(dir.path().join("db"), settings).expect("open");
     // 2026-12-31 17:00 UTC is already 2027-01-01 01:00 in Shanghai.

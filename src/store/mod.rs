@@ -54,10 +54,11 @@ pub struct StoreSettings {
     pub case_number_width: usize,
     /// The time zone whose calendar year a case number carries.
     pub case_number_tz: chrono_tz::Tz,
-    /// Memory sled may use for its page cache (sled's own default is 1 GiB,
-    /// too much for a small daemon).
-    pub cache_capacity_bytes: u64,
 }
+
+/// Memory sled may use for its page cache: sled's own default is 1 GiB,
+/// too much for a small daemon whose working set is the open cases.
+const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for StoreSettings {
     fn default() -> Self {
@@ -65,7 +66,6 @@ impl Default for StoreSettings {
             case_prefix: "TS".into(),
             case_number_width: 6,
             case_number_tz: chrono_tz::UTC,
-            cache_capacity_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -149,7 +149,7 @@ impl Store {
     pub fn open_with(path: impl AsRef<Path>, settings: StoreSettings) -> Result<Store, StoreError> {
         settings.validate()?;
         let path = path.as_ref();
-        let db = open_db(path, &settings)?;
+        let db = open_db(path)?;
         let meta = db.open_tree(META_TREE)?;
         schema::prepare(&db, &meta)?;
         let trees = TreeId::ALL
@@ -421,10 +421,10 @@ const LOCK_RETRY_PAUSES_MS: [u64; 6] = [10, 20, 40, 80, 160, 200];
 /// lock a moment after the last handle of a closed store is dropped, so a
 /// held lock is retried for about three seconds before it is reported as
 /// the store being in use by another process.
-fn open_db(path: &Path, settings: &StoreSettings) -> Result<sled::Db, StoreError> {
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
     let config = sled::Config::new()
         .path(path)
-        .cache_capacity(settings.cache_capacity_bytes);
+        .cache_capacity(CACHE_CAPACITY_BYTES);
     let last = LOCK_RETRY_PAUSES_MS.len() - 1;
     let mut pauses = (0..LOCK_RETRIES).map(|i| LOCK_RETRY_PAUSES_MS[i.min(last)]);
     loop {
