@@ -142,11 +142,17 @@ mod tests {
     }
 
     fn render(identity: &MailIdentity) -> Result<RenderedMail, String> {
-        let case = identity.case.as_ref().map_or("", |c| c.0.as_str());
+        let case = identity
+            .case
+            .as_ref()
+            .map_or("none".to_owned(), |c| c.0.clone());
         let subject = format!("[{case}] received");
-        let message_id = format!("{}@example.test", identity.outbox_id);
+        let message_id = format!(
+            "<{case}.{}.{}@example.test>",
+            identity.purpose, identity.sequence
+        );
         Ok(RenderedMail {
-            bytes: format!("Message-ID: <{message_id}>\r\nSubject: {subject}\r\n\r\nok\r\n")
+            bytes: format!("Message-ID: {message_id}\r\nSubject: {subject}\r\n\r\nok\r\n")
                 .into_bytes(),
             message_id,
             subject,
