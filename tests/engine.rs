@@ -233,6 +233,7 @@ fn a_new_complaint_becomes_a_routed_case_with_acknowledgement_and_forward() {
         [new_case(id.clone(), true, &["billing_dept"])]
     );
     assert_eq!(report.transactions, 1);
+    assert_eq!(report.mails_queued, 2);
     assert_eq!(report.checkpoint.map(|c| c.last_uid), Some(1));
     assert_eq!(
         h.store().checkpoint("INBOX").unwrap().map(|c| c.last_uid),
@@ -816,6 +817,7 @@ fn two_hundred_complaints_in_one_ingest_get_consecutive_numbers() {
         .collect();
     let report = h.ingest_raw(messages);
     assert_eq!(report.transactions, 1);
+    assert_eq!(report.mails_queued, 400);
     assert_eq!(report.checkpoint.map(|c| c.last_uid), Some(200));
     let numbers: Vec<CaseId> = report.new_cases().cloned().collect();
     let expected: Vec<CaseId> = (1..=200).map(case_id).collect();

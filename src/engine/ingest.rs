@@ -93,6 +93,8 @@ pub struct IngestReport {
     /// Store transactions used (1, or more when a reply followed its
     /// complaint in the same fetch).
     pub transactions: usize,
+    /// Outgoing mails queued (wake the sender when this is not zero).
+    pub mails_queued: usize,
 }
 
 impl IngestReport {
@@ -189,6 +191,7 @@ impl Engine {
                 checkpoint: None,
                 messages: Vec::new(),
                 transactions: 0,
+                mails_queued: 0,
             },
         };
         let mut result = Ok(());
@@ -1045,6 +1048,12 @@ impl Run<'_> {
         batch.advance_checkpoint(&self.mailbox, checkpoint);
         let committed = self.engine.store.commit(&batch)?;
         self.report.transactions += 1;
+        self.report.mails_queued += committed
+            .outcomes
+            .iter()
+            .filter_map(|outcome| outcome.applied())
+            .map(|applied| applied.mails.len())
+            .sum::<usize>();
         self.report.checkpoint = Some(checkpoint);
         self.uncommitted = false;
         self.links.clear();
