@@ -1127,3 +1127,52 @@ fn a_sender_address_mail_cannot_go_to_still_opens_a_forwarded_case() {
         EventKind::Note { text } if text.starts_with("the acknowledgement cannot be sent: \"wang@example..com\" is not a valid mail address"))),
         "{:#?}", h.events(&id));
 }
+
+#[test]
+fn waiting_on_the_customer_pauses_the_clock_and_its_timers_until_work_resumes() {
+    let h = Harness::new();
+    h.ingest(&["complaint-billing.eml"]);
+    let id = case_id(1);
+    let engine = h.engine();
+    let refused = engine
+        .change_state(&id, CaseState::Closed, "operator", h.clock.now())
+        .expect_err("assigned cannot become closed");
+    assert!(
+        refused
+            .to_string()
+            .starts_with("a case that is assigned to a department cannot become closed"),
+        "{refused}"
+    );
+    assert!(h.events(&id).iter().all(|e| !matches!(
+        &e.kind,
+        EventKind::StateChanged {
+            to: CaseState::Closed,
+            ..
+        }
+    )));
+
+    let paused_at = at("2026-11-24T16:00:00+08:00");
+    let events = engine
+        .change_state(&id, CaseState::WaitingOnCustomer, "need-info", paused_at)
+        .unwrap();
+    assert_eq!(event_names(&events), ["state_changed", "clock_paused"]);
+    assert!(h.store().timers_of_case(&id).unwrap().is_empty());
+
+    // Six hours later the customer has answered: the clock resumes, its due
+    // time six hours later than before, and its timers are back.
+    let resumed_at = at("2026-11-24T22:00:00+08:00");
+    let events = engine
+        .change_state(&id, CaseState::InProgress, "customer answered", resumed_at)
+        .unwrap();
+    assert_eq!(event_names(&events), ["state_changed", "clock_resumed"]);
+    let clock = &h.store().case(&id).unwrap().unwrap().clocks["investigate"];
+    assert_eq!(clock.due, at("2026-11-26T16:00:00+08:00"));
+    let due_timer = h
+        .store()
+        .timers_of_case(&id)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.step == DUE_TIMER_STEP)
+        .expect("the due timer is back");
+    assert_eq!(due_timer.due, clock.due);
+}
