@@ -1176,3 +1176,29 @@ fn waiting_on_the_customer_pauses_the_clock_and_its_timers_until_work_resumes() 
         .expect("the due timer is back");
     assert_eq!(due_timer.due, clock.due);
 }
+
+#[test]
+fn a_mail_claiming_one_of_our_message_ids_cannot_block_the_real_mail() {
+    let h = Harness::new();
+    // A stranger sends a mail with the Message-ID case 1's acknowledgement
+    // will have; it must not take that id from the real mail.
+    let forged = String::from_utf8(fixture("complaint-media.eml"))
+        .unwrap()
+        .replace(
+            "<c2.li@example.com>",
+            "<TS-2026-000001.ack.1@mail.corp.example>",
+        );
+    let report = h.ingest_raw(vec![RawMessage::full(forged.into_bytes())]);
+    match &Harness::outcomes(&report)[..] {
+        [Outcome::Loop { reason }] => assert!(reason.contains("of our own domain"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(report.messages[0].message_id.starts_with("sha256:"));
+    let report = h.ingest(&["complaint-billing.eml"]);
+    assert_eq!(
+        Harness::outcomes(&report),
+        [new_case(case_id(1), true, &["billing_dept"])]
+    );
+    let (ack, _) = h.sent("TS-2026-000001.ack.1");
+    assert_eq!(ack.message_id, "TS-2026-000001.ack.1@mail.corp.example");
+}

@@ -320,6 +320,19 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Whether a mail's own Message-ID is in the domain of ours without
+    /// being one we sent (forged, or ours from before the store existed).
+    fn claims_our_message_id(&self, mail: &IncomingMail) -> Result<bool, EngineError> {
+        let domain = format!(
+            "@{}",
+            self.engine.settings.message_id_host.to_ascii_lowercase()
+        );
+        if mail.message_id_synthesized || !mail.message_id.to_ascii_lowercase().ends_with(&domain) {
+            return Ok(false);
+        }
+        Ok(!self.known(&mail.message_id)?)
+    }
+
     /// Whether the store or the pending batch already has this Message-ID.
     fn known(&self, message_id: &str) -> Result<bool, EngineError> {
         Ok(self.links.contains_key(message_id) || self.engine.store.message(message_id)?.is_some())
@@ -358,6 +371,30 @@ impl Run<'_> {
             .any(|id| self.links.get(id) == Some(&BatchLink::NewCase));
         if answers_pending_case {
             self.commit()?;
+        }
+        if self.claims_our_message_id(&mail)? {
+            // Recording a foreign mail under an id of our own namespace would
+            // make the store refuse the real mail of that id later; it is
+            // known by its content instead.
+            let id = content_hash_id(&raw.bytes);
+            if self.known(&id)? {
+                return self.done(uid, &id, Outcome::Duplicate);
+            }
+            let reason = format!(
+                "it carries Message-ID <{}> of our own domain, which we never sent",
+                mail.message_id
+            );
+            tracing::warn!(mailbox = %self.mailbox, uid, %reason, "mail not answered");
+            let received_at = raw.received_at.unwrap_or(self.now);
+            return self.discard(
+                uid,
+                &id,
+                received_at,
+                &reason,
+                Outcome::Loop {
+                    reason: reason.clone(),
+                },
+            );
         }
         let kind = {
             let lookup = BatchLookup {
