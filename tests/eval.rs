@@ -11,6 +11,7 @@ use complaintd::rules::check::{check, Environment};
 use complaintd::rules::diag::render_all;
 use complaintd::rules::eval::{
     apply, evaluate, Action, Evaluation, HistoryEntry, Input, MemoryHistory, Stage, TimerKind,
+    Verdict,
 };
 use complaintd::rules::parse::parse_file;
 use complaintd::rules::testing::run_tests;
@@ -169,17 +170,26 @@ fn case_for(mail: &MailFacts, channel: &str) -> Case {
 }
 
 /// Evaluates a new complaint and applies the actions; returns the case and the evaluation.
-fn receive(
-    policy: &Policy,
+fn receive<'p>(
+    policy: &'p Policy,
     mail: &MailFacts,
     channel: &str,
     history: &MemoryHistory,
-) -> (Case, Evaluation) {
+) -> (Case, Evaluation<'p>) {
     let mut case = case_for(mail, channel);
     let now = mail.received_at;
     let evaluation = evaluate(policy, &case, &Input::NewComplaint(mail), history, now);
     apply(&mut case, &evaluation.actions, now);
     (case, evaluation)
+}
+
+/// A verdict's seen pairs as owned strings.
+fn seen(verdict: &Verdict<'_>) -> Vec<(String, String)> {
+    verdict
+        .seen
+        .iter()
+        .map(|(what, value)| (what.to_string(), value.to_string()))
+        .collect()
 }
 
 fn name(value: &str) -> Option<FieldValue> {
@@ -287,7 +297,7 @@ fn a_fired_rule_records_its_name_location_and_the_values_it_saw() {
     let quiet = evaluation.trace.iter().find(|v| v.rule == "leak").unwrap();
     assert!(!quiet.fired);
     assert_eq!(
-        quiet.seen,
+        seen(quiet),
         vec![(
             "text has any (\"漏气\", \"燃气味\")".to_owned(),
             "(none)".to_owned()
@@ -438,7 +448,7 @@ fn repeat_complaints_count_this_case_and_the_window_ends_now() {
         .find(|v| v.rule == "repeat")
         .unwrap();
     assert_eq!(
-        verdict.seen,
+        seen(verdict),
         vec![(
             "count(cases from same sender within 30 days)".to_owned(),
             "3".to_owned()
@@ -550,7 +560,7 @@ fn the_first_matching_route_wins_and_records_its_name_and_cc() {
     assert_eq!(assignment.rule, "safety");
     let routes: Vec<&str> = evaluation
         .verdicts(Stage::Route)
-        .map(|v| v.rule.as_str())
+        .map(|v| v.rule.as_ref())
         .collect();
     assert_eq!(
         routes,
@@ -570,7 +580,7 @@ fn the_first_matching_route_wins_and_records_its_name_and_cc() {
     );
     let routes: Vec<(&str, bool)> = evaluation
         .verdicts(Stage::Route)
-        .map(|v| (v.rule.as_str(), v.fired))
+        .map(|v| (v.rule.as_ref(), v.fired))
         .collect();
     assert_eq!(
         routes,
@@ -674,7 +684,13 @@ fn received_case(policy: &Policy, text: &str) -> Case {
     .0
 }
 
-fn timer(policy: &Policy, case: &Case, deadline: &str, kind: TimerKind, now: &str) -> Evaluation {
+fn timer<'p>(
+    policy: &'p Policy,
+    case: &Case,
+    deadline: &str,
+    kind: TimerKind,
+    now: &str,
+) -> Evaluation<'p> {
     evaluate(
         policy,
         case,
@@ -1050,7 +1066,7 @@ fn the_fired_rule_limit_stops_classification() {
     let fired: Vec<&str> = evaluation
         .verdicts(Stage::Classify)
         .filter(|v| v.fired)
-        .map(|v| v.rule.as_str())
+        .map(|v| v.rule.as_ref())
         .collect();
     assert_eq!(fired, vec!["leak", "bill"]);
     let last = evaluation.verdicts(Stage::Classify).last().unwrap();
