@@ -104,7 +104,15 @@ fn run_rules(
             at,
             channel,
             dir,
-        } => rules_explain(&dir, &mail, at.as_deref(), channel.as_deref(), clock, out, err),
+        } => rules_explain(
+            &dir,
+            &mail,
+            at.as_deref(),
+            channel.as_deref(),
+            clock,
+            out,
+            err,
+        ),
     }
 }
 
@@ -157,7 +165,11 @@ fn rules_check(dir: &Path, out: &mut dyn Write) -> std::io::Result<u8> {
         writeln!(out, "ok: 0 errors, 0 warnings")?;
         return Ok(EXIT_OK);
     }
-    write!(out, "{}", render_all(&checked.diagnostics, &checked.sources))?;
+    write!(
+        out,
+        "{}",
+        render_all(&checked.diagnostics, &checked.sources)
+    )?;
     Ok(if checked.policy.is_some() {
         EXIT_OK
     } else {
@@ -171,7 +183,11 @@ fn policy_or_report(dir: &Path, err: &mut dyn Write) -> std::io::Result<Option<P
     match checked.policy {
         Some(policy) => Ok(Some(policy)),
         None => {
-            write!(err, "{}", render_all(&checked.diagnostics, &checked.sources))?;
+            write!(
+                err,
+                "{}",
+                render_all(&checked.diagnostics, &checked.sources)
+            )?;
             Ok(None)
         }
     }
@@ -226,7 +242,11 @@ fn rules_explain(
     let Some(policy) = policy_or_report(dir, err)? else {
         return Ok(EXIT_FAILED);
     };
-    let declared: Vec<&str> = policy.channels.iter().map(|c| c.name.node.as_str()).collect();
+    let declared: Vec<&str> = policy
+        .channels
+        .iter()
+        .map(|c| c.name.node.as_str())
+        .collect();
     mail.channel = match channel {
         Some(c) if declared.contains(&c) => c.to_owned(),
         Some(c) => {
@@ -240,13 +260,20 @@ fn rules_explain(
             )?;
             return Ok(EXIT_FAILED);
         }
-        None => declared.first().map(|c| (*c).to_owned()).unwrap_or_default(),
+        None => declared
+            .first()
+            .map(|c| (*c).to_owned())
+            .unwrap_or_default(),
     };
     mail.received_at = at
         .or(date)
         .map_or_else(|| clock.now(), |t| t.with_timezone(&Utc));
     mail.language = testing::detect_language(&mail.subject, &mail.text, &policy.languages);
     let history = MemoryHistory::default();
-    write!(out, "{}", explain::explain_new_complaint(&policy, &mail, &history))?;
+    write!(
+        out,
+        "{}",
+        explain::explain_new_complaint(&policy, &mail, &history)
+    )?;
     Ok(EXIT_OK)
 }

@@ -2,8 +2,17 @@
 //!
 //! See `ARCHITECTURE.md` for the code map and the invariants.
 
+pub mod backoff;
 pub mod calendar;
 pub mod case;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod imap;
+pub mod lifecycle;
+pub mod mail;
+pub mod metrics;
 pub mod rules;
+pub mod smtp;
+pub mod store;
+pub mod tls;

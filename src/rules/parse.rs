@@ -14,11 +14,18 @@ use pest::iterators::Pair;
 use pest::Parser as _;
 
 use super::ast::*;
-use super::diag::{did_you_mean, Diagnostic};
+use super::diag::Diagnostic;
 
-#[derive(pest_derive::Parser)]
-#[grammar = "../grammar/rules.pest"]
-struct RulesParser;
+/// The pest parser; kept in a private module so that its `Rule` enum (one
+/// variant per grammar rule) does not leak into the crate's API next to
+/// [`ast::Rule`](super::ast::Rule).
+mod grammar {
+    #[derive(pest_derive::Parser)]
+    #[grammar = "../grammar/rules.pest"]
+    pub struct RulesParser;
+}
+
+use grammar::{Rule, RulesParser};
 
 type PResult<T> = Result<T, Diagnostic>;
 
@@ -89,6 +96,14 @@ const MONTHS: &[&str] = &[
     "November",
     "December",
 ];
+
+/// Parentheses and `not`s a condition may nest; real policies use two or three.
+/// With [`MAX_CHAIN`] this bounds the depth of a condition's tree, which the
+/// checker and the evaluator walk recursively.
+const MAX_CONDITION_DEPTH: usize = 16;
+
+/// Parts one `and` or `or` chain may join.
+const MAX_CHAIN: usize = 64;
 
 /// Numbers beyond this lose precision as `f64`; no policy needs them.
 const MAX_NUMBER_DIGITS: usize = 15;
@@ -325,7 +340,7 @@ impl<'t> Builder<'t> {
         let span = self.of(&pair);
         let mut c = self.cursor(pair);
         let name = self.ident(&c.expect(Rule::ident)?);
-        let zone = self.string(&c.expect(Rule::string)?)?;
+        let zone = self.string(&c.expect(Rule::time_zone)?)?;
         let mut entries = Vec::new();
         for entry in c.pairs {
             let entry_span = self.of(&entry);
@@ -460,7 +475,7 @@ impl<'t> Builder<'t> {
         })
     }
 
-    fn rule_decl(&self, pair: Pair<'_, Rule>) -> PResult<Rule_> {
+    fn rule_decl(&self, pair: Pair<'_, Rule>) -> PResult<super::ast::Rule> {
         let span = self.of(&pair);
         let mut c = self.cursor(pair);
         let name = self.ident(&c.expect(Rule::ident)?);
@@ -478,7 +493,7 @@ impl<'t> Builder<'t> {
                 other => return Err(internal(span, &format!("{other:?} in a rule"))),
             }
         }
-        Ok(Rule_ {
+        Ok(super::ast::Rule {
             name,
             description,
             condition,
@@ -496,7 +511,7 @@ impl<'t> Builder<'t> {
         let action = match rule {
             Rule::raise_severity => RuleAction::RaiseSeverity(self.ident(&c.expect(Rule::ident)?)),
             Rule::set_severity => RuleAction::SetSeverity(self.ident(&c.expect(Rule::ident)?)),
-            Rule::tag_action => RuleAction::Tag(self.ident(&c.expect(Rule::ident)?)),
+            Rule::tag_action => RuleAction::Tag(self.ident(&c.expect(Rule::tag_name)?)),
             _ => {
                 let field = self.ident(&c.expect(Rule::ident)?);
                 let value = self.value(c.expect(Rule::value)?)?;
@@ -549,14 +564,23 @@ impl<'t> Builder<'t> {
 
     fn route_target(&self, pair: Pair<'_, Rule>) -> PResult<RouteTarget> {
         let span = self.of(&pair);
-        let mut names = self.cursor(pair).pairs.into_iter().map(|p| self.ident(&p));
-        let department = names
-            .next()
-            .ok_or_else(|| internal(span, "a route without a department"))?;
+        let mut c = self.cursor(pair);
+        let department = self.ident(&c.expect(Rule::dept_name)?);
+        let cc = self.cc_list(c.optional(Rule::cc_list));
         Ok(RouteTarget {
             department,
-            cc: names.collect(),
+            cc,
             span,
+        })
+    }
+
+    fn cc_list(&self, pair: Option<Pair<'_, Rule>>) -> Vec<Ident> {
+        pair.map_or_else(Vec::new, |list| {
+            self.cursor(list)
+                .pairs
+                .iter()
+                .map(|p| self.ident(p))
+                .collect()
         })
     }
 
@@ -666,7 +690,7 @@ impl<'t> Builder<'t> {
         while let Some(r) = c.optional(Rule::recipient) {
             recipients.push(self.recipient(r)?);
         }
-        let template = self.ident(&c.expect(Rule::ident)?);
+        let template = self.ident(&c.expect(Rule::template_name)?);
         let raise_severity = match c.optional(Rule::step_raise) {
             Some(raise) => Some(self.ident(&self.cursor(raise).expect(Rule::ident)?)),
             None => None,
@@ -741,7 +765,7 @@ impl<'t> Builder<'t> {
         let span = self.of(&pair);
         let mut c = self.cursor(pair);
         let name = self.ident(&c.expect(Rule::ident)?);
-        let cron = self.string(&c.expect(Rule::string)?)?;
+        let cron = self.string(&c.expect(Rule::crontab)?)?;
         let mut calendar: Option<Ident> = None;
         let mut filter: Option<(Option<Expr>, Span)> = None;
         let mut recipients: Option<(Vec<Spanned<Recipient>>, Span)> = None;
@@ -781,7 +805,7 @@ impl<'t> Builder<'t> {
                     if let Some(first) = &template {
                         return Err(self.repeated(part_span, "using", first.span));
                     }
-                    template = Some(self.ident(&self.cursor(part).expect(Rule::ident)?));
+                    template = Some(self.ident(&self.cursor(part).expect(Rule::template_name)?));
                 }
                 other => return Err(internal(span, &format!("{other:?} in a schedule"))),
             }
@@ -954,11 +978,11 @@ impl<'t> Builder<'t> {
         let rule = inner.as_rule();
         let mut c = self.cursor(inner);
         let expectation = match rule {
-            Rule::expect_no_tag => Expectation::NoTag(self.ident(&c.expect(Rule::ident)?)),
-            Rule::expect_tag => Expectation::Tag(self.ident(&c.expect(Rule::ident)?)),
+            Rule::expect_no_tag => Expectation::NoTag(self.ident(&c.expect(Rule::tag_name)?)),
+            Rule::expect_tag => Expectation::Tag(self.ident(&c.expect(Rule::tag_name)?)),
             Rule::expect_route => {
-                let department = self.ident(&c.expect(Rule::ident)?);
-                let cc = c.pairs.iter().map(|p| self.ident(p)).collect();
+                let department = self.ident(&c.expect(Rule::dept_name)?);
+                let cc = self.cc_list(c.optional(Rule::cc_list));
                 Expectation::Route { department, cc }
             }
             Rule::expect_deadline => {
@@ -984,7 +1008,22 @@ impl<'t> Builder<'t> {
 
     /// `a or b or c`, folded to the left; each node spans its operands.
     fn condition(&self, pair: Pair<'_, Rule>) -> PResult<Expr> {
-        self.fold(pair, Rule::cond_and, Expr::Or)
+        self.nested_condition(pair, 0)
+    }
+
+    /// `depth` counts the parentheses and `not`s around this condition; the
+    /// limit keeps a pathological file from exhausting the stack.
+    fn nested_condition(&self, pair: Pair<'_, Rule>, depth: usize) -> PResult<Expr> {
+        if depth > MAX_CONDITION_DEPTH {
+            return Err(
+                Diagnostic::error(self.of(&pair), "this condition is nested too deeply").with_note(
+                    format!(
+                        "at most {MAX_CONDITION_DEPTH} levels of parentheses and `not` are allowed"
+                    ),
+                ),
+            );
+        }
+        self.fold(pair, Rule::cond_and, Expr::Or, depth)
     }
 
     fn fold(
@@ -992,38 +1031,80 @@ impl<'t> Builder<'t> {
         pair: Pair<'_, Rule>,
         operand_rule: Rule,
         combine: fn(Box<Expr>, Box<Expr>, Span) -> Expr,
+        depth: usize,
     ) -> PResult<Expr> {
         let span = self.of(&pair);
-        let mut operands = self.cursor(pair).pairs.into_iter();
-        let first = operands
+        // Each operand with the end of its text, closing parenthesis included,
+        // so that `(a or b) and c` spans from `(` to `c`.
+        let mut operand_pairs: Vec<(Pair<'_, Rule>, usize)> = Vec::new();
+        for child in pair.into_inner() {
+            match child.as_rule() {
+                Rule::rparen => {
+                    if let Some(last) = operand_pairs.last_mut() {
+                        last.1 = child.as_span().end();
+                    }
+                }
+                rule if is_syntax(rule) => {}
+                _ => {
+                    let end = exact_end(&child);
+                    operand_pairs.push((child, end));
+                }
+            }
+        }
+        if operand_pairs.len() > MAX_CHAIN {
+            let word = if operand_rule == Rule::cond_and {
+                "or"
+            } else {
+                "and"
+            };
+            return Err(Diagnostic::error(
+                span,
+                format!("this condition joins more than {MAX_CHAIN} parts with `{word}`"),
+            )
+            .with_help(
+                "split it over several rules, or list the values: `text has any (\"a\", \"b\", …)`",
+            ));
+        }
+        let mut operands = operand_pairs.into_iter();
+        let (first, _) = operands
             .next()
             .ok_or_else(|| internal(span, "an empty condition"))?;
-        let start = first.as_span().start();
-        let mut expr = self.operand_expr(first, operand_rule)?;
-        for next in operands {
-            let end = exact_end(&next);
-            let right = self.operand_expr(next, operand_rule)?;
+        let mut expr = self.operand_expr(first, operand_rule, depth)?;
+        for (next, end) in operands {
+            let right = self.operand_expr(next, operand_rule, depth)?;
+            let start = span.start;
             expr = combine(Box::new(expr), Box::new(right), self.span(start, end));
         }
         Ok(expr)
     }
 
-    fn operand_expr(&self, pair: Pair<'_, Rule>, operand_rule: Rule) -> PResult<Expr> {
+    fn operand_expr(
+        &self,
+        pair: Pair<'_, Rule>,
+        operand_rule: Rule,
+        depth: usize,
+    ) -> PResult<Expr> {
         if operand_rule == Rule::cond_and {
-            self.fold(pair, Rule::cond_not, Expr::And)
+            self.fold(pair, Rule::cond_not, Expr::And, depth)
         } else {
-            self.unary(pair)
+            self.unary(pair, depth)
         }
     }
 
-    fn unary(&self, pair: Pair<'_, Rule>) -> PResult<Expr> {
+    fn unary(&self, pair: Pair<'_, Rule>, depth: usize) -> PResult<Expr> {
         let span = self.of(&pair);
         match pair.as_rule() {
             Rule::not_cond => {
+                if depth >= MAX_CONDITION_DEPTH {
+                    return Err(Diagnostic::error(span, "this condition is nested too deeply")
+                        .with_note(format!(
+                            "at most {MAX_CONDITION_DEPTH} levels of parentheses and `not` are allowed"
+                        )));
+                }
                 let inner = self.cursor(pair).next()?;
-                Ok(Expr::Not(Box::new(self.unary(inner)?), span))
+                Ok(Expr::Not(Box::new(self.unary(inner, depth + 1)?), span))
             }
-            Rule::condition => self.condition(pair),
+            Rule::condition => self.nested_condition(pair, depth + 1),
             Rule::always => Ok(Expr::Always(span)),
             Rule::test_cond => self.test_cond(pair),
             other => Err(internal(span, &format!("{other:?} in a condition"))),
@@ -1034,7 +1115,7 @@ impl<'t> Builder<'t> {
         let span = self.of(&pair);
         let mut c = self.cursor(pair);
         let left = self.operand(c.next()?)?;
-        let Some(tail) = c.pairs.pop_front() else {
+        let Some(tail) = c.optional(Rule::cond_tail) else {
             return match left {
                 Operand::Path(_) => Ok(Expr::Flag { left, span }),
                 Operand::Header(_) => Err(Diagnostic::error(
@@ -1049,6 +1130,7 @@ impl<'t> Builder<'t> {
                 .with_help("compare it, e.g. `count(reopenings) >= 2`")),
             };
         };
+        let tail = self.cursor(tail).next()?;
         let rule = tail.as_rule();
         let mut t = self.cursor(tail);
         match rule {
@@ -1429,13 +1511,26 @@ fn unknown_name<'a>(
     known: impl Iterator<Item = &'a str> + Clone,
 ) -> Diagnostic {
     let d = Diagnostic::error(span, format!("unknown {what} `{written}`"));
-    match did_you_mean(written, known.clone()) {
+    match suggest(written, known.clone()) {
         Some(near) => d.with_help(format!("did you mean `{near}`?")),
         None => d.with_help(format!(
             "the {what}s are {}",
-            or_list(known.map(|k| format!("`{k}`")))
+            join_list(known.map(|k| format!("`{k}`")).collect(), "and")
         )),
     }
+}
+
+/// The known word closest to a misspelt one, if it is a likely typo. Unlike
+/// plain edit distance, swapping two neighbouring letters (`thne`) counts as
+/// one edit, the most common slip when typing keywords.
+fn suggest<'a>(written: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (written.chars().count() / 3).max(1);
+    known
+        .filter(|k| *k != written)
+        .map(|k| (strsim::osa_distance(written, k), k))
+        .filter(|(distance, _)| *distance <= limit)
+        .min_by_key(|(distance, k)| (*distance, *k))
+        .map(|(_, k)| k)
 }
 
 /// `a`, `a or b`, `a, b or c`.
@@ -1720,7 +1815,7 @@ fn describe(rule: Rule) -> Option<String> {
         | Rule::escalate_block
         | Rule::schedule_decl
         | Rule::test_decl => "a declaration",
-        Rule::field_type => "a field type (`text`, `number`, `flag` or `date`)",
+        Rule::field_type => "a field type (`text`, `number`, `flag`, `date`)",
         Rule::hours_entry | Rule::holiday_entry | Rule::workday_entry => {
             "`hours`, `holiday` or `workday`"
         }
@@ -1733,7 +1828,7 @@ fn describe(rule: Rule) -> Option<String> {
         | Rule::raise_severity
         | Rule::set_severity
         | Rule::tag_action
-        | Rule::set_field => "an action (`severity >= …`, `tag …` or `field = …`)",
+        | Rule::set_field => "an action (`severity >= …`, `tag …`, `field = …`)",
         Rule::route_rule => "`when`",
         Rule::route_label => return None,
         Rule::route_otherwise => "`otherwise`",
@@ -1747,7 +1842,9 @@ fn describe(rule: Rule) -> Option<String> {
         | Rule::deadline_otherwise => "a deadline setting",
         Rule::clock_event => "an event such as `received` or `resolved`",
         Rule::escalation_step => "`at`",
-        Rule::step_offset => "when to act: `50%`, `due`, or a duration such as `2 hours before due`",
+        Rule::step_offset => {
+            "when to act: `50%`, `due`, or a duration such as `2 hours before due`"
+        }
         Rule::at_due => "`due`",
         Rule::before_due => "`before due`",
         Rule::after_due => "`after due`",
@@ -1760,11 +1857,9 @@ fn describe(rule: Rule) -> Option<String> {
         Rule::digest_clause => "`digest`",
         Rule::to_clause => "`to`",
         Rule::using_clause => "`using`",
-        Rule::test_at
-        | Rule::test_channel
-        | Rule::given_case
-        | Rule::test_mail
-        | Rule::expect => "a test line (`at`, `channel`, `given`, `mail` or `expect`)",
+        Rule::test_at | Rule::test_channel | Rule::given_case | Rule::test_mail | Rule::expect => {
+            "a test line (`at`, `channel`, `given`, `mail`, `expect`)"
+        }
         Rule::given_category | Rule::given_subject | Rule::given_tag | Rule::given_reopened => {
             "`category`, `subject`, `tag` or `reopened`"
         }
@@ -1779,8 +1874,9 @@ fn describe(rule: Rule) -> Option<String> {
         | Rule::expect_field => "an expectation",
         Rule::fired | Rule::not_fired => "`fired` or `not fired`",
         Rule::condition | Rule::cond_and | Rule::not_cond | Rule::test_cond => "a condition",
-        Rule::compare_tail | Rule::cmp_op => {
-            "a comparison (`==`, `!=`, `<`, `<=`, `>`, `>=` or `contains`)"
+        Rule::cmp_op => "a comparison (`==`, `!=`, `<`, `<=`, `>`, `>=`, `contains`)",
+        Rule::cond_tail | Rule::compare_tail => {
+            "a comparison (`==`, `>=`, `contains`, `has any (…)`, `matches /…/`, `is set`, …)"
         }
         Rule::has_tail => "`has`",
         Rule::has_mode => "`any` or `all`",
@@ -1804,12 +1900,20 @@ fn describe(rule: Rule) -> Option<String> {
         | Rule::unit_hours
         | Rule::unit_days
         | Rule::unit_weeks => {
-            "a unit (`minutes`, `hours`, `days`, `weeks`, or `working minutes`, `working hours`, `working days`)"
+            "a unit (`minutes`, `hours`, `days`, `weeks`, `working hours`, `working days`, …)"
         }
         Rule::percent => "a percentage such as `50%`",
         Rule::ident => "a name",
+        Rule::dept_name => "a department",
+        Rule::template_name => "a template",
+        Rule::tag_name => "a tag",
+        Rule::time_zone => "a time zone in quotes, such as \"Asia/Shanghai\"",
+        Rule::crontab => "a time in crontab form, such as \"0 9 * * MON\"",
+        Rule::cc_list => "`cc`",
         Rule::language => "a language code such as `zh` or `en`",
-        Rule::weekdays | Rule::weekday_name => "a weekday such as `mon` or a range such as `mon..fri`",
+        Rule::weekdays | Rule::weekday_name => {
+            "a weekday such as `mon` or a range such as `mon..fri`"
+        }
         Rule::string => "a text in quotes",
         Rule::address => "an address such as <name@example.com>",
         Rule::regex => "a regex such as /refund|退款/",
@@ -1874,8 +1978,11 @@ impl Builder<'_> {
         let positives: Vec<Rule> = match &error.variant {
             ErrorVariant::ParsingError { positives, .. } => positives.clone(),
             ErrorVariant::CustomError { message } => {
-                let span = self.span(position, position);
-                return Diagnostic::error(span, format!("cannot read this file: {message}"));
+                // pest gives up with a custom error only when its stack or call
+                // budget runs out, which takes absurdly deep nesting.
+                let (span, _) = self.found_token(position);
+                return Diagnostic::error(span, "this file is nested too deeply to read")
+                    .with_note(format!("the parser stopped here: {message}"));
             }
         };
         if let Some(lexical) = self.lexical_error(position, &positives) {
@@ -1883,13 +1990,14 @@ impl Builder<'_> {
         }
         let (span, found) = self.found_token(position);
 
+        // Where a declaration may start, pest names either every declaration
+        // keyword or (at the very start of a file) the whole file rule; both
+        // read best as "a declaration", with the keywords in a help line.
+        let top_level = positives.contains(&Rule::file)
+            || DECLARATION_KEYWORDS.iter().all(|k| positives.contains(k));
         let mut expected: Vec<String> = Vec::new();
         let mut help: Option<String> = None;
-        let declarations = DECLARATION_KEYWORDS
-            .iter()
-            .filter(|k| positives.contains(k))
-            .count();
-        if declarations == DECLARATION_KEYWORDS.len() {
+        if top_level {
             expected.push("a declaration".to_owned());
             help = Some(format!(
                 "a declaration starts with {}",
@@ -1902,9 +2010,9 @@ impl Builder<'_> {
             ));
         }
         for rule in &positives {
-            if declarations == DECLARATION_KEYWORDS.len()
-                && (DECLARATION_KEYWORDS.contains(rule) || *rule == Rule::EOI)
-            {
+            let part_of_declaration =
+                DECLARATION_KEYWORDS.contains(rule) || *rule == Rule::EOI || *rule == Rule::file;
+            if top_level && part_of_declaration {
                 continue;
             }
             if let Some(words) = describe(*rule) {
@@ -1913,16 +2021,32 @@ impl Builder<'_> {
                 }
             }
         }
+        // Words first, then punctuation, then the end of the file: the order
+        // in which a reader looks for the fix.
+        expected.sort_by_key(|words| {
+            if words == "the end of the file" {
+                2
+            } else if words.starts_with('`') && !words[1..].starts_with(char::is_alphabetic) {
+                1
+            } else {
+                0
+            }
+        });
         let message = match expected.len() {
             0 => format!("unexpected {found}"),
-            1 => format!("expected {}, found {found}", expected[0]),
+            1 | 2 => format!("expected {}, found {found}", or_list(expected.into_iter())),
             _ => format!(
                 "expected one of {}, found {found}",
                 or_list(expected.into_iter())
             ),
         };
         let found_text = self.text.get(span.start..span.end).unwrap_or("");
-        let help = self.hint(found_text, &positives).or(help);
+        let mut candidates = positives.clone();
+        if top_level {
+            candidates.extend_from_slice(DECLARATION_KEYWORDS);
+        }
+        let after = self.text.get(span.end..).unwrap_or("");
+        let help = self.hint(found_text, after, &candidates).or(help);
         let diagnostic = Diagnostic::error(span, message);
         match help {
             Some(help) => diagnostic.with_help(help),
@@ -1931,9 +2055,17 @@ impl Builder<'_> {
     }
 
     /// A targeted hint: a misspelt keyword, full-width punctuation, `=` for `==`.
-    fn hint(&self, found: &str, positives: &[Rule]) -> Option<String> {
+    fn hint(&self, found: &str, after: &str, positives: &[Rule]) -> Option<String> {
         let first = found.chars().next()?;
-        if let Some((_, ascii)) = FULL_WIDTH.iter().find(|(c, _)| *c == first) {
+        // A full-width mark right after a name (`安全：`) is as likely the
+        // culprit as one standing alone.
+        let next = after.trim_start_matches([' ', '\t']).chars().next();
+        let full_width = FULL_WIDTH
+            .iter()
+            .find(|(c, _)| *c == first)
+            .or_else(|| FULL_WIDTH.iter().find(|(c, _)| Some(*c) == next));
+        if let Some((mark, ascii)) = full_width {
+            let first = mark;
             return Some(format!(
                 "`{first}` is full-width punctuation from a Chinese input method; write {} instead",
                 if ascii.starts_with("nothing") {
@@ -1943,15 +2075,26 @@ impl Builder<'_> {
                 }
             ));
         }
-        if found == "=" && positives.contains(&Rule::cmp_op) {
+        if found == "="
+            && (positives.contains(&Rule::cmp_op) || positives.contains(&Rule::cond_tail))
+        {
             return Some("to compare, write `==`; a single `=` sets a field in an action".into());
+        }
+        if found == "%" {
+            return Some("write a percentage without a space: `50%`".into());
+        }
+        let only_closing = positives == [Rule::rbrace];
+        let after_otherwise =
+            positives.contains(&Rule::cc_list) && !positives.contains(&Rule::route_rule);
+        if found == "when" && (only_closing || after_otherwise) {
+            return Some("`otherwise` comes last: move this line above it".into());
         }
         if found == "=" && positives.contains(&Rule::op_eq) {
             return Some("an expectation compares: write `==`".into());
         }
         if first.is_alphabetic() {
             let keywords: Vec<&str> = positives.iter().filter_map(|r| token_text(*r)).collect();
-            if let Some(near) = did_you_mean(found, keywords.iter().copied()) {
+            if let Some(near) = suggest(found, keywords.iter().copied()) {
                 return Some(format!("did you mean `{near}`?"));
             }
         }
@@ -1969,6 +2112,10 @@ impl Builder<'_> {
         let len = if first == '"' {
             let line_end = rest.find(['\n', '\r']).unwrap_or(rest.len());
             string_token_len(&rest[..line_end]).unwrap_or(line_end)
+        } else if first.is_ascii_digit() {
+            // Numbers, dates, times and percentages as one token: `09:00-12:00`.
+            rest.find(|c: char| !(c.is_ascii_alphanumeric() || ":.-+%".contains(c)))
+                .unwrap_or(rest.len())
         } else if first.is_alphanumeric() || first == '_' {
             rest.find(|c: char| !(c.is_alphanumeric() || c == '_'))
                 .unwrap_or(rest.len())
@@ -1988,8 +2135,8 @@ impl Builder<'_> {
         let rest = self.text.get(position..)?;
         let line_end = rest.find(['\n', '\r']).unwrap_or(rest.len());
         let line = &rest[..line_end];
-        if rest.starts_with("\"\"\"") && positives.contains(&Rule::string) {
-            if !rest[3..].contains("\"\"\"") {
+        if let Some(after) = rest.strip_prefix("\"\"\"") {
+            if !after.contains("\"\"\"") {
                 return Some(
                     Diagnostic::error(
                         self.span(position, position + 3),
@@ -2000,7 +2147,9 @@ impl Builder<'_> {
             }
             return None;
         }
-        if rest.starts_with('"') && positives.contains(&Rule::string) {
+        // pest stops at the opening quote of a malformed text whatever it
+        // expected there, so a text is examined even when none was expected.
+        if rest.starts_with('"') {
             let mut chars = line.char_indices().skip(1);
             while let Some((i, c)) = chars.next() {
                 match c {
@@ -2090,6 +2239,3 @@ fn string_token_len(line: &str) -> Option<usize> {
     }
     None
 }
-
-/// `ast::Rule` would clash with pest's `Rule`; the AST's rule is this alias here.
-type Rule_ = super::ast::Rule;

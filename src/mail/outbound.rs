@@ -1,0 +1,385 @@
+//! Outgoing mail: an [`OutgoingMail`] → RFC 5322 bytes, with lettre's MIME builder.
+//!
+//! Everything that reaches a header goes through lettre's encoders (RFC 2047
+//! for non-ASCII, quoting for display names) after control characters have
+//! been replaced by spaces here, so no case field can add a header or a MIME
+//! part. Message-IDs are stable per (case, purpose, sequence) and the MIME
+//! boundaries are derived from the content, so building the same mail twice
+//! gives the same bytes: a retried send is recognisably the same mail.
+
+use std::time::SystemTime;
+
+use chrono::{DateTime, Utc};
+use lettre::message::header::{self, ContentType, Header, HeaderName, HeaderValue};
+use lettre::message::{Attachment, Mailbox, Mailboxes, MultiPart, SinglePart};
+use lettre::Message;
+use sha2::{Digest, Sha256};
+
+use super::inbound::clean_line;
+use super::normalize_message_id;
+use crate::case::{Address, CaseId};
+
+/// Purpose of acknowledgements: the one kind of mail sent `Auto-Submitted: auto-replied`.
+pub const ACKNOWLEDGEMENT: &str = "ack";
+
+/// At most this many References are kept (the newest).
+const MAX_REFERENCES: usize = 20;
+/// Subjects are cut to this many characters.
+const MAX_SUBJECT_CHARS: usize = 250;
+
+/// A mail to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingMail {
+    /// The case the mail is about; `None` for digests and reports.
+    pub case: Option<CaseId>,
+    /// What the mail is for: `ack`, `forward`, `reminder`, … (`[a-z0-9_-]`, at most 32).
+    pub purpose: String,
+    /// Distinguishes mails of the same case and purpose; the caller keeps it stable across retries.
+    pub sequence: u32,
+    pub from: Address,
+    pub to: Vec<Address>,
+    pub cc: Vec<Address>,
+    /// Where replies should go: the reply-token address when a department is to answer.
+    pub reply_to: Option<Address>,
+    /// The subject without the case number; `[TS-…] ` is added when `case` is set.
+    pub subject: String,
+    pub text: String,
+    /// An HTML alternative of `text`, already escaped by its template.
+    pub html: Option<String>,
+    /// Message-ID (without brackets) of the mail this one answers.
+    pub in_reply_to: Option<String>,
+    /// Message-IDs (without brackets) of the thread, oldest first.
+    pub references: Vec<String>,
+    pub attachments: Vec<OutgoingAttachment>,
+    /// The Date header; the caller's clock, never the wall clock here.
+    pub date: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingAttachment {
+    pub name: String,
+    /// `type/subtype`; `application/octet-stream` when unsure.
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A mail ready for SMTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltMail {
+    /// Without brackets.
+    pub message_id: String,
+    /// The subject as sent (with the case number).
+    pub subject: String,
+    pub envelope_from: String,
+    /// To and Cc addresses, in order, without duplicates.
+    pub envelope_to: Vec<String>,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error("{field} address {address:?} is not a valid mail address: {reason}")]
+    InvalidAddress {
+        field: &'static str,
+        address: String,
+        reason: String,
+    },
+    #[error("the mail has no recipient")]
+    NoRecipients,
+    #[error("purpose {0:?} must be 1 to 32 characters of a-z, 0-9, '_' and '-'")]
+    InvalidPurpose(String),
+    #[error("host {0:?} is not a domain name")]
+    InvalidHost(String),
+    #[error("case number {0:?} cannot be put in a Message-ID")]
+    InvalidCase(String),
+    #[error("attachment {name:?} has an invalid content type {content_type:?}")]
+    InvalidContentType { name: String, content_type: String },
+    #[error("the MIME builder refused the mail: {0}")]
+    Builder(String),
+}
+
+/// The stable Message-ID of a mail (without brackets):
+/// `TS-2026-000123.ack.1@host`, or `complaintd.digest.20261123@host` without a case.
+pub fn message_id(
+    case: Option<&CaseId>,
+    purpose: &str,
+    sequence: u32,
+    host: &str,
+) -> Result<String, BuildError> {
+    check_purpose(purpose)?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && !host.starts_with('.')
+        && !host.ends_with('.');
+    if !host_ok {
+        return Err(BuildError::InvalidHost(host.to_owned()));
+    }
+    let scope = match case {
+        Some(case) => {
+            let ok = !case.0.is_empty()
+                && case
+                    .0
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !ok {
+                return Err(BuildError::InvalidCase(case.0.clone()));
+            }
+            case.0.as_str()
+        }
+        None => "complaintd",
+    };
+    Ok(format!("{scope}.{purpose}.{sequence}@{host}"))
+}
+
+fn check_purpose(purpose: &str) -> Result<(), BuildError> {
+    let ok = (1..=32).contains(&purpose.len())
+        && purpose
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(BuildError::InvalidPurpose(purpose.to_owned()))
+    }
+}
+
+/// `Auto-Submitted` value for a purpose (RFC 3834): acknowledgements answer a
+/// mail, everything else the daemon sends on its own.
+pub fn auto_submitted(purpose: &str) -> &'static str {
+    if purpose == ACKNOWLEDGEMENT || purpose == "acknowledgement" {
+        "auto-replied"
+    } else {
+        "auto-generated"
+    }
+}
+
+/// The subject with `[case] ` in front, unless the bracketed number is already in it.
+pub fn subject_with_case(case: Option<&CaseId>, subject: &str) -> String {
+    let subject = clean_line(subject);
+    let subject = match case {
+        Some(case) if !subject.contains(&format!("[{case}]")) => {
+            if subject.is_empty() {
+                format!("[{case}]")
+            } else {
+                format!("[{case}] {subject}")
+            }
+        }
+        _ => subject,
+    };
+    subject.chars().take(MAX_SUBJECT_CHARS).collect()
+}
+
+/// Builds the mail. `host` is the domain of Message-IDs.
+pub fn build(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
+    let message_id = message_id(mail.case.as_ref(), &mail.purpose, mail.sequence, host)?;
+    let subject = subject_with_case(mail.case.as_ref(), &mail.subject);
+
+    let from = mailbox("From", &mail.from)?;
+    let to = mailboxes("To", &mail.to)?;
+    let cc = mailboxes("Cc", &mail.cc)?;
+    if to.iter().next().is_none() && cc.iter().next().is_none() {
+        return Err(BuildError::NoRecipients);
+    }
+    let mut envelope_to: Vec<lettre::Address> = Vec::new();
+    for mailbox in to.iter().chain(cc.iter()) {
+        if !envelope_to.contains(&mailbox.email) {
+            envelope_to.push(mailbox.email.clone());
+        }
+    }
+    let envelope = lettre::address::Envelope::new(Some(from.email.clone()), envelope_to.clone())
+        .map_err(|e| BuildError::Builder(e.to_string()))?;
+
+    let mut builder = Message::builder()
+        .message_id(Some(format!("<{message_id}>")))
+        .date(SystemTime::from(mail.date))
+        .mailbox(header::From::from(Mailboxes::from(from.clone())))
+        .subject(subject.clone())
+        .header(AutoSubmitted(auto_submitted(&mail.purpose).to_owned()))
+        // Asks Exchange not to send out-of-office replies to our mail.
+        .header(AutoResponseSuppress("All".to_owned()))
+        .header(ComplaintdPurpose(mail.purpose.clone()))
+        .envelope(envelope);
+    if to.iter().next().is_some() {
+        builder = builder.mailbox(header::To::from(to));
+    }
+    if cc.iter().next().is_some() {
+        builder = builder.mailbox(header::Cc::from(cc));
+    }
+    if let Some(reply_to) = &mail.reply_to {
+        builder = builder.mailbox(header::ReplyTo::from(Mailboxes::from(mailbox(
+            "Reply-To", reply_to,
+        )?)));
+    }
+    if let Some(case) = &mail.case {
+        builder = builder.header(ComplaintdCase(case.0.clone()));
+    }
+    let in_reply_to = mail.in_reply_to.as_deref().and_then(header_message_id);
+    if let Some(id) = &in_reply_to {
+        builder = builder.in_reply_to(id.clone());
+    }
+    let mut references: Vec<String> = mail
+        .references
+        .iter()
+        .filter_map(|id| header_message_id(id))
+        .collect();
+    if let Some(id) = &in_reply_to {
+        if !references.contains(id) {
+            references.push(id.clone());
+        }
+    }
+    if references.len() > MAX_REFERENCES {
+        references.drain(..references.len() - MAX_REFERENCES);
+    }
+    if !references.is_empty() {
+        builder = builder.references(references.join(" "));
+    }
+
+    let boundary_seed = boundary_seed(&message_id, mail);
+    let text_part = SinglePart::plain(mail.text.clone());
+    let body = match &mail.html {
+        Some(html) => Body::Multi(
+            MultiPart::alternative()
+                .boundary(format!("=_alt_{boundary_seed}"))
+                .singlepart(text_part)
+                .singlepart(SinglePart::html(html.clone())),
+        ),
+        None => Body::Single(text_part),
+    };
+    let body = if mail.attachments.is_empty() {
+        body
+    } else {
+        let mut mixed = match body {
+            Body::Single(part) => MultiPart::mixed()
+                .boundary(format!("=_mix_{boundary_seed}"))
+                .singlepart(part),
+            Body::Multi(part) => MultiPart::mixed()
+                .boundary(format!("=_mix_{boundary_seed}"))
+                .multipart(part),
+        };
+        for attachment in &mail.attachments {
+            mixed = mixed.singlepart(attachment_part(attachment)?);
+        }
+        Body::Multi(mixed)
+    };
+    let message = match body {
+        Body::Single(part) => builder.singlepart(part),
+        Body::Multi(part) => builder.multipart(part),
+    }
+    .map_err(|e| BuildError::Builder(e.to_string()))?;
+
+    Ok(BuiltMail {
+        message_id,
+        subject,
+        envelope_from: from.email.to_string(),
+        envelope_to: envelope_to.iter().map(ToString::to_string).collect(),
+        bytes: message.formatted(),
+    })
+}
+
+enum Body {
+    Single(SinglePart),
+    Multi(MultiPart),
+}
+
+/// A boundary that depends on everything in the body, so it cannot occur in
+/// it (short of a hash collision) and is the same on every rebuild.
+fn boundary_seed(message_id: &str, mail: &OutgoingMail) -> String {
+    let mut hasher = Sha256::new();
+    for piece in [
+        message_id.as_bytes(),
+        mail.text.as_bytes(),
+        mail.html.as_deref().unwrap_or_default().as_bytes(),
+    ] {
+        hasher.update((piece.len() as u64).to_be_bytes());
+        hasher.update(piece);
+    }
+    for attachment in &mail.attachments {
+        hasher.update((attachment.bytes.len() as u64).to_be_bytes());
+        hasher.update(&attachment.bytes);
+    }
+    hex::encode(&hasher.finalize()[..16])
+}
+
+fn attachment_part(attachment: &OutgoingAttachment) -> Result<SinglePart, BuildError> {
+    let content_type = ContentType::parse(&attachment.content_type).map_err(|_| {
+        BuildError::InvalidContentType {
+            name: attachment.name.clone(),
+            content_type: attachment.content_type.clone(),
+        }
+    })?;
+    let name = clean_line(
+        attachment
+            .name
+            .rsplit(['/', '\\'])
+            .next()
+            .unwrap_or_default(),
+    );
+    let name = if name.is_empty() {
+        "attachment".to_owned()
+    } else {
+        name
+    };
+    Ok(Attachment::new(name).body(attachment.bytes.clone(), content_type))
+}
+
+/// A Message-ID in brackets for a header, or `None` when it is not safe ASCII.
+fn header_message_id(id: &str) -> Option<String> {
+    normalize_message_id(id)
+        .filter(|id| id.is_ascii())
+        .map(|id| format!("<{id}>"))
+}
+
+fn mailbox(field: &'static str, address: &Address) -> Result<Mailbox, BuildError> {
+    let email = address.email.trim();
+    let parsed: lettre::Address =
+        email.parse().map_err(
+            |e: lettre::address::AddressError| BuildError::InvalidAddress {
+                field,
+                address: email.to_owned(),
+                reason: e.to_string(),
+            },
+        )?;
+    let name = address
+        .name
+        .as_deref()
+        .map(clean_line)
+        .filter(|n| !n.is_empty());
+    Ok(Mailbox::new(name, parsed))
+}
+
+fn mailboxes(field: &'static str, addresses: &[Address]) -> Result<Mailboxes, BuildError> {
+    let mut out = Mailboxes::new();
+    for address in addresses {
+        out.push(mailbox(field, address)?);
+    }
+    Ok(out)
+}
+
+macro_rules! text_header {
+    ($type_name:ident, $header_name:expr) => {
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        struct $type_name(String);
+
+        impl Header for $type_name {
+            fn name() -> HeaderName {
+                HeaderName::new_from_ascii_str($header_name)
+            }
+
+            fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+                Ok(Self(s.to_owned()))
+            }
+
+            fn display(&self) -> HeaderValue {
+                HeaderValue::new(Self::name(), clean_line(&self.0))
+            }
+        }
+    };
+}
+
+text_header!(AutoSubmitted, "Auto-Submitted");
+text_header!(AutoResponseSuppress, "X-Auto-Response-Suppress");
+text_header!(ComplaintdCase, "X-Complaintd-Case");
+text_header!(ComplaintdPurpose, "X-Complaintd-Purpose");

@@ -1,0 +1,435 @@
+//! The case store: the only module that touches sled.
+//!
+//! Everything the daemon must not lose lives here: cases and their
+//! append-only event logs, which Message-IDs were seen, how far each mailbox
+//! was read, pending timers, the outbox, attachments, quarantined mail and
+//! the per-sender acknowledgement counters. Each ingested message (or batch
+//! of messages) is ONE transaction over all trees ([`ChangeSet`],
+//! [`IngestBatch`], [`Store::commit`]); [`Store::flush_async`] makes it
+//! durable before the IMAP server is told. The trees, keys and invariants
+//! are described in `docs/store.md`.
+
+mod batch;
+mod error;
+mod history;
+pub mod keys;
+mod outbox;
+mod records;
+mod schema;
+mod trees;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use sled::transaction::{TransactionError, Transactional, TransactionalTree};
+
+pub use batch::{
+    Applied, CaseRef, ChangeOutcome, ChangeSet, CommitReport, IngestBatch, NewCaseKey, QueuedMail,
+};
+pub use error::StoreError;
+pub use history::{BatchHistory, StoreHistory};
+pub use outbox::{
+    encode_purpose, mail_identity, DeliveryFailure, MailDraft, MailIdentity, OutboxEntry,
+    OutboxState, RenderedMail, Renderer, NO_CASE_SCOPE,
+};
+pub use records::{
+    normalize_message_id, AttachmentRecord, Checkpoint, MessageRecord, QuarantineRecord,
+    Quarantined, Timer,
+};
+pub use schema::SCHEMA_VERSION;
+
+use crate::case::{Case, CaseId, CaseState, Event};
+use records::TimerSlot;
+use trees::{decode, TreeId, Tx, TxResult, META_TREE};
+
+/// How case numbers and Message-IDs are made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSettings {
+    /// Case numbers are `PREFIX-YYYY-NNNNNN`: ASCII letters, digits, `-`, `_`.
+    pub case_prefix: String,
+    /// Digits of the per-year sequence number (zero-padded; larger numbers
+    /// simply get longer).
+    pub case_number_width: usize,
+    /// The time zone whose calendar year a case number carries.
+    pub case_number_tz: chrono_tz::Tz,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            case_prefix: "TS".into(),
+            case_number_width: 6,
+            case_number_tz: chrono_tz::UTC,
+        }
+    }
+}
+
+impl StoreSettings {
+    fn validate(&self) -> Result<(), StoreError> {
+        let prefix_ok = !self.case_prefix.is_empty()
+            && self
+                .case_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !prefix_ok {
+            return Err(StoreError::Settings(format!(
+                "case prefix `{}` must be ASCII letters, digits, `-` or `_`",
+                self.case_prefix
+            )));
+        }
+        if !(1..=18).contains(&self.case_number_width) {
+            return Err(StoreError::Settings(format!(
+                "case number width {} must be between 1 and 18",
+                self.case_number_width
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Which cases [`Store::list_cases`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaseFilter {
+    /// `Some(true)`: open cases only; `Some(false)`: closed ones only.
+    pub open: Option<bool>,
+    pub state: Option<CaseState>,
+    pub severity: Option<String>,
+    /// The department the case is assigned to.
+    pub department: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl CaseFilter {
+    pub fn matches(&self, case: &Case) -> bool {
+        self.open.is_none_or(|open| case.state.is_open() == open)
+            && self.state.is_none_or(|state| case.state == state)
+            && self
+                .severity
+                .as_deref()
+                .is_none_or(|s| case.severity() == Some(s))
+            && self
+                .department
+                .as_deref()
+                .is_none_or(|d| case.assignment.as_ref().is_some_and(|a| a.department == d))
+    }
+}
+
+/// The case store. Cheap to clone: clones share the database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    trees: Arc<[sled::Tree]>,
+    settings: Arc<StoreSettings>,
+    path: Arc<Path>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` with default settings.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        Store::open_with(path, StoreSettings::default())
+    }
+
+    /// Opens (or creates) the store at `path`, migrating an older schema and
+    /// refusing a newer one.
+    pub fn open_with(path: impl AsRef<Path>, settings: StoreSettings) -> Result<Store, StoreError> {
+        settings.validate()?;
+        let path = path.as_ref();
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let meta = db.open_tree(META_TREE)?;
+        schema::prepare(&db, &meta)?;
+        let trees = TreeId::ALL
+            .iter()
+            .map(|id| db.open_tree(id.name()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Store {
+            db,
+            trees: trees.into(),
+            settings: Arc::new(settings),
+            path: path.into(),
+        })
+    }
+
+    pub fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
+    /// The schema version of the open store (always [`SCHEMA_VERSION`] once open).
+    pub fn schema_version(&self) -> u32 {
+        SCHEMA_VERSION
+    }
+
+    pub(crate) fn tree(&self, id: TreeId) -> &sled::Tree {
+        &self.trees[id.index()]
+    }
+
+    /// Runs `body` as one transaction over all trees. `body` may run more
+    /// than once, so it does nothing but read and write the trees.
+    pub(crate) fn transact<T>(
+        &self,
+        body: impl Fn(&Tx<'_>) -> TxResult<T>,
+    ) -> Result<T, StoreError> {
+        let result = self
+            .trees
+            .as_ref()
+            .transaction(|view: &Vec<TransactionalTree>| body(&Tx::new(view)));
+        match result {
+            Ok(value) => Ok(value),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Storage(e)),
+        }
+    }
+
+    /// Makes every committed change durable (fsync). Blocks.
+    pub fn flush(&self) -> Result<usize, StoreError> {
+        Ok(self.db.flush()?)
+    }
+
+    /// Makes every committed change durable without blocking the runtime:
+    /// await it before telling the IMAP server a message is done.
+    pub async fn flush_async(&self) -> Result<usize, StoreError> {
+        Ok(self.db.flush_async().await?)
+    }
+
+    pub(crate) fn get_json<T: DeserializeOwned>(
+        &self,
+        tree: TreeId,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match self.tree(tree).get(key)? {
+            Some(bytes) => decode(tree, key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// One case.
+    pub fn case(&self, id: &CaseId) -> Result<Option<Case>, StoreError> {
+        self.get_json(TreeId::Cases, &keys::case_key(id))
+    }
+
+    pub fn case_exists(&self, id: &CaseId) -> Result<bool, StoreError> {
+        Ok(self.tree(TreeId::Cases).contains_key(keys::case_key(id))?)
+    }
+
+    /// Cases matching `filter`, in case-number order. Scans all cases.
+    pub fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<Case>, StoreError> {
+        self.scan_cases(filter.limit, |case| filter.matches(case))
+    }
+
+    /// Cases whose number, sender address, sender name or subject contains
+    /// `text` (case-insensitive), in case-number order. A plain scan of all
+    /// cases: fine for operator searches, not for hot paths.
+    pub fn search_cases(&self, text: &str, limit: Option<usize>) -> Result<Vec<Case>, StoreError> {
+        let needle = text.to_lowercase();
+        self.scan_cases(limit, |case| {
+            case.id.0.to_lowercase().contains(&needle)
+                || case.sender.email.contains(&needle)
+                || case
+                    .sender
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.to_lowercase().contains(&needle))
+                || case.subject.to_lowercase().contains(&needle)
+        })
+    }
+
+    fn scan_cases(
+        &self,
+        limit: Option<usize>,
+        keep: impl Fn(&Case) -> bool,
+    ) -> Result<Vec<Case>, StoreError> {
+        let limit = limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        for item in self.tree(TreeId::Cases).iter() {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            let case: Case = decode(TreeId::Cases, &key, &value)?;
+            if keep(&case) {
+                out.push(case);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The event log of a case, oldest first.
+    pub fn events(&self, id: &CaseId) -> Result<Vec<Event>, StoreError> {
+        self.tree(TreeId::Events)
+            .scan_prefix(keys::event_prefix(id))
+            .map(|item| {
+                let (key, value) = item?;
+                decode(TreeId::Events, &key, &value)
+            })
+            .collect()
+    }
+
+    /// What the store knows about a Message-ID (angle brackets optional).
+    pub fn message(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        let key = normalize_message_id(message_id);
+        self.get_json(TreeId::MessageIds, key.as_bytes())
+    }
+
+    /// How far a mailbox has been read.
+    pub fn checkpoint(&self, mailbox: &str) -> Result<Option<Checkpoint>, StoreError> {
+        self.get_json(TreeId::Checkpoints, mailbox.as_bytes())
+    }
+
+    /// Timers due at or before `until`, earliest first. They stay stored
+    /// until a change set removes them ([`ChangeSet::remove_timer`]).
+    pub fn due_timers(&self, until: DateTime<Utc>) -> Result<Vec<Timer>, StoreError> {
+        let timers = self.tree(TreeId::Timers);
+        let range = match keys::prefix_end(&keys::time_key(until)) {
+            Some(end) => timers.range(..end),
+            None => timers.range::<&[u8], _>(..),
+        };
+        range
+            .map(|item| {
+                let (key, _) = item?;
+                decode_timer(&key)
+            })
+            .collect()
+    }
+
+    /// When the earliest timer is due: one read of the first key of the
+    /// time-ordered index, however many cases are open.
+    pub fn next_timer_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match self.tree(TreeId::Timers).first()? {
+            None => Ok(None),
+            Some((key, _)) => decode_timer(&key).map(|t| Some(t.due)),
+        }
+    }
+
+    /// The pending timers of a case, by deadline then due time.
+    pub fn timers_of_case(&self, id: &CaseId) -> Result<Vec<Timer>, StoreError> {
+        let mut out = Vec::new();
+        let prefix = keys::KeyBuf::new().str(&id.0).build();
+        for item in self.tree(TreeId::TimerClocks).scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let mut reader = keys::KeyReader::new(&key[prefix.len()..]);
+            let deadline = reader
+                .str()
+                .ok_or_else(|| StoreError::corrupt(TreeId::TimerClocks.name(), &key, "bad key"))?;
+            let slots: Vec<TimerSlot> = decode(TreeId::TimerClocks, &key, &value)?;
+            out.extend(slots.into_iter().map(|s| Timer {
+                due: s.due,
+                case: id.clone(),
+                deadline: deadline.to_owned(),
+                step: s.step,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Acknowledgements counted for `sender` in the hour of `at`.
+    pub fn acks_in_hour(&self, sender: &str, at: DateTime<Utc>) -> Result<u64, StoreError> {
+        let sender = sender.trim().to_lowercase();
+        let key = keys::ack_key(&sender, keys::hour_bucket(at));
+        match self.tree(TreeId::AckCounters).get(&key)? {
+            None => Ok(0),
+            Some(raw) => <[u8; 8]>::try_from(raw.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::corrupt(TreeId::AckCounters.name(), &key, "not 8 bytes")),
+        }
+    }
+
+    /// Removes acknowledgement counters of hours that ended before `before`;
+    /// returns how many were removed. Maintenance: the counters only serve
+    /// rate limiting over recent hours.
+    pub fn prune_ack_counters(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
+        let cutoff = keys::hour_bucket(before);
+        let tree = self.tree(TreeId::AckCounters);
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for item in tree.iter() {
+            let (key, _) = item?;
+            let bucket = key
+                .len()
+                .checked_sub(8)
+                .and_then(|at| <[u8; 8]>::try_from(&key[at..]).ok())
+                .map(|raw| (u64::from_be_bytes(raw) ^ (1 << 63)) as i64)
+                .ok_or_else(|| StoreError::corrupt(TreeId::AckCounters.name(), &key, "bad key"))?;
+            if bucket < cutoff {
+                batch.remove(key);
+                removed += 1;
+            }
+        }
+        tree.apply_batch(batch)?;
+        Ok(removed)
+    }
+
+    /// The bytes of a stored attachment.
+    pub fn attachment(&self, sha256_hex: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tree(TreeId::Attachments)
+            .get(sha256_hex.as_bytes())?
+            .map(|v| v.to_vec()))
+    }
+
+    /// The attachments of a case.
+    pub fn case_attachments(&self, id: &CaseId) -> Result<Vec<AttachmentRecord>, StoreError> {
+        self.tree(TreeId::AttachmentRefs)
+            .scan_prefix(keys::attachment_ref_prefix(id))
+            .map(|item| {
+                let (key, value) = item?;
+                decode(TreeId::AttachmentRefs, &key, &value)
+            })
+            .collect()
+    }
+
+    /// Every quarantined mail, oldest first.
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        self.tree(TreeId::Quarantine)
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                let id = <[u8; 8]>::try_from(key.as_ref())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::corrupt(TreeId::Quarantine.name(), &key, "bad id"))?;
+                Ok(Quarantined {
+                    id,
+                    record: decode(TreeId::Quarantine, &key, &value)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The raw bytes kept of a quarantined mail.
+    pub fn quarantined_raw(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tree(TreeId::QuarantineRaw)
+            .get(id.to_be_bytes())?
+            .map(|v| v.to_vec()))
+    }
+}
+
+fn decode_timer(key: &[u8]) -> Result<Timer, StoreError> {
+    let bad = || StoreError::corrupt(TreeId::Timers.name(), key, "bad timer key");
+    let mut reader = keys::KeyReader::new(key);
+    let due = reader.time().ok_or_else(bad)?;
+    let case = reader.str().ok_or_else(bad)?;
+    let deadline = reader.str().ok_or_else(bad)?;
+    let step = reader.u64().ok_or_else(bad)?;
+    Ok(Timer {
+        due,
+        case: CaseId(case.to_owned()),
+        deadline: deadline.to_owned(),
+        step: usize::try_from(step).map_err(|_| bad())?,
+    })
+}

@@ -1,0 +1,162 @@
+//! The store's schema version and the migrations that bring an older store up to date.
+//!
+//! The version lives in the `meta` tree under `schema_version` (a big-endian
+//! `u32`). A fresh store gets the current version; an older one runs its
+//! migrations in order, recording each step, so a crash mid-way resumes from
+//! the last finished step; a newer one is refused, untouched.
+
+use super::error::StoreError;
+use super::trees::TreeId;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Key of the version in the `meta` tree.
+pub const VERSION_KEY: &[u8] = b"schema_version";
+
+/// A migration step from version `n` to `n + 1`.
+pub(crate) type Migration = fn(&sled::Db) -> Result<(), StoreError>;
+
+/// `MIGRATIONS[i]` upgrades version `i + 1` to `i + 2`. Version 1 is the
+/// first, so there are none yet; add steps here, never edit shipped ones.
+pub(crate) const MIGRATIONS: &[Migration] = &[];
+
+/// Reads the stored version, initialises or migrates, and returns the
+/// version the store now has.
+pub(crate) fn prepare(db: &sled::Db, meta: &sled::Tree) -> Result<u32, StoreError> {
+    prepare_with(db, meta, SCHEMA_VERSION, MIGRATIONS)
+}
+
+pub(crate) fn prepare_with(
+    db: &sled::Db,
+    meta: &sled::Tree,
+    current: u32,
+    migrations: &[Migration],
+) -> Result<u32, StoreError> {
+    let stored = match meta.get(VERSION_KEY)? {
+        Some(raw) => {
+            let bytes: [u8; 4] = raw.as_ref().try_into().map_err(|_| {
+                StoreError::corrupt("meta", VERSION_KEY, "schema version is not 4 bytes")
+            })?;
+            u32::from_be_bytes(bytes)
+        }
+        None => {
+            if !db.open_tree(TreeId::Cases.name())?.is_empty() {
+                return Err(StoreError::corrupt(
+                    "meta",
+                    VERSION_KEY,
+                    "the store holds cases but no schema version",
+                ));
+            }
+            meta.insert(VERSION_KEY, &current.to_be_bytes())?;
+            db.flush()?;
+            return Ok(current);
+        }
+    };
+    if stored > current {
+        return Err(StoreError::SchemaTooNew {
+            found: stored,
+            supported: current,
+        });
+    }
+    for from in stored..current {
+        let step = usize::try_from(from)
+            .ok()
+            .and_then(|f| f.checked_sub(1))
+            .and_then(|i| migrations.get(i))
+            .ok_or(StoreError::MissingMigration { from, to: from + 1 })?;
+        step(db)?;
+        meta.insert(VERSION_KEY, &(from + 1).to_be_bytes())?;
+        db.flush()?;
+    }
+    Ok(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temporary() -> (sled::Db, sled::Tree) {
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .expect("temporary db");
+        let meta = db.open_tree("meta").expect("meta tree");
+        (db, meta)
+    }
+
+    fn version(meta: &sled::Tree) -> Option<Vec<u8>> {
+        meta.get(VERSION_KEY).expect("read").map(|v| v.to_vec())
+    }
+
+    fn mark_v2(db: &sled::Db) -> Result<(), StoreError> {
+        db.insert(b"migrated-to-2", b"yes")?;
+        Ok(())
+    }
+
+    fn mark_v3(db: &sled::Db) -> Result<(), StoreError> {
+        assert_eq!(
+            db.get(b"migrated-to-2").expect("read").as_deref(),
+            Some(&b"yes"[..]),
+            "steps run in order"
+        );
+        db.insert(b"migrated-to-3", b"yes")?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_fresh_store_gets_the_current_version() {
+        let (db, meta) = temporary();
+        assert_eq!(
+            prepare_with(&db, &meta, 3, &[mark_v2, mark_v3]).ok(),
+            Some(3)
+        );
+        assert_eq!(version(&meta), Some(3u32.to_be_bytes().to_vec()));
+        assert!(db.get(b"migrated-to-2").expect("read").is_none());
+    }
+
+    #[test]
+    fn an_old_store_runs_every_step_in_order() {
+        let (db, meta) = temporary();
+        meta.insert(VERSION_KEY, &1u32.to_be_bytes())
+            .expect("write");
+        assert_eq!(
+            prepare_with(&db, &meta, 3, &[mark_v2, mark_v3]).ok(),
+            Some(3)
+        );
+        assert!(db.get(b"migrated-to-3").expect("read").is_some());
+        assert_eq!(version(&meta), Some(3u32.to_be_bytes().to_vec()));
+    }
+
+    #[test]
+    fn a_missing_step_is_an_error_and_keeps_the_old_version() {
+        let (db, meta) = temporary();
+        meta.insert(VERSION_KEY, &1u32.to_be_bytes())
+            .expect("write");
+        let err = prepare_with(&db, &meta, 3, &[mark_v2]).expect_err("no step 2→3");
+        assert!(
+            matches!(err, StoreError::MissingMigration { from: 2, to: 3 }),
+            "{err}"
+        );
+        assert_eq!(version(&meta), Some(2u32.to_be_bytes().to_vec()));
+    }
+
+    #[test]
+    fn a_newer_store_is_refused_untouched() {
+        let (db, meta) = temporary();
+        meta.insert(VERSION_KEY, &9u32.to_be_bytes())
+            .expect("write");
+        let err = prepare_with(&db, &meta, 1, &[]).expect_err("too new");
+        assert!(
+            matches!(
+                err,
+                StoreError::SchemaTooNew {
+                    found: 9,
+                    supported: 1
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(version(&meta), Some(9u32.to_be_bytes().to_vec()));
+    }
+}

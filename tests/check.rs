@@ -1,0 +1,228 @@
+//! Checker diagnostics, asserted as exact rendered text.
+
+use complaintd::rules::check::{check, Checked, Environment};
+use complaintd::rules::diag::render_all;
+use complaintd::rules::parse::parse_file;
+use complaintd::rules::{Limits, SourceMap};
+
+/// A small valid policy that the snippets below extend.
+const BASE: &str = r#"
+severity general < important < major
+category billing "收费"
+category safety "安全"
+channel own "自有渠道"
+calendar office "Asia/Shanghai" {
+    hours mon..fri 09:00-12:00 13:00-18:00
+}
+department service "客服" <service@corp.example> {
+    manager <lead@corp.example>
+    contact supervisor <sup@corp.example>
+}
+department quality "质检部" <qa@corp.example>
+template reminder "reminder"
+"#;
+
+fn check_files(files: &[(&str, &str)]) -> Checked {
+    let mut sources = SourceMap::new();
+    let mut parsed = Vec::new();
+    for (name, text) in files {
+        let id = sources.add(*name, *text);
+        match parse_file(id, text) {
+            Ok(file) => parsed.push(file),
+            Err(d) => panic!("{}", d.render(&sources)),
+        }
+    }
+    check(sources, &parsed, Limits::default(), &Environment::default())
+}
+
+/// Checks BASE plus `extra` (as `policy.rules`) and renders all diagnostics.
+fn diagnostics(extra: &str) -> String {
+    let checked = check_files(&[("base.rules", BASE), ("policy.rules", extra)]);
+    render_all(&checked.diagnostics, &checked.sources)
+}
+
+#[test]
+fn the_default_policy_checks_clean() {
+    let mut files: Vec<(String, String)> = std::fs::read_dir("rules")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rules"))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    let borrowed: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let checked = check_files(&borrowed);
+    assert_eq!(render_all(&checked.diagnostics, &checked.sources), "");
+    assert!(checked.policy.is_some());
+}
+
+#[test]
+fn a_clean_policy_has_no_diagnostics() {
+    assert_eq!(diagnostics("route {\n    otherwise -> service\n}\n"), "");
+}
+
+/// One snapshot per checker error kind: the exact rendered diagnostics.
+macro_rules! diagnostic_snapshot {
+    ($name:ident, $policy:expr) => {
+        #[test]
+        fn $name() {
+            insta::assert_snapshot!(stringify!($name), diagnostics($policy));
+        }
+    };
+}
+
+const ROUTE: &str = "route {\n    otherwise -> service\n}\n";
+
+diagnostic_snapshot!(
+    unknown_department_suggests_the_near_name,
+    "route {\n    when category == billing -> qualty\n    otherwise -> service\n}\n"
+);
+diagnostic_snapshot!(
+    unknown_department_lists_the_declared_ones,
+    "route {\n    otherwise -> 财务部\n}\n"
+);
+diagnostic_snapshot!(
+    unknown_calendar,
+    &format!("{ROUTE}deadline resolve {{\n    calendar ofice\n    starts on received\n    stops on resolved\n    otherwise -> 3 working days\n}}\n")
+);
+diagnostic_snapshot!(
+    unknown_template,
+    &format!("{ROUTE}deadline resolve {{\n    starts on received\n    stops on resolved\n    otherwise -> 3 days\n}}\nescalate resolve {{\n    at 50% notify assignee using remider\n}}\n")
+);
+diagnostic_snapshot!(
+    unknown_field_in_a_condition,
+    &format!("{ROUTE}classify {{\n    rule r: when subjet contains \"账单\" then category = billing\n}}\n")
+);
+diagnostic_snapshot!(
+    unknown_severity_in_an_action,
+    &format!(
+        "{ROUTE}classify {{\n    rule r: when text contains \"律师\" then severity >= majr\n}}\n"
+    )
+);
+diagnostic_snapshot!(
+    unknown_category_in_a_comparison,
+    &format!("{ROUTE}classify {{\n    rule r: when category == biling then tag x\n}}\n")
+);
+diagnostic_snapshot!(
+    duplicate_category,
+    &format!("{ROUTE}category billing \"again\"\n")
+);
+diagnostic_snapshot!(
+    severity_compared_with_text,
+    &format!("{ROUTE}classify {{\n    rule r: when severity == \"major\" then tag x\n}}\n")
+);
+diagnostic_snapshot!(
+    text_has_no_order,
+    &format!("{ROUTE}classify {{\n    rule r: when subject > \"a\" then tag x\n}}\n")
+);
+diagnostic_snapshot!(
+    regex_that_does_not_compile,
+    &format!("{ROUTE}classify {{\n    rule r: when text matches /投诉(/ then tag x\n}}\n")
+);
+diagnostic_snapshot!(
+    zero_duration_is_impossible,
+    &format!("{ROUTE}deadline resolve {{\n    starts on received\n    stops on resolved\n    otherwise -> 0 days\n}}\n")
+);
+diagnostic_snapshot!(
+    routes_that_fall_through,
+    "route {\n    when category == billing -> service\n}\n"
+);
+diagnostic_snapshot!(
+    deadline_without_otherwise,
+    &format!("{ROUTE}deadline resolve {{\n    starts on received\n    stops on resolved\n    when severity == major -> 1 day\n}}\n")
+);
+diagnostic_snapshot!(
+    step_after_a_hard_stop,
+    &format!("{ROUTE}deadline appeal {{\n    starts on received\n    stops on closed\n    hard stop\n    otherwise -> 3 days\n}}\nescalate appeal {{\n    at 1 day after due notify assignee using reminder\n}}\n")
+);
+diagnostic_snapshot!(
+    unreachable_route_is_a_warning,
+    "route {\n    when severity == major -> quality\n    when severity == major -> service\n    otherwise -> service\n}\n"
+);
+diagnostic_snapshot!(
+    unreachable_rule_is_a_warning,
+    &format!("{ROUTE}classify {{\n    rule all: when always then tag seen, stop\n    rule never: when text contains \"x\" then tag x\n}}\n")
+);
+diagnostic_snapshot!(
+    capture_group_that_does_not_exist,
+    &format!("{ROUTE}field loss: number\nclassify {{\n    rule r: when text matches /损失([0-9]+)元/ then loss = $2\n}}\n")
+);
+diagnostic_snapshot!(
+    read_only_field,
+    &format!("{ROUTE}classify {{\n    rule r: when always then subject = \"x\"\n}}\n")
+);
+diagnostic_snapshot!(
+    invalid_cron,
+    &format!("{ROUTE}schedule weekly \"0 9 * MON\" {{\n    digest cases where open\n    to service\n    using reminder\n}}\n")
+);
+diagnostic_snapshot!(
+    schedule_to_the_assignee,
+    &format!("{ROUTE}schedule weekly \"0 9 * * MON\" {{\n    digest cases where open\n    to assignee\n    using reminder\n}}\n")
+);
+diagnostic_snapshot!(
+    unknown_contact_role,
+    &format!("{ROUTE}deadline resolve {{\n    starts on received\n    stops on resolved\n    otherwise -> 3 days\n}}\nescalate resolve {{\n    at 100% notify assignee.supervsor using reminder\n}}\n")
+);
+diagnostic_snapshot!(
+    address_of_two_departments,
+    &format!("{ROUTE}department billing_dept \"收费部\" <qa@corp.example>\n")
+);
+diagnostic_snapshot!(no_route_block, "category other \"其他\"\n");
+diagnostic_snapshot!(
+    all_problems_at_once,
+    "route {\n    when category == biling -> qualty\n}\ndeadline resolve {\n    calendar ofice\n    starts on received\n    stops on received\n    otherwise -> 0 hours\n}\nclassify {\n    rule r: when severity == \"major\" then severity >= majr\n}\n"
+);
+
+#[test]
+fn missing_template_files_are_named() {
+    let mut sources = SourceMap::new();
+    let text = format!("{BASE}languages zh en\n{ROUTE}");
+    let id = sources.add("policy.rules", text.as_str());
+    let file = parse_file(id, &text).unwrap();
+    let env = Environment {
+        template_files: Some(
+            ["remindr.zh.txt".to_owned(), "remindr.en.txt".to_owned()]
+                .into_iter()
+                .collect(),
+        ),
+    };
+    let checked = check(sources, &[file], Limits::default(), &env);
+    insta::assert_snapshot!(
+        "missing_template_files",
+        render_all(&checked.diagnostics, &checked.sources)
+    );
+}
+
+#[test]
+fn a_regex_over_the_size_limit_is_refused() {
+    let text = format!("{BASE}{ROUTE}classify {{\n    rule r: when text matches /\\w{{1000}}\\w{{1000}}/ then tag x\n}}\n");
+    let mut sources = SourceMap::new();
+    let id = sources.add("policy.rules", text.as_str());
+    let file = parse_file(id, &text).unwrap();
+    let limits = Limits {
+        max_regex_size: 10_000,
+        ..Limits::default()
+    };
+    let checked = check(sources, &[file], limits, &Environment::default());
+    insta::assert_snapshot!(
+        "regex_over_the_size_limit",
+        render_all(&checked.diagnostics, &checked.sources)
+    );
+}
+
+#[test]
+fn a_directory_of_broken_files_yields_every_diagnostic() {
+    let checked =
+        complaintd::cli::load_and_check(std::path::Path::new("tests/fixtures/rules/errors"));
+    let expected = std::fs::read_to_string("tests/fixtures/rules/errors.expected").unwrap();
+    assert!(checked.policy.is_none());
+    assert_eq!(render_all(&checked.diagnostics, &checked.sources), expected);
+}

@@ -1,0 +1,1498 @@
+//! Store behaviour on a real sled database in a temporary directory:
+//! atomicity, durability across reopen, case numbering, timers, the outbox
+//! state machine, history counts, de-duplication and schema refusal.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use complaintd::case::{Address, Case, CaseId, CaseState, Event, EventKind, FieldValue};
+use complaintd::mail::outbound::{self, OutgoingMail};
+use complaintd::mail::KnownMessage;
+use complaintd::rules::eval::CaseHistory;
+use complaintd::store::{
+    CaseFilter, CaseRef, ChangeOutcome, ChangeSet, Checkpoint, DeliveryFailure, IngestBatch,
+    MailDraft, MailIdentity, MessageRecord, OutboxState, QuarantineRecord, RenderedMail, Store,
+    StoreError, StoreSettings, Timer,
+};
+use proptest::prelude::*;
+use tempfile::TempDir;
+
+fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
+        .single()
+        .expect("valid time")
+}
+
+fn t0() -> DateTime<Utc> {
+    at(2026, 3, 2, 9, 0)
+}
+
+fn draft(sender: &str, created_at: DateTime<Utc>, subject: &str) -> Case {
+    Case::new(
+        CaseId("unnumbered".into()),
+        created_at,
+        "email",
+        Address::new(sender, None),
+        subject,
+        "zh",
+    )
+}
+
+fn note(at: DateTime<Utc>, text: &str) -> Event {
+    Event {
+        at,
+        kind: EventKind::Note { text: text.into() },
+    }
+}
+
+/// Renders with the real outgoing-mail builder, as the daemon does.
+fn render(identity: &MailIdentity) -> Result<RenderedMail, String> {
+    let mail = OutgoingMail {
+        case: identity.case.clone(),
+        purpose: identity.purpose.clone(),
+        sequence: identity.sequence,
+        from: Address::new("complaints@corp.example", Some("投诉中心")),
+        to: vec![Address::new("customer@example.com", None)],
+        cc: Vec::new(),
+        reply_to: None,
+        subject: "您的投诉已受理".into(),
+        text: "我们已收到您的投诉。".into(),
+        html: None,
+        in_reply_to: None,
+        references: Vec::new(),
+        attachments: Vec::new(),
+        date: t0(),
+    };
+    let built = outbound::build(&mail, "corp.example").map_err(|e| e.to_string())?;
+    Ok(RenderedMail {
+        message_id: built.message_id,
+        subject: built.subject,
+        bytes: built.bytes,
+    })
+}
+
+/// Renders a minimal message whose Message-ID follows the outbox id.
+fn render_plain(identity: &MailIdentity) -> Result<RenderedMail, String> {
+    let message_id = format!("{}@corp.example", identity.outbox_id);
+    Ok(RenderedMail {
+        bytes: format!("Message-ID: <{message_id}>\r\n\r\nx\r\n").into_bytes(),
+        message_id,
+        subject: identity.purpose.clone(),
+    })
+}
+
+fn ack(to: &str, at: DateTime<Utc>) -> MailDraft {
+    MailDraft::new(
+        "ack",
+        "acknowledgement",
+        "complaints@corp.example",
+        vec![to.into()],
+        at,
+        render,
+    )
+}
+
+fn open(dir: &TempDir) -> Store {
+    Store::open(dir.path().join("db")).expect("open store")
+}
+
+/// One complete "new complaint" change set, as the ingest path builds it.
+fn new_complaint(message_id: &str, sender: &str, when: DateTime<Utc>) -> (ChangeSet, CaseRef) {
+    let mut changes = ChangeSet::for_message(message_id, when).expect("message id");
+    let case = changes
+        .new_case(draft(sender, when, "停气 通知"))
+        .expect("new case");
+    changes.append_event(
+        &case,
+        Event {
+            at: when,
+            kind: EventKind::Created {
+                message_id: message_id.into(),
+                channel: "email".into(),
+                sender: sender.into(),
+            },
+        },
+    );
+    changes.link_message(&case).expect("link");
+    changes.add_timer(&case, "forward", 0, when + Duration::hours(1));
+    changes.queue_mail(&case, ack(sender, when)).expect("mail");
+    changes.count_ack(sender, when);
+    (changes, case)
+}
+
+fn ingest_new(store: &Store, message_id: &str, sender: &str, when: DateTime<Utc>) -> CaseId {
+    let (changes, case) = new_complaint(message_id, sender, when);
+    let outcome = store.apply(&changes).expect("commit");
+    outcome.case_id(&case).expect("numbered")
+}
+
+fn ids(cases: &[Case]) -> Vec<String> {
+    cases.iter().map(|c| c.id.0.clone()).collect()
+}
+
+#[test]
+fn one_message_commits_everything_together() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let (changes, case) = new_complaint("<m1@customer.example>", "a@customer.example", t0());
+    let outcome = store
+        .ingest(
+            "INBOX",
+            Checkpoint {
+                uid_validity: 9,
+                last_uid: 41,
+            },
+            &changes,
+        )
+        .expect("commit");
+    let id = outcome.case_id(&case).expect("numbered");
+    assert_eq!(id.0, "TS-2026-000001");
+
+    let stored = store.case(&id).expect("read").expect("case stored");
+    assert_eq!(stored.id, id);
+    assert_eq!(stored.sender.email, "a@customer.example");
+    assert_eq!(
+        store.message("m1@customer.example").expect("read"),
+        Some(MessageRecord::Incoming {
+            case: id.clone(),
+            at: t0()
+        })
+    );
+    assert_eq!(
+        store.checkpoint("INBOX").expect("read"),
+        Some(Checkpoint {
+            uid_validity: 9,
+            last_uid: 41
+        })
+    );
+    assert_eq!(
+        store.timers_of_case(&id).expect("read"),
+        vec![Timer {
+            due: t0() + Duration::hours(1),
+            case: id.clone(),
+            deadline: "forward".into(),
+            step: 0
+        }]
+    );
+    let events = store.events(&id).expect("read");
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::Created { .. } => "created",
+            EventKind::MailQueued { .. } => "mail_queued",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["created", "mail_queued"]);
+    let mail = &outcome.applied().expect("applied").mails[0];
+    assert_eq!(mail.outbox_id, "TS-2026-000001.ack.1");
+    assert_eq!(mail.message_id, "TS-2026-000001.ack.1@corp.example");
+    assert_eq!(
+        store
+            .message("<TS-2026-000001.ack.1@corp.example>")
+            .expect("read")
+            .as_ref()
+            .map(KnownMessage::from),
+        Some(KnownMessage::Sent {
+            case: Some(id.clone()),
+            purpose: "ack".into()
+        }),
+        "a reply to the acknowledgement threads to the case"
+    );
+    assert_eq!(
+        store.message(&mail.message_id).expect("read"),
+        Some(MessageRecord::Outgoing {
+            case: Some(id.clone()),
+            outbox_id: mail.outbox_id.clone(),
+            purpose: "ack".into(),
+        })
+    );
+    assert_eq!(
+        store
+            .acks_in_hour("A@customer.example", t0())
+            .expect("read"),
+        1
+    );
+    assert_eq!(store.queue_depth(), 1);
+}
+
+#[test]
+fn a_conflict_in_a_batch_leaves_nothing_behind() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let existing = ingest_new(&store, "<old@x>", "old@customer.example", t0());
+    let base = store.case(&existing).expect("read").expect("stored");
+    let events_before = store.events(&existing).expect("read");
+
+    // Someone else changes the case after we read it.
+    let mut concurrent = base.clone();
+    concurrent.state = CaseState::Assigned;
+    let mut other = ChangeSet::new();
+    other
+        .update_case(&base, concurrent.clone())
+        .expect("update");
+    store.apply(&other).expect("concurrent update");
+
+    let mut batch = IngestBatch::new();
+    let (first, _) = new_complaint(
+        "<new@x>",
+        "new@customer.example",
+        t0() + Duration::minutes(5),
+    );
+    batch.push(first);
+    let mut stale = ChangeSet::for_message("<reply@x>", t0()).expect("id");
+    let mut updated = base.clone();
+    updated.state = CaseState::InProgress;
+    let target = stale.update_case(&base, updated).expect("update");
+    stale.append_event(&target, note(t0(), "customer replied"));
+    stale.link_message(&target).expect("link");
+    batch.push(stale);
+    batch.advance_checkpoint(
+        "INBOX",
+        Checkpoint {
+            uid_validity: 1,
+            last_uid: 7,
+        },
+    );
+
+    let err = store.commit(&batch).expect_err("stale base must abort");
+    assert!(
+        matches!(&err, StoreError::Conflict(id) if *id == existing),
+        "{err}"
+    );
+
+    // Nothing of either change set, nor the checkpoint, was written.
+    assert_eq!(store.message("new@x").expect("read"), None);
+    assert_eq!(store.message("reply@x").expect("read"), None);
+    assert_eq!(store.checkpoint("INBOX").expect("read"), None);
+    assert_eq!(store.case(&existing).expect("read"), Some(concurrent));
+    assert_eq!(
+        store.events(&existing).expect("read").len(),
+        events_before.len()
+    );
+    assert_eq!(
+        ids(&store.list_cases(&CaseFilter::default()).expect("list")),
+        ["TS-2026-000001"]
+    );
+    assert_eq!(
+        store
+            .due_timers(t0() + Duration::days(1))
+            .expect("read")
+            .len(),
+        1
+    );
+    assert_eq!(store.queue_depth(), 1);
+    assert_eq!(
+        store
+            .acks_in_hour("new@customer.example", t0())
+            .expect("read"),
+        0
+    );
+
+    // The number the aborted batch would have used is the next one given.
+    let next = ingest_new(&store, "<new@x>", "new@customer.example", t0());
+    assert_eq!(next.0, "TS-2026-000002");
+}
+
+#[test]
+fn a_failing_renderer_or_unknown_case_aborts_the_commit() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let (mut changes, case) = new_complaint("<m@x>", "a@x.example", t0());
+    changes
+        .queue_mail(
+            &case,
+            MailDraft::new(
+                "forward",
+                "forward",
+                "complaints@corp.example",
+                vec!["service@corp.example".into()],
+                t0(),
+                |_| Err("template `forward` has no zh variant".into()),
+            ),
+        )
+        .expect("queue");
+    let err = store.apply(&changes).expect_err("render fails");
+    assert!(
+        matches!(&err, StoreError::Render { outbox_id, .. } if outbox_id == "TS-2026-000001.forward.1"),
+        "{err}"
+    );
+    assert!(store
+        .list_cases(&CaseFilter::default())
+        .expect("list")
+        .is_empty());
+    assert_eq!(store.message("m@x").expect("read"), None);
+
+    let mut orphan = ChangeSet::new();
+    orphan.append_event(
+        &CaseRef::Existing(CaseId("TS-2026-999999".into())),
+        note(t0(), "lost"),
+    );
+    let err = store.apply(&orphan).expect_err("unknown case");
+    assert!(matches!(err, StoreError::UnknownCase(_)), "{err}");
+}
+
+#[test]
+fn a_message_without_a_disposition_is_refused_before_writing() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let mut changes = ChangeSet::for_message("<m@x>", t0()).expect("id");
+    changes
+        .new_case(draft("a@x.example", t0(), "s"))
+        .expect("new case");
+    let err = store.apply(&changes).expect_err("no disposition");
+    assert!(matches!(err, StoreError::InvalidBatch(_)), "{err}");
+    assert!(store
+        .list_cases(&CaseFilter::default())
+        .expect("list")
+        .is_empty());
+}
+
+#[test]
+fn everything_survives_drop_and_reopen() {
+    let dir = TempDir::new().expect("tempdir");
+    let (id, outbox_id, bytes) = {
+        let store = open(&dir);
+        let (mut changes, case) = new_complaint("<m1@x>", "a@x.example", t0());
+        let record =
+            changes.store_attachment(&case, "../../etc/passwd", "image/png", vec![1, 2, 3]);
+        assert_eq!(record.sha256.len(), 64);
+        let outcome = store
+            .ingest(
+                "INBOX",
+                Checkpoint {
+                    uid_validity: 3,
+                    last_uid: 10,
+                },
+                &changes,
+            )
+            .expect("commit");
+        let id = outcome.case_id(&case).expect("numbered");
+        let mut quarantine = ChangeSet::for_message("<broken@x>", t0()).expect("id");
+        quarantine
+            .quarantine(
+                QuarantineRecord {
+                    at: t0(),
+                    mailbox: "INBOX".into(),
+                    uid: Some(11),
+                    message_id: Some("broken@x".into()),
+                    reason: "MIME boundary never closed".into(),
+                    size: 5,
+                    truncated: false,
+                },
+                b"junk!".to_vec(),
+            )
+            .expect("quarantine");
+        store.apply(&quarantine).expect("commit");
+        let outbox_id = outcome.applied().expect("applied").mails[0]
+            .outbox_id
+            .clone();
+        let bytes = store
+            .outbox_message(&outbox_id)
+            .expect("read")
+            .expect("bytes");
+        store.flush().expect("flush");
+        (id, outbox_id, bytes)
+    };
+
+    let store = open(&dir);
+    let case = store.case(&id).expect("read").expect("case survives");
+    assert_eq!(case.sender.email, "a@x.example");
+    assert_eq!(store.events(&id).expect("read").len(), 2);
+    assert_eq!(
+        store.checkpoint("INBOX").expect("read"),
+        Some(Checkpoint {
+            uid_validity: 3,
+            last_uid: 10
+        })
+    );
+    assert_eq!(
+        store.outbox_message(&outbox_id).expect("read"),
+        Some(bytes.clone())
+    );
+    assert!(
+        String::from_utf8_lossy(&bytes).contains("Message-ID: <TS-2026-000001.ack.1@corp.example>")
+    );
+    assert_eq!(
+        store.next_timer_due().expect("read"),
+        Some(t0() + Duration::hours(1))
+    );
+    let attachments = store.case_attachments(&id).expect("read");
+    assert_eq!(attachments.len(), 1);
+    assert_eq!(attachments[0].name, "../../etc/passwd");
+    assert_eq!(
+        store.attachment(&attachments[0].sha256).expect("read"),
+        Some(vec![1, 2, 3])
+    );
+    let quarantined = store.quarantined().expect("read");
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].record.reason, "MIME boundary never closed");
+    assert_eq!(
+        store.quarantined_raw(quarantined[0].id).expect("read"),
+        Some(b"junk!".to_vec())
+    );
+    assert_eq!(
+        store.message("broken@x").expect("read"),
+        Some(MessageRecord::Quarantined {
+            quarantine_id: quarantined[0].id,
+            at: t0()
+        })
+    );
+}
+
+#[test]
+fn case_numbers_have_no_gaps_across_reopen_and_aborts() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut seen = Vec::new();
+    for round in 0..3 {
+        let store = open(&dir);
+        for n in 0..3 {
+            let mid = format!("<r{round}n{n}@x>");
+            seen.push(ingest_new(&store, &mid, "a@x.example", t0()).0);
+        }
+        // An aborted commit in every round consumes no number.
+        let (mut bad, case) = new_complaint(&format!("<bad{round}@x>"), "a@x.example", t0());
+        bad.append_event(&CaseRef::Existing(CaseId("nope".into())), note(t0(), "x"));
+        assert!(store.apply(&bad).is_err());
+        assert!(store
+            .message(&format!("bad{round}@x"))
+            .expect("read")
+            .is_none());
+        drop(case);
+    }
+    let expected: Vec<String> = (1..=9).map(|n| format!("TS-2026-{n:06}")).collect();
+    assert_eq!(seen, expected);
+    let store = open(&dir);
+    assert_eq!(
+        ids(&store.list_cases(&CaseFilter::default()).expect("list")),
+        expected
+    );
+}
+
+#[test]
+fn case_numbers_restart_each_year_in_the_configured_time_zone() {
+    let dir = TempDir::new().expect("tempdir");
+    let settings = StoreSettings {
+        case_prefix: "GAS".into(),
+        case_number_width: 4,
+        case_number_tz: chrono_tz::Asia::Shanghai,
+    };
+    let store = Store::open_with(dir.path().join("db"), settings).expect("open");
+    // 2026-12-31 17:00 UTC is already 2027-01-01 01:00 in Shanghai.
+    let late_2026 = at(2026, 12, 31, 15, 0);
+    let new_year_in_shanghai = at(2026, 12, 31, 17, 0);
+    assert_eq!(
+        ingest_new(&store, "<a@x>", "a@x.example", late_2026).0,
+        "GAS-2026-0001"
+    );
+    assert_eq!(
+        ingest_new(&store, "<b@x>", "a@x.example", late_2026).0,
+        "GAS-2026-0002"
+    );
+    assert_eq!(
+        ingest_new(&store, "<c@x>", "a@x.example", new_year_in_shanghai).0,
+        "GAS-2027-0001"
+    );
+    let outbox = store
+        .outbox_of_case(&CaseId("GAS-2027-0001".into()))
+        .expect("read");
+    assert_eq!(outbox[0].message_id, "GAS-2027-0001.ack.1@corp.example");
+}
+
+#[test]
+fn invalid_settings_are_refused() {
+    let dir = TempDir::new().expect("tempdir");
+    let settings = StoreSettings {
+        case_prefix: "T.S".into(),
+        ..StoreSettings::default()
+    };
+    let err = Store::open_with(dir.path().join("db"), settings).expect_err("bad prefix");
+    assert!(matches!(err, StoreError::Settings(_)), "{err}");
+}
+
+#[test]
+fn timers_come_out_in_due_order_and_clock_changes_replace_them() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    assert_eq!(store.next_timer_due().expect("read"), None);
+    let a = ingest_new(&store, "<a@x>", "a@x.example", t0());
+    let b = ingest_new(&store, "<b@x>", "b@x.example", t0());
+    // Each case already has its `forward` timer at t0 + 1h.
+    let mut changes = ChangeSet::new();
+    changes.replace_clock_timers(
+        &CaseRef::from(&a),
+        "resolve",
+        vec![
+            (2, t0() + Duration::days(3)),
+            (0, t0() + Duration::hours(12)),
+        ],
+    );
+    changes.add_timer(
+        &CaseRef::from(&b),
+        "resolve",
+        1,
+        t0() + Duration::minutes(30),
+    );
+    store.apply(&changes).expect("commit");
+
+    assert_eq!(
+        store.next_timer_due().expect("read"),
+        Some(t0() + Duration::minutes(30))
+    );
+    let due: Vec<(String, String, usize)> = store
+        .due_timers(t0() + Duration::hours(12))
+        .expect("read")
+        .into_iter()
+        .map(|t| (t.case.0, t.deadline, t.step))
+        .collect();
+    assert_eq!(
+        due,
+        [
+            (b.0.clone(), "resolve".to_owned(), 1),
+            (a.0.clone(), "forward".to_owned(), 0),
+            (b.0.clone(), "forward".to_owned(), 0),
+            (a.0.clone(), "resolve".to_owned(), 0),
+        ],
+        "due order, the `until` edge included, the 3-day timer not yet"
+    );
+    assert_eq!(
+        store
+            .due_timers(t0() + Duration::hours(12) - Duration::nanoseconds(1))
+            .expect("read")
+            .len(),
+        3
+    );
+
+    // Pausing the clock replaces its timers in the same commit.
+    let mut pause = ChangeSet::new();
+    pause.replace_clock_timers(&CaseRef::from(&a), "resolve", Vec::new());
+    pause.append_event(
+        &CaseRef::from(&a),
+        Event {
+            at: t0(),
+            kind: EventKind::ClockPaused {
+                deadline: "resolve".into(),
+            },
+        },
+    );
+    store.apply(&pause).expect("commit");
+    assert!(store
+        .timers_of_case(&a)
+        .expect("read")
+        .iter()
+        .all(|t| t.deadline != "resolve"));
+    assert_eq!(
+        store
+            .due_timers(t0() + Duration::days(30))
+            .expect("read")
+            .len(),
+        3
+    );
+
+    // A fired timer is removed by the change set that handles it.
+    let first = store.due_timers(t0() + Duration::hours(1)).expect("read")[0].clone();
+    let mut fired = ChangeSet::new();
+    fired.remove_timer(&first);
+    store.apply(&fired).expect("commit");
+    assert_eq!(
+        store.next_timer_due().expect("read"),
+        Some(t0() + Duration::hours(1))
+    );
+    assert!(!store
+        .due_timers(t0() + Duration::days(30))
+        .expect("read")
+        .contains(&first));
+}
+
+fn drain_one(store: &Store, now: DateTime<Utc>) -> String {
+    let due = store.due_outbox(now, 10).expect("read");
+    assert_eq!(due.len(), 1, "{due:?}");
+    due[0].id.clone()
+}
+
+#[test]
+fn outbox_entries_move_through_their_states_and_persist() {
+    let dir = TempDir::new().expect("tempdir");
+    let case;
+    let id;
+    {
+        let store = open(&dir);
+        case = ingest_new(&store, "<a@x>", "a@x.example", t0());
+        assert!(store
+            .due_outbox(t0() - Duration::seconds(1), 10)
+            .expect("read")
+            .is_empty());
+        id = drain_one(&store, t0());
+        assert_eq!(store.next_outbox_due().expect("read"), Some(t0()));
+
+        let retry_at = t0() + Duration::minutes(5);
+        let entry = store
+            .outbox_failed(
+                &id,
+                DeliveryFailure::Temporary {
+                    error: "421 try later".into(),
+                    next_attempt: retry_at,
+                },
+                t0(),
+            )
+            .expect("temporary failure");
+        assert_eq!(
+            entry.state,
+            OutboxState::TemporaryFailure {
+                attempts: 1,
+                last_error: "421 try later".into(),
+                next_attempt: retry_at
+            }
+        );
+        assert!(store.due_outbox(t0(), 10).expect("read").is_empty());
+        assert_eq!(store.next_outbox_due().expect("read"), Some(retry_at));
+        assert_eq!(store.queue_depth(), 1);
+        store.flush().expect("flush");
+    }
+
+    let store = open(&dir);
+    let retry_at = t0() + Duration::minutes(5);
+    assert_eq!(drain_one(&store, retry_at), id);
+    let entry = store
+        .outbox_failed(
+            &id,
+            DeliveryFailure::Temporary {
+                error: "421 again".into(),
+                next_attempt: retry_at + Duration::minutes(10),
+            },
+            retry_at,
+        )
+        .expect("second failure");
+    assert_eq!(entry.state.failed_attempts(), 2);
+    let sent_at = retry_at + Duration::minutes(10);
+    let entry = store.outbox_sent(&id, sent_at).expect("sent");
+    assert_eq!(entry.state, OutboxState::Sent { at: sent_at });
+    assert_eq!(store.queue_depth(), 0);
+    assert_eq!(store.next_outbox_due().expect("read"), None);
+    // Marking it sent again is the same mail, not a new event.
+    store.outbox_sent(&id, sent_at).expect("idempotent");
+    let err = store
+        .outbox_failed(
+            &id,
+            DeliveryFailure::Temporary {
+                error: "x".into(),
+                next_attempt: sent_at,
+            },
+            sent_at,
+        )
+        .expect_err("a sent mail does not retry");
+    assert!(matches!(err, StoreError::OutboxTransition { .. }), "{err}");
+    // A late bounce ends it.
+    let entry = store
+        .outbox_failed(
+            &id,
+            DeliveryFailure::Permanent {
+                error: "550 no such user".into(),
+            },
+            sent_at + Duration::hours(1),
+        )
+        .expect("bounce");
+    assert!(matches!(entry.state, OutboxState::PermanentFailure { .. }));
+    let err = store.outbox_sent(&id, sent_at).expect_err("final");
+    assert!(matches!(err, StoreError::OutboxTransition { .. }), "{err}");
+    assert!(matches!(
+        store.outbox_sent("TS-2026-000001.nope.1", sent_at),
+        Err(StoreError::UnknownOutbox(_))
+    ));
+
+    let outcomes: Vec<(bool, String)> = store
+        .events(&case)
+        .expect("read")
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::MailSent { .. } => Some((true, "sent".to_owned())),
+            EventKind::MailFailed {
+                permanent, reason, ..
+            } => Some((permanent, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (false, "421 try later".to_owned()),
+            (false, "421 again".to_owned()),
+            (true, "sent".to_owned()),
+            (true, "550 no such user".to_owned()),
+        ]
+    );
+    drop(store);
+    let store = open(&dir);
+    assert!(matches!(
+        store.outbox_entry(&id).expect("read").expect("entry").state,
+        OutboxState::PermanentFailure { .. }
+    ));
+}
+
+#[test]
+fn mails_of_one_purpose_get_stable_increasing_identities() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let case = ingest_new(&store, "<a@x>", "a@x.example", t0());
+    let mut changes = ChangeSet::new();
+    let target = CaseRef::from(&case);
+    for _ in 0..2 {
+        changes
+            .queue_mail(
+                &target,
+                MailDraft::new(
+                    "督办",
+                    "supervision",
+                    "complaints@corp.example",
+                    vec!["service@corp.example".into()],
+                    t0(),
+                    render_plain,
+                ),
+            )
+            .expect("queue");
+    }
+    let outcome = store.apply(&changes).expect("commit");
+    let ids: Vec<String> = outcome
+        .applied()
+        .expect("applied")
+        .mails
+        .iter()
+        .map(|m| m.outbox_id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "TS-2026-000001.=E7=9D=A3=E5=8A=9E.1",
+            "TS-2026-000001.=E7=9D=A3=E5=8A=9E.2"
+        ]
+    );
+    assert_eq!(store.outbox_of_case(&case).expect("read").len(), 3);
+    assert_eq!(store.queue_depth(), 3);
+}
+
+#[test]
+fn digests_belong_to_no_case_and_log_no_event() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let mut changes = ChangeSet::new();
+    for _ in 0..2 {
+        changes
+            .queue_mail_without_case(MailDraft::new(
+                "digest",
+                "weekly-digest",
+                "complaints@corp.example",
+                vec!["gm@corp.example".into()],
+                t0(),
+                render,
+            ))
+            .expect("queue");
+    }
+    let outcome = store.apply(&changes).expect("commit");
+    let mails = &outcome.applied().expect("applied").mails;
+    assert_eq!(mails[0].outbox_id, "complaintd.digest.1");
+    assert_eq!(mails[1].message_id, "complaintd.digest.2@corp.example");
+    assert_eq!(
+        store
+            .message(&mails[1].message_id)
+            .expect("read")
+            .as_ref()
+            .map(KnownMessage::from),
+        Some(KnownMessage::Sent {
+            case: None,
+            purpose: "digest".into()
+        })
+    );
+    let entry = store
+        .outbox_sent("complaintd.digest.1", t0())
+        .expect("sent");
+    assert_eq!(entry.case, None);
+    assert_eq!(store.queue_depth(), 1);
+}
+
+#[test]
+fn a_renderer_that_reuses_a_message_id_aborts_the_commit() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let case = ingest_new(&store, "<a@x>", "a@x.example", t0());
+    let mut changes = ChangeSet::new();
+    changes
+        .queue_mail(
+            &CaseRef::from(&case),
+            MailDraft::new(
+                "remind",
+                "reminder",
+                "complaints@corp.example",
+                vec!["service@corp.example".into()],
+                t0(),
+                |_: &MailIdentity| {
+                    Ok(RenderedMail {
+                        message_id: "<TS-2026-000001.ack.1@corp.example>".into(),
+                        subject: "s".into(),
+                        bytes: Vec::new(),
+                    })
+                },
+            ),
+        )
+        .expect("queue");
+    changes.append_event(&CaseRef::from(&case), note(t0(), "reminded"));
+    let err = store.apply(&changes).expect_err("Message-ID reused");
+    assert!(matches!(err, StoreError::Render { .. }), "{err}");
+    assert_eq!(store.outbox_of_case(&case).expect("read").len(), 1);
+    assert_eq!(store.events(&case).expect("read").len(), 2);
+}
+
+fn history_case(
+    store: &Store,
+    sender: &str,
+    when: DateTime<Utc>,
+    category: &str,
+    tag: &str,
+) -> CaseId {
+    let mut changes = ChangeSet::new();
+    let mut case = draft(sender, when, "Re: [TS-2026-000001] 停气通知");
+    case.fields
+        .insert("category".into(), FieldValue::Name(category.into()));
+    case.tags.insert(tag.into());
+    let handle = changes.new_case(case).expect("case");
+    store
+        .apply(&changes)
+        .expect("commit")
+        .case_id(&handle)
+        .expect("numbered")
+}
+
+#[test]
+fn history_counts_respect_inclusive_window_edges_and_exclusion() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let first = history_case(&store, "a@x.example", t0(), "billing", "crisis");
+    history_case(
+        &store,
+        "a@x.example",
+        t0() + Duration::hours(1),
+        "billing",
+        "x",
+    );
+    history_case(
+        &store,
+        "b@x.example",
+        t0() + Duration::hours(48),
+        "billing",
+        "crisis",
+    );
+    history_case(
+        &store,
+        "c@x.example",
+        t0() + Duration::hours(49),
+        "outage",
+        "crisis",
+    );
+
+    let window_end = t0() + Duration::hours(48);
+    assert_eq!(store.cases_from_sender("a@x.example", t0(), window_end), 2);
+    assert_eq!(
+        store.cases_from_sender("a@x.example", t0() + Duration::nanoseconds(1), window_end),
+        1,
+        "the case at the window start is included only when the start is at or before it"
+    );
+    assert_eq!(
+        store.distinct_senders_with_category("billing", t0(), window_end),
+        ["a@x.example", "b@x.example"]
+    );
+    assert_eq!(
+        store.distinct_senders_with_category(
+            "billing",
+            t0(),
+            window_end - Duration::nanoseconds(1)
+        ),
+        ["a@x.example"]
+    );
+    assert_eq!(
+        store.distinct_senders_with_tag("crisis", t0(), t0() + Duration::hours(49)),
+        ["a@x.example", "b@x.example", "c@x.example"]
+    );
+    assert_eq!(
+        store.distinct_senders_with_subject("停气通知", t0(), t0() + Duration::days(9)),
+        ["a@x.example", "b@x.example", "c@x.example"]
+    );
+    assert!(store
+        .distinct_senders_with_subject("停气", t0(), t0() + Duration::days(9))
+        .is_empty());
+    assert!(store
+        .distinct_senders_with_tag("crisis", window_end, t0())
+        .is_empty());
+
+    let view = store.history_excluding(&first);
+    assert_eq!(view.cases_from_sender("a@x.example", t0(), window_end), 1);
+    assert_eq!(
+        view.distinct_senders_with_tag("crisis", t0(), t0() + Duration::hours(49)),
+        ["b@x.example", "c@x.example"]
+    );
+}
+
+#[test]
+fn an_update_moves_the_case_between_index_entries() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let id = history_case(&store, "a@x.example", t0(), "billing", "crisis");
+    let base = store.case(&id).expect("read").expect("stored");
+    let mut updated = base.clone();
+    updated
+        .fields
+        .insert("category".into(), FieldValue::Name("outage".into()));
+    updated.tags.clear();
+    updated.tags.insert("media".into());
+    let mut changes = ChangeSet::new();
+    changes.update_case(&base, updated).expect("update");
+    store.apply(&changes).expect("commit");
+
+    let until = t0() + Duration::days(1);
+    assert!(store
+        .distinct_senders_with_category("billing", t0(), until)
+        .is_empty());
+    assert_eq!(
+        store.distinct_senders_with_category("outage", t0(), until),
+        ["a@x.example"]
+    );
+    assert!(store
+        .distinct_senders_with_tag("crisis", t0(), until)
+        .is_empty());
+    assert_eq!(
+        store.distinct_senders_with_tag("media", t0(), until),
+        ["a@x.example"]
+    );
+    assert_eq!(store.cases_from_sender("a@x.example", t0(), until), 1);
+}
+
+#[test]
+fn batch_history_counts_cases_pending_in_the_batch() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    history_case(&store, "a@x.example", t0(), "billing", "t");
+    let mut batch = IngestBatch::new();
+    for (n, sender) in ["b@x.example", "c@x.example", "a@x.example"]
+        .iter()
+        .enumerate()
+    {
+        let mut changes = ChangeSet::new();
+        let mut case = draft(sender, t0() + Duration::minutes(n as i64), "x");
+        case.fields
+            .insert("category".into(), FieldValue::Name("billing".into()));
+        changes.new_case(case).expect("case");
+        batch.push(changes);
+    }
+    let until = t0() + Duration::hours(1);
+    let view = batch.history(&store, None);
+    assert_eq!(
+        view.distinct_senders_with_category("billing", t0(), until),
+        ["a@x.example", "b@x.example", "c@x.example"]
+    );
+    assert_eq!(view.cases_from_sender("a@x.example", t0(), until), 2);
+
+    let last = batch.changes()[2].new_cases().next().expect("case").0;
+    let view = batch.history(&store, Some(&CaseRef::New(last)));
+    assert_eq!(view.cases_from_sender("a@x.example", t0(), until), 1);
+    assert_eq!(
+        store.distinct_senders_with_category("billing", t0(), until),
+        ["a@x.example"],
+        "the store itself sees nothing before the commit"
+    );
+}
+
+#[test]
+fn duplicate_message_ids_are_skipped_and_reported() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let first = ingest_new(&store, "<dup@x>", "a@x.example", t0());
+    let (again, _) = new_complaint(" <dup@x> ", "a@x.example", t0());
+    let outcome = store
+        .ingest(
+            "INBOX",
+            Checkpoint {
+                uid_validity: 1,
+                last_uid: 2,
+            },
+            &again,
+        )
+        .expect("commit");
+    assert_eq!(
+        outcome,
+        ChangeOutcome::Duplicate {
+            message_id: "dup@x".into()
+        }
+    );
+    // The duplicate changed nothing, but the checkpoint still advanced.
+    assert_eq!(
+        ids(&store.list_cases(&CaseFilter::default()).expect("list")),
+        [first.0.as_str()]
+    );
+    assert_eq!(store.queue_depth(), 1);
+    assert_eq!(store.events(&first).expect("read").len(), 2);
+    assert_eq!(store.acks_in_hour("a@x.example", t0()).expect("read"), 1);
+    assert_eq!(
+        store.checkpoint("INBOX").expect("read"),
+        Some(Checkpoint {
+            uid_validity: 1,
+            last_uid: 2
+        })
+    );
+
+    // Within one batch, the second copy is the duplicate.
+    let mut batch = IngestBatch::new();
+    let (one, case) = new_complaint("<twice@x>", "b@x.example", t0());
+    batch.push(one);
+    assert!(batch.contains_message("twice@x"));
+    assert_eq!(batch.pending_case_for_message("<twice@x>"), Some(case));
+    batch.push(new_complaint("<twice@x>", "b@x.example", t0()).0);
+    let report = store.commit(&batch).expect("commit");
+    assert!(!report.outcomes[0].is_duplicate());
+    assert!(report.outcomes[1].is_duplicate());
+    assert_eq!(
+        store
+            .list_cases(&CaseFilter::default())
+            .expect("list")
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn a_reply_in_the_same_batch_can_join_the_case_it_answers() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let mut batch = IngestBatch::new();
+    let (first, _) = new_complaint("<first@x>", "a@x.example", t0());
+    batch.push(first);
+    let case = batch
+        .pending_case_for_message("first@x")
+        .expect("pending case");
+    let mut reply = ChangeSet::for_message("<second@x>", t0()).expect("id");
+    reply.append_event(&case, note(t0(), "more details"));
+    reply.link_message(&case).expect("link");
+    batch.push(reply);
+    batch.advance_checkpoint(
+        "INBOX",
+        Checkpoint {
+            uid_validity: 1,
+            last_uid: 2,
+        },
+    );
+    let report = store.commit(&batch).expect("commit");
+    let id = report.case_id(&case).expect("numbered");
+    assert_eq!(store.events(&id).expect("read").len(), 3);
+    assert_eq!(
+        store
+            .message("second@x")
+            .expect("read")
+            .and_then(|r| r.case().cloned()),
+        Some(id)
+    );
+}
+
+#[test]
+fn checkpoints_never_move_backwards() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    for last_uid in [10, 4] {
+        let mut batch = IngestBatch::new();
+        batch.advance_checkpoint(
+            "INBOX",
+            Checkpoint {
+                uid_validity: 5,
+                last_uid,
+            },
+        );
+        store.commit(&batch).expect("commit");
+    }
+    assert_eq!(
+        store.checkpoint("INBOX").expect("read").map(|c| c.last_uid),
+        Some(10)
+    );
+    assert_eq!(store.checkpoint("Other").expect("read"), None);
+}
+
+#[test]
+fn ack_counters_count_per_sender_and_hour_and_can_be_pruned() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let mut changes = ChangeSet::new();
+    changes.count_ack("a@x.example", t0());
+    changes.count_ack("A@X.example", t0() + Duration::minutes(59));
+    changes.count_ack("a@x.example", t0() + Duration::minutes(60));
+    changes.count_ack("b@x.example", t0());
+    let mut batch = IngestBatch::new();
+    assert_eq!(batch.pending_acks("a@x.example", t0()), 0);
+    batch.push(changes);
+    assert_eq!(batch.pending_acks("a@x.example", t0()), 2);
+    store.commit(&batch).expect("commit");
+    assert_eq!(store.acks_in_hour("a@x.example", t0()).expect("read"), 2);
+    assert_eq!(
+        store
+            .acks_in_hour("a@x.example", t0() + Duration::hours(1))
+            .expect("read"),
+        1
+    );
+    assert_eq!(store.acks_in_hour("b@x.example", t0()).expect("read"), 1);
+    assert_eq!(
+        store
+            .prune_ack_counters(t0() + Duration::hours(1))
+            .expect("prune"),
+        2
+    );
+    assert_eq!(store.acks_in_hour("a@x.example", t0()).expect("read"), 0);
+    assert_eq!(
+        store
+            .acks_in_hour("a@x.example", t0() + Duration::hours(1))
+            .expect("read"),
+        1
+    );
+}
+
+#[test]
+fn listing_filters_and_search() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let a = ingest_new(&store, "<a@x>", "alice@x.example", t0());
+    let b = ingest_new(&store, "<b@x>", "bob@y.example", t0());
+    let base = store.case(&b).expect("read").expect("stored");
+    let mut closed = base.clone();
+    closed.state = CaseState::Closed;
+    closed
+        .fields
+        .insert("severity".into(), FieldValue::Name("major".into()));
+    closed.assignment = Some(complaintd::case::Assignment {
+        department: "quality".into(),
+        cc: Vec::new(),
+        rule: "route #1".into(),
+    });
+    let mut changes = ChangeSet::new();
+    changes.update_case(&base, closed).expect("update");
+    store.apply(&changes).expect("commit");
+
+    let open_only = CaseFilter {
+        open: Some(true),
+        ..CaseFilter::default()
+    };
+    assert_eq!(
+        ids(&store.list_cases(&open_only).expect("list")),
+        [a.0.as_str()]
+    );
+    let majors = CaseFilter {
+        severity: Some("major".into()),
+        department: Some("quality".into()),
+        ..CaseFilter::default()
+    };
+    assert_eq!(
+        ids(&store.list_cases(&majors).expect("list")),
+        [b.0.as_str()]
+    );
+    let limited = CaseFilter {
+        limit: Some(1),
+        ..CaseFilter::default()
+    };
+    assert_eq!(store.list_cases(&limited).expect("list").len(), 1);
+    assert_eq!(
+        ids(&store.search_cases("BOB@", None).expect("search")),
+        [b.0.as_str()]
+    );
+    assert_eq!(store.search_cases("停气", None).expect("search").len(), 2);
+    assert_eq!(
+        ids(&store.search_cases("000001", None).expect("search")),
+        [a.0]
+    );
+}
+
+#[test]
+fn a_store_from_a_newer_complaintd_is_refused() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("db");
+    drop(Store::open(&path).expect("create"));
+    {
+        // Only this test writes sled directly: it plays a newer complaintd.
+        let db = sled::open(&path).expect("raw open");
+        db.open_tree("meta")
+            .expect("meta")
+            .insert("schema_version", &2u32.to_be_bytes())
+            .expect("write");
+        db.flush().expect("flush");
+    }
+    let err = Store::open(&path).expect_err("too new");
+    assert!(
+        matches!(
+            err,
+            StoreError::SchemaTooNew {
+                found: 2,
+                supported: 1
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("schema version 2"), "{err}");
+}
+
+#[test]
+fn non_finite_numbers_are_refused_up_front() {
+    let mut case = draft("a@x.example", t0(), "s");
+    case.fields
+        .insert("amount".into(), FieldValue::Number(f64::NAN));
+    let err = ChangeSet::new().new_case(case).expect_err("NaN");
+    assert!(matches!(err, StoreError::InvalidBatch(_)), "{err}");
+}
+
+/// Random operations against the store and a plain model of what must be
+/// in it; after every reopen and at the end the two must agree.
+#[derive(Debug, Clone)]
+enum Op {
+    NewCase {
+        sender: u8,
+        minutes: u16,
+        message: u8,
+        timer_minutes: Option<u16>,
+    },
+    Update {
+        target: u8,
+        stale: bool,
+        tag: u8,
+    },
+    Note {
+        target: u8,
+    },
+    Deliver {
+        target: u8,
+        permanent: bool,
+    },
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..4, 0u16..5000, 0u8..12, proptest::option::of(0u16..5000)).prop_map(
+            |(sender, minutes, message, timer_minutes)| Op::NewCase {
+                sender,
+                minutes,
+                message,
+                timer_minutes
+            }
+        ),
+        2 => (any::<u8>(), any::<bool>(), 0u8..3).prop_map(|(target, stale, tag)| Op::Update {
+            target,
+            stale,
+            tag
+        }),
+        2 => any::<u8>().prop_map(|target| Op::Note { target }),
+        2 => (any::<u8>(), any::<bool>()).prop_map(|(target, permanent)| Op::Deliver {
+            target,
+            permanent
+        }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    cases: BTreeMap<String, (Case, usize)>,
+    messages: BTreeMap<String, String>,
+    timers: BTreeSet<(DateTime<Utc>, String)>,
+    mail: BTreeMap<String, MailModel>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MailModel {
+    Pending,
+    Sent,
+    Failed,
+}
+
+impl Model {
+    fn pending_mail(&self) -> BTreeSet<String> {
+        self.mail
+            .iter()
+            .filter(|(_, state)| **state == MailModel::Pending)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
+    let cases = store.list_cases(&CaseFilter::default()).expect("list");
+    let expected: Vec<String> = (1..=model.cases.len())
+        .map(|n| format!("TS-2026-{n:06}"))
+        .collect();
+    prop_assert_eq!(ids(&cases), expected);
+    for case in &cases {
+        let (want, events) = &model.cases[&case.id.0];
+        prop_assert_eq!(case, want);
+        prop_assert_eq!(store.events(&case.id).expect("events").len(), *events);
+    }
+    for (message, case) in &model.messages {
+        let found = store.message(message).expect("read");
+        prop_assert_eq!(
+            found.and_then(|r| r.case().cloned()),
+            Some(CaseId(case.clone()))
+        );
+    }
+    let timers: BTreeSet<(DateTime<Utc>, String)> = store
+        .due_timers(at(2027, 1, 1, 0, 0))
+        .expect("timers")
+        .into_iter()
+        .map(|t| (t.due, t.case.0))
+        .collect();
+    prop_assert_eq!(&timers, &model.timers);
+    prop_assert_eq!(store.queue_depth(), model.pending_mail().len());
+    let due: BTreeSet<String> = store
+        .due_outbox(at(2027, 1, 1, 0, 0), usize::MAX)
+        .expect("due")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    prop_assert_eq!(&due, &model.pending_mail());
+    let tags_seen: BTreeSet<String> = ["0", "1", "2"]
+        .into_iter()
+        .filter(|tag| {
+            !store
+                .distinct_senders_with_tag(tag, at(2026, 1, 1, 0, 0), at(2027, 1, 1, 0, 0))
+                .is_empty()
+        })
+        .map(str::to_owned)
+        .collect();
+    let tags_expected: BTreeSet<String> = model
+        .cases
+        .values()
+        .flat_map(|(c, _)| c.tags.iter().cloned())
+        .collect();
+    prop_assert_eq!(tags_seen, tags_expected);
+    Ok(())
+}
+
+fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let dir = TempDir::new().expect("tempdir");
+    let mut store = open(&dir);
+    let mut model = Model::default();
+    for op in ops {
+        let ids: Vec<String> = model.cases.keys().cloned().collect();
+        let pick = |n: u8| (!ids.is_empty()).then(|| ids[usize::from(n) % ids.len()].clone());
+        match op {
+            Op::NewCase {
+                sender,
+                minutes,
+                message,
+                timer_minutes,
+            } => {
+                let when = t0() + Duration::minutes(i64::from(minutes));
+                let message_id = format!("m{message}@x");
+                let sender = format!("s{sender}@x.example");
+                let mut changes = ChangeSet::for_message(&message_id, when).expect("id");
+                let handle = changes.new_case(draft(&sender, when, "s")).expect("case");
+                changes.append_event(&handle, note(when, "created"));
+                changes.link_message(&handle).expect("link");
+                changes
+                    .queue_mail(&handle, ack(&sender, when))
+                    .expect("mail");
+                let timer_due = timer_minutes.map(|m| when + Duration::minutes(i64::from(m)));
+                if let Some(due) = timer_due {
+                    changes.add_timer(&handle, "resolve", 0, due);
+                }
+                let outcome = store.apply(&changes).expect("commit");
+                if model.messages.contains_key(&message_id) {
+                    prop_assert!(outcome.is_duplicate());
+                } else {
+                    let id = outcome.case_id(&handle).expect("numbered");
+                    let mut case = draft(&sender, when, "s");
+                    case.id = id.clone();
+                    model.cases.insert(id.0.clone(), (case, 2));
+                    model.messages.insert(message_id, id.0.clone());
+                    model
+                        .mail
+                        .insert(format!("{}.ack.1", id.0), MailModel::Pending);
+                    if let Some(due) = timer_due {
+                        model.timers.insert((due, id.0));
+                    }
+                }
+            }
+            Op::Update { target, stale, tag } => {
+                let Some(id) = pick(target) else { continue };
+                let current = model.cases[&id].0.clone();
+                let mut base = current.clone();
+                if stale {
+                    base.reopen_count += 1;
+                }
+                let mut updated = current.clone();
+                updated.tags = BTreeSet::from([tag.to_string()]);
+                let mut changes = ChangeSet::new();
+                let handle = changes.update_case(&base, updated.clone()).expect("update");
+                changes.append_event(&handle, note(t0(), "updated"));
+                let result = store.apply(&changes);
+                if stale {
+                    prop_assert!(matches!(result, Err(StoreError::Conflict(_))));
+                } else {
+                    result.expect("commit");
+                    let entry = model.cases.get_mut(&id).expect("modelled");
+                    entry.0 = updated;
+                    entry.1 += 1;
+                }
+            }
+            Op::Note { target } => {
+                let Some(id) = pick(target) else { continue };
+                let mut changes = ChangeSet::new();
+                changes.append_event(&CaseRef::Existing(CaseId(id.clone())), note(t0(), "n"));
+                store.apply(&changes).expect("commit");
+                model.cases.get_mut(&id).expect("modelled").1 += 1;
+            }
+            Op::Deliver { target, permanent } => {
+                let Some(id) = pick(target) else { continue };
+                let outbox_id = format!("{id}.ack.1");
+                let before = model.mail[&outbox_id];
+                let result = if permanent {
+                    store.outbox_failed(
+                        &outbox_id,
+                        DeliveryFailure::Permanent {
+                            error: "550".into(),
+                        },
+                        t0(),
+                    )
+                } else {
+                    store.outbox_sent(&outbox_id, t0())
+                };
+                let after = match (before, permanent) {
+                    (MailModel::Pending, false) => Some(MailModel::Sent),
+                    (MailModel::Sent, false) => Some(MailModel::Sent),
+                    (MailModel::Failed, false) => None,
+                    (_, true) => Some(MailModel::Failed),
+                };
+                match (result, after) {
+                    (Ok(_), Some(after)) => {
+                        if after != before {
+                            model.cases.get_mut(&id).expect("modelled").1 += 1;
+                        }
+                        model.mail.insert(outbox_id, after);
+                    }
+                    (Err(StoreError::OutboxTransition { .. }), None) => {}
+                    (result, after) => {
+                        let expected = format!("{after:?} after {before:?}, permanent={permanent}");
+                        return Err(TestCaseError::fail(format!(
+                            "got {result:?}, expected {expected}"
+                        )));
+                    }
+                }
+            }
+            Op::Reopen => {
+                store.flush().expect("flush");
+                drop(store);
+                store = open(&dir);
+                check(&store, &model)?;
+            }
+        }
+    }
+    drop(store);
+    let store = open(&dir);
+    check(&store, &model)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_change_sets_then_reopen_give_a_consistent_store(ops in proptest::collection::vec(op(), 1..40)) {
+        run_ops(ops)?;
+    }
+}
