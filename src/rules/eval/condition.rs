@@ -284,10 +284,10 @@ impl<'p> Evaluator<'p, '_> {
                 let Some(r) = self.value_text(right, looked) else {
                     return op == CompareOp::Ne;
                 };
-                // Free text compares case-insensitively for ASCII, like `contains`;
+                // Free text compares without regard to case, like `contains`;
                 // declared names are exact.
                 let equal = if is_text {
-                    s.eq_ignore_ascii_case(&r)
+                    lower(s) == lower(&r)
                 } else {
                     s == r.as_ref()
                 };
@@ -360,9 +360,11 @@ impl<'p> Evaluator<'p, '_> {
             let hit = match &got {
                 Got::Text(s) => self.lowered(left, s).contains(lower(&needle).as_ref()),
                 Got::Name(s) => s.as_ref() == needle.as_ref(),
-                Got::List(items) | Got::Tags(items) => {
-                    items.iter().any(|item| item.as_ref() == needle.as_ref())
+                Got::List(items) => {
+                    let needle = lower(&needle);
+                    items.iter().any(|item| lower(item) == needle)
                 }
+                Got::Tags(items) => items.iter().any(|item| item.as_ref() == needle.as_ref()),
                 Got::Number(n) => parse_number(&needle).is_some_and(|v| v == *n),
                 Got::Missing | Got::Flag(_) | Got::Date(_) => false,
             };
