@@ -194,7 +194,7 @@ fn render(policy: &Policy, mail: &MailFacts, case: &Case, evaluation: &Evaluatio
                 "    {:<10} {}",
                 if verdict.fired { "applies" } else { "no match" },
                 if line.is_empty() {
-                    verdict.rule.clone()
+                    verdict.rule.to_string()
                 } else {
                     line
                 }
