@@ -26,13 +26,13 @@ use complaintd::rules::Policy;
 /// an example whose tests were emptied or lost fails here.
 const EXAMPLES: [(&str, usize); 8] = [
     ("credit_union", 12),
-    ("developer", 11),
+    ("developer", 12),
     ("food", 11),
     ("gas", 12),
     ("hospital", 11),
     ("mall", 6),
     ("tourism", 5),
-    ("training", 13),
+    ("training", 15),
 ];
 
 fn examples_dir() -> PathBuf {
