@@ -12,6 +12,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use clap::{Parser, Subcommand};
 
 use crate::clock::Clock;
+use crate::engine::inspect::{self, StoreSource};
 use crate::rules::check::{check, Environment};
 use crate::rules::diag::{did_you_mean, render_all};
 use crate::rules::eval::MemoryHistory;
@@ -39,6 +40,80 @@ pub enum Command {
     Rules {
         #[command(subcommand)]
         command: RulesCommand,
+    },
+    /// Check a configuration file and the policy it names.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Look at the cases in a store (not while the daemon holds it).
+    Case {
+        #[command(subcommand)]
+        command: CaseCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Report every problem of a configuration file (with its key path), its
+    /// secret, its policy and its mailbox channels; exit 1 if there are any.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+/// Where a case command finds the store.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct StoreArgs {
+    /// The store directory.
+    #[arg(long, value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// The configuration file naming the store.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn source(self) -> StoreSource {
+        // clap requires exactly one of the two.
+        match self.config {
+            Some(config) => StoreSource::Config(config),
+            None => StoreSource::Path(self.store.unwrap_or_default()),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaseCommand {
+    /// List cases in number order.
+    List {
+        /// Only cases still open.
+        #[arg(long)]
+        open: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        source: StoreArgs,
+    },
+    /// Show one case: state, fields, assignment, clocks, timers, mail, events.
+    Show {
+        /// The case number, e.g. TS-2026-000123.
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        source: StoreArgs,
+    },
+    /// Cases whose number, sender or subject contains TEXT.
+    Search {
+        text: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        source: StoreArgs,
     },
 }
 
@@ -79,6 +154,10 @@ pub enum RulesCommand {
 pub fn run(cli: Cli, clock: &dyn Clock, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let result = match cli.command {
         Command::Rules { command } => run_rules(command, clock, out, err),
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => inspect::config_check(&config, clock.now(), out),
+        Command::Case { command } => run_case(command, out, err),
     };
     match result {
         Ok(code) => code,
@@ -86,6 +165,20 @@ pub fn run(cli: Cli, clock: &dyn Clock, out: &mut dyn Write, err: &mut dyn Write
             // Output streams that cannot be written to leave nothing to report to.
             let _ = writeln!(err, "error: {e}");
             EXIT_FAILED
+        }
+    }
+}
+
+fn run_case(command: CaseCommand, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<u8> {
+    match command {
+        CaseCommand::List { open, json, source } => {
+            inspect::case_list(&source.source(), open, json, out, err)
+        }
+        CaseCommand::Show { id, json, source } => {
+            inspect::case_show(&source.source(), &id, json, out, err)
+        }
+        CaseCommand::Search { text, json, source } => {
+            inspect::case_search(&source.source(), &text, json, out, err)
         }
     }
 }

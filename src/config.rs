@@ -159,6 +159,9 @@ pub struct MailConfig {
     /// Host part of our Message-IDs.
     #[serde(default = "default_hostname")]
     pub message_id_host: String,
+    /// The organisation's name: the display name of our mail and `organisation` in templates.
+    #[serde(default)]
+    pub organisation: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -8,6 +8,7 @@ pub mod case;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod engine;
 pub mod imap;
 pub mod lifecycle;
 pub mod mail;

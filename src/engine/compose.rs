@@ -1,0 +1,378 @@
+//! The engine's outgoing mail: who gets what, rendered from the policy's
+//! templates once the store has given the mail its identity.
+//!
+//! A [`MailPlan`] holds everything a mail needs except its identity (case
+//! number, sequence, Message-ID), which the store allocates inside the commit
+//! and hands to the renderer. Rendering is pure, so the store may run it more
+//! than once. Before a plan is queued the engine renders it once with a
+//! placeholder identity ([`MailPlan::preflight`]): a mail that cannot be built
+//! (an address lettre refuses) is then left out with an event saying why,
+//! instead of aborting the whole batch inside the transaction. A template that
+//! fails to render falls back to a plain built-in text, so a broken template
+//! never stops mail from going out.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+use lettre::message::header::ContentType;
+
+use super::policy::ActivePolicy;
+use crate::case::{Address, Case, CaseId};
+use crate::mail::outbound::{self, OutgoingAttachment, OutgoingMail};
+use crate::mail::template::{
+    local, CaseView, DigestView, EscalationView, MailView, PersonView, RenderedMail,
+    TemplateContext,
+};
+use crate::mail::token::{self, ReplySecret};
+use crate::store::{self, mail_identity, MailDraft, MailIdentity};
+
+/// What the daemon writes as, shared by every mail.
+#[derive(Debug, Clone)]
+pub(crate) struct Letterhead {
+    /// From of every mail (display name: the organisation).
+    pub from: Address,
+    /// The complaint address; reply-token addresses are its plus-addresses.
+    pub complaint_address: String,
+    pub secret: ReplySecret,
+    /// Last day reply tokens minted now are valid.
+    pub token_expires: NaiveDate,
+    pub organisation: String,
+    /// Domain of Message-IDs.
+    pub host: String,
+    /// Zone times are shown in.
+    pub zone: Tz,
+    /// When the mail is queued; its Date header.
+    pub at: DateTime<Utc>,
+}
+
+/// What a mail is about; decides its template context.
+#[derive(Debug, Clone)]
+pub(crate) enum Content {
+    /// The acknowledgement to the complainant: the case number and
+    /// registration time only.
+    Acknowledgement,
+    /// A complaint or customer reply for a department.
+    Forward {
+        department: String,
+        mail: MailView,
+        attachments: Arc<Vec<OutgoingAttachment>>,
+    },
+    /// An escalation step's notice.
+    Escalation {
+        escalation: EscalationView,
+        /// The case's department, as the template's `department`.
+        department: Option<String>,
+        /// Whether this copy goes to the complainant (no case content then).
+        to_customer: bool,
+    },
+    /// A schedule's digest of cases.
+    Digest { digest: DigestView },
+}
+
+/// One mail before the store gives it its identity.
+#[derive(Debug, Clone)]
+pub(crate) struct MailPlan {
+    pub active: Arc<ActivePolicy>,
+    pub letterhead: Arc<Letterhead>,
+    pub purpose: String,
+    /// The template's declared name (recorded with the mail).
+    pub template: String,
+    pub language: String,
+    /// The case as it will be stored (its number comes with the identity).
+    pub case: Option<Case>,
+    pub to: Vec<Address>,
+    /// Mint a reply token for (case, this department) into Reply-To.
+    pub reply_department: Option<String>,
+    /// A fixed Reply-To.
+    pub reply_to: Option<Address>,
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+    pub content: Content,
+}
+
+/// What a preflight found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Preflight {
+    Ready,
+    /// The template failed; the built-in text will be sent. The reason.
+    Fallback(String),
+}
+
+impl MailPlan {
+    /// Renders the mail for `identity`: pure, the same bytes for the same identity.
+    pub fn render(&self, identity: &MailIdentity) -> Result<store::RenderedMail, String> {
+        let (mail, _) = self.outgoing(identity)?;
+        let built = outbound::build(&mail, &self.letterhead.host).map_err(|e| e.to_string())?;
+        Ok(store::RenderedMail {
+            message_id: built.message_id,
+            subject: built.subject,
+            bytes: built.bytes,
+        })
+    }
+
+    /// Checks the mail with a placeholder identity of the same shape as the
+    /// real one: renders its template (noting a fallback) and validates
+    /// everything the MIME builder refuses — addresses, attachment types,
+    /// purpose, host, case number — without building it, which is the
+    /// expensive part and happens once, in the commit. `Err` when the mail
+    /// cannot be built at all.
+    pub fn preflight(&self, case_prefix: &str) -> Result<Preflight, String> {
+        let placeholder = self.case.as_ref().map(|case| {
+            CaseId(format!(
+                "{case_prefix}-{}-000001",
+                case.created_at.format("%Y")
+            ))
+        });
+        let identity = mail_identity(placeholder.as_ref(), &self.purpose, 1);
+        let (mail, template_error) = self.outgoing(&identity)?;
+        outbound::message_id(
+            mail.case.as_ref(),
+            &mail.purpose,
+            mail.sequence,
+            &self.letterhead.host,
+        )
+        .map_err(|e| e.to_string())?;
+        if mail.to.is_empty() {
+            return Err("the mail has no recipient".to_owned());
+        }
+        let addresses = std::iter::once(&mail.from)
+            .chain(&mail.to)
+            .chain(&mail.reply_to);
+        for address in addresses {
+            let email = address.email.trim();
+            email
+                .parse::<lettre::Address>()
+                .map_err(|e| format!("{email:?} is not a valid mail address: {e}"))?;
+        }
+        for attachment in &mail.attachments {
+            ContentType::parse(&attachment.content_type).map_err(|_| {
+                format!(
+                    "attachment {:?} has an invalid content type {:?}",
+                    attachment.name, attachment.content_type
+                )
+            })?;
+        }
+        Ok(template_error.map_or(Preflight::Ready, Preflight::Fallback))
+    }
+
+    /// The draft the store queues; it renders this plan.
+    pub fn into_draft(self, envelope_from: &str) -> MailDraft {
+        let recipients = self.to.iter().map(|a| a.email.clone()).collect();
+        let purpose = self.purpose.clone();
+        let template = self.template.clone();
+        let at = self.letterhead.at;
+        let plan = Arc::new(self);
+        MailDraft::new(
+            &purpose,
+            &template,
+            envelope_from,
+            recipients,
+            at,
+            move |identity| plan.render(identity),
+        )
+    }
+
+    /// The mail to build, and the template error when the fallback text was used.
+    fn outgoing(&self, identity: &MailIdentity) -> Result<(OutgoingMail, Option<String>), String> {
+        let case_id = identity.case.clone();
+        let reply_to = match (&self.reply_department, &case_id) {
+            (Some(department), Some(case)) => {
+                let token = token::mint(
+                    &self.letterhead.secret,
+                    case,
+                    department,
+                    self.letterhead.token_expires,
+                )
+                .map_err(|e| e.to_string())?;
+                Some(Address::new(
+                    &token::reply_address(&self.letterhead.complaint_address, &token),
+                    None,
+                ))
+            }
+            _ => self.reply_to.clone(),
+        };
+        let context = self.context(case_id.as_ref(), reply_to.as_ref());
+        let stem = self.active.template_stem(&self.template);
+        let (rendered, template_error) =
+            match self
+                .active
+                .templates
+                .render(&stem, &self.language, &context)
+            {
+                Ok(rendered) => (rendered, None),
+                Err(error) => (self.fallback(&context), Some(error.to_string())),
+            };
+        let sequence = identity.sequence;
+        let attachments = match &self.content {
+            Content::Forward { attachments, .. } => attachments.as_ref().clone(),
+            _ => Vec::new(),
+        };
+        let mail = OutgoingMail {
+            case: case_id,
+            purpose: identity.purpose.clone(),
+            sequence,
+            from: self.letterhead.from.clone(),
+            to: self.to.clone(),
+            cc: Vec::new(),
+            reply_to,
+            subject: rendered.subject,
+            text: rendered.text,
+            html: rendered.html,
+            in_reply_to: self.in_reply_to.clone(),
+            references: self.references.clone(),
+            attachments,
+            date: self.letterhead.at,
+        };
+        Ok((mail, template_error))
+    }
+
+    fn case_view(&self, case_id: Option<&CaseId>) -> Option<CaseView> {
+        let case = self.case.as_ref()?;
+        let mut view = CaseView::new(
+            case,
+            &self.active.names,
+            self.letterhead.zone,
+            self.letterhead.at,
+        );
+        if let Some(id) = case_id {
+            view.number = id.0.clone();
+        }
+        Some(view)
+    }
+
+    fn context(&self, case_id: Option<&CaseId>, reply_to: Option<&Address>) -> TemplateContext {
+        let mut context = TemplateContext {
+            organisation: self.letterhead.organisation.clone(),
+            language: self.language.clone(),
+            now: local(self.letterhead.at, self.letterhead.zone),
+            ..TemplateContext::default()
+        };
+        let view = self.case_view(case_id);
+        let names = &self.active.names;
+        match &self.content {
+            Content::Acknowledgement => {
+                context.case = view.map(|v| redacted(&v));
+            }
+            Content::Forward {
+                department, mail, ..
+            } => {
+                context.case = view;
+                context.mail = Some(mail.clone());
+                context.department = Some(names.department(department));
+                context.reply_address = reply_to.map(|a| a.email.clone());
+            }
+            Content::Escalation {
+                escalation,
+                department,
+                to_customer,
+            } => {
+                context.escalation = Some(escalation.clone());
+                if *to_customer {
+                    context.case = view.map(|v| redacted(&v));
+                } else {
+                    context.case = view;
+                    context.department = department.as_deref().map(|d| names.department(d));
+                    context.reply_address = reply_to.map(|a| a.email.clone());
+                }
+            }
+            Content::Digest { digest } => {
+                context.digest = Some(digest.clone());
+            }
+        }
+        context
+    }
+
+    /// A plain text for when the template fails: what the mail must say, no more.
+    fn fallback(&self, context: &TemplateContext) -> RenderedMail {
+        let number = context
+            .case
+            .as_ref()
+            .map(|c| c.number.clone())
+            .unwrap_or_default();
+        let (subject, text) = match &self.content {
+            Content::Acknowledgement => (
+                "Complaint received".to_owned(),
+                format!(
+                    "Your complaint has been registered as case {number}. Please keep the case \
+                     number in the subject when you write again.\n"
+                ),
+            ),
+            Content::Forward { mail, .. } => (
+                context
+                    .case
+                    .as_ref()
+                    .map(|c| c.subject.clone())
+                    .unwrap_or_default(),
+                format!(
+                    "Case {number} has been assigned to you. Reply to this mail to answer.\n\n\
+                     From: {} <{}>\nSubject: {}\n\n{}\n",
+                    mail.from.name, mail.from.email, mail.subject, mail.text
+                ),
+            ),
+            Content::Escalation { escalation, .. } => (
+                format!("{}: due {}", escalation.deadline.display, escalation.due),
+                format!(
+                    "Case {number}: the deadline {} is due {} (escalation step {}).\n",
+                    escalation.deadline.display,
+                    escalation.due,
+                    escalation.step + 1
+                ),
+            ),
+            Content::Digest { digest } => (
+                format!("{}: {} case(s)", digest.schedule, digest.cases.len()),
+                digest
+                    .cases
+                    .iter()
+                    .map(|c| format!("{}  {}  {}\n", c.number, c.status, c.subject))
+                    .collect(),
+            ),
+        };
+        RenderedMail {
+            subject,
+            text,
+            html: None,
+        }
+    }
+}
+
+/// What a mail to the complainant may show of a case: its number,
+/// registration time, channel, language and state. Everything the sender
+/// wrote or the rules derived from it is left out: the sender of a new
+/// complaint is unverified, and a forged From must not receive the content.
+pub(crate) fn redacted(view: &CaseView) -> CaseView {
+    CaseView {
+        number: view.number.clone(),
+        subject: String::new(),
+        received_at: view.received_at.clone(),
+        channel: view.channel.clone(),
+        language: view.language.clone(),
+        status: view.status.clone(),
+        severity: None,
+        category: None,
+        responsibility: None,
+        tags: Vec::new(),
+        department: None,
+        cc_departments: Vec::new(),
+        fields: Vec::new(),
+        sender: PersonView {
+            name: String::new(),
+            email: String::new(),
+        },
+        deadlines: Vec::new(),
+    }
+}
+
+/// A purpose usable in Message-IDs (`[a-z0-9_-]{1,32}`): `wanted` when it
+/// is one, else `fallback`.
+pub(crate) fn purpose_or(wanted: &str, fallback: &str) -> String {
+    let usable = (1..=32).contains(&wanted.len())
+        && wanted
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if usable {
+        wanted.to_owned()
+    } else {
+        fallback.to_owned()
+    }
+}
