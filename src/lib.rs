@@ -10,4 +10,5 @@ pub mod config;
 pub mod engine;
 pub mod mail;
 pub mod rules;
+pub mod simulate;
 pub mod store;
