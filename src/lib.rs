@@ -2,13 +2,19 @@
 //!
 //! See `ARCHITECTURE.md` for the code map and the invariants.
 
+pub mod backoff;
 pub mod calendar;
 pub mod case;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod imap;
+pub mod lifecycle;
 pub mod mail;
+pub mod metrics;
 pub mod rules;
 pub mod simulate;
+pub mod smtp;
 pub mod store;
+pub mod tls;

@@ -147,13 +147,19 @@ mod china_2026 {
 
     #[test]
     fn working_days_from_the_lunch_break_count_from_the_afternoon_opening() {
-        let due = shanghai_office()
-            .add(
+        let (due, text) = shanghai_office()
+            .explain_add(
                 at("2026-10-08T12:30:00+08:00"),
                 duration(1, DurationUnit::WorkingDays),
             )
             .unwrap();
         assert_eq!(due, at("2026-10-09T14:00:00+08:00"));
+        assert_eq!(
+            text,
+            "counted 1 working day (Asia/Shanghai) from 2026-10-08 14:00 \
+             (started at 12:30, during a break): 2026-10-09; \
+             due at the same time of day, 2026-10-09 14:00"
+        );
     }
 
     #[test]
@@ -176,15 +182,26 @@ mod china_2026 {
             .build()
             .unwrap();
         let thursday_afternoon = at("2026-10-15T15:00:00+08:00");
-        let one_day = office
-            .add(thursday_afternoon, duration(1, DurationUnit::WorkingDays))
+        let (one_day, text) = office
+            .explain_add(thursday_afternoon, duration(1, DurationUnit::WorkingDays))
             .unwrap();
         assert_eq!(one_day, at("2026-10-16T12:00:00+08:00"));
+        assert_eq!(
+            text,
+            "counted 1 working day (Asia/Shanghai) from 2026-10-15 15:00: 2026-10-16; \
+             closed by 15:00 that day, so due at its close of business, 2026-10-16 12:00"
+        );
         let thursday_morning = at("2026-10-15T10:00:00+08:00");
-        let two_days = office
-            .add(thursday_morning, duration(2, DurationUnit::WorkingDays))
+        let (two_days, text) = office
+            .explain_add(thursday_morning, duration(2, DurationUnit::WorkingDays))
             .unwrap();
         assert_eq!(two_days, at("2026-10-17T13:00:00+08:00"));
+        assert_eq!(
+            text,
+            "counted 2 working days (Asia/Shanghai) from 2026-10-15 10:00: \
+             2026-10-16, 2026-10-17; \
+             closed at 10:00 that day, so due at its next opening, 2026-10-17 13:00"
+        );
     }
 
     #[test]
@@ -569,6 +586,32 @@ mod limits {
             horizon
         );
         assert!(!closed.is_open(start));
+        let next_week = at("2026-10-15T10:00:00+08:00");
+        assert_eq!(closed.business_seconds_between(start, next_week), Ok(0));
+    }
+
+    #[test]
+    fn answers_before_a_long_closure_need_no_search_beyond_it() {
+        let closing = CalendarBuilder::new("closing", "Asia/Shanghai")
+            .hours(Weekday::Mon, Weekday::Fri, "09:00-17:00")
+            .holiday(date(2026, 10, 9), date(2099, 12, 31), "closed for good")
+            .build()
+            .unwrap();
+        let last_morning = at("2026-10-08T10:00:00+08:00");
+        let last_close = at("2026-10-08T17:00:00+08:00");
+        assert_eq!(closing.next_close(last_morning), Ok(last_close));
+        assert_eq!(
+            closing.business_seconds_between(last_morning, at("2026-10-20T00:00:00+08:00")),
+            Ok(7 * 3600)
+        );
+        let (due, text) = closing
+            .explain_add(last_morning, duration(7, DurationUnit::WorkingHours))
+            .unwrap();
+        assert_eq!(due, last_close);
+        assert_eq!(
+            text,
+            "counted 7 working hours (Asia/Shanghai): 2026-10-08 10:00–17:00"
+        );
     }
 
     #[test]
@@ -689,6 +732,9 @@ fn calendar_decl(
     }
 }
 
+/// Declarations built by hand, so that checks the parser already makes
+/// (reversed ranges, impossible times) are reached too: they still guard the
+/// builder and any other code that makes a `CalendarDecl`.
 mod declaration_diagnostics {
     use super::*;
 
@@ -930,5 +976,370 @@ calendar office \"Asia/Shangai\" {
             "`2pm-5pm` is not an interval like `09:00-17:30`; Friday already has opening hours \
              (give each weekday its hours once; a day with other hours needs its own `hours` line)"
         );
+    }
+}
+
+mod properties {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    use proptest::test_runner::Config;
+
+    /// A calendar with odd hours in a DST zone: a night shift that runs over
+    /// midnight into Saturday, Sunday hours across both changes, a lunch
+    /// break, a holiday and a make-up Sunday.
+    fn berlin_odd() -> Calendar {
+        CalendarBuilder::new("odd", "Europe/Berlin")
+            .hours(
+                Weekday::Mon,
+                Weekday::Mon,
+                "00:00-02:30 08:00-12:00 13:00-17:00",
+            )
+            .hours(Weekday::Tue, Weekday::Thu, "08:00-17:00")
+            .hours(Weekday::Fri, Weekday::Fri, "22:00-24:00")
+            .hours(Weekday::Sat, Weekday::Sat, "00:00-03:00")
+            .hours(Weekday::Sun, Weekday::Sun, "01:30-03:30")
+            .holiday(date(2026, 12, 24), date(2026, 12, 26), "Weihnachten")
+            .workday(date(2026, 12, 27), "Inventur")
+            .build()
+            .unwrap()
+    }
+
+    /// Havana changes its clocks at midnight: 00:00 does not exist on
+    /// 2026-03-08 and occurs twice on 2026-11-01. Its hours touch midnight.
+    fn havana_midnight() -> Calendar {
+        CalendarBuilder::new("havana", "America/Havana")
+            .hours(
+                Weekday::Mon,
+                Weekday::Fri,
+                "00:00-00:30 09:00-17:00 23:30-24:00",
+            )
+            .hours(Weekday::Sat, Weekday::Sun, "00:00-01:30 22:00-24:00")
+            .build()
+            .unwrap()
+    }
+
+    fn calendars() -> impl Strategy<Value = Calendar> {
+        prop_oneof![
+            Just(shanghai_office()),
+            Just(berlin_odd()),
+            Just(berlin_office()),
+            Just(havana_midnight()),
+        ]
+    }
+
+    /// Instants in 2026, often near the clock changes in Berlin and
+    /// Havana and National Day, sometimes with a fraction of a second.
+    fn instants() -> impl Strategy<Value = DateTime<Utc>> {
+        let seconds = prop_oneof![
+            at("2026-01-01T00:00:00Z").timestamp()..at("2027-01-01T00:00:00Z").timestamp(),
+            at("2026-03-27T00:00:00Z").timestamp()..at("2026-04-01T00:00:00Z").timestamp(),
+            at("2026-10-23T00:00:00Z").timestamp()..at("2026-10-28T00:00:00Z").timestamp(),
+            at("2026-09-29T00:00:00Z").timestamp()..at("2026-10-12T00:00:00Z").timestamp(),
+            at("2026-03-07T00:00:00Z").timestamp()..at("2026-03-10T00:00:00Z").timestamp(),
+            at("2026-10-31T00:00:00Z").timestamp()..at("2026-11-03T00:00:00Z").timestamp(),
+        ];
+        let nanos = prop_oneof![3 => Just(0u32), 1 => 0u32..1_000_000_000];
+        (seconds, nanos).prop_map(|(s, n)| DateTime::from_timestamp(s, n).unwrap())
+    }
+
+    fn business_units() -> impl Strategy<Value = DurationUnit> {
+        prop_oneof![
+            Just(DurationUnit::WorkingMinutes),
+            Just(DurationUnit::WorkingHours),
+            Just(DurationUnit::WorkingDays),
+        ]
+    }
+
+    fn any_unit() -> impl Strategy<Value = DurationUnit> {
+        prop_oneof![
+            Just(DurationUnit::Minutes),
+            Just(DurationUnit::Hours),
+            Just(DurationUnit::Days),
+            Just(DurationUnit::Weeks),
+            business_units(),
+        ]
+    }
+
+    /// Open at `at`, or exactly at the end of an open interval.
+    fn open_or_closing(calendar: &Calendar, at: DateTime<Utc>) -> bool {
+        calendar.is_open(at) || calendar.is_open(at - TimeDelta::nanoseconds(1))
+    }
+
+    proptest! {
+        #![proptest_config(Config::with_cases(512))]
+
+        #[test]
+        fn adding_business_seconds_adds_exactly_that_much_open_time(
+            calendar in calendars(), start in instants(), secs in 0i64..400 * 3600,
+        ) {
+            let due = calendar.add_business_seconds(start, secs).unwrap();
+            prop_assert_eq!(calendar.business_seconds_between(start, due).unwrap(), secs);
+            let back = calendar.add_business_seconds(start, -secs).unwrap();
+            prop_assert_eq!(calendar.business_seconds_between(back, start).unwrap(), secs);
+        }
+
+        #[test]
+        fn business_additions_are_monotonic_in_the_start(
+            calendar in calendars(), start in instants(), later_by in 0i64..10 * 86_400,
+            unit in business_units(), amount in 0u32..40,
+        ) {
+            let later = start + TimeDelta::seconds(later_by);
+            let d = duration(amount, unit);
+            prop_assert!(calendar.add(start, d).unwrap() <= calendar.add(later, d).unwrap());
+            prop_assert!(calendar.subtract(start, d).unwrap() <= calendar.subtract(later, d).unwrap());
+        }
+
+        #[test]
+        fn additions_are_monotonic_in_the_amount(
+            calendar in calendars(), start in instants(), unit in any_unit(),
+            amount in 0u32..40, more in 0u32..40,
+        ) {
+            let shorter = calendar.add(start, duration(amount, unit)).unwrap();
+            let longer = calendar.add(start, duration(amount + more, unit)).unwrap();
+            prop_assert!(shorter <= longer);
+            prop_assert!(start <= shorter);
+        }
+
+        #[test]
+        fn business_results_are_open_or_exactly_at_a_closing_time(
+            calendar in calendars(), start in instants(), unit in business_units(),
+            amount in 1u32..40,
+        ) {
+            let due = calendar.add(start, duration(amount, unit)).unwrap();
+            prop_assert!(due > start);
+            prop_assert!(open_or_closing(&calendar, due), "{} is closed", due);
+            let back = calendar.subtract(start, duration(amount, unit)).unwrap();
+            prop_assert!(back < start);
+            prop_assert!(open_or_closing(&calendar, back), "{} is closed", back);
+        }
+
+        #[test]
+        fn working_days_on_uniform_hours_keep_the_time_or_end_at_close_of_business(
+            start in instants(), days in 1u32..30,
+        ) {
+            // Every working day of the Shanghai office has the same hours, so
+            // no adjustment happens: an open start keeps its time of day (a
+            // start in the lunch break counts from 14:00) on the N-th working
+            // day after; any other closed start ends at close of business of
+            // the N-th working day counting the day of the next opening.
+            let office = shanghai_office();
+            let zone = office.zone();
+            let local = |at: DateTime<Utc>| at.with_timezone(&zone).naive_local();
+            let time = |h, m| chrono::NaiveTime::from_hms_opt(h, m, 0).unwrap();
+            let due = local(office.add(start, duration(days, DurationUnit::WorkingDays)).unwrap());
+            let opening = local(office.next_open(start).unwrap());
+            let anchor = if office.is_open(start) {
+                Some(local(start))
+            } else if opening.date() == local(start).date() && opening.time() == time(14, 0) {
+                Some(opening)
+            } else {
+                None
+            };
+            match anchor {
+                Some(anchor) => {
+                    prop_assert_eq!(due.time(), anchor.time());
+                    let counted = anchor
+                        .date()
+                        .iter_days()
+                        .skip(1)
+                        .take_while(|date| *date <= due.date())
+                        .filter(|date| {
+                            let same_time = zone.from_local_datetime(&date.and_time(anchor.time()));
+                            office.is_open(same_time.unwrap().with_timezone(&Utc))
+                        })
+                        .count();
+                    prop_assert_eq!(counted, days as usize);
+                }
+                None => {
+                    prop_assert_eq!(due.time(), time(17, 30));
+                    let counted = opening
+                        .date()
+                        .iter_days()
+                        .take_while(|date| *date <= due.date())
+                        .filter(|date| {
+                            let morning = zone.from_local_datetime(&date.and_time(time(10, 0)));
+                            office.is_open(morning.unwrap().with_timezone(&Utc))
+                        })
+                        .count();
+                    prop_assert_eq!(counted, days as usize);
+                }
+            }
+        }
+
+        #[test]
+        fn natural_days_keep_the_local_time_when_it_exists(
+            calendar in calendars(), start in instants(), days in 0u32..400,
+        ) {
+            let zone = calendar.zone();
+            let due = calendar.add(start, duration(days, DurationUnit::Days)).unwrap();
+            let wanted = start.with_timezone(&zone).naive_local()
+                + TimeDelta::days(i64::from(days));
+            let got = due.with_timezone(&zone).naive_local();
+            match zone.from_local_datetime(&wanted) {
+                chrono::LocalResult::Single(exact) => prop_assert_eq!(due, exact.with_timezone(&Utc)),
+                chrono::LocalResult::Ambiguous(earlier, _) => {
+                    prop_assert!(days == 0 || due == earlier.with_timezone(&Utc));
+                    prop_assert_eq!(got, wanted);
+                }
+                chrono::LocalResult::None => {
+                    // The first instant after the gap: its local time is past
+                    // the wanted time, a moment earlier it was before it.
+                    prop_assert!(got > wanted);
+                    let before = (due - TimeDelta::nanoseconds(1)).with_timezone(&zone).naive_local();
+                    prop_assert!(before < wanted);
+                }
+            }
+        }
+
+        #[test]
+        fn is_open_agrees_with_next_open_and_next_close(
+            calendar in calendars(), moment in instants(),
+        ) {
+            let opening = calendar.next_open(moment).unwrap();
+            prop_assert_eq!(calendar.is_open(moment), opening == moment);
+            prop_assert!(calendar.is_open(opening));
+            prop_assert_eq!(calendar.business_seconds_between(moment, opening).unwrap(), 0);
+            let close = calendar.next_close(moment).unwrap();
+            prop_assert!(close > opening);
+            prop_assert!(!calendar.is_open(close));
+            prop_assert!(calendar.is_open(close - TimeDelta::nanoseconds(1)));
+            prop_assert_eq!(
+                calendar.business_seconds_between(opening, close).unwrap(),
+                (close - opening).num_seconds()
+            );
+        }
+
+        #[test]
+        fn a_pause_moves_the_due_time_by_the_time_paused(
+            calendar in calendars(), due in instants(), paused_from in instants(),
+            paused_for in 0i64..5 * 86_400, unit in any_unit(),
+        ) {
+            let resumed_at = paused_from + TimeDelta::seconds(paused_for);
+            let (new_due, paused) = calendar
+                .extend_for_pause(due, unit, paused_from, resumed_at)
+                .unwrap();
+            prop_assert!(new_due >= due);
+            if unit.is_business() {
+                prop_assert_eq!(paused, calendar.business_seconds_between(paused_from, resumed_at).unwrap());
+                prop_assert_eq!(calendar.business_seconds_between(due, new_due).unwrap(), paused);
+            } else {
+                prop_assert_eq!(paused, paused_for);
+                prop_assert_eq!(new_due - due, TimeDelta::seconds(paused_for));
+            }
+        }
+    }
+}
+
+/// Declarations parsed from rule text by the real parser.
+mod parsed_declarations {
+    use super::*;
+    use complaintd::rules::ast::Item;
+    use complaintd::rules::parse::parse_file;
+
+    /// The calendars declared in `text`, with the source map to render against.
+    fn parse_calendars(path: &str, text: &str) -> (SourceMap, Vec<CalendarDecl>) {
+        let mut sources = SourceMap::new();
+        let file = sources.add(path, text);
+        let parsed = parse_file(file, text)
+            .unwrap_or_else(|d| panic!("test text does not parse:\n{}", d.render(&sources)));
+        let calendars = parsed
+            .items
+            .into_iter()
+            .filter_map(|item| match item {
+                Item::Calendar(decl) => Some(decl),
+                _ => None,
+            })
+            .collect();
+        (sources, calendars)
+    }
+
+    #[test]
+    fn problems_the_parser_lets_through_are_reported_at_the_parsed_spans() {
+        let text = "\
+calendar office \"asia/shanghai\" {
+    hours mon..fri 08:30-12:00 11:00-14:00
+    hours sat, tue 09:00-12:00
+    holiday 2026-10-01..2026-10-07 \"国庆节\"
+    workday 2026-10-06..2026-10-08 \"调休\"
+}
+";
+        let (sources, calendars) = parse_calendars("rules/00-calendar.rules", text);
+        let problems = Calendar::from_decl(&calendars[0]).unwrap_err();
+        let rendered: Vec<String> = problems.iter().map(|d| d.render(&sources)).collect();
+        assert_eq!(
+            rendered,
+            vec![
+                "error: unknown time zone `asia/shanghai`\n \
+                 --> rules/00-calendar.rules:1:17\n  \
+                 |\n\
+                 1 | calendar office \"asia/shanghai\" {\n  \
+                 |                 ^^^^^^^^^^^^^^^\n  \
+                 = help: did you mean `Asia/Shanghai`?\n",
+                "error: `11:00-14:00` overlaps `08:30-12:00`\n \
+                 --> rules/00-calendar.rules:2:32\n  \
+                 |\n\
+                 2 |     hours mon..fri 08:30-12:00 11:00-14:00\n  \
+                 |                                ^^^^^^^^^^^\n  \
+                 = help: the intervals of a day must not overlap; \
+                 write `08:30-14:00` if one interval is meant\n",
+                "error: Tuesday already has opening hours\n \
+                 --> rules/00-calendar.rules:3:16\n  \
+                 |\n\
+                 3 |     hours sat, tue 09:00-12:00\n  \
+                 |                ^^^\n  \
+                 = help: give each weekday its hours once; \
+                 a day with other hours needs its own `hours` line\n  \
+                 = note: Tuesday got its hours on line 2\n",
+                "error: 2026-10-06..2026-10-07 are both make-up working days and holidays\n \
+                 --> rules/00-calendar.rules:5:13\n  \
+                 |\n\
+                 5 |     workday 2026-10-06..2026-10-08 \"调休\"\n  \
+                 |             ^^^^^^^^^^^^^^^^^^^^^^\n  \
+                 = help: a date is either a holiday or a working day; \
+                 remove it from one of them\n  \
+                 = note: the holiday 2026-10-01..2026-10-07 is declared on line 4\n",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_parsed_calendar_without_hours_is_never_open() {
+        let text = "calendar closed \"UTC\" {\n    holiday 2026-01-01 \"元旦\"\n}\n";
+        let (sources, calendars) = parse_calendars("rules/00-calendar.rules", text);
+        let problems = Calendar::from_decl(&calendars[0]).unwrap_err();
+        assert_eq!(
+            problems[0].render(&sources),
+            "error: calendar `closed` is never open\n \
+             --> rules/00-calendar.rules:1:10\n  \
+             |\n\
+             1 | calendar closed \"UTC\" {\n  \
+             |          ^^^^^^\n  \
+             = help: give it opening hours, e.g. `hours mon..fri 09:00-17:00`\n"
+        );
+        assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn the_default_policy_calendar_counts_national_day_2026_like_the_built_one() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/00-organisation.rules");
+        let text = std::fs::read_to_string(path).expect("the default policy is readable");
+        let (_, calendars) = parse_calendars("rules/00-organisation.rules", &text);
+        let office = Calendar::from_decl(&calendars[0]).expect("the default calendar is valid");
+        assert_eq!(office.holidays(), shanghai_office().holidays());
+        assert_eq!(office.makeup_days().len(), 6);
+        let start = before_national_day();
+        for (amount, unit, due) in [
+            (1, DurationUnit::WorkingHours, "2026-10-08T09:30:00+08:00"),
+            (3, DurationUnit::WorkingDays, "2026-10-10T17:30:00+08:00"),
+            (5, DurationUnit::WorkingDays, "2026-10-13T17:30:00+08:00"),
+            (3, DurationUnit::Days, "2026-10-03T17:50:00+08:00"),
+        ] {
+            assert_eq!(
+                office.add(start, duration(amount, unit)).unwrap(),
+                at(due),
+                "{amount} {unit:?}"
+            );
+        }
     }
 }

@@ -189,7 +189,7 @@ fn missing_template_files_are_named() {
     let file = parse_file(id, &text).unwrap();
     let env = Environment {
         template_files: Some(
-            ["reminder.zh.txt".to_owned(), "remind.en.txt".to_owned()]
+            ["remindr.zh.txt".to_owned(), "remindr.en.txt".to_owned()]
                 .into_iter()
                 .collect(),
         ),
@@ -216,4 +216,13 @@ fn a_regex_over_the_size_limit_is_refused() {
         "regex_over_the_size_limit",
         render_all(&checked.diagnostics, &checked.sources)
     );
+}
+
+#[test]
+fn a_directory_of_broken_files_yields_every_diagnostic() {
+    let checked =
+        complaintd::cli::load_and_check(std::path::Path::new("tests/fixtures/rules/errors"));
+    let expected = std::fs::read_to_string("tests/fixtures/rules/errors.expected").unwrap();
+    assert!(checked.policy.is_none());
+    assert_eq!(render_all(&checked.diagnostics, &checked.sources), expected);
 }

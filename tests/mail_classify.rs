@@ -262,6 +262,25 @@ fn every_branch_of_classification() {
                 case: None,
             },
         ),
+        (
+            "a terse DSN without the returned message threads to its case",
+            mail(
+                &[
+                    ("From", "MAILER-DAEMON@mx.gas.example"),
+                    ("Subject", "failure"),
+                    ("In-Reply-To", &in_reply_to_forward),
+                    (
+                        "Content-Type",
+                        "multipart/report; report-type=delivery-status; boundary=\"t\"",
+                    ),
+                ],
+                "--t\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--t--\r\n",
+            ),
+            MailKind::Bounce {
+                original_message_id: None,
+                case: Some(case(CASE)),
+            },
+        ),
         // Automatic mail.
         (
             "Auto-Submitted other than no is automatic",

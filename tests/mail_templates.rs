@@ -93,8 +93,8 @@ fn sample_case(subject: &str, sender_name: &str) -> Case {
             paused_since: None,
             paused_seconds: 0,
             stopped_at: None,
-            business: false,
             fired_steps: Default::default(),
+            business: true,
         },
     );
     case
@@ -198,6 +198,39 @@ fn acknowledgement_shows_the_case_number_and_nothing_the_sender_wrote() {
             !all.contains("SECRET"),
             "{language} acknowledgement leaks case content:\n{all}"
         );
+    }
+}
+
+#[test]
+fn the_acknowledgement_context_holds_no_case_content() {
+    let templates = default_templates();
+    let full = full_context("SECRET-SUBJECT", "SECRET-NAME", "SECRET-TEXT");
+    let context = TemplateContext::acknowledgement(
+        "某市燃气有限公司",
+        "zh",
+        "2026-11-24 10:05",
+        full.case.as_ref().unwrap(),
+    );
+    let json = serde_json::to_string(&context).unwrap();
+    assert!(!json.contains("SECRET"), "{json}");
+    assert!(!json.contains("wang@example.com"), "{json}");
+    assert!(json.contains("TS-2026-000123"));
+    // Even a template edited to print content has nothing to print.
+    let edited = Templates::from_files(
+        files(&[(
+            "acknowledgement.zh.txt",
+            "Subject: {{ case.subject }}\n\n{{ case.sender.email }}{{ mail }}{{ case.fields }}\n",
+        )]),
+        &languages(),
+    )
+    .unwrap();
+    let rendered = edited.render("acknowledgement", "zh", &context).unwrap();
+    assert!(!format!("{rendered:?}").contains("SECRET"));
+    for language in languages() {
+        let rendered = templates
+            .render("acknowledgement", &language, &context)
+            .unwrap();
+        assert!(rendered.text.contains("TS-2026-000123"));
     }
 }
 

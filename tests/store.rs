@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use complaintd::case::{Address, Case, CaseId, CaseState, Event, EventKind, FieldValue};
+use complaintd::mail::outbound::{self, OutgoingMail};
+use complaintd::mail::KnownMessage;
 use complaintd::rules::eval::CaseHistory;
 use complaintd::store::{
     CaseFilter, CaseRef, ChangeOutcome, ChangeSet, Checkpoint, DeliveryFailure, IngestBatch,
@@ -43,15 +45,39 @@ fn note(at: DateTime<Utc>, text: &str) -> Event {
     }
 }
 
+/// Renders with the real outgoing-mail builder, as the daemon does.
 fn render(identity: &MailIdentity) -> Result<RenderedMail, String> {
-    let subject = format!("[{}] 您的投诉已受理", identity.case);
-    let bytes = format!(
-        "Message-ID: {}\r\nSubject: {subject}\r\n\r\nCase {}\r\n",
-        identity.message_id, identity.case
-    );
+    let mail = OutgoingMail {
+        case: identity.case.clone(),
+        purpose: identity.purpose.clone(),
+        sequence: identity.sequence,
+        from: Address::new("complaints@corp.example", Some("投诉中心")),
+        to: vec![Address::new("customer@example.com", None)],
+        cc: Vec::new(),
+        reply_to: None,
+        subject: "您的投诉已受理".into(),
+        text: "我们已收到您的投诉。".into(),
+        html: None,
+        in_reply_to: None,
+        references: Vec::new(),
+        attachments: Vec::new(),
+        date: t0(),
+    };
+    let built = outbound::build(&mail, "corp.example").map_err(|e| e.to_string())?;
     Ok(RenderedMail {
-        subject,
-        bytes: bytes.into_bytes(),
+        message_id: built.message_id,
+        subject: built.subject,
+        bytes: built.bytes,
+    })
+}
+
+/// Renders a minimal message whose Message-ID follows the outbox id.
+fn render_plain(identity: &MailIdentity) -> Result<RenderedMail, String> {
+    let message_id = format!("{}@corp.example", identity.outbox_id);
+    Ok(RenderedMail {
+        bytes: format!("Message-ID: <{message_id}>\r\n\r\nx\r\n").into_bytes(),
+        message_id,
+        subject: identity.purpose.clone(),
     })
 }
 
@@ -160,11 +186,25 @@ fn one_message_commits_everything_together() {
     assert_eq!(kinds, ["created", "mail_queued"]);
     let mail = &outcome.applied().expect("applied").mails[0];
     assert_eq!(mail.outbox_id, "TS-2026-000001.ack.1");
+    assert_eq!(mail.message_id, "TS-2026-000001.ack.1@corp.example");
+    assert_eq!(
+        store
+            .message("<TS-2026-000001.ack.1@corp.example>")
+            .expect("read")
+            .as_ref()
+            .map(KnownMessage::from),
+        Some(KnownMessage::Sent {
+            case: Some(id.clone()),
+            purpose: "ack".into()
+        }),
+        "a reply to the acknowledgement threads to the case"
+    );
     assert_eq!(
         store.message(&mail.message_id).expect("read"),
         Some(MessageRecord::Outgoing {
-            case: id.clone(),
-            outbox_id: mail.outbox_id.clone()
+            case: Some(id.clone()),
+            outbox_id: mail.outbox_id.clone(),
+            purpose: "ack".into(),
         })
     );
     assert_eq!(
@@ -371,7 +411,7 @@ fn everything_survives_drop_and_reopen() {
         Some(bytes.clone())
     );
     assert!(
-        String::from_utf8_lossy(&bytes).contains("Message-ID: <TS-2026-000001.ack.1@localhost>")
+        String::from_utf8_lossy(&bytes).contains("Message-ID: <TS-2026-000001.ack.1@corp.example>")
     );
     assert_eq!(
         store.next_timer_due().expect("read"),
@@ -436,7 +476,6 @@ fn case_numbers_restart_each_year_in_the_configured_time_zone() {
         case_prefix: "GAS".into(),
         case_number_width: 4,
         case_number_tz: chrono_tz::Asia::Shanghai,
-        message_id_domain: "corp.example".into(),
     };
     let store = Store::open_with(dir.path().join("db"), settings).expect("open");
     // 2026-12-31 17:00 UTC is already 2027-01-01 01:00 in Shanghai.
@@ -457,7 +496,7 @@ fn case_numbers_restart_each_year_in_the_configured_time_zone() {
     let outbox = store
         .outbox_of_case(&CaseId("GAS-2027-0001".into()))
         .expect("read");
-    assert_eq!(outbox[0].message_id, "<GAS-2027-0001.ack.1@corp.example>");
+    assert_eq!(outbox[0].message_id, "GAS-2027-0001.ack.1@corp.example");
 }
 
 #[test]
@@ -707,7 +746,7 @@ fn mails_of_one_purpose_get_stable_increasing_identities() {
                     "complaints@corp.example",
                     vec!["service@corp.example".into()],
                     t0(),
-                    render,
+                    render_plain,
                 ),
             )
             .expect("queue");
@@ -729,6 +768,77 @@ fn mails_of_one_purpose_get_stable_increasing_identities() {
     );
     assert_eq!(store.outbox_of_case(&case).expect("read").len(), 3);
     assert_eq!(store.queue_depth(), 3);
+}
+
+#[test]
+fn digests_belong_to_no_case_and_log_no_event() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let mut changes = ChangeSet::new();
+    for _ in 0..2 {
+        changes
+            .queue_mail_without_case(MailDraft::new(
+                "digest",
+                "weekly-digest",
+                "complaints@corp.example",
+                vec!["gm@corp.example".into()],
+                t0(),
+                render,
+            ))
+            .expect("queue");
+    }
+    let outcome = store.apply(&changes).expect("commit");
+    let mails = &outcome.applied().expect("applied").mails;
+    assert_eq!(mails[0].outbox_id, "complaintd.digest.1");
+    assert_eq!(mails[1].message_id, "complaintd.digest.2@corp.example");
+    assert_eq!(
+        store
+            .message(&mails[1].message_id)
+            .expect("read")
+            .as_ref()
+            .map(KnownMessage::from),
+        Some(KnownMessage::Sent {
+            case: None,
+            purpose: "digest".into()
+        })
+    );
+    let entry = store
+        .outbox_sent("complaintd.digest.1", t0())
+        .expect("sent");
+    assert_eq!(entry.case, None);
+    assert_eq!(store.queue_depth(), 1);
+}
+
+#[test]
+fn a_renderer_that_reuses_a_message_id_aborts_the_commit() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let case = ingest_new(&store, "<a@x>", "a@x.example", t0());
+    let mut changes = ChangeSet::new();
+    changes
+        .queue_mail(
+            &CaseRef::from(&case),
+            MailDraft::new(
+                "remind",
+                "reminder",
+                "complaints@corp.example",
+                vec!["service@corp.example".into()],
+                t0(),
+                |_: &MailIdentity| {
+                    Ok(RenderedMail {
+                        message_id: "<TS-2026-000001.ack.1@corp.example>".into(),
+                        subject: "s".into(),
+                        bytes: Vec::new(),
+                    })
+                },
+            ),
+        )
+        .expect("queue");
+    changes.append_event(&CaseRef::from(&case), note(t0(), "reminded"));
+    let err = store.apply(&changes).expect_err("Message-ID reused");
+    assert!(matches!(err, StoreError::Render { .. }), "{err}");
+    assert_eq!(store.outbox_of_case(&case).expect("read").len(), 1);
+    assert_eq!(store.events(&case).expect("read").len(), 2);
 }
 
 fn history_case(

@@ -5,7 +5,7 @@ use std::fmt;
 use chrono::{NaiveDate, Weekday};
 use chrono_tz::Tz;
 
-use super::{Calendar, DateIndex, LabelledDates, DEFAULT_HORIZON_DAYS};
+use super::{Calendar, LabelledDates, SpecialDays, DEFAULT_HORIZON_DAYS};
 use crate::rules::ast::{
     CalendarDecl, CalendarEntry, DateRange, Span, Spanned, TimeRange, WeekdaySet,
 };
@@ -114,24 +114,21 @@ impl Calendar {
             None => default_makeup_weekday(&weekly),
         };
         match zone {
-            Some(zone) if problems.is_empty() => Ok(Calendar {
-                name: decl.name.node.clone(),
-                zone,
-                weekly,
-                makeup_weekday,
-                holiday_index: DateIndex::new(
-                    &holidays.iter().map(|h| h.node.clone()).collect::<Vec<_>>(),
-                ),
-                holidays: holidays.into_iter().map(|h| h.node).collect(),
-                makeup_index: DateIndex::new(
-                    &makeup_days
-                        .iter()
-                        .map(|m| m.node.clone())
-                        .collect::<Vec<_>>(),
-                ),
-                makeup_days: makeup_days.into_iter().map(|m| m.node).collect(),
-                horizon_days: options.horizon_days,
-            }),
+            Some(zone) if problems.is_empty() => {
+                let holidays: Vec<LabelledDates> = holidays.into_iter().map(|h| h.node).collect();
+                let makeup_days: Vec<LabelledDates> =
+                    makeup_days.into_iter().map(|m| m.node).collect();
+                Ok(Calendar {
+                    name: decl.name.node.clone(),
+                    zone,
+                    weekly,
+                    makeup_weekday,
+                    special_days: SpecialDays::new(&holidays, &makeup_days),
+                    holidays,
+                    makeup_days,
+                    horizon_days: options.horizon_days,
+                })
+            }
             _ => {
                 problems.sort_by_key(|d| (d.span.file, d.span.start));
                 Err(problems)
@@ -562,4 +559,89 @@ fn parse_clock_time(text: &str) -> Option<u16> {
     let minutes: u16 = minutes.parse().ok()?;
     (hours <= 24 && minutes < 60 && hours * 60 + minutes <= MINUTES_PER_DAY)
         .then_some(hours * 60 + minutes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_times_need_two_digit_hours_and_minutes_within_the_day() {
+        assert_eq!(parse_clock_time("08:30"), Some(510));
+        assert_eq!(parse_clock_time("24:00"), Some(1440));
+        assert_eq!(parse_clock_time("8:30"), None);
+        assert_eq!(parse_clock_time("+8:30"), None);
+        assert_eq!(parse_clock_time("24:30"), None);
+        assert_eq!(parse_clock_time("12:60"), None);
+        assert_eq!(
+            parse_time_range("08:30-12:00"),
+            Some(TimeRange {
+                start_minute: 510,
+                end_minute: 720
+            })
+        );
+        assert_eq!(parse_time_range("08:30–12:00"), None);
+    }
+
+    #[test]
+    fn builder_problems_are_all_reported() {
+        let error = CalendarBuilder::new("office", "Europe/Berln")
+            .hours(Weekday::Mon, Weekday::Fri, "9-17 12:00-11:00")
+            .build()
+            .expect_err("three problems");
+        assert_eq!(
+            error.problems,
+            vec![
+                "`9-17` is not an interval like `09:00-17:30`".to_owned(),
+                "unknown time zone `Europe/Berln` (did you mean `Europe/Berlin`?)".to_owned(),
+                "`12:00-11:00` ends before it starts (an interval cannot run past midnight; \
+                 split it into `12:00-24:00` on one day and `00:00-11:00` on the next)"
+                    .to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn touching_intervals_are_not_overlapping() {
+        let calendar = CalendarBuilder::new("office", "UTC")
+            .hours(Weekday::Mon, Weekday::Fri, "12:00-17:00 08:00-12:00")
+            .build()
+            .expect("touching intervals are fine");
+        assert_eq!(
+            calendar.weekly_hours(Weekday::Mon),
+            &[
+                TimeRange {
+                    start_minute: 480,
+                    end_minute: 720
+                },
+                TimeRange {
+                    start_minute: 720,
+                    end_minute: 1020
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn an_interval_overlapping_several_is_reported_against_the_one_reaching_furthest() {
+        let error = CalendarBuilder::new("office", "UTC")
+            .hours(
+                Weekday::Mon,
+                Weekday::Fri,
+                "08:00-18:00 09:00-10:00 17:00-19:00",
+            )
+            .build()
+            .expect_err("overlaps");
+        assert_eq!(
+            error.problems,
+            vec![
+                "`09:00-10:00` overlaps `08:00-18:00` (the intervals of a day must not overlap; \
+                 write `08:00-18:00` if one interval is meant)"
+                    .to_owned(),
+                "`17:00-19:00` overlaps `08:00-18:00` (the intervals of a day must not overlap; \
+                 write `08:00-19:00` if one interval is meant)"
+                    .to_owned(),
+            ]
+        );
+    }
 }

@@ -4,13 +4,14 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
 
+use super::walk::from_nanos;
 use super::working_days::{CountStart, Landing, WorkingDayCount};
 use super::zone::{self, Resolution};
 use super::{Calendar, CalendarError, DayKind, LabelledDates};
 use crate::rules::ast::{Duration, DurationUnit};
 
 /// Most days listed one by one before the middle of a list is elided.
-const MAX_LISTED_DAYS: usize = 4;
+const MAX_LISTED_DAYS: usize = 5;
 
 impl Calendar {
     /// `start` plus `duration`, as [`Calendar::add`], with a short account of
@@ -101,16 +102,17 @@ impl Calendar {
     ) -> Result<String, CalendarError> {
         let mut days: Vec<(NaiveDate, Vec<String>)> = Vec::new();
         if due > start {
-            let mut spans = self.open_spans_from(start);
-            loop {
-                let span = spans.next_span()?;
-                if span.start >= due {
+            let mut spans = self.open_spans_from(start)?;
+            let last_day = self.local_date(due).succ_opt();
+            while let Some(span) = spans.next_span_through(last_day)? {
+                let (span_start, span_end) = (from_nanos(span.start), from_nanos(span.end));
+                if span_start >= due {
                     break;
                 }
                 let piece = format!(
                     "{}–{}",
-                    time_text(zone::wall(self.zone, span.start)),
-                    time_text(zone::wall(self.zone, span.end.min(due)))
+                    time_text(zone::wall(self.zone, span_start)),
+                    time_text(zone::wall(self.zone, span_end.min(due)))
                 );
                 match days.last_mut() {
                     Some((date, pieces)) if *date == span.date => pieces.push(piece),
@@ -152,7 +154,7 @@ impl Calendar {
             CountStart::AfterBreak(opening) => {
                 let _ = write!(
                     text,
-                    " from {}, the opening after the break at {}",
+                    " from {} (started at {}, during a break)",
                     self.local_text(opening),
                     time_text(zone::wall(self.zone, start))
                 );
@@ -169,7 +171,7 @@ impl Calendar {
             }
         };
         let mut listed = Vec::new();
-        let mut scratch = Vec::new();
+        let mut scratch = super::walk::DayBuffer::default();
         if let Some(first) = first_counted {
             for date in first.iter_days().take_while(|date| *date <= count.due_day) {
                 if self.is_working_day(date, &mut scratch)? {

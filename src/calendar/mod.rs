@@ -21,14 +21,13 @@ mod walk;
 mod working_days;
 mod zone;
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Datelike, Days, NaiveDate, TimeDelta, Utc, Weekday};
 use chrono_tz::Tz;
 
 use crate::rules::ast::{Duration, DurationUnit, TimeRange};
 
 pub use build::{CalendarBuildError, CalendarBuilder, CalendarOptions};
+use walk::{from_nanos, to_nanos, Nanos, OpenSpan, NANOS_PER_SECOND};
 
 /// Days searched before a computation gives up: twenty years.
 pub const DEFAULT_HORIZON_DAYS: u32 = 20 * 366;
@@ -43,9 +42,8 @@ pub struct Calendar {
     /// Whose hours a make-up working day uses.
     makeup_weekday: Weekday,
     holidays: Vec<LabelledDates>,
-    holiday_index: DateIndex,
     makeup_days: Vec<LabelledDates>,
-    makeup_index: DateIndex,
+    special_days: SpecialDays,
     horizon_days: u32,
 }
 
@@ -69,41 +67,49 @@ pub enum DayKind {
     MakeupDay(usize),
 }
 
-/// Disjoint date ranges keyed by their first date, each naming the declared
-/// entry it came from, so a date is looked up in O(log n).
+/// Holidays and make-up days as disjoint date ranges sorted by date, so the
+/// kind of a date is found by binary search.
 #[derive(Debug, Clone, PartialEq, Default)]
-struct DateIndex(BTreeMap<NaiveDate, (NaiveDate, usize)>);
+struct SpecialDays(Vec<(NaiveDate, NaiveDate, DayKind)>);
 
-impl DateIndex {
-    /// Indexes `entries`; where ranges overlap, the earlier-starting entry wins.
-    fn new(entries: &[LabelledDates]) -> Self {
-        let mut order: Vec<usize> = (0..entries.len()).collect();
-        order.sort_by_key(|&i| (entries[i].first, i));
-        let mut index = BTreeMap::new();
-        let mut covered_until: Option<NaiveDate> = None;
-        for i in order {
-            let entry = &entries[i];
-            let first = match covered_until {
-                Some(until) if until >= entry.first => match until.succ_opt() {
-                    Some(next) => next,
-                    None => continue,
-                },
-                _ => entry.first,
-            };
-            if first <= entry.last {
-                index.insert(first, (entry.last, i));
+impl SpecialDays {
+    /// Indexes holidays and make-up days, which must not share a date.
+    /// Where entries of one kind overlap, the earlier-starting one names the
+    /// shared dates.
+    fn new(holidays: &[LabelledDates], makeup_days: &[LabelledDates]) -> Self {
+        let mut ranges = Vec::new();
+        for (entries, kind) in [
+            (holidays, DayKind::Holiday as fn(usize) -> DayKind),
+            (makeup_days, DayKind::MakeupDay),
+        ] {
+            let mut order: Vec<usize> = (0..entries.len()).collect();
+            order.sort_by_key(|&i| (entries[i].first, i));
+            let mut covered_until: Option<NaiveDate> = None;
+            for i in order {
+                let entry = &entries[i];
+                let first = match covered_until {
+                    Some(until) if until >= entry.first => match until.succ_opt() {
+                        Some(next) => next,
+                        None => continue,
+                    },
+                    _ => entry.first,
+                };
+                if first <= entry.last {
+                    ranges.push((first, entry.last, kind(i)));
+                }
+                covered_until = Some(covered_until.map_or(entry.last, |u| u.max(entry.last)));
             }
-            covered_until = Some(covered_until.map_or(entry.last, |u| u.max(entry.last)));
         }
-        DateIndex(index)
+        ranges.sort_by_key(|&(first, _, _)| first);
+        SpecialDays(ranges)
     }
 
-    fn get(&self, date: NaiveDate) -> Option<usize> {
-        self.0
-            .range(..=date)
-            .next_back()
-            .filter(|(_, (last, _))| *last >= date)
-            .map(|(_, (_, i))| *i)
+    fn get(&self, date: NaiveDate) -> DayKind {
+        let after = self.0.partition_point(|&(_, last, _)| last < date);
+        match self.0.get(after) {
+            Some(&(first, _, kind)) if first <= date => kind,
+            _ => DayKind::Regular,
+        }
     }
 }
 
@@ -161,13 +167,7 @@ impl Calendar {
 
     /// What kind of day `date` is.
     pub fn day_kind(&self, date: NaiveDate) -> DayKind {
-        if let Some(i) = self.holiday_index.get(date) {
-            DayKind::Holiday(i)
-        } else if let Some(i) = self.makeup_index.get(date) {
-            DayKind::MakeupDay(i)
-        } else {
-            DayKind::Regular
-        }
+        self.special_days.get(date)
     }
 
     /// The opening hours that apply on `date` (local), holidays and make-up
@@ -183,64 +183,81 @@ impl Calendar {
     /// Whether the calendar is open at `at` (intervals include their start
     /// and exclude their end: at 17:30 an office open until 17:30 is closed).
     pub fn is_open(&self, at: DateTime<Utc>) -> bool {
+        let Ok(moment) = to_nanos(self, at) else {
+            return false;
+        };
         let date = self.local_date(at);
-        let mut spans = Vec::new();
+        let mut day = walk::DayBuffer::default();
         [date.pred_opt(), Some(date)]
             .into_iter()
             .flatten()
-            .any(|day| {
-                self.fill_day(day, &mut spans).is_ok()
-                    && spans.iter().any(|span| span.start <= at && at < span.end)
+            .any(|date| {
+                self.fill_day(date, &mut day).is_ok()
+                    && day
+                        .spans
+                        .iter()
+                        .any(|span| span.start <= moment && moment < span.end)
             })
     }
 
     /// The first open instant at or after `at`: `at` itself when open.
     pub fn next_open(&self, at: DateTime<Utc>) -> Result<DateTime<Utc>, CalendarError> {
-        Ok(self.open_spans_from(at).next_span()?.start)
+        Ok(from_nanos(self.open_spans_from(at)?.next_span()?.start))
     }
 
     /// When the open period containing `at` ends, or, when closed at `at`,
     /// when the next open period ends. Intervals that touch (one ends when
-    /// the next begins, e.g. across midnight) are one open period.
+    /// the next begins, e.g. across midnight) are one open period, so a
+    /// calendar open day and night has no close within its horizon.
     pub fn next_close(&self, at: DateTime<Utc>) -> Result<DateTime<Utc>, CalendarError> {
-        let mut spans = self.open_spans_from(at);
-        let mut close = spans.next_span()?.end;
+        let mut spans = self.open_spans_from(at)?;
+        let mut close = spans.next_span()?;
         loop {
-            let next = spans.next_span()?;
-            if next.start > close {
-                return Ok(close);
+            // Only an interval of the next day can touch one that ends at
+            // midnight; looking further would only search in vain.
+            let touching_day = close.date.succ_opt();
+            match spans.next_span_through(touching_day)? {
+                Some(next) if next.start <= close.end => {
+                    close = OpenSpan {
+                        end: close.end.max(next.end),
+                        ..next
+                    };
+                }
+                _ => return Ok(from_nanos(close.end)),
             }
-            close = close.max(next.end);
         }
     }
 
-    /// Open time between `from` and `until`, in whole seconds; 0 when
-    /// `until <= from`.
+    /// Open time between `from` and `until`, in whole seconds (a fraction
+    /// of a second is dropped); 0 when `until <= from`. Instants further
+    /// apart than the calendar's horizon are an error.
     pub fn business_seconds_between(
         &self,
         from: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<i64, CalendarError> {
-        Ok(self.business_time_between(from, until)?.num_seconds())
+        Ok(self.business_nanos_between(from, until)? / NANOS_PER_SECOND)
     }
 
-    pub(crate) fn business_time_between(
+    pub(crate) fn business_nanos_between(
         &self,
         from: DateTime<Utc>,
         until: DateTime<Utc>,
-    ) -> Result<TimeDelta, CalendarError> {
-        let mut total = TimeDelta::zero();
+    ) -> Result<Nanos, CalendarError> {
+        let mut total = 0;
         if until <= from {
             return Ok(total);
         }
-        let mut spans = self.open_spans_from(from);
-        loop {
-            let span = spans.next_span()?;
+        let last_day = self.local_date(until).succ_opt();
+        let until = to_nanos(self, until)?;
+        let mut spans = self.open_spans_from(from)?;
+        while let Some(span) = spans.next_span_through(last_day)? {
             if span.start >= until {
-                return Ok(total);
+                break;
             }
             total += span.end.min(until) - span.start;
         }
+        Ok(total)
     }
 
     /// The instant `secs` seconds of open time after `start`.
@@ -256,33 +273,29 @@ impl Calendar {
         start: DateTime<Utc>,
         secs: i64,
     ) -> Result<DateTime<Utc>, CalendarError> {
-        self.add_business_time(start, TimeDelta::seconds(secs))
-    }
-
-    pub(crate) fn add_business_time(
-        &self,
-        start: DateTime<Utc>,
-        amount: TimeDelta,
-    ) -> Result<DateTime<Utc>, CalendarError> {
-        if amount > TimeDelta::zero() {
+        // More than 292 years of open time is past any horizon.
+        let amount = secs
+            .checked_mul(NANOS_PER_SECOND)
+            .ok_or_else(|| self.beyond_horizon(self.local_date(start)))?;
+        if amount > 0 {
             let mut remaining = amount;
-            let mut spans = self.open_spans_from(start);
+            let mut spans = self.open_spans_from(start)?;
             loop {
                 let span = spans.next_span()?;
                 let length = span.end - span.start;
                 if remaining <= length {
-                    return Ok(span.start + remaining);
+                    return Ok(from_nanos(span.start + remaining));
                 }
                 remaining -= length;
             }
-        } else if amount < TimeDelta::zero() {
+        } else if amount < 0 {
             let mut remaining = -amount;
-            let mut spans = self.open_spans_before(start);
+            let mut spans = self.open_spans_before(start)?;
             loop {
                 let span = spans.next_span()?;
                 let length = span.end - span.start;
                 if remaining <= length {
-                    return Ok(span.end - remaining);
+                    return Ok(from_nanos(span.end - remaining));
                 }
                 remaining -= length;
             }
@@ -310,10 +323,8 @@ impl Calendar {
             DurationUnit::Hours => self.add_elapsed(start, TimeDelta::hours(amount)),
             DurationUnit::Days => self.shift_natural_days(start, amount),
             DurationUnit::Weeks => self.shift_natural_days(start, amount * 7),
-            DurationUnit::WorkingMinutes => {
-                self.add_business_time(start, TimeDelta::minutes(amount))
-            }
-            DurationUnit::WorkingHours => self.add_business_time(start, TimeDelta::hours(amount)),
+            DurationUnit::WorkingMinutes => self.add_business_seconds(start, amount * 60),
+            DurationUnit::WorkingHours => self.add_business_seconds(start, amount * 3600),
             DurationUnit::WorkingDays => Ok(self.add_working_days(start, duration.amount)?.due),
         }
     }
@@ -334,10 +345,8 @@ impl Calendar {
             DurationUnit::Hours => self.add_elapsed(end, -TimeDelta::hours(amount)),
             DurationUnit::Days => self.shift_natural_days(end, -amount),
             DurationUnit::Weeks => self.shift_natural_days(end, -amount * 7),
-            DurationUnit::WorkingMinutes => {
-                self.add_business_time(end, -TimeDelta::minutes(amount))
-            }
-            DurationUnit::WorkingHours => self.add_business_time(end, -TimeDelta::hours(amount)),
+            DurationUnit::WorkingMinutes => self.add_business_seconds(end, -amount * 60),
+            DurationUnit::WorkingHours => self.add_business_seconds(end, -amount * 3600),
             DurationUnit::WorkingDays => self.subtract_working_days(end, duration.amount),
         }
     }
@@ -411,5 +420,119 @@ impl Calendar {
             from,
             horizon_days: self.horizon_days,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, m, d).expect("valid test date")
+    }
+
+    fn dates(first: NaiveDate, last: NaiveDate, label: &str) -> LabelledDates {
+        LabelledDates {
+            first,
+            last,
+            label: Some(label.to_owned()),
+        }
+    }
+
+    #[test]
+    fn overlapping_holidays_close_every_date_and_the_earlier_names_the_shared_ones() {
+        let holidays = [
+            dates(date(10, 3), date(10, 9), "later"),
+            dates(date(10, 1), date(10, 5), "earlier"),
+        ];
+        let makeup = [dates(date(10, 10), date(10, 10), "make-up")];
+        let special = SpecialDays::new(&holidays, &makeup);
+        assert_eq!(special.get(date(9, 30)), DayKind::Regular);
+        assert_eq!(special.get(date(10, 1)), DayKind::Holiday(1));
+        assert_eq!(special.get(date(10, 5)), DayKind::Holiday(1));
+        assert_eq!(special.get(date(10, 6)), DayKind::Holiday(0));
+        assert_eq!(special.get(date(10, 9)), DayKind::Holiday(0));
+        assert_eq!(special.get(date(10, 10)), DayKind::MakeupDay(0));
+        assert_eq!(special.get(date(10, 11)), DayKind::Regular);
+    }
+
+    #[test]
+    fn a_holiday_inside_another_adds_no_range() {
+        let holidays = [
+            dates(date(10, 1), date(10, 7), "outer"),
+            dates(date(10, 2), date(10, 3), "inner"),
+        ];
+        let special = SpecialDays::new(&holidays, &[]);
+        assert_eq!(
+            special.0,
+            vec![(date(10, 1), date(10, 7), DayKind::Holiday(0))]
+        );
+    }
+
+    #[test]
+    fn makeup_days_use_monday_hours_unless_monday_is_closed() {
+        let standard = CalendarBuilder::new("standard", "UTC")
+            .hours(Weekday::Mon, Weekday::Mon, "09:00-12:00")
+            .hours(Weekday::Tue, Weekday::Fri, "09:00-17:00")
+            .workday(date(10, 11), "make-up Sunday")
+            .build()
+            .expect("valid calendar");
+        assert_eq!(standard.makeup_weekday(), Weekday::Mon);
+        assert_eq!(
+            standard.hours_on(date(10, 11)),
+            standard.weekly_hours(Weekday::Mon)
+        );
+
+        let shop = CalendarBuilder::new("shop", "UTC")
+            .hours(Weekday::Tue, Weekday::Sat, "10:00-19:00")
+            .workday(date(10, 12), "open on a Monday")
+            .build()
+            .expect("valid calendar");
+        assert_eq!(shop.makeup_weekday(), Weekday::Tue);
+        assert_eq!(
+            shop.hours_on(date(10, 12)),
+            &[TimeRange {
+                start_minute: 600,
+                end_minute: 1140
+            }]
+        );
+    }
+
+    #[test]
+    fn makeup_days_can_take_the_hours_of_another_weekday() {
+        let office = CalendarBuilder::new("office", "UTC")
+            .hours(Weekday::Mon, Weekday::Thu, "09:00-17:00")
+            .hours(Weekday::Fri, Weekday::Fri, "09:00-12:00")
+            .workday(date(10, 10), "short make-up Saturday")
+            .makeup_hours_like(Weekday::Fri)
+            .build()
+            .expect("valid calendar");
+        assert_eq!(
+            office.hours_on(date(10, 10)),
+            office.weekly_hours(Weekday::Fri)
+        );
+        let closed_weekday = CalendarBuilder::new("office", "UTC")
+            .hours(Weekday::Mon, Weekday::Fri, "09:00-17:00")
+            .workday(date(10, 10), "make-up Saturday")
+            .makeup_hours_like(Weekday::Sun)
+            .build()
+            .expect_err("Sunday has no hours to lend");
+        assert_eq!(
+            closed_weekday.to_string(),
+            "make-up working days use the hours of Sunday, which has none"
+        );
+    }
+
+    #[test]
+    fn a_holiday_on_a_weekday_closes_it_and_hours_on_follows_the_day_kind() {
+        let office = CalendarBuilder::new("office", "UTC")
+            .hours(Weekday::Mon, Weekday::Fri, "09:00-17:00")
+            .holiday(date(10, 1), date(10, 2), "closed")
+            .build()
+            .expect("valid calendar");
+        assert_eq!(office.day_kind(date(10, 1)), DayKind::Holiday(0));
+        assert!(office.hours_on(date(10, 1)).is_empty());
+        assert_eq!(office.hours_on(date(10, 5)).len(), 1);
+        assert!(office.hours_on(date(10, 4)).is_empty());
     }
 }

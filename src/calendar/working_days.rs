@@ -17,7 +17,7 @@
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 
-use super::walk::OpenSpan;
+use super::walk::{from_nanos, to_nanos, DayBuffer};
 use super::{zone, Calendar, CalendarError};
 
 /// How counting began.
@@ -70,25 +70,30 @@ impl Calendar {
                 due: start,
             });
         }
-        let mut scratch = Vec::new();
-        let opening = self.open_spans_from(start).next_span()?;
-        let (count_start, anchor) = if opening.start == start {
+        let mut scratch = DayBuffer::default();
+        let start_nanos = to_nanos(self, start)?;
+        let opening = self.open_spans_from(start)?.next_span()?;
+        let opening_at = from_nanos(opening.start);
+        let (count_start, anchor) = if opening.start == start_nanos {
             (CountStart::Open, start)
         } else {
             self.fill_day(opening.date, &mut scratch)?;
-            let open_earlier_that_day = scratch.first().is_some_and(|span| span.start < start);
+            let open_earlier_that_day = scratch
+                .spans
+                .first()
+                .is_some_and(|span| span.start < start_nanos);
             if open_earlier_that_day {
-                (CountStart::AfterBreak(opening.start), opening.start)
+                (CountStart::AfterBreak(opening_at), opening_at)
             } else {
                 let due_day = self.working_day_after(opening.date, n - 1, &mut scratch)?;
                 self.fill_day(due_day, &mut scratch)?;
-                let close = scratch.last().ok_or_else(|| self.out_of_range())?.end;
+                let close = scratch.spans.last().ok_or_else(|| self.out_of_range())?.end;
                 return Ok(WorkingDayCount {
-                    start: CountStart::Closed(opening.start),
+                    start: CountStart::Closed(opening_at),
                     time_of_day: None,
                     due_day,
                     landing: Landing::CloseOfBusiness,
-                    due: close,
+                    due: from_nanos(close),
                 });
             }
         };
@@ -115,9 +120,9 @@ impl Calendar {
         if n == 0 {
             return Ok(end);
         }
-        let mut scratch = Vec::new();
-        let last = self.open_spans_before(end).next_span()?;
-        let time_of_day = zone::wall(self.zone, last.end).time();
+        let mut scratch = DayBuffer::default();
+        let last = self.open_spans_before(end)?.next_span()?;
+        let time_of_day = zone::wall(self.zone, from_nanos(last.end)).time();
         let due_day = self.working_day_before(last.date, n, &mut scratch)?;
         Ok(self.land_on(due_day, time_of_day, &mut scratch)?.0)
     }
@@ -129,21 +134,22 @@ impl Calendar {
         &self,
         day: NaiveDate,
         time_of_day: NaiveTime,
-        scratch: &mut Vec<OpenSpan>,
+        scratch: &mut DayBuffer,
     ) -> Result<(DateTime<Utc>, Landing), CalendarError> {
         self.fill_day(day, scratch)?;
         let target = zone::resolve(self.zone, day.and_time(time_of_day))
             .ok_or_else(|| self.out_of_range())?;
-        for span in scratch.iter() {
-            if target < span.end {
-                return Ok(if target >= span.start {
+        let target_nanos = to_nanos(self, target)?;
+        for span in scratch.spans.iter() {
+            if target_nanos < span.end {
+                return Ok(if target_nanos >= span.start {
                     (target, Landing::SameTime)
                 } else {
-                    (span.start, Landing::NextOpening)
+                    (from_nanos(span.start), Landing::NextOpening)
                 });
             }
         }
-        let close = scratch.last().ok_or_else(|| self.out_of_range())?.end;
-        Ok((close, Landing::CloseOfBusiness))
+        let close = scratch.spans.last().ok_or_else(|| self.out_of_range())?.end;
+        Ok((from_nanos(close), Landing::CloseOfBusiness))
     }
 }

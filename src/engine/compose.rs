@@ -24,7 +24,7 @@ use crate::mail::template::{
     TemplateContext,
 };
 use crate::mail::token::{self, ReplySecret};
-use crate::store::{self, mail_identity, MailDraft, MailIdentity, SYSTEM_MAIL_SCOPE};
+use crate::store::{self, mail_identity, MailDraft, MailIdentity};
 
 /// What the daemon writes as, shared by every mail.
 #[derive(Debug, Clone)]
@@ -103,14 +103,8 @@ impl MailPlan {
     pub fn render(&self, identity: &MailIdentity) -> Result<store::RenderedMail, String> {
         let (mail, _) = self.outgoing(identity)?;
         let built = outbound::build(&mail, &self.letterhead.host).map_err(|e| e.to_string())?;
-        let expected = crate::store::normalize_message_id(&identity.message_id);
-        if built.message_id != expected {
-            return Err(format!(
-                "the built Message-ID <{}> differs from the outbox's {}",
-                built.message_id, identity.message_id
-            ));
-        }
         Ok(store::RenderedMail {
+            message_id: built.message_id,
             subject: built.subject,
             bytes: built.bytes,
         })
@@ -119,14 +113,13 @@ impl MailPlan {
     /// Renders once with a placeholder identity of the same shape as the
     /// real one; `Err` when the mail cannot be built at all.
     pub fn preflight(&self, case_prefix: &str) -> Result<Preflight, String> {
-        let scope = match &self.case {
-            Some(case) => CaseId(format!(
+        let placeholder = self.case.as_ref().map(|case| {
+            CaseId(format!(
                 "{case_prefix}-{}-000001",
                 case.created_at.format("%Y")
-            )),
-            None => CaseId(SYSTEM_MAIL_SCOPE.to_owned()),
-        };
-        let identity = mail_identity(&scope, &self.purpose, 1, &self.letterhead.host);
+            ))
+        });
+        let identity = mail_identity(placeholder.as_ref(), &self.purpose, 1);
         let (mail, template_error) = self.outgoing(&identity)?;
         outbound::build(&mail, &self.letterhead.host).map_err(|e| e.to_string())?;
         Ok(template_error.map_or(Preflight::Ready, Preflight::Fallback))
@@ -151,7 +144,7 @@ impl MailPlan {
 
     /// The mail to build, and the template error when the fallback text was used.
     fn outgoing(&self, identity: &MailIdentity) -> Result<(OutgoingMail, Option<String>), String> {
-        let case_id = (identity.case.0 != SYSTEM_MAIL_SCOPE).then(|| identity.case.clone());
+        let case_id = identity.case.clone();
         let reply_to = match (&self.reply_department, &case_id) {
             (Some(department), Some(case)) => {
                 let token = token::mint(
@@ -179,8 +172,7 @@ impl MailPlan {
                 Ok(rendered) => (rendered, None),
                 Err(error) => (self.fallback(&context), Some(error.to_string())),
             };
-        let sequence = u32::try_from(identity.sequence)
-            .map_err(|_| format!("mail sequence {} is too large", identity.sequence))?;
+        let sequence = identity.sequence;
         let attachments = match &self.content {
             Content::Forward { attachments, .. } => attachments.as_ref().clone(),
             _ => Vec::new(),

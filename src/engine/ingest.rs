@@ -191,15 +191,24 @@ impl Engine {
                 transactions: 0,
             },
         };
+        let mut result = Ok(());
         for (uid, raw) in messages {
-            run.message(uid, raw)?;
+            result = run.message(uid, raw);
+            if result.is_err() {
+                break;
+            }
             run.handled_uid = Some(run.handled_uid.map_or(uid, |u| u.max(uid)));
             run.uncommitted = true;
         }
-        run.commit()?;
+        if result.is_ok() {
+            result = run.commit();
+        }
+        // What an earlier transaction of this call committed (before a
+        // reply to a new case) is made durable even when a later one failed.
         if run.report.transactions > 0 {
             self.store.flush()?;
         }
+        result?;
         Ok(run.report)
     }
 }

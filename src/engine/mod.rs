@@ -108,7 +108,6 @@ impl EngineSettings {
             case_prefix: self.case_prefix.clone(),
             case_number_width: self.case_number_width,
             case_number_tz: self.time_zone,
-            message_id_domain: self.message_id_host.clone(),
         }
     }
 

@@ -79,15 +79,21 @@ impl Engine {
             by_case.entry(timer.case.clone()).or_default().push(timer);
         }
         let mut handled = 0;
+        let mut result = Ok(());
         for case_id in order {
             let timers = by_case.remove(&case_id).unwrap_or_default();
-            handled += timers.len();
-            self.fire_case_timers(&active, &case_id, timers, now)?;
+            let count = timers.len();
+            result = self.fire_case_timers(&active, &case_id, timers, now);
+            if result.is_err() {
+                break;
+            }
+            handled += count;
         }
+        // The cases handled before a failure stay committed; make them durable.
         if handled > 0 {
             self.store.flush()?;
         }
-        Ok(handled)
+        result.map(|()| handled)
     }
 
     fn fire_case_timers(

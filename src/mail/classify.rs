@@ -298,20 +298,23 @@ pub fn classify(
     if let Some(reason) = loop_reason(mail, &own) {
         return MailKind::Loop { reason };
     }
+    let thread = thread_of(mail, lookup);
     if let Some(report) = &mail.report {
         if report.report_type == "delivery-status" {
             let original_message_id = report.original_message_id.clone();
+            // Without the returned message (a header-only look, a terse
+            // MTA) the bounce may still thread to its case.
             let case = original_message_id
                 .as_deref()
                 .and_then(|id| lookup.message(id))
-                .and_then(|known| known.case().cloned());
+                .and_then(|known| known.case().cloned())
+                .or_else(|| thread.as_ref().map(|(case, _)| case.clone()));
             return MailKind::Bounce {
                 original_message_id,
                 case,
             };
         }
     }
-    let thread = thread_of(mail, lookup);
     if let Some(reason) = auto_reply_reason(mail) {
         return MailKind::AutoReply {
             reason,

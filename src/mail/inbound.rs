@@ -426,6 +426,12 @@ fn read_headers(message: &Message<'_>, raw: &[u8]) -> IncomingMail {
         .map(mime_type_of)
         .unwrap_or_else(|| "text/plain".to_owned());
 
+    // The report type is in the header; read_body adds what the parts say.
+    let report = (mime_type == "multipart/report").then(|| DeliveryReport {
+        report_type: report_type(message),
+        ..DeliveryReport::default()
+    });
+
     IncomingMail {
         message_id,
         message_id_synthesized,
@@ -444,7 +450,7 @@ fn read_headers(message: &Message<'_>, raw: &[u8]) -> IncomingMail {
         language: detect_language(message.subject().unwrap_or_default()),
         return_path: return_path(&headers),
         mime_type,
-        report: None,
+        report,
         size: raw.len() as u64,
         body_parsed: false,
         problems,
@@ -472,6 +478,22 @@ fn read_body(message: &Message<'_>, mail: &mut IncomingMail) -> Vec<AttachmentBl
                 }
             }
             _ => {}
+        }
+    }
+    // Some clients send an empty text/plain beside the real HTML body.
+    if texts.iter().all(|t| t.trim().is_empty()) {
+        let html_texts: Vec<String> = message
+            .html_body
+            .iter()
+            .filter_map(|&id| match &message.parts.get(id as usize)?.body {
+                PartType::Html(html) => Some(html_to_text(html)),
+                _ => None,
+            })
+            .filter(|t| !t.trim().is_empty())
+            .collect();
+        if !html_texts.is_empty() {
+            texts = html_texts;
+            source = BodySource::Html;
         }
     }
     let full_text = normalize_newlines(&texts.join("\n\n"));
@@ -657,14 +679,18 @@ fn attachment_name(part: &MessagePart<'_>, position: usize) -> String {
     }
 }
 
+fn report_type(message: &Message<'_>) -> String {
+    message
+        .root_part()
+        .content_type()
+        .and_then(|ct| ct.attribute("report-type"))
+        .map(|t| t.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 fn read_report(message: &Message<'_>) -> DeliveryReport {
     let mut report = DeliveryReport {
-        report_type: message
-            .root_part()
-            .content_type()
-            .and_then(|ct| ct.attribute("report-type"))
-            .map(|t| t.to_ascii_lowercase())
-            .unwrap_or_default(),
+        report_type: report_type(message),
         ..DeliveryReport::default()
     };
     let mut returned_id = None;

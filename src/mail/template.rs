@@ -600,6 +600,36 @@ impl CaseView {
     }
 }
 
+impl CaseView {
+    /// What an acknowledgement may show: the number, the registration time,
+    /// channel, language and state. Everything the sender wrote or the rules
+    /// derived from it is emptied, because the sender of a new complaint is
+    /// unverified and an acknowledgement must not echo content to whoever
+    /// forged the From address.
+    pub fn redacted(&self) -> CaseView {
+        CaseView {
+            number: self.number.clone(),
+            subject: String::new(),
+            received_at: self.received_at.clone(),
+            channel: self.channel.clone(),
+            language: self.language.clone(),
+            status: self.status.clone(),
+            severity: None,
+            category: None,
+            responsibility: None,
+            tags: Vec::new(),
+            department: None,
+            cc_departments: Vec::new(),
+            fields: Vec::new(),
+            sender: PersonView {
+                name: String::new(),
+                email: String::new(),
+            },
+            deadlines: Vec::new(),
+        }
+    }
+}
+
 /// An attachment as templates see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AttachmentView {
@@ -686,6 +716,20 @@ pub struct TemplateContext {
     pub reply_address: Option<String>,
     pub escalation: Option<EscalationView>,
     pub digest: Option<DigestView>,
+}
+
+impl TemplateContext {
+    /// The context of an acknowledgement: the case [`CaseView::redacted`],
+    /// no mail, no department.
+    pub fn acknowledgement(organisation: &str, language: &str, now: &str, case: &CaseView) -> Self {
+        TemplateContext {
+            organisation: organisation.to_owned(),
+            language: language.to_owned(),
+            now: now.to_owned(),
+            case: Some(case.redacted()),
+            ..TemplateContext::default()
+        }
+    }
 }
 
 /// A UTC time shown in `tz`.

@@ -484,8 +484,15 @@ impl<'a> Checker<'a> {
                     .collect::<Vec<_>>()
                     .join(", ");
                 let candidates: Vec<&str> = files.iter().map(String::as_str).collect();
-                let hint =
-                    did_you_mean(missing[0], candidates).map(|s| format!("did you mean `{s}`?"));
+                let prefix = format!("{stem}.");
+                let hint = if candidates.iter().any(|c| c.starts_with(&prefix)) {
+                    Some(format!(
+                        "each declared language needs its own file: {}",
+                        languages.join(", ")
+                    ))
+                } else {
+                    did_you_mean(missing[0], candidates).map(|s| format!("did you mean `{s}`?"))
+                };
                 let d = self.error(
                     template.file_stem.span,
                     format!("template file missing: {list}"),

@@ -37,8 +37,11 @@ pub fn explain_new_complaint(
 
 /// The zone times are shown in: the default calendar's, else UTC.
 pub fn display_zone(policy: &Policy) -> Tz {
-    let _ = policy;
-    Tz::UTC
+    policy
+        .default_calendar
+        .as_deref()
+        .and_then(|name| policy.calendar(name))
+        .map_or(Tz::UTC, |calendar| calendar.zone())
 }
 
 fn local(t: DateTime<Utc>, zone: Tz) -> String {

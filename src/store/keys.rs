@@ -176,8 +176,12 @@ pub fn event_sequence_key(id: &CaseId) -> Vec<u8> {
     KeyBuf::new().tail(b"e").str(&id.0).build()
 }
 
-pub fn mail_sequence_key(id: &CaseId, purpose: &str) -> Vec<u8> {
-    KeyBuf::new().tail(b"m").str(&id.0).str(purpose).build()
+/// The mail sequence of a purpose for a case, or for mail of no case.
+pub fn mail_sequence_key(id: Option<&CaseId>, purpose: &str) -> Vec<u8> {
+    match id {
+        Some(id) => KeyBuf::new().tail(b"m").str(&id.0).str(purpose).build(),
+        None => KeyBuf::new().tail(b"d").str(purpose).build(),
+    }
 }
 
 /// Key of a secondary index entry: term, the case's opening time, the case.

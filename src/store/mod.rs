@@ -27,14 +27,13 @@ use serde::de::DeserializeOwned;
 use sled::transaction::{TransactionError, Transactional, TransactionalTree};
 
 pub use batch::{
-    Applied, CaseRef, ChangeOutcome, ChangeSet, CommitReport, IngestBatch, NewCaseKey,
+    Applied, CaseRef, ChangeOutcome, ChangeSet, CommitReport, IngestBatch, NewCaseKey, QueuedMail,
 };
-pub use engine_ops::SYSTEM_MAIL_SCOPE;
 pub use error::StoreError;
 pub use history::{BatchHistory, StoreHistory};
 pub use outbox::{
     encode_purpose, mail_identity, DeliveryFailure, MailDraft, MailIdentity, OutboxEntry,
-    OutboxState, RenderedMail, Renderer,
+    OutboxState, RenderedMail, Renderer, NO_CASE_SCOPE,
 };
 pub use records::{
     normalize_message_id, AttachmentRecord, Checkpoint, MessageRecord, QuarantineRecord,
@@ -56,8 +55,6 @@ pub struct StoreSettings {
     pub case_number_width: usize,
     /// The time zone whose calendar year a case number carries.
     pub case_number_tz: chrono_tz::Tz,
-    /// The domain of generated Message-IDs: `<CASE.PURPOSE.SEQ@domain>`.
-    pub message_id_domain: String,
 }
 
 impl Default for StoreSettings {
@@ -66,7 +63,6 @@ impl Default for StoreSettings {
             case_prefix: "TS".into(),
             case_number_width: 6,
             case_number_tz: chrono_tz::UTC,
-            message_id_domain: "localhost".into(),
         }
     }
 }
@@ -88,17 +84,6 @@ impl StoreSettings {
             return Err(StoreError::Settings(format!(
                 "case number width {} must be between 1 and 18",
                 self.case_number_width
-            )));
-        }
-        let domain_ok = !self.message_id_domain.is_empty()
-            && self
-                .message_id_domain
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-        if !domain_ok {
-            return Err(StoreError::Settings(format!(
-                "Message-ID domain `{}` must be a host name",
-                self.message_id_domain
             )));
         }
         Ok(())

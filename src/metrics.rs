@@ -1,0 +1,520 @@
+//! The daemon's Prometheus metrics and the loopback HTTP endpoint serving `/health` and `/metrics`.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// The content type of the Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Most HTTP connections served at once; the endpoint is for one scraper and an operator.
+const MAX_CONNECTIONS: usize = 32;
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a failed delivery will be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    Temporary,
+    Permanent,
+}
+
+impl EncodeLabelValue for FailureKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        let name = match self {
+            FailureKind::Temporary => "temporary",
+            FailureKind::Permanent => "permanent",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ReloadOutcome {
+    Success,
+    Failure,
+}
+
+impl EncodeLabelValue for ReloadOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        let name = match self {
+            ReloadOutcome::Success => "success",
+            ReloadOutcome::Failure => "failure",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MailboxLabels {
+    mailbox: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FailureLabels {
+    kind: FailureKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    outcome: ReloadOutcome,
+}
+
+struct Inner {
+    registry: Registry,
+    cases_ingested: Counter,
+    messages_fetched: Family<MailboxLabels, Counter>,
+    mail_sent: Counter,
+    mail_failed: Family<FailureLabels, Counter>,
+    outbox_depth: Gauge,
+    imap_reconnects: Family<MailboxLabels, Counter>,
+    imap_connected: Family<MailboxLabels, Gauge>,
+    imap_idling: Family<MailboxLabels, Gauge>,
+    rule_reloads: Family<ReloadLabels, Counter>,
+    last_reload: Gauge,
+}
+
+/// A cheap, cloneable handle on every metric of the daemon.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("complaintd");
+        let cases_ingested = Counter::default();
+        registry.register(
+            "cases_ingested",
+            "New cases created from incoming mail",
+            cases_ingested.clone(),
+        );
+        let messages_fetched = Family::<MailboxLabels, Counter>::default();
+        registry.register(
+            "messages_fetched",
+            "Messages fetched from IMAP and committed, by mailbox",
+            messages_fetched.clone(),
+        );
+        let mail_sent = Counter::default();
+        registry.register("mail_sent", "Messages accepted by SMTP", mail_sent.clone());
+        let mail_failed = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "mail_failed",
+            "SMTP delivery attempts that failed, by whether they will be retried",
+            mail_failed.clone(),
+        );
+        let outbox_depth = Gauge::default();
+        registry.register(
+            "outbox_depth",
+            "Messages waiting in the outbox",
+            outbox_depth.clone(),
+        );
+        let imap_reconnects = Family::<MailboxLabels, Counter>::default();
+        registry.register(
+            "imap_reconnects",
+            "IMAP connections lost or refused, by mailbox",
+            imap_reconnects.clone(),
+        );
+        let imap_connected = Family::<MailboxLabels, Gauge>::default();
+        registry.register(
+            "imap_connected",
+            "1 while the mailbox has a logged-in connection with its folder selected",
+            imap_connected.clone(),
+        );
+        let imap_idling = Family::<MailboxLabels, Gauge>::default();
+        registry.register(
+            "imap_idling",
+            "1 while the mailbox waits in IMAP IDLE",
+            imap_idling.clone(),
+        );
+        let rule_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "rule_reloads",
+            "Rule reloads, by outcome",
+            rule_reloads.clone(),
+        );
+        let last_reload = Gauge::default();
+        registry.register(
+            "rules_last_reload_timestamp_seconds",
+            "Unix time of the last successful rule reload",
+            last_reload.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                cases_ingested,
+                messages_fetched,
+                mail_sent,
+                mail_failed,
+                outbox_depth,
+                imap_reconnects,
+                imap_connected,
+                imap_idling,
+                rule_reloads,
+                last_reload,
+            }),
+        }
+    }
+
+    pub fn cases_ingested(&self, count: u64) {
+        self.inner.cases_ingested.inc_by(count);
+    }
+
+    pub fn messages_fetched(&self, mailbox: &str, count: u64) {
+        self.inner
+            .messages_fetched
+            .get_or_create(&MailboxLabels {
+                mailbox: mailbox.to_owned(),
+            })
+            .inc_by(count);
+    }
+
+    pub fn mail_sent(&self) {
+        self.inner.mail_sent.inc();
+    }
+
+    pub fn mail_failed(&self, kind: FailureKind) {
+        self.inner
+            .mail_failed
+            .get_or_create(&FailureLabels { kind })
+            .inc();
+    }
+
+    pub fn set_outbox_depth(&self, depth: u64) {
+        self.inner
+            .outbox_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    pub fn imap_reconnect(&self, mailbox: &str) {
+        self.inner
+            .imap_reconnects
+            .get_or_create(&MailboxLabels {
+                mailbox: mailbox.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn set_imap_connected(&self, mailbox: &str, connected: bool) {
+        self.inner
+            .imap_connected
+            .get_or_create(&MailboxLabels {
+                mailbox: mailbox.to_owned(),
+            })
+            .set(i64::from(connected));
+    }
+
+    pub fn set_imap_idling(&self, mailbox: &str, idling: bool) {
+        self.inner
+            .imap_idling
+            .get_or_create(&MailboxLabels {
+                mailbox: mailbox.to_owned(),
+            })
+            .set(i64::from(idling));
+    }
+
+    /// Whether the mailbox waits in IDLE right now.
+    pub fn imap_idling(&self, mailbox: &str) -> bool {
+        self.inner
+            .imap_idling
+            .get_or_create(&MailboxLabels {
+                mailbox: mailbox.to_owned(),
+            })
+            .get()
+            == 1
+    }
+
+    /// Counts a rule reload; a successful one also sets the last-reload time.
+    pub fn rules_reloaded(&self, success: bool, at: DateTime<Utc>) {
+        let outcome = if success {
+            ReloadOutcome::Success
+        } else {
+            ReloadOutcome::Failure
+        };
+        self.inner
+            .rule_reloads
+            .get_or_create(&ReloadLabels { outcome })
+            .inc();
+        if success {
+            self.inner.last_reload.set(at.timestamp());
+        }
+    }
+
+    /// Reads one IMAP reconnect counter (for tests and status output).
+    pub fn imap_reconnects(&self, mailbox: &str) -> u64 {
+        self.inner
+            .imap_reconnects
+            .get_or_create(&MailboxLabels {
+                mailbox: mailbox.to_owned(),
+            })
+            .get()
+    }
+
+    /// Reads one fetched-messages counter.
+    pub fn messages_fetched_count(&self, mailbox: &str) -> u64 {
+        self.inner
+            .messages_fetched
+            .get_or_create(&MailboxLabels {
+                mailbox: mailbox.to_owned(),
+            })
+            .get()
+    }
+
+    pub fn mail_sent_count(&self) -> u64 {
+        self.inner.mail_sent.get()
+    }
+
+    pub fn mail_failed_count(&self, kind: FailureKind) -> u64 {
+        self.inner
+            .mail_failed
+            .get_or_create(&FailureLabels { kind })
+            .get()
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail; an error here would be a bug in the encoder.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        text
+    }
+}
+
+/// The `/health` and `/metrics` endpoint, bound but not yet serving.
+#[derive(Debug)]
+pub struct MetricsServer {
+    listener: TcpListener,
+}
+
+impl MetricsServer {
+    /// Binds the listening socket; port 0 picks a free port (see [`Self::local_addr`]).
+    pub async fn bind(address: SocketAddr) -> std::io::Result<MetricsServer> {
+        Ok(MetricsServer {
+            listener: TcpListener::bind(address).await?,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes the requests in flight and returns.
+    pub async fn serve(self, metrics: Metrics, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Accept errors (e.g. too many open files) pass; keep serving.
+                        tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                        continue;
+                    }
+                },
+            };
+            // Reap finished connections so the set stays small.
+            while connections.try_join_next().is_some() {}
+            let metrics = metrics.clone();
+            let shutdown = shutdown.clone();
+            connections.spawn(async move {
+                let _permit = permit;
+                let service = hyper::service::service_fn(move |request| {
+                    let metrics = metrics.clone();
+                    async move { Ok::<_, Infallible>(respond(&request, &metrics)) }
+                });
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT);
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    _ = shutdown.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "metrics endpoint: connection ended with an error");
+                }
+            });
+        }
+        while connections.join_next().await.is_some() {}
+    }
+}
+
+fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match path {
+        "/health" => plain(StatusCode::OK, "ok\n"),
+        "/metrics" => {
+            let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT));
+            response
+        }
+        _ => plain(
+            StatusCode::NOT_FOUND,
+            "not found: try /health or /metrics\n",
+        ),
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn counters_appear_in_the_text_format() {
+        let metrics = Metrics::new();
+        metrics.cases_ingested(3);
+        metrics.messages_fetched("complaints", 5);
+        metrics.mail_sent();
+        metrics.mail_failed(FailureKind::Permanent);
+        metrics.mail_failed(FailureKind::Temporary);
+        metrics.mail_failed(FailureKind::Temporary);
+        metrics.set_outbox_depth(7);
+        metrics.imap_reconnect("complaints");
+        metrics.set_imap_connected("complaints", true);
+        metrics.set_imap_idling("complaints", true);
+        metrics.set_imap_idling("complaints", false);
+        metrics.rules_reloaded(false, Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+        metrics.rules_reloaded(true, Utc.with_ymd_and_hms(2026, 3, 1, 8, 0, 0).unwrap());
+        let text = metrics.encode();
+        for line in [
+            "complaintd_cases_ingested_total 3",
+            "complaintd_messages_fetched_total{mailbox=\"complaints\"} 5",
+            "complaintd_mail_sent_total 1",
+            "complaintd_mail_failed_total{kind=\"permanent\"} 1",
+            "complaintd_mail_failed_total{kind=\"temporary\"} 2",
+            "complaintd_outbox_depth 7",
+            "complaintd_imap_reconnects_total{mailbox=\"complaints\"} 1",
+            "complaintd_imap_connected{mailbox=\"complaints\"} 1",
+            "complaintd_imap_idling{mailbox=\"complaints\"} 0",
+            "complaintd_rule_reloads_total{outcome=\"success\"} 1",
+            "complaintd_rule_reloads_total{outcome=\"failure\"} 1",
+            "complaintd_rules_last_reload_timestamp_seconds 1772352000",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert_eq!(metrics.imap_reconnects("complaints"), 1);
+        assert_eq!(metrics.mail_failed_count(FailureKind::Temporary), 2);
+    }
+
+    #[test]
+    fn clones_share_the_same_counters() {
+        let metrics = Metrics::new();
+        let clone = metrics.clone();
+        clone.mail_sent();
+        assert_eq!(metrics.mail_sent_count(), 1);
+    }
+
+    async fn get(address: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn serves_health_and_metrics_and_stops_on_shutdown() {
+        let metrics = Metrics::new();
+        metrics.mail_sent();
+        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let address = server.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.serve(metrics.clone(), shutdown.clone()));
+
+        let health = get(address, "/health").await;
+        assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+        assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+
+        let scrape = get(address, "/metrics").await;
+        assert!(scrape.starts_with("HTTP/1.1 200 OK\r\n"), "{scrape}");
+        assert!(
+            scrape.contains("\ncomplaintd_mail_sent_total 1\n"),
+            "{scrape}"
+        );
+        assert!(scrape.contains("application/openmetrics-text"), "{scrape}");
+
+        let missing = get(address, "/nothing").await;
+        assert!(
+            missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{missing}"
+        );
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the server stops after shutdown")
+            .unwrap();
+        assert!(tokio::net::TcpStream::connect(address).await.is_err());
+    }
+}
