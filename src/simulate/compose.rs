@@ -245,7 +245,10 @@ mod tests {
         assert_eq!(parsed.in_reply_to, [replied().message_id]);
         assert_eq!(
             parsed.references,
-            ["c1@example.com", "TS-2026-000001.forward.1@complaintd.example"]
+            [
+                "c1@example.com",
+                "TS-2026-000001.forward.1@complaintd.example"
+            ]
         );
         assert_eq!(parsed.message_id, "step4.timeline@gas.example");
     }
@@ -293,6 +296,9 @@ mod tests {
             ..InlineMail::default()
         };
         let error = compose(&MailSource::Inline(mail), None, 1, at(), "c@d.example").unwrap_err();
-        assert!(error.starts_with("`from`: `王女士 <not an address>` is not a mail address"), "{error}");
+        assert!(
+            error.starts_with("`from`: `王女士 <not an address>` is not a mail address"),
+            "{error}"
+        );
     }
 }

@@ -12,7 +12,7 @@ mod compose;
 mod output;
 pub mod timeline;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,7 +34,7 @@ use crate::mail::inbound;
 use crate::mail::outbound::ACKNOWLEDGEMENT;
 use crate::mail::token::ReplySecret;
 use crate::rules::diag::did_you_mean;
-use crate::store::{CaseFilter, OutboxEntry, StoreError, SYSTEM_MAIL_SCOPE};
+use crate::store::{CaseFilter, OutboxEntry, StoreError};
 
 /// The reply-token secret of every simulation: fixed, so tokens (and the
 /// output that shows them) are the same on every run.
@@ -88,8 +88,8 @@ pub struct Simulation {
     opened: Vec<CaseId>,
     /// Events already reported, per case.
     reported: BTreeMap<CaseId, usize>,
-    /// Mail about no case already reported.
-    reported_system_mail: usize,
+    /// Mail about no case (digests) already reported, by outbox id.
+    reported_system_mail: BTreeSet<String>,
     /// The last UID given out, per mailbox.
     uids: BTreeMap<String, u32>,
     default_channel: String,
@@ -234,7 +234,7 @@ impl Simulation {
             zone,
             opened: Vec::new(),
             reported: BTreeMap::new(),
-            reported_system_mail: 0,
+            reported_system_mail: BTreeSet::new(),
             uids: BTreeMap::new(),
             default_channel,
             _dir: dir,
@@ -300,7 +300,7 @@ impl Simulation {
                     now.to_rfc3339()
                 )));
             }
-            self.report(now, &[], sink)?;
+            self.report(now, &[], ran > 0, sink)?;
         }
         if target > self.clock.now() {
             self.clock.set(target);
@@ -343,11 +343,15 @@ impl Simulation {
             .engine
             .ingest(&mailbox, &channel, UID_VALIDITY, vec![(uid, message)])?;
         self.opened.extend(report.new_cases().cloned());
-        self.report(step.at, &report.messages, sink)
+        self.report(step.at, &report.messages, false, sink)
     }
 
     /// The outgoing mail a step answers, read back from the outbox.
-    fn replied_mail(&self, step: usize, target: &ReplyTarget) -> Result<RepliedMail, SimulateError> {
+    fn replied_mail(
+        &self,
+        step: usize,
+        target: &ReplyTarget,
+    ) -> Result<RepliedMail, SimulateError> {
         let store = self.engine.store();
         let (key, entry) = match target {
             ReplyTarget::Mail { outbox_id } => {
@@ -498,11 +502,13 @@ impl Simulation {
     }
 
     /// Hands `sink` every event written since the last report, the mails of
-    /// `messages` that are on no case, and new mail about no case, in time order.
+    /// `messages` that are on no case, and (after schedules ran) new mail
+    /// about no case, in time order.
     fn report(
         &mut self,
         now: DateTime<Utc>,
         messages: &[MessageReport],
+        schedules_ran: bool,
         sink: &mut dyn FnMut(&LogLine) -> std::io::Result<()>,
     ) -> Result<(), SimulateError> {
         let store = self.engine.store();
@@ -531,17 +537,26 @@ impl Simulation {
                 });
             }
         }
-        let system = store.outbox_of_case(&CaseId(SYSTEM_MAIL_SCOPE.to_owned()))?;
-        let mut system: Vec<OutboxEntry> = system;
-        system.sort_by_key(|e| e.sequence);
-        for entry in system.iter().skip(self.reported_system_mail) {
-            lines.push(LogLine {
-                at: entry.queued_at,
-                case: None,
-                entry: LogEntry::SystemMail(entry.clone()),
+        if schedules_ran {
+            // Nothing is ever sent here, so every mail queued so far is
+            // still in the outbox's due index.
+            let mut new_mail: Vec<OutboxEntry> = store
+                .due_outbox(now, usize::MAX)?
+                .into_iter()
+                .filter(|e| e.case.is_none() && !self.reported_system_mail.contains(&e.id))
+                .collect();
+            new_mail.sort_by(|a, b| {
+                (a.queued_at, &a.purpose, a.sequence).cmp(&(b.queued_at, &b.purpose, b.sequence))
             });
+            for entry in new_mail {
+                self.reported_system_mail.insert(entry.id.clone());
+                lines.push(LogLine {
+                    at: entry.queued_at,
+                    case: None,
+                    entry: LogEntry::SystemMail(entry),
+                });
+            }
         }
-        self.reported_system_mail = system.len();
         // Stable: lines of one instant keep the order they were written in.
         lines.sort_by_key(|line| line.at);
         for line in &lines {

@@ -27,7 +27,10 @@ pub enum LogEntry {
     Event(EventKind),
     /// A mail that is on no case: a duplicate, a loop, a quarantined mail,
     /// automatic mail or a bounce about no case.
-    Unfiled { message_id: String, outcome: Outcome },
+    Unfiled {
+        message_id: String,
+        outcome: Outcome,
+    },
     /// Mail about no case (digests), read from the outbox.
     SystemMail(OutboxEntry),
 }
@@ -110,12 +113,22 @@ fn as_object(value: Result<Value, serde_json::Error>) -> Map<String, Value> {
     }
 }
 
-/// `  (rule NAME, FILE:LINE:COL)` for a rule's decision, `  (CAUSE)` otherwise.
-fn because(b: &Because) -> String {
-    match (&b.location, b.rule.is_empty()) {
-        (_, true) => String::new(),
-        (Some(location), false) => format!("  (rule {}, {location})", b.rule),
-        (None, false) => format!("  ({})", b.rule),
+/// Why, after two spaces: `(rule NAME, FILE:LINE:COL)` for a classify
+/// rule, `(route NAME, …)` for a route, the cause as written when it names
+/// its own kind (`deadline investigate`, `escalate investigate #1`) or is no
+/// rule (`acknowledgement queued`), nothing when there is no cause.
+fn because(b: &Because, kind: &str) -> String {
+    if b.rule.is_empty() {
+        return String::new();
+    }
+    let name = if b.rule.contains(' ') {
+        b.rule.clone()
+    } else {
+        format!("{kind} {}", b.rule)
+    };
+    match &b.location {
+        Some(location) => format!("  ({name}, {location})"),
+        None => format!("  ({})", b.rule),
     }
 }
 
@@ -154,8 +167,8 @@ fn describe_event(kind: &EventKind, zone: Tz) -> String {
             field,
             value,
             because: b,
-        } => format!("field {field} = {value}{}", because(b)),
-        EventKind::TagAdded { tag, because: b } => format!("tag {tag}{}", because(b)),
+        } => format!("field {field} = {value}{}", because(b, "rule")),
+        EventKind::TagAdded { tag, because: b } => format!("tag {tag}{}", because(b, "rule")),
         EventKind::Assigned {
             department,
             cc,
@@ -166,13 +179,18 @@ fn describe_event(kind: &EventKind, zone: Tz) -> String {
             } else {
                 format!(", cc {}", cc.join(", "))
             };
-            format!("assigned to {department}{cc}{}", because(b))
+            format!("assigned to {department}{cc}{}", because(b, "route"))
         }
         EventKind::StateChanged {
             from,
             to,
             because: b,
-        } => format!("state {} → {}{}", from.as_str(), to.as_str(), because(b)),
+        } => format!(
+            "state {} → {}{}",
+            from.as_str(),
+            to.as_str(),
+            because(b, "rule")
+        ),
         EventKind::ClockStarted {
             deadline,
             due,
@@ -182,7 +200,7 @@ fn describe_event(kind: &EventKind, zone: Tz) -> String {
         } => format!(
             "clock {deadline} started, due {} ({counted}){}",
             short_time(*due, zone),
-            because(b)
+            because(b, "rule")
         ),
         EventKind::ClockPaused { deadline } => format!("clock {deadline} paused"),
         EventKind::ClockResumed { deadline, due, .. } => {
@@ -203,7 +221,7 @@ fn describe_event(kind: &EventKind, zone: Tz) -> String {
             "escalation {deadline} step #{} ({template}) → {}{}",
             step + 1,
             recipients.join(", "),
-            because(b)
+            because(b, "rule")
         ),
         EventKind::MailQueued {
             outbox_id,
@@ -222,7 +240,11 @@ fn describe_event(kind: &EventKind, zone: Tz) -> String {
             reason,
         } => format!(
             "mail failed ({}): {reason} (id {outbox_id})",
-            if *permanent { "permanently" } else { "will retry" }
+            if *permanent {
+                "permanently"
+            } else {
+                "will retry"
+            }
         ),
         EventKind::CommandRejected { from, reason } => {
             format!("command of {from} rejected: {reason}")
@@ -255,7 +277,9 @@ mod tests {
     use crate::case::FieldValue;
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
@@ -287,8 +311,14 @@ mod tests {
     #[test]
     fn seconds_show_only_when_there_are_any() {
         let zone = chrono_tz::UTC;
-        assert_eq!(local_time(at("2026-10-01T08:00:00Z"), zone), "2026-10-01 08:00 +00:00");
-        assert_eq!(local_time(at("2026-10-01T08:00:05Z"), zone), "2026-10-01 08:00:05 +00:00");
+        assert_eq!(
+            local_time(at("2026-10-01T08:00:00Z"), zone),
+            "2026-10-01 08:00 +00:00"
+        );
+        assert_eq!(
+            local_time(at("2026-10-01T08:00:05Z"), zone),
+            "2026-10-01 08:00:05 +00:00"
+        );
     }
 
     #[test]

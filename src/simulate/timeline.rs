@@ -55,12 +55,24 @@ const RESERVED_HEADERS: &[(&str, &str)] = &[
     ("cc", "use the key `cc`"),
     ("subject", "use the key `subject`"),
     ("message-id", "use the key `message_id`"),
-    ("in-reply-to", "use `reply_to_forward`, `reply_to_acknowledgement` or `reply_to_mail`"),
-    ("references", "use `reply_to_forward`, `reply_to_acknowledgement` or `reply_to_mail`"),
+    (
+        "in-reply-to",
+        "use `reply_to_forward`, `reply_to_acknowledgement` or `reply_to_mail`",
+    ),
+    (
+        "references",
+        "use `reply_to_forward`, `reply_to_acknowledgement` or `reply_to_mail`",
+    ),
     ("date", "the step's time is the mail's date"),
     ("mime-version", "the mail is built as MIME 1.0 text"),
-    ("content-type", "the body is plain UTF-8 text; give a whole mail with `mail = \"FILE.eml\"`"),
-    ("content-transfer-encoding", "the body is plain UTF-8 text; give a whole mail with `mail = \"FILE.eml\"`"),
+    (
+        "content-type",
+        "the body is plain UTF-8 text; give a whole mail with `mail = \"FILE.eml\"`",
+    ),
+    (
+        "content-transfer-encoding",
+        "the body is plain UTF-8 text; give a whole mail with `mail = \"FILE.eml\"`",
+    ),
 ];
 
 /// A timeline read and checked: settings and steps in time order.
@@ -136,7 +148,10 @@ pub struct MailStep {
 #[derive(Debug, Clone, PartialEq)]
 pub enum MailSource {
     /// A whole RFC 5322 message from a file.
-    Eml { path: PathBuf, bytes: Vec<u8> },
+    Eml {
+        path: PathBuf,
+        bytes: Vec<u8>,
+    },
     Inline(InlineMail),
 }
 
@@ -491,10 +506,14 @@ impl Reader<'_> {
                 .map(|v| string(v).map_err(|m| err(key, m)))
                 .transpose()
         };
-        let reply_keys: Vec<&str> = ["reply_to_forward", "reply_to_acknowledgement", "reply_to_mail"]
-            .into_iter()
-            .filter(|k| table.contains_key(*k))
-            .collect();
+        let reply_keys: Vec<&str> = [
+            "reply_to_forward",
+            "reply_to_acknowledgement",
+            "reply_to_mail",
+        ]
+        .into_iter()
+        .filter(|k| table.contains_key(*k))
+        .collect();
         if let [first, second, ..] = reply_keys.as_slice() {
             return Err(err(
                 second,
@@ -580,12 +599,18 @@ impl Reader<'_> {
                         .into(),
                 ));
             }
-            let message_id = text_of("message_id")?
-                .map(|id| id.trim().trim_start_matches('<').trim_end_matches('>').to_owned());
+            let message_id = text_of("message_id")?.map(|id| {
+                id.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            });
             if let Some(id) = &message_id {
                 let ok = id.contains('@')
                     && id.is_ascii()
-                    && !id.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'<' || b == b'>');
+                    && !id.bytes().any(|b| {
+                        b.is_ascii_whitespace() || b.is_ascii_control() || b == b'<' || b == b'>'
+                    });
                 if !ok {
                     return Err(err(
                         "message_id",
@@ -633,10 +658,8 @@ impl Reader<'_> {
         for (name, value) in table {
             let key = format!("headers.{name}");
             let err = |message: String| self.error(Some(number), Some(&key), message);
-            let valid_name = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b':');
+            let valid_name =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
             if !valid_name {
                 return Err(err(
                     "a header name is letters, digits and dashes, such as Auto-Submitted".into(),
@@ -651,7 +674,7 @@ impl Reader<'_> {
             let text = string(value).map_err(&err)?;
             if text.chars().any(|c| c.is_control()) {
                 return Err(err(
-                    "a header value is one line without control characters".into(),
+                    "a header value is one line without control characters".into()
                 ));
             }
             out.push((name.clone(), text));
@@ -773,9 +796,7 @@ fn case_selector(value: &Value) -> Result<CaseSelector, String> {
 /// they have no fixed length.
 pub fn duration(text: &str) -> Result<Duration, String> {
     let bad = |why: &str| {
-        format!(
-            "`{text}` is not a duration such as \"2h\", \"90 minutes\" or \"3 days\" ({why})"
-        )
+        format!("`{text}` is not a duration such as \"2h\", \"90 minutes\" or \"3 days\" ({why})")
     };
     let mut rest = text.trim();
     if rest.is_empty() {
@@ -783,7 +804,9 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     }
     let mut total = Duration::zero();
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad("a number must come first"));
         }
@@ -827,11 +850,15 @@ mod tests {
     }
 
     fn error(text: &str) -> String {
-        parse(text).expect_err("the timeline is refused").to_string()
+        parse(text)
+            .expect_err("the timeline is refused")
+            .to_string()
     }
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
@@ -841,12 +868,20 @@ mod tests {
         assert_eq!(duration("1h 30min"), Ok(Duration::minutes(90)));
         assert_eq!(duration("1w, 2d"), Ok(Duration::days(9)));
         assert_eq!(duration("45s"), Ok(Duration::seconds(45)));
-        assert!(duration("2 months").unwrap_err().contains("no fixed length"));
-        assert!(duration("2 fortnights").unwrap_err().contains("unknown unit `fortnights`"));
-        assert!(duration("h").unwrap_err().contains("a number must come first"));
+        assert!(duration("2 months")
+            .unwrap_err()
+            .contains("no fixed length"));
+        assert!(duration("2 fortnights")
+            .unwrap_err()
+            .contains("unknown unit `fortnights`"));
+        assert!(duration("h")
+            .unwrap_err()
+            .contains("a number must come first"));
         assert!(duration("5").unwrap_err().contains("a unit must follow"));
         assert!(duration("").unwrap_err().contains("empty"));
-        assert!(duration("99999999999999999999 s").unwrap_err().contains("too large"));
+        assert!(duration("99999999999999999999 s")
+            .unwrap_err()
+            .contains("too large"));
     }
 
     #[test]
@@ -905,7 +940,10 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(timeline.settings.complaint_address, "complaints@gas.example");
+        assert_eq!(
+            timeline.settings.complaint_address,
+            "complaints@gas.example"
+        );
         assert_eq!(timeline.settings.time_zone, chrono_tz::Asia::Shanghai);
         assert_eq!(timeline.settings.channel.as_deref(), Some("hotline"));
         assert_eq!(timeline.settings.acks_per_sender_per_hour, 5);
@@ -1003,6 +1041,9 @@ mod tests {
     #[test]
     fn toml_syntax_errors_carry_their_position() {
         let message = error("[[step]]\nat = \"2026-10-01T00:00:00Z\nfrom = 1");
-        assert!(message.starts_with("t.toml: not valid TOML: TOML parse error at line 2"), "{message}");
+        assert!(
+            message.starts_with("t.toml: not valid TOML: TOML parse error at line 2"),
+            "{message}"
+        );
     }
 }
