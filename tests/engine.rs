@@ -1111,3 +1111,21 @@ fn case_commands_list_show_and_search_a_stopped_daemons_store() {
     assert_eq!(err, format!("error: no store at {}\n", missing.display()));
     assert!(!missing.exists(), "inspecting creates no store");
 }
+
+#[test]
+fn a_sender_address_mail_cannot_go_to_still_opens_a_forwarded_case() {
+    let h = Harness::new();
+    let raw = String::from_utf8(fixture("complaint-billing.eml"))
+        .unwrap()
+        .replace("<wang@example.com>", "<wang@example..com>");
+    let report = h.ingest_raw(vec![RawMessage::full(raw.into_bytes())]);
+    let id = case_id(1);
+    assert_eq!(
+        Harness::outcomes(&report),
+        [new_case(id.clone(), false, &["billing_dept"])]
+    );
+    assert_eq!(h.outbox_ids(&id), ["TS-2026-000001.forward.1"]);
+    assert!(h.events(&id).iter().any(|e| matches!(&e.kind,
+        EventKind::Note { text } if text.starts_with("the acknowledgement cannot be sent: \"wang@example..com\" is not a valid mail address"))),
+        "{:#?}", h.events(&id));
+}

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
+use lettre::message::header::ContentType;
 
 use super::policy::ActivePolicy;
 use crate::case::{Address, Case, CaseId};
@@ -110,8 +111,12 @@ impl MailPlan {
         })
     }
 
-    /// Renders once with a placeholder identity of the same shape as the
-    /// real one; `Err` when the mail cannot be built at all.
+    /// Checks the mail with a placeholder identity of the same shape as the
+    /// real one: renders its template (noting a fallback) and validates
+    /// everything the MIME builder refuses — addresses, attachment types,
+    /// purpose, host, case number — without building it, which is the
+    /// expensive part and happens once, in the commit. `Err` when the mail
+    /// cannot be built at all.
     pub fn preflight(&self, case_prefix: &str) -> Result<Preflight, String> {
         let placeholder = self.case.as_ref().map(|case| {
             CaseId(format!(
@@ -121,7 +126,33 @@ impl MailPlan {
         });
         let identity = mail_identity(placeholder.as_ref(), &self.purpose, 1);
         let (mail, template_error) = self.outgoing(&identity)?;
-        outbound::build(&mail, &self.letterhead.host).map_err(|e| e.to_string())?;
+        outbound::message_id(
+            mail.case.as_ref(),
+            &mail.purpose,
+            mail.sequence,
+            &self.letterhead.host,
+        )
+        .map_err(|e| e.to_string())?;
+        if mail.to.is_empty() {
+            return Err("the mail has no recipient".to_owned());
+        }
+        let addresses = std::iter::once(&mail.from)
+            .chain(&mail.to)
+            .chain(&mail.reply_to);
+        for address in addresses {
+            let email = address.email.trim();
+            email
+                .parse::<lettre::Address>()
+                .map_err(|e| format!("{email:?} is not a valid mail address: {e}"))?;
+        }
+        for attachment in &mail.attachments {
+            ContentType::parse(&attachment.content_type).map_err(|_| {
+                format!(
+                    "attachment {:?} has an invalid content type {:?}",
+                    attachment.name, attachment.content_type
+                )
+            })?;
+        }
         Ok(template_error.map_or(Preflight::Ready, Preflight::Fallback))
     }
 
