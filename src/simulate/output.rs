@@ -66,7 +66,8 @@ pub fn render_text(line: &LogLine, zone: Tz) -> String {
 }
 
 /// The line as one JSON object: `at` (RFC 3339 in the display zone), `case`
-/// (or null), `event`, and the event's fields as stored.
+/// (or null), `event`, and the event's fields as stored, a `due` time also
+/// in the display zone.
 pub fn render_json(line: &LogLine, zone: Tz) -> String {
     let mut object = match &line.entry {
         LogEntry::Event(kind) => as_object(serde_json::to_value(kind)),
@@ -90,6 +91,13 @@ pub fn render_json(line: &LogLine, zone: Tz) -> String {
             object
         }
     };
+    // Instants inside events (a clock's due time) are shown in the zone too.
+    if let Some(Value::String(due)) = object.get("due") {
+        if let Ok(due) = DateTime::parse_from_rfc3339(due) {
+            let local = due.with_timezone(&zone).to_rfc3339();
+            object.insert("due".into(), local.into());
+        }
+    }
     object.insert(
         "at".into(),
         line.at.with_timezone(&zone).to_rfc3339().into(),
