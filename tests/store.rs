@@ -500,6 +500,16 @@ fn case_numbers_restart_each_year_in_the_configured_time_zone() {
 }
 
 #[test]
+fn a_store_held_open_elsewhere_is_reported_as_locked() {
+    let dir = TempDir::new().expect("tempdir");
+    let held = open(&dir);
+    let err = Store::open(dir.path().join("db")).expect_err("held");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("is the daemon running?"), "{err}");
+    drop(held);
+}
+
+#[test]
 fn invalid_settings_are_refused() {
     let dir = TempDir::new().expect("tempdir");
     let settings = StoreSettings {
@@ -1237,6 +1247,125 @@ fn non_finite_numbers_are_refused_up_front() {
         .insert("amount".into(), FieldValue::Number(f64::NAN));
     let err = ChangeSet::new().new_case(case).expect_err("NaN");
     assert!(matches!(err, StoreError::InvalidBatch(_)), "{err}");
+}
+
+#[test]
+fn the_store_is_shareable_across_tasks() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    fn sendable<T: Send>(_: &T) {}
+    shareable::<Store>();
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    sendable(&store.flush_async());
+}
+
+#[tokio::test]
+async fn flush_async_completes_on_the_runtime() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let id = ingest_new(&store, "<a@x>", "a@x.example", t0());
+    let task_store = store.clone();
+    let flushed = tokio::spawn(async move { task_store.flush_async().await })
+        .await
+        .expect("task")
+        .expect("flush");
+    assert!(flushed > 0, "the commit had bytes to write");
+    assert!(store.case_exists(&id).expect("read"));
+}
+
+/// Set in the child process of the crash test.
+const CRASH_CHILD: &str = "COMPLAINTD_STORE_CRASH_CHILD";
+const FLUSHED_BATCHES: u32 = 5;
+const MESSAGES_PER_BATCH: u32 = 10;
+
+fn crash_batch(batch_no: u32) -> IngestBatch {
+    let mut batch = IngestBatch::new();
+    for n in 0..MESSAGES_PER_BATCH {
+        let uid = batch_no * MESSAGES_PER_BATCH + n + 1;
+        batch.push(new_complaint(&format!("<{uid}@crash>"), "a@x.example", t0()).0);
+    }
+    batch.advance_checkpoint(
+        "INBOX",
+        Checkpoint {
+            uid_validity: 1,
+            last_uid: (batch_no + 1) * MESSAGES_PER_BATCH,
+        },
+    );
+    batch
+}
+
+/// The child: flushed batches, then unflushed ones, then an abort with no
+/// clean shutdown (no destructors, no final flush).
+fn crash_child(path: &std::path::Path) -> ! {
+    let store = Store::open(path).expect("open");
+    for batch_no in 0..FLUSHED_BATCHES {
+        store.commit(&crash_batch(batch_no)).expect("commit");
+        store.flush().expect("flush");
+    }
+    for batch_no in FLUSHED_BATCHES..FLUSHED_BATCHES + 20 {
+        store.commit(&crash_batch(batch_no)).expect("commit");
+    }
+    std::process::abort();
+}
+
+#[test]
+fn a_crash_keeps_flushed_batches_and_never_half_a_batch() {
+    if let Some(path) = std::env::var_os(CRASH_CHILD) {
+        crash_child(std::path::Path::new(&path));
+    }
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("db");
+    let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "a_crash_keeps_flushed_batches_and_never_half_a_batch",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(CRASH_CHILD, &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run child");
+    assert!(!status.success(), "the child must die by abort");
+
+    let store = Store::open(&path).expect("reopen after crash");
+    let cases = store.list_cases(&CaseFilter::default()).expect("list");
+    let count = u32::try_from(cases.len()).expect("small");
+    assert!(
+        count >= FLUSHED_BATCHES * MESSAGES_PER_BATCH,
+        "flushed batches survive: {count} cases"
+    );
+    assert_eq!(
+        count % MESSAGES_PER_BATCH,
+        0,
+        "no half batch: {count} cases"
+    );
+    let expected: Vec<String> = (1..=count).map(|n| format!("TS-2026-{n:06}")).collect();
+    assert_eq!(ids(&cases), expected, "numbers without gaps");
+    assert_eq!(
+        store.checkpoint("INBOX").expect("read").map(|c| c.last_uid),
+        Some(count),
+        "the checkpoint matches the messages that were kept"
+    );
+    for case in &cases {
+        assert_eq!(
+            store.events(&case.id).expect("read").len(),
+            2,
+            "{}",
+            case.id
+        );
+        assert_eq!(store.outbox_of_case(&case.id).expect("read").len(), 1);
+        assert_eq!(store.timers_of_case(&case.id).expect("read").len(), 1);
+    }
+    assert_eq!(store.queue_depth(), cases.len());
+    assert!(store
+        .message(&format!("{count}@crash"))
+        .expect("read")
+        .is_some());
+    assert!(store
+        .message(&format!("{}@crash", count + 1))
+        .expect("read")
+        .is_none());
 }
 
 /// Random operations against the store and a plain model of what must be

@@ -128,21 +128,15 @@ fn open(source: &StoreSource) -> Result<(Store, Tz), String> {
     };
     opened
         .map(|store| (store, zone))
-        .map_err(|error| match &error {
-            StoreError::Open { .. } if is_lock_error(&error) => format!(
-                "the store at {} is in use by another process (is the daemon running?). \
-             sled lets one process open a store at a time and has no read-only mode; \
-             stop the daemon to inspect its store, or inspect a copy taken while it was stopped",
+        .map_err(|error| match error {
+            StoreError::Locked { .. } => format!(
+                "the store at {} is in use by another process (is the daemon running?). sled lets \
+             one process open a store at a time and has no read-only mode; stop the daemon to \
+             inspect its store, or inspect a copy taken while it was stopped",
                 path.display()
             ),
-            _ => error.to_string(),
+            other => other.to_string(),
         })
-}
-
-/// Whether the store could not be opened because another process holds it.
-/// sled reports this only as an I/O error with this text.
-fn is_lock_error(error: &StoreError) -> bool {
-    error.to_string().contains("could not acquire lock")
 }
 
 fn local(at: DateTime<Utc>, zone: Tz) -> String {

@@ -502,29 +502,14 @@ impl Store {
     /// [`flush`](Store::flush) / [`flush_async`](Store::flush_async) before
     /// telling the IMAP server the messages are done.
     pub fn commit(&self, batch: &IngestBatch) -> Result<CommitReport, StoreError> {
-        for changes in &batch.changes {
-            changes.check()?;
-        }
-        let settings = self.settings();
-        self.transact(|tx| {
-            let mut new_ids = HashMap::new();
-            let mut outcomes = Vec::with_capacity(batch.changes.len());
-            for changes in &batch.changes {
-                outcomes.push(apply_changes(tx, settings, changes, &mut new_ids)?);
-            }
-            if let Some((mailbox, checkpoint)) = &batch.checkpoint {
-                let key = mailbox.as_bytes().to_vec();
-                let current: Option<Checkpoint> = tx.get_json(TreeId::Checkpoints, &key)?;
-                let next = current.map_or(*checkpoint, |c| c.advanced_to(*checkpoint));
-                tx.put_json(TreeId::Checkpoints, key, &next)?;
-            }
-            Ok(CommitReport { outcomes })
-        })
+        let changes: Vec<&ChangeSet> = batch.changes.iter().collect();
+        let checkpoint = batch.checkpoint.as_ref().map(|(m, c)| (m.as_str(), *c));
+        self.commit_changes(checkpoint, &changes)
     }
 
     /// Commits one change set without a checkpoint (timers, commands).
     pub fn apply(&self, changes: &ChangeSet) -> Result<ChangeOutcome, StoreError> {
-        self.ingest_inner(None, changes)
+        self.commit_one(None, changes)
     }
 
     /// Commits one ingested message together with its mailbox checkpoint.
@@ -534,21 +519,42 @@ impl Store {
         checkpoint: Checkpoint,
         changes: &ChangeSet,
     ) -> Result<ChangeOutcome, StoreError> {
-        self.ingest_inner(Some((mailbox, checkpoint)), changes)
+        self.commit_one(Some((mailbox, checkpoint)), changes)
     }
 
-    fn ingest_inner(
+    fn commit_one(
         &self,
         checkpoint: Option<(&str, Checkpoint)>,
         changes: &ChangeSet,
     ) -> Result<ChangeOutcome, StoreError> {
-        let batch = IngestBatch {
-            checkpoint: checkpoint.map(|(m, c)| (m.to_owned(), c)),
-            changes: vec![changes.clone()],
-        };
-        let mut report = self.commit(&batch)?;
+        let mut report = self.commit_changes(checkpoint, &[changes])?;
         report.outcomes.pop().ok_or_else(|| {
             StoreError::InvalidBatch("a commit of one change set reported nothing".into())
+        })
+    }
+
+    fn commit_changes(
+        &self,
+        checkpoint: Option<(&str, Checkpoint)>,
+        changes: &[&ChangeSet],
+    ) -> Result<CommitReport, StoreError> {
+        for change_set in changes {
+            change_set.check()?;
+        }
+        let settings = self.settings();
+        self.transact(|tx| {
+            let mut new_ids = HashMap::new();
+            let mut outcomes = Vec::with_capacity(changes.len());
+            for change_set in changes {
+                outcomes.push(apply_changes(tx, settings, change_set, &mut new_ids)?);
+            }
+            if let Some((mailbox, checkpoint)) = checkpoint {
+                let key = mailbox.as_bytes().to_vec();
+                let current: Option<Checkpoint> = tx.get_json(TreeId::Checkpoints, &key)?;
+                let next = current.map_or(checkpoint, |c| c.advanced_to(checkpoint));
+                tx.put_json(TreeId::Checkpoints, key, &next)?;
+            }
+            Ok(CommitReport { outcomes })
         })
     }
 }

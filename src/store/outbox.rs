@@ -259,7 +259,12 @@ impl Store {
             let (key, _) = item?;
             let id = &key[keys::TIME_LEN..];
             match self.outbox_entry(&String::from_utf8_lossy(id))? {
-                Some(entry) => out.push(entry),
+                // A transition may commit between reading the index and the
+                // entry; only entries still due are handed out.
+                Some(entry) if entry.state.next_attempt().is_some_and(|t| t <= now) => {
+                    out.push(entry)
+                }
+                Some(_) => {}
                 None => {
                     return Err(StoreError::corrupt(
                         TreeId::OutboxDue.name(),
