@@ -82,9 +82,11 @@ fn working_time_deadlines_cross_national_day_and_the_make_up_saturday() {
     // the first opening after the holiday.
     assert_eq!(
         lines_with(&out, "TS-2026-000001  clock forward started"),
-        ["2026-09-30 17:50 +08:00  TS-2026-000001  clock forward started, due 2026-10-08 09:30 \
+        [
+            "2026-09-30 17:50 +08:00  TS-2026-000001  clock forward started, due 2026-10-08 09:30 \
           (counted 1 working hour (Asia/Shanghai): 2026-10-08 08:30–09:30; skipped holiday \
-          2026-10-01..07 国庆节)  (deadline forward, rules/30-deadlines.rules:18:18)"]
+          2026-10-01..07 国庆节)  (deadline forward, rules/30-deadlines.rules:18:18)"
+        ]
     );
     // Natural days count the holiday; one working day after a due time in
     // the holiday is the close of business of the first working day after it.
@@ -220,7 +222,8 @@ fn json_lines_carry_the_same_log() {
     assert_eq!(run.stdout.lines().count(), text.lines().count());
     let mut previous = String::new();
     for line in run.stdout.lines() {
-        let value: serde_json::Value = serde_json::from_str(line).expect("one JSON object per line");
+        let value: serde_json::Value =
+            serde_json::from_str(line).expect("one JSON object per line");
         let at = value["at"].as_str().expect("at").to_owned();
         assert!(at.ends_with("+08:00"), "{at}");
         assert!(at >= previous, "time order: {at} after {previous}");
@@ -247,7 +250,12 @@ fn a_department_answers_through_the_token_of_its_forward() {
 
 #[test]
 fn the_same_inputs_print_the_same_bytes() {
-    for timeline in ["national-day", "escalation-ladder", "customer-reply", "department-reply"] {
+    for timeline in [
+        "national-day",
+        "escalation-ladder",
+        "customer-reply",
+        "department-reply",
+    ] {
         for json in [false, true] {
             let first = simulate(timeline, json);
             let second = simulate(timeline, json);
@@ -366,7 +374,10 @@ fn a_reply_to_a_case_that_does_not_exist_stops_the_run_where_it_is() {
     assert!(run
         .stdout
         .starts_with("2026-11-24 10:00 +08:00  TS-2026-000001  case opened"));
-    assert!(run.stdout.lines().all(|l| l.starts_with("2026-11-24 10:00 +08:00")));
+    assert!(run
+        .stdout
+        .lines()
+        .all(|l| l.starts_with("2026-11-24 10:00 +08:00")));
 }
 
 #[test]
@@ -386,8 +397,7 @@ fn mail_that_belongs_to_no_case_is_shown_without_one() {
 
 #[test]
 fn the_log_is_in_time_order_and_reports_every_event_once() {
-    let timeline =
-        load_timeline(Path::new("tests/fixtures/timelines/national-day.toml")).unwrap();
+    let timeline = load_timeline(Path::new("tests/fixtures/timelines/national-day.toml")).unwrap();
     let mut simulation = Simulation::start(Path::new("rules"), timeline).unwrap();
     let mut lines: Vec<LogLine> = Vec::new();
     simulation
@@ -431,6 +441,9 @@ fn the_log_is_in_time_order_and_reports_every_event_once() {
         .collect();
     assert_eq!(
         digests,
-        [at("2026-10-05T09:00:00+08:00"), at("2026-10-12T09:00:00+08:00")]
+        [
+            at("2026-10-05T09:00:00+08:00"),
+            at("2026-10-12T09:00:00+08:00")
+        ]
     );
 }

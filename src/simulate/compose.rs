@@ -70,7 +70,7 @@ fn inline(
     };
     let message_id = match &mail.message_id {
         Some(id) => id.clone(),
-        None => format!("step{step}.timeline@{}", from.email.domain()),
+        None => format!("step{step}.timeline@{}", from.email.domain().to_lowercase()),
     };
     let mut builder = Message::builder()
         .from(from)
@@ -209,7 +209,7 @@ mod tests {
         )
         .unwrap();
         let parsed = parse(&raw).unwrap().mail;
-        let from = parsed.from.unwrap();
+        let from = parsed.from.clone().unwrap();
         assert_eq!(
             (from.email.as_str(), from.name.as_deref()),
             ("wang@example.com", Some("王女士"))

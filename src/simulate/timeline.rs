@@ -130,7 +130,7 @@ pub enum StepAction {
     /// Only the clock moves.
     Advance,
     /// A mail arrives.
-    Mail(MailStep),
+    Mail(Box<MailStep>),
 }
 
 /// A mail arriving in a mailbox.
@@ -492,7 +492,7 @@ impl Reader<'_> {
                     ),
                 ));
             }
-            StepAction::Mail(self.mail_step(number, table)?)
+            StepAction::Mail(Box::new(self.mail_step(number, table)?))
         };
         Ok(Step { number, at, action })
     }
@@ -962,7 +962,7 @@ mod tests {
         let cases = [
             (
                 "[[step]]\nat = \"2026-09-30 17:50\"\nfrom = \"a@b.example\"",
-                "t.toml: step 1: `at`: `2026-09-30 17:50` is not a time with its UTC offset such as \"2026-09-30T17:50:00+08:00\" (input contains invalid characters)",
+                "t.toml: step 1: `at`: `2026-09-30 17:50` is not a time with its UTC offset such as \"2026-09-30T17:50:00+08:00\" (premature end of input)",
             ),
             (
                 "[[step]]\nafter = \"2h\"\nfrom = \"a@b.example\"",
@@ -1017,11 +1017,15 @@ mod tests {
                 "t.toml: step 1: `mail`: cannot read ./missing.eml: No such file or directory (os error 2)",
             ),
             (
+                "[[step]]\nat = \"2026-10-01T00:00:00Z\"\nfrom = \"nobody\"",
+                "t.toml: step 1: `from`: `nobody` is not a mail address such as `Name <someone@example.com>`",
+            ),
+            (
                 "[[step]]\nat = \"2026-10-01T00:00:00Z\"\nmail = \"x.eml\"\nfrom = \"a@b.example\"",
                 "t.toml: step 1: `from`: `mail = \"x.eml\"` is a whole mail; write its headers in the file, not as `from`",
             ),
             (
-                "[[step]]\nat = \"2026-10-01T00:00:00Z\"\nfrom = \"nobody\"\nto = [\"x@y\", 3]",
+                "[[step]]\nat = \"2026-10-01T00:00:00Z\"\nfrom = \"a@b.example\"\nto = [\"x@y\", 3]",
                 "t.toml: step 1: `to`: each address must be a string, not a whole number",
             ),
             (
