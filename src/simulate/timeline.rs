@@ -65,15 +65,11 @@ const RESERVED_HEADERS: &[(&str, &str)] = &[
     ),
     ("date", "the step's time is the mail's date"),
     ("mime-version", "the mail is built as MIME 1.0 text"),
-    (
-        "content-type",
-        "the body is plain UTF-8 text; give a whole mail with `mail = \"FILE.eml\"`",
-    ),
-    (
-        "content-transfer-encoding",
-        "the body is plain UTF-8 text; give a whole mail with `mail = \"FILE.eml\"`",
-    ),
 ];
+
+/// Why `Content-*` headers cannot be set on a written mail.
+const WHOLE_MAIL_HINT: &str =
+    "the body is plain UTF-8 text; give a whole mail with `mail = \"FILE.eml\"`";
 
 /// A timeline read and checked: settings and steps in time order.
 #[derive(Debug, Clone, PartialEq)]
@@ -665,10 +661,16 @@ impl Reader<'_> {
                     "a header name is letters, digits and dashes, such as Auto-Submitted".into(),
                 ));
             }
-            if let Some((_, hint)) = RESERVED_HEADERS
+            let reserved = RESERVED_HEADERS
                 .iter()
                 .find(|(reserved, _)| reserved.eq_ignore_ascii_case(name))
-            {
+                .map(|(_, hint)| *hint)
+                .or_else(|| {
+                    name.to_ascii_lowercase()
+                        .starts_with("content-")
+                        .then_some(WHOLE_MAIL_HINT)
+                });
+            if let Some(hint) = reserved {
                 return Err(err(format!("cannot be set here: {hint}")));
             }
             let text = string(value).map_err(&err)?;
@@ -1007,6 +1009,10 @@ mod tests {
             (
                 "[[step]]\nat = \"2026-10-01T00:00:00Z\"\nfrom = \"a@b.example\"\nheaders = { Subject = \"x\" }",
                 "t.toml: step 1: `headers.Subject`: cannot be set here: use the key `subject`",
+            ),
+            (
+                "[[step]]\nat = \"2026-10-01T00:00:00Z\"\nfrom = \"a@b.example\"\nheaders = { Content-Disposition = \"inline\" }",
+                "t.toml: step 1: `headers.Content-Disposition`: cannot be set here: the body is plain UTF-8 text; give a whole mail with `mail = \"FILE.eml\"`",
             ),
             (
                 "[[step]]\nat = \"2026-10-01T00:00:00Z\"\nfrom = \"a@b.example\"\nheaders = { X-Note = \"a\\nBcc: x@y\" }",
