@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod mail;
 pub mod metrics;
 pub mod rules;
+pub mod simulate;
 pub mod smtp;
 pub mod store;
 pub mod tls;
