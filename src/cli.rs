@@ -12,6 +12,8 @@ use chrono::{DateTime, FixedOffset, Utc};
 use clap::{Parser, Subcommand};
 
 use crate::clock::Clock;
+use crate::config::Config;
+use crate::daemon;
 use crate::engine::inspect::{self, StoreSource};
 use crate::rules::check::{check, Environment};
 use crate::rules::diag::{did_you_mean, render_all};
@@ -36,6 +38,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: ingest the mailboxes, send mail, fire deadlines, reload rules on
+    /// change or SIGHUP; stop cleanly on SIGTERM or SIGINT.
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Check, test and explain the rule files of a policy.
     Rules {
         #[command(subcommand)]
@@ -166,6 +174,7 @@ pub enum RulesCommand {
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli, clock: &dyn Clock, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let result = match cli.command {
+        Command::Run { config } => run_daemon(&config, err),
         Command::Rules { command } => run_rules(command, clock, out, err),
         Command::Config {
             command: ConfigCommand::Check { config },
@@ -183,6 +192,44 @@ pub fn run(cli: Cli, clock: &dyn Clock, out: &mut dyn Write, err: &mut dyn Write
             // Output streams that cannot be written to leave nothing to report to.
             let _ = writeln!(err, "error: {e}");
             EXIT_FAILED
+        }
+    }
+}
+
+/// `complaintd run`: loads the configuration, installs the logger, runs the daemon on a
+/// multi-threaded runtime until SIGTERM or SIGINT.
+fn run_daemon(config_path: &Path, err: &mut dyn Write) -> std::io::Result<u8> {
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(errors) => {
+            for error in errors {
+                writeln!(err, "error: {}: {error}", config_path.display())?;
+            }
+            return Ok(EXIT_FAILED);
+        }
+    };
+    if let Err(message) = daemon::init_logging(&config.log) {
+        writeln!(err, "error: {message}")?;
+        return Ok(EXIT_FAILED);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("complaintd")
+        .build()?;
+    let options = daemon::DaemonOptions {
+        handle_sighup: true,
+        ..daemon::DaemonOptions::default()
+    };
+    let result = runtime.block_on(daemon::run_with(config, options, async {
+        if let Err(error) = daemon::termination_signal().await {
+            tracing::error!(%error, "cannot listen for SIGTERM/SIGINT; stopping");
+        }
+    }));
+    match result {
+        Ok(()) => Ok(EXIT_OK),
+        Err(error) => {
+            writeln!(err, "error: {error}")?;
+            Ok(EXIT_FAILED)
         }
     }
 }

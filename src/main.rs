@@ -9,7 +9,8 @@ use complaintd::clock::SystemClock;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut out = std::io::stdout().lock();
-    let mut err = std::io::stderr().lock();
+    // Not locked for the whole run: `complaintd run` logs to stderr from many threads.
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
     ExitCode::from(run(cli, &SystemClock, &mut out, &mut err))
 }

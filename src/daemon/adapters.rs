@@ -1,0 +1,329 @@
+//! The engine behind the transports' and tasks' traits: IMAP ingest ([`IngestSink`]), SMTP
+//! delivery ([`OutboxSource`]), the scheduler ([`Timekeeper`]) and hot reload
+//! ([`PolicyReloader`]).
+//!
+//! The engine is synchronous and commits to sled, flushing before it returns; every call that
+//! may write or fsync runs in the blocking pool through [`BlockingWork`], which also lets
+//! shutdown wait for the transaction in flight. Cheap reads (a checkpoint, one key) are made
+//! inline.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, RwLock};
+
+use crate::engine::{Engine, EngineError, Outcome, RawMessage};
+use crate::imap::{FetchedBatch, FetchedMessage, IngestSink, SinkError};
+use crate::metrics::Metrics;
+use crate::reload::{PolicyReloader, ReloadSummary};
+use crate::scheduler::{Scheduler, Timekeeper};
+use crate::smtp::{OutboxError, OutboxSource, OutgoingMail};
+use crate::store::{Checkpoint, DeliveryFailure};
+
+/// Runs blocking engine calls in tokio's blocking pool and keeps count of them, so shutdown
+/// can wait until the last transaction in flight has committed.
+#[derive(Debug, Clone, Default)]
+pub struct BlockingWork {
+    // Each call holds a read guard for its whole run; waiting for the write guard waits
+    // for all of them.
+    in_flight: Arc<RwLock<()>>,
+}
+
+impl BlockingWork {
+    /// Runs `work` in the blocking pool; a panic there becomes an error message.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, String> {
+        let guard = Arc::clone(&self.in_flight).read_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            work()
+        })
+        .await
+        .map_err(|join| format!("blocking engine call failed: {join}"))
+    }
+
+    /// Returns once no blocking call is running.
+    pub async fn wait_idle(&self) {
+        drop(self.in_flight.write().await);
+    }
+}
+
+/// The engine as the IMAP tasks' sink: one engine ingest (one durable transaction) per
+/// fetched batch; then the sender and the scheduler are woken.
+pub struct EngineSink {
+    engine: Arc<Engine>,
+    /// Mailbox name → the policy channel of its complaints.
+    channels: HashMap<String, String>,
+    outbox: Arc<EngineOutbox>,
+    scheduler: Scheduler,
+    metrics: Metrics,
+    work: BlockingWork,
+}
+
+impl EngineSink {
+    pub fn new(
+        engine: Arc<Engine>,
+        channels: HashMap<String, String>,
+        outbox: Arc<EngineOutbox>,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        work: BlockingWork,
+    ) -> Self {
+        EngineSink {
+            engine,
+            channels,
+            outbox,
+            scheduler,
+            metrics,
+            work,
+        }
+    }
+}
+
+/// The engine's form of a fetched message.
+pub fn raw_message(message: FetchedMessage) -> RawMessage {
+    let raw = match (message.body, message.headers) {
+        (Some(body), _) => RawMessage {
+            size: message.size.max(body.len() as u64),
+            bytes: body,
+            complete: true,
+            received_at: None,
+        },
+        (None, headers) => RawMessage::headers_only(headers.unwrap_or_default(), message.size),
+    };
+    match message.internal_date {
+        Some(at) => raw.received_at(at.with_timezone(&Utc)),
+        None => raw,
+    }
+}
+
+impl IngestSink for EngineSink {
+    fn checkpoint(&self, mailbox: &str) -> Result<Option<Checkpoint>, SinkError> {
+        // One read of a small tree, once per connection: not worth a thread hop.
+        self.engine
+            .store()
+            .checkpoint(mailbox)
+            .map_err(SinkError::new)
+    }
+
+    async fn ingest(&self, batch: FetchedBatch) -> Result<(), SinkError> {
+        let channel = self.channels.get(&batch.mailbox).cloned().ok_or_else(|| {
+            SinkError::new(format!("no channel configured for mailbox {}", batch.mailbox))
+        })?;
+        if batch.rescan {
+            tracing::warn!(
+                mailbox = %batch.mailbox,
+                "ingest: rescanning after a UIDVALIDITY change; known Message-IDs are skipped"
+            );
+        }
+        let mailbox = batch.mailbox;
+        let uidvalidity = batch.uidvalidity;
+        let messages: Vec<(u32, RawMessage)> = batch
+            .messages
+            .into_iter()
+            .map(|m| (m.uid, raw_message(m)))
+            .collect();
+        let count = messages.len();
+        let engine = Arc::clone(&self.engine);
+        let name = mailbox.clone();
+        let report = self
+            .work
+            .run(move || engine.ingest(&name, &channel, uidvalidity, messages))
+            .await
+            .map_err(SinkError::new)?
+            .map_err(SinkError::new)?;
+        let new_cases = report.new_cases().count();
+        self.metrics.cases_ingested(new_cases as u64);
+        for message in &report.messages {
+            match &message.outcome {
+                Outcome::Quarantined { reason } => tracing::warn!(
+                    %mailbox, uid = message.uid, message_id = %message.message_id, %reason,
+                    "ingest: quarantined"
+                ),
+                Outcome::Loop { reason } => tracing::info!(
+                    %mailbox, uid = message.uid, message_id = %message.message_id, %reason,
+                    "ingest: mail loop, not answered"
+                ),
+                Outcome::Unverified { case, reason } => tracing::warn!(
+                    %mailbox, uid = message.uid, %case, %reason,
+                    "ingest: unverified department claim, recorded as correspondence"
+                ),
+                outcome => tracing::debug!(
+                    %mailbox, uid = message.uid, message_id = %message.message_id, ?outcome,
+                    "ingest: message handled"
+                ),
+            }
+        }
+        tracing::info!(
+            %mailbox,
+            messages = count,
+            new_cases,
+            transactions = report.transactions,
+            "ingest: batch committed"
+        );
+        // The batch may have queued mail and committed timers.
+        self.outbox.notify_queued();
+        self.scheduler.wake();
+        Ok(())
+    }
+}
+
+/// The engine's outbox as the SMTP sender's source. Every result is committed and flushed
+/// before the sender moves on, so a crash can leave at most the one mail being sent in doubt
+/// (it is sent again, with the same Message-ID).
+pub struct EngineOutbox {
+    engine: Arc<Engine>,
+    wakeup: Notify,
+    metrics: Metrics,
+    work: BlockingWork,
+}
+
+impl EngineOutbox {
+    pub fn new(engine: Arc<Engine>, metrics: Metrics, work: BlockingWork) -> Self {
+        metrics.set_outbox_depth(engine.store().queue_depth() as u64);
+        EngineOutbox {
+            engine,
+            wakeup: Notify::new(),
+            metrics,
+            work,
+        }
+    }
+
+    /// Wakes the sender: call after committing anything that queued mail.
+    pub fn notify_queued(&self) {
+        self.wakeup.notify_one();
+    }
+
+    async fn mark(
+        &self,
+        what: &'static str,
+        change: impl FnOnce(&Engine) -> Result<(), EngineError> + Send + 'static,
+    ) -> Result<(), OutboxError> {
+        let engine = Arc::clone(&self.engine);
+        self.work
+            .run(move || {
+                change(&engine)?;
+                // The sender moves on to the next mail only once this result is durable.
+                engine.store().flush()?;
+                Ok::<_, EngineError>(())
+            })
+            .await
+            .map_err(OutboxError::new)?
+            .map_err(|e| OutboxError::new(format!("{what}: {e}")))
+    }
+}
+
+impl OutboxSource for EngineOutbox {
+    async fn next_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<OutgoingMail>, OutboxError> {
+        let engine = Arc::clone(&self.engine);
+        let (due, depth) = self
+            .work
+            .run(move || {
+                let due = engine.due_mail(now, limit)?;
+                Ok::<_, EngineError>((due, engine.store().queue_depth()))
+            })
+            .await
+            .map_err(OutboxError::new)?
+            .map_err(OutboxError::new)?;
+        self.metrics.set_outbox_depth(depth as u64);
+        Ok(due
+            .into_iter()
+            .map(|mail| OutgoingMail {
+                attempts: mail.entry.state.failed_attempts(),
+                id: mail.entry.id,
+                envelope_from: mail.entry.envelope_from,
+                recipients: mail.entry.recipients,
+                bytes: mail.bytes,
+            })
+            .collect())
+    }
+
+    async fn mark_sent(&self, id: &str, at: DateTime<Utc>, reply: &str) -> Result<(), OutboxError> {
+        tracing::debug!(%id, %reply, "outbox: accepted by the server");
+        let id = id.to_owned();
+        self.mark("mark sent", move |engine| {
+            engine.mail_sent(&id, at).map(drop)
+        })
+        .await
+    }
+
+    async fn mark_temporary_failure(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &str,
+        next_attempt: DateTime<Utc>,
+    ) -> Result<(), OutboxError> {
+        let failure = DeliveryFailure::Temporary {
+            error: error.to_owned(),
+            next_attempt,
+        };
+        let id = id.to_owned();
+        self.mark("mark temporary failure", move |engine| {
+            engine.mail_failed(&id, failure, at).map(drop)
+        })
+        .await
+    }
+
+    async fn mark_permanent_failure(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), OutboxError> {
+        let failure = DeliveryFailure::Permanent {
+            error: error.to_owned(),
+        };
+        let id = id.to_owned();
+        self.mark("mark permanent failure", move |engine| {
+            engine.mail_failed(&id, failure, at).map(drop)
+        })
+        .await
+    }
+
+    async fn next_attempt_at(&self) -> Result<Option<DateTime<Utc>>, OutboxError> {
+        // The first key of the time-ordered due index: one read.
+        self.engine.next_mail_due().map_err(OutboxError::new)
+    }
+
+    fn wakeup(&self) -> &Notify {
+        &self.wakeup
+    }
+}
+
+impl Timekeeper for Engine {
+    type Error = EngineError;
+
+    fn next_wakeup(&self) -> Result<Option<DateTime<Utc>>, EngineError> {
+        Ok(Engine::next_wakeup(self))
+    }
+
+    fn fire_due(&self, now: DateTime<Utc>) -> Result<usize, EngineError> {
+        let timers = Engine::fire_due(self, now)?;
+        let schedules = self.run_schedules(now)?;
+        Ok(timers + schedules)
+    }
+}
+
+impl PolicyReloader for Engine {
+    fn reload(&self) -> Result<ReloadSummary, Vec<String>> {
+        let report = Engine::reload(self)?;
+        Ok(ReloadSummary {
+            description: format!(
+                "{} rule files, {} departments, {} schedules from {}",
+                report.rule_files,
+                report.departments,
+                report.schedules,
+                report.dir.display()
+            ),
+            warnings: report.warnings,
+        })
+    }
+}
