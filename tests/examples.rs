@@ -1,6 +1,6 @@
 //! The example policies in `rules/examples/`: each is checked and its own
-//! tests are run through the built binary, its templates are loaded and
-//! rendered, and the deadlines that start on a department's or the
+//! tests are run through the built binary, the daemon's loader accepts it,
+//! its templates are rendered, and the deadlines that start on a department's or the
 //! customer's event (which `rules test` cannot reach: its mail is always a
 //! new complaint) are driven here through the evaluator, with due times
 //! worked out by hand.
@@ -13,6 +13,7 @@ use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use chrono_tz::Asia::Shanghai;
 use complaintd::case::{Address, Case, CaseId, CaseState, FieldValue, MailFacts};
 use complaintd::cli::load_and_check;
+use complaintd::engine::ActivePolicy;
 use complaintd::mail::template::{
     CaseView, DigestView, DisplayNames, EscalationView, Named, TemplateContext, Templates,
 };
@@ -172,6 +173,20 @@ fn assert_templates_render(example: &str) {
     }
 }
 
+/// The daemon loads the policy as it would at start or reload: checked, its
+/// templates loaded and dry-run with every documented variable.
+fn assert_daemon_loads(example: &str) {
+    let dir = examples_dir().join(example);
+    match ActivePolicy::load(&dir, at("2026-11-24T10:00:00+08:00")) {
+        Ok(active) => assert!(
+            active.warnings.is_empty(),
+            "{example}: {:?}",
+            active.warnings
+        ),
+        Err(errors) => panic!("{example} does not load:\n{}", errors.join("\n")),
+    }
+}
+
 macro_rules! example {
     ($name:ident) => {
         mod $name {
@@ -188,6 +203,11 @@ macro_rules! example {
             #[test]
             fn renders_all_its_templates() {
                 super::assert_templates_render(stringify!($name));
+            }
+
+            #[test]
+            fn loads_as_the_daemon_loads_it() {
+                super::assert_daemon_loads(stringify!($name));
             }
         }
     };
