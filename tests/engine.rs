@@ -233,6 +233,7 @@ fn a_new_complaint_becomes_a_routed_case_with_acknowledgement_and_forward() {
         [new_case(id.clone(), true, &["billing_dept"])]
     );
     assert_eq!(report.transactions, 1);
+    assert_eq!(report.mails_queued, 2);
     assert_eq!(report.checkpoint.map(|c| c.last_uid), Some(1));
     assert_eq!(
         h.store().checkpoint("INBOX").unwrap().map(|c| c.last_uid),
@@ -816,6 +817,7 @@ fn two_hundred_complaints_in_one_ingest_get_consecutive_numbers() {
         .collect();
     let report = h.ingest_raw(messages);
     assert_eq!(report.transactions, 1);
+    assert_eq!(report.mails_queued, 400);
     assert_eq!(report.checkpoint.map(|c| c.last_uid), Some(200));
     let numbers: Vec<CaseId> = report.new_cases().cloned().collect();
     let expected: Vec<CaseId> = (1..=200).map(case_id).collect();
@@ -1124,4 +1126,79 @@ fn a_sender_address_mail_cannot_go_to_still_opens_a_forwarded_case() {
     assert!(h.events(&id).iter().any(|e| matches!(&e.kind,
         EventKind::Note { text } if text.starts_with("the acknowledgement cannot be sent: \"wang@example..com\" is not a valid mail address"))),
         "{:#?}", h.events(&id));
+}
+
+#[test]
+fn waiting_on_the_customer_pauses_the_clock_and_its_timers_until_work_resumes() {
+    let h = Harness::new();
+    h.ingest(&["complaint-billing.eml"]);
+    let id = case_id(1);
+    let engine = h.engine();
+    let refused = engine
+        .change_state(&id, CaseState::Closed, "operator", h.clock.now())
+        .expect_err("assigned cannot become closed");
+    assert!(
+        refused
+            .to_string()
+            .starts_with("a case that is assigned to a department cannot become closed"),
+        "{refused}"
+    );
+    assert!(h.events(&id).iter().all(|e| !matches!(
+        &e.kind,
+        EventKind::StateChanged {
+            to: CaseState::Closed,
+            ..
+        }
+    )));
+
+    let paused_at = at("2026-11-24T16:00:00+08:00");
+    let events = engine
+        .change_state(&id, CaseState::WaitingOnCustomer, "need-info", paused_at)
+        .unwrap();
+    assert_eq!(event_names(&events), ["state_changed", "clock_paused"]);
+    assert!(h.store().timers_of_case(&id).unwrap().is_empty());
+
+    // Six hours later the customer has answered: the clock resumes, its due
+    // time six hours later than before, and its timers are back.
+    let resumed_at = at("2026-11-24T22:00:00+08:00");
+    let events = engine
+        .change_state(&id, CaseState::InProgress, "customer answered", resumed_at)
+        .unwrap();
+    assert_eq!(event_names(&events), ["state_changed", "clock_resumed"]);
+    let clock = &h.store().case(&id).unwrap().unwrap().clocks["investigate"];
+    assert_eq!(clock.due, at("2026-11-26T16:00:00+08:00"));
+    let due_timer = h
+        .store()
+        .timers_of_case(&id)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.step == DUE_TIMER_STEP)
+        .expect("the due timer is back");
+    assert_eq!(due_timer.due, clock.due);
+}
+
+#[test]
+fn a_mail_claiming_one_of_our_message_ids_cannot_block_the_real_mail() {
+    let h = Harness::new();
+    // A stranger sends a mail with the Message-ID case 1's acknowledgement
+    // will have; it must not take that id from the real mail.
+    let forged = String::from_utf8(fixture("complaint-media.eml"))
+        .unwrap()
+        .replace(
+            "<c2.li@example.com>",
+            "<TS-2026-000001.ack.1@mail.corp.example>",
+        );
+    let report = h.ingest_raw(vec![RawMessage::full(forged.into_bytes())]);
+    match &Harness::outcomes(&report)[..] {
+        [Outcome::Loop { reason }] => assert!(reason.contains("of our own domain"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(report.messages[0].message_id.starts_with("sha256:"));
+    let report = h.ingest(&["complaint-billing.eml"]);
+    assert_eq!(
+        Harness::outcomes(&report),
+        [new_case(case_id(1), true, &["billing_dept"])]
+    );
+    let (ack, _) = h.sent("TS-2026-000001.ack.1");
+    assert_eq!(ack.message_id, "TS-2026-000001.ack.1@mail.corp.example");
 }

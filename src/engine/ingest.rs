@@ -93,6 +93,8 @@ pub struct IngestReport {
     /// Store transactions used (1, or more when a reply followed its
     /// complaint in the same fetch).
     pub transactions: usize,
+    /// Outgoing mails queued (wake the sender when this is not zero).
+    pub mails_queued: usize,
 }
 
 impl IngestReport {
@@ -189,6 +191,7 @@ impl Engine {
                 checkpoint: None,
                 messages: Vec::new(),
                 transactions: 0,
+                mails_queued: 0,
             },
         };
         let mut result = Ok(());
@@ -317,6 +320,19 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Whether a mail's own Message-ID is in the domain of ours without
+    /// being one we sent (forged, or ours from before the store existed).
+    fn claims_our_message_id(&self, mail: &IncomingMail) -> Result<bool, EngineError> {
+        let domain = format!(
+            "@{}",
+            self.engine.settings.message_id_host.to_ascii_lowercase()
+        );
+        if mail.message_id_synthesized || !mail.message_id.to_ascii_lowercase().ends_with(&domain) {
+            return Ok(false);
+        }
+        Ok(!self.known(&mail.message_id)?)
+    }
+
     /// Whether the store or the pending batch already has this Message-ID.
     fn known(&self, message_id: &str) -> Result<bool, EngineError> {
         Ok(self.links.contains_key(message_id) || self.engine.store.message(message_id)?.is_some())
@@ -355,6 +371,30 @@ impl Run<'_> {
             .any(|id| self.links.get(id) == Some(&BatchLink::NewCase));
         if answers_pending_case {
             self.commit()?;
+        }
+        if self.claims_our_message_id(&mail)? {
+            // Recording a foreign mail under an id of our own namespace would
+            // make the store refuse the real mail of that id later; it is
+            // known by its content instead.
+            let id = content_hash_id(&raw.bytes);
+            if self.known(&id)? {
+                return self.done(uid, &id, Outcome::Duplicate);
+            }
+            let reason = format!(
+                "it carries Message-ID <{}> of our own domain, which we never sent",
+                mail.message_id
+            );
+            tracing::warn!(mailbox = %self.mailbox, uid, %reason, "mail not answered");
+            let received_at = raw.received_at.unwrap_or(self.now);
+            return self.discard(
+                uid,
+                &id,
+                received_at,
+                &reason,
+                Outcome::Loop {
+                    reason: reason.clone(),
+                },
+            );
         }
         let kind = {
             let lookup = BatchLookup {
@@ -1045,6 +1085,12 @@ impl Run<'_> {
         batch.advance_checkpoint(&self.mailbox, checkpoint);
         let committed = self.engine.store.commit(&batch)?;
         self.report.transactions += 1;
+        self.report.mails_queued += committed
+            .outcomes
+            .iter()
+            .filter_map(|outcome| outcome.applied())
+            .map(|applied| applied.mails.len())
+            .sum::<usize>();
         self.report.checkpoint = Some(checkpoint);
         self.uncommitted = false;
         self.links.clear();

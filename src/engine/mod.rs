@@ -137,6 +137,9 @@ pub enum EngineError {
     Config(String),
     #[error("unknown case {0}")]
     UnknownCase(CaseId),
+    /// A state change the lifecycle does not allow.
+    #[error("{0}")]
+    Transition(String),
 }
 
 /// What a successful [`Engine::reload`] loaded.
