@@ -447,3 +447,109 @@ fn the_log_is_in_time_order_and_reports_every_event_once() {
         ]
     );
 }
+
+mod no_panics {
+    //! Whatever an administrator writes, the timeline reader answers with a
+    //! timeline or an error, never a panic; so does the mail composer with
+    //! whatever a written mail contains.
+
+    use std::path::Path;
+
+    use complaintd::simulate::{parse_timeline, Simulation};
+    use proptest::prelude::*;
+    use proptest::test_runner::Config;
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9 @<>\"\\\\:\\-+.,/]{0,24}".prop_map(|s| toml::Value::String(s).to_string()),
+            Just("\"2026-11-24T10:00:00+08:00\"".to_owned()),
+            Just("\"1h\"".to_owned()),
+            Just("1".to_owned()),
+            Just("[\"a@b.example\", 2]".to_owned()),
+            Just("{ X-A = \"b\" }".to_owned()),
+            "\\PC{0,12}".prop_map(|s| toml::Value::String(s).to_string()),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "at",
+            "after",
+            "advance",
+            "until",
+            "mail",
+            "from",
+            "to",
+            "subject",
+            "body",
+            "headers",
+            "message_id",
+            "reply_to_forward",
+            "reply_to_acknowledgement",
+            "reply_to_mail",
+            "department",
+            "channel",
+            "bogus",
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(Config { cases: 256, ..Config::default() })]
+
+        #[test]
+        fn any_text_is_read_or_refused(text in "\\PC{0,200}") {
+            let _ = parse_timeline(&text, Path::new("t.toml"), Path::new("."));
+        }
+
+        #[test]
+        fn any_step_is_read_or_refused(
+            steps in prop::collection::vec(prop::collection::vec((key(), value()), 0..5), 1..4)
+        ) {
+            let mut text = String::new();
+            for step in steps {
+                text.push_str("[[step]]\n");
+                let mut seen = Vec::new();
+                for (key, value) in step {
+                    if !seen.contains(&key) {
+                        seen.push(key);
+                        text.push_str(&format!("{key} = {value}\n"));
+                    }
+                }
+            }
+            let _ = parse_timeline(&text, Path::new("t.toml"), Path::new("."));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(Config { cases: 24, ..Config::default() })]
+
+        /// Mails with any sender, subject, body and header run through the
+        /// whole engine: each step is built and ingested, or reported.
+        #[test]
+        fn any_written_mail_is_ingested_or_reported(
+            from in prop_oneof![Just("Ann <a@b.example>".to_owned()), "\\PC{0,20}@[a-z.]{1,10}"],
+            subject in "\\PC{0,40}",
+            body in "\\PC{0,200}",
+            header in "\\PC{0,30}",
+        ) {
+            let quoted = |s: &str| toml::Value::String(s.to_owned()).to_string();
+            let text = format!(
+                "[[step]]\nat = \"2026-11-24T10:00:00+08:00\"\nfrom = {}\nsubject = {}\nbody = {}\nheaders = {{ X-Note = {} }}\n\n[[step]]\nafter = \"1h\"\nreply_to_acknowledgement = 1\nbody = {}\n",
+                quoted(&from), quoted(&subject), quoted(&body), quoted(&header), quoted(&body)
+            );
+            // Only the reader may refuse the mail; what it accepts must run.
+            if let Ok(timeline) = parse_timeline(&text, Path::new("t.toml"), Path::new(".")) {
+                let mut simulation = Simulation::start(Path::new("rules"), timeline).unwrap();
+                let mut lines = 0;
+                let result = simulation.run(&mut |_| {
+                    lines += 1;
+                    Ok(())
+                });
+                if from.starts_with("Ann") {
+                    prop_assert!(result.is_ok(), "{result:?}");
+                    prop_assert!(lines > 0);
+                }
+            }
+        }
+    }
+}
