@@ -18,9 +18,7 @@ use complaintd::mail::template::{
     CaseView, DigestView, DisplayNames, EscalationView, Named, TemplateContext, Templates,
 };
 use complaintd::rules::ast::ClockEvent;
-use complaintd::rules::eval::{
-    apply, evaluate, Action, Evaluation, Input, MemoryHistory, TimerKind,
-};
+use complaintd::rules::eval::{apply, evaluate, Action, Input, MemoryHistory, TimerKind};
 use complaintd::rules::Policy;
 
 /// Every example directory and how many `test` blocks it carries, so that
@@ -253,7 +251,8 @@ struct Timeline {
     policy: Policy,
     case: Case,
     history: MemoryHistory,
-    last: Evaluation,
+    /// Actions of the last evaluation.
+    last: Vec<Action>,
 }
 
 impl Timeline {
@@ -288,8 +287,8 @@ impl Timeline {
             "zh",
         );
         let history = MemoryHistory::default();
-        let last = evaluate(&policy, &case, &Input::NewComplaint(&mail), &history, now);
-        apply(&mut case, &last.actions, now);
+        let last = evaluate(&policy, &case, &Input::NewComplaint(&mail), &history, now).actions;
+        apply(&mut case, &last, now);
         Timeline {
             policy,
             case,
@@ -310,8 +309,9 @@ impl Timeline {
             &Input::Lifecycle(event),
             &self.history,
             now,
-        );
-        apply(&mut self.case, &self.last.actions, now);
+        )
+        .actions;
+        apply(&mut self.case, &self.last, now);
         self
     }
 
@@ -347,7 +347,6 @@ impl Timeline {
     /// Escalation step timers the last evaluation scheduled for `deadline`.
     fn step_times(&self, deadline: &str) -> Vec<(usize, String)> {
         self.last
-            .actions
             .iter()
             .filter_map(|action| match action {
                 Action::ScheduleTimer {
@@ -379,9 +378,10 @@ impl Timeline {
             },
             &self.history,
             now,
-        );
-        apply(&mut self.case, &self.last.actions, now);
-        self.last.actions.iter().find_map(|action| match action {
+        )
+        .actions;
+        apply(&mut self.case, &self.last, now);
+        self.last.iter().find_map(|action| match action {
             Action::FireStep {
                 template,
                 recipients,

@@ -111,7 +111,10 @@ impl IngestSink for EngineSink {
 
     async fn ingest(&self, batch: FetchedBatch) -> Result<(), SinkError> {
         let channel = self.channels.get(&batch.mailbox).cloned().ok_or_else(|| {
-            SinkError::new(format!("no channel configured for mailbox {}", batch.mailbox))
+            SinkError::new(format!(
+                "no channel configured for mailbox {}",
+                batch.mailbox
+            ))
         })?;
         if batch.rescan {
             tracing::warn!(

@@ -142,19 +142,26 @@ pub async fn run_with(
     }
     drop(active);
 
-    let http = match &config.http {
-        None => None,
-        Some(http) => Some(MetricsServer::bind(http.listen).await.map_err(|source| {
+    let http =
+        match &config.http {
+            None => None,
+            Some(http) => Some(MetricsServer::bind(http.listen).await.map_err(|source| {
+                DaemonError::Http {
+                    address: http.listen,
+                    source,
+                }
+            })?),
+        };
+    let http_address = match &http {
+        Some(server) => Some(server.local_addr().map_err(|source| {
             DaemonError::Http {
-                address: http.listen,
+                address: config
+                    .http
+                    .as_ref()
+                    .map(|h| h.listen)
+                    .unwrap_or(([127, 0, 0, 1], 0).into()),
                 source,
             }
-        })?),
-    };
-    let http_address = match &http {
-        Some(server) => Some(server.local_addr().map_err(|source| DaemonError::Http {
-            address: config.http.as_ref().map(|h| h.listen).unwrap_or(([127, 0, 0, 1], 0).into()),
-            source,
         })?),
         None => None,
     };
@@ -265,7 +272,8 @@ pub async fn run_with(
         ))
     };
 
-    let http_task = http.map(|server| tokio::spawn(server.serve(metrics.clone(), endpoint.clone())));
+    let http_task =
+        http.map(|server| tokio::spawn(server.serve(metrics.clone(), endpoint.clone())));
 
     tracing::info!(
         mailboxes = config.mailboxes.len(),
@@ -319,7 +327,11 @@ pub async fn run_with(
             Err(join) => tracing::error!(error = %join, "daemon: mailbox task panicked"),
         }
     }
-    for (name, task) in [("scheduler", Some(scheduler_task)), ("reload", Some(reload_task)), ("sighup", sighup_task)] {
+    for (name, task) in [
+        ("scheduler", Some(scheduler_task)),
+        ("reload", Some(reload_task)),
+        ("sighup", sighup_task),
+    ] {
         if let Some(task) = task {
             if let Err(join) = task.await {
                 tracing::error!(task = name, error = %join, "daemon: task panicked");
