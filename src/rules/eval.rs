@@ -257,7 +257,7 @@ pub fn evaluate<'p>(
         mail,
         text,
         lowered: condition::Lowered::default(),
-        actions: Vec::with_capacity(16),
+        actions: Vec::with_capacity(8),
         trace: Vec::with_capacity(policy.classify.iter().map(|b| b.rules.len()).sum::<usize>() + 8),
         fired_rules: 0,
     };
