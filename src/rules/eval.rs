@@ -611,8 +611,13 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                 if fired {
                     self.fired_rules += 1;
                     let because = self.because(&rule.name.node, rule.span, &looked.seen);
-                    for action in &rule.actions {
-                        let note = self.rule_action(&action.node, &looked, &because);
+                    // Each action carries its own copy; the last takes the original.
+                    if let Some((last, rest)) = rule.actions.split_last() {
+                        for action in rest {
+                            let note = self.rule_action(&action.node, &looked, because.clone());
+                            notes.push(note);
+                        }
+                        let note = self.rule_action(&last.node, &looked, because);
                         notes.push(note);
                     }
                     if rule.stop {
@@ -635,7 +640,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
     }
 
     /// Carries out one action of a fired rule; returns what it did, for the trace.
-    fn rule_action(&mut self, action: &RuleAction, looked: &Looked, because: &Because) -> String {
+    fn rule_action(&mut self, action: &RuleAction, looked: &Looked, because: Because) -> String {
         match action {
             RuleAction::RaiseSeverity(level) => self.raise_severity(&level.node, because),
             RuleAction::SetSeverity(level) => {
@@ -646,7 +651,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                 self.push(Action::SetField {
                     field: "severity".to_owned(),
                     value: FieldValue::Name(level.node.clone()),
-                    because: because.clone(),
+                    because,
                 });
                 format!(
                     "severity {} → {}",
@@ -660,7 +665,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                 }
                 self.push(Action::AddTag {
                     tag: tag.node.clone(),
-                    because: because.clone(),
+                    because,
                 });
                 format!("tag {}", tag.node)
             }
@@ -674,7 +679,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                         self.push(Action::SetField {
                             field: field.node.clone(),
                             value,
-                            because: because.clone(),
+                            because,
                         });
                         note
                     }
@@ -684,7 +689,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         }
     }
 
-    fn raise_severity(&mut self, level: &str, because: &Because) -> String {
+    fn raise_severity(&mut self, level: &str, because: Because) -> String {
         let current = self.case.severity().map(str::to_owned);
         let (Some(target), current_rank) = (
             self.policy.severity_rank(level),
@@ -701,7 +706,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         self.push(Action::RaiseSeverity {
             from: current.clone(),
             to: level.to_owned(),
-            because: because.clone(),
+            because,
         });
         format!(
             "severity {} → {level}",
@@ -1164,7 +1169,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
             because: because.clone(),
         });
         if let Some(level) = &step.raise_severity {
-            let note = self.raise_severity(&level.node, &because);
+            let note = self.raise_severity(&level.node, because);
             verdict.notes.push(note);
         }
         self.trace.push(verdict);
