@@ -1,10 +1,10 @@
 //! Pure evaluation: a checked policy, a case, an input and an instant → actions.
 //!
 //! [`evaluate`] is a function of its arguments only: no I/O, no wall clock,
-//! no runtime. It works on a private copy of the case and applies each action
-//! to that copy as soon as it decides it, so later rules see what earlier ones
-//! set. The caller applies the returned actions to the real case with
-//! [`apply`] — the daemon, `simulate` and `rules test` all go through it.
+//! no runtime. It applies each action to its own copy of the case (made at
+//! the first change) as soon as it decides it, so later rules see what
+//! earlier ones set. The caller applies the returned actions to the real case
+//! with [`apply`] — the daemon, `simulate` and `rules test` all go through it.
 //!
 //! One evaluation runs, in this order:
 //! 1. on a new complaint: the default (lowest) severity if none is set;
@@ -18,6 +18,11 @@
 //! The case's lifecycle state is the caller's: for `Input::Lifecycle` the case
 //! passed in already carries the new state (and, for a reopening, the
 //! incremented `reopen_count`).
+//!
+//! Timers are never cancelled: a timer that no longer applies when it
+//! arrives (its clock stopped or paused, its step fired, or a pause moved its
+//! time later) does nothing, and says why in the trace. A `hard stop` clock
+//! stops at its due time.
 
 mod clockmath;
 mod condition;
