@@ -1,10 +1,10 @@
 //! Pure evaluation: a checked policy, a case, an input and an instant → actions.
 //!
 //! [`evaluate`] is a function of its arguments only: no I/O, no wall clock,
-//! no runtime. It works on a private copy of the case and applies each action
-//! to that copy as soon as it decides it, so later rules see what earlier ones
-//! set. The caller applies the returned actions to the real case with
-//! [`apply`] — the daemon, `simulate` and `rules test` all go through it.
+//! no runtime. It applies each action to its own copy of the case (made at
+//! the first change) as soon as it decides it, so later rules see what
+//! earlier ones set. The caller applies the returned actions to the real case
+//! with [`apply`] — the daemon, `simulate` and `rules test` all go through it.
 //!
 //! One evaluation runs, in this order:
 //! 1. on a new complaint: the default (lowest) severity if none is set;
@@ -18,6 +18,11 @@
 //! The case's lifecycle state is the caller's: for `Input::Lifecycle` the case
 //! passed in already carries the new state (and, for a reopening, the
 //! incremented `reopen_count`).
+//!
+//! Timers are never cancelled: a timer that no longer applies when it
+//! arrives (its clock stopped or paused, its step fired, or a pause moved its
+//! time later) does nothing, and says why in the trace. A `hard stop` clock
+//! stops at its due time.
 
 mod clockmath;
 mod condition;
@@ -257,7 +262,7 @@ pub fn evaluate<'p>(
         mail,
         text,
         lowered: condition::Lowered::default(),
-        actions: Vec::with_capacity(16),
+        actions: Vec::with_capacity(8),
         trace: Vec::with_capacity(policy.classify.iter().map(|b| b.rules.len()).sum::<usize>() + 8),
         fired_rules: 0,
     };
@@ -611,8 +616,13 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                 if fired {
                     self.fired_rules += 1;
                     let because = self.because(&rule.name.node, rule.span, &looked.seen);
-                    for action in &rule.actions {
-                        let note = self.rule_action(&action.node, &looked, &because);
+                    // Each action carries its own copy; the last takes the original.
+                    if let Some((last, rest)) = rule.actions.split_last() {
+                        for action in rest {
+                            let note = self.rule_action(&action.node, &looked, because.clone());
+                            notes.push(note);
+                        }
+                        let note = self.rule_action(&last.node, &looked, because);
                         notes.push(note);
                     }
                     if rule.stop {
@@ -635,7 +645,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
     }
 
     /// Carries out one action of a fired rule; returns what it did, for the trace.
-    fn rule_action(&mut self, action: &RuleAction, looked: &Looked, because: &Because) -> String {
+    fn rule_action(&mut self, action: &RuleAction, looked: &Looked, because: Because) -> String {
         match action {
             RuleAction::RaiseSeverity(level) => self.raise_severity(&level.node, because),
             RuleAction::SetSeverity(level) => {
@@ -646,7 +656,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                 self.push(Action::SetField {
                     field: "severity".to_owned(),
                     value: FieldValue::Name(level.node.clone()),
-                    because: because.clone(),
+                    because,
                 });
                 format!(
                     "severity {} → {}",
@@ -660,7 +670,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                 }
                 self.push(Action::AddTag {
                     tag: tag.node.clone(),
-                    because: because.clone(),
+                    because,
                 });
                 format!("tag {}", tag.node)
             }
@@ -674,7 +684,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                         self.push(Action::SetField {
                             field: field.node.clone(),
                             value,
-                            because: because.clone(),
+                            because,
                         });
                         note
                     }
@@ -684,7 +694,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         }
     }
 
-    fn raise_severity(&mut self, level: &str, because: &Because) -> String {
+    fn raise_severity(&mut self, level: &str, because: Because) -> String {
         let current = self.case.severity().map(str::to_owned);
         let (Some(target), current_rank) = (
             self.policy.severity_rank(level),
@@ -701,7 +711,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         self.push(Action::RaiseSeverity {
             from: current.clone(),
             to: level.to_owned(),
-            because: because.clone(),
+            because,
         });
         format!(
             "severity {} → {level}",
@@ -1164,7 +1174,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
             because: because.clone(),
         });
         if let Some(level) = &step.raise_severity {
-            let note = self.raise_severity(&level.node, &because);
+            let note = self.raise_severity(&level.node, because);
             verdict.notes.push(note);
         }
         self.trace.push(verdict);

@@ -117,15 +117,24 @@ fn lower(s: &str) -> Cow<'_, str> {
     lower_if_needed(s).map_or(Cow::Borrowed(s), Cow::Owned)
 }
 
-/// `s` in lower case, or `None` when it has no upper-case letter. Chinese
-/// text has none, and ASCII is checked bytewise.
+/// `s` in lower case, or `None` when lowering would not change it. ASCII is
+/// checked bytewise, and Chinese, Japanese and Korean text, which has no
+/// case, without a look at the Unicode tables.
 fn lower_if_needed(s: &str) -> Option<String> {
-    let has_upper = if s.is_ascii() {
+    let changes = if s.is_ascii() {
         s.bytes().any(|b| b.is_ascii_uppercase())
     } else {
-        s.chars().any(char::is_uppercase)
+        s.chars().any(lowers_to_other)
     };
-    has_upper.then(|| s.to_lowercase())
+    changes.then(|| s.to_lowercase())
+}
+
+/// Whether `c` lower-cases to something else (upper- and title-case letters).
+fn lowers_to_other(c: char) -> bool {
+    // CJK symbols, kana, ideographs, Yi (U+3000..U+A63F) and Hangul
+    // syllables have no case.
+    let caseless = ('\u{3000}'..'\u{A640}').contains(&c) || ('\u{AC00}'..'\u{D7A4}').contains(&c);
+    !caseless && (c.is_ascii_uppercase() || (!c.is_ascii() && c.to_lowercase().next() != Some(c)))
 }
 
 fn ordering_holds(op: CompareOp, ordering: Option<Ordering>) -> bool {
@@ -683,5 +692,33 @@ impl<'p> Evaluator<'p, '_> {
             }
             Aggregate::Reopenings => u64::from(case.reopen_count),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowering_is_skipped_only_when_it_would_change_nothing() {
+        assert_eq!(lower_if_needed("燃气泄漏 gas"), None);
+        assert_eq!(lower_if_needed("한국어 텍스트"), None);
+        assert_eq!(lower_if_needed("燃气 GAS").as_deref(), Some("燃气 gas"));
+        assert_eq!(lower_if_needed("ПРИВЕТ мир").as_deref(), Some("привет мир"));
+        // A title-case letter is not upper case, but it does lower-case.
+        assert_eq!(lower_if_needed("ǅ").as_deref(), Some("ǆ"));
+        assert_eq!(lower_if_needed("Ｂｉｌｌ").as_deref(), Some("ｂｉｌｌ"));
+    }
+
+    #[test]
+    fn shortened_values_stay_on_one_line_and_mark_the_cut() {
+        assert_eq!(shorten("a\nb"), "a b");
+        let long = "长".repeat(SEEN_MAX_CHARS + 5);
+        let cut = shorten(&long);
+        assert_eq!(cut.chars().count(), SEEN_MAX_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        assert_eq!(number_text(3.0), "3");
+        assert_eq!(number_text(1350.0), "1350");
+        assert_eq!(number_text(2.5), "2.5");
     }
 }
