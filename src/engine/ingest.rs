@@ -5,7 +5,8 @@
 //! Per message: parse (unreadable or oversized mail is quarantined with its
 //! reason), classify, and act on the kind: a new complaint opens a case, is
 //! evaluated, acknowledged (rate-limited) and forwarded; a customer reply is
-//! recorded, forwarded and re-evaluated; a department reply is recorded; an
+//! recorded, re-evaluated, applied through the lifecycle and forwarded; a
+//! department reply's commands are applied all or none (`replies`); an
 //! unverified claim is recorded with a security event; automatic mail and
 //! bounces are recorded on their case if they have one and never answered;
 //! loops and duplicates are not acted on.
