@@ -440,7 +440,15 @@ impl Run<'_> {
         department: String,
     ) -> Result<(), EngineError> {
         let Some(base) = self.current_case(&case_id)? else {
-            return Err(EngineError::UnknownCase(case_id));
+            // The case vanished between classification and now: failing
+            // would stall the mailbox on this message, so it is set aside.
+            let id = mail.message_id.clone();
+            let why = format!("department reply about case {case_id}, which no longer exists");
+            let outcome = Outcome::DepartmentReply {
+                case: case_id,
+                department,
+            };
+            return self.discard(uid, &id, received_at, &why, outcome);
         };
         let exclude = CaseRef::Existing(case_id.clone());
         let from = mail.from.clone().unwrap_or_else(|| Address::new("", None));
@@ -569,15 +577,16 @@ impl Run<'_> {
                 if *score >= 3 {
                     forward = false;
                     if answered {
-                        self.step(
+                        if let Err(error) = self.step(
                             &mut work,
                             CaseState::Closed,
                             Some(ClockEvent::Closed),
                             rule,
                             &seen,
                             exclude,
-                        )
-                        .map_err(EngineError::Transition)?;
+                        ) {
+                            self.refuse(&mut work, base, mail, error);
+                        }
                     }
                 } else {
                     reopen = true;
@@ -594,15 +603,16 @@ impl Run<'_> {
                             rule,
                             "withdraw",
                         );
-                        self.step(
+                        if let Err(error) = self.step(
                             &mut work,
                             CaseState::Withdrawn,
                             Some(ClockEvent::Withdrawn),
                             rule,
                             "withdraw",
                             exclude,
-                        )
-                        .map_err(EngineError::Transition)?;
+                        ) {
+                            self.refuse(&mut work, base, mail, error);
+                        }
                         let plan = self.notice_plan(
                             &work.case,
                             WITHDRAWAL_CONFIRMATION_TEMPLATE,
@@ -630,15 +640,16 @@ impl Run<'_> {
                 reopen = true;
             }
             _ if state == CaseState::WaitingOnCustomer => {
-                self.step(
+                if let Err(error) = self.step(
                     &mut work,
                     CaseState::InProgress,
                     None,
                     rule,
                     "the customer answered",
                     exclude,
-                )
-                .map_err(EngineError::Transition)?;
+                ) {
+                    self.refuse(&mut work, base, mail, error);
+                }
             }
             _ => {}
         }
@@ -661,30 +672,32 @@ impl Run<'_> {
                 CustomerIntent::Satisfaction(score) => format!("satisfaction {score}"),
                 _ => "the customer wrote again after closing".to_owned(),
             };
-            self.step(
+            if let Err(error) = self.step(
                 &mut work,
                 CaseState::Reopened,
                 Some(ClockEvent::Reopened),
                 rule,
                 &seen,
                 exclude,
-            )
-            .map_err(EngineError::Transition)?;
+            ) {
+                self.refuse(&mut work, base, mail, error);
+            }
             let department = work.case.assignment.as_ref().map(|a| a.department.clone());
             forward = false;
             if let Some(department) = department {
                 match self.forward_to(&mut work, &department, mail, received_at, blobs) {
                     Ok(()) => {
                         let seen = format!("forwarded to {department} again");
-                        self.step(
+                        if let Err(error) = self.step(
                             &mut work,
                             CaseState::Assigned,
                             Some(ClockEvent::Forwarded),
                             rule,
                             &seen,
                             exclude,
-                        )
-                        .map_err(EngineError::Transition)?;
+                        ) {
+                            self.refuse(&mut work, base, mail, error);
+                        }
                     }
                     Err(error) => work
                         .events
