@@ -21,7 +21,7 @@ use super::policy::ActivePolicy;
 use crate::case::{Address, Case, CaseId};
 use crate::mail::outbound::{self, OutgoingAttachment, OutgoingMail};
 use crate::mail::template::{
-    local, CaseView, DigestView, EscalationView, MailView, PersonView, RenderedMail,
+    local, CaseView, DigestView, EscalationView, MailView, NoticeView, PersonView, RenderedMail,
     TemplateContext,
 };
 use crate::mail::token::{self, ReplySecret};
@@ -68,6 +68,13 @@ pub(crate) enum Content {
     },
     /// A schedule's digest of cases.
     Digest { digest: DigestView },
+    /// A lifecycle notice: a result for the customer, a confirmation or
+    /// error for a department, a withdrawal or refusal for the customer.
+    Notice {
+        notice: NoticeView,
+        /// Whether it goes to the complainant (the case is redacted then).
+        to_customer: bool,
+    },
 }
 
 /// One mail before the store gives it its identity.
@@ -279,6 +286,18 @@ impl MailPlan {
             Content::Digest { digest } => {
                 context.digest = Some(digest.clone());
             }
+            Content::Notice {
+                notice,
+                to_customer,
+            } => {
+                context.notice = Some(notice.clone());
+                context.case = if *to_customer {
+                    view.map(|v| redacted(&v))
+                } else {
+                    view
+                };
+                context.reply_address = reply_to.map(|a| a.email.clone());
+            }
         }
         context
     }
@@ -327,6 +346,13 @@ impl MailPlan {
                     .map(|c| format!("{}  {}  {}\n", c.number, c.status, c.subject))
                     .collect(),
             ),
+            Content::Notice { notice, .. } => {
+                let mut text = format!("Case {number}\n\n{}\n", notice.text);
+                for item in &notice.items {
+                    text.push_str(&format!("- {item}\n"));
+                }
+                (format!("Case {number}"), text)
+            }
         };
         RenderedMail {
             subject,

@@ -5,7 +5,8 @@
 //! Per message: parse (unreadable or oversized mail is quarantined with its
 //! reason), classify, and act on the kind: a new complaint opens a case, is
 //! evaluated, acknowledged (rate-limited) and forwarded; a customer reply is
-//! recorded, forwarded and re-evaluated; a department reply is recorded; an
+//! recorded, re-evaluated, applied through the lifecycle and forwarded; a
+//! department reply's commands are applied all or none (`replies`); an
 //! unverified claim is recorded with a security event; automatic mail and
 //! bounces are recorded on their case if they have one and never answered;
 //! loops and duplicates are not acted on.
@@ -21,6 +22,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+
+mod replies;
+
+pub use replies::{CUSTOMER_REPLY, DEFAULT_REOPEN_WINDOW_DAYS, DEPARTMENT_REPLY};
 
 use super::clocks::ClockPlan;
 use super::compose::{Content, Letterhead, MailPlan, Preflight};
@@ -821,91 +826,46 @@ impl Run<'_> {
             clocks.observe(&evaluation.actions);
             events.extend(apply(&mut case, &evaluation.actions, now));
         }
-        let attachments = Arc::new(outgoing_attachments(&mail, &blobs));
-        let mut forward = None;
-        if let Some(assignment) = &case.assignment {
-            let department = assignment.department.clone();
-            let what = format!("the forward of the customer's reply to department {department}");
-            match self.forward_plan(&case, &department, &mail, received_at, &attachments) {
-                Ok(plan) => {
-                    if self.check_plan(&plan, &what, &mut events) {
-                        forward = Some(plan);
+        let mut work = replies::customer_start(case, events);
+        work.clocks = clocks;
+        let (mut work, forward) =
+            self.customer_work(&base, &mail, received_at, &blobs, &exclude, work)?;
+        if forward {
+            if let Some(assignment) = work.case.assignment.clone() {
+                let department = assignment.department;
+                let attachments = Arc::new(outgoing_attachments(&mail, &blobs));
+                let what =
+                    format!("the forward of the customer's reply to department {department}");
+                match self.forward_plan(&work.case, &department, &mail, received_at, &attachments) {
+                    Ok(plan) => {
+                        if self.check_plan(&plan, &what, &mut work.events) {
+                            work.mails.push(plan);
+                        }
                     }
+                    Err(error) => work.events.push(self.event(EventKind::Note {
+                        text: format!("{what} cannot be sent: {error}"),
+                    })),
                 }
-                Err(error) => events.push(self.event(EventKind::Note {
-                    text: format!("{what} cannot be sent: {error}"),
-                })),
             }
         }
-
-        let mut changes = ChangeSet::for_message(&mail.message_id, received_at)?;
-        let case_ref = if case == base {
-            exclude
-        } else {
-            changes.update_case(&base, case.clone())?
-        };
-        for event in events {
-            changes.append_event(&case_ref, event);
-        }
-        changes.link_message(&case_ref)?;
-        store_texts_and_attachments(&mut changes, &case_ref, &mail, blobs);
-        clocks.write(&mut changes, &case_ref, &case);
-        let forwarded_to = forward.as_ref().and_then(|p| match &p.content {
+        let forwarded_to = work.mails.iter().find_map(|p| match &p.content {
             Content::Forward { department, .. } => Some(department.clone()),
             _ => None,
         });
-        if let Some(plan) = forward {
-            let mut plan = plan;
-            plan.case = Some(case.clone());
-            let envelope_from = self.engine.settings.sender_address.clone();
-            changes.queue_mail(&case_ref, plan.into_draft(&envelope_from))?;
-        }
-        self.pending_cases.insert(case_id.clone(), case);
-        let id = mail.message_id.clone();
-        self.push(
+        let outcome = Outcome::CustomerReply {
+            case: case_id.clone(),
+            forwarded_to,
+        };
+        self.commit_work(
             uid,
-            &id,
-            changes,
-            BatchLink::Case(case_id.clone()),
-            Pending::Done(Outcome::CustomerReply {
-                case: case_id,
-                forwarded_to,
-            }),
-        );
-        Ok(())
-    }
-
-    fn department_reply(
-        &mut self,
-        uid: u32,
-        mail: IncomingMail,
-        blobs: Vec<AttachmentBlob>,
-        received_at: DateTime<Utc>,
-        case_id: CaseId,
-        department: String,
-    ) -> Result<(), EngineError> {
-        let mut events = vec![self.mail_received(&mail, "department")];
-        events.extend(self.problems_note(&mail));
-        events.extend(department_commands(&case_id, &department, &mail));
-        let case_ref = CaseRef::Existing(case_id.clone());
-        let mut changes = ChangeSet::for_message(&mail.message_id, received_at)?;
-        for event in events {
-            changes.append_event(&case_ref, event);
-        }
-        changes.link_message(&case_ref)?;
-        store_texts_and_attachments(&mut changes, &case_ref, &mail, blobs);
-        let id = mail.message_id.clone();
-        self.push(
-            uid,
-            &id,
-            changes,
-            BatchLink::Case(case_id.clone()),
-            Pending::Done(Outcome::DepartmentReply {
-                case: case_id,
-                department,
-            }),
-        );
-        Ok(())
+            &mail,
+            blobs,
+            received_at,
+            case_id,
+            &base,
+            work,
+            outcome,
+        )
     }
 
     fn unverified(
@@ -1135,16 +1095,6 @@ fn is_attack(reason: &UnverifiedReason) -> bool {
         | UnverifiedReason::SenderNotInDepartment { .. }
         | UnverifiedReason::ThreadMismatch { .. } => true,
     }
-}
-
-/// The hook for the commands of a verified department reply (`status:
-/// resolved`, `responsibility: ours`, …). Lifecycle commands are a later
-/// task: they will be parsed from the first lines of `mail.text` here and
-/// returned as the events to record, with `Engine::lifecycle_event` run for
-/// each state change. Until then a department's reply is recorded (its
-/// event and its text) and its answer is forwarded to nobody.
-fn department_commands(_case: &CaseId, _department: &str, _mail: &IncomingMail) -> Vec<Event> {
-    Vec::new()
 }
 
 /// Keeps what the sender wrote (`message.txt`, the new text of the mail)
