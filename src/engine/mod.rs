@@ -104,7 +104,7 @@ impl EngineSettings {
             time_zone,
             max_message_bytes: config.mail.max_message_bytes,
             organisation: config.mail.organisation.clone(),
-            reopen_window_days: DEFAULT_REOPEN_WINDOW_DAYS,
+            reopen_window_days: config.mail.reopen_window_days,
         })
     }
 

@@ -133,6 +133,7 @@ impl Simulation {
             time_zone: settings.time_zone,
             max_message_bytes: 25 * 1024 * 1024,
             organisation: settings.organisation.clone(),
+            reopen_window_days: crate::engine::DEFAULT_REOPEN_WINDOW_DAYS,
         };
         let dir = tempfile::Builder::new()
             .prefix("complaintd-simulate-")
