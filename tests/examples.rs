@@ -139,6 +139,7 @@ fn assert_templates_render(example: &str) {
                     now: "2026-11-24 10:00".to_owned(),
                     case: Some(view.clone()),
                     mail: None,
+                    notice: None,
                     department: view.department.clone(),
                     reply_address: Some("complaints+token@example.com".to_owned()),
                     escalation: Some(EscalationView {
