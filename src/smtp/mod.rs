@@ -132,6 +132,9 @@ pub struct SenderOptions {
     pub idle_poll: Duration,
     /// An unused connection is closed after this long (servers drop idle clients).
     pub max_idle_connection: Duration,
+    /// A connection is closed and a new one opened after this many messages: servers
+    /// limit messages per session (OpenSMTPD refuses the 101st with `452 4.5.3`).
+    pub max_messages_per_connection: u32,
 }
 
 impl Default for SenderOptions {
@@ -143,6 +146,7 @@ impl Default for SenderOptions {
             reconnect: BackoffPolicy::new(Duration::from_secs(1), Duration::from_secs(300)),
             idle_poll: Duration::from_secs(60),
             max_idle_connection: Duration::from_secs(30),
+            max_messages_per_connection: 100,
         }
     }
 }
@@ -203,8 +207,10 @@ impl SmtpFailure {
 
     /// Whether the connection can still carry the next message (after an RSET).
     fn keeps_connection(&self) -> bool {
-        // 421 means the server is closing the channel.
-        matches!(self, SmtpFailure::Reply { code, .. } if *code != 421)
+        // A permanent refusal concerns this message only. A temporary one may concern the
+        // session (a per-connection limit, 421 closing the channel): a session that refuses
+        // one message for now may refuse every following one, so a new connection is used.
+        matches!(self, SmtpFailure::Reply { code, .. } if (500..600).contains(code))
             || matches!(self, SmtpFailure::Refused(_))
     }
 
@@ -372,6 +378,8 @@ enum Security {
 struct Connection {
     smtp: AsyncSmtpConnection,
     last_used: Instant,
+    /// Messages attempted over this connection.
+    messages: u32,
 }
 
 /// Everything needed to open connections and send over them.
@@ -515,7 +523,8 @@ pub async fn run_sender<S: OutboxSource>(
             };
             let (result, usable) = sender.deliver(&mut open.smtp, &mail).await;
             open.last_used = Instant::now();
-            if !usable {
+            open.messages += 1;
+            if !usable || open.messages >= options.max_messages_per_connection.max(1) {
                 if let Some(broken) = connection.take() {
                     sender.close(broken).await;
                 }
@@ -620,6 +629,7 @@ impl Sender {
         Ok(Connection {
             smtp,
             last_used: Instant::now(),
+            messages: 0,
         })
     }
 
@@ -860,7 +870,8 @@ mod tests {
     #[test]
     fn only_orderly_refusals_keep_the_connection() {
         assert!(reply(550).keeps_connection());
-        assert!(reply(450).keeps_connection());
+        assert!(!reply(450).keeps_connection());
+        assert!(!reply(452).keeps_connection());
         assert!(!reply(421).keeps_connection());
         assert!(!SmtpFailure::Connection("reset".into()).keeps_connection());
         assert!(!SmtpFailure::Timeout("DATA".into()).keeps_connection());
