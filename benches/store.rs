@@ -4,13 +4,15 @@
 //!
 //! Run: `cargo bench --bench store`. Every ingested message is a complete
 //! new complaint: a case, two events, its Message-ID, a timer, a queued
-//! acknowledgement (rendered) and an acknowledgement counter.
+//! acknowledgement (rendered by `mail::outbound::build`) and an
+//! acknowledgement counter.
 
 use std::hint::black_box;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use complaintd::case::{Address, Case, CaseId, Event, EventKind};
+use complaintd::mail::outbound::{self, OutgoingMail};
 use complaintd::rules::eval::CaseHistory;
 use complaintd::store::{
     ChangeSet, Checkpoint, IngestBatch, MailDraft, MailIdentity, RenderedMail, Store,
@@ -26,16 +28,29 @@ fn start() -> DateTime<Utc> {
         .expect("valid time")
 }
 
+/// Renders with the real outgoing-mail builder, as the daemon does.
 fn render(identity: &MailIdentity) -> Result<RenderedMail, String> {
-    let subject = format!("[{}] 您的投诉已受理 / complaint received", identity.case);
-    let mut bytes = format!(
-        "Message-ID: {}\r\nFrom: complaints@corp.example\r\nSubject: {subject}\r\n\r\n",
-        identity.message_id
-    );
-    bytes.push_str(&"您的投诉已登记，我们会尽快处理。\r\n".repeat(20));
+    let mail = OutgoingMail {
+        case: identity.case.clone(),
+        purpose: identity.purpose.clone(),
+        sequence: identity.sequence,
+        from: Address::new("complaints@corp.example", Some("投诉中心")),
+        to: vec![Address::new("customer@example.com", None)],
+        cc: Vec::new(),
+        reply_to: None,
+        subject: "您的投诉已受理 / complaint received".into(),
+        text: "您的投诉已登记，我们会尽快处理。\n".repeat(20),
+        html: None,
+        in_reply_to: None,
+        references: Vec::new(),
+        attachments: Vec::new(),
+        date: start(),
+    };
+    let built = outbound::build(&mail, "corp.example").map_err(|e| e.to_string())?;
     Ok(RenderedMail {
-        subject,
-        bytes: bytes.into_bytes(),
+        message_id: built.message_id,
+        subject: built.subject,
+        bytes: built.bytes,
     })
 }
 

@@ -119,7 +119,8 @@ ensure_packages() {
     local status=0
     {
         DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                -o DPkg::Lock::Timeout=300 "${missing[@]}"
     } >"$LOG/apt.log" 2>&1 || status=$?
     ((own_policy)) && rm -f /usr/sbin/policy-rc.d
     ((status == 0)) || {
@@ -489,7 +490,7 @@ cmd_up() {
         wait_until dovecot_knows_user "$user" || die "Dovecot does not know $user after reload (log: $LOG/dovecot.log)"
         wait_until smtp_accepts_recipient "$user" || die "SMTP does not accept $user after reload (log: $LOG/smtpd.log)"
     done < <(requested_users)
-    ((added)) && log "users now: $(all_users | tr '\n' ' ')"
+    ((added)) && log "added: $(requested_users | tr "\n" " ")"
     print_endpoints
 }
 

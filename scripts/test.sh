@@ -1,31 +1,64 @@
 #!/usr/bin/env bash
-# test.sh — complaintd's whole test suite: brings the local mail stack up
+# test.sh — complaintd's whole test suite: brings up a mail stack
 # (scripts/mailstack.sh), runs every test against it, brings the stack down
-# again if this script started it, and exits with the tests' status.
+# again, and exits with the tests' status.
 #
-# The stack is configured by the same MAILSTACK_* variables as mailstack.sh;
-# they are exported so the tests' harness (tests/support/) finds the stack.
+# By default the run gets a private stack of its own (a fresh directory and
+# free ports), so several runs on one machine — other worktrees, a developer's
+# stack on the default ports — never disturb each other. Set MAILSTACK_DIR
+# (and the MAILSTACK_*_PORT variables) to use a given stack instead; one that
+# was already running is then left running. The variables are exported so the
+# tests' harness (tests/support/) finds the stack.
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
 
 set -Eeuo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-export MAILSTACK_DIR="${MAILSTACK_DIR:-/tmp/complaintd-mailstack}"
+section() { printf '\n==== %s ====\n' "$*"; }
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Sets variable $1 to a port in 20000–59999 that nothing listens on now and
+# that was not picked before. The stack fails with a clear message in the
+# unlikely case that the port is taken before it starts.
+pick_free_port() {
+    local port attempt
+    for ((attempt = 0; attempt < 100; attempt++)); do
+        port=$((20000 + RANDOM % 40000))
+        if ! port_in_use "$port" && [[ " ${picked_ports[*]} " != *" $port "* ]]; then
+            picked_ports+=("$port")
+            printf -v "$1" '%s' "$port"
+            return 0
+        fi
+    done
+    echo "test.sh: found no free port" >&2
+    return 1
+}
+
+own_stack=0
+stack_was_running=0
+picked_ports=()
+if [[ -z ${MAILSTACK_DIR:-} ]]; then
+    own_stack=1
+    MAILSTACK_DIR=$(mktemp -d /tmp/complaintd-test-stack.XXXXXX)
+    pick_free_port MAILSTACK_IMAP_PORT
+    pick_free_port MAILSTACK_IMAPS_PORT
+    pick_free_port MAILSTACK_SMTP_PORT
+elif bash scripts/mailstack.sh status >/dev/null 2>&1; then
+    stack_was_running=1
+fi
+export MAILSTACK_DIR
 export MAILSTACK_IMAP_PORT="${MAILSTACK_IMAP_PORT:-10143}"
 export MAILSTACK_IMAPS_PORT="${MAILSTACK_IMAPS_PORT:-10993}"
 export MAILSTACK_SMTP_PORT="${MAILSTACK_SMTP_PORT:-10025}"
 
-section() { printf '\n==== %s ====\n' "$*"; }
-
-# A stack that was already running (a developer's) is left running.
-stack_was_running=0
-if bash scripts/mailstack.sh status >/dev/null 2>&1; then
-    stack_was_running=1
-fi
-
 bring_stack_down() {
-    if ((stack_was_running == 0)); then
+    if ((own_stack)); then
+        section "mail stack: down"
+        bash scripts/mailstack.sh purge || true
+        rm -rf "$MAILSTACK_DIR"
+    elif ((stack_was_running == 0)); then
         section "mail stack: down"
         bash scripts/mailstack.sh down || true
     fi
@@ -33,10 +66,6 @@ bring_stack_down() {
 trap bring_stack_down EXIT
 
 section "mail stack: up"
-if ((stack_was_running == 0)); then
-    # Start from an empty stack, not from the users and mail of earlier runs.
-    bash scripts/mailstack.sh purge
-fi
 bash scripts/mailstack.sh up
 
 failures=()

@@ -59,6 +59,19 @@ pub enum Command {
         #[command(subcommand)]
         command: CaseCommand,
     },
+    /// Run the engine on a simulated clock over a timeline of mails and
+    /// clock advances, on a temporary store; print the event log.
+    Simulate {
+        /// The policy directory.
+        #[arg(long, value_name = "DIR", default_value = "rules")]
+        rules: PathBuf,
+        /// The timeline (TOML; see docs/simulate.md).
+        #[arg(long, value_name = "FILE")]
+        timeline: PathBuf,
+        /// Print one JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +180,11 @@ pub fn run(cli: Cli, clock: &dyn Clock, out: &mut dyn Write, err: &mut dyn Write
             command: ConfigCommand::Check { config },
         } => inspect::config_check(&config, clock.now(), out),
         Command::Case { command } => run_case(command, out, err),
+        Command::Simulate {
+            rules,
+            timeline,
+            json,
+        } => crate::simulate::run_command(&rules, &timeline, json, out, err),
     };
     match result {
         Ok(code) => code,

@@ -153,6 +153,9 @@ pub struct MailConfig {
     /// Larger messages are recorded, not loaded.
     #[serde(default = "default_max_size")]
     pub max_message_bytes: u64,
+    /// How long after closing a customer's reply reopens the case.
+    #[serde(default = "default_reopen_days")]
+    pub reopen_window_days: u32,
     /// Most acknowledgements one sender gets per hour.
     #[serde(default = "default_ack_cap")]
     pub acks_per_sender_per_hour: u32,
@@ -243,6 +246,9 @@ fn default_true() -> bool {
 }
 fn default_token_days() -> u32 {
     90
+}
+fn default_reopen_days() -> u32 {
+    30
 }
 fn default_max_size() -> u64 {
     25 * 1024 * 1024

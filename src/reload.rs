@@ -225,9 +225,11 @@ mod tests {
 
     impl PolicyReloader for FakeReloader {
         fn reload(&self) -> Result<ReloadSummary, Vec<String>> {
+            // Read the outcome before reporting: the test flips `fail` as soon as it hears.
+            let fail = *self.fail.lock().unwrap();
             // The reload runs in the blocking pool, where tokio's paused clock still reads.
             let _ = self.done.try_send(Instant::now());
-            if *self.fail.lock().unwrap() {
+            if fail {
                 Err(vec![
                     "10-classify.rules:3:5: error: unknown field `severty`".into(),
                 ])

@@ -732,6 +732,9 @@ fn calendar_decl(
     }
 }
 
+/// Declarations built by hand, so that checks the parser already makes
+/// (reversed ranges, impossible times) are reached too: they still guard the
+/// builder and any other code that makes a `CalendarDecl`.
 mod declaration_diagnostics {
     use super::*;
 
@@ -1112,6 +1115,59 @@ mod properties {
         }
 
         #[test]
+        fn working_days_on_uniform_hours_keep_the_time_or_end_at_close_of_business(
+            start in instants(), days in 1u32..30,
+        ) {
+            // Every working day of the Shanghai office has the same hours, so
+            // no adjustment happens: an open start keeps its time of day (a
+            // start in the lunch break counts from 14:00) on the N-th working
+            // day after; any other closed start ends at close of business of
+            // the N-th working day counting the day of the next opening.
+            let office = shanghai_office();
+            let zone = office.zone();
+            let local = |at: DateTime<Utc>| at.with_timezone(&zone).naive_local();
+            let time = |h, m| chrono::NaiveTime::from_hms_opt(h, m, 0).unwrap();
+            let due = local(office.add(start, duration(days, DurationUnit::WorkingDays)).unwrap());
+            let opening = local(office.next_open(start).unwrap());
+            let anchor = if office.is_open(start) {
+                Some(local(start))
+            } else if opening.date() == local(start).date() && opening.time() == time(14, 0) {
+                Some(opening)
+            } else {
+                None
+            };
+            match anchor {
+                Some(anchor) => {
+                    prop_assert_eq!(due.time(), anchor.time());
+                    let counted = anchor
+                        .date()
+                        .iter_days()
+                        .skip(1)
+                        .take_while(|date| *date <= due.date())
+                        .filter(|date| {
+                            let same_time = zone.from_local_datetime(&date.and_time(anchor.time()));
+                            office.is_open(same_time.unwrap().with_timezone(&Utc))
+                        })
+                        .count();
+                    prop_assert_eq!(counted, days as usize);
+                }
+                None => {
+                    prop_assert_eq!(due.time(), time(17, 30));
+                    let counted = opening
+                        .date()
+                        .iter_days()
+                        .take_while(|date| *date <= due.date())
+                        .filter(|date| {
+                            let morning = zone.from_local_datetime(&date.and_time(time(10, 0)));
+                            office.is_open(morning.unwrap().with_timezone(&Utc))
+                        })
+                        .count();
+                    prop_assert_eq!(counted, days as usize);
+                }
+            }
+        }
+
+        #[test]
         fn natural_days_keep_the_local_time_when_it_exists(
             calendar in calendars(), start in instants(), days in 0u32..400,
         ) {
@@ -1171,6 +1227,119 @@ mod properties {
                 prop_assert_eq!(paused, paused_for);
                 prop_assert_eq!(new_due - due, TimeDelta::seconds(paused_for));
             }
+        }
+    }
+}
+
+/// Declarations parsed from rule text by the real parser.
+mod parsed_declarations {
+    use super::*;
+    use complaintd::rules::ast::Item;
+    use complaintd::rules::parse::parse_file;
+
+    /// The calendars declared in `text`, with the source map to render against.
+    fn parse_calendars(path: &str, text: &str) -> (SourceMap, Vec<CalendarDecl>) {
+        let mut sources = SourceMap::new();
+        let file = sources.add(path, text);
+        let parsed = parse_file(file, text)
+            .unwrap_or_else(|d| panic!("test text does not parse:\n{}", d.render(&sources)));
+        let calendars = parsed
+            .items
+            .into_iter()
+            .filter_map(|item| match item {
+                Item::Calendar(decl) => Some(decl),
+                _ => None,
+            })
+            .collect();
+        (sources, calendars)
+    }
+
+    #[test]
+    fn problems_the_parser_lets_through_are_reported_at_the_parsed_spans() {
+        let text = "\
+calendar office \"asia/shanghai\" {
+    hours mon..fri 08:30-12:00 11:00-14:00
+    hours sat, tue 09:00-12:00
+    holiday 2026-10-01..2026-10-07 \"国庆节\"
+    workday 2026-10-06..2026-10-08 \"调休\"
+}
+";
+        let (sources, calendars) = parse_calendars("rules/00-calendar.rules", text);
+        let problems = Calendar::from_decl(&calendars[0]).unwrap_err();
+        let rendered: Vec<String> = problems.iter().map(|d| d.render(&sources)).collect();
+        assert_eq!(
+            rendered,
+            vec![
+                "error: unknown time zone `asia/shanghai`\n \
+                 --> rules/00-calendar.rules:1:17\n  \
+                 |\n\
+                 1 | calendar office \"asia/shanghai\" {\n  \
+                 |                 ^^^^^^^^^^^^^^^\n  \
+                 = help: did you mean `Asia/Shanghai`?\n",
+                "error: `11:00-14:00` overlaps `08:30-12:00`\n \
+                 --> rules/00-calendar.rules:2:32\n  \
+                 |\n\
+                 2 |     hours mon..fri 08:30-12:00 11:00-14:00\n  \
+                 |                                ^^^^^^^^^^^\n  \
+                 = help: the intervals of a day must not overlap; \
+                 write `08:30-14:00` if one interval is meant\n",
+                "error: Tuesday already has opening hours\n \
+                 --> rules/00-calendar.rules:3:16\n  \
+                 |\n\
+                 3 |     hours sat, tue 09:00-12:00\n  \
+                 |                ^^^\n  \
+                 = help: give each weekday its hours once; \
+                 a day with other hours needs its own `hours` line\n  \
+                 = note: Tuesday got its hours on line 2\n",
+                "error: 2026-10-06..2026-10-07 are both make-up working days and holidays\n \
+                 --> rules/00-calendar.rules:5:13\n  \
+                 |\n\
+                 5 |     workday 2026-10-06..2026-10-08 \"调休\"\n  \
+                 |             ^^^^^^^^^^^^^^^^^^^^^^\n  \
+                 = help: a date is either a holiday or a working day; \
+                 remove it from one of them\n  \
+                 = note: the holiday 2026-10-01..2026-10-07 is declared on line 4\n",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_parsed_calendar_without_hours_is_never_open() {
+        let text = "calendar closed \"UTC\" {\n    holiday 2026-01-01 \"元旦\"\n}\n";
+        let (sources, calendars) = parse_calendars("rules/00-calendar.rules", text);
+        let problems = Calendar::from_decl(&calendars[0]).unwrap_err();
+        assert_eq!(
+            problems[0].render(&sources),
+            "error: calendar `closed` is never open\n \
+             --> rules/00-calendar.rules:1:10\n  \
+             |\n\
+             1 | calendar closed \"UTC\" {\n  \
+             |          ^^^^^^\n  \
+             = help: give it opening hours, e.g. `hours mon..fri 09:00-17:00`\n"
+        );
+        assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn the_default_policy_calendar_counts_national_day_2026_like_the_built_one() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/00-organisation.rules");
+        let text = std::fs::read_to_string(path).expect("the default policy is readable");
+        let (_, calendars) = parse_calendars("rules/00-organisation.rules", &text);
+        let office = Calendar::from_decl(&calendars[0]).expect("the default calendar is valid");
+        assert_eq!(office.holidays(), shanghai_office().holidays());
+        assert_eq!(office.makeup_days().len(), 6);
+        let start = before_national_day();
+        for (amount, unit, due) in [
+            (1, DurationUnit::WorkingHours, "2026-10-08T09:30:00+08:00"),
+            (3, DurationUnit::WorkingDays, "2026-10-10T17:30:00+08:00"),
+            (5, DurationUnit::WorkingDays, "2026-10-13T17:30:00+08:00"),
+            (3, DurationUnit::Days, "2026-10-03T17:50:00+08:00"),
+        ] {
+            assert_eq!(
+                office.add(start, duration(amount, unit)).unwrap(),
+                at(due),
+                "{amount} {unit:?}"
+            );
         }
     }
 }

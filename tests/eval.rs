@@ -10,7 +10,8 @@ use complaintd::case::{
 use complaintd::rules::check::{check, Environment};
 use complaintd::rules::diag::render_all;
 use complaintd::rules::eval::{
-    apply, evaluate, Action, Evaluation, HistoryEntry, Input, MemoryHistory, Stage, TimerKind,
+    apply, evaluate, Action, Evaluation, HistoryEntry, Input, MemoryHistory, Stage, StepRecipient,
+    TimerKind, Verdict,
 };
 use complaintd::rules::parse::parse_file;
 use complaintd::rules::testing::run_tests;
@@ -169,17 +170,26 @@ fn case_for(mail: &MailFacts, channel: &str) -> Case {
 }
 
 /// Evaluates a new complaint and applies the actions; returns the case and the evaluation.
-fn receive(
-    policy: &Policy,
+fn receive<'p>(
+    policy: &'p Policy,
     mail: &MailFacts,
     channel: &str,
     history: &MemoryHistory,
-) -> (Case, Evaluation) {
+) -> (Case, Evaluation<'p>) {
     let mut case = case_for(mail, channel);
     let now = mail.received_at;
     let evaluation = evaluate(policy, &case, &Input::NewComplaint(mail), history, now);
     apply(&mut case, &evaluation.actions, now);
     (case, evaluation)
+}
+
+/// A verdict's seen pairs as owned strings.
+fn seen(verdict: &Verdict<'_>) -> Vec<(String, String)> {
+    verdict
+        .seen
+        .iter()
+        .map(|(what, value)| (what.to_string(), value.to_string()))
+        .collect()
 }
 
 fn name(value: &str) -> Option<FieldValue> {
@@ -287,7 +297,7 @@ fn a_fired_rule_records_its_name_location_and_the_values_it_saw() {
     let quiet = evaluation.trace.iter().find(|v| v.rule == "leak").unwrap();
     assert!(!quiet.fired);
     assert_eq!(
-        quiet.seen,
+        seen(quiet),
         vec![(
             "text has any (\"漏气\", \"燃气味\")".to_owned(),
             "(none)".to_owned()
@@ -438,7 +448,7 @@ fn repeat_complaints_count_this_case_and_the_window_ends_now() {
         .find(|v| v.rule == "repeat")
         .unwrap();
     assert_eq!(
-        verdict.seen,
+        seen(verdict),
         vec![(
             "count(cases from same sender within 30 days)".to_owned(),
             "3".to_owned()
@@ -550,7 +560,7 @@ fn the_first_matching_route_wins_and_records_its_name_and_cc() {
     assert_eq!(assignment.rule, "safety");
     let routes: Vec<&str> = evaluation
         .verdicts(Stage::Route)
-        .map(|v| v.rule.as_str())
+        .map(|v| v.rule.as_ref())
         .collect();
     assert_eq!(
         routes,
@@ -570,7 +580,7 @@ fn the_first_matching_route_wins_and_records_its_name_and_cc() {
     );
     let routes: Vec<(&str, bool)> = evaluation
         .verdicts(Stage::Route)
-        .map(|v| (v.rule.as_str(), v.fired))
+        .map(|v| (v.rule.as_ref(), v.fired))
         .collect();
     assert_eq!(
         routes,
@@ -610,7 +620,7 @@ fn deadlines_start_on_received_with_the_first_matching_duration_on_the_calendar(
         })
         .unwrap();
     assert_eq!(started.0, "2 working days");
-    assert!(!started.1.is_empty());
+    assert!(started.1.contains("2026-11-26 10:00"), "{}", started.1);
     assert_eq!(started.2.rule, "deadline answer");
     assert!(started
         .2
@@ -674,7 +684,13 @@ fn received_case(policy: &Policy, text: &str) -> Case {
     .0
 }
 
-fn timer(policy: &Policy, case: &Case, deadline: &str, kind: TimerKind, now: &str) -> Evaluation {
+fn timer<'p>(
+    policy: &'p Policy,
+    case: &Case,
+    deadline: &str,
+    kind: TimerKind,
+    now: &str,
+) -> Evaluation<'p> {
     evaluate(
         policy,
         case,
@@ -1050,7 +1066,7 @@ fn the_fired_rule_limit_stops_classification() {
     let fired: Vec<&str> = evaluation
         .verdicts(Stage::Classify)
         .filter(|v| v.fired)
-        .map(|v| v.rule.as_str())
+        .map(|v| v.rule.as_ref())
         .collect();
     assert_eq!(fired, vec!["leak", "bill"]);
     let last = evaluation.verdicts(Stage::Classify).last().unwrap();
@@ -1136,5 +1152,312 @@ fn the_test_runner_reports_every_failed_expectation_with_its_location() {
             format!("test.rules:{}:5: expected rule bill fired, but it did not fire", line("expect rule bill")),
             format!("test.rules:{}:5: expected rule rest not fired, but it fired", line("expect rule rest")),
         ]
+    );
+}
+
+const READING_POLICY: &str = r#"
+severity general < major
+category outage
+category other
+channel own
+languages zh en
+department service <service@corp.example> { contact duty <duty@corp.example> }
+template reminder "reminder"
+
+classify {
+    rule corp_domain: when sender.domain == "Corp.Example" then tag internal
+    rule pdf: when attachments.names has any ("REPORT.PDF") then tag has_report
+    rule both_tags: when tags has all (internal, has_report) then tag both
+    rule tag_is_exact: when tags contains intern then tag substring_matched
+    rule no_header: when header "X-Mailer" != "bulk" then tag no_bulk_header
+    rule outage: when subject contains "停水" then category = outage
+    rule same_issue:
+        when count(distinct senders with same subject within 24 hours) >= 3
+        then severity >= major, tag same_issue
+    rule tagged_group:
+        when count(distinct senders with tag internal within 24 hours) >= 2
+        then tag internal_group
+}
+
+classify on customer_reply {
+    rule angry: when text contains "投诉到底" then severity >= major, tag angry
+}
+
+route { otherwise -> service }
+
+deadline first_contact {
+    starts on received
+    stops on contacted
+    pause while status == waiting_on_customer
+    otherwise -> 2 hours
+}
+
+escalate first_contact {
+    at 15 minutes notify assignee.duty using reminder
+}
+"#;
+
+fn reading_policy() -> Policy {
+    policy_with(READING_POLICY, Limits::default())
+}
+
+fn tags_of(case: &Case) -> Vec<&str> {
+    case.tags.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn text_comparisons_ignore_case_and_names_do_not() {
+    let policy = reading_policy();
+    let mut complaint = mail("Li@CORP.example", "x", "y");
+    complaint.attachments.push(AttachmentFacts {
+        name: "report.pdf".to_owned(),
+        content_type: "application/pdf".to_owned(),
+        size: 1,
+    });
+    let (case, evaluation) = receive(&policy, &complaint, "own", &MemoryHistory::default());
+    assert_eq!(
+        tags_of(&case),
+        vec!["both", "has_report", "internal", "no_bulk_header"]
+    );
+    // `tags contains intern` asks for the tag `intern`, not a part of `internal`.
+    assert!(!evaluation.fired("tag_is_exact"));
+
+    let mut bulk = mail("a@example.com", "x", "y");
+    bulk.headers
+        .push(("x-mailer".to_owned(), "bulk".to_owned()));
+    let (case, _) = receive(&policy, &bulk, "own", &MemoryHistory::default());
+    assert!(!case.tags.contains("no_bulk_header"));
+}
+
+#[test]
+fn same_subject_and_tag_groups_count_distinct_senders() {
+    let policy = reading_policy();
+    let recent = "2026-11-24T08:00:00+08:00";
+    let with_subject = |sender: &str, subject: &str| HistoryEntry {
+        subject_fingerprint: complaintd::case::subject_fingerprint(subject),
+        ..earlier(sender, recent, Some("outage"))
+    };
+    let history = MemoryHistory {
+        entries: vec![
+            with_subject("a@example.com", "Re: 停水 通知!"),
+            with_subject("b@example.com", "停水通知"),
+            with_subject("c@example.com", "停电通知"),
+        ],
+    };
+    // "停水 通知" and "Re: 停水 通知!" are the same issue; "停水通知" (no space) is not.
+    let (case, evaluation) = receive(
+        &policy,
+        &mail("d@example.com", "停水 通知", "y"),
+        "own",
+        &history,
+    );
+    let verdict = evaluation
+        .trace
+        .iter()
+        .find(|v| v.rule == "same_issue")
+        .unwrap();
+    assert_eq!(seen(verdict)[0].1, "2");
+    assert!(!case.tags.contains("same_issue"));
+
+    let mut more = history.clone();
+    more.entries
+        .push(with_subject("e@example.com", "Fwd: 停水  通知"));
+    let (case, _) = receive(
+        &policy,
+        &mail("d@example.com", "停水 通知", "y"),
+        "own",
+        &more,
+    );
+    assert!(case.tags.contains("same_issue"));
+
+    // This case counts in a tag group only when it carries the tag itself.
+    let tagged = MemoryHistory {
+        entries: vec![HistoryEntry {
+            tags: vec!["internal".to_owned()],
+            ..earlier("x@corp.example", recent, None)
+        }],
+    };
+    let (case, _) = receive(&policy, &mail("y@corp.example", "x", "y"), "own", &tagged);
+    assert!(case.tags.contains("internal_group"));
+    let (case, _) = receive(&policy, &mail("y@example.com", "x", "y"), "own", &tagged);
+    assert!(!case.tags.contains("internal_group"));
+}
+
+#[test]
+fn a_customer_reply_runs_its_own_rules_and_nothing_else() {
+    let policy = reading_policy();
+    let (mut case, _) = receive(
+        &policy,
+        &mail("a@example.com", "停水", "y"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    let mut reply = mail("a@example.com", "Re: 停水", "再不处理我就投诉到底");
+    reply.received_at = at("2026-11-24T10:30:00+08:00");
+    let evaluation = evaluate(
+        &policy,
+        &case,
+        &Input::CustomerReply(&reply),
+        &MemoryHistory::default(),
+        reply.received_at,
+    );
+    let considered: Vec<&str> = evaluation.trace.iter().map(|v| v.rule.as_ref()).collect();
+    // The pause condition is checked after every input, replies included.
+    assert_eq!(considered, vec!["angry", "pause first_contact"]);
+    assert!(evaluation
+        .actions
+        .iter()
+        .all(|a| !matches!(a, Action::Assign { .. } | Action::StartClock { .. })));
+    apply(&mut case, &evaluation.actions, reply.received_at);
+    assert_eq!(case.field("severity"), name("major").as_ref());
+    assert!(case.tags.contains("angry"));
+}
+
+#[test]
+fn a_step_after_the_start_moves_with_a_pause() {
+    let policy = reading_policy();
+    let (mut case, evaluation) = receive(
+        &policy,
+        &mail("a@example.com", "x", "y"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    assert_eq!(
+        timers(&evaluation, "first_contact"),
+        vec![
+            (TimerKind::Step(0), at("2026-11-24T10:15:00+08:00")),
+            (TimerKind::Due, at("2026-11-24T12:00:00+08:00")),
+        ]
+    );
+    // Paused 10:05–10:35 (elapsed time, no calendar): everything moves 30 minutes.
+    case.state = CaseState::WaitingOnCustomer;
+    let evaluation = evaluate(
+        &policy,
+        &case,
+        &Input::Recheck,
+        &MemoryHistory::default(),
+        at("2026-11-24T10:05:00+08:00"),
+    );
+    apply(
+        &mut case,
+        &evaluation.actions,
+        at("2026-11-24T10:05:00+08:00"),
+    );
+    case.state = CaseState::InProgress;
+    let evaluation = evaluate(
+        &policy,
+        &case,
+        &Input::Recheck,
+        &MemoryHistory::default(),
+        at("2026-11-24T10:35:00+08:00"),
+    );
+    assert_eq!(
+        timers(&evaluation, "first_contact"),
+        vec![
+            (TimerKind::Step(0), at("2026-11-24T10:45:00+08:00")),
+            (TimerKind::Due, at("2026-11-24T12:30:00+08:00")),
+        ]
+    );
+    apply(
+        &mut case,
+        &evaluation.actions,
+        at("2026-11-24T10:35:00+08:00"),
+    );
+    let fired = timer(
+        &policy,
+        &case,
+        "first_contact",
+        TimerKind::Step(0),
+        "2026-11-24T10:45:00+08:00",
+    );
+    let recipients = fired.actions.iter().find_map(|a| match a {
+        Action::FireStep { recipients, .. } => Some(recipients.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        recipients.unwrap(),
+        vec![StepRecipient {
+            address: "duty@corp.example".to_owned(),
+            role: "assignee.duty".to_owned(),
+        }]
+    );
+}
+
+#[test]
+fn timers_that_no_longer_apply_do_nothing_and_say_why() {
+    let policy = reading_policy();
+    let (case, _) = receive(
+        &policy,
+        &mail("a@example.com", "x", "y"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    let unknown_step = timer(
+        &policy,
+        &case,
+        "first_contact",
+        TimerKind::Step(7),
+        "2026-11-24T11:00:00+08:00",
+    );
+    assert!(unknown_step.actions.is_empty());
+    assert_eq!(
+        unknown_step.trace[0].notes,
+        vec!["the policy has no such escalation step (any more)"]
+    );
+    let fresh = case_for(&mail("a@example.com", "x", "y"), "own");
+    let never_started = timer(
+        &policy,
+        &fresh,
+        "first_contact",
+        TimerKind::Due,
+        "2026-11-24T12:00:00+08:00",
+    );
+    assert!(never_started.actions.is_empty());
+    assert_eq!(
+        never_started.trace[0].notes,
+        vec!["the clock never started"]
+    );
+}
+
+#[test]
+fn holds_reads_flags_of_a_stored_case() {
+    let policy = reading_policy();
+    let (case, _) = receive(
+        &policy,
+        &mail("a@example.com", "x", "y"),
+        "own",
+        &MemoryHistory::default(),
+    );
+    let overdue = complaintd::rules::ast::Expr::Flag {
+        left: complaintd::rules::ast::Operand::Path(complaintd::rules::ast::Spanned::new(
+            vec![complaintd::rules::ast::Spanned::new(
+                "overdue".to_owned(),
+                Default::default(),
+            )],
+            Default::default(),
+        )),
+        span: Default::default(),
+    };
+    let before = complaintd::rules::eval::holds(
+        &policy,
+        &case,
+        &overdue,
+        &MemoryHistory::default(),
+        at("2026-11-24T11:59:00+08:00"),
+    );
+    assert_eq!(
+        before,
+        (false, vec![("overdue".to_owned(), "false".to_owned())])
+    );
+    let after = complaintd::rules::eval::holds(
+        &policy,
+        &case,
+        &overdue,
+        &MemoryHistory::default(),
+        at("2026-11-24T12:00:00+08:00"),
+    );
+    assert_eq!(
+        after,
+        (true, vec![("overdue".to_owned(), "true".to_owned())])
     );
 }

@@ -1546,3 +1546,25 @@ mod robustness {
         }
     }
 }
+
+/// The reference for administrators shows complete files in ```rules blocks;
+/// each must parse, so that the documentation cannot drift from the grammar.
+#[test]
+fn every_example_in_the_language_reference_parses() {
+    let doc = std::fs::read_to_string("docs/rules.md").unwrap();
+    let mut examples = 0;
+    let mut rest = doc.as_str();
+    while let Some(start) = rest.find("```rules\n") {
+        let body = &rest[start + "```rules\n".len()..];
+        let end = body.find("```").expect("an unclosed example");
+        let example = &body[..end];
+        let mut sources = SourceMap::new();
+        let id = sources.add("docs/rules.md example", example);
+        if let Err(d) = parse_file(id, example) {
+            panic!("{}\nin:\n{example}", d.render(&sources));
+        }
+        examples += 1;
+        rest = &body[end..];
+    }
+    assert!(examples >= 10, "only {examples} examples found");
+}

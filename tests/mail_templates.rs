@@ -136,6 +136,7 @@ fn full_context(subject: &str, sender_name: &str, text_line: &str) -> TemplateCo
             cases: vec![view.clone()],
         }),
         case: Some(view),
+        notice: None,
     }
 }
 

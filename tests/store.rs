@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use complaintd::case::{Address, Case, CaseId, CaseState, Event, EventKind, FieldValue};
+use complaintd::mail::outbound::{self, OutgoingMail};
+use complaintd::mail::KnownMessage;
 use complaintd::rules::eval::CaseHistory;
 use complaintd::store::{
     CaseFilter, CaseRef, ChangeOutcome, ChangeSet, Checkpoint, DeliveryFailure, IngestBatch,
@@ -43,15 +45,39 @@ fn note(at: DateTime<Utc>, text: &str) -> Event {
     }
 }
 
+/// Renders with the real outgoing-mail builder, as the daemon does.
 fn render(identity: &MailIdentity) -> Result<RenderedMail, String> {
-    let subject = format!("[{}] 您的投诉已受理", identity.case);
-    let bytes = format!(
-        "Message-ID: {}\r\nSubject: {subject}\r\n\r\nCase {}\r\n",
-        identity.message_id, identity.case
-    );
+    let mail = OutgoingMail {
+        case: identity.case.clone(),
+        purpose: identity.purpose.clone(),
+        sequence: identity.sequence,
+        from: Address::new("complaints@corp.example", Some("投诉中心")),
+        to: vec![Address::new("customer@example.com", None)],
+        cc: Vec::new(),
+        reply_to: None,
+        subject: "您的投诉已受理".into(),
+        text: "我们已收到您的投诉。".into(),
+        html: None,
+        in_reply_to: None,
+        references: Vec::new(),
+        attachments: Vec::new(),
+        date: t0(),
+    };
+    let built = outbound::build(&mail, "corp.example").map_err(|e| e.to_string())?;
     Ok(RenderedMail {
-        subject,
-        bytes: bytes.into_bytes(),
+        message_id: built.message_id,
+        subject: built.subject,
+        bytes: built.bytes,
+    })
+}
+
+/// Renders a minimal message whose Message-ID follows the outbox id.
+fn render_plain(identity: &MailIdentity) -> Result<RenderedMail, String> {
+    let message_id = format!("{}@corp.example", identity.outbox_id);
+    Ok(RenderedMail {
+        bytes: format!("Message-ID: <{message_id}>\r\n\r\nx\r\n").into_bytes(),
+        message_id,
+        subject: identity.purpose.clone(),
     })
 }
 
@@ -160,11 +186,25 @@ fn one_message_commits_everything_together() {
     assert_eq!(kinds, ["created", "mail_queued"]);
     let mail = &outcome.applied().expect("applied").mails[0];
     assert_eq!(mail.outbox_id, "TS-2026-000001.ack.1");
+    assert_eq!(mail.message_id, "TS-2026-000001.ack.1@corp.example");
+    assert_eq!(
+        store
+            .message("<TS-2026-000001.ack.1@corp.example>")
+            .expect("read")
+            .as_ref()
+            .map(KnownMessage::from),
+        Some(KnownMessage::Sent {
+            case: Some(id.clone()),
+            purpose: "ack".into()
+        }),
+        "a reply to the acknowledgement threads to the case"
+    );
     assert_eq!(
         store.message(&mail.message_id).expect("read"),
         Some(MessageRecord::Outgoing {
-            case: id.clone(),
-            outbox_id: mail.outbox_id.clone()
+            case: Some(id.clone()),
+            outbox_id: mail.outbox_id.clone(),
+            purpose: "ack".into(),
         })
     );
     assert_eq!(
@@ -371,7 +411,7 @@ fn everything_survives_drop_and_reopen() {
         Some(bytes.clone())
     );
     assert!(
-        String::from_utf8_lossy(&bytes).contains("Message-ID: <TS-2026-000001.ack.1@localhost>")
+        String::from_utf8_lossy(&bytes).contains("Message-ID: <TS-2026-000001.ack.1@corp.example>")
     );
     assert_eq!(
         store.next_timer_due().expect("read"),
@@ -436,7 +476,6 @@ fn case_numbers_restart_each_year_in_the_configured_time_zone() {
         case_prefix: "GAS".into(),
         case_number_width: 4,
         case_number_tz: chrono_tz::Asia::Shanghai,
-        message_id_domain: "corp.example".into(),
     };
     let store = Store::open_with(dir.path().join("db"), settings).expect("open");
     // 2026-12-31 17:00 UTC is already 2027-01-01 01:00 in Shanghai.
@@ -457,7 +496,17 @@ fn case_numbers_restart_each_year_in_the_configured_time_zone() {
     let outbox = store
         .outbox_of_case(&CaseId("GAS-2027-0001".into()))
         .expect("read");
-    assert_eq!(outbox[0].message_id, "<GAS-2027-0001.ack.1@corp.example>");
+    assert_eq!(outbox[0].message_id, "GAS-2027-0001.ack.1@corp.example");
+}
+
+#[test]
+fn a_store_held_open_elsewhere_is_reported_as_locked() {
+    let dir = TempDir::new().expect("tempdir");
+    let held = open(&dir);
+    let err = Store::open(dir.path().join("db")).expect_err("held");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("is the daemon running?"), "{err}");
+    drop(held);
 }
 
 #[test]
@@ -707,7 +756,7 @@ fn mails_of_one_purpose_get_stable_increasing_identities() {
                     "complaints@corp.example",
                     vec!["service@corp.example".into()],
                     t0(),
-                    render,
+                    render_plain,
                 ),
             )
             .expect("queue");
@@ -729,6 +778,77 @@ fn mails_of_one_purpose_get_stable_increasing_identities() {
     );
     assert_eq!(store.outbox_of_case(&case).expect("read").len(), 3);
     assert_eq!(store.queue_depth(), 3);
+}
+
+#[test]
+fn digests_belong_to_no_case_and_log_no_event() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let mut changes = ChangeSet::new();
+    for _ in 0..2 {
+        changes
+            .queue_mail_without_case(MailDraft::new(
+                "digest",
+                "weekly-digest",
+                "complaints@corp.example",
+                vec!["gm@corp.example".into()],
+                t0(),
+                render,
+            ))
+            .expect("queue");
+    }
+    let outcome = store.apply(&changes).expect("commit");
+    let mails = &outcome.applied().expect("applied").mails;
+    assert_eq!(mails[0].outbox_id, "complaintd.digest.1");
+    assert_eq!(mails[1].message_id, "complaintd.digest.2@corp.example");
+    assert_eq!(
+        store
+            .message(&mails[1].message_id)
+            .expect("read")
+            .as_ref()
+            .map(KnownMessage::from),
+        Some(KnownMessage::Sent {
+            case: None,
+            purpose: "digest".into()
+        })
+    );
+    let entry = store
+        .outbox_sent("complaintd.digest.1", t0())
+        .expect("sent");
+    assert_eq!(entry.case, None);
+    assert_eq!(store.queue_depth(), 1);
+}
+
+#[test]
+fn a_renderer_that_reuses_a_message_id_aborts_the_commit() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let case = ingest_new(&store, "<a@x>", "a@x.example", t0());
+    let mut changes = ChangeSet::new();
+    changes
+        .queue_mail(
+            &CaseRef::from(&case),
+            MailDraft::new(
+                "remind",
+                "reminder",
+                "complaints@corp.example",
+                vec!["service@corp.example".into()],
+                t0(),
+                |_: &MailIdentity| {
+                    Ok(RenderedMail {
+                        message_id: "<TS-2026-000001.ack.1@corp.example>".into(),
+                        subject: "s".into(),
+                        bytes: Vec::new(),
+                    })
+                },
+            ),
+        )
+        .expect("queue");
+    changes.append_event(&CaseRef::from(&case), note(t0(), "reminded"));
+    let err = store.apply(&changes).expect_err("Message-ID reused");
+    assert!(matches!(err, StoreError::Render { .. }), "{err}");
+    assert_eq!(store.outbox_of_case(&case).expect("read").len(), 1);
+    assert_eq!(store.events(&case).expect("read").len(), 2);
 }
 
 fn history_case(
@@ -1127,6 +1247,125 @@ fn non_finite_numbers_are_refused_up_front() {
         .insert("amount".into(), FieldValue::Number(f64::NAN));
     let err = ChangeSet::new().new_case(case).expect_err("NaN");
     assert!(matches!(err, StoreError::InvalidBatch(_)), "{err}");
+}
+
+#[test]
+fn the_store_is_shareable_across_tasks() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    fn sendable<T: Send>(_: &T) {}
+    shareable::<Store>();
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    sendable(&store.flush_async());
+}
+
+#[tokio::test]
+async fn flush_async_completes_on_the_runtime() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let id = ingest_new(&store, "<a@x>", "a@x.example", t0());
+    let task_store = store.clone();
+    let flushed = tokio::spawn(async move { task_store.flush_async().await })
+        .await
+        .expect("task")
+        .expect("flush");
+    assert!(flushed > 0, "the commit had bytes to write");
+    assert!(store.case_exists(&id).expect("read"));
+}
+
+/// Set in the child process of the crash test.
+const CRASH_CHILD: &str = "COMPLAINTD_STORE_CRASH_CHILD";
+const FLUSHED_BATCHES: u32 = 5;
+const MESSAGES_PER_BATCH: u32 = 10;
+
+fn crash_batch(batch_no: u32) -> IngestBatch {
+    let mut batch = IngestBatch::new();
+    for n in 0..MESSAGES_PER_BATCH {
+        let uid = batch_no * MESSAGES_PER_BATCH + n + 1;
+        batch.push(new_complaint(&format!("<{uid}@crash>"), "a@x.example", t0()).0);
+    }
+    batch.advance_checkpoint(
+        "INBOX",
+        Checkpoint {
+            uid_validity: 1,
+            last_uid: (batch_no + 1) * MESSAGES_PER_BATCH,
+        },
+    );
+    batch
+}
+
+/// The child: flushed batches, then unflushed ones, then an abort with no
+/// clean shutdown (no destructors, no final flush).
+fn crash_child(path: &std::path::Path) -> ! {
+    let store = Store::open(path).expect("open");
+    for batch_no in 0..FLUSHED_BATCHES {
+        store.commit(&crash_batch(batch_no)).expect("commit");
+        store.flush().expect("flush");
+    }
+    for batch_no in FLUSHED_BATCHES..FLUSHED_BATCHES + 20 {
+        store.commit(&crash_batch(batch_no)).expect("commit");
+    }
+    std::process::abort();
+}
+
+#[test]
+fn a_crash_keeps_flushed_batches_and_never_half_a_batch() {
+    if let Some(path) = std::env::var_os(CRASH_CHILD) {
+        crash_child(std::path::Path::new(&path));
+    }
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("db");
+    let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "a_crash_keeps_flushed_batches_and_never_half_a_batch",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(CRASH_CHILD, &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run child");
+    assert!(!status.success(), "the child must die by abort");
+
+    let store = Store::open(&path).expect("reopen after crash");
+    let cases = store.list_cases(&CaseFilter::default()).expect("list");
+    let count = u32::try_from(cases.len()).expect("small");
+    assert!(
+        count >= FLUSHED_BATCHES * MESSAGES_PER_BATCH,
+        "flushed batches survive: {count} cases"
+    );
+    assert_eq!(
+        count % MESSAGES_PER_BATCH,
+        0,
+        "no half batch: {count} cases"
+    );
+    let expected: Vec<String> = (1..=count).map(|n| format!("TS-2026-{n:06}")).collect();
+    assert_eq!(ids(&cases), expected, "numbers without gaps");
+    assert_eq!(
+        store.checkpoint("INBOX").expect("read").map(|c| c.last_uid),
+        Some(count),
+        "the checkpoint matches the messages that were kept"
+    );
+    for case in &cases {
+        assert_eq!(
+            store.events(&case.id).expect("read").len(),
+            2,
+            "{}",
+            case.id
+        );
+        assert_eq!(store.outbox_of_case(&case.id).expect("read").len(), 1);
+        assert_eq!(store.timers_of_case(&case.id).expect("read").len(), 1);
+    }
+    assert_eq!(store.queue_depth(), cases.len());
+    assert!(store
+        .message(&format!("{count}@crash"))
+        .expect("read")
+        .is_some());
+    assert!(store
+        .message(&format!("{}@crash", count + 1))
+        .expect("read")
+        .is_none());
 }
 
 /// Random operations against the store and a plain model of what must be

@@ -15,16 +15,17 @@ use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
+use lettre::message::header::ContentType;
 
 use super::policy::ActivePolicy;
 use crate::case::{Address, Case, CaseId};
 use crate::mail::outbound::{self, OutgoingAttachment, OutgoingMail};
 use crate::mail::template::{
-    local, CaseView, DigestView, EscalationView, MailView, PersonView, RenderedMail,
+    local, CaseView, DigestView, EscalationView, MailView, NoticeView, PersonView, RenderedMail,
     TemplateContext,
 };
 use crate::mail::token::{self, ReplySecret};
-use crate::store::{self, mail_identity, MailDraft, MailIdentity, SYSTEM_MAIL_SCOPE};
+use crate::store::{self, mail_identity, MailDraft, MailIdentity};
 
 /// What the daemon writes as, shared by every mail.
 #[derive(Debug, Clone)]
@@ -67,6 +68,13 @@ pub(crate) enum Content {
     },
     /// A schedule's digest of cases.
     Digest { digest: DigestView },
+    /// A lifecycle notice: a result for the customer, a confirmation or
+    /// error for a department, a withdrawal or refusal for the customer.
+    Notice {
+        notice: NoticeView,
+        /// Whether it goes to the complainant (the case is redacted then).
+        to_customer: bool,
+    },
 }
 
 /// One mail before the store gives it its identity.
@@ -103,32 +111,55 @@ impl MailPlan {
     pub fn render(&self, identity: &MailIdentity) -> Result<store::RenderedMail, String> {
         let (mail, _) = self.outgoing(identity)?;
         let built = outbound::build(&mail, &self.letterhead.host).map_err(|e| e.to_string())?;
-        let expected = crate::store::normalize_message_id(&identity.message_id);
-        if built.message_id != expected {
-            return Err(format!(
-                "the built Message-ID <{}> differs from the outbox's {}",
-                built.message_id, identity.message_id
-            ));
-        }
         Ok(store::RenderedMail {
+            message_id: built.message_id,
             subject: built.subject,
             bytes: built.bytes,
         })
     }
 
-    /// Renders once with a placeholder identity of the same shape as the
-    /// real one; `Err` when the mail cannot be built at all.
+    /// Checks the mail with a placeholder identity of the same shape as the
+    /// real one: renders its template (noting a fallback) and validates
+    /// everything the MIME builder refuses — addresses, attachment types,
+    /// purpose, host, case number — without building it, which is the
+    /// expensive part and happens once, in the commit. `Err` when the mail
+    /// cannot be built at all.
     pub fn preflight(&self, case_prefix: &str) -> Result<Preflight, String> {
-        let scope = match &self.case {
-            Some(case) => CaseId(format!(
+        let placeholder = self.case.as_ref().map(|case| {
+            CaseId(format!(
                 "{case_prefix}-{}-000001",
                 case.created_at.format("%Y")
-            )),
-            None => CaseId(SYSTEM_MAIL_SCOPE.to_owned()),
-        };
-        let identity = mail_identity(&scope, &self.purpose, 1, &self.letterhead.host);
+            ))
+        });
+        let identity = mail_identity(placeholder.as_ref(), &self.purpose, 1);
         let (mail, template_error) = self.outgoing(&identity)?;
-        outbound::build(&mail, &self.letterhead.host).map_err(|e| e.to_string())?;
+        outbound::message_id(
+            mail.case.as_ref(),
+            &mail.purpose,
+            mail.sequence,
+            &self.letterhead.host,
+        )
+        .map_err(|e| e.to_string())?;
+        if mail.to.is_empty() {
+            return Err("the mail has no recipient".to_owned());
+        }
+        let addresses = std::iter::once(&mail.from)
+            .chain(&mail.to)
+            .chain(&mail.reply_to);
+        for address in addresses {
+            let email = address.email.trim();
+            email
+                .parse::<lettre::Address>()
+                .map_err(|e| format!("{email:?} is not a valid mail address: {e}"))?;
+        }
+        for attachment in &mail.attachments {
+            ContentType::parse(&attachment.content_type).map_err(|_| {
+                format!(
+                    "attachment {:?} has an invalid content type {:?}",
+                    attachment.name, attachment.content_type
+                )
+            })?;
+        }
         Ok(template_error.map_or(Preflight::Ready, Preflight::Fallback))
     }
 
@@ -151,7 +182,7 @@ impl MailPlan {
 
     /// The mail to build, and the template error when the fallback text was used.
     fn outgoing(&self, identity: &MailIdentity) -> Result<(OutgoingMail, Option<String>), String> {
-        let case_id = (identity.case.0 != SYSTEM_MAIL_SCOPE).then(|| identity.case.clone());
+        let case_id = identity.case.clone();
         let reply_to = match (&self.reply_department, &case_id) {
             (Some(department), Some(case)) => {
                 let token = token::mint(
@@ -179,8 +210,7 @@ impl MailPlan {
                 Ok(rendered) => (rendered, None),
                 Err(error) => (self.fallback(&context), Some(error.to_string())),
             };
-        let sequence = u32::try_from(identity.sequence)
-            .map_err(|_| format!("mail sequence {} is too large", identity.sequence))?;
+        let sequence = identity.sequence;
         let attachments = match &self.content {
             Content::Forward { attachments, .. } => attachments.as_ref().clone(),
             _ => Vec::new(),
@@ -256,6 +286,18 @@ impl MailPlan {
             Content::Digest { digest } => {
                 context.digest = Some(digest.clone());
             }
+            Content::Notice {
+                notice,
+                to_customer,
+            } => {
+                context.notice = Some(notice.clone());
+                context.case = if *to_customer {
+                    view.map(|v| redacted(&v))
+                } else {
+                    view
+                };
+                context.reply_address = reply_to.map(|a| a.email.clone());
+            }
         }
         context
     }
@@ -304,6 +346,13 @@ impl MailPlan {
                     .map(|c| format!("{}  {}  {}\n", c.number, c.status, c.subject))
                     .collect(),
             ),
+            Content::Notice { notice, .. } => {
+                let mut text = format!("Case {number}\n\n{}\n", notice.text);
+                for item in &notice.items {
+                    text.push_str(&format!("- {item}\n"));
+                }
+                (format!("Case {number}"), text)
+            }
         };
         RenderedMail {
             subject,

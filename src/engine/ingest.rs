@@ -5,7 +5,8 @@
 //! Per message: parse (unreadable or oversized mail is quarantined with its
 //! reason), classify, and act on the kind: a new complaint opens a case, is
 //! evaluated, acknowledged (rate-limited) and forwarded; a customer reply is
-//! recorded, forwarded and re-evaluated; a department reply is recorded; an
+//! recorded, re-evaluated, applied through the lifecycle and forwarded; a
+//! department reply's commands are applied all or none (`replies`); an
 //! unverified claim is recorded with a security event; automatic mail and
 //! bounces are recorded on their case if they have one and never answered;
 //! loops and duplicates are not acted on.
@@ -21,6 +22,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+
+mod replies;
+
+pub use replies::{CUSTOMER_REPLY, DEFAULT_REOPEN_WINDOW_DAYS, DEPARTMENT_REPLY};
 
 use super::clocks::ClockPlan;
 use super::compose::{Content, Letterhead, MailPlan, Preflight};
@@ -93,6 +98,8 @@ pub struct IngestReport {
     /// Store transactions used (1, or more when a reply followed its
     /// complaint in the same fetch).
     pub transactions: usize,
+    /// Outgoing mails queued (wake the sender when this is not zero).
+    pub mails_queued: usize,
 }
 
 impl IngestReport {
@@ -189,17 +196,27 @@ impl Engine {
                 checkpoint: None,
                 messages: Vec::new(),
                 transactions: 0,
+                mails_queued: 0,
             },
         };
+        let mut result = Ok(());
         for (uid, raw) in messages {
-            run.message(uid, raw)?;
+            result = run.message(uid, raw);
+            if result.is_err() {
+                break;
+            }
             run.handled_uid = Some(run.handled_uid.map_or(uid, |u| u.max(uid)));
             run.uncommitted = true;
         }
-        run.commit()?;
+        if result.is_ok() {
+            result = run.commit();
+        }
+        // What an earlier transaction of this call committed (before a
+        // reply to a new case) is made durable even when a later one failed.
         if run.report.transactions > 0 {
             self.store.flush()?;
         }
+        result?;
         Ok(run.report)
     }
 }
@@ -308,6 +325,19 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Whether a mail's own Message-ID is in the domain of ours without
+    /// being one we sent (forged, or ours from before the store existed).
+    fn claims_our_message_id(&self, mail: &IncomingMail) -> Result<bool, EngineError> {
+        let domain = format!(
+            "@{}",
+            self.engine.settings.message_id_host.to_ascii_lowercase()
+        );
+        if mail.message_id_synthesized || !mail.message_id.to_ascii_lowercase().ends_with(&domain) {
+            return Ok(false);
+        }
+        Ok(!self.known(&mail.message_id)?)
+    }
+
     /// Whether the store or the pending batch already has this Message-ID.
     fn known(&self, message_id: &str) -> Result<bool, EngineError> {
         Ok(self.links.contains_key(message_id) || self.engine.store.message(message_id)?.is_some())
@@ -346,6 +376,30 @@ impl Run<'_> {
             .any(|id| self.links.get(id) == Some(&BatchLink::NewCase));
         if answers_pending_case {
             self.commit()?;
+        }
+        if self.claims_our_message_id(&mail)? {
+            // Recording a foreign mail under an id of our own namespace would
+            // make the store refuse the real mail of that id later; it is
+            // known by its content instead.
+            let id = content_hash_id(&raw.bytes);
+            if self.known(&id)? {
+                return self.done(uid, &id, Outcome::Duplicate);
+            }
+            let reason = format!(
+                "it carries Message-ID <{}> of our own domain, which we never sent",
+                mail.message_id
+            );
+            tracing::warn!(mailbox = %self.mailbox, uid, %reason, "mail not answered");
+            let received_at = raw.received_at.unwrap_or(self.now);
+            return self.discard(
+                uid,
+                &id,
+                received_at,
+                &reason,
+                Outcome::Loop {
+                    reason: reason.clone(),
+                },
+            );
         }
         let kind = {
             let lookup = BatchLookup {
@@ -772,91 +826,46 @@ impl Run<'_> {
             clocks.observe(&evaluation.actions);
             events.extend(apply(&mut case, &evaluation.actions, now));
         }
-        let attachments = Arc::new(outgoing_attachments(&mail, &blobs));
-        let mut forward = None;
-        if let Some(assignment) = &case.assignment {
-            let department = assignment.department.clone();
-            let what = format!("the forward of the customer's reply to department {department}");
-            match self.forward_plan(&case, &department, &mail, received_at, &attachments) {
-                Ok(plan) => {
-                    if self.check_plan(&plan, &what, &mut events) {
-                        forward = Some(plan);
+        let mut work = replies::customer_start(case, events);
+        work.clocks = clocks;
+        let (mut work, forward) =
+            self.customer_work(&base, &mail, received_at, &blobs, &exclude, work)?;
+        if forward {
+            if let Some(assignment) = work.case.assignment.clone() {
+                let department = assignment.department;
+                let attachments = Arc::new(outgoing_attachments(&mail, &blobs));
+                let what =
+                    format!("the forward of the customer's reply to department {department}");
+                match self.forward_plan(&work.case, &department, &mail, received_at, &attachments) {
+                    Ok(plan) => {
+                        if self.check_plan(&plan, &what, &mut work.events) {
+                            work.mails.push(plan);
+                        }
                     }
+                    Err(error) => work.events.push(self.event(EventKind::Note {
+                        text: format!("{what} cannot be sent: {error}"),
+                    })),
                 }
-                Err(error) => events.push(self.event(EventKind::Note {
-                    text: format!("{what} cannot be sent: {error}"),
-                })),
             }
         }
-
-        let mut changes = ChangeSet::for_message(&mail.message_id, received_at)?;
-        let case_ref = if case == base {
-            exclude
-        } else {
-            changes.update_case(&base, case.clone())?
-        };
-        for event in events {
-            changes.append_event(&case_ref, event);
-        }
-        changes.link_message(&case_ref)?;
-        store_texts_and_attachments(&mut changes, &case_ref, &mail, blobs);
-        clocks.write(&mut changes, &case_ref, &case);
-        let forwarded_to = forward.as_ref().and_then(|p| match &p.content {
+        let forwarded_to = work.mails.iter().find_map(|p| match &p.content {
             Content::Forward { department, .. } => Some(department.clone()),
             _ => None,
         });
-        if let Some(plan) = forward {
-            let mut plan = plan;
-            plan.case = Some(case.clone());
-            let envelope_from = self.engine.settings.sender_address.clone();
-            changes.queue_mail(&case_ref, plan.into_draft(&envelope_from))?;
-        }
-        self.pending_cases.insert(case_id.clone(), case);
-        let id = mail.message_id.clone();
-        self.push(
+        let outcome = Outcome::CustomerReply {
+            case: case_id.clone(),
+            forwarded_to,
+        };
+        self.commit_work(
             uid,
-            &id,
-            changes,
-            BatchLink::Case(case_id.clone()),
-            Pending::Done(Outcome::CustomerReply {
-                case: case_id,
-                forwarded_to,
-            }),
-        );
-        Ok(())
-    }
-
-    fn department_reply(
-        &mut self,
-        uid: u32,
-        mail: IncomingMail,
-        blobs: Vec<AttachmentBlob>,
-        received_at: DateTime<Utc>,
-        case_id: CaseId,
-        department: String,
-    ) -> Result<(), EngineError> {
-        let mut events = vec![self.mail_received(&mail, "department")];
-        events.extend(self.problems_note(&mail));
-        events.extend(department_commands(&case_id, &department, &mail));
-        let case_ref = CaseRef::Existing(case_id.clone());
-        let mut changes = ChangeSet::for_message(&mail.message_id, received_at)?;
-        for event in events {
-            changes.append_event(&case_ref, event);
-        }
-        changes.link_message(&case_ref)?;
-        store_texts_and_attachments(&mut changes, &case_ref, &mail, blobs);
-        let id = mail.message_id.clone();
-        self.push(
-            uid,
-            &id,
-            changes,
-            BatchLink::Case(case_id.clone()),
-            Pending::Done(Outcome::DepartmentReply {
-                case: case_id,
-                department,
-            }),
-        );
-        Ok(())
+            &mail,
+            blobs,
+            received_at,
+            case_id,
+            &base,
+            work,
+            outcome,
+        )
     }
 
     fn unverified(
@@ -1036,6 +1045,12 @@ impl Run<'_> {
         batch.advance_checkpoint(&self.mailbox, checkpoint);
         let committed = self.engine.store.commit(&batch)?;
         self.report.transactions += 1;
+        self.report.mails_queued += committed
+            .outcomes
+            .iter()
+            .filter_map(|outcome| outcome.applied())
+            .map(|applied| applied.mails.len())
+            .sum::<usize>();
         self.report.checkpoint = Some(checkpoint);
         self.uncommitted = false;
         self.links.clear();
@@ -1080,16 +1095,6 @@ fn is_attack(reason: &UnverifiedReason) -> bool {
         | UnverifiedReason::SenderNotInDepartment { .. }
         | UnverifiedReason::ThreadMismatch { .. } => true,
     }
-}
-
-/// The hook for the commands of a verified department reply (`status:
-/// resolved`, `responsibility: ours`, …). Lifecycle commands are a later
-/// task: they will be parsed from the first lines of `mail.text` here and
-/// returned as the events to record, with `Engine::lifecycle_event` run for
-/// each state change. Until then a department's reply is recorded (its
-/// event and its text) and its answer is forwarded to nobody.
-fn department_commands(_case: &CaseId, _department: &str, _mail: &IncomingMail) -> Vec<Event> {
-    Vec::new()
 }
 
 /// Keeps what the sender wrote (`message.txt`, the new text of the mail)

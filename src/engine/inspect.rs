@@ -128,21 +128,15 @@ fn open(source: &StoreSource) -> Result<(Store, Tz), String> {
     };
     opened
         .map(|store| (store, zone))
-        .map_err(|error| match &error {
-            StoreError::Open { .. } if is_lock_error(&error) => format!(
-                "the store at {} is in use by another process (is the daemon running?). \
-             sled lets one process open a store at a time and has no read-only mode; \
-             stop the daemon to inspect its store, or inspect a copy taken while it was stopped",
+        .map_err(|error| match error {
+            StoreError::Locked { .. } => format!(
+                "the store at {} is in use by another process (is the daemon running?). sled lets \
+             one process open a store at a time and has no read-only mode; stop the daemon to \
+             inspect its store, or inspect a copy taken while it was stopped",
                 path.display()
             ),
-            _ => error.to_string(),
+            other => other.to_string(),
         })
-}
-
-/// Whether the store could not be opened because another process holds it.
-/// sled reports this only as an I/O error with this text.
-fn is_lock_error(error: &StoreError) -> bool {
-    error.to_string().contains("could not acquire lock")
 }
 
 fn local(at: DateTime<Utc>, zone: Tz) -> String {
@@ -382,7 +376,7 @@ fn print_detail(detail: &CaseDetail, zone: Tz, out: &mut dyn Write) -> std::io::
             out,
             "    {}  {}",
             local(event.at, zone),
-            describe(&event.kind)
+            describe(&event.kind, zone)
         )?;
     }
     Ok(())
@@ -408,8 +402,8 @@ fn outbox_state(state: &OutboxState, zone: Tz) -> String {
     }
 }
 
-/// One event as a line for people.
-pub fn describe(kind: &EventKind) -> String {
+/// One event as a line for people, times in `zone`.
+pub fn describe(kind: &EventKind, zone: Tz) -> String {
     let because = |b: &crate::case::Because| {
         if b.seen.is_empty() {
             format!(" [{}]", b.rule)
@@ -462,11 +456,11 @@ pub fn describe(kind: &EventKind) -> String {
             ..
         } => format!(
             "clock {deadline} started, due {} ({counted})",
-            due.to_rfc3339()
+            local(*due, zone)
         ),
         EventKind::ClockPaused { deadline } => format!("clock {deadline} paused"),
         EventKind::ClockResumed { deadline, due, .. } => {
-            format!("clock {deadline} resumed, due {}", due.to_rfc3339())
+            format!("clock {deadline} resumed, due {}", local(*due, zone))
         }
         EventKind::ClockStopped { deadline, met } => format!(
             "clock {deadline} stopped ({})",

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::case::CaseId;
 use crate::mail::classify::{KnownMessage, ThreadLookup};
-use crate::store::{MessageRecord, Store, StoreError, SYSTEM_MAIL_SCOPE};
+use crate::store::{Store, StoreError};
 
 /// What an earlier message of the batch became.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,22 +55,7 @@ impl ThreadLookup for BatchLookup<'_> {
             return Some(KnownMessage::Ingested { case });
         }
         let record = self.keep(self.store.message(message_id), None)?;
-        Some(match record {
-            MessageRecord::Incoming { case, .. } => KnownMessage::Ingested { case: Some(case) },
-            MessageRecord::Outgoing { case, outbox_id } => {
-                let purpose = self
-                    .keep(self.store.outbox_entry(&outbox_id), None)
-                    .map(|entry| entry.purpose)
-                    .unwrap_or_default();
-                KnownMessage::Sent {
-                    case: (case.0 != SYSTEM_MAIL_SCOPE).then_some(case),
-                    purpose,
-                }
-            }
-            MessageRecord::Discarded { .. } | MessageRecord::Quarantined { .. } => {
-                KnownMessage::Ingested { case: None }
-            }
-        })
+        Some(KnownMessage::from(&record))
     }
 
     fn case_exists(&self, case: &CaseId) -> bool {

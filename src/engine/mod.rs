@@ -27,7 +27,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 
-pub use ingest::{IngestReport, MessageReport, Outcome, RawMessage};
+pub use ingest::{
+    IngestReport, MessageReport, Outcome, RawMessage, CUSTOMER_REPLY, DEFAULT_REOPEN_WINDOW_DAYS,
+    DEPARTMENT_REPLY,
+};
 pub use policy::{ActivePolicy, ACKNOWLEDGEMENT_TEMPLATE, FORWARD_TEMPLATE};
 pub use timers::DUE_TIMER_STEP;
 
@@ -65,6 +68,8 @@ pub struct EngineSettings {
     pub max_message_bytes: u64,
     /// The organisation's name, for templates.
     pub organisation: String,
+    /// How many days after closing a customer's new mail reopens the case.
+    pub reopen_window_days: u32,
 }
 
 impl EngineSettings {
@@ -99,6 +104,7 @@ impl EngineSettings {
             time_zone,
             max_message_bytes: config.mail.max_message_bytes,
             organisation: config.mail.organisation.clone(),
+            reopen_window_days: config.mail.reopen_window_days,
         })
     }
 
@@ -108,7 +114,6 @@ impl EngineSettings {
             case_prefix: self.case_prefix.clone(),
             case_number_width: self.case_number_width,
             case_number_tz: self.time_zone,
-            message_id_domain: self.message_id_host.clone(),
         }
     }
 
@@ -138,6 +143,9 @@ pub enum EngineError {
     Config(String),
     #[error("unknown case {0}")]
     UnknownCase(CaseId),
+    /// A state change the lifecycle does not allow.
+    #[error("{0}")]
+    Transition(String),
 }
 
 /// What a successful [`Engine::reload`] loaded.

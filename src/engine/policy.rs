@@ -10,7 +10,7 @@ use chrono_tz::Tz;
 use crate::mail::classify::department_addresses;
 use crate::mail::template::{
     CaseView, DeadlineView, DigestView, DisplayNames, EscalationView, FieldView, MailView, Named,
-    PersonView, TemplateContext, Templates,
+    NoticeView, PersonView, TemplateContext, Templates,
 };
 use crate::rules::check::{check, Environment};
 use crate::rules::load;
@@ -20,6 +20,16 @@ use crate::rules::{Diagnostic, Limits, Policy};
 pub const ACKNOWLEDGEMENT_TEMPLATE: &str = "acknowledgement";
 /// Template the engine forwards complaints and customer replies with.
 pub const FORWARD_TEMPLATE: &str = "forward";
+/// Template of a department's result for the customer, with the satisfaction question.
+pub const RESULT_TEMPLATE: &str = "result";
+/// Template confirming to a department the commands of its reply that were applied.
+pub const COMMAND_CONFIRMATION_TEMPLATE: &str = "command_confirmation";
+/// Template listing to a department why none of its commands were applied.
+pub const COMMAND_ERROR_TEMPLATE: &str = "command_error";
+/// Template confirming to a customer that the complaint is withdrawn.
+pub const WITHDRAWAL_CONFIRMATION_TEMPLATE: &str = "withdrawal_confirmation";
+/// Template telling a customer that what the reply asked for is not possible now.
+pub const TRANSITION_REFUSED_TEMPLATE: &str = "transition_refused";
 
 /// A loaded, checked policy with its templates, ready to run.
 #[derive(Debug)]
@@ -97,13 +107,14 @@ impl ActivePolicy {
     }
 
     /// The file stem of a declared template (`template weekly_digest
-    /// "weekly-digest"`), or the name itself when none is declared.
+    /// "weekly-digest"`), or, when none is declared, the name with `_`
+    /// written `-` (the convention of the default templates' files).
     pub fn template_stem(&self, name: &str) -> String {
         self.policy
             .templates
             .iter()
             .find(|t| t.name.node == name)
-            .map_or_else(|| name.to_owned(), |t| t.file_stem.node.clone())
+            .map_or_else(|| name.replace('_', "-"), |t| t.file_stem.node.clone())
     }
 
     /// The language internal mail (forwards, escalations, digests) is written in.
@@ -249,6 +260,10 @@ fn example_context() -> TemplateContext {
         digest: Some(DigestView {
             schedule: "weekly".to_owned(),
             cases: vec![case],
+        }),
+        notice: Some(NoticeView {
+            text: "text".to_owned(),
+            items: vec!["item".to_owned()],
         }),
     }
 }

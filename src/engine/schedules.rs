@@ -157,7 +157,8 @@ impl Engine {
                     if let Preflight::Fallback(error) = preflight {
                         tracing::error!(schedule = %name, %error, "digest template failed; plain text sent");
                     }
-                    changes.queue_system_mail(plan.into_draft(&self.settings.sender_address))?;
+                    changes
+                        .queue_mail_without_case(plan.into_draft(&self.settings.sender_address))?;
                 }
                 Err(error) => {
                     tracing::error!(schedule = %name, %error, "digest cannot be built; not sent");

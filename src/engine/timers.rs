@@ -79,15 +79,21 @@ impl Engine {
             by_case.entry(timer.case.clone()).or_default().push(timer);
         }
         let mut handled = 0;
+        let mut result = Ok(());
         for case_id in order {
             let timers = by_case.remove(&case_id).unwrap_or_default();
-            handled += timers.len();
-            self.fire_case_timers(&active, &case_id, timers, now)?;
+            let count = timers.len();
+            result = self.fire_case_timers(&active, &case_id, timers, now);
+            if result.is_err() {
+                break;
+            }
+            handled += count;
         }
+        // The cases handled before a failure stay committed; make them durable.
         if handled > 0 {
             self.store.flush()?;
         }
-        Ok(handled)
+        result.map(|()| handled)
     }
 
     fn fire_case_timers(
@@ -294,6 +300,59 @@ impl Engine {
         if case != base {
             changes.update_case(&base, case.clone())?;
         }
+        for event in &events {
+            changes.append_event(&case_ref, event.clone());
+        }
+        clocks.write(&mut changes, &case_ref, &case);
+        self.store.apply(&changes)?;
+        self.store.flush()?;
+        Ok(events)
+    }
+}
+
+impl Engine {
+    /// A state change that is no clock event (`waiting_on_customer`, back to
+    /// `in_progress`, …), checked against the lifecycle
+    /// (`lifecycle::check_transition`): the case moves with a `StateChanged`
+    /// event naming `because`, the rules re-check their `pause while`
+    /// conditions (`Input::Recheck`), clocks pause or resume and their timers
+    /// follow, all in one transaction. Returns the events written.
+    pub fn change_state(
+        &self,
+        case_id: &CaseId,
+        to: CaseState,
+        because: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Event>, EngineError> {
+        let _writer = self.write_lock();
+        let active = self.policy();
+        let Some(base) = self.store.case(case_id)? else {
+            return Err(EngineError::UnknownCase(case_id.clone()));
+        };
+        crate::lifecycle::check_transition(base.state, to)
+            .map_err(|error| EngineError::Transition(error.to_string()))?;
+        let mut case = base.clone();
+        let mut events = vec![Event {
+            at: now,
+            kind: EventKind::StateChanged {
+                from: case.state,
+                to,
+                because: Because {
+                    rule: because.to_owned(),
+                    location: None,
+                    seen: Vec::new(),
+                },
+            },
+        }];
+        case.state = to;
+        let history = self.store.history_excluding(case_id);
+        let evaluation = evaluate(&active.policy, &case, &Input::Recheck, &history, now);
+        let mut clocks = ClockPlan::default();
+        clocks.observe(&evaluation.actions);
+        events.extend(apply(&mut case, &evaluation.actions, now));
+        let case_ref = CaseRef::Existing(case_id.clone());
+        let mut changes = ChangeSet::new();
+        changes.update_case(&base, case.clone())?;
         for event in &events {
             changes.append_event(&case_ref, event.clone());
         }

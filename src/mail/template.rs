@@ -716,6 +716,18 @@ pub struct TemplateContext {
     pub reply_address: Option<String>,
     pub escalation: Option<EscalationView>,
     pub digest: Option<DigestView>,
+    /// What a lifecycle notice says (a result, applied commands, problems).
+    pub notice: Option<NoticeView>,
+}
+
+/// The body of a lifecycle notice: a department's result for the customer,
+/// the commands applied or refused, a withdrawal or refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct NoticeView {
+    /// Free text: the result, the reason of a refusal.
+    pub text: String,
+    /// One line each: commands applied, problems found.
+    pub items: Vec<String>,
 }
 
 impl TemplateContext {

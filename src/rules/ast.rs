@@ -118,7 +118,7 @@ pub enum FieldType {
     Date,
 }
 
-/// `channel hotline "热线批转" mailbox "hotline"`: where a case came in.
+/// `channel hotline "热线批转"`: where a case came in (the config maps mailboxes to channels).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelDecl {
     pub name: Ident,
@@ -429,7 +429,7 @@ pub enum DurationUnit {
     WorkingMinutes,
     /// Hours counted only while the calendar is open.
     WorkingHours,
-    /// Working days: see `calendar.rs` for the exact rule.
+    /// Working days: see `src/calendar/` and `docs/calendar.md` for the exact rule.
     WorkingDays,
 }
 

@@ -1,10 +1,10 @@
 //! Pure evaluation: a checked policy, a case, an input and an instant → actions.
 //!
 //! [`evaluate`] is a function of its arguments only: no I/O, no wall clock,
-//! no runtime. It works on a private copy of the case and applies each action
-//! to that copy as soon as it decides it, so later rules see what earlier ones
-//! set. The caller applies the returned actions to the real case with
-//! [`apply`] — the daemon, `simulate` and `rules test` all go through it.
+//! no runtime. It applies each action to its own copy of the case (made at
+//! the first change) as soon as it decides it, so later rules see what
+//! earlier ones set. The caller applies the returned actions to the real case
+//! with [`apply`] — the daemon, `simulate` and `rules test` all go through it.
 //!
 //! One evaluation runs, in this order:
 //! 1. on a new complaint: the default (lowest) severity if none is set;
@@ -18,6 +18,11 @@
 //! The case's lifecycle state is the caller's: for `Input::Lifecycle` the case
 //! passed in already carries the new state (and, for a reopening, the
 //! incremented `reopen_count`).
+//!
+//! Timers are never cancelled: a timer that no longer applies when it
+//! arrives (its clock stopped or paused, its step fired, or a pause moved its
+//! time later) does nothing, and says why in the trace. A `hard stop` clock
+//! stops at its due time.
 
 mod clockmath;
 mod condition;
@@ -27,6 +32,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use smallvec::{smallvec, SmallVec};
 
 use super::ast::{
     ClockEvent, DeadlineDecl, EscalationStep, Expr, Recipient, RuleAction, Span, Trigger, Value,
@@ -191,49 +197,58 @@ pub enum Stage {
     Escalation,
 }
 
+/// A `(what, value)` pair a condition looked at, e.g.
+/// `("text matches /曝光|媒体/", "媒体")`. Text from the policy is borrowed,
+/// so that a trace of rules that did not fire costs next to nothing.
+pub type Seen<'p> = (Cow<'p, str>, Cow<'p, str>);
+
+/// The seen pairs of one verdict, kept inline when there are at most two.
+pub type SeenList<'p> = SmallVec<[Seen<'p>; 2]>;
+
 /// What one rule (classify rule, route, deadline duration, pause condition,
 /// escalation step) made of the input.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Verdict {
+pub struct Verdict<'p> {
     pub stage: Stage,
     /// Rule name, `route #N`, `otherwise`, `deadline NAME`, `pause NAME`,
     /// `escalate NAME #N`.
-    pub rule: String,
+    pub rule: Cow<'p, str>,
     pub span: Span,
     pub fired: bool,
-    /// The values the condition looked at, as `(what, value)`.
-    pub seen: Vec<(String, String)>,
+    /// The values the condition looked at (most conditions look at one or two).
+    pub seen: SeenList<'p>,
     /// What firing changed, or why it changed nothing.
     pub notes: Vec<String>,
 }
 
-/// The result of one evaluation.
+/// The result of one evaluation; the trace borrows names and condition text
+/// from the policy.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Evaluation {
+pub struct Evaluation<'p> {
     pub actions: Vec<Action>,
-    pub trace: Vec<Verdict>,
+    pub trace: Vec<Verdict<'p>>,
 }
 
-impl Evaluation {
+impl<'p> Evaluation<'p> {
     /// Whether a rule of this name fired (any stage).
     pub fn fired(&self, rule: &str) -> bool {
         self.trace.iter().any(|v| v.fired && v.rule == rule)
     }
 
     /// The verdicts of one stage, in evaluation order.
-    pub fn verdicts(&self, stage: Stage) -> impl Iterator<Item = &Verdict> {
+    pub fn verdicts(&self, stage: Stage) -> impl Iterator<Item = &Verdict<'p>> {
         self.trace.iter().filter(move |v| v.stage == stage)
     }
 }
 
 /// Evaluates `input` on `case` under `policy` at `now`. Pure.
-pub fn evaluate(
-    policy: &Policy,
+pub fn evaluate<'p>(
+    policy: &'p Policy,
     case: &Case,
     input: &Input<'_>,
     history: &dyn CaseHistory,
     now: DateTime<Utc>,
-) -> Evaluation {
+) -> Evaluation<'p> {
     let mail = match *input {
         Input::NewComplaint(m) | Input::CustomerReply(m) => Some(m),
         _ => None,
@@ -247,8 +262,8 @@ pub fn evaluate(
         mail,
         text,
         lowered: condition::Lowered::default(),
-        actions: Vec::new(),
-        trace: Vec::new(),
+        actions: Vec::with_capacity(8),
+        trace: Vec::with_capacity(policy.classify.iter().map(|b| b.rules.len()).sum::<usize>() + 8),
         fired_rules: 0,
     };
     evaluator.run(input);
@@ -281,7 +296,7 @@ pub fn holds(
     };
     let mut looked = Looked::default();
     let holds = evaluator.eval_expr(condition, &mut looked);
-    (holds, looked.seen)
+    (holds, looked.owned())
 }
 
 /// Applies actions to a case in order and returns the events to log.
@@ -479,22 +494,24 @@ fn event_of(action: &Action) -> Option<EventKind> {
 }
 
 /// The working state of one evaluation.
-struct Evaluator<'a> {
-    policy: &'a Policy,
-    history: &'a dyn CaseHistory,
+/// `'p` is the policy's lifetime (the trace borrows from it), `'e` that of
+/// the evaluation's other inputs.
+struct Evaluator<'p, 'e> {
+    policy: &'p Policy,
+    history: &'e dyn CaseHistory,
     now: DateTime<Utc>,
     /// The case with every decided action applied (copied on the first change).
-    case: Cow<'a, Case>,
-    mail: Option<&'a MailFacts>,
+    case: Cow<'e, Case>,
+    mail: Option<&'e MailFacts>,
     /// The mail text, cut at `limits.max_text_len`.
-    text: &'a str,
+    text: &'e str,
     lowered: condition::Lowered,
     actions: Vec<Action>,
-    trace: Vec<Verdict>,
+    trace: Vec<Verdict<'p>>,
     fired_rules: usize,
 }
 
-impl<'a> Evaluator<'a> {
+impl<'p, 'e> Evaluator<'p, 'e> {
     fn run(&mut self, input: &Input<'_>) {
         if matches!(input, Input::NewComplaint(_)) {
             self.default_severity();
@@ -542,11 +559,14 @@ impl<'a> Evaluator<'a> {
         location_of(self.policy, span)
     }
 
-    fn because(&self, rule: &str, span: Span, seen: Vec<(String, String)>) -> Because {
+    fn because(&self, rule: &str, span: Span, seen: &[Seen<'_>]) -> Because {
         Because {
             rule: rule.to_owned(),
             location: self.location(span),
-            seen,
+            seen: seen
+                .iter()
+                .map(|(what, value)| (what.to_string(), value.to_string()))
+                .collect(),
         }
     }
 
@@ -580,10 +600,10 @@ impl<'a> Evaluator<'a> {
                 if self.fired_rules >= limit {
                     self.trace.push(Verdict {
                         stage: Stage::Classify,
-                        rule: rule.name.node.clone(),
+                        rule: Cow::Borrowed(&rule.name.node),
                         span: rule.span,
                         fired: false,
-                        seen: Vec::new(),
+                        seen: SmallVec::new(),
                         notes: vec![format!(
                             "not evaluated: {limit} rules already fired (limits.max_fired_rules)"
                         )],
@@ -591,13 +611,18 @@ impl<'a> Evaluator<'a> {
                     return;
                 }
                 let mut looked = Looked::default();
-                let fired = self.condition(&rule.condition, &mut looked);
+                let fired = self.eval_expr(&rule.condition, &mut looked);
                 let mut notes = Vec::new();
                 if fired {
                     self.fired_rules += 1;
-                    let because = self.because(&rule.name.node, rule.span, looked.seen.clone());
-                    for action in &rule.actions {
-                        let note = self.rule_action(&action.node, &looked, &because);
+                    let because = self.because(&rule.name.node, rule.span, &looked.seen);
+                    // Each action carries its own copy; the last takes the original.
+                    if let Some((last, rest)) = rule.actions.split_last() {
+                        for action in rest {
+                            let note = self.rule_action(&action.node, &looked, because.clone());
+                            notes.push(note);
+                        }
+                        let note = self.rule_action(&last.node, &looked, because);
                         notes.push(note);
                     }
                     if rule.stop {
@@ -606,7 +631,7 @@ impl<'a> Evaluator<'a> {
                 }
                 self.trace.push(Verdict {
                     stage: Stage::Classify,
-                    rule: rule.name.node.clone(),
+                    rule: Cow::Borrowed(&rule.name.node),
                     span: rule.span,
                     fired,
                     seen: looked.seen,
@@ -620,7 +645,7 @@ impl<'a> Evaluator<'a> {
     }
 
     /// Carries out one action of a fired rule; returns what it did, for the trace.
-    fn rule_action(&mut self, action: &RuleAction, looked: &Looked, because: &Because) -> String {
+    fn rule_action(&mut self, action: &RuleAction, looked: &Looked, because: Because) -> String {
         match action {
             RuleAction::RaiseSeverity(level) => self.raise_severity(&level.node, because),
             RuleAction::SetSeverity(level) => {
@@ -631,7 +656,7 @@ impl<'a> Evaluator<'a> {
                 self.push(Action::SetField {
                     field: "severity".to_owned(),
                     value: FieldValue::Name(level.node.clone()),
-                    because: because.clone(),
+                    because,
                 });
                 format!(
                     "severity {} → {}",
@@ -645,7 +670,7 @@ impl<'a> Evaluator<'a> {
                 }
                 self.push(Action::AddTag {
                     tag: tag.node.clone(),
-                    because: because.clone(),
+                    because,
                 });
                 format!("tag {}", tag.node)
             }
@@ -659,7 +684,7 @@ impl<'a> Evaluator<'a> {
                         self.push(Action::SetField {
                             field: field.node.clone(),
                             value,
-                            because: because.clone(),
+                            because,
                         });
                         note
                     }
@@ -669,7 +694,7 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    fn raise_severity(&mut self, level: &str, because: &Because) -> String {
+    fn raise_severity(&mut self, level: &str, because: Because) -> String {
         let current = self.case.severity().map(str::to_owned);
         let (Some(target), current_rank) = (
             self.policy.severity_rank(level),
@@ -686,7 +711,7 @@ impl<'a> Evaluator<'a> {
         self.push(Action::RaiseSeverity {
             from: current.clone(),
             to: level.to_owned(),
-            because: because.clone(),
+            because,
         });
         format!(
             "severity {} → {level}",
@@ -748,12 +773,12 @@ impl<'a> Evaluator<'a> {
         let policy = self.policy;
         let mut chosen = None;
         for (index, route) in policy.routes.routes.iter().enumerate() {
-            let name = route
-                .name
-                .as_ref()
-                .map_or_else(|| format!("route #{}", index + 1), |n| n.node.clone());
+            let name = route.name.as_ref().map_or_else(
+                || Cow::Owned(format!("route #{}", index + 1)),
+                |n| Cow::Borrowed(n.node.as_str()),
+            );
             let mut looked = Looked::default();
-            let fired = self.condition(&route.condition, &mut looked);
+            let fired = self.eval_expr(&route.condition, &mut looked);
             self.trace.push(Verdict {
                 stage: Stage::Route,
                 rule: name.clone(),
@@ -771,13 +796,18 @@ impl<'a> Evaluator<'a> {
             if let Some(target) = &policy.routes.otherwise {
                 self.trace.push(Verdict {
                     stage: Stage::Route,
-                    rule: "otherwise".to_owned(),
+                    rule: Cow::Borrowed("otherwise"),
                     span: target.span,
                     fired: true,
-                    seen: Vec::new(),
+                    seen: SmallVec::new(),
                     notes: Vec::new(),
                 });
-                chosen = Some(("otherwise".to_owned(), target, target.span, Vec::new()));
+                chosen = Some((
+                    Cow::Borrowed("otherwise"),
+                    target,
+                    target.span,
+                    SmallVec::new(),
+                ));
             }
         }
         let Some((name, target, span, seen)) = chosen else {
@@ -801,7 +831,7 @@ impl<'a> Evaluator<'a> {
             verdict.notes.push(note);
         }
         if !unchanged {
-            let because = self.because(&name, span, seen);
+            let because = self.because(&name, span, &seen);
             self.push(Action::Assign {
                 department,
                 cc,
@@ -825,7 +855,7 @@ impl<'a> Evaluator<'a> {
         assigned.or_else(|| self.policy.default_calendar.clone())
     }
 
-    fn calendar(&self, name: Option<&str>) -> Option<&'a Calendar> {
+    fn calendar(&self, name: Option<&str>) -> Option<&'p Calendar> {
         let policy = self.policy;
         name.and_then(|n| policy.calendar(n))
     }
@@ -846,10 +876,10 @@ impl<'a> Evaluator<'a> {
                 if live {
                     self.trace.push(Verdict {
                         stage: Stage::Deadline,
-                        rule: format!("deadline {name}"),
+                        rule: Cow::Owned(format!("deadline {name}")),
                         span: decl.span,
                         fired: false,
-                        seen: Vec::new(),
+                        seen: SmallVec::new(),
                         notes: vec![format!(
                             "already running; not restarted on {}",
                             clock_event_name(event)
@@ -873,13 +903,16 @@ impl<'a> Evaluator<'a> {
         // A paused clock was within its time if it was when it paused.
         let met = clock.paused_since.unwrap_or(self.now) <= clock.due;
         let rule = format!("deadline {name}");
-        let seen = vec![
-            ("event".to_owned(), clock_event_name(event).to_owned()),
-            ("due".to_owned(), clock.due.to_rfc3339()),
+        let seen: SeenList<'p> = smallvec![
+            (
+                Cow::Borrowed("event"),
+                Cow::Borrowed(clock_event_name(event)),
+            ),
+            (Cow::Borrowed("due"), Cow::Owned(clock.due.to_rfc3339())),
         ];
         self.trace.push(Verdict {
             stage: Stage::Deadline,
-            rule: rule.clone(),
+            rule: Cow::Owned(rule.clone()),
             span: decl.span,
             fired: true,
             seen: seen.clone(),
@@ -889,7 +922,7 @@ impl<'a> Evaluator<'a> {
                 if met { "met" } else { "late" }
             )],
         });
-        let because = self.because(&rule, decl.span, seen);
+        let because = self.because(&rule, decl.span, &seen);
         self.push(Action::StopClock {
             deadline: name.to_owned(),
             met,
@@ -903,10 +936,10 @@ impl<'a> Evaluator<'a> {
         let mut chosen = None;
         for duration_rule in &decl.durations {
             let mut looked = Looked::default();
-            let fired = self.condition(&duration_rule.condition, &mut looked);
+            let fired = self.eval_expr(&duration_rule.condition, &mut looked);
             self.trace.push(Verdict {
                 stage: Stage::Deadline,
-                rule: rule.clone(),
+                rule: Cow::Owned(rule.clone()),
                 span: duration_rule.span,
                 fired,
                 seen: looked.seen.clone(),
@@ -921,14 +954,14 @@ impl<'a> Evaluator<'a> {
             if let Some(duration) = decl.otherwise {
                 self.trace.push(Verdict {
                     stage: Stage::Deadline,
-                    rule: rule.clone(),
+                    rule: Cow::Owned(rule.clone()),
                     span: duration.span,
                     fired: true,
-                    seen: Vec::new(),
+                    seen: SmallVec::new(),
                     notes: Vec::new(),
                 });
                 let span = duration.span;
-                chosen = Some((duration, span, Vec::new()));
+                chosen = Some((duration, span, SmallVec::new()));
             }
         }
         let Some((duration, span, mut seen)) = chosen else {
@@ -945,10 +978,13 @@ impl<'a> Evaluator<'a> {
         match clockmath::due_after(calendar, start, duration.node) {
             Ok((due, counted)) => {
                 let duration_text = clockmath::duration_text(duration.node);
-                seen.push(("starts on".to_owned(), clock_event_name(event).to_owned()));
-                seen.push(("duration".to_owned(), duration_text.clone()));
+                seen.push((
+                    Cow::Borrowed("starts on"),
+                    Cow::Borrowed(clock_event_name(event)),
+                ));
+                seen.push((Cow::Borrowed("duration"), Cow::Owned(duration_text.clone())));
                 if let Some(cal) = &calendar_name {
-                    seen.push(("calendar".to_owned(), cal.clone()));
+                    seen.push((Cow::Borrowed("calendar"), Cow::Owned(cal.clone())));
                 }
                 if let Some(verdict) = self.trace.last_mut() {
                     verdict.notes.push(format!(
@@ -956,7 +992,7 @@ impl<'a> Evaluator<'a> {
                         due.to_rfc3339()
                     ));
                 }
-                let because = self.because(&rule, span, seen);
+                let because = self.because(&rule, span, &seen);
                 self.push(Action::StartClock {
                     deadline: name.to_owned(),
                     calendar: calendar_name,
@@ -982,6 +1018,12 @@ impl<'a> Evaluator<'a> {
     /// Schedules every unfired escalation step of a live clock, and its due time.
     fn schedule_timers(&mut self, deadline: &str, because: &Because) {
         let policy = self.policy;
+        // A timer's cause is the clock's rule; the values it saw are on the clock's start.
+        let because = &Because {
+            rule: because.rule.clone(),
+            location: because.location.clone(),
+            seen: Vec::new(),
+        };
         let Some(clock) = self.case.clocks.get(deadline).cloned() else {
             return;
         };
@@ -1035,20 +1077,20 @@ impl<'a> Evaluator<'a> {
         else {
             self.trace.push(Verdict {
                 stage: Stage::Escalation,
-                rule,
+                rule: Cow::Owned(rule),
                 span: Span::default(),
                 fired: false,
-                seen: Vec::new(),
+                seen: SmallVec::new(),
                 notes: vec!["the policy has no such escalation step (any more)".to_owned()],
             });
             return;
         };
         let mut verdict = Verdict {
             stage: Stage::Escalation,
-            rule: rule.clone(),
+            rule: Cow::Owned(rule.clone()),
             span: step.span,
             fired: false,
-            seen: Vec::new(),
+            seen: SmallVec::new(),
             notes: Vec::new(),
         };
         let Some(clock) = self.case.clocks.get(deadline).cloned() else {
@@ -1091,11 +1133,11 @@ impl<'a> Evaluator<'a> {
         }
         let mut looked = Looked::default();
         let holds = match &step.condition {
-            Some(condition) => self.condition(condition, &mut looked),
+            Some(condition) => self.eval_expr(condition, &mut looked),
             None => true,
         };
         verdict.seen = looked.seen.clone();
-        let because = self.because(&rule, step.span, looked.seen);
+        let because = self.because(&rule, step.span, &looked.seen);
         if !holds {
             verdict
                 .notes
@@ -1132,7 +1174,7 @@ impl<'a> Evaluator<'a> {
             because: because.clone(),
         });
         if let Some(level) = &step.raise_severity {
-            let note = self.raise_severity(&level.node, &because);
+            let note = self.raise_severity(&level.node, because);
             verdict.notes.push(note);
         }
         self.trace.push(verdict);
@@ -1207,10 +1249,10 @@ impl<'a> Evaluator<'a> {
         let decl = policy.deadline(deadline);
         let mut verdict = Verdict {
             stage: Stage::Deadline,
-            rule: rule.clone(),
+            rule: Cow::Owned(rule.clone()),
             span: decl.map_or_else(Span::default, |d| d.span),
             fired: false,
-            seen: Vec::new(),
+            seen: SmallVec::new(),
             notes: Vec::new(),
         };
         let Some(clock) = self.case.clocks.get(deadline).cloned() else {
@@ -1241,9 +1283,9 @@ impl<'a> Evaluator<'a> {
             return;
         }
         verdict.fired = true;
-        verdict.seen = vec![("due".to_owned(), clock.due.to_rfc3339())];
+        verdict.seen = smallvec![(Cow::Borrowed("due"), Cow::Owned(clock.due.to_rfc3339()))];
         verdict.notes.push("breached".to_owned());
-        let because = self.because(&rule, verdict.span, verdict.seen.clone());
+        let because = self.because(&rule, verdict.span, &verdict.seen);
         self.push(Action::Breach {
             deadline: deadline.to_owned(),
             due: clock.due,
@@ -1279,10 +1321,10 @@ impl<'a> Evaluator<'a> {
             }
             let rule = format!("pause {name}");
             let mut looked = Looked::default();
-            let holds = self.condition(pause_while, &mut looked);
+            let holds = self.eval_expr(pause_while, &mut looked);
             let mut verdict = Verdict {
                 stage: Stage::Pause,
-                rule: rule.clone(),
+                rule: Cow::Owned(rule.clone()),
                 span: pause_while.span(),
                 fired: holds,
                 seen: looked.seen.clone(),
@@ -1291,7 +1333,7 @@ impl<'a> Evaluator<'a> {
             match (clock.paused_since, holds) {
                 (None, true) => {
                     verdict.notes.push("paused".to_owned());
-                    let because = self.because(&rule, pause_while.span(), looked.seen);
+                    let because = self.because(&rule, pause_while.span(), &looked.seen);
                     self.push(Action::PauseClock {
                         deadline: name.to_owned(),
                         because,
@@ -1304,7 +1346,7 @@ impl<'a> Evaluator<'a> {
                             verdict
                                 .notes
                                 .push(format!("resumed: due {} ({counted})", due.to_rfc3339()));
-                            let because = self.because(&rule, pause_while.span(), looked.seen);
+                            let because = self.because(&rule, pause_while.span(), &looked.seen);
                             self.push(Action::ResumeClock {
                                 deadline: name.to_owned(),
                                 due,
@@ -1325,11 +1367,6 @@ impl<'a> Evaluator<'a> {
             self.trace.push(verdict);
         }
     }
-
-    /// Evaluates a condition, recording what it looked at.
-    fn condition(&mut self, expr: &Expr, looked: &mut Looked) -> bool {
-        self.eval_expr(expr, looked)
-    }
 }
 
 /// The address of a department's `manager` or named contact.
@@ -1345,16 +1382,17 @@ fn department_role<'d>(dept: &'d super::ast::DepartmentDecl, role: &str) -> Opti
 
 /// `file:line:col` of a span, when it points into the policy's sources.
 pub fn location_of(policy: &Policy, span: Span) -> Option<String> {
+    use std::fmt::Write as _;
     let (_, file) = policy.sources.files().nth(span.file as usize)?;
     if span.line == 0 {
         return None;
     }
-    Some(format!(
-        "{}:{}:{}",
-        file.path.display(),
-        span.line,
-        span.col
-    ))
+    // Built by hand: this runs for every action, and `Path::display` is slow.
+    let path = file.path.to_string_lossy();
+    let mut location = String::with_capacity(path.len() + 12);
+    location.push_str(&path);
+    let _ = write!(location, ":{}:{}", span.line, span.col);
+    Some(location)
 }
 
 /// The source text of a span, when it points into the policy's sources.

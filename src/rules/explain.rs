@@ -37,8 +37,11 @@ pub fn explain_new_complaint(
 
 /// The zone times are shown in: the default calendar's, else UTC.
 pub fn display_zone(policy: &Policy) -> Tz {
-    let _ = policy;
-    Tz::UTC
+    policy
+        .default_calendar
+        .as_deref()
+        .and_then(|name| policy.calendar(name))
+        .map_or(Tz::UTC, |calendar| calendar.zone())
 }
 
 fn local(t: DateTime<Utc>, zone: Tz) -> String {
@@ -191,7 +194,7 @@ fn render(policy: &Policy, mail: &MailFacts, case: &Case, evaluation: &Evaluatio
                 "    {:<10} {}",
                 if verdict.fired { "applies" } else { "no match" },
                 if line.is_empty() {
-                    verdict.rule.clone()
+                    verdict.rule.to_string()
                 } else {
                     line
                 }

@@ -16,9 +16,16 @@ use pest::Parser as _;
 use super::ast::*;
 use super::diag::Diagnostic;
 
-#[derive(pest_derive::Parser)]
-#[grammar = "../grammar/rules.pest"]
-struct RulesParser;
+/// The pest parser; kept in a private module so that its `Rule` enum (one
+/// variant per grammar rule) does not leak into the crate's API next to
+/// [`ast::Rule`](super::ast::Rule).
+mod grammar {
+    #[derive(pest_derive::Parser)]
+    #[grammar = "../grammar/rules.pest"]
+    pub struct RulesParser;
+}
+
+use grammar::{Rule, RulesParser};
 
 type PResult<T> = Result<T, Diagnostic>;
 
@@ -333,7 +340,7 @@ impl<'t> Builder<'t> {
         let span = self.of(&pair);
         let mut c = self.cursor(pair);
         let name = self.ident(&c.expect(Rule::ident)?);
-        let zone = self.string(&c.expect(Rule::string)?)?;
+        let zone = self.string(&c.expect(Rule::time_zone)?)?;
         let mut entries = Vec::new();
         for entry in c.pairs {
             let entry_span = self.of(&entry);
@@ -468,7 +475,7 @@ impl<'t> Builder<'t> {
         })
     }
 
-    fn rule_decl(&self, pair: Pair<'_, Rule>) -> PResult<Rule_> {
+    fn rule_decl(&self, pair: Pair<'_, Rule>) -> PResult<super::ast::Rule> {
         let span = self.of(&pair);
         let mut c = self.cursor(pair);
         let name = self.ident(&c.expect(Rule::ident)?);
@@ -486,7 +493,7 @@ impl<'t> Builder<'t> {
                 other => return Err(internal(span, &format!("{other:?} in a rule"))),
             }
         }
-        Ok(Rule_ {
+        Ok(super::ast::Rule {
             name,
             description,
             condition,
@@ -758,7 +765,7 @@ impl<'t> Builder<'t> {
         let span = self.of(&pair);
         let mut c = self.cursor(pair);
         let name = self.ident(&c.expect(Rule::ident)?);
-        let cron = self.string(&c.expect(Rule::string)?)?;
+        let cron = self.string(&c.expect(Rule::crontab)?)?;
         let mut calendar: Option<Ident> = None;
         let mut filter: Option<(Option<Expr>, Span)> = None;
         let mut recipients: Option<(Vec<Spanned<Recipient>>, Span)> = None;
@@ -1900,6 +1907,8 @@ fn describe(rule: Rule) -> Option<String> {
         Rule::dept_name => "a department",
         Rule::template_name => "a template",
         Rule::tag_name => "a tag",
+        Rule::time_zone => "a time zone in quotes, such as \"Asia/Shanghai\"",
+        Rule::crontab => "a time in crontab form, such as \"0 9 * * MON\"",
         Rule::cc_list => "`cc`",
         Rule::language => "a language code such as `zh` or `en`",
         Rule::weekdays | Rule::weekday_name => {
@@ -2071,6 +2080,15 @@ impl Builder<'_> {
         {
             return Some("to compare, write `==`; a single `=` sets a field in an action".into());
         }
+        if found == "%" {
+            return Some("write a percentage without a space: `50%`".into());
+        }
+        let only_closing = positives == [Rule::rbrace];
+        let after_otherwise =
+            positives.contains(&Rule::cc_list) && !positives.contains(&Rule::route_rule);
+        if found == "when" && (only_closing || after_otherwise) {
+            return Some("`otherwise` comes last: move this line above it".into());
+        }
         if found == "=" && positives.contains(&Rule::op_eq) {
             return Some("an expectation compares: write `==`".into());
         }
@@ -2094,6 +2112,10 @@ impl Builder<'_> {
         let len = if first == '"' {
             let line_end = rest.find(['\n', '\r']).unwrap_or(rest.len());
             string_token_len(&rest[..line_end]).unwrap_or(line_end)
+        } else if first.is_ascii_digit() {
+            // Numbers, dates, times and percentages as one token: `09:00-12:00`.
+            rest.find(|c: char| !(c.is_ascii_alphanumeric() || ":.-+%".contains(c)))
+                .unwrap_or(rest.len())
         } else if first.is_alphanumeric() || first == '_' {
             rest.find(|c: char| !(c.is_alphanumeric() || c == '_'))
                 .unwrap_or(rest.len())
@@ -2217,6 +2239,3 @@ fn string_token_len(line: &str) -> Option<usize> {
     }
     None
 }
-
-/// `ast::Rule` would clash with pest's `Rule`; the AST's rule is this alias here.
-type Rule_ = super::ast::Rule;

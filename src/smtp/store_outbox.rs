@@ -142,13 +142,19 @@ mod tests {
     }
 
     fn render(identity: &MailIdentity) -> Result<RenderedMail, String> {
-        let subject = format!("[{}] received", identity.case);
+        let case = identity
+            .case
+            .as_ref()
+            .map_or("none".to_owned(), |c| c.0.clone());
+        let subject = format!("[{case}] received");
+        let message_id = format!(
+            "<{case}.{}.{}@example.test>",
+            identity.purpose, identity.sequence
+        );
         Ok(RenderedMail {
-            bytes: format!(
-                "Message-ID: {}\r\nSubject: {subject}\r\n\r\nok\r\n",
-                identity.message_id
-            )
-            .into_bytes(),
+            bytes: format!("Message-ID: {message_id}\r\nSubject: {subject}\r\n\r\nok\r\n")
+                .into_bytes(),
+            message_id,
             subject,
         })
     }

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Datelike, Utc};
 use sha2::{Digest, Sha256};
 
-use super::engine_ops::{self, ExtraOp, SYSTEM_MAIL_SCOPE};
+use super::engine_ops::{self, ExtraOp};
 use super::error::StoreError;
 use super::keys;
-use super::outbox::{mail_identity, put_entry, MailDraft, MailIdentity, OutboxEntry, OutboxState};
+use super::outbox::{mail_identity, put_entry, MailDraft, OutboxEntry, OutboxState};
 use super::records::{
     normalize_message_id, AttachmentRecord, Checkpoint, MessageRecord, QuarantineRecord, Timer,
     TimerSlot,
@@ -112,11 +112,11 @@ pub struct ChangeSet {
     updates: Vec<(Case, Case)>,
     events: Vec<(CaseRef, Event)>,
     timers: Vec<TimerOp>,
-    mails: Vec<(CaseRef, MailDraft)>,
+    mails: Vec<(Option<CaseRef>, MailDraft)>,
     attachments: Vec<AttachmentOp>,
     acks: Vec<(String, i64)>,
     quarantine: Option<QuarantineOp>,
-    /// Outbox failures, mail about no case and schedule runs (`engine_ops`).
+    /// Outbox failures and schedule runs (`engine_ops`).
     pub(super) extra: Vec<ExtraOp>,
 }
 
@@ -240,19 +240,19 @@ impl ChangeSet {
         });
     }
 
-    /// Queues an outgoing mail; the store gives it its id and Message-ID,
-    /// renders it, and appends a `MailQueued` event.
+    /// Queues an outgoing mail about `case`; the store gives it its id and
+    /// sequence number, renders it, records its Message-ID and appends a
+    /// `MailQueued` event.
     pub fn queue_mail(&mut self, case: &CaseRef, draft: MailDraft) -> Result<(), StoreError> {
-        if draft.purpose.trim().is_empty() {
-            return Err(StoreError::InvalidBatch("a mail needs a purpose".into()));
-        }
-        if draft.recipients.is_empty() {
-            return Err(StoreError::InvalidBatch(format!(
-                "mail `{}` has no recipients",
-                draft.purpose
-            )));
-        }
-        self.mails.push((case.clone(), draft));
+        check_draft(&draft)?;
+        self.mails.push((Some(case.clone()), draft));
+        Ok(())
+    }
+
+    /// Queues an outgoing mail that belongs to no case (a digest, a report).
+    pub fn queue_mail_without_case(&mut self, draft: MailDraft) -> Result<(), StoreError> {
+        check_draft(&draft)?;
+        self.mails.push((None, draft));
         Ok(())
     }
 
@@ -335,6 +335,19 @@ fn check_storable(case: &Case) -> Result<(), StoreError> {
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+fn check_draft(draft: &MailDraft) -> Result<(), StoreError> {
+    if draft.purpose.trim().is_empty() {
+        return Err(StoreError::InvalidBatch("a mail needs a purpose".into()));
+    }
+    if draft.recipients.is_empty() {
+        return Err(StoreError::InvalidBatch(format!(
+            "mail `{}` has no recipients",
+            draft.purpose
+        )));
     }
     Ok(())
 }
@@ -467,8 +480,18 @@ impl ChangeOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Applied {
     pub new_cases: Vec<(NewCaseKey, CaseId)>,
-    pub mails: Vec<MailIdentity>,
+    pub mails: Vec<QueuedMail>,
     pub quarantine_id: Option<u64>,
+}
+
+/// A mail a commit queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMail {
+    pub outbox_id: String,
+    /// Without angle brackets.
+    pub message_id: String,
+    pub case: Option<CaseId>,
+    pub purpose: String,
 }
 
 impl Store {
@@ -479,29 +502,14 @@ impl Store {
     /// [`flush`](Store::flush) / [`flush_async`](Store::flush_async) before
     /// telling the IMAP server the messages are done.
     pub fn commit(&self, batch: &IngestBatch) -> Result<CommitReport, StoreError> {
-        for changes in &batch.changes {
-            changes.check()?;
-        }
-        let settings = self.settings();
-        self.transact(|tx| {
-            let mut new_ids = HashMap::new();
-            let mut outcomes = Vec::with_capacity(batch.changes.len());
-            for changes in &batch.changes {
-                outcomes.push(apply_changes(tx, settings, changes, &mut new_ids)?);
-            }
-            if let Some((mailbox, checkpoint)) = &batch.checkpoint {
-                let key = mailbox.as_bytes().to_vec();
-                let current: Option<Checkpoint> = tx.get_json(TreeId::Checkpoints, &key)?;
-                let next = current.map_or(*checkpoint, |c| c.advanced_to(*checkpoint));
-                tx.put_json(TreeId::Checkpoints, key, &next)?;
-            }
-            Ok(CommitReport { outcomes })
-        })
+        let changes: Vec<&ChangeSet> = batch.changes.iter().collect();
+        let checkpoint = batch.checkpoint.as_ref().map(|(m, c)| (m.as_str(), *c));
+        self.commit_changes(checkpoint, &changes)
     }
 
     /// Commits one change set without a checkpoint (timers, commands).
     pub fn apply(&self, changes: &ChangeSet) -> Result<ChangeOutcome, StoreError> {
-        self.ingest_inner(None, changes)
+        self.commit_one(None, changes)
     }
 
     /// Commits one ingested message together with its mailbox checkpoint.
@@ -511,21 +519,42 @@ impl Store {
         checkpoint: Checkpoint,
         changes: &ChangeSet,
     ) -> Result<ChangeOutcome, StoreError> {
-        self.ingest_inner(Some((mailbox, checkpoint)), changes)
+        self.commit_one(Some((mailbox, checkpoint)), changes)
     }
 
-    fn ingest_inner(
+    fn commit_one(
         &self,
         checkpoint: Option<(&str, Checkpoint)>,
         changes: &ChangeSet,
     ) -> Result<ChangeOutcome, StoreError> {
-        let batch = IngestBatch {
-            checkpoint: checkpoint.map(|(m, c)| (m.to_owned(), c)),
-            changes: vec![changes.clone()],
-        };
-        let mut report = self.commit(&batch)?;
+        let mut report = self.commit_changes(checkpoint, &[changes])?;
         report.outcomes.pop().ok_or_else(|| {
             StoreError::InvalidBatch("a commit of one change set reported nothing".into())
+        })
+    }
+
+    fn commit_changes(
+        &self,
+        checkpoint: Option<(&str, Checkpoint)>,
+        changes: &[&ChangeSet],
+    ) -> Result<CommitReport, StoreError> {
+        for change_set in changes {
+            change_set.check()?;
+        }
+        let settings = self.settings();
+        self.transact(|tx| {
+            let mut new_ids = HashMap::new();
+            let mut outcomes = Vec::with_capacity(changes.len());
+            for change_set in changes {
+                outcomes.push(apply_changes(tx, settings, change_set, &mut new_ids)?);
+            }
+            if let Some((mailbox, checkpoint)) = checkpoint {
+                let key = mailbox.as_bytes().to_vec();
+                let current: Option<Checkpoint> = tx.get_json(TreeId::Checkpoints, &key)?;
+                let next = current.map_or(checkpoint, |c| c.advanced_to(checkpoint));
+                tx.put_json(TreeId::Checkpoints, key, &next)?;
+            }
+            Ok(CommitReport { outcomes })
         })
     }
 }
@@ -608,8 +637,11 @@ fn apply_changes(
     }
 
     for (case, draft) in &changes.mails {
-        let id = resolver.resolve(tx, case)?;
-        applied.mails.push(queue_mail(tx, settings, &id, draft)?);
+        let id = match case {
+            Some(case) => Some(resolver.resolve(tx, case)?),
+            None => None,
+        };
+        applied.mails.push(queue_mail(tx, id.as_ref(), draft)?);
     }
 
     for op in &changes.attachments {
@@ -632,7 +664,7 @@ fn apply_changes(
     }
 
     for op in &changes.extra {
-        engine_ops::apply(tx, settings, op, &mut applied)?;
+        engine_ops::apply(tx, op)?;
     }
 
     if let Some(op) = &changes.quarantine {
@@ -830,16 +862,18 @@ fn apply_timer_op(tx: &Tx<'_>, resolver: &mut Resolver<'_>, op: &TimerOp) -> TxR
     }
 }
 
-pub(super) fn queue_mail(
-    tx: &Tx<'_>,
-    settings: &StoreSettings,
-    case: &CaseId,
-    draft: &MailDraft,
-) -> TxResult<MailIdentity> {
+fn queue_mail(tx: &Tx<'_>, case: Option<&CaseId>, draft: &MailDraft) -> TxResult<QueuedMail> {
     let seq_key = keys::mail_sequence_key(case, &draft.purpose);
     let sequence = tx.counter(TreeId::Counters, &seq_key)? + 1;
     tx.set_counter(TreeId::Counters, seq_key, sequence)?;
-    let identity = mail_identity(case, &draft.purpose, sequence, &settings.message_id_domain);
+    let Ok(sequence) = u32::try_from(sequence) else {
+        return abort(StoreError::InvalidBatch(format!(
+            "more than {} mails of purpose `{}`",
+            u32::MAX,
+            draft.purpose
+        )));
+    };
+    let identity = mail_identity(case, &draft.purpose, sequence);
     if tx.contains(TreeId::Outbox, identity.outbox_id.as_bytes())? {
         return abort(StoreError::corrupt(
             TreeId::Outbox.name(),
@@ -847,18 +881,27 @@ pub(super) fn queue_mail(
             "the next outbox id is already in use",
         ));
     }
-    let rendered = (draft.render)(&identity)
-        .map_err(|reason| StoreError::Render {
-            outbox_id: identity.outbox_id.clone(),
-            reason,
-        })
-        .or_abort()?;
+    let render_error = |reason: String| StoreError::Render {
+        outbox_id: identity.outbox_id.clone(),
+        reason,
+    };
+    let rendered = (draft.render)(&identity).map_err(render_error).or_abort()?;
+    let message_id = normalize_message_id(&rendered.message_id);
+    if message_id.is_empty() {
+        return abort(render_error("the rendered mail has no Message-ID".into()));
+    }
+    if tx.contains(TreeId::MessageIds, message_id.as_bytes())? {
+        return abort(render_error(format!(
+            "Message-ID <{message_id}> is already in use; Message-IDs must be unique per \
+             (case, purpose, sequence)"
+        )));
+    }
     let entry = OutboxEntry {
         id: identity.outbox_id.clone(),
-        case: case.clone(),
+        case: case.cloned(),
         purpose: draft.purpose.clone(),
         sequence,
-        message_id: identity.message_id.clone(),
+        message_id: message_id.clone(),
         envelope_from: draft.envelope_from.clone(),
         recipients: draft.recipients.clone(),
         subject: rendered.subject.clone(),
@@ -876,29 +919,33 @@ pub(super) fn queue_mail(
     )?;
     tx.put_json(
         TreeId::MessageIds,
-        normalize_message_id(&identity.message_id).into_bytes(),
+        message_id.clone().into_bytes(),
         &MessageRecord::Outgoing {
-            case: case.clone(),
+            case: case.cloned(),
             outbox_id: entry.id.clone(),
+            purpose: entry.purpose.clone(),
         },
     )?;
-    // Mail about no case (digests) has no event log to append to.
-    if case.0 == SYSTEM_MAIL_SCOPE {
-        return Ok(identity);
-    }
-    append_event(
-        tx,
-        case,
-        &Event {
-            at: draft.at,
-            kind: EventKind::MailQueued {
-                outbox_id: entry.id.clone(),
-                purpose: entry.purpose.clone(),
-                to: entry.recipients.clone(),
-                subject: entry.subject,
-                template: entry.template.clone(),
+    if let Some(case) = case {
+        append_event(
+            tx,
+            case,
+            &Event {
+                at: draft.at,
+                kind: EventKind::MailQueued {
+                    outbox_id: entry.id.clone(),
+                    purpose: entry.purpose.clone(),
+                    to: entry.recipients.clone(),
+                    subject: entry.subject.clone(),
+                    template: entry.template.clone(),
+                },
             },
-        },
-    )?;
-    Ok(identity)
+        )?;
+    }
+    Ok(QueuedMail {
+        outbox_id: entry.id,
+        message_id,
+        case: entry.case,
+        purpose: entry.purpose,
+    })
 }

@@ -1,24 +1,18 @@
 //! Change-set operations the engine needs besides cases: a bounce failing the
-//! outbox entry it reports on, mail that belongs to no case (digests), and the
-//! record of how far each schedule has run.
+//! outbox entry it reports on, and the record of how far each schedule has run.
 //!
 //! They ride in a [`ChangeSet`] like everything else, so a bounce and the
 //! failure it causes, or a digest and its schedule's progress, commit together.
 
 use chrono::{DateTime, Utc};
 
-use super::batch::{append_event, queue_mail, Applied, ChangeSet};
+use super::batch::{append_event, ChangeSet};
 use super::error::StoreError;
 use super::keys::{self, KeyBuf};
-use super::outbox::{put_entry, MailDraft, OutboxEntry, OutboxState};
+use super::outbox::{put_entry, OutboxEntry, OutboxState};
 use super::trees::{TreeId, Tx, TxResult};
-use super::{Store, StoreSettings};
-use crate::case::{CaseId, Event, EventKind};
-
-/// The scope of outbox entries that belong to no case: their ids and
-/// Message-IDs read `complaintd.PURPOSE.SEQ`, and no case event is written
-/// for them. Case numbers always contain a `-`, so this never names a case.
-pub const SYSTEM_MAIL_SCOPE: &str = "complaintd";
+use super::Store;
+use crate::case::{Event, EventKind};
 
 #[derive(Debug, Clone)]
 pub(super) enum ExtraOp {
@@ -27,7 +21,6 @@ pub(super) enum ExtraOp {
         error: String,
         at: DateTime<Utc>,
     },
-    SystemMail(MailDraft),
     ScheduleRun {
         schedule: String,
         until: DateTime<Utc>,
@@ -49,22 +42,6 @@ impl ChangeSet {
             error: error.to_owned(),
             at,
         });
-    }
-
-    /// Queues a mail that is about no case (a digest). Its identity is
-    /// `complaintd.PURPOSE.SEQ`; no event is written for it.
-    pub fn queue_system_mail(&mut self, draft: MailDraft) -> Result<(), StoreError> {
-        if draft.purpose.trim().is_empty() {
-            return Err(StoreError::InvalidBatch("a mail needs a purpose".into()));
-        }
-        if draft.recipients.is_empty() {
-            return Err(StoreError::InvalidBatch(format!(
-                "mail `{}` has no recipients",
-                draft.purpose
-            )));
-        }
-        self.extra.push(ExtraOp::SystemMail(draft));
-        Ok(())
     }
 
     /// Records that every tick of `schedule` up to and including `until`
@@ -93,12 +70,7 @@ impl Store {
     }
 }
 
-pub(super) fn apply(
-    tx: &Tx<'_>,
-    settings: &StoreSettings,
-    op: &ExtraOp,
-    applied: &mut Applied,
-) -> TxResult<()> {
+pub(super) fn apply(tx: &Tx<'_>, op: &ExtraOp) -> TxResult<()> {
     match op {
         ExtraOp::FailOutbox {
             outbox_id,
@@ -118,10 +90,10 @@ pub(super) fn apply(
                 error: error.clone(),
             };
             put_entry(tx, Some(&entry), &next)?;
-            if entry.case.0 != SYSTEM_MAIL_SCOPE {
+            if let Some(case) = &entry.case {
                 append_event(
                     tx,
-                    &entry.case,
+                    case,
                     &Event {
                         at: *at,
                         kind: EventKind::MailFailed {
@@ -132,11 +104,6 @@ pub(super) fn apply(
                     },
                 )?;
             }
-            Ok(())
-        }
-        ExtraOp::SystemMail(draft) => {
-            let scope = CaseId(SYSTEM_MAIL_SCOPE.to_owned());
-            applied.mails.push(queue_mail(tx, settings, &scope, draft)?);
             Ok(())
         }
         ExtraOp::ScheduleRun { schedule, until } => tx.put(

@@ -12,6 +12,12 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
+    /// Another process (or another open handle) holds the store.
+    #[error(
+        "the store at {path} is in use by another process (is the daemon running?); \
+         only one process may open it at a time"
+    )]
+    Locked { path: String },
     /// The underlying storage failed (I/O error, corruption detected by sled).
     #[error("storage error: {0}")]
     Storage(#[from] sled::Error),

@@ -137,11 +137,7 @@ impl<'a> KeyReader<'a> {
         Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
     }
 
-    /// Whatever is left.
-    pub fn tail(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.rest)
-    }
-
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.rest.is_empty()
     }
@@ -176,8 +172,12 @@ pub fn event_sequence_key(id: &CaseId) -> Vec<u8> {
     KeyBuf::new().tail(b"e").str(&id.0).build()
 }
 
-pub fn mail_sequence_key(id: &CaseId, purpose: &str) -> Vec<u8> {
-    KeyBuf::new().tail(b"m").str(&id.0).str(purpose).build()
+/// The mail sequence of a purpose for a case, or for mail of no case.
+pub fn mail_sequence_key(id: Option<&CaseId>, purpose: &str) -> Vec<u8> {
+    match id {
+        Some(id) => KeyBuf::new().tail(b"m").str(&id.0).str(purpose).build(),
+        None => KeyBuf::new().tail(b"d").str(purpose).build(),
+    }
 }
 
 /// Key of a secondary index entry: term, the case's opening time, the case.
@@ -215,11 +215,6 @@ pub fn outbox_due_key(next_attempt: DateTime<Utc>, outbox_id: &str) -> Vec<u8> {
 /// Key of an acknowledgement counter: sender, then hour bucket.
 pub fn ack_key(sender: &str, bucket: i64) -> Vec<u8> {
     KeyBuf::new().bytes(&index_term(sender)).i64(bucket).build()
-}
-
-/// Prefix of all acknowledgement counters of a sender.
-pub fn ack_prefix(sender: &str) -> Vec<u8> {
-    KeyBuf::new().bytes(&index_term(sender)).build()
 }
 
 /// Key of an attachment reference of a case.

@@ -13,7 +13,7 @@ mod batch;
 mod engine_ops;
 mod error;
 mod history;
-pub mod keys;
+mod keys;
 mod outbox;
 mod records;
 mod schema;
@@ -27,14 +27,13 @@ use serde::de::DeserializeOwned;
 use sled::transaction::{TransactionError, Transactional, TransactionalTree};
 
 pub use batch::{
-    Applied, CaseRef, ChangeOutcome, ChangeSet, CommitReport, IngestBatch, NewCaseKey,
+    Applied, CaseRef, ChangeOutcome, ChangeSet, CommitReport, IngestBatch, NewCaseKey, QueuedMail,
 };
-pub use engine_ops::SYSTEM_MAIL_SCOPE;
 pub use error::StoreError;
 pub use history::{BatchHistory, StoreHistory};
 pub use outbox::{
     encode_purpose, mail_identity, DeliveryFailure, MailDraft, MailIdentity, OutboxEntry,
-    OutboxState, RenderedMail, Renderer,
+    OutboxState, RenderedMail, Renderer, NO_CASE_SCOPE,
 };
 pub use records::{
     normalize_message_id, AttachmentRecord, Checkpoint, MessageRecord, QuarantineRecord,
@@ -56,9 +55,11 @@ pub struct StoreSettings {
     pub case_number_width: usize,
     /// The time zone whose calendar year a case number carries.
     pub case_number_tz: chrono_tz::Tz,
-    /// The domain of generated Message-IDs: `<CASE.PURPOSE.SEQ@domain>`.
-    pub message_id_domain: String,
 }
+
+/// Memory sled may use for its page cache: sled's own default is 1 GiB,
+/// too much for a small daemon whose working set is the open cases.
+const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for StoreSettings {
     fn default() -> Self {
@@ -66,7 +67,6 @@ impl Default for StoreSettings {
             case_prefix: "TS".into(),
             case_number_width: 6,
             case_number_tz: chrono_tz::UTC,
-            message_id_domain: "localhost".into(),
         }
     }
 }
@@ -88,17 +88,6 @@ impl StoreSettings {
             return Err(StoreError::Settings(format!(
                 "case number width {} must be between 1 and 18",
                 self.case_number_width
-            )));
-        }
-        let domain_ok = !self.message_id_domain.is_empty()
-            && self
-                .message_id_domain
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-        if !domain_ok {
-            return Err(StoreError::Settings(format!(
-                "Message-ID domain `{}` must be a host name",
-                self.message_id_domain
             )));
         }
         Ok(())
@@ -161,13 +150,7 @@ impl Store {
     pub fn open_with(path: impl AsRef<Path>, settings: StoreSettings) -> Result<Store, StoreError> {
         settings.validate()?;
         let path = path.as_ref();
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
+        let db = open_db(path)?;
         let meta = db.open_tree(META_TREE)?;
         schema::prepare(&db, &meta)?;
         let trees = TreeId::ALL
@@ -184,11 +167,6 @@ impl Store {
 
     pub fn settings(&self) -> &StoreSettings {
         &self.settings
-    }
-
-    /// The schema version of the open store (always [`SCHEMA_VERSION`] once open).
-    pub fn schema_version(&self) -> u32 {
-        SCHEMA_VERSION
     }
 
     pub(crate) fn tree(&self, id: TreeId) -> &sled::Tree {
@@ -433,6 +411,47 @@ impl Store {
             .get(id.to_be_bytes())?
             .map(|v| v.to_vec()))
     }
+}
+
+/// How often opening retries a store whose lock is held, and the pause
+/// before each retry in milliseconds (doubling, then staying at the last).
+const LOCK_RETRIES: usize = 20;
+const LOCK_RETRY_PAUSES_MS: [u64; 6] = [10, 20, 40, 80, 160, 200];
+
+/// Opens the sled database. sled's background I/O threads release the file
+/// lock a moment after the last handle of a closed store is dropped, so a
+/// held lock is retried for about three seconds before it is reported as
+/// the store being in use by another process.
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_CAPACITY_BYTES);
+    let last = LOCK_RETRY_PAUSES_MS.len() - 1;
+    let mut pauses = (0..LOCK_RETRIES).map(|i| LOCK_RETRY_PAUSES_MS[i.min(last)]);
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_error(&e) => match pauses.next() {
+                Some(ms) => std::thread::sleep(std::time::Duration::from_millis(ms)),
+                None => {
+                    return Err(StoreError::Locked {
+                        path: path.display().to_string(),
+                    })
+                }
+            },
+            Err(source) => {
+                return Err(StoreError::Open {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// sled reports a held lock only as an I/O error with this text.
+fn is_lock_error(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(e) if e.to_string().contains("could not acquire lock"))
 }
 
 fn decode_timer(key: &[u8]) -> Result<Timer, StoreError> {

@@ -1,8 +1,8 @@
 //! The outbox: every mail the daemon sends, as a stored state machine.
 //!
 //! An entry is queued in the same transaction as the decision that caused
-//! it, with a stable id and Message-ID per (case, purpose, sequence) and the
-//! full rendered message. The sender finds due entries through an index by
+//! it, with a stable id per (case, purpose, sequence), the Message-ID the
+//! renderer gave it and the full rendered message. The sender finds due entries through an index by
 //! next-attempt time and reports each attempt back; every transition is a
 //! transaction that also appends the case event (`MailSent` / `MailFailed`).
 //!
@@ -75,12 +75,14 @@ impl OutboxState {
 /// [`Store::outbox_message`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxEntry {
-    /// `CASE.PURPOSE.SEQUENCE`, stable for the life of the entry.
+    /// `CASE.PURPOSE.SEQUENCE` (`complaintd.PURPOSE.SEQUENCE` for mail of no
+    /// case, such as digests), stable for the life of the entry.
     pub id: String,
-    pub case: CaseId,
+    /// The case the mail is about; `None` for digests and reports.
+    pub case: Option<CaseId>,
     pub purpose: String,
-    pub sequence: u64,
-    /// With angle brackets, as in the header.
+    pub sequence: u32,
+    /// As the renderer put it in the message, without angle brackets.
     pub message_id: String,
     pub envelope_from: String,
     pub recipients: Vec<String>,
@@ -90,22 +92,25 @@ pub struct OutboxEntry {
     pub state: OutboxState,
 }
 
-/// Who a mail is, before it is rendered: the renderer puts these into the
-/// message (Message-ID header, case number in the subject, reply token).
+/// Who a mail is, before it is rendered: the renderer builds the stable
+/// Message-ID from these (`crate::mail::outbound::message_id(case, purpose,
+/// sequence, host)`) and puts the case number in the subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailIdentity {
-    pub case: CaseId,
+    pub case: Option<CaseId>,
     pub purpose: String,
-    /// 1 for the first mail of this purpose for this case, then 2, 3, …
-    pub sequence: u64,
+    /// 1 for the first mail of this purpose for this case (or, without a
+    /// case, of this purpose at all), then 2, 3, …
+    pub sequence: u32,
     pub outbox_id: String,
-    /// With angle brackets: `<TS-2026-000123.ack.1@host>`.
-    pub message_id: String,
 }
 
 /// A rendered message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedMail {
+    /// The Message-ID in the message's header (angle brackets optional):
+    /// the store records it so replies and bounces thread to the case.
+    pub message_id: String,
     pub subject: String,
     /// The complete RFC 5322 message, sent as it is on every attempt.
     pub bytes: Vec<u8>,
@@ -176,15 +181,18 @@ pub fn encode_purpose(purpose: &str) -> String {
     out
 }
 
+/// Scope of outbox ids of mail that belongs to no case. Case numbers are
+/// `PREFIX-YEAR-N`, so none is ever equal to it.
+pub const NO_CASE_SCOPE: &str = "complaintd";
+
 /// The identity of the `sequence`th mail of `purpose` for `case`.
-pub fn mail_identity(case: &CaseId, purpose: &str, sequence: u64, domain: &str) -> MailIdentity {
-    let outbox_id = format!("{}.{}.{}", case.0, encode_purpose(purpose), sequence);
+pub fn mail_identity(case: Option<&CaseId>, purpose: &str, sequence: u32) -> MailIdentity {
+    let scope = case.map_or(NO_CASE_SCOPE, |c| c.0.as_str());
     MailIdentity {
-        case: case.clone(),
+        case: case.cloned(),
         purpose: purpose.to_owned(),
         sequence,
-        message_id: format!("<{outbox_id}@{domain}>"),
-        outbox_id,
+        outbox_id: format!("{scope}.{}.{sequence}", encode_purpose(purpose)),
     }
 }
 
@@ -251,7 +259,12 @@ impl Store {
             let (key, _) = item?;
             let id = &key[keys::TIME_LEN..];
             match self.outbox_entry(&String::from_utf8_lossy(id))? {
-                Some(entry) => out.push(entry),
+                // A transition may commit between reading the index and the
+                // entry; only entries still due are handed out.
+                Some(entry) if entry.state.next_attempt().is_some_and(|t| t <= now) => {
+                    out.push(entry)
+                }
+                Some(_) => {}
                 None => {
                     return Err(StoreError::corrupt(
                         TreeId::OutboxDue.name(),
@@ -290,14 +303,15 @@ impl Store {
             let entry: OutboxEntry = decode(TreeId::Outbox, &key, &value)?;
             // Case numbers contain no '.', so the prefix is exact for them;
             // this guards against ids made by hand.
-            if entry.case == *case {
+            if entry.case.as_ref() == Some(case) {
                 out.push(entry);
             }
         }
         Ok(out)
     }
 
-    /// Records that the SMTP server accepted the entry. Marking a sent entry
+    /// Records that the SMTP server accepted the entry (and, for mail of a
+    /// case, appends `MailSent` to its log). Marking a sent entry
     /// sent again changes nothing (a resend after a crash is the same mail).
     pub fn outbox_sent(&self, id: &str, at: DateTime<Utc>) -> Result<OutboxEntry, StoreError> {
         self.outbox_transition(id, "sent", |entry| match &entry.state {
@@ -403,9 +417,8 @@ impl Store {
                     let mut next = entry.clone();
                     next.state = state;
                     put_entry(tx, Some(&entry), &next)?;
-                    // Mail about no case (digests) has no event log to append to.
-                    if entry.case.0 != super::engine_ops::SYSTEM_MAIL_SCOPE {
-                        append_event(tx, &entry.case, &event)?;
+                    if let Some(case) = &entry.case {
+                        append_event(tx, case, &event)?;
                     }
                     Ok(next)
                 }
@@ -430,13 +443,13 @@ mod tests {
     #[test]
     fn identities_are_stable_per_case_purpose_and_sequence() {
         let case = CaseId("TS-2026-000123".into());
-        let id = mail_identity(&case, "ack", 1, "corp.example");
+        let id = mail_identity(Some(&case), "ack", 1);
         assert_eq!(id.outbox_id, "TS-2026-000123.ack.1");
-        assert_eq!(id.message_id, "<TS-2026-000123.ack.1@corp.example>");
-        assert_eq!(id, mail_identity(&case, "ack", 1, "corp.example"));
-        assert_ne!(
-            id.message_id,
-            mail_identity(&case, "ack", 2, "corp.example").message_id
+        assert_eq!(id, mail_identity(Some(&case), "ack", 1));
+        assert_ne!(id.outbox_id, mail_identity(Some(&case), "ack", 2).outbox_id);
+        assert_eq!(
+            mail_identity(None, "digest", 3).outbox_id,
+            "complaintd.digest.3"
         );
     }
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::case::CaseId;
+use crate::mail::classify::KnownMessage;
 
 /// What the store knows about a Message-ID.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,8 +13,12 @@ use crate::case::CaseId;
 pub enum MessageRecord {
     /// An incoming mail that was ingested into a case.
     Incoming { case: CaseId, at: DateTime<Utc> },
-    /// A mail the daemon queued for sending.
-    Outgoing { case: CaseId, outbox_id: String },
+    /// A mail the daemon queued for sending (for a case, or a digest).
+    Outgoing {
+        case: Option<CaseId>,
+        outbox_id: String,
+        purpose: String,
+    },
     /// An incoming mail that was ingested but belongs to no case
     /// (an auto-reply, a loop, a bounce to nothing); kept so it is never
     /// processed twice.
@@ -29,10 +34,27 @@ impl MessageRecord {
     /// The case the Message-ID belongs to, if any.
     pub fn case(&self) -> Option<&CaseId> {
         match self {
-            MessageRecord::Incoming { case, .. } | MessageRecord::Outgoing { case, .. } => {
-                Some(case)
-            }
+            MessageRecord::Incoming { case, .. } => Some(case),
+            MessageRecord::Outgoing { case, .. } => case.as_ref(),
             MessageRecord::Discarded { .. } | MessageRecord::Quarantined { .. } => None,
+        }
+    }
+}
+
+/// What mail classification sees of a Message-ID.
+impl From<&MessageRecord> for KnownMessage {
+    fn from(record: &MessageRecord) -> Self {
+        match record {
+            MessageRecord::Outgoing { case, purpose, .. } => KnownMessage::Sent {
+                case: case.clone(),
+                purpose: purpose.clone(),
+            },
+            MessageRecord::Incoming { case, .. } => KnownMessage::Ingested {
+                case: Some(case.clone()),
+            },
+            MessageRecord::Discarded { .. } | MessageRecord::Quarantined { .. } => {
+                KnownMessage::Ingested { case: None }
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Typical use from a test file (`mod support;`):
 //!
-//! ```ignore
+//! ```text
 //! let alice = support::unique_address("alice", "example.test");
 //! let stack = support::MailStack::up(&[&alice])?;
 //! stack.send_raw("carol@example.test", &[&alice], raw).await?;
@@ -30,7 +30,6 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use async_imap::extensions::idle::IdleResponse;
 use async_imap::{Client, Session};
 use futures::TryStreamExt;
 use lettre::address::Envelope;
@@ -628,12 +627,12 @@ impl Mailbox {
         let mut idle = session.idle();
         bounded("IDLE", idle.init()).await?;
         let (wait, _interrupt) = idle.wait_with_timeout(round);
-        let outcome = match timeout(round + OPERATION_TIMEOUT, wait).await {
-            Ok(result) => result.context("waiting in IDLE")?,
+        // Only the wake-up matters (new data or the round's end); the next fetch reads what
+        // changed.
+        match timeout(round + OPERATION_TIMEOUT, wait).await {
+            Ok(result) => drop(result.context("waiting in IDLE")?),
             Err(_) => bail!("IDLE did not end within {round:?}"),
-        };
-        // Only the wake-up matters; the next fetch reads what changed.
-        let _: IdleResponse = outcome;
+        }
         let session = bounded("ending IDLE", idle.done()).await?;
         self.session = Some(session);
         Ok(())

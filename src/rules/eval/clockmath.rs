@@ -60,7 +60,7 @@ pub fn due_after(
     duration: Duration,
 ) -> Result<(DateTime<Utc>, String), String> {
     match calendar {
-        Some(calendar) => Ok(calendar_add(calendar, start, duration)),
+        Some(calendar) => calendar_add(calendar, start, duration),
         None if duration.unit.is_business() => Err(no_calendar(duration)),
         None => {
             let due = start + elapsed(duration);
@@ -88,7 +88,7 @@ fn measure(
         return Ok((to - from).num_seconds());
     }
     let calendar = calendar.ok_or("the clock counts business time, but its calendar is gone")?;
-    Ok(calendar_business_seconds(calendar, from, to))
+    calendar_business_seconds(calendar, from, to)
 }
 
 /// `from` advanced by `seconds` of a clock's own measure.
@@ -102,7 +102,7 @@ fn advance(
         return Ok(from + chrono::Duration::seconds(seconds));
     }
     let calendar = calendar.ok_or("the clock counts business time, but its calendar is gone")?;
-    Ok(calendar_add_business_seconds(calendar, from, seconds))
+    calendar_add_business_seconds(calendar, from, seconds)
 }
 
 /// When an escalation step of `clock` falls due. Time the clock spent paused
@@ -142,7 +142,7 @@ fn before(
     duration: Duration,
 ) -> Result<DateTime<Utc>, String> {
     match calendar {
-        Some(calendar) => Ok(calendar_sub(calendar, due, duration)),
+        Some(calendar) => calendar_sub(calendar, due, duration),
         None if duration.unit.is_business() => Err(no_calendar(duration)),
         None => Ok(due - elapsed(duration)),
     }
@@ -195,29 +195,39 @@ pub fn seconds_text(seconds: i64) -> String {
 }
 
 fn calendar_add(
-    _calendar: &Calendar,
+    calendar: &Calendar,
     start: DateTime<Utc>,
     duration: Duration,
-) -> (DateTime<Utc>, String) {
-    let due = start + elapsed(duration);
-    (
-        due,
-        format!("{} from {}", duration_text(duration), start.to_rfc3339()),
-    )
+) -> Result<(DateTime<Utc>, String), String> {
+    calendar
+        .explain_add(start, duration)
+        .map_err(|e| e.to_string())
 }
 
-fn calendar_business_seconds(_calendar: &Calendar, from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
-    (to - from).num_seconds()
+fn calendar_business_seconds(
+    calendar: &Calendar,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<i64, String> {
+    calendar
+        .business_seconds_between(from, to)
+        .map_err(|e| e.to_string())
 }
 
 fn calendar_add_business_seconds(
-    _calendar: &Calendar,
+    calendar: &Calendar,
     from: DateTime<Utc>,
     seconds: i64,
-) -> DateTime<Utc> {
-    from + chrono::Duration::seconds(seconds)
+) -> Result<DateTime<Utc>, String> {
+    calendar
+        .add_business_seconds(from, seconds)
+        .map_err(|e| e.to_string())
 }
 
-fn calendar_sub(_calendar: &Calendar, due: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
-    due - elapsed(duration)
+fn calendar_sub(
+    calendar: &Calendar,
+    due: DateTime<Utc>,
+    duration: Duration,
+) -> Result<DateTime<Utc>, String> {
+    calendar.subtract(due, duration).map_err(|e| e.to_string())
 }

@@ -11,34 +11,48 @@ use std::cmp::Ordering;
 use chrono::NaiveDate;
 
 use super::super::ast::{Aggregate, CompareOp, Expr, GroupKey, Operand, RegexLit, Spanned, Value};
-use super::{clockmath, snippet_of, Evaluator};
-use crate::case::{subject_fingerprint, FieldValue};
+use super::super::check::{RESPONSIBILITY_VALUES, VALIDITY_VALUES};
+use super::{clockmath, snippet_of, Evaluator, SeenList};
+use crate::case::{subject_fingerprint, CaseState, FieldValue};
 
 /// Longest value shown in a `seen` pair, in characters.
 const SEEN_MAX_CHARS: usize = 80;
 
+const NOT_SET: &str = "(not set)";
+const NONE: &str = "(none)";
+const NO_MATCH: &str = "(no match)";
+
 /// Lower-cased mail text and subject, computed at most once per evaluation.
 #[derive(Debug, Default)]
 pub(super) struct Lowered {
-    text: OnceCell<String>,
-    subject: OnceCell<String>,
+    /// `None` when the text has no upper-case letter (then it is its own lower case).
+    text: OnceCell<Option<String>>,
+    subject: OnceCell<Option<String>>,
 }
 
 /// What a condition looked at, and the groups of the last regex that matched.
 #[derive(Debug, Default)]
-pub(super) struct Looked {
-    pub seen: Vec<(String, String)>,
+pub(super) struct Looked<'p> {
+    pub seen: SeenList<'p>,
     captures: Vec<Option<String>>,
 }
 
-impl Looked {
+impl<'p> Looked<'p> {
     /// Group `n` of the regex that matched last in this condition (`$n`).
     pub fn capture(&self, group: u8) -> Option<&str> {
         self.captures.get(group as usize)?.as_deref()
     }
 
-    fn see(&mut self, what: String, value: String) {
+    fn see(&mut self, what: Cow<'p, str>, value: Cow<'p, str>) {
         self.seen.push((what, value));
+    }
+
+    /// The seen pairs as owned strings, for a [`crate::case::Because`].
+    pub fn owned(&self) -> Vec<(String, String)> {
+        self.seen
+            .iter()
+            .map(|(what, value)| (what.to_string(), value.to_string()))
+            .collect()
     }
 }
 
@@ -69,15 +83,15 @@ impl Got<'_> {
         }
     }
 
-    fn display(&self) -> String {
+    fn display(&self) -> Cow<'static, str> {
         match self {
-            Got::Missing => "(not set)".to_owned(),
-            Got::Text(s) | Got::Name(s) => shorten(s),
-            Got::Number(n) => FieldValue::Number(*n).to_string(),
-            Got::Flag(b) => b.to_string(),
-            Got::Date(d) => d.to_string(),
-            Got::List(items) | Got::Tags(items) if items.is_empty() => "(none)".to_owned(),
-            Got::List(items) | Got::Tags(items) => shorten(&items.join(", ")),
+            Got::Missing => Cow::Borrowed(NOT_SET),
+            Got::Text(s) | Got::Name(s) => Cow::Owned(shorten(s)),
+            Got::Number(n) => number_text(*n),
+            Got::Flag(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+            Got::Date(d) => Cow::Owned(d.to_string()),
+            Got::List(items) | Got::Tags(items) if items.is_empty() => Cow::Borrowed(NONE),
+            Got::List(items) | Got::Tags(items) => Cow::Owned(shorten(&items.join(", "))),
         }
     }
 }
@@ -100,11 +114,27 @@ fn shorten(s: &str) -> String {
 
 /// `s` in lower case, borrowed when it has no upper-case letter.
 fn lower(s: &str) -> Cow<'_, str> {
-    if s.chars().any(char::is_uppercase) {
-        Cow::Owned(s.to_lowercase())
+    lower_if_needed(s).map_or(Cow::Borrowed(s), Cow::Owned)
+}
+
+/// `s` in lower case, or `None` when lowering would not change it. ASCII is
+/// checked bytewise, and Chinese, Japanese and Korean text, which has no
+/// case, without a look at the Unicode tables.
+fn lower_if_needed(s: &str) -> Option<String> {
+    let changes = if s.is_ascii() {
+        s.bytes().any(|b| b.is_ascii_uppercase())
     } else {
-        Cow::Borrowed(s)
-    }
+        s.chars().any(lowers_to_other)
+    };
+    changes.then(|| s.to_lowercase())
+}
+
+/// Whether `c` lower-cases to something else (upper- and title-case letters).
+fn lowers_to_other(c: char) -> bool {
+    // CJK symbols, kana, ideographs, Yi (U+3000..U+A63F) and Hangul
+    // syllables have no case.
+    let caseless = ('\u{3000}'..'\u{A640}').contains(&c) || ('\u{AC00}'..'\u{D7A4}').contains(&c);
+    !caseless && (c.is_ascii_uppercase() || (!c.is_ascii() && c.to_lowercase().next() != Some(c)))
 }
 
 fn ordering_holds(op: CompareOp, ordering: Option<Ordering>) -> bool {
@@ -122,6 +152,19 @@ fn ordering_holds(op: CompareOp, ordering: Option<Ordering>) -> bool {
     }
 }
 
+/// Small counts, the usual numbers a condition looks at, without an allocation.
+const SMALL_NUMBERS: [&str; 16] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+];
+
+fn number_text(n: f64) -> Cow<'static, str> {
+    if n >= 0.0 && n.fract() == 0.0 && n < SMALL_NUMBERS.len() as f64 {
+        Cow::Borrowed(SMALL_NUMBERS[n as usize])
+    } else {
+        Cow::Owned(FieldValue::Number(n).to_string())
+    }
+}
+
 fn borrowed(s: &str) -> Cow<'_, str> {
     Cow::Borrowed(s)
 }
@@ -130,8 +173,8 @@ fn parse_number(s: &str) -> Option<f64> {
     s.trim().parse::<f64>().ok().filter(|n| n.is_finite())
 }
 
-impl Evaluator<'_> {
-    pub(super) fn eval_expr(&self, expr: &Expr, looked: &mut Looked) -> bool {
+impl<'p> Evaluator<'p, '_> {
+    pub(super) fn eval_expr(&self, expr: &Expr, looked: &mut Looked<'p>) -> bool {
         match expr {
             Expr::And(a, b, _) => self.eval_expr(a, looked) && self.eval_expr(b, looked),
             Expr::Or(a, b, _) => self.eval_expr(a, looked) || self.eval_expr(b, looked),
@@ -147,7 +190,7 @@ impl Evaluator<'_> {
                     self.contains(left, &right.node, *span, looked)
                 } else {
                     let got = self.operand(left);
-                    looked.see(self.operand_label(left), got.display());
+                    looked.see(self.operand_label(left), self.display(&got));
                     self.compare(&got, op.node, &right.node, looked)
                 }
             }
@@ -164,7 +207,7 @@ impl Evaluator<'_> {
                 span: _,
             } => {
                 let got = self.operand(left);
-                looked.see(self.operand_label(left), got.display());
+                looked.see(self.operand_label(left), self.display(&got));
                 got.is_set() != *negated
             }
             Expr::Flag { left, span: _ } => {
@@ -174,14 +217,17 @@ impl Evaluator<'_> {
                     Got::Number(n) => *n != 0.0,
                     other => other.is_set(),
                 };
-                looked.see(self.operand_label(left), value.to_string());
+                looked.see(
+                    self.operand_label(left),
+                    Cow::Borrowed(if value { "true" } else { "false" }),
+                );
                 value
             }
         }
     }
 
     /// The text of a right-hand value used as a string (names, texts, `$N`).
-    fn value_text<'v>(&self, value: &'v Value, looked: &'v Looked) -> Option<Cow<'v, str>> {
+    fn value_text<'v>(&self, value: &'v Value, looked: &'v Looked<'_>) -> Option<Cow<'v, str>> {
         match value {
             Value::Name(s) | Value::Text(s) => Some(Cow::Borrowed(s)),
             Value::Capture(group) => looked.capture(*group).map(Cow::Borrowed),
@@ -191,7 +237,7 @@ impl Evaluator<'_> {
         }
     }
 
-    fn compare(&self, got: &Got<'_>, op: CompareOp, right: &Value, looked: &Looked) -> bool {
+    fn compare(&self, got: &Got<'_>, op: CompareOp, right: &Value, looked: &Looked<'_>) -> bool {
         match got {
             Got::Missing => op == CompareOp::Ne,
             Got::Number(n) => {
@@ -240,17 +286,17 @@ impl Evaluator<'_> {
         is_text: bool,
         op: CompareOp,
         right: &Value,
-        looked: &Looked,
+        looked: &Looked<'_>,
     ) -> bool {
         match op {
             CompareOp::Eq | CompareOp::Ne => {
                 let Some(r) = self.value_text(right, looked) else {
                     return op == CompareOp::Ne;
                 };
-                // Free text compares case-insensitively for ASCII, like `contains`;
+                // Free text compares without regard to case, like `contains`;
                 // declared names are exact.
                 let equal = if is_text {
-                    s.eq_ignore_ascii_case(&r)
+                    lower(s) == lower(&r)
                 } else {
                     s == r.as_ref()
                 };
@@ -277,10 +323,10 @@ impl Evaluator<'_> {
         left: &Operand,
         right: &Value,
         span: super::Span,
-        looked: &mut Looked,
+        looked: &mut Looked<'p>,
     ) -> bool {
         let got = self.operand(left);
-        let needle = self.value_text(right, looked).map(|n| n.into_owned());
+        let needle = self.value_text(right, looked);
         let found = needle.as_deref().filter(|needle| match &got {
             Got::Text(s) | Got::Name(s) => self.lowered(left, s).contains(lower(needle).as_ref()),
             Got::List(items) => {
@@ -293,7 +339,7 @@ impl Evaluator<'_> {
             Got::Tags(items) => items.iter().any(|item| item.as_ref() == *needle),
             _ => false,
         });
-        let shown = found.map_or_else(|| "(no match)".to_owned(), shorten);
+        let shown = found.map_or(Cow::Borrowed(NO_MATCH), |f| Cow::Owned(shorten(f)));
         let label = self.condition_label(span, || {
             format!(
                 "{} contains \"{}\"",
@@ -301,8 +347,9 @@ impl Evaluator<'_> {
                 needle.as_deref().unwrap_or("")
             )
         });
+        let holds = found.is_some();
         looked.see(label, shown);
-        found.is_some()
+        holds
     }
 
     fn has_any(
@@ -311,7 +358,7 @@ impl Evaluator<'_> {
         all: bool,
         values: &[Spanned<Value>],
         span: super::Span,
-        looked: &mut Looked,
+        looked: &mut Looked<'p>,
     ) -> bool {
         let got = self.operand(left);
         let mut found: Vec<String> = Vec::new();
@@ -322,9 +369,11 @@ impl Evaluator<'_> {
             let hit = match &got {
                 Got::Text(s) => self.lowered(left, s).contains(lower(&needle).as_ref()),
                 Got::Name(s) => s.as_ref() == needle.as_ref(),
-                Got::List(items) | Got::Tags(items) => {
-                    items.iter().any(|item| item.as_ref() == needle.as_ref())
+                Got::List(items) => {
+                    let needle = lower(&needle);
+                    items.iter().any(|item| lower(item) == needle)
                 }
+                Got::Tags(items) => items.iter().any(|item| item.as_ref() == needle.as_ref()),
                 Got::Number(n) => parse_number(&needle).is_some_and(|v| v == *n),
                 Got::Missing | Got::Flag(_) | Got::Date(_) => false,
             };
@@ -345,9 +394,9 @@ impl Evaluator<'_> {
             )
         });
         let shown = if found.is_empty() {
-            "(none)".to_owned()
+            Cow::Borrowed(NONE)
         } else {
-            shorten(&found.join(", "))
+            Cow::Owned(shorten(&found.join(", ")))
         };
         looked.see(label, shown);
         holds
@@ -358,7 +407,7 @@ impl Evaluator<'_> {
         left: &Operand,
         regex: &Spanned<RegexLit>,
         span: super::Span,
-        looked: &mut Looked,
+        looked: &mut Looked<'p>,
     ) -> bool {
         let label = self.condition_label(span, || {
             format!(
@@ -368,7 +417,7 @@ impl Evaluator<'_> {
             )
         });
         let Some(compiled) = self.policy.regexes.get(&regex.span) else {
-            looked.see(label, "(regex not compiled by the checker)".to_owned());
+            looked.see(label, Cow::Borrowed("(regex not compiled by the checker)"));
             return false;
         };
         let got = self.operand(left);
@@ -382,31 +431,74 @@ impl Evaluator<'_> {
             }
             Got::Date(_) | Got::Flag(_) | Got::Missing => Vec::new(),
         };
+        // Capture groups cost an allocation per search: only ask for them
+        // when the regex has some.
+        let has_groups = compiled.captures_len() > 1;
         for candidate in candidates {
-            if let Some(caps) = compiled.captures(candidate) {
-                looked.captures = caps
-                    .iter()
-                    .map(|group| group.map(|m| m.as_str().to_owned()))
-                    .collect();
-                let whole = caps.get(0).map_or("", |m| m.as_str());
-                looked.see(label, shorten(whole));
+            if has_groups {
+                if let Some(caps) = compiled.captures(candidate) {
+                    looked.captures = caps
+                        .iter()
+                        .map(|group| group.map(|m| m.as_str().to_owned()))
+                        .collect();
+                    let whole = caps.get(0).map_or("", |m| m.as_str());
+                    looked.see(label, Cow::Owned(shorten(whole)));
+                    return true;
+                }
+            } else if let Some(found) = compiled.find(candidate) {
+                looked.captures.clear();
+                looked.see(label, Cow::Owned(shorten(found.as_str())));
                 return true;
             }
         }
-        looked.see(label, "(no match)".to_owned());
+        looked.see(label, Cow::Borrowed(NO_MATCH));
         false
     }
 
-    /// The text as written in the policy, or a rendering when the span is not in the sources.
-    fn condition_label(&self, span: super::Span, fallback: impl FnOnce() -> String) -> String {
-        snippet_of(self.policy, span).map_or_else(fallback, str::to_owned)
+    /// A value for a `seen` pair; declared names are borrowed from the policy.
+    fn display(&self, got: &Got<'_>) -> Cow<'p, str> {
+        if let Got::Name(name) = got {
+            if let Some(declared) = self.declared_name(name) {
+                return Cow::Borrowed(declared);
+            }
+        }
+        got.display()
     }
 
-    pub(super) fn operand_label(&self, left: &Operand) -> String {
+    /// `name` as the policy (or the language) declares it, if it does.
+    fn declared_name(&self, name: &str) -> Option<&'p str> {
+        let policy = self.policy;
+        let fixed = CaseState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .chain(RESPONSIBILITY_VALUES.iter().copied())
+            .chain(VALIDITY_VALUES.iter().copied());
+        policy
+            .severities
+            .iter()
+            .map(String::as_str)
+            .chain(policy.categories.iter().map(|c| c.name.node.as_str()))
+            .chain(policy.channels.iter().map(|c| c.name.node.as_str()))
+            .chain(policy.departments.iter().map(|d| d.name.node.as_str()))
+            .chain(policy.languages.iter().map(String::as_str))
+            .chain(fixed)
+            .find(|declared| *declared == name)
+    }
+
+    /// The text as written in the policy, or a rendering when the span is not in the sources.
+    fn condition_label(
+        &self,
+        span: super::Span,
+        fallback: impl FnOnce() -> String,
+    ) -> Cow<'p, str> {
+        snippet_of(self.policy, span).map_or_else(|| Cow::Owned(fallback()), Cow::Borrowed)
+    }
+
+    pub(super) fn operand_label(&self, left: &Operand) -> Cow<'p, str> {
         if let Some(text) = snippet_of(self.policy, left.span()) {
-            return text.to_owned();
+            return Cow::Borrowed(text);
         }
-        match left {
+        Cow::Owned(match left {
             Operand::Path(path) => path
                 .node
                 .iter()
@@ -430,7 +522,7 @@ impl Evaluator<'_> {
                 ),
                 Aggregate::Reopenings => "count(reopenings)".to_owned(),
             },
-        }
+        })
     }
 
     /// `s` lower-cased; the mail text and subject are lowered once per evaluation.
@@ -439,16 +531,17 @@ impl Evaluator<'_> {
             if let [only] = path.node.as_slice() {
                 match only.node.as_str() {
                     "text" => {
-                        return Cow::Borrowed(
-                            self.lowered.text.get_or_init(|| self.text.to_lowercase()),
-                        )
+                        let text = self.text;
+                        let lowered = self.lowered.text.get_or_init(|| lower_if_needed(text));
+                        return Cow::Borrowed(lowered.as_deref().unwrap_or(text));
                     }
                     "subject" => {
-                        return Cow::Borrowed(
-                            self.lowered
-                                .subject
-                                .get_or_init(|| self.subject().to_lowercase()),
-                        )
+                        let subject = self.subject();
+                        let lowered = self
+                            .lowered
+                            .subject
+                            .get_or_init(|| lower_if_needed(subject));
+                        return Cow::Borrowed(lowered.as_deref().unwrap_or(subject));
                     }
                     _ => {}
                 }
@@ -599,5 +692,33 @@ impl Evaluator<'_> {
             }
             Aggregate::Reopenings => u64::from(case.reopen_count),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowering_is_skipped_only_when_it_would_change_nothing() {
+        assert_eq!(lower_if_needed("燃气泄漏 gas"), None);
+        assert_eq!(lower_if_needed("한국어 텍스트"), None);
+        assert_eq!(lower_if_needed("燃气 GAS").as_deref(), Some("燃气 gas"));
+        assert_eq!(lower_if_needed("ПРИВЕТ мир").as_deref(), Some("привет мир"));
+        // A title-case letter is not upper case, but it does lower-case.
+        assert_eq!(lower_if_needed("ǅ").as_deref(), Some("ǆ"));
+        assert_eq!(lower_if_needed("Ｂｉｌｌ").as_deref(), Some("ｂｉｌｌ"));
+    }
+
+    #[test]
+    fn shortened_values_stay_on_one_line_and_mark_the_cut() {
+        assert_eq!(shorten("a\nb"), "a b");
+        let long = "长".repeat(SEEN_MAX_CHARS + 5);
+        let cut = shorten(&long);
+        assert_eq!(cut.chars().count(), SEEN_MAX_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        assert_eq!(number_text(3.0), "3");
+        assert_eq!(number_text(1350.0), "1350");
+        assert_eq!(number_text(2.5), "2.5");
     }
 }

@@ -1,0 +1,802 @@
+//! Replies that work a case through its lifecycle: a verified department's
+//! commands, and a customer's satisfaction answer, withdrawal or new letter.
+//!
+//! Every step of a reply is worked on a scratch copy of the case ([`Work`]);
+//! a department reply with any problem is thrown away whole, so a reply
+//! applies all its commands or none. What is kept is committed with the
+//! message in the ingest batch, like every other mail.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::{outgoing_attachments, store_texts_and_attachments, Pending, Run};
+use crate::case::{
+    Address, Assignment, Because, Case, CaseId, CaseState, Event, EventKind, FieldValue,
+};
+use crate::engine::clocks::ClockPlan;
+use crate::engine::compose::{Content, MailPlan};
+use crate::engine::lookup::BatchLink;
+use crate::engine::policy::{
+    COMMAND_CONFIRMATION_TEMPLATE, COMMAND_ERROR_TEMPLATE, RESULT_TEMPLATE,
+    TRANSITION_REFUSED_TEMPLATE, WITHDRAWAL_CONFIRMATION_TEMPLATE,
+};
+use crate::engine::EngineError;
+use crate::lifecycle::commands::{parse_department_reply, Command, DepartmentReply, Status};
+use crate::lifecycle::customer::{interpret, CustomerIntent};
+use crate::lifecycle::{check_transition, words};
+use crate::mail::inbound::{AttachmentBlob, IncomingMail};
+use crate::mail::template::NoticeView;
+use crate::rules::ast::ClockEvent;
+use crate::rules::eval::{apply, evaluate, Input};
+use crate::store::{CaseRef, ChangeSet};
+
+use super::Outcome;
+
+/// The cause recorded on every step a department's reply takes.
+pub const DEPARTMENT_REPLY: &str = "department reply";
+/// The cause recorded on every step a customer's reply takes.
+pub const CUSTOMER_REPLY: &str = "customer reply";
+/// How long after closing a customer's new mail reopens a case, by default.
+pub const DEFAULT_REOPEN_WINDOW_DAYS: u32 = 30;
+
+/// A reply being applied: the case as it will be, and what goes with it.
+pub(super) struct Work {
+    pub case: Case,
+    pub events: Vec<Event>,
+    pub clocks: ClockPlan,
+    pub mails: Vec<MailPlan>,
+    /// What was done, in words, for the confirmation.
+    pub applied: Vec<String>,
+}
+
+impl Work {
+    fn new(case: Case) -> Work {
+        Work {
+            case,
+            events: Vec::new(),
+            clocks: ClockPlan::default(),
+            mails: Vec::new(),
+            applied: Vec::new(),
+        }
+    }
+}
+
+fn because(rule: &str, seen: &str) -> Because {
+    Because {
+        rule: rule.to_owned(),
+        location: None,
+        seen: vec![("reply".to_owned(), seen.to_owned())],
+    }
+}
+
+/// The state and clock event a department's status command means.
+fn status_target(status: Status) -> (CaseState, Option<ClockEvent>) {
+    match status {
+        Status::Accepted => (CaseState::Accepted, Some(ClockEvent::Accepted)),
+        Status::InProgress => (CaseState::InProgress, Some(ClockEvent::Contacted)),
+        Status::Resolved => (CaseState::Resolved, Some(ClockEvent::Resolved)),
+        Status::NeedInfo => (CaseState::WaitingOnCustomer, None),
+        Status::Reject => (CaseState::Rejected, None),
+    }
+}
+
+impl Run<'_> {
+    /// Moves the case to `to` when the lifecycle allows it, and runs the
+    /// rules on the change: the clock event's rules when there is one, else
+    /// a re-check of pauses. Staying in the same state changes nothing.
+    fn step(
+        &self,
+        work: &mut Work,
+        to: CaseState,
+        event: Option<ClockEvent>,
+        rule: &str,
+        seen: &str,
+        exclude: &CaseRef,
+    ) -> Result<(), String> {
+        if work.case.state == to && to != CaseState::Assigned {
+            return Ok(());
+        }
+        check_transition(work.case.state, to).map_err(|e| e.to_string())?;
+        if work.case.state != to {
+            work.events.push(self.event(EventKind::StateChanged {
+                from: work.case.state,
+                to,
+                because: because(rule, seen),
+            }));
+            work.case.state = to;
+        }
+        if to == CaseState::Reopened {
+            work.case.reopen_count += 1;
+        }
+        self.run_rules(
+            work,
+            event.map_or(Input::Recheck, Input::Lifecycle),
+            exclude,
+        );
+        Ok(())
+    }
+
+    fn run_rules(&self, work: &mut Work, input: Input<'_>, exclude: &CaseRef) {
+        let history = self.batch.history(&self.engine.store, Some(exclude));
+        let evaluation = evaluate(&self.active.policy, &work.case, &input, &history, self.now);
+        work.clocks.observe(&evaluation.actions);
+        work.events
+            .extend(apply(&mut work.case, &evaluation.actions, self.now));
+    }
+
+    fn set_field(&self, work: &mut Work, field: &str, value: FieldValue, rule: &str, seen: &str) {
+        work.case.fields.insert(field.to_owned(), value.clone());
+        work.events.push(self.event(EventKind::FieldSet {
+            field: field.to_owned(),
+            value,
+            because: because(rule, seen),
+        }));
+    }
+
+    /// A notice to `to`, in `language`; a department's copy carries a reply
+    /// token for `reply_department`.
+    #[allow(clippy::too_many_arguments)]
+    fn notice_plan(
+        &self,
+        case: &Case,
+        template: &str,
+        purpose: &str,
+        to: Address,
+        language: String,
+        notice: NoticeView,
+        to_customer: bool,
+        reply_department: Option<String>,
+        in_reply_to: Option<&IncomingMail>,
+    ) -> MailPlan {
+        let (in_reply_to, references) = match in_reply_to {
+            Some(mail) if !mail.message_id_synthesized => {
+                let mut references = mail.references.clone();
+                references.push(mail.message_id.clone());
+                (Some(mail.message_id.clone()), references)
+            }
+            _ => (None, Vec::new()),
+        };
+        MailPlan {
+            active: self.active.clone(),
+            letterhead: self.letterhead.clone(),
+            purpose: purpose.to_owned(),
+            template: template.to_owned(),
+            language,
+            case: Some(case.clone()),
+            to: vec![to],
+            reply_department,
+            reply_to: None,
+            in_reply_to,
+            references,
+            content: Content::Notice {
+                notice,
+                to_customer,
+            },
+        }
+    }
+
+    /// The department a transfer names, by name or display name.
+    fn department_named(&self, wanted: &str) -> Option<String> {
+        let wanted = wanted.trim();
+        self.active
+            .policy
+            .departments
+            .iter()
+            .find(|d| {
+                d.name.node.eq_ignore_ascii_case(wanted)
+                    || d.display.as_ref().is_some_and(|s| s.node == wanted)
+            })
+            .map(|d| d.name.node.clone())
+    }
+
+    /// The complaint office that hears appeals: the department `office`,
+    /// else the default route's department.
+    fn complaint_office(&self) -> Option<String> {
+        let policy = &self.active.policy;
+        if policy.department("office").is_some() {
+            return Some("office".to_owned());
+        }
+        policy
+            .routes
+            .otherwise
+            .as_ref()
+            .map(|target| target.department.node.clone())
+    }
+
+    /// Applies the commands of a clean department reply to a copy of `base`;
+    /// every problem found when any is.
+    #[allow(clippy::too_many_arguments)]
+    fn department_work(
+        &self,
+        base: &Case,
+        department: &str,
+        reply: &DepartmentReply,
+        mail: &IncomingMail,
+        received_at: DateTime<Utc>,
+        blobs: &[AttachmentBlob],
+        exclude: &CaseRef,
+    ) -> Result<Work, Vec<String>> {
+        let mut work = Work::new(base.clone());
+        let mut problems = Vec::new();
+        let mut result = None;
+        for command in &reply.commands {
+            if let Err(problem) = self.department_command(
+                &mut work,
+                command,
+                department,
+                mail,
+                received_at,
+                blobs,
+                exclude,
+                &mut result,
+            ) {
+                problems.push(problem);
+            }
+        }
+        if let Some(result) = result.filter(|_| work.case.state == CaseState::Resolved) {
+            let sender = work.case.sender.clone();
+            let plan = self.notice_plan(
+                &work.case,
+                RESULT_TEMPLATE,
+                "result",
+                sender.clone(),
+                work.case.language.clone(),
+                NoticeView {
+                    text: result,
+                    items: Vec::new(),
+                },
+                true,
+                None,
+                None,
+            );
+            let what = format!("the result mail to {}", sender.email);
+            if self.check_plan(&plan, &what, &mut work.events) {
+                work.mails.push(plan);
+                let seen = "result sent to the customer";
+                match self.step(
+                    &mut work,
+                    CaseState::Answered,
+                    Some(ClockEvent::Answered),
+                    DEPARTMENT_REPLY,
+                    seen,
+                    exclude,
+                ) {
+                    Ok(()) => work
+                        .applied
+                        .push(format!("the result was sent to {}", sender.email)),
+                    Err(problem) => problems.push(problem),
+                }
+            } else {
+                problems.push(format!(
+                    "the result mail to {} cannot be built",
+                    sender.email
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(work)
+        } else {
+            Err(problems)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn department_command(
+        &self,
+        work: &mut Work,
+        command: &Command,
+        department: &str,
+        mail: &IncomingMail,
+        received_at: DateTime<Utc>,
+        blobs: &[AttachmentBlob],
+        exclude: &CaseRef,
+        result: &mut Option<String>,
+    ) -> Result<(), String> {
+        let rule = DEPARTMENT_REPLY;
+        match command {
+            Command::Status(status) => {
+                let (to, event) = status_target(*status);
+                let seen = format!("status: {}", words(to));
+                self.step(work, to, event, rule, &seen, exclude)
+                    .map_err(|e| format!("`{seen}`: {e}"))?;
+                work.applied.push(format!("the case is now {}", words(to)));
+            }
+            Command::Responsibility(verdict) => {
+                let seen = format!("responsibility: {}", verdict.as_str());
+                let value = FieldValue::Name(verdict.as_str().to_owned());
+                self.set_field(work, "responsibility", value, rule, &seen);
+                self.run_rules(
+                    work,
+                    Input::Lifecycle(ClockEvent::ResponsibilityDecided),
+                    exclude,
+                );
+                work.applied
+                    .push(format!("responsibility: {}", verdict.as_str()));
+            }
+            Command::Cause(text) => {
+                self.set_field(work, "cause", FieldValue::Text(text.clone()), rule, "cause");
+                work.applied.push(format!("cause recorded: {text}"));
+            }
+            Command::Note(text) => {
+                work.events.push(self.event(EventKind::Note {
+                    text: format!("note of department {department}: {text}"),
+                }));
+                work.applied.push("note recorded".to_owned());
+            }
+            Command::Result(text) => {
+                self.set_field(
+                    work,
+                    "result",
+                    FieldValue::Text(text.clone()),
+                    rule,
+                    "result",
+                );
+                *result = Some(text.clone());
+                work.applied.push("result recorded".to_owned());
+            }
+            Command::Transfer {
+                department: wanted,
+                reason,
+            } => {
+                let Some(target) = self.department_named(wanted) else {
+                    let known: Vec<&str> = self
+                        .active
+                        .policy
+                        .departments
+                        .iter()
+                        .map(|d| d.name.node.as_str())
+                        .collect();
+                    return Err(format!(
+                        "`transfer: {wanted}`: there is no department `{wanted}`; the departments are: {}",
+                        known.join(", ")
+                    ));
+                };
+                let seen = format!("transfer: {target} ({reason})");
+                self.step(work, CaseState::Assigned, None, rule, &seen, exclude)
+                    .map_err(|e| format!("`transfer: {wanted}`: {e}"))?;
+                work.case.assignment = Some(Assignment {
+                    department: target.clone(),
+                    cc: Vec::new(),
+                    rule: rule.to_owned(),
+                });
+                work.events.push(self.event(EventKind::Assigned {
+                    department: target.clone(),
+                    cc: Vec::new(),
+                    because: because(rule, &seen),
+                }));
+                self.forward_to(work, &target, mail, received_at, blobs)
+                    .map_err(|e| format!("`transfer: {wanted}`: {e}"))?;
+                work.applied
+                    .push(format!("transferred to {target} ({reason})"));
+            }
+            Command::Appeal(grounds) => {
+                let window = work
+                    .case
+                    .clocks
+                    .get("appeal")
+                    .filter(|clock| clock.stopped_at.is_none());
+                match window {
+                    None => {
+                        return Err(format!(
+                            "`appeal: {grounds}`: no appeal window is open on this case \
+                             (it opens when the responsibility is decided)"
+                        ))
+                    }
+                    Some(clock) if self.now > clock.due => {
+                        return Err(format!(
+                            "`appeal: {grounds}`: the appeal window closed at {} (UTC)",
+                            clock.due.format("%Y-%m-%d %H:%M")
+                        ))
+                    }
+                    Some(_) => {}
+                }
+                let Some(office) = self.complaint_office() else {
+                    return Err(
+                        "`appeal`: the policy names no complaint office to hear it".to_owned()
+                    );
+                };
+                let seen = format!("appeal: {grounds}");
+                self.step(work, CaseState::Appealed, None, rule, &seen, exclude)
+                    .map_err(|e| format!("`appeal`: {e}"))?;
+                work.events.push(self.event(EventKind::Note {
+                    text: format!("appeal of department {department}: {grounds}"),
+                }));
+                self.forward_to(work, &office, mail, received_at, blobs)
+                    .map_err(|e| format!("`appeal`: {e}"))?;
+                work.applied.push(format!("appeal sent to {office}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a forward of `mail` to `department`, with its own reply token.
+    fn forward_to(
+        &self,
+        work: &mut Work,
+        department: &str,
+        mail: &IncomingMail,
+        received_at: DateTime<Utc>,
+        blobs: &[AttachmentBlob],
+    ) -> Result<(), String> {
+        let attachments = Arc::new(outgoing_attachments(mail, blobs));
+        let plan = self.forward_plan(&work.case, department, mail, received_at, &attachments)?;
+        let what = format!("the forward to department {department}");
+        if self.check_plan(&plan, &what, &mut work.events) {
+            work.mails.push(plan);
+            Ok(())
+        } else {
+            Err(format!("{what} cannot be built"))
+        }
+    }
+
+    pub(super) fn department_reply(
+        &mut self,
+        uid: u32,
+        mail: IncomingMail,
+        blobs: Vec<AttachmentBlob>,
+        received_at: DateTime<Utc>,
+        case_id: CaseId,
+        department: String,
+    ) -> Result<(), EngineError> {
+        let Some(base) = self.current_case(&case_id)? else {
+            // The case vanished between classification and now: failing
+            // would stall the mailbox on this message, so it is set aside.
+            let id = mail.message_id.clone();
+            let why = format!("department reply about case {case_id}, which no longer exists");
+            let outcome = Outcome::DepartmentReply {
+                case: case_id,
+                department,
+            };
+            return self.discard(uid, &id, received_at, &why, outcome);
+        };
+        let exclude = CaseRef::Existing(case_id.clone());
+        let from = mail.from.clone().unwrap_or_else(|| Address::new("", None));
+        let mut head = vec![self.mail_received(&mail, "department")];
+        head.extend(self.problems_note(&mail));
+        let reply = parse_department_reply(&mail.text);
+        let worked = if reply.is_clean() {
+            self.department_work(
+                &base,
+                &department,
+                &reply,
+                &mail,
+                received_at,
+                &blobs,
+                &exclude,
+            )
+        } else {
+            Err(reply.problems.iter().map(ToString::to_string).collect())
+        };
+        let language = self.active.default_language();
+        let mut work = match worked {
+            Ok(mut work) if !work.applied.is_empty() => {
+                let still_assigned = work
+                    .case
+                    .assignment
+                    .as_ref()
+                    .is_some_and(|a| a.department == department);
+                let plan = self.notice_plan(
+                    &work.case,
+                    COMMAND_CONFIRMATION_TEMPLATE,
+                    "confirmation",
+                    from.clone(),
+                    language,
+                    NoticeView {
+                        text: String::new(),
+                        items: work.applied.clone(),
+                    },
+                    false,
+                    still_assigned.then(|| department.clone()),
+                    Some(&mail),
+                );
+                if self.check_plan(
+                    &plan,
+                    "the confirmation to the department",
+                    &mut work.events,
+                ) {
+                    work.mails.push(plan);
+                }
+                work
+            }
+            Ok(work) => work,
+            Err(problems) => {
+                tracing::info!(case = %case_id, %department, ?problems, "department reply refused: nothing applied");
+                let mut work = Work::new(base.clone());
+                work.events.push(self.event(EventKind::CommandRejected {
+                    from: from.email.clone(),
+                    reason: format!("nothing applied: {}", problems.join("; ")),
+                }));
+                let plan = self.notice_plan(
+                    &base,
+                    COMMAND_ERROR_TEMPLATE,
+                    "command-error",
+                    from.clone(),
+                    language,
+                    NoticeView {
+                        text: String::new(),
+                        items: problems,
+                    },
+                    false,
+                    Some(department.clone()),
+                    Some(&mail),
+                );
+                if self.check_plan(&plan, "the error mail to the department", &mut work.events) {
+                    work.mails.push(plan);
+                }
+                work
+            }
+        };
+        let mut events = head;
+        events.append(&mut work.events);
+        work.events = events;
+        let outcome = Outcome::DepartmentReply {
+            case: case_id.clone(),
+            department,
+        };
+        self.commit_work(
+            uid,
+            &mail,
+            blobs,
+            received_at,
+            case_id,
+            &base,
+            work,
+            outcome,
+        )
+    }
+
+    /// A customer's reply: its intent, applied through the lifecycle, with
+    /// the mail recorded and (unless it closes or is refused) forwarded to
+    /// the case's department.
+    pub(super) fn customer_work(
+        &self,
+        base: &Case,
+        mail: &IncomingMail,
+        received_at: DateTime<Utc>,
+        blobs: &[AttachmentBlob],
+        exclude: &CaseRef,
+        mut work: Work,
+    ) -> Result<(Work, bool), EngineError> {
+        let rule = CUSTOMER_REPLY;
+        let intent = interpret(&mail.text);
+        let state = base.state;
+        let answered = matches!(state, CaseState::Answered | CaseState::FollowUp);
+        let mut forward = true;
+        let mut reopen = false;
+        match &intent {
+            CustomerIntent::Satisfaction(score) if answered || state == CaseState::Closed => {
+                let seen = format!("satisfaction {score}");
+                self.set_field(
+                    &mut work,
+                    "satisfaction",
+                    FieldValue::Number(f64::from(*score)),
+                    rule,
+                    &seen,
+                );
+                if *score >= 3 {
+                    forward = false;
+                    if answered {
+                        if let Err(error) = self.step(
+                            &mut work,
+                            CaseState::Closed,
+                            Some(ClockEvent::Closed),
+                            rule,
+                            &seen,
+                            exclude,
+                        ) {
+                            self.refuse(&mut work, base, mail, error);
+                        }
+                    }
+                } else {
+                    reopen = true;
+                }
+            }
+            CustomerIntent::Withdraw { reason } => {
+                forward = false;
+                match check_transition(state, CaseState::Withdrawn) {
+                    Ok(()) => {
+                        self.set_field(
+                            &mut work,
+                            "withdrawal_reason",
+                            FieldValue::Text(reason.clone()),
+                            rule,
+                            "withdraw",
+                        );
+                        if let Err(error) = self.step(
+                            &mut work,
+                            CaseState::Withdrawn,
+                            Some(ClockEvent::Withdrawn),
+                            rule,
+                            "withdraw",
+                            exclude,
+                        ) {
+                            self.refuse(&mut work, base, mail, error);
+                        }
+                        let plan = self.notice_plan(
+                            &work.case,
+                            WITHDRAWAL_CONFIRMATION_TEMPLATE,
+                            "withdrawn",
+                            base.sender.clone(),
+                            base.language.clone(),
+                            NoticeView {
+                                text: reason.clone(),
+                                items: Vec::new(),
+                            },
+                            true,
+                            None,
+                            Some(mail),
+                        );
+                        if self.check_plan(&plan, "the withdrawal confirmation", &mut work.events) {
+                            work.mails.push(plan);
+                        }
+                        // The department stops work on it: it gets the withdrawal.
+                        forward = true;
+                    }
+                    Err(error) => self.refuse(&mut work, base, mail, error.to_string()),
+                }
+            }
+            _ if state == CaseState::Closed => {
+                reopen = true;
+            }
+            _ if state == CaseState::WaitingOnCustomer => {
+                if let Err(error) = self.step(
+                    &mut work,
+                    CaseState::InProgress,
+                    None,
+                    rule,
+                    "the customer answered",
+                    exclude,
+                ) {
+                    self.refuse(&mut work, base, mail, error);
+                }
+            }
+            _ => {}
+        }
+        if reopen && state == CaseState::Closed {
+            let window = Duration::days(i64::from(self.engine.settings.reopen_window_days));
+            let closed_at = self.closed_at(&base.id)?;
+            if closed_at.is_some_and(|at| self.now - at > window) {
+                reopen = false;
+                forward = false;
+                work.events.push(self.event(EventKind::Note {
+                    text: format!(
+                        "the case was closed more than {} days ago: the reply is recorded, the case is not reopened",
+                        window.num_days()
+                    ),
+                }));
+            }
+        }
+        if reopen {
+            let seen = match &intent {
+                CustomerIntent::Satisfaction(score) => format!("satisfaction {score}"),
+                _ => "the customer wrote again after closing".to_owned(),
+            };
+            if let Err(error) = self.step(
+                &mut work,
+                CaseState::Reopened,
+                Some(ClockEvent::Reopened),
+                rule,
+                &seen,
+                exclude,
+            ) {
+                self.refuse(&mut work, base, mail, error);
+            }
+            let department = work.case.assignment.as_ref().map(|a| a.department.clone());
+            forward = false;
+            if let Some(department) = department {
+                match self.forward_to(&mut work, &department, mail, received_at, blobs) {
+                    Ok(()) => {
+                        let seen = format!("forwarded to {department} again");
+                        if let Err(error) = self.step(
+                            &mut work,
+                            CaseState::Assigned,
+                            Some(ClockEvent::Forwarded),
+                            rule,
+                            &seen,
+                            exclude,
+                        ) {
+                            self.refuse(&mut work, base, mail, error);
+                        }
+                    }
+                    Err(error) => work
+                        .events
+                        .push(self.event(EventKind::Note { text: error })),
+                }
+            }
+        }
+        Ok((work, forward))
+    }
+
+    /// Records a customer's request the lifecycle refuses, and tells them.
+    fn refuse(&self, work: &mut Work, base: &Case, mail: &IncomingMail, reason: String) {
+        let from = mail
+            .from
+            .as_ref()
+            .map(|a| a.email.clone())
+            .unwrap_or_default();
+        work.events.push(self.event(EventKind::CommandRejected {
+            from,
+            reason: reason.clone(),
+        }));
+        let plan = self.notice_plan(
+            &work.case,
+            TRANSITION_REFUSED_TEMPLATE,
+            "refused",
+            base.sender.clone(),
+            base.language.clone(),
+            NoticeView {
+                text: reason,
+                items: Vec::new(),
+            },
+            true,
+            None,
+            Some(mail),
+        );
+        if self.check_plan(&plan, "the refusal to the customer", &mut work.events) {
+            work.mails.push(plan);
+        }
+    }
+
+    /// When the case last became closed, from its stored log.
+    fn closed_at(&self, case: &CaseId) -> Result<Option<DateTime<Utc>>, EngineError> {
+        let events = self.engine.store.events(case)?;
+        Ok(events.iter().rev().find_map(|e| match e.kind {
+            EventKind::StateChanged {
+                to: CaseState::Closed,
+                ..
+            } => Some(e.at),
+            _ => None,
+        }))
+    }
+
+    /// Commits a worked reply with its message: case, events, clocks, mail.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn commit_work(
+        &mut self,
+        uid: u32,
+        mail: &IncomingMail,
+        blobs: Vec<AttachmentBlob>,
+        received_at: DateTime<Utc>,
+        case_id: CaseId,
+        base: &Case,
+        work: Work,
+        outcome: Outcome,
+    ) -> Result<(), EngineError> {
+        let mut changes = ChangeSet::for_message(&mail.message_id, received_at)?;
+        let case = work.case;
+        let case_ref = if &case == base {
+            CaseRef::Existing(case_id.clone())
+        } else {
+            changes.update_case(base, case.clone())?
+        };
+        for event in work.events {
+            changes.append_event(&case_ref, event);
+        }
+        changes.link_message(&case_ref)?;
+        store_texts_and_attachments(&mut changes, &case_ref, mail, blobs);
+        work.clocks.write(&mut changes, &case_ref, &case);
+        let envelope_from = self.engine.settings.sender_address.clone();
+        for mut plan in work.mails {
+            plan.case = Some(case.clone());
+            changes.queue_mail(&case_ref, plan.into_draft(&envelope_from))?;
+        }
+        self.pending_cases.insert(case_id.clone(), case);
+        let id = mail.message_id.clone();
+        self.push(
+            uid,
+            &id,
+            changes,
+            BatchLink::Case(case_id),
+            Pending::Done(outcome),
+        );
+        Ok(())
+    }
+}
+
+/// A fresh scratch copy for a customer's reply.
+pub(super) fn customer_start(case: Case, events: Vec<Event>) -> Work {
+    let mut work = Work::new(case);
+    work.events = events;
+    work
+}

@@ -1,0 +1,555 @@
+//! The complaint lifecycle worked by mail, end to end on a temporary store:
+//! department commands and customer replies as raw mail, on a manual clock.
+//!
+//! The policy is `tests/fixtures/lifecycle/rules/` with the project's
+//! default templates (`rules/templates/`).
+
+use std::cell::Cell;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use complaintd::case::{Case, CaseId, CaseState, Event, EventKind, FieldValue};
+use complaintd::clock::ManualClock;
+use complaintd::engine::{Engine, EngineSettings, Outcome, RawMessage, DEPARTMENT_REPLY};
+use complaintd::mail::inbound::{parse, IncomingMail};
+use complaintd::mail::token::{self, ReplySecret};
+use complaintd::store::{OutboxEntry, Store};
+use tempfile::TempDir;
+
+use CaseState::*;
+
+const SECRET: &[u8] = b"lifecycle-test-reply-secret-0123456789";
+const CUSTOMER: &str = "wang@example.com";
+const BILLING: &str = "billing@corp.example";
+
+fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .expect("test time")
+        .with_timezone(&Utc)
+}
+
+/// Copies the test policy and the default templates into `dir`.
+fn copy_policy(dir: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    for entry in std::fs::read_dir(root.join("tests/fixtures/lifecycle/rules")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    for entry in std::fs::read_dir(root.join("rules/templates")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join("templates").join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+fn settings(rules: &Path) -> EngineSettings {
+    EngineSettings {
+        rules_dir: rules.to_owned(),
+        complaint_address: "complaints@corp.example".into(),
+        sender_address: "complaints@corp.example".into(),
+        own_addresses: Vec::new(),
+        reply_secret: ReplySecret::new(SECRET.to_vec()).unwrap(),
+        token_valid_days: 90,
+        message_id_host: "mail.corp.example".into(),
+        acks_per_sender_per_hour: 10,
+        case_prefix: "TS".into(),
+        case_number_width: 6,
+        time_zone: chrono_tz::Asia::Shanghai,
+        max_message_bytes: 1024 * 1024,
+        organisation: "Corp Gas".into(),
+        reopen_window_days: 30,
+    }
+}
+
+struct Harness {
+    _dir: TempDir,
+    clock: ManualClock,
+    engine: Engine,
+    next_uid: Cell<u32>,
+    next_message: Cell<u32>,
+}
+
+/// One raw mail, 8-bit UTF-8 text.
+struct Mail<'a> {
+    from: &'a str,
+    to: &'a str,
+    subject: &'a str,
+    in_reply_to: Option<&'a str>,
+    body: &'a str,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules");
+        copy_policy(&rules);
+        // A Tuesday morning in Shanghai, in working hours.
+        let clock = ManualClock::new(at("2026-11-24T10:00:00+08:00"));
+        let engine = Engine::open(
+            settings(&rules),
+            &dir.path().join("store"),
+            Arc::new(clock.clone()),
+        )
+        .expect("engine opens");
+        Harness {
+            _dir: dir,
+            clock,
+            engine,
+            next_uid: Cell::new(1),
+            next_message: Cell::new(1),
+        }
+    }
+
+    fn store(&self) -> &Store {
+        self.engine.store()
+    }
+
+    fn send(&self, mail: Mail<'_>) -> Outcome {
+        let n = self.next_message.get();
+        self.next_message.set(n + 1);
+        let mut raw = format!(
+            "From: {}\r\nTo: {}\r\nSubject: {}\r\nDate: Tue, 24 Nov 2026 10:00:00 +0800\r\n\
+             Message-ID: <m{n}@outside.example>\r\n",
+            mail.from, mail.to, mail.subject
+        );
+        if let Some(parent) = mail.in_reply_to {
+            raw.push_str(&format!(
+                "In-Reply-To: <{parent}>\r\nReferences: <{parent}>\r\n"
+            ));
+        }
+        raw.push_str(
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Transfer-Encoding: 8bit\r\n\r\n",
+        );
+        raw.push_str(&mail.body.replace('\n', "\r\n"));
+        raw.push_str("\r\n");
+        let uid = self.next_uid.get();
+        self.next_uid.set(uid + 1);
+        let report = self
+            .engine
+            .ingest(
+                "INBOX",
+                "own",
+                7,
+                vec![(uid, RawMessage::full(raw.into_bytes()))],
+            )
+            .expect("ingest");
+        assert_eq!(report.messages.len(), 1);
+        report.messages[0].outcome.clone()
+    }
+
+    /// A billing complaint from the customer; returns its case.
+    fn complaint(&self, from: &str) -> CaseId {
+        match self.send(Mail {
+            from,
+            to: "complaints@corp.example",
+            subject: "bill wrong",
+            in_reply_to: None,
+            body: "你好，这个月的气费账单多收了 120 元，请核实后退还。",
+        }) {
+            Outcome::NewCase {
+                case, forwarded_to, ..
+            } => {
+                assert_eq!(forwarded_to, ["billing_dept"]);
+                case
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn case(&self, id: &CaseId) -> Case {
+        self.store().case(id).unwrap().expect("case exists")
+    }
+
+    fn events(&self, id: &CaseId) -> Vec<Event> {
+        self.store().events(id).unwrap()
+    }
+
+    fn outbox(&self, id: &CaseId) -> Vec<OutboxEntry> {
+        self.store().outbox_of_case(id).unwrap()
+    }
+
+    /// The newest outbox entry of a purpose.
+    fn last_mail(&self, id: &CaseId, purpose: &str) -> OutboxEntry {
+        self.outbox(id)
+            .into_iter()
+            .filter(|e| e.purpose == purpose)
+            .max_by_key(|e| e.sequence)
+            .unwrap_or_else(|| panic!("no {purpose} mail"))
+    }
+
+    fn count(&self, id: &CaseId, purpose: &str) -> usize {
+        self.outbox(id)
+            .iter()
+            .filter(|e| e.purpose == purpose)
+            .count()
+    }
+
+    fn read(&self, entry: &OutboxEntry) -> IncomingMail {
+        let bytes = self.store().outbox_message(&entry.id).unwrap().unwrap();
+        parse(&bytes).expect("outgoing mail parses").mail
+    }
+
+    /// A department's reply to the newest forward of the case, as sent to
+    /// the forward's reply-token address.
+    fn department_reply(&self, id: &CaseId, from: &str, body: &str) -> Outcome {
+        let forward = self.last_mail(id, "forward");
+        let token_address = self.read(&forward).reply_to[0].email.clone();
+        self.send(Mail {
+            from,
+            to: &token_address,
+            subject: &format!("Re: [{}] forward", id.0),
+            in_reply_to: Some(&forward.message_id),
+            body,
+        })
+    }
+
+    /// The customer's reply to the newest mail of `purpose` they got.
+    fn customer_reply(&self, id: &CaseId, purpose: &str, body: &str) -> Outcome {
+        let parent = self.last_mail(id, purpose);
+        self.send(Mail {
+            from: CUSTOMER,
+            to: "complaints@corp.example",
+            subject: &format!("Re: [{}] your complaint", id.0),
+            in_reply_to: Some(&parent.message_id),
+            body,
+        })
+    }
+}
+
+fn state_changes(events: &[Event]) -> Vec<(CaseState, CaseState)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::StateChanged { from, to, .. } => Some((*from, *to)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn rejections(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::CommandRejected { reason, .. } => Some(format!("rejected: {reason}")),
+            EventKind::SecurityAlert { reason, .. } => Some(format!("alert: {reason}")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_complaint_is_resolved_reopened_resolved_again_and_closed_by_mail() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    assert_eq!(h.case(&id).state, Assigned);
+
+    h.clock.advance(Duration::hours(2));
+    let outcome = h.department_reply(
+        &id,
+        BILLING,
+        "状态: 已解决\n处理结果: 经核实系抄表错误，多收的 120 元已退回您的账户。\n\n抄表员已重新培训。",
+    );
+    assert_eq!(
+        outcome,
+        Outcome::DepartmentReply {
+            case: id.clone(),
+            department: "billing_dept".into()
+        }
+    );
+    assert_eq!(h.case(&id).state, Answered);
+    let result = h.last_mail(&id, "result");
+    assert_eq!(result.recipients, [CUSTOMER]);
+    let result_mail = h.read(&result);
+    assert!(
+        result_mail.text.contains("多收的 120 元已退回您的账户"),
+        "{}",
+        result_mail.text
+    );
+    assert!(
+        result_mail.text.contains("1–5") && result_mail.text.contains("不满意"),
+        "the satisfaction question: {}",
+        result_mail.text
+    );
+    let confirmation = h.last_mail(&id, "confirmation");
+    assert_eq!(confirmation.recipients, [BILLING]);
+    let confirmation_text = h.read(&confirmation).text;
+    assert!(
+        confirmation_text.contains("resolved"),
+        "{confirmation_text}"
+    );
+    assert!(h.case(&id).clocks["follow_up"].stopped_at.is_none());
+    assert!(h.case(&id).clocks["investigate"].stopped_at.is_some());
+
+    h.clock.advance(Duration::hours(1));
+    let outcome = h.customer_reply(&id, "result", "不满意\n钱还没有到账。");
+    assert_eq!(
+        outcome,
+        Outcome::CustomerReply {
+            case: id.clone(),
+            forwarded_to: Some("billing_dept".into())
+        }
+    );
+    let case = h.case(&id);
+    assert_eq!(case.state, Assigned, "reopened and forwarded again");
+    assert_eq!(case.reopen_count, 1);
+    assert!(case.tags.contains("reopened"), "classify on reopened ran");
+    assert_eq!(h.count(&id, "forward"), 2);
+    let second_forward = h.read(&h.last_mail(&id, "forward"));
+    assert!(second_forward.text.contains("钱还没有到账"));
+
+    h.clock.advance(Duration::hours(1));
+    h.department_reply(&id, BILLING, "状态: 已解决\n处理结果: 退款已于今日到账。");
+    assert_eq!(h.case(&id).state, Answered);
+    assert_eq!(h.count(&id, "result"), 2);
+
+    h.clock.advance(Duration::hours(1));
+    let outcome = h.customer_reply(&id, "result", "5");
+    assert_eq!(
+        outcome,
+        Outcome::CustomerReply {
+            case: id.clone(),
+            forwarded_to: None
+        },
+        "a satisfied answer closes and is not forwarded"
+    );
+    let case = h.case(&id);
+    assert_eq!(case.state, Closed);
+    assert_eq!(case.fields["satisfaction"], FieldValue::Number(5.0));
+    assert_eq!(
+        state_changes(&h.events(&id)),
+        [
+            (Received, Acknowledged),
+            (Acknowledged, Assigned),
+            (Assigned, Resolved),
+            (Resolved, Answered),
+            (Answered, Reopened),
+            (Reopened, Assigned),
+            (Assigned, Resolved),
+            (Resolved, Answered),
+            (Answered, Closed),
+        ]
+    );
+    let by_department = h
+        .events(&id)
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::StateChanged { because, .. } if because.rule == DEPARTMENT_REPLY))
+        .count();
+    assert_eq!(by_department, 4, "each department step names its cause");
+}
+
+#[test]
+fn replies_that_do_not_verify_change_nothing() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    let other = h.complaint("li@example.com");
+    let forward = h.last_mail(&id, "forward");
+    let token_address = h.read(&forward).reply_to[0].email.clone();
+    let other_forward = h.last_mail(&other, "forward");
+    let other_token = h.read(&other_forward).reply_to[0].email.clone();
+    let forged_token = format!(
+        "complaints+{}@corp.example",
+        token::mint(
+            &ReplySecret::new(b"not-the-secret-of-this-daemon-0123456".to_vec()).unwrap(),
+            &id,
+            "billing_dept",
+            NaiveDate::from_ymd_opt(2027, 1, 1).unwrap(),
+        )
+        .unwrap()
+    );
+    let subject = format!("Re: [{}] forward", id.0);
+    let body = "状态: 已解决\n处理结果: 已处理。";
+    let attempts = [
+        (
+            "a non-department address",
+            "evil@example.com",
+            token_address.as_str(),
+        ),
+        (
+            "a department address without token",
+            BILLING,
+            "complaints@corp.example",
+        ),
+        ("a token for another case", BILLING, other_token.as_str()),
+        ("a forged token", BILLING, forged_token.as_str()),
+    ];
+    for (what, from, to) in attempts {
+        let before = h.case(&id);
+        let other_before = h.case(&other);
+        let events_before = h.events(&id).len() + h.events(&other).len();
+        let rejections_before =
+            rejections(&h.events(&id)).len() + rejections(&h.events(&other)).len();
+        let mails_before = h.outbox(&id).len() + h.outbox(&other).len();
+        let outcome = h.send(Mail {
+            from,
+            to,
+            subject: &subject,
+            in_reply_to: Some(&forward.message_id),
+            body,
+        });
+        assert!(
+            matches!(outcome, Outcome::Unverified { .. }),
+            "{what}: {outcome:?}"
+        );
+        assert_eq!(h.case(&id), before, "{what}");
+        assert_eq!(h.case(&other), other_before, "{what}");
+        let mut new_events = h.events(&id);
+        new_events.extend(h.events(&other));
+        assert_eq!(new_events.len(), events_before + 2, "{what}");
+        assert_eq!(
+            rejections(&new_events).len(),
+            rejections_before + 1,
+            "{what}: one alert or rejection"
+        );
+        assert_eq!(
+            h.outbox(&id).len() + h.outbox(&other).len(),
+            mails_before,
+            "{what}: no mail"
+        );
+    }
+
+    // An expired token: the department writes long after the forward.
+    h.clock.advance(Duration::days(120));
+    let before = h.case(&id);
+    let outcome = h.department_reply(&id, BILLING, body);
+    match outcome {
+        Outcome::Unverified { reason, .. } => assert!(reason.contains("expired"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.case(&id), before);
+}
+
+#[test]
+fn a_reply_with_one_bad_command_applies_nothing_and_gets_an_error_mail() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    let before = h.case(&id);
+    h.department_reply(
+        &id,
+        BILLING,
+        "状态: 已解决\n责任: 谁知道\n处理结果: 已退款。",
+    );
+    assert_eq!(h.case(&id), before);
+    assert_eq!(h.count(&id, "result"), 0);
+    let rejected = rejections(&h.events(&id));
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let error = h.last_mail(&id, "command-error");
+    assert_eq!(error.recipients, [BILLING]);
+    let text = h.read(&error).text;
+    assert!(text.contains("line 2"), "{text}");
+    assert!(text.contains("谁知道"), "{text}");
+}
+
+#[test]
+fn an_illegal_status_is_refused_whole() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    h.department_reply(&id, BILLING, "状态: 不予受理");
+    assert_eq!(h.case(&id).state, Rejected);
+    let before = h.case(&id);
+    h.department_reply(&id, BILLING, "备注: 再看看\n状态: 处理中");
+    assert_eq!(h.case(&id), before);
+    let text = h.read(&h.last_mail(&id, "command-error")).text;
+    assert!(text.contains("finished and can change no more"), "{text}");
+    assert!(
+        !h.events(&id)
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Note { text } if text.contains("再看看"))),
+        "the note of a refused reply is not recorded as applied"
+    );
+}
+
+#[test]
+fn a_transfer_reassigns_and_forwards_with_the_new_departments_token() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    h.department_reply(&id, BILLING, "转办: nowhere，不归我们");
+    assert_eq!(h.case(&id).assignment.unwrap().department, "billing_dept");
+    let text = h.read(&h.last_mail(&id, "command-error")).text;
+    assert!(text.contains("nowhere"), "{text}");
+
+    h.department_reply(&id, BILLING, "转办: 客户服务中心，属于服务态度问题");
+    let case = h.case(&id);
+    assert_eq!(case.assignment.unwrap().department, "service");
+    let forward = h.last_mail(&id, "forward");
+    assert_eq!(forward.recipients, ["service@corp.example"]);
+    let token_address = h.read(&forward).reply_to[0].email.clone();
+    assert!(token_address.contains(".service."), "{token_address}");
+
+    // The new department can work the case with its token.
+    h.department_reply(&id, "service@corp.example", "状态: 已受理");
+    assert_eq!(h.case(&id).state, Accepted);
+}
+
+#[test]
+fn a_customer_withdraws_and_a_second_withdrawal_is_refused() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    h.customer_reply(&id, "ack", "撤诉\n已经和营业厅当面解决了。");
+    let case = h.case(&id);
+    assert_eq!(case.state, Withdrawn);
+    assert_eq!(
+        case.fields["withdrawal_reason"],
+        FieldValue::Text("已经和营业厅当面解决了。".into())
+    );
+    let confirmation = h.last_mail(&id, "withdrawn");
+    assert_eq!(confirmation.recipients, [CUSTOMER]);
+    assert!(h.read(&confirmation).text.contains("已撤回"));
+    assert_eq!(h.count(&id, "forward"), 2, "the department hears of it");
+
+    h.customer_reply(&id, "withdrawn", "撤回投诉");
+    assert_eq!(h.case(&id).state, Withdrawn);
+    let refused = h.last_mail(&id, "refused");
+    assert_eq!(refused.recipients, [CUSTOMER]);
+    assert_eq!(rejections(&h.events(&id)).len(), 1);
+}
+
+#[test]
+fn an_appeal_is_heard_inside_its_window_and_refused_after_it() {
+    for (days_later, heard) in [(1, true), (10, false)] {
+        let h = Harness::new();
+        let id = h.complaint(CUSTOMER);
+        h.department_reply(&id, BILLING, "责任: 我方");
+        assert!(
+            h.case(&id).clocks.contains_key("appeal"),
+            "the window opens"
+        );
+        h.clock.advance(Duration::days(days_later));
+        let before = h.case(&id);
+        h.department_reply(&id, BILLING, "申诉: 表计故障属厂家责任");
+        if heard {
+            assert_eq!(h.case(&id).state, Appealed);
+            let to_office = h.last_mail(&id, "forward");
+            assert_eq!(to_office.recipients, ["office@corp.example"]);
+            assert!(h.read(&to_office).text.contains("表计故障属厂家责任"));
+        } else {
+            assert_eq!(h.case(&id), before, "{days_later} days later");
+            let text = h.read(&h.last_mail(&id, "command-error")).text;
+            assert!(text.contains("appeal window closed"), "{text}");
+        }
+    }
+}
+
+#[test]
+fn a_reply_after_closing_reopens_only_within_the_window() {
+    for (days_later, reopens) in [(5, true), (40, false)] {
+        let h = Harness::new();
+        let id = h.complaint(CUSTOMER);
+        h.department_reply(&id, BILLING, "状态: 已解决\n处理结果: 已退款。");
+        h.customer_reply(&id, "result", "满意");
+        assert_eq!(h.case(&id).state, Closed);
+        h.clock.advance(Duration::days(days_later));
+        h.customer_reply(&id, "result", "又多收了。");
+        let case = h.case(&id);
+        if reopens {
+            assert_eq!(case.state, Assigned, "{days_later} days after closing");
+            assert_eq!(case.reopen_count, 1);
+            assert_eq!(h.count(&id, "forward"), 2);
+        } else {
+            assert_eq!(case.state, Closed, "{days_later} days after closing");
+            assert_eq!(case.reopen_count, 0);
+            assert_eq!(h.count(&id, "forward"), 1);
+        }
+    }
+}
