@@ -165,10 +165,13 @@ impl IngestSink for EngineSink {
             messages = count,
             new_cases,
             transactions = report.transactions,
+            mails_queued = report.mails_queued,
             "ingest: batch committed"
         );
-        // The batch may have queued mail and committed timers.
-        self.outbox.notify_queued();
+        if report.mails_queued > 0 {
+            self.outbox.notify_queued();
+        }
+        // The batch may have committed timers nearer than the one the scheduler sleeps on.
         self.scheduler.wake();
         Ok(())
     }
