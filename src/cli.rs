@@ -220,11 +220,11 @@ fn run_daemon(config_path: &Path, err: &mut dyn Write) -> std::io::Result<u8> {
         handle_sighup: true,
         ..daemon::DaemonOptions::default()
     };
-    let result = runtime.block_on(daemon::run_with(config, options, async {
-        if let Err(error) = daemon::termination_signal().await {
-            tracing::error!(%error, "cannot listen for SIGTERM/SIGINT; stopping");
-        }
-    }));
+    let result = runtime.block_on(async {
+        let stop = daemon::termination_signal()
+            .map_err(|e| daemon::DaemonError::Task(format!("cannot listen for signals: {e}")))?;
+        daemon::run_with(config, options, stop).await
+    });
     match result {
         Ok(()) => Ok(EXIT_OK),
         Err(error) => {

@@ -107,26 +107,30 @@ fn is_relevant(event: &notify::Event) -> bool {
     })
 }
 
-/// Sends a [`Trigger::Signal`] on every SIGHUP until `shutdown` is cancelled.
+/// Listens for SIGHUP (installed now, so a SIGHUP during start-up does not end the process)
+/// and returns the future that sends a [`Trigger::Signal`] for each until `shutdown` is
+/// cancelled.
 #[cfg(unix)]
-pub async fn forward_sighup(
+pub fn forward_sighup(
     triggers: mpsc::Sender<Trigger>,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            received = hangups.recv() => {
-                if received.is_none() {
-                    return Ok(());
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = hangups.recv() => {
+                    if received.is_none() {
+                        return;
+                    }
+                    tracing::info!("reload: SIGHUP received");
+                    let _ = triggers.try_send(Trigger::Signal);
                 }
-                tracing::info!("reload: SIGHUP received");
-                let _ = triggers.try_send(Trigger::Signal);
             }
         }
-    }
+    })
 }
 
 /// Runs reloads on triggers until `shutdown` is cancelled or every trigger sender is gone.

@@ -129,3 +129,91 @@ fn a_configuration_error_names_its_key() {
         "{stderr}"
     );
 }
+
+#[test]
+fn sighup_reloads_sigterm_stops_cleanly_and_json_logs_are_json() {
+    use std::io::BufRead;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    copy_rules(&dir.path().join("rules"));
+    let config = write_config(dir.path(), "own");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[log]\nformat = \"json\"\nlevel = \"info\"\n");
+    std::fs::write(&config, text).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_complaintd"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut wait_for = |message: &str, lines: &mut Vec<String>| loop {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no {message:?} in the log:\n{}", lines.join("\n")));
+        let found = line.contains(message);
+        lines.push(line);
+        if found {
+            break;
+        }
+    };
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([name, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    wait_for("daemon: running", &mut lines);
+    // SIGHUP reloads the policy and the daemon runs on.
+    signal("-HUP");
+    wait_for("reload: new policy running", &mut lines);
+    signal("-TERM");
+    let exit = child.wait().unwrap();
+    reader.join().unwrap();
+    lines.extend(lines_rx.try_iter());
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("reload: SIGHUP received"))
+            .count(),
+        1
+    );
+    assert!(exit.success(), "exit {exit}; log:\n{}", lines.join("\n"));
+    for line in &lines {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(value["level"].is_string(), "{line}");
+        assert!(value["fields"]["message"].is_string(), "{line}");
+    }
+    let messages: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split("\"message\":\"").nth(1))
+        .filter_map(|m| m.split('"').next())
+        .collect();
+    for expected in [
+        "daemon: running",
+        "daemon: SIGTERM received",
+        "daemon: shutting down",
+        "daemon: stopped",
+    ] {
+        assert!(
+            messages.contains(&expected),
+            "no {expected:?} in {messages:?}"
+        );
+    }
+}

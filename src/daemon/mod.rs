@@ -249,15 +249,20 @@ pub async fn run_with(
     } else {
         None
     };
-    let sighup_task = options.handle_sighup.then(|| {
-        let triggers = triggers.clone();
-        let intake = intake.clone();
-        tokio::spawn(async move {
-            if let Err(error) = reload::forward_sighup(triggers, intake).await {
+    #[cfg(unix)]
+    let sighup_task = if options.handle_sighup {
+        match reload::forward_sighup(triggers.clone(), intake.clone()) {
+            Ok(forward) => Some(tokio::spawn(forward)),
+            Err(error) => {
                 tracing::warn!(%error, "reload: cannot listen for SIGHUP");
+                None
             }
-        })
-    });
+        }
+    } else {
+        None
+    };
+    #[cfg(not(unix))]
+    let sighup_task: Option<tokio::task::JoinHandle<()>> = None;
     drop(triggers);
     let reload_task = {
         let scheduler = scheduler.clone();
@@ -430,21 +435,28 @@ pub fn init_logging(config: &LogConfig) -> Result<(), String> {
     result.map_err(|e| format!("cannot install the logger: {e}"))
 }
 
-/// Completes on the first SIGTERM or SIGINT (Ctrl-C).
-pub async fn termination_signal() -> std::io::Result<()> {
+/// A future that completes on the first SIGTERM or SIGINT (Ctrl-C). The handlers are
+/// installed when this is called, not when the future is first polled, so a signal that
+/// comes while the daemon starts is not lost. Call it inside the runtime.
+pub fn termination_signal() -> std::io::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("daemon: SIGTERM received"),
-            _ = interrupt.recv() => tracing::info!("daemon: SIGINT received"),
-        }
-        Ok(())
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("daemon: SIGTERM received"),
+                _ = interrupt.recv() => tracing::info!("daemon: SIGINT received"),
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await
+        Ok(async {
+            if let Err(error) = tokio::signal::ctrl_c().await {
+                tracing::error!(%error, "cannot listen for Ctrl-C; stopping");
+            }
+        })
     }
 }
