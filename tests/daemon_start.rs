@@ -161,7 +161,7 @@ fn sighup_reloads_sigterm_stops_cleanly_and_json_logs_are_json() {
         }
     });
     let mut lines = Vec::new();
-    let mut wait_for = |message: &str, lines: &mut Vec<String>| loop {
+    let wait_for = |message: &str, lines: &mut Vec<String>| loop {
         let line = lines_rx
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("no {message:?} in the log:\n{}", lines.join("\n")));
