@@ -333,3 +333,75 @@ impl PolicyReloader for Engine {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use chrono::{FixedOffset, TimeZone};
+
+    #[test]
+    fn a_fetched_message_keeps_its_size_and_arrival_time() {
+        let arrived = FixedOffset::east_opt(8 * 3600)
+            .unwrap()
+            .with_ymd_and_hms(2026, 11, 24, 9, 30, 0)
+            .unwrap();
+        let whole = raw_message(FetchedMessage {
+            uid: 7,
+            size: 42,
+            internal_date: Some(arrived),
+            body: Some(b"Subject: x\r\n\r\nbody".to_vec()),
+            headers: None,
+        });
+        assert!(whole.complete);
+        assert_eq!(whole.size, 42);
+        assert_eq!(whole.bytes, b"Subject: x\r\n\r\nbody");
+        assert_eq!(
+            whole.received_at,
+            Some(Utc.with_ymd_and_hms(2026, 11, 24, 1, 30, 0).unwrap())
+        );
+
+        let oversized = raw_message(FetchedMessage {
+            uid: 8,
+            size: 90_000_000,
+            internal_date: None,
+            body: None,
+            headers: Some(b"Subject: big\r\n\r\n".to_vec()),
+        });
+        assert!(!oversized.complete, "only the headers were fetched");
+        assert_eq!(oversized.size, 90_000_000);
+        assert_eq!(oversized.bytes, b"Subject: big\r\n\r\n");
+        assert_eq!(oversized.received_at, None);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_idle_waits_for_the_call_in_flight() {
+        let work = BlockingWork::default();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let finished = Arc::new(AtomicBool::new(false));
+        let call = {
+            let work = work.clone();
+            let finished = Arc::clone(&finished);
+            tokio::spawn(async move {
+                work.run(move || {
+                    let _ = started_tx.send(());
+                    release_rx.recv().unwrap();
+                    finished.store(true, Ordering::SeqCst);
+                })
+                .await
+            })
+        };
+        started_rx.await.unwrap();
+        let mut idle = Box::pin(work.wait_idle());
+        assert!(
+            futures::poll!(&mut idle).is_pending(),
+            "wait_idle returned while a call was running"
+        );
+        release_tx.send(()).unwrap();
+        idle.await;
+        assert!(finished.load(Ordering::SeqCst));
+        call.await.unwrap().unwrap();
+    }
+}

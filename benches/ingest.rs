@@ -1,0 +1,305 @@
+//! Ingest benchmark of the whole daemon on a private real mail stack (Dovecot + OpenSMTPD of
+//! `scripts/mailstack.sh`): how many complaints per second become cases with their
+//! acknowledgement queued, and how long a complaint waits for its acknowledgement.
+//!
+//! Run with `scripts/bench-ingest.sh` (or `cargo bench --bench ingest -- [--mails N]
+//! [--samples K] [--send]`). Two measurements:
+//!
+//! 1. Throughput: N complaints are written into the complaint Maildir directly and indexed
+//!    by Dovecot; then the daemon starts, and the time until the mailbox checkpoint reaches
+//!    the last message (every message committed: case, events, timers, acknowledgement and
+//!    forwards queued) gives messages per second. The SMTP sender is throttled to one mail a
+//!    minute so the figure is ingest alone; `--send` lets it deliver at full speed meanwhile.
+//! 2. Latency: with the daemon idle in IMAP IDLE, K complaints one after another, each
+//!    written into the Maildir at t0; t1 is when its acknowledgement file appears in the
+//!    customer's Maildir. Reports p50, p99 and the maximum of t1 − t0.
+
+#[path = "../tests/daemon_support/mod.rs"]
+mod daemon_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use complaintd::metrics::Metrics;
+use daemon_support::*;
+
+/// Complaint texts of the default policy's kinds: (subject, body).
+const KINDS: [(&str, &str); 5] = [
+    (
+        "楼道里有燃气味，疑似漏气",
+        "你好，我家楼道里燃气味很重，怀疑漏气，请尽快派人检查。家里有老人和小孩。",
+    ),
+    (
+        "十一月账单多收了气费",
+        "这个月的气费账单比上个月多了 120 元，用气量没有变化，请核实后退还多收的费用。",
+    ),
+    (
+        "营业厅工作人员态度很差",
+        "昨天去营业厅办理过户，工作人员态度很差，互相推诿，让我跑了三趟，希望加强管理。",
+    ),
+    (
+        "停气三天无人处理",
+        "小区已经停气三天了，打了多次电话都没有人来处理，严重影响生活，请尽快恢复供气。",
+    ),
+    (
+        "Gas pressure too low in the evenings",
+        "Hello, since last week the gas pressure in our flat drops every evening around 7 pm, \
+         so the stove barely works. Could someone look into it? Flat 12, Harbour Road 8.",
+    ),
+];
+
+const BULK_MAILBOX: &str = "complaints-bulk@example.test";
+const LATENCY_CUSTOMERS: usize = 10;
+
+struct Args {
+    mails: usize,
+    samples: usize,
+    send: bool,
+    /// Messages per IMAP fetch, and so per engine ingest (one transaction).
+    batch: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        mails: 10_000,
+        samples: 50,
+        send: false,
+        batch: 500,
+    };
+    let mut given = std::env::args().skip(1);
+    while let Some(arg) = given.next() {
+        match arg.as_str() {
+            "--mails" => args.mails = given.next().context("--mails N")?.parse()?,
+            "--samples" => args.samples = given.next().context("--samples K")?.parse()?,
+            "--send" => args.send = true,
+            "--batch" => args.batch = given.next().context("--batch N")?.parse()?,
+            // cargo bench passes --bench; nothing else is expected.
+            "--bench" => {}
+            other => {
+                bail!("unknown argument {other}; use --mails N, --samples K, --send, --batch N")
+            }
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(args))
+}
+
+async fn bench(args: Args) -> Result<()> {
+    let latency_customers: Vec<String> = (0..LATENCY_CUSTOMERS)
+        .map(|i| format!("latency{i}@example.test"))
+        .collect();
+    let mut users = latency_customers.clone();
+    users.push(BULK_MAILBOX.to_owned());
+    let started = Instant::now();
+    let stack = stack_with(&users)?;
+    println!(
+        "mail stack up in {:.1} s ({})",
+        started.elapsed().as_secs_f64(),
+        stack.dir().display()
+    );
+    if args.samples > 0 {
+        latency(&stack, &latency_customers, args.samples).await?;
+    }
+    if args.mails > 0 {
+        throughput(&stack, args.mails, args.send, args.batch).await?;
+    }
+    Ok(())
+}
+
+async fn throughput(
+    stack: &support::MailStack,
+    mails: usize,
+    send: bool,
+    batch: usize,
+) -> Result<()> {
+    // The bulk mailbox's Maildir exists once its user has logged in.
+    let mut mailbox = stack
+        .connect(BULK_MAILBOX, support::ImapSecurity::Plain)
+        .await?;
+    mailbox.select("INBOX").await?;
+    let writing = Instant::now();
+    let mut bytes = 0;
+    for i in 0..mails {
+        let (subject, body) = KINDS[i % KINDS.len()];
+        let raw = complaint(
+            &format!("客户 {i}"),
+            &format!("sender{i}@customers.example"),
+            &format!("{subject}（{i}）"),
+            body,
+            &format!("bulk-{i}@customers.example"),
+        );
+        bytes += raw.len();
+        deliver_to_maildir(stack, BULK_MAILBOX, &format!("bulk.{i}"), &raw)?;
+    }
+    let written = writing.elapsed();
+    // Dovecot indexes new Maildir files when the folder is opened: done here, so the
+    // measurement below is the daemon's work, not Dovecot's first look.
+    let indexing = Instant::now();
+    let exists = mailbox.select("INBOX").await?;
+    mailbox.logout().await?;
+    ensure!(exists as usize == mails, "Dovecot sees {exists} of {mails}");
+    println!(
+        "\nthroughput: {mails} complaints ({:.1} KB average) written to the Maildir in {:.1} s, \
+         indexed by Dovecot in {:.1} s",
+        bytes as f64 / mails as f64 / 1024.0,
+        written.as_secs_f64(),
+        indexing.elapsed().as_secs_f64()
+    );
+
+    let work = Workspace::new()?;
+    let cap = if send { 100_000 } else { 1 };
+    let config = work.config_with(stack, "acks_per_sender_per_hour = 100", |text| {
+        text.replace(
+            &format!("user = \"{COMPLAINTS}\""),
+            &format!("user = \"{BULK_MAILBOX}\""),
+        )
+        .replace(
+            "per_minute_cap = 100000",
+            &format!("per_minute_cap = {cap}"),
+        )
+        .replace("level = \"info\"", "level = \"warn\"")
+        .replace("batch_size = 500", &format!("batch_size = {batch}"))
+    })?;
+    let start = Instant::now();
+    let daemon = RunningDaemon::start(config, fast_options(Metrics::new())).await?;
+    let ready = start.elapsed();
+    let store = daemon.engine.store().clone();
+    let mut first_commit = None;
+    loop {
+        let last_uid = store
+            .checkpoint("complaints")?
+            .map_or(0, |c| c.last_uid as usize);
+        if last_uid > 0 && first_commit.is_none() {
+            first_commit = Some(start.elapsed());
+        }
+        if last_uid >= mails {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(1800) {
+            bail!("only {last_uid} of {mails} committed after 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let done = start.elapsed();
+    daemon.stop().await?;
+    let cases = store.list_cases(&Default::default())?.len();
+    let acks = count_acks(&store)?;
+    ensure!(cases == mails, "{cases} cases for {mails} complaints");
+    ensure!(
+        acks == mails,
+        "{acks} acknowledgements for {mails} complaints"
+    );
+    let working = done - ready;
+    println!(
+        "  daemon ready after {:.2} s, first batch committed at {:.2} s, all {mails} at {:.2} s",
+        ready.as_secs_f64(),
+        first_commit.unwrap_or_default().as_secs_f64(),
+        done.as_secs_f64()
+    );
+    println!(
+        "  {cases} cases, {acks} acknowledgements queued; {batch} messages per fetch; sender {}",
+        if send {
+            "delivering meanwhile"
+        } else {
+            "throttled to 1 mail/minute"
+        }
+    );
+    println!(
+        "  => {:.0} msgs/s from start, {:.0} msgs/s once running",
+        mails as f64 / done.as_secs_f64(),
+        mails as f64 / working.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Acknowledgements in the outbox (sent or not).
+fn count_acks(store: &complaintd::store::Store) -> Result<usize> {
+    let mut acks = 0;
+    for case in store.list_cases(&Default::default())? {
+        acks += store
+            .outbox_of_case(&case.id)?
+            .iter()
+            .filter(|e| e.recipients == [case.sender.email.clone()])
+            .count();
+    }
+    Ok(acks)
+}
+
+fn maildir_new(stack: &support::MailStack, user: &str) -> Result<PathBuf> {
+    let (local, domain) = user.split_once('@').context("an address")?;
+    Ok(stack
+        .dir()
+        .join("mail")
+        .join(domain)
+        .join(local)
+        .join("Maildir/new"))
+}
+
+fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| entries.count())
+}
+
+async fn latency(stack: &support::MailStack, customers: &[String], samples: usize) -> Result<()> {
+    let work = Workspace::new()?;
+    let config = work.config(stack, "acks_per_sender_per_hour = 1000")?;
+    let daemon = RunningDaemon::start(config, fast_options(Metrics::new())).await?;
+    let idling = "complaintd_imap_idling{mailbox=\"complaints\"}";
+    let mut latencies = Vec::with_capacity(samples);
+    for k in 0..samples {
+        wait_until("the mailbox task to idle", DEADLINE, || {
+            Ok((daemon.metric(idling) == 1.0).then_some(()))
+        })
+        .await?;
+        let customer = &customers[k % customers.len()];
+        let inbox = maildir_new(stack, customer)?;
+        let before = files_in(&inbox);
+        let (subject, body) = KINDS[k % KINDS.len()];
+        let raw = complaint(
+            "客户",
+            customer,
+            subject,
+            body,
+            &format!("latency-{k}@example.test"),
+        );
+        let t0 = Instant::now();
+        deliver_to_maildir(stack, COMPLAINTS, &format!("latency.{k}"), &raw)?;
+        // The acknowledgement is the only mail this customer gets.
+        loop {
+            if files_in(&inbox) > before {
+                break;
+            }
+            if t0.elapsed() > DEADLINE {
+                bail!("no acknowledgement for sample {k} after {DEADLINE:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        latencies.push(t0.elapsed());
+    }
+    daemon.stop().await?;
+    latencies.sort();
+    let at = |q: f64| {
+        latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    println!(
+        "\nlatency, complaint in the Maildir → acknowledgement in the customer's Maildir \
+         ({samples} samples, daemon in IDLE):"
+    );
+    println!(
+        "  p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, min {:.0} ms",
+        at(0.5).as_secs_f64() * 1000.0,
+        at(0.99).as_secs_f64() * 1000.0,
+        latencies[latencies.len() - 1].as_secs_f64() * 1000.0,
+        latencies[0].as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
