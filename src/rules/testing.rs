@@ -16,7 +16,7 @@ use super::ast::{
 };
 use super::eval::{apply, evaluate, holds, location_of, HistoryEntry, Input, MemoryHistory};
 use super::policy::Policy;
-use crate::case::{subject_fingerprint, Address, AttachmentFacts, Case, CaseId, MailFacts};
+use crate::case::{subject_fingerprint, Address, Case, CaseId, MailFacts};
 
 /// One expectation that did not hold, or a problem running the test.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,104 +341,26 @@ pub fn inline_mail(
     (mail, date)
 }
 
-/// The facts of a raw RFC 5322 message, and its Date header.
+/// The facts of a raw RFC 5322 message, and its Date header, read by the
+/// same parser the daemon uses (`mail::inbound`), so a rule test sees a mail
+/// exactly as the daemon would.
 pub fn mail_from_eml(raw: &[u8]) -> Result<(MailFacts, Option<DateTime<FixedOffset>>), String> {
-    let message = mail_parser::MessageParser::default()
-        .parse(raw)
-        .ok_or("not a mail message (no headers found)")?;
-    let first_address = |addr: Option<&mail_parser::Address<'_>>| {
-        addr.and_then(|a| a.first())
-            .and_then(|a| a.address().map(|e| Address::new(e, a.name())))
-    };
-    let sender = first_address(message.from()).ok_or("the mail has no From address")?;
-    let mut recipients = Vec::new();
-    for list in [message.to(), message.cc()].into_iter().flatten() {
-        for addr in list.iter() {
-            if let Some(email) = addr.address() {
-                recipients.push(Address::new(email, addr.name()));
-            }
-        }
+    let parsed = crate::mail::inbound::parse(raw).map_err(|e| e.to_string())?;
+    if parsed.mail.from.is_none() {
+        return Err("the mail has no From address".to_owned());
     }
-    let text = message
-        .body_text(0)
-        .map(|t| t.into_owned())
-        .unwrap_or_default();
-    let raw_message = message.raw_message();
-    let headers = message
-        .headers()
-        .iter()
-        .map(|h| {
-            let value = match h.value() {
-                mail_parser::HeaderValue::Text(t) => t.to_string(),
-                mail_parser::HeaderValue::TextList(list) => list.join(", "),
-                _ => raw_message
-                    .get(h.offset_start as usize..h.offset_end as usize)
-                    .map(|v| String::from_utf8_lossy(v).trim().to_owned())
-                    .unwrap_or_default(),
-            };
-            (h.name().to_lowercase(), value)
-        })
-        .collect();
-    let attachments = message
-        .attachments()
-        .map(|part| {
-            use mail_parser::MimeHeaders;
-            AttachmentFacts {
-                name: part.attachment_name().unwrap_or_default().to_owned(),
-                content_type: part.content_type().map_or_else(String::new, |ct| {
-                    match ct.subtype() {
-                        Some(sub) => format!("{}/{sub}", ct.ctype()),
-                        None => ct.ctype().to_owned(),
-                    }
-                    .to_lowercase()
-                }),
-                size: part.len() as u64,
-            }
-        })
-        .collect();
-    let date = message.date().and_then(|d| {
-        let offset_seconds = (i32::from(d.tz_hour) * 3600 + i32::from(d.tz_minute) * 60)
-            * if d.tz_before_gmt { -1 } else { 1 };
-        let offset = FixedOffset::east_opt(offset_seconds)?;
-        DateTime::from_timestamp(d.to_timestamp(), 0).map(|t| t.with_timezone(&offset))
-    });
-    Ok((
-        MailFacts {
-            subject: message.subject().unwrap_or_default().to_owned(),
-            text,
-            sender,
-            recipients,
-            headers,
-            attachments,
-            ..MailFacts::default()
-        },
-        date,
-    ))
+    let date = parsed.mail.date;
+    let facts = parsed.mail.to_facts("", date.unwrap_or_default());
+    Ok((facts, date.map(|d| d.fixed_offset())))
 }
 
 /// The language of a mail among the policy's template languages (ISO 639-1),
 /// the policy's first language when detection is unsure or finds another.
 pub fn detect_language(subject: &str, text: &str, languages: &[String]) -> String {
     let default = languages.first().cloned().unwrap_or_default();
-    let sample = format!("{subject}\n{text}");
-    let Some(info) = whatlang::detect(&sample) else {
-        return default;
-    };
-    let code = match info.lang() {
-        whatlang::Lang::Cmn => "zh",
-        whatlang::Lang::Eng => "en",
-        whatlang::Lang::Jpn => "ja",
-        whatlang::Lang::Kor => "ko",
-        whatlang::Lang::Fra => "fr",
-        whatlang::Lang::Deu => "de",
-        whatlang::Lang::Spa => "es",
-        whatlang::Lang::Rus => "ru",
-        whatlang::Lang::Por => "pt",
-        whatlang::Lang::Ita => "it",
-        _ => return default,
-    };
-    if languages.iter().any(|l| l == code) {
-        code.to_owned()
+    let code = crate::mail::lang::detect_mail_language(subject, text);
+    if languages.contains(&code) {
+        code
     } else {
         default
     }
