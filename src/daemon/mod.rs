@@ -143,28 +143,12 @@ pub async fn run_with(
     }
     drop(active);
 
-    let http =
-        match &config.http {
-            None => None,
-            Some(http) => Some(MetricsServer::bind(http.listen).await.map_err(|source| {
-                DaemonError::Http {
-                    address: http.listen,
-                    source,
-                }
-            })?),
-        };
-    let http_address = match &http {
-        Some(server) => Some(server.local_addr().map_err(|source| {
-            DaemonError::Http {
-                address: config
-                    .http
-                    .as_ref()
-                    .map(|h| h.listen)
-                    .unwrap_or(([127, 0, 0, 1], 0).into()),
-                source,
-            }
-        })?),
-        None => None,
+    let (http, http_address) = match &config.http {
+        None => (None, None),
+        Some(http) => {
+            let (server, address) = bind_metrics(http.listen).await?;
+            (Some(server), Some(address))
+        }
     };
 
     // Intake (mailboxes, scheduler, reload) stops first; delivery and the endpoint after it.
@@ -374,6 +358,18 @@ pub async fn run_with(
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// Binds the metrics endpoint; returns it with the address it listens on (the real port when
+/// port 0 was asked for).
+async fn bind_metrics(listen: SocketAddr) -> Result<(MetricsServer, SocketAddr), DaemonError> {
+    let error = |source| DaemonError::Http {
+        address: listen,
+        source,
+    };
+    let server = MetricsServer::bind(listen).await.map_err(error)?;
+    let address = server.local_addr().map_err(error)?;
+    Ok((server, address))
 }
 
 /// Loads the policy, then opens the store, then builds the engine over both.
