@@ -1378,7 +1378,9 @@ impl<'a> Checker<'a> {
             tests: self.tests,
             regexes: self.regexes,
             limits: self.limits,
+            prepared: Default::default(),
         }
+        .prepare()
     }
 }
 

@@ -1,9 +1,10 @@
 //! Pure evaluation: a checked policy, a case, an input and an instant → actions.
 //!
 //! [`evaluate`] is a function of its arguments only: no I/O, no wall clock,
-//! no runtime. It applies each action to its own copy of the case (made at
-//! the first change) as soon as it decides it, so later rules see what
-//! earlier ones set. The caller applies the returned actions to the real case
+//! no runtime. Later rules see what earlier ones set: the evaluator reads the
+//! case through the actions decided so far (the latest field value, tag or
+//! route wins) and keeps its own copy of the clocks (made at the first clock
+//! action), so the case itself is never copied. The caller applies the returned actions to the real case
 //! with [`apply`] — the daemon, `simulate` and `rules test` all go through it.
 //!
 //! One evaluation runs, in this order:
@@ -28,7 +29,7 @@ mod clockmath;
 mod condition;
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -258,12 +259,13 @@ pub fn evaluate<'p>(
         policy,
         history,
         now,
-        case: Cow::Borrowed(case),
+        case,
+        clocks: Cow::Borrowed(&case.clocks),
         mail,
         text,
         lowered: condition::Lowered::default(),
         actions: Vec::with_capacity(8),
-        trace: Vec::with_capacity(policy.classify.iter().map(|b| b.rules.len()).sum::<usize>() + 8),
+        trace: Vec::with_capacity(policy.prepared.trace_capacity + 8),
         fired_rules: 0,
     };
     evaluator.run(input);
@@ -275,10 +277,10 @@ pub fn evaluate<'p>(
 
 /// Whether `condition` holds for `case` at `now`, outside any mail (as for
 /// a schedule's filter or a test's expectation), with the values it looked at.
-pub fn holds(
-    policy: &Policy,
+pub fn holds<'p>(
+    policy: &'p Policy,
     case: &Case,
-    condition: &Expr,
+    condition: &'p Expr,
     history: &dyn CaseHistory,
     now: DateTime<Utc>,
 ) -> (bool, Vec<(String, String)>) {
@@ -286,7 +288,8 @@ pub fn holds(
         policy,
         history,
         now,
-        case: Cow::Borrowed(case),
+        case,
+        clocks: Cow::Borrowed(&case.clocks),
         mail: None,
         text: "",
         lowered: condition::Lowered::default(),
@@ -326,6 +329,12 @@ fn cut_at_char(text: &str, max: usize) -> &str {
 
 fn mutate(case: &mut Case, action: &Action, now: DateTime<Utc>) {
     match action {
+        Action::StartClock { .. }
+        | Action::StopClock { .. }
+        | Action::PauseClock { .. }
+        | Action::ResumeClock { .. }
+        | Action::FireStep { .. }
+        | Action::MarkStepFired { .. } => mutate_clocks(&mut case.clocks, action, now),
         Action::SetField { field, value, .. } => {
             case.fields.insert(field.clone(), value.clone());
         }
@@ -347,6 +356,13 @@ fn mutate(case: &mut Case, action: &Action, now: DateTime<Utc>) {
                 rule: because.rule.clone(),
             });
         }
+        Action::ScheduleTimer { .. } | Action::Breach { .. } => {}
+    }
+}
+
+/// Applies a clock action (one that [`is_clock_action`]) to the clocks.
+fn mutate_clocks(clocks: &mut BTreeMap<String, ClockState>, action: &Action, now: DateTime<Utc>) {
+    match action {
         Action::StartClock {
             deadline,
             calendar,
@@ -355,7 +371,7 @@ fn mutate(case: &mut Case, action: &Action, now: DateTime<Utc>) {
             due,
             ..
         } => {
-            case.clocks.insert(
+            clocks.insert(
                 deadline.clone(),
                 ClockState {
                     deadline: deadline.clone(),
@@ -371,13 +387,13 @@ fn mutate(case: &mut Case, action: &Action, now: DateTime<Utc>) {
             );
         }
         Action::StopClock { deadline, .. } => {
-            if let Some(clock) = case.clocks.get_mut(deadline) {
+            if let Some(clock) = clocks.get_mut(deadline) {
                 clock.stopped_at = Some(now);
                 clock.paused_since = None;
             }
         }
         Action::PauseClock { deadline, .. } => {
-            if let Some(clock) = case.clocks.get_mut(deadline) {
+            if let Some(clock) = clocks.get_mut(deadline) {
                 clock.paused_since = Some(now);
             }
         }
@@ -387,19 +403,32 @@ fn mutate(case: &mut Case, action: &Action, now: DateTime<Utc>) {
             paused_seconds,
             ..
         } => {
-            if let Some(clock) = case.clocks.get_mut(deadline) {
+            if let Some(clock) = clocks.get_mut(deadline) {
                 clock.paused_since = None;
                 clock.due = *due;
                 clock.paused_seconds = *paused_seconds;
             }
         }
         Action::FireStep { deadline, step, .. } | Action::MarkStepFired { deadline, step, .. } => {
-            if let Some(clock) = case.clocks.get_mut(deadline) {
+            if let Some(clock) = clocks.get_mut(deadline) {
                 clock.fired_steps.insert(*step);
             }
         }
-        Action::ScheduleTimer { .. } | Action::Breach { .. } => {}
+        _ => {}
     }
+}
+
+/// Whether an action changes the case's clocks (and nothing else).
+fn is_clock_action(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::StartClock { .. }
+            | Action::StopClock { .. }
+            | Action::PauseClock { .. }
+            | Action::ResumeClock { .. }
+            | Action::FireStep { .. }
+            | Action::MarkStepFired { .. }
+    )
 }
 
 fn event_of(action: &Action) -> Option<EventKind> {
@@ -493,6 +522,66 @@ fn event_of(action: &Action) -> Option<EventKind> {
     })
 }
 
+/// The current value of a field, borrowed from an action or the case.
+#[derive(Debug, Clone, Copy)]
+enum FieldRef<'a> {
+    Value(&'a FieldValue),
+    /// A severity raised to this level.
+    Name(&'a str),
+}
+
+impl<'a> FieldRef<'a> {
+    /// The value, if it is a declared name.
+    fn name(self) -> Option<&'a str> {
+        match self {
+            FieldRef::Name(name) => Some(name),
+            FieldRef::Value(FieldValue::Name(name)) => Some(name),
+            FieldRef::Value(_) => None,
+        }
+    }
+
+    /// The value, if it is a declared name or free text.
+    fn name_or_text(self) -> Option<&'a str> {
+        match self {
+            FieldRef::Value(FieldValue::Text(text)) => Some(text),
+            other => other.name(),
+        }
+    }
+
+    fn is(self, value: &FieldValue) -> bool {
+        match (self, value) {
+            (FieldRef::Value(current), _) => current == value,
+            (FieldRef::Name(current), FieldValue::Name(name)) => current == name,
+            (FieldRef::Name(_), _) => false,
+        }
+    }
+}
+
+/// The `Because` of a fired rule, built when its first action needs it:
+/// a rule whose actions change nothing costs no copy of what it saw.
+struct PendingBecause<'r> {
+    rule: &'r str,
+    span: Span,
+    seen: &'r [Seen<'r>],
+    built: Option<Because>,
+}
+
+impl PendingBecause<'_> {
+    /// The cause for one action; the last action of the rule takes the
+    /// original, earlier ones a copy.
+    fn take(&mut self, evaluator: &Evaluator<'_, '_>, last: bool) -> Because {
+        if last {
+            if let Some(built) = self.built.take() {
+                return built;
+            }
+            return evaluator.because(self.rule, self.span, self.seen);
+        }
+        self.built
+            .get_or_insert_with(|| evaluator.because(self.rule, self.span, self.seen))
+            .clone()
+    }
+}
+
 /// The working state of one evaluation.
 /// `'p` is the policy's lifetime (the trace borrows from it), `'e` that of
 /// the evaluation's other inputs.
@@ -500,8 +589,11 @@ struct Evaluator<'p, 'e> {
     policy: &'p Policy,
     history: &'e dyn CaseHistory,
     now: DateTime<Utc>,
-    /// The case with every decided action applied (copied on the first change).
-    case: Cow<'e, Case>,
+    /// The case as it was before this evaluation; what the actions changed
+    /// is read from `actions` (see [`Evaluator::field`]) and `clocks`.
+    case: &'e Case,
+    /// The case's clocks with every clock action applied (copied on the first).
+    clocks: Cow<'e, BTreeMap<String, ClockState>>,
     mail: Option<&'e MailFacts>,
     /// The mail text, cut at `limits.max_text_len`.
     text: &'e str,
@@ -548,21 +640,77 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         self.check_pauses();
     }
 
-    /// Records an action and applies it to the working copy.
+    /// Records an action; a clock action is also applied to the working clocks.
     fn push(&mut self, action: Action) {
-        mutate(self.case.to_mut(), &action, self.now);
+        if is_clock_action(&action) {
+            mutate_clocks(self.clocks.to_mut(), &action, self.now);
+        }
         self.actions.push(action);
     }
 
-    /// `file:line:col` of a span, if it points into the policy's sources.
-    fn location(&self, span: Span) -> Option<String> {
-        location_of(self.policy, span)
+    /// The current value of a field: the latest action that set it, else the case's.
+    fn field(&self, name: &str) -> Option<FieldRef<'_>> {
+        for action in self.actions.iter().rev() {
+            match action {
+                Action::SetField { field, value, .. } if field == name => {
+                    return Some(FieldRef::Value(value));
+                }
+                Action::RaiseSeverity { to, .. } if name == "severity" => {
+                    return Some(FieldRef::Name(to));
+                }
+                _ => {}
+            }
+        }
+        self.case.field(name).map(FieldRef::Value)
+    }
+
+    /// The current severity level, if it is set to a name.
+    fn severity(&self) -> Option<&str> {
+        self.field("severity")?.name()
+    }
+
+    fn has_tag(&self, tag: &str) -> bool {
+        self.case.tags.contains(tag)
+            || self
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::AddTag { tag: added, .. } if added == tag))
+    }
+
+    /// The current tags, sorted.
+    fn tags(&self) -> Vec<&str> {
+        let mut tags: Vec<&str> = self.case.tags.iter().map(String::as_str).collect();
+        let mut added = false;
+        for action in &self.actions {
+            if let Action::AddTag { tag, .. } = action {
+                tags.push(tag);
+                added = true;
+            }
+        }
+        if added {
+            tags.sort_unstable();
+            tags.dedup();
+        }
+        tags
+    }
+
+    /// The current route: department and copies.
+    fn assignment(&self) -> Option<(&str, &[String])> {
+        for action in self.actions.iter().rev() {
+            if let Action::Assign { department, cc, .. } = action {
+                return Some((department, cc));
+            }
+        }
+        self.case
+            .assignment
+            .as_ref()
+            .map(|a| (a.department.as_str(), a.cc.as_slice()))
     }
 
     fn because(&self, rule: &str, span: Span, seen: &[Seen<'_>]) -> Because {
         Because {
             rule: rule.to_owned(),
-            location: self.location(span),
+            location: self.policy.location(span),
             seen: seen
                 .iter()
                 .map(|(what, value)| (what.to_string(), value.to_string()))
@@ -575,7 +723,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
     }
 
     fn default_severity(&mut self) {
-        if self.case.severity().is_some() {
+        if self.severity().is_some() {
             return;
         }
         if let Some(lowest) = self.policy.severities.first() {
@@ -615,14 +763,16 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                 let mut notes = Vec::new();
                 if fired {
                     self.fired_rules += 1;
-                    let because = self.because(&rule.name.node, rule.span, &looked.seen);
-                    // Each action carries its own copy; the last takes the original.
-                    if let Some((last, rest)) = rule.actions.split_last() {
-                        for action in rest {
-                            let note = self.rule_action(&action.node, &looked, because.clone());
-                            notes.push(note);
-                        }
-                        let note = self.rule_action(&last.node, &looked, because);
+                    let mut because = PendingBecause {
+                        rule: &rule.name.node,
+                        span: rule.span,
+                        seen: &looked.seen,
+                        built: None,
+                    };
+                    notes.reserve_exact(rule.actions.len() + usize::from(rule.stop));
+                    for (index, action) in rule.actions.iter().enumerate() {
+                        let last = index + 1 == rule.actions.len();
+                        let note = self.rule_action(&action.node, &looked, &mut because, last);
                         notes.push(note);
                     }
                     if rule.stop {
@@ -645,29 +795,40 @@ impl<'p, 'e> Evaluator<'p, 'e> {
     }
 
     /// Carries out one action of a fired rule; returns what it did, for the trace.
-    fn rule_action(&mut self, action: &RuleAction, looked: &Looked, because: Because) -> String {
+    fn rule_action(
+        &mut self,
+        action: &RuleAction,
+        looked: &Looked,
+        because: &mut PendingBecause<'_>,
+        last: bool,
+    ) -> String {
         match action {
-            RuleAction::RaiseSeverity(level) => self.raise_severity(&level.node, because),
+            RuleAction::RaiseSeverity(level) => {
+                self.raise_severity(&level.node, |evaluator| because.take(evaluator, last))
+            }
             RuleAction::SetSeverity(level) => {
-                let current = self.case.severity().map(str::to_owned);
-                if current.as_deref() == Some(level.node.as_str()) {
+                let current = self.severity();
+                if current == Some(level.node.as_str()) {
                     return format!("severity already {}", level.node);
                 }
+                let note = format!(
+                    "severity {} → {}",
+                    current.unwrap_or("(not set)"),
+                    level.node
+                );
+                let because = because.take(self, last);
                 self.push(Action::SetField {
                     field: "severity".to_owned(),
                     value: FieldValue::Name(level.node.clone()),
                     because,
                 });
-                format!(
-                    "severity {} → {}",
-                    current.as_deref().unwrap_or("(not set)"),
-                    level.node
-                )
+                note
             }
             RuleAction::Tag(tag) => {
-                if self.case.tags.contains(&tag.node) {
+                if self.has_tag(&tag.node) {
                     return format!("tag {} already present", tag.node);
                 }
+                let because = because.take(self, last);
                 self.push(Action::AddTag {
                     tag: tag.node.clone(),
                     because,
@@ -677,10 +838,11 @@ impl<'p, 'e> Evaluator<'p, 'e> {
             RuleAction::Set { field, value } => {
                 match self.field_value(&field.node, &value.node, looked) {
                     Ok(value) => {
-                        if self.case.field(&field.node) == Some(&value) {
+                        if self.field(&field.node).is_some_and(|f| f.is(&value)) {
                             return format!("{} already {value}", field.node);
                         }
                         let note = format!("{} = {value}", field.node);
+                        let because = because.take(self, last);
                         self.push(Action::SetField {
                             field: field.node.clone(),
                             value,
@@ -694,29 +856,27 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         }
     }
 
-    fn raise_severity(&mut self, level: &str, because: Because) -> String {
-        let current = self.case.severity().map(str::to_owned);
+    /// `severity >= level`; `because` is asked for only when the level changes.
+    fn raise_severity(&mut self, level: &str, because: impl FnOnce(&Self) -> Because) -> String {
+        let current = self.severity();
         let (Some(target), current_rank) = (
             self.policy.severity_rank(level),
-            self.severity_rank(current.as_deref()),
+            self.severity_rank(current),
         ) else {
             return format!("severity {level} is not a declared level");
         };
         if current_rank.is_some_and(|rank| rank >= target) {
-            return format!(
-                "severity already {}",
-                current.as_deref().unwrap_or_default()
-            );
+            return format!("severity already {}", current.unwrap_or_default());
         }
+        let note = format!("severity {} → {level}", current.unwrap_or("(not set)"));
+        let from = current.map(str::to_owned);
+        let because = because(self);
         self.push(Action::RaiseSeverity {
-            from: current.clone(),
+            from,
             to: level.to_owned(),
             because,
         });
-        format!(
-            "severity {} → {level}",
-            current.as_deref().unwrap_or("(not set)")
-        )
+        note
     }
 
     /// The field value an action `field = value` stores; `$N` is converted
@@ -773,22 +933,27 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         let policy = self.policy;
         let mut chosen = None;
         for (index, route) in policy.routes.routes.iter().enumerate() {
-            let name = route.name.as_ref().map_or_else(
-                || Cow::Owned(format!("route #{}", index + 1)),
-                |n| Cow::Borrowed(n.node.as_str()),
-            );
+            let name = match policy.prepared.route_names.get(index) {
+                Some(name) => Cow::Borrowed(name.as_str()),
+                None => route.name.as_ref().map_or_else(
+                    || Cow::Owned(format!("route #{}", index + 1)),
+                    |n| Cow::Borrowed(n.node.as_str()),
+                ),
+            };
             let mut looked = Looked::default();
             let fired = self.eval_expr(&route.condition, &mut looked);
+            if fired {
+                chosen = Some((name.clone(), &route.target, route.span, looked.seen.clone()));
+            }
             self.trace.push(Verdict {
                 stage: Stage::Route,
-                rule: name.clone(),
+                rule: name,
                 span: route.span,
                 fired,
-                seen: looked.seen.clone(),
+                seen: looked.seen,
                 notes: Vec::new(),
             });
             if fired {
-                chosen = Some((name, &route.target, route.span, looked.seen));
                 break;
             }
         }
@@ -813,18 +978,18 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         let Some((name, target, span, seen)) = chosen else {
             return;
         };
-        let department = target.department.node.clone();
-        let cc: Vec<String> = target.cc.iter().map(|c| c.node.clone()).collect();
-        let unchanged = self
-            .case
-            .assignment
-            .as_ref()
-            .is_some_and(|a| a.department == department && a.cc == cc);
+        let department = target.department.node.as_str();
+        let unchanged = self.assignment().is_some_and(|(current, cc)| {
+            current == department
+                && cc.len() == target.cc.len()
+                && cc.iter().zip(&target.cc).all(|(a, b)| *a == b.node)
+        });
         let note = if unchanged {
             format!("already routed to {department}")
-        } else if cc.is_empty() {
+        } else if target.cc.is_empty() {
             format!("route to {department}")
         } else {
+            let cc: Vec<&str> = target.cc.iter().map(|c| c.node.as_str()).collect();
             format!("route to {department}, cc {}", cc.join(", "))
         };
         if let Some(verdict) = self.trace.last_mut() {
@@ -833,8 +998,8 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         if !unchanged {
             let because = self.because(&name, span, &seen);
             self.push(Action::Assign {
-                department,
-                cc,
+                department: department.to_owned(),
+                cc: target.cc.iter().map(|c| c.node.clone()).collect(),
                 because,
             });
         }
@@ -846,13 +1011,39 @@ impl<'p, 'e> Evaluator<'p, 'e> {
             return Some(name.node.clone());
         }
         let assigned = self
-            .case
-            .assignment
-            .as_ref()
-            .and_then(|a| self.policy.department(&a.department))
+            .assignment()
+            .and_then(|(department, _)| self.policy.department(department))
             .and_then(|d| d.calendar.as_ref())
             .map(|c| c.node.clone());
         assigned.or_else(|| self.policy.default_calendar.clone())
+    }
+
+    /// `deadline NAME`, borrowed from the policy when it declares the deadline.
+    fn deadline_rule(&self, name: &str) -> Cow<'p, str> {
+        let policy = self.policy;
+        policy
+            .deadlines
+            .iter()
+            .position(|d| d.name.node == name)
+            .and_then(|index| policy.prepared.deadline_rules.get(index))
+            .map_or_else(
+                || Cow::Owned(format!("deadline {name}")),
+                |rule| Cow::Borrowed(rule.as_str()),
+            )
+    }
+
+    /// `pause NAME`, borrowed from the policy when it declares the deadline.
+    fn pause_rule(&self, name: &str) -> Cow<'p, str> {
+        let policy = self.policy;
+        policy
+            .deadlines
+            .iter()
+            .position(|d| d.name.node == name)
+            .and_then(|index| policy.prepared.pause_rules.get(index))
+            .map_or_else(
+                || Cow::Owned(format!("pause {name}")),
+                |rule| Cow::Borrowed(rule.as_str()),
+            )
     }
 
     fn calendar(&self, name: Option<&str>) -> Option<&'p Calendar> {
@@ -869,14 +1060,13 @@ impl<'p, 'e> Evaluator<'p, 'e> {
             }
             if decl.starts_on.iter().any(|e| e.node == event) {
                 let live = self
-                    .case
                     .clocks
                     .get(name)
                     .is_some_and(|c| c.stopped_at.is_none());
                 if live {
                     self.trace.push(Verdict {
                         stage: Stage::Deadline,
-                        rule: Cow::Owned(format!("deadline {name}")),
+                        rule: self.deadline_rule(name),
                         span: decl.span,
                         fired: false,
                         seen: SmallVec::new(),
@@ -894,7 +1084,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
 
     fn stop_clock(&mut self, decl: &DeadlineDecl, event: ClockEvent) {
         let name = decl.name.node.as_str();
-        let Some(clock) = self.case.clocks.get(name) else {
+        let Some(clock) = self.clocks.get(name) else {
             return;
         };
         if clock.stopped_at.is_some() {
@@ -902,7 +1092,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         }
         // A paused clock was within its time if it was when it paused.
         let met = clock.paused_since.unwrap_or(self.now) <= clock.due;
-        let rule = format!("deadline {name}");
+        let rule = self.deadline_rule(name);
         let seen: SeenList<'p> = smallvec![
             (
                 Cow::Borrowed("event"),
@@ -912,7 +1102,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         ];
         self.trace.push(Verdict {
             stage: Stage::Deadline,
-            rule: Cow::Owned(rule.clone()),
+            rule: rule.clone(),
             span: decl.span,
             fired: true,
             seen: seen.clone(),
@@ -932,14 +1122,14 @@ impl<'p, 'e> Evaluator<'p, 'e> {
 
     fn start_clock(&mut self, decl: &DeadlineDecl, event: ClockEvent) {
         let name = decl.name.node.as_str();
-        let rule = format!("deadline {name}");
+        let rule = self.deadline_rule(name);
         let mut chosen = None;
         for duration_rule in &decl.durations {
             let mut looked = Looked::default();
             let fired = self.eval_expr(&duration_rule.condition, &mut looked);
             self.trace.push(Verdict {
                 stage: Stage::Deadline,
-                rule: Cow::Owned(rule.clone()),
+                rule: rule.clone(),
                 span: duration_rule.span,
                 fired,
                 seen: looked.seen.clone(),
@@ -954,7 +1144,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
             if let Some(duration) = decl.otherwise {
                 self.trace.push(Verdict {
                     stage: Stage::Deadline,
-                    rule: Cow::Owned(rule.clone()),
+                    rule: rule.clone(),
                     span: duration.span,
                     fired: true,
                     seen: SmallVec::new(),
@@ -1024,7 +1214,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
             location: because.location.clone(),
             seen: Vec::new(),
         };
-        let Some(clock) = self.case.clocks.get(deadline).cloned() else {
+        let Some(clock) = self.clocks.get(deadline).cloned() else {
             return;
         };
         if let Some(block) = policy.escalation(deadline) {
@@ -1093,7 +1283,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
             seen: SmallVec::new(),
             notes: Vec::new(),
         };
-        let Some(clock) = self.case.clocks.get(deadline).cloned() else {
+        let Some(clock) = self.clocks.get(deadline).cloned() else {
             verdict.notes.push("the clock never started".to_owned());
             self.trace.push(verdict);
             return;
@@ -1174,7 +1364,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
             because: because.clone(),
         });
         if let Some(level) = &step.raise_severity {
-            let note = self.raise_severity(&level.node, because);
+            let note = self.raise_severity(&level.node, |_| because);
             verdict.notes.push(note);
         }
         self.trace.push(verdict);
@@ -1185,7 +1375,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         let policy = self.policy;
         let mut found: Vec<StepRecipient> = Vec::new();
         let mut problems = Vec::new();
-        let assignee = self.case.assignment.as_ref().map(|a| a.department.as_str());
+        let assignee = self.assignment().map(|(department, _)| department);
         let mut add = |address: &str, role: String| {
             let address = address.trim().trim_start_matches('<').trim_end_matches('>');
             let address = address.to_lowercase();
@@ -1245,17 +1435,17 @@ impl<'p, 'e> Evaluator<'p, 'e> {
 
     fn due_timer(&mut self, deadline: &str) {
         let policy = self.policy;
-        let rule = format!("deadline {deadline}");
+        let rule = self.deadline_rule(deadline);
         let decl = policy.deadline(deadline);
         let mut verdict = Verdict {
             stage: Stage::Deadline,
-            rule: Cow::Owned(rule.clone()),
+            rule: rule.clone(),
             span: decl.map_or_else(Span::default, |d| d.span),
             fired: false,
             seen: SmallVec::new(),
             notes: Vec::new(),
         };
-        let Some(clock) = self.case.clocks.get(deadline).cloned() else {
+        let Some(clock) = self.clocks.get(deadline).cloned() else {
             verdict.notes.push("the clock never started".to_owned());
             self.trace.push(verdict);
             return;
@@ -1313,18 +1503,18 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                 continue;
             };
             let name = decl.name.node.as_str();
-            let Some(clock) = self.case.clocks.get(name).cloned() else {
+            let Some(clock) = self.clocks.get(name).cloned() else {
                 continue;
             };
             if clock.stopped_at.is_some() {
                 continue;
             }
-            let rule = format!("pause {name}");
+            let rule = self.pause_rule(name);
             let mut looked = Looked::default();
             let holds = self.eval_expr(pause_while, &mut looked);
             let mut verdict = Verdict {
                 stage: Stage::Pause,
-                rule: Cow::Owned(rule.clone()),
+                rule: rule.clone(),
                 span: pause_while.span(),
                 fired: holds,
                 seen: looked.seen.clone(),
@@ -1382,17 +1572,7 @@ fn department_role<'d>(dept: &'d super::ast::DepartmentDecl, role: &str) -> Opti
 
 /// `file:line:col` of a span, when it points into the policy's sources.
 pub fn location_of(policy: &Policy, span: Span) -> Option<String> {
-    use std::fmt::Write as _;
-    let (_, file) = policy.sources.files().nth(span.file as usize)?;
-    if span.line == 0 {
-        return None;
-    }
-    // Built by hand: this runs for every action, and `Path::display` is slow.
-    let path = file.path.to_string_lossy();
-    let mut location = String::with_capacity(path.len() + 12);
-    location.push_str(&path);
-    let _ = write!(location, ":{}:{}", span.line, span.col);
-    Some(location)
+    policy.location(span)
 }
 
 /// The source text of a span, when it points into the policy's sources.

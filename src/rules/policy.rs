@@ -9,8 +9,10 @@ use super::ast::{
     CategoryDecl, ChannelDecl, ClassifyBlock, DeadlineDecl, DepartmentDecl, EscalateBlock,
     FieldDecl, RouteBlock, ScheduleDecl, Span, TemplateDecl, TestDecl,
 };
+use super::check::{RESPONSIBILITY_VALUES, VALIDITY_VALUES};
 use super::source::SourceMap;
 use crate::calendar::Calendar;
+use crate::case::CaseState;
 
 /// Limits on the work one evaluation may do; settings, not constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +63,133 @@ pub struct Policy {
     /// Every regex literal of the policy, compiled, keyed by the literal's span.
     pub regexes: HashMap<Span, Regex>,
     pub limits: Limits,
+    /// What the evaluator would otherwise work out on every evaluation.
+    pub prepared: Prepared,
+}
+
+/// Names and texts derived from a policy once, when it is checked, so that
+/// an evaluation borrows them instead of building them per case.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    /// `route #N` or the route's own name, one per route in order.
+    pub route_names: Vec<String>,
+    /// `deadline NAME`, one per deadline in order.
+    pub deadline_rules: Vec<String>,
+    /// `pause NAME`, one per deadline in order.
+    pub pause_rules: Vec<String>,
+    /// Every name the policy or the language declares (severities,
+    /// categories, channels, departments, languages, states, responsibility
+    /// and validity values), sorted and without duplicates.
+    pub declared_names: Vec<String>,
+    /// Each source file's path as shown in a `file:line:col` location.
+    pub file_paths: Vec<String>,
+    /// Verdicts one new complaint produces at most, short of timers and pauses.
+    pub trace_capacity: usize,
+}
+
+impl Prepared {
+    /// Derives the names and texts of `policy` (its own `prepared` is ignored).
+    pub fn of(policy: &Policy) -> Prepared {
+        let route_names = policy
+            .routes
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(index, route)| {
+                route
+                    .name
+                    .as_ref()
+                    .map_or_else(|| format!("route #{}", index + 1), |n| n.node.clone())
+            })
+            .collect();
+        let deadline_rules = policy
+            .deadlines
+            .iter()
+            .map(|d| format!("deadline {}", d.name.node))
+            .collect();
+        let pause_rules = policy
+            .deadlines
+            .iter()
+            .map(|d| format!("pause {}", d.name.node))
+            .collect();
+        let fixed = CaseState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .chain(RESPONSIBILITY_VALUES.iter().copied())
+            .chain(VALIDITY_VALUES.iter().copied());
+        let mut declared_names: Vec<String> = policy
+            .severities
+            .iter()
+            .map(String::as_str)
+            .chain(policy.categories.iter().map(|c| c.name.node.as_str()))
+            .chain(policy.channels.iter().map(|c| c.name.node.as_str()))
+            .chain(policy.departments.iter().map(|d| d.name.node.as_str()))
+            .chain(policy.languages.iter().map(String::as_str))
+            .chain(fixed)
+            .map(str::to_owned)
+            .collect();
+        declared_names.sort_unstable();
+        declared_names.dedup();
+        let file_paths = policy
+            .sources
+            .files()
+            .map(|(_, file)| file.path.to_string_lossy().into_owned())
+            .collect();
+        let rules: usize = policy.classify.iter().map(|b| b.rules.len()).sum();
+        let deadlines: usize = policy.deadlines.iter().map(|d| d.durations.len() + 1).sum();
+        Prepared {
+            route_names,
+            deadline_rules,
+            pause_rules,
+            declared_names,
+            file_paths,
+            trace_capacity: rules + policy.routes.routes.len() + 1 + deadlines,
+        }
+    }
 }
 
 impl Policy {
+    /// Fills [`Policy::prepared`] from the rest of the policy.
+    pub fn prepare(mut self) -> Policy {
+        self.prepared = Prepared::of(&self);
+        self
+    }
+
+    /// `name` as the policy or the language declares it, if it does.
+    pub fn declared_name(&self, name: &str) -> Option<&str> {
+        let names = &self.prepared.declared_names;
+        names
+            .binary_search_by(|declared| declared.as_str().cmp(name))
+            .ok()
+            .map(|index| names[index].as_str())
+    }
+
+    /// `file:line:col` of a span, when it points into the policy's sources.
+    pub fn location(&self, span: Span) -> Option<String> {
+        if span.line == 0 {
+            return None;
+        }
+        let path = match self.prepared.file_paths.get(span.file as usize) {
+            Some(path) => std::borrow::Cow::Borrowed(path.as_str()),
+            // Not prepared (or a file added since): read the source map.
+            None => self
+                .sources
+                .files()
+                .nth(span.file as usize)?
+                .1
+                .path
+                .to_string_lossy(),
+        };
+        // Built by hand: this runs for every action, and `format!` is slow.
+        let mut location = String::with_capacity(path.len() + 2 * 10 + 2);
+        location.push_str(&path);
+        location.push(':');
+        push_decimal(&mut location, span.line);
+        location.push(':');
+        push_decimal(&mut location, span.col);
+        Some(location)
+    }
+
     /// Rank of a severity level (0 = lowest), if declared.
     pub fn severity_rank(&self, level: &str) -> Option<usize> {
         self.severities.iter().position(|s| s == level)
@@ -89,5 +215,37 @@ impl Policy {
 
     pub fn field(&self, name: &str) -> Option<&FieldDecl> {
         self.fields.iter().find(|f| f.name.node == name)
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    let mut rest = n;
+    loop {
+        digits[len] = b'0' + (rest % 10) as u8;
+        len += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for &digit in digits[..len].iter().rev() {
+        out.push(char::from(digit));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_are_written_like_display() {
+        for n in [0, 7, 10, 99, 1_000, 65_536, u32::MAX] {
+            let mut out = String::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
     }
 }

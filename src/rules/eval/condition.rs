@@ -11,9 +11,8 @@ use std::cmp::Ordering;
 use chrono::NaiveDate;
 
 use super::super::ast::{Aggregate, CompareOp, Expr, GroupKey, Operand, RegexLit, Spanned, Value};
-use super::super::check::{RESPONSIBILITY_VALUES, VALIDITY_VALUES};
-use super::{clockmath, snippet_of, Evaluator, SeenList};
-use crate::case::{subject_fingerprint, CaseState, FieldValue};
+use super::{clockmath, snippet_of, Evaluator, FieldRef, SeenList};
+use crate::case::{subject_fingerprint, FieldValue};
 
 /// Longest value shown in a `seen` pair, in characters.
 const SEEN_MAX_CHARS: usize = 80;
@@ -73,7 +72,17 @@ enum Got<'c> {
     Tags(Vec<Cow<'c, str>>),
 }
 
-impl Got<'_> {
+impl<'c> Got<'c> {
+    fn of_field(value: &'c FieldValue) -> Got<'c> {
+        match value {
+            FieldValue::Name(n) => Got::Name(borrowed(n)),
+            FieldValue::Text(t) => Got::Text(borrowed(t)),
+            FieldValue::Number(n) => Got::Number(*n),
+            FieldValue::Flag(b) => Got::Flag(*b),
+            FieldValue::Date(d) => Got::Date(*d),
+        }
+    }
+
     fn is_set(&self) -> bool {
         match self {
             Got::Missing => false,
@@ -467,22 +476,7 @@ impl<'p> Evaluator<'p, '_> {
 
     /// `name` as the policy (or the language) declares it, if it does.
     fn declared_name(&self, name: &str) -> Option<&'p str> {
-        let policy = self.policy;
-        let fixed = CaseState::ALL
-            .iter()
-            .map(|s| s.as_str())
-            .chain(RESPONSIBILITY_VALUES.iter().copied())
-            .chain(VALIDITY_VALUES.iter().copied());
-        policy
-            .severities
-            .iter()
-            .map(String::as_str)
-            .chain(policy.categories.iter().map(|c| c.name.node.as_str()))
-            .chain(policy.channels.iter().map(|c| c.name.node.as_str()))
-            .chain(policy.departments.iter().map(|d| d.name.node.as_str()))
-            .chain(policy.languages.iter().map(String::as_str))
-            .chain(fixed)
-            .find(|declared| *declared == name)
+        self.policy.declared_name(name)
     }
 
     /// The text as written in the policy, or a rendering when the span is not in the sources.
@@ -621,26 +615,21 @@ impl<'p> Evaluator<'p, '_> {
                 Got::Name(borrowed(language))
             }
             ("status", None, 1) => Got::Name(borrowed(self.case.state.as_str())),
-            ("tags", None, 1) => Got::Tags(self.case.tags.iter().map(|t| borrowed(t)).collect()),
+            ("tags", None, 1) => Got::Tags(self.tags().into_iter().map(borrowed).collect()),
             ("open", None, 1) => Got::Flag(self.case.state.is_open()),
             ("overdue", None, 1) => {
-                Got::Flag(self.case.clocks.values().any(|c| {
+                Got::Flag(self.clocks.values().any(|c| {
                     c.stopped_at.is_none() && c.paused_since.is_none() && c.due <= self.now
                 }))
             }
             ("route" | "assignee", None, 1) => self
-                .case
-                .assignment
-                .as_ref()
-                .map_or(Got::Missing, |a| Got::Name(borrowed(&a.department))),
+                .assignment()
+                .map_or(Got::Missing, |(department, _)| Got::Name(borrowed(department))),
             ("reopenings", None, 1) => Got::Number(f64::from(self.case.reopen_count)),
-            (field, None, 1) => match self.case.field(field) {
+            (field, None, 1) => match self.field(field) {
                 None => Got::Missing,
-                Some(FieldValue::Name(n)) => Got::Name(borrowed(n)),
-                Some(FieldValue::Text(t)) => Got::Text(borrowed(t)),
-                Some(FieldValue::Number(n)) => Got::Number(*n),
-                Some(FieldValue::Flag(b)) => Got::Flag(*b),
-                Some(FieldValue::Date(d)) => Got::Date(*d),
+                Some(FieldRef::Name(n)) => Got::Name(borrowed(n)),
+                Some(FieldRef::Value(value)) => Got::of_field(value),
             },
             _ => Got::Missing,
         }
@@ -649,7 +638,7 @@ impl<'p> Evaluator<'p, '_> {
     /// An aggregate over other cases, plus this case when it qualifies.
     fn count(&self, aggregate: &Aggregate) -> u64 {
         let until = self.now;
-        let case = &self.case;
+        let case = self.case;
         match aggregate {
             Aggregate::CasesFromSender { window } => {
                 let since = clockmath::window_start(until, window.node);
@@ -662,8 +651,8 @@ impl<'p> Evaluator<'p, '_> {
             Aggregate::DistinctSenders { key, window } => {
                 let since = clockmath::window_start(until, window.node);
                 let (senders, this_qualifies) = match &key.node {
-                    GroupKey::SameCategory => match case.field("category") {
-                        Some(FieldValue::Name(category) | FieldValue::Text(category)) => (
+                    GroupKey::SameCategory => match self.field("category").and_then(FieldRef::name_or_text) {
+                        Some(category) => (
                             self.history
                                 .distinct_senders_with_category(category, since, until),
                             true,
@@ -681,7 +670,7 @@ impl<'p> Evaluator<'p, '_> {
                     GroupKey::Tag(tag) => (
                         self.history
                             .distinct_senders_with_tag(&tag.node, since, until),
-                        case.tags.contains(&tag.node),
+                        self.has_tag(&tag.node),
                     ),
                 };
                 let this_counts = this_qualifies
