@@ -1006,7 +1006,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
     }
 
     /// The calendar a deadline counts on: its own, the assignee's, or the default.
-    fn calendar_name_for(&self, decl: &DeadlineDecl) -> Option<String> {
+    fn calendar_name_for(&self, decl: &'p DeadlineDecl) -> Option<String> {
         if let Some(name) = &decl.calendar {
             return Some(name.node.clone());
         }
@@ -1082,7 +1082,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         }
     }
 
-    fn stop_clock(&mut self, decl: &DeadlineDecl, event: ClockEvent) {
+    fn stop_clock(&mut self, decl: &'p DeadlineDecl, event: ClockEvent) {
         let name = decl.name.node.as_str();
         let Some(clock) = self.clocks.get(name) else {
             return;
@@ -1120,7 +1120,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         });
     }
 
-    fn start_clock(&mut self, decl: &DeadlineDecl, event: ClockEvent) {
+    fn start_clock(&mut self, decl: &'p DeadlineDecl, event: ClockEvent) {
         let name = decl.name.node.as_str();
         let rule = self.deadline_rule(name);
         let mut chosen = None;

@@ -83,6 +83,9 @@ pub struct Prepared {
     pub declared_names: Vec<String>,
     /// Each source file's path as shown in a `file:line:col` location.
     pub file_paths: Vec<String>,
+    /// The compiled regexes of [`Policy::regexes`], sorted by span, so that
+    /// a lookup compares a few integers instead of hashing the span.
+    pub regexes: Vec<(Span, Regex)>,
     /// Verdicts one new complaint produces at most, short of timers and pauses.
     pub trace_capacity: usize,
 }
@@ -128,13 +131,19 @@ impl Prepared {
             .chain(fixed)
             .map(str::to_owned)
             .collect();
-        declared_names.sort_unstable();
+        declared_names.sort_unstable_by(|a, b| by_length_then_bytes(a, b));
         declared_names.dedup();
         let file_paths = policy
             .sources
             .files()
             .map(|(_, file)| file.path.to_string_lossy().into_owned())
             .collect();
+        let mut regexes: Vec<(Span, Regex)> = policy
+            .regexes
+            .iter()
+            .map(|(span, regex)| (*span, regex.clone()))
+            .collect();
+        regexes.sort_unstable_by_key(|(span, _)| span_key(*span));
         let rules: usize = policy.classify.iter().map(|b| b.rules.len()).sum();
         let deadlines: usize = policy.deadlines.iter().map(|d| d.durations.len() + 1).sum();
         Prepared {
@@ -143,6 +152,7 @@ impl Prepared {
             pause_rules,
             declared_names,
             file_paths,
+            regexes,
             trace_capacity: rules + policy.routes.routes.len() + 1 + deadlines,
         }
     }
@@ -159,9 +169,19 @@ impl Policy {
     pub fn declared_name(&self, name: &str) -> Option<&str> {
         let names = &self.prepared.declared_names;
         names
-            .binary_search_by(|declared| declared.as_str().cmp(name))
+            .binary_search_by(|declared| by_length_then_bytes(declared, name))
             .ok()
             .map(|index| names[index].as_str())
+    }
+
+    /// The compiled regex of the literal at `span`.
+    pub fn regex(&self, span: Span) -> Option<&Regex> {
+        let prepared = &self.prepared.regexes;
+        match prepared.binary_search_by_key(&span_key(span), |(s, _)| span_key(*s)) {
+            Ok(index) => Some(&prepared[index].1),
+            // Not prepared: the checker's map has every literal.
+            Err(_) => self.regexes.get(&span),
+        }
     }
 
     /// `file:line:col` of a span, when it points into the policy's sources.
@@ -216,6 +236,16 @@ impl Policy {
     pub fn field(&self, name: &str) -> Option<&FieldDecl> {
         self.fields.iter().find(|f| f.name.node == name)
     }
+}
+
+/// An order of strings that mostly compares lengths, not bytes.
+fn by_length_then_bytes(a: &str, b: &str) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// What identifies a literal's span: its file and byte range.
+fn span_key(span: Span) -> (super::ast::FileId, usize, usize) {
+    (span.file, span.start, span.end)
 }
 
 /// Appends `n` in decimal.

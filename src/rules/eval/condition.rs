@@ -8,6 +8,8 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::cmp::Ordering;
 
+use smallvec::{smallvec, SmallVec};
+
 use chrono::NaiveDate;
 
 use super::super::ast::{Aggregate, CompareOp, Expr, GroupKey, Operand, RegexLit, Spanned, Value};
@@ -121,6 +123,16 @@ fn shorten(s: &str) -> String {
     }
 }
 
+/// `s` as [`shorten`] shows it, still borrowed when that changes nothing.
+fn shortened(s: Cow<'_, str>) -> Cow<'_, str> {
+    let fits = s.len() <= SEEN_MAX_CHARS || s.chars().count() <= SEEN_MAX_CHARS;
+    if fits && !s.chars().any(char::is_control) {
+        s
+    } else {
+        Cow::Owned(shorten(&s))
+    }
+}
+
 /// `s` in lower case, borrowed when it has no upper-case letter.
 fn lower(s: &str) -> Cow<'_, str> {
     lower_if_needed(s).map_or(Cow::Borrowed(s), Cow::Owned)
@@ -130,20 +142,48 @@ fn lower(s: &str) -> Cow<'_, str> {
 /// checked bytewise, and Chinese, Japanese and Korean text, which has no
 /// case, without a look at the Unicode tables.
 fn lower_if_needed(s: &str) -> Option<String> {
-    let changes = if s.is_ascii() {
-        s.bytes().any(|b| b.is_ascii_uppercase())
+    if s.is_ascii() {
+        return s
+            .bytes()
+            .any(|b| b.is_ascii_uppercase())
+            .then(|| s.to_ascii_lowercase());
+    }
+    let mut other_letters = false;
+    let mut changes = false;
+    for c in s.chars() {
+        if c.is_ascii() || has_no_case(c) {
+            changes |= c.is_ascii_uppercase();
+        } else {
+            other_letters = true;
+            if c.to_lowercase().next() != Some(c) {
+                changes = true;
+                break;
+            }
+        }
+    }
+    if !changes {
+        return None;
+    }
+    // Only ASCII letters change: `to_lowercase` would look every other
+    // character up in the Unicode tables to leave it as it is.
+    Some(if other_letters {
+        s.to_lowercase()
     } else {
-        s.chars().any(lowers_to_other)
-    };
-    changes.then(|| s.to_lowercase())
+        s.to_ascii_lowercase()
+    })
 }
 
-/// Whether `c` lower-cases to something else (upper- and title-case letters).
-fn lowers_to_other(c: char) -> bool {
-    // CJK symbols, kana, ideographs, Yi (U+3000..U+A63F) and Hangul
-    // syllables have no case.
-    let caseless = ('\u{3000}'..'\u{A640}').contains(&c) || ('\u{AC00}'..'\u{D7A4}').contains(&c);
-    !caseless && (c.is_ascii_uppercase() || (!c.is_ascii() && c.to_lowercase().next() != Some(c)))
+/// Whether `c` certainly has no case: CJK symbols and punctuation, kana,
+/// ideographs, Yi (U+3000..U+A63F), Hangul syllables, general punctuation,
+/// and the full-width forms other than the Latin letters.
+fn has_no_case(c: char) -> bool {
+    matches!(c,
+        '\u{2000}'..='\u{206F}'
+        | '\u{3000}'..='\u{A63F}'
+        | '\u{AC00}'..='\u{D7A3}'
+        | '\u{FF00}'..='\u{FF20}'
+        | '\u{FF3B}'..='\u{FF40}'
+        | '\u{FF5B}'..='\u{FFEF}')
 }
 
 fn ordering_holds(op: CompareOp, ordering: Option<Ordering>) -> bool {
@@ -183,7 +223,7 @@ fn parse_number(s: &str) -> Option<f64> {
 }
 
 impl<'p> Evaluator<'p, '_> {
-    pub(super) fn eval_expr(&self, expr: &Expr, looked: &mut Looked<'p>) -> bool {
+    pub(super) fn eval_expr(&self, expr: &'p Expr, looked: &mut Looked<'p>) -> bool {
         match expr {
             Expr::And(a, b, _) => self.eval_expr(a, looked) && self.eval_expr(b, looked),
             Expr::Or(a, b, _) => self.eval_expr(a, looked) || self.eval_expr(b, looked),
@@ -232,6 +272,16 @@ impl<'p> Evaluator<'p, '_> {
                 );
                 value
             }
+        }
+    }
+
+    /// [`Self::value_text`], borrowed from the policy when the value is a name or text.
+    fn policy_text(&self, value: &'p Value, looked: &Looked<'_>) -> Option<Cow<'p, str>> {
+        match value {
+            Value::Name(s) | Value::Text(s) => Some(Cow::Borrowed(s)),
+            other => self
+                .value_text(other, looked)
+                .map(|text| Cow::Owned(text.into_owned())),
         }
     }
 
@@ -330,12 +380,12 @@ impl<'p> Evaluator<'p, '_> {
     fn contains(
         &self,
         left: &Operand,
-        right: &Value,
+        right: &'p Value,
         span: super::Span,
         looked: &mut Looked<'p>,
     ) -> bool {
         let got = self.operand(left);
-        let needle = self.value_text(right, looked);
+        let needle = self.policy_text(right, looked);
         let found = needle.as_deref().filter(|needle| match &got {
             Got::Text(s) | Got::Name(s) => self.lowered(left, s).contains(lower(needle).as_ref()),
             Got::List(items) => {
@@ -348,7 +398,7 @@ impl<'p> Evaluator<'p, '_> {
             Got::Tags(items) => items.iter().any(|item| item.as_ref() == *needle),
             _ => false,
         });
-        let shown = found.map_or(Cow::Borrowed(NO_MATCH), |f| Cow::Owned(shorten(f)));
+        let holds = found.is_some();
         let label = self.condition_label(span, || {
             format!(
                 "{} contains \"{}\"",
@@ -356,7 +406,10 @@ impl<'p> Evaluator<'p, '_> {
                 needle.as_deref().unwrap_or("")
             )
         });
-        let holds = found.is_some();
+        let shown = match needle {
+            Some(needle) if holds => shortened(needle),
+            _ => Cow::Borrowed(NO_MATCH),
+        };
         looked.see(label, shown);
         holds
     }
@@ -365,14 +418,14 @@ impl<'p> Evaluator<'p, '_> {
         &self,
         left: &Operand,
         all: bool,
-        values: &[Spanned<Value>],
+        values: &'p [Spanned<Value>],
         span: super::Span,
         looked: &mut Looked<'p>,
     ) -> bool {
         let got = self.operand(left);
-        let mut found: Vec<String> = Vec::new();
+        let mut found: SmallVec<[Cow<'p, str>; 2]> = SmallVec::new();
         for value in values {
-            let Some(needle) = self.value_text(&value.node, looked) else {
+            let Some(needle) = self.policy_text(&value.node, looked) else {
                 continue;
             };
             let hit = match &got {
@@ -387,7 +440,7 @@ impl<'p> Evaluator<'p, '_> {
                 Got::Missing | Got::Flag(_) | Got::Date(_) => false,
             };
             if hit {
-                found.push(needle.into_owned());
+                found.push(needle);
             }
         }
         let holds = if all {
@@ -402,10 +455,10 @@ impl<'p> Evaluator<'p, '_> {
                 if all { "all" } else { "any" }
             )
         });
-        let shown = if found.is_empty() {
-            Cow::Borrowed(NONE)
-        } else {
-            Cow::Owned(shorten(&found.join(", ")))
+        let shown = match found.len() {
+            0 => Cow::Borrowed(NONE),
+            1 => shortened(found.swap_remove(0)),
+            _ => Cow::Owned(shorten(&found.join(", "))),
         };
         looked.see(label, shown);
         holds
@@ -414,7 +467,7 @@ impl<'p> Evaluator<'p, '_> {
     fn matches(
         &self,
         left: &Operand,
-        regex: &Spanned<RegexLit>,
+        regex: &'p Spanned<RegexLit>,
         span: super::Span,
         looked: &mut Looked<'p>,
     ) -> bool {
@@ -425,40 +478,39 @@ impl<'p> Evaluator<'p, '_> {
                 regex.node.pattern
             )
         });
-        let Some(compiled) = self.policy.regexes.get(&regex.span) else {
+        let Some(compiled) = self.policy.regex(regex.span) else {
             looked.see(label, Cow::Borrowed("(regex not compiled by the checker)"));
             return false;
         };
         let got = self.operand(left);
         let number_text;
-        let candidates: Vec<&str> = match &got {
-            Got::Text(s) | Got::Name(s) => vec![s.as_ref()],
+        let candidates: SmallVec<[&str; 2]> = match &got {
+            Got::Text(s) | Got::Name(s) => smallvec![s.as_ref()],
             Got::List(items) | Got::Tags(items) => items.iter().map(|i| i.as_ref()).collect(),
             Got::Number(n) => {
                 number_text = FieldValue::Number(*n).to_string();
-                vec![number_text.as_str()]
+                smallvec![number_text.as_str()]
             }
-            Got::Date(_) | Got::Flag(_) | Got::Missing => Vec::new(),
+            Got::Date(_) | Got::Flag(_) | Got::Missing => SmallVec::new(),
         };
-        // Capture groups cost an allocation per search: only ask for them
-        // when the regex has some.
         let has_groups = compiled.captures_len() > 1;
         for candidate in candidates {
+            let Some(found) = compiled.find(candidate) else {
+                continue;
+            };
+            // Capture groups cost allocations: ask for them only from a
+            // regex that has some, and only once it is known to match.
+            looked.captures.clear();
             if has_groups {
-                if let Some(caps) = compiled.captures(candidate) {
+                if let Some(caps) = compiled.captures_at(candidate, found.start()) {
                     looked.captures = caps
                         .iter()
                         .map(|group| group.map(|m| m.as_str().to_owned()))
                         .collect();
-                    let whole = caps.get(0).map_or("", |m| m.as_str());
-                    looked.see(label, Cow::Owned(shorten(whole)));
-                    return true;
                 }
-            } else if let Some(found) = compiled.find(candidate) {
-                looked.captures.clear();
-                looked.see(label, Cow::Owned(shorten(found.as_str())));
-                return true;
             }
+            looked.see(label, Cow::Owned(shorten(found.as_str())));
+            return true;
         }
         looked.see(label, Cow::Borrowed(NO_MATCH));
         false
@@ -700,6 +752,23 @@ mod tests {
     }
 
     #[test]
+    fn characters_said_to_have_no_case_have_none() {
+        let caseless = (0..=0x10FFFF_u32)
+            .filter_map(char::from_u32)
+            .filter(|c| has_no_case(*c));
+        for c in caseless {
+            assert!(c.to_lowercase().eq([c]), "{c:?} lowers");
+        }
+        assert!(!has_no_case('Ａ') && !has_no_case('ｚ') && !has_no_case('Σ'));
+        // Whatever the shortcut, the result is the standard lower case (the
+        // Greek final sigma depends on what follows it).
+        for text in ["ΟΔΟΣ，路", "Gas，燃气“漏”", "ＧＡＳ。", "The BILL 账单"] {
+            assert_eq!(lower_if_needed(text), Some(text.to_lowercase()), "{text}");
+        }
+        assert_eq!(lower_if_needed("gas，燃气"), None);
+    }
+
+    #[test]
     fn shortened_values_stay_on_one_line_and_mark_the_cut() {
         assert_eq!(shorten("a\nb"), "a b");
         let long = "长".repeat(SEEN_MAX_CHARS + 5);
@@ -709,5 +778,8 @@ mod tests {
         assert_eq!(number_text(3.0), "3");
         assert_eq!(number_text(1350.0), "1350");
         assert_eq!(number_text(2.5), "2.5");
+        assert!(matches!(shortened(Cow::Borrowed("燃气")), Cow::Borrowed("燃气")));
+        assert_eq!(shortened(Cow::Borrowed("a\u{85}b")), "a b");
+        assert_eq!(shortened(Cow::Borrowed(long.as_str())), cut);
     }
 }
