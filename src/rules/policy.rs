@@ -1,12 +1,13 @@
 //! A checked policy: the declarations of all files, grouped and indexed for
 //! the evaluator, with regexes compiled and calendars built once at load.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use regex::Regex;
 
 use super::ast::{
-    CategoryDecl, ChannelDecl, ClassifyBlock, DeadlineDecl, DepartmentDecl, EscalateBlock,
+    CategoryDecl, FileId, ChannelDecl, ClassifyBlock, DeadlineDecl, DepartmentDecl, EscalateBlock,
     FieldDecl, RouteBlock, ScheduleDecl, Span, TemplateDecl, TestDecl,
 };
 use super::check::{RESPONSIBILITY_VALUES, VALIDITY_VALUES};
@@ -79,13 +80,13 @@ pub struct Prepared {
     pub pause_rules: Vec<String>,
     /// Every name the policy or the language declares (severities,
     /// categories, channels, departments, languages, states, responsibility
-    /// and validity values), sorted and without duplicates.
-    pub declared_names: Vec<String>,
+    /// and validity values).
+    pub declared_names: HashSet<String, BuildHasherDefault<ShortKeyHasher>>,
     /// Each source file's path as shown in a `file:line:col` location.
     pub file_paths: Vec<String>,
-    /// The compiled regexes of [`Policy::regexes`], sorted by span, so that
-    /// a lookup compares a few integers instead of hashing the span.
-    pub regexes: Vec<(Span, Regex)>,
+    /// The compiled regexes of [`Policy::regexes`] by file and byte range,
+    /// with a hash that costs a few multiplications, not SipHash's rounds.
+    pub regexes: HashMap<(FileId, usize, usize), Regex, BuildHasherDefault<ShortKeyHasher>>,
     /// Verdicts one new complaint produces at most, short of timers and pauses.
     pub trace_capacity: usize,
 }
@@ -120,7 +121,7 @@ impl Prepared {
             .map(|s| s.as_str())
             .chain(RESPONSIBILITY_VALUES.iter().copied())
             .chain(VALIDITY_VALUES.iter().copied());
-        let mut declared_names: Vec<String> = policy
+        let declared_names = policy
             .severities
             .iter()
             .map(String::as_str)
@@ -131,19 +132,16 @@ impl Prepared {
             .chain(fixed)
             .map(str::to_owned)
             .collect();
-        declared_names.sort_unstable_by(|a, b| by_length_then_bytes(a, b));
-        declared_names.dedup();
         let file_paths = policy
             .sources
             .files()
             .map(|(_, file)| file.path.to_string_lossy().into_owned())
             .collect();
-        let mut regexes: Vec<(Span, Regex)> = policy
+        let regexes = policy
             .regexes
             .iter()
-            .map(|(span, regex)| (*span, regex.clone()))
+            .map(|(span, regex)| (span_key(*span), regex.clone()))
             .collect();
-        regexes.sort_unstable_by_key(|(span, _)| span_key(*span));
         let rules: usize = policy.classify.iter().map(|b| b.rules.len()).sum();
         let deadlines: usize = policy.deadlines.iter().map(|d| d.durations.len() + 1).sum();
         Prepared {
@@ -167,20 +165,15 @@ impl Policy {
 
     /// `name` as the policy or the language declares it, if it does.
     pub fn declared_name(&self, name: &str) -> Option<&str> {
-        let names = &self.prepared.declared_names;
-        names
-            .binary_search_by(|declared| by_length_then_bytes(declared, name))
-            .ok()
-            .map(|index| names[index].as_str())
+        self.prepared.declared_names.get(name).map(String::as_str)
     }
 
     /// The compiled regex of the literal at `span`.
     pub fn regex(&self, span: Span) -> Option<&Regex> {
-        let prepared = &self.prepared.regexes;
-        match prepared.binary_search_by_key(&span_key(span), |(s, _)| span_key(*s)) {
-            Ok(index) => Some(&prepared[index].1),
+        match self.prepared.regexes.get(&span_key(span)) {
+            Some(regex) => Some(regex),
             // Not prepared: the checker's map has every literal.
-            Err(_) => self.regexes.get(&span),
+            None => self.regexes.get(&span),
         }
     }
 
@@ -238,14 +231,59 @@ impl Policy {
     }
 }
 
-/// An order of strings that mostly compares lengths, not bytes.
-fn by_length_then_bytes(a: &str, b: &str) -> std::cmp::Ordering {
-    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+/// What identifies a literal's span: its file and byte range.
+fn span_key(span: Span) -> (FileId, usize, usize) {
+    (span.file, span.start, span.end)
 }
 
-/// What identifies a literal's span: its file and byte range.
-fn span_key(span: Span) -> (super::ast::FileId, usize, usize) {
-    (span.file, span.start, span.end)
+/// The multiply-rotate hash of rustc (`FxHasher`), for keys of a few words
+/// (names, spans) that come from the policy, not from an adversary.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShortKeyHasher(u64);
+
+impl ShortKeyHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for ShortKeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Appends `n` in decimal.

@@ -97,7 +97,7 @@ impl<'c> Got<'c> {
     fn display(&self) -> Cow<'static, str> {
         match self {
             Got::Missing => Cow::Borrowed(NOT_SET),
-            Got::Text(s) | Got::Name(s) => Cow::Owned(shorten(s)),
+            Got::Text(s) | Got::Name(s) => Cow::Owned(shortened(Cow::Borrowed(s)).into_owned()),
             Got::Number(n) => number_text(*n),
             Got::Flag(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
             Got::Date(d) => Cow::Owned(d.to_string()),
@@ -509,7 +509,8 @@ impl<'p> Evaluator<'p, '_> {
                         .collect();
                 }
             }
-            looked.see(label, Cow::Owned(shorten(found.as_str())));
+            let shown = shortened(Cow::Borrowed(found.as_str())).into_owned();
+            looked.see(label, Cow::Owned(shown));
             return true;
         }
         looked.see(label, Cow::Borrowed(NO_MATCH));
