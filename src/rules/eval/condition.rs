@@ -142,22 +142,30 @@ fn lower(s: &str) -> Cow<'_, str> {
 /// checked bytewise, and Chinese, Japanese and Korean text, which has no
 /// case, without a look at the Unicode tables.
 fn lower_if_needed(s: &str) -> Option<String> {
-    if s.is_ascii() {
-        return s
-            .bytes()
-            .any(|b| b.is_ascii_uppercase())
-            .then(|| s.to_ascii_lowercase());
-    }
+    let bytes = s.as_bytes();
     let mut other_letters = false;
     let mut changes = false;
-    for c in s.chars() {
-        if c.is_ascii() || has_no_case(c) {
-            changes |= c.is_ascii_uppercase();
+    let mut at = 0;
+    while at < bytes.len() {
+        let lead = bytes[at];
+        if lead.is_ascii() {
+            changes |= lead.is_ascii_uppercase();
+            at += 1;
+        } else if (0xE3..=0xE9).contains(&lead) {
+            // U+3000..U+9FFF (CJK symbols, kana, ideographs): no case, and
+            // no need to decode the character to know it.
+            at += 3;
         } else {
-            other_letters = true;
-            if c.to_lowercase().next() != Some(c) {
-                changes = true;
+            let Some(c) = s[at..].chars().next() else {
                 break;
+            };
+            at += c.len_utf8();
+            if !has_no_case(c) {
+                other_letters = true;
+                if c.to_lowercase().next() != Some(c) {
+                    changes = true;
+                    break;
+                }
             }
         }
     }
@@ -239,7 +247,14 @@ impl<'p> Evaluator<'p, '_> {
                     self.contains(left, &right.node, *span, looked)
                 } else {
                     let got = self.operand(left);
-                    looked.see(self.operand_label(left), self.display(&got));
+                    let shown = match (&got, &right.node) {
+                        // The name the condition asks for is the policy's own.
+                        (Got::Name(name), Value::Name(wanted)) if name == wanted => {
+                            Cow::Borrowed(wanted.as_str())
+                        }
+                        _ => self.display(&got),
+                    };
+                    looked.see(self.operand_label(left), shown);
                     self.compare(&got, op.node, &right.node, looked)
                 }
             }
