@@ -7,8 +7,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use regex::Regex;
 
 use super::ast::{
-    CategoryDecl, FileId, ChannelDecl, ClassifyBlock, DeadlineDecl, DepartmentDecl, EscalateBlock,
-    FieldDecl, RouteBlock, ScheduleDecl, Span, TemplateDecl, TestDecl,
+    CategoryDecl, ChannelDecl, ClassifyBlock, DeadlineDecl, DepartmentDecl, EscalateBlock,
+    FieldDecl, FileId, RouteBlock, ScheduleDecl, Span, TemplateDecl, TestDecl,
 };
 use super::check::{RESPONSIBILITY_VALUES, VALIDITY_VALUES};
 use super::source::SourceMap;

@@ -438,13 +438,20 @@ impl<'p> Evaluator<'p, '_> {
         looked: &mut Looked<'p>,
     ) -> bool {
         let got = self.operand(left);
+        // Free text is lowered once for all the values.
+        let haystack = match &got {
+            Got::Text(s) => Some(self.lowered(left, s)),
+            _ => None,
+        };
         let mut found: SmallVec<[Cow<'p, str>; 2]> = SmallVec::new();
         for value in values {
             let Some(needle) = self.policy_text(&value.node, looked) else {
                 continue;
             };
             let hit = match &got {
-                Got::Text(s) => self.lowered(left, s).contains(lower(&needle).as_ref()),
+                Got::Text(_) => haystack
+                    .as_deref()
+                    .is_some_and(|text| text.contains(lower(&needle).as_ref())),
                 Got::Name(s) => s.as_ref() == needle.as_ref(),
                 Got::List(items) => {
                     let needle = lower(&needle);
@@ -690,9 +697,11 @@ impl<'p> Evaluator<'p, '_> {
                     c.stopped_at.is_none() && c.paused_since.is_none() && c.due <= self.now
                 }))
             }
-            ("route" | "assignee", None, 1) => self
-                .assignment()
-                .map_or(Got::Missing, |(department, _)| Got::Name(borrowed(department))),
+            ("route" | "assignee", None, 1) => {
+                self.assignment().map_or(Got::Missing, |(department, _)| {
+                    Got::Name(borrowed(department))
+                })
+            }
             ("reopenings", None, 1) => Got::Number(f64::from(self.case.reopen_count)),
             (field, None, 1) => match self.field(field) {
                 None => Got::Missing,
@@ -719,14 +728,16 @@ impl<'p> Evaluator<'p, '_> {
             Aggregate::DistinctSenders { key, window } => {
                 let since = clockmath::window_start(until, window.node);
                 let (senders, this_qualifies) = match &key.node {
-                    GroupKey::SameCategory => match self.field("category").and_then(FieldRef::name_or_text) {
-                        Some(category) => (
-                            self.history
-                                .distinct_senders_with_category(category, since, until),
-                            true,
-                        ),
-                        _ => return 0,
-                    },
+                    GroupKey::SameCategory => {
+                        match self.field("category").and_then(FieldRef::name_or_text) {
+                            Some(category) => (
+                                self.history
+                                    .distinct_senders_with_category(category, since, until),
+                                true,
+                            ),
+                            _ => return 0,
+                        }
+                    }
                     GroupKey::SameSubject => {
                         let fingerprint = subject_fingerprint(&case.subject);
                         (
@@ -794,7 +805,10 @@ mod tests {
         assert_eq!(number_text(3.0), "3");
         assert_eq!(number_text(1350.0), "1350");
         assert_eq!(number_text(2.5), "2.5");
-        assert!(matches!(shortened(Cow::Borrowed("燃气")), Cow::Borrowed("燃气")));
+        assert!(matches!(
+            shortened(Cow::Borrowed("燃气")),
+            Cow::Borrowed("燃气")
+        ));
         assert_eq!(shortened(Cow::Borrowed("a\u{85}b")), "a b");
         assert_eq!(shortened(Cow::Borrowed(long.as_str())), cut);
     }
