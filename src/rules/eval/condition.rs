@@ -248,8 +248,13 @@ impl<'p> Evaluator<'p, '_> {
                 } else {
                     let got = self.operand(left);
                     let shown = match (&got, &right.node) {
-                        // The name the condition asks for is the policy's own.
-                        (Got::Name(name), Value::Name(wanted)) if name == wanted => {
+                        // The name the condition asks for is the policy's own
+                        // (shown as is when `shorten` would not change it).
+                        (Got::Name(name), Value::Name(wanted))
+                            if name == wanted
+                                && wanted.len() <= SEEN_MAX_CHARS
+                                && !wanted.chars().any(char::is_control) =>
+                        {
                             Cow::Borrowed(wanted.as_str())
                         }
                         _ => self.display(&got),
