@@ -177,9 +177,10 @@ impl IngestSink for EngineSink {
     }
 }
 
-/// The engine's outbox as the SMTP sender's source. Every result is committed and flushed
-/// before the sender moves on, so a crash can leave at most the one mail being sent in doubt
-/// (it is sent again, with the same Message-ID).
+/// The engine's outbox as the SMTP sender's source. Every attempt is recorded (and flushed)
+/// before DATA and every result committed and flushed before the sender moves on, so a crash
+/// leaves at most the one mail being sent in doubt, and the next start knows which one
+/// (`smtp.in_doubt` decides: send it again with the same Message-ID, or hold it).
 pub struct EngineOutbox {
     engine: Arc<Engine>,
     wakeup: Notify,
@@ -223,6 +224,16 @@ impl EngineOutbox {
 }
 
 impl OutboxSource for EngineOutbox {
+    async fn mark_attempt(&self, id: &str, at: DateTime<Utc>) -> Result<(), OutboxError> {
+        let id = id.to_owned();
+        // Flushed before DATA, so that after a crash this mail is known to be in doubt.
+        self.mark("mark attempt", move |engine| {
+            engine.store().outbox_attempt(&id, at)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn next_due(
         &self,
         now: DateTime<Utc>,

@@ -76,6 +76,19 @@ impl OutboxError {
 /// Each `mark_*` call must be durable when it returns. A mail whose `mark_sent` fails
 /// stays due and is sent again later, with the same bytes and so the same Message-ID.
 pub trait OutboxSource: Send + Sync + 'static {
+    /// The message is about to be handed over: called after every recipient was accepted
+    /// and before DATA. A source that records it durably can tell after a crash which mail
+    /// was in doubt (the server may have taken it). The message is not sent when this
+    /// fails. The default records nothing.
+    fn mark_attempt(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), OutboxError>> + Send {
+        let _ = (id, at);
+        async { Ok(()) }
+    }
+
     /// Up to `limit` messages whose next attempt is at or before `now`, oldest first.
     fn next_due(
         &self,
@@ -171,6 +184,8 @@ pub enum SmtpFailure {
     Protocol(String),
     /// We refused to send: an invalid address, or a message the server cannot carry.
     Refused(String),
+    /// Not sent: the outbox could not record the attempt before DATA.
+    NotRecorded(String),
 }
 
 impl std::fmt::Display for SmtpFailure {
@@ -181,6 +196,9 @@ impl std::fmt::Display for SmtpFailure {
             SmtpFailure::Timeout(m) => write!(f, "timed out: {m}"),
             SmtpFailure::Protocol(m) => write!(f, "protocol error: {m}"),
             SmtpFailure::Refused(m) => write!(f, "not sent: {m}"),
+            SmtpFailure::NotRecorded(m) => {
+                write!(f, "not sent: the attempt could not be recorded: {m}")
+            }
         }
     }
 }
@@ -201,7 +219,8 @@ impl SmtpFailure {
             SmtpFailure::Reply { .. }
             | SmtpFailure::Connection(_)
             | SmtpFailure::Timeout(_)
-            | SmtpFailure::Protocol(_) => FailureClass::Temporary,
+            | SmtpFailure::Protocol(_)
+            | SmtpFailure::NotRecorded(_) => FailureClass::Temporary,
         }
     }
 
@@ -210,8 +229,9 @@ impl SmtpFailure {
         // A permanent refusal concerns this message only. A temporary one may concern the
         // session (a per-connection limit, 421 closing the channel): a session that refuses
         // one message for now may refuse every following one, so a new connection is used.
+        // A failure to record the attempt is ours, not the session's.
         matches!(self, SmtpFailure::Reply { code, .. } if (500..600).contains(code))
-            || matches!(self, SmtpFailure::Refused(_))
+            || matches!(self, SmtpFailure::Refused(_) | SmtpFailure::NotRecorded(_))
     }
 
     fn from_lettre(error: &lettre::transport::smtp::Error) -> SmtpFailure {
@@ -521,7 +541,9 @@ pub async fn run_sender<S: OutboxSource>(
             let Some(open) = connection.as_mut() else {
                 continue 'rounds;
             };
-            let (result, usable) = sender.deliver(&mut open.smtp, &mail).await;
+            let (result, usable) = sender
+                .deliver(&mut open.smtp, &mail, &*source, &*clock)
+                .await;
             open.last_used = Instant::now();
             open.messages += 1;
             if !usable || open.messages >= options.max_messages_per_connection.max(1) {
@@ -636,12 +658,14 @@ impl Sender {
     /// Sends one message: MAIL, RCPT for every recipient, DATA. A refused step is
     /// followed by RSET, so the connection can carry the next message. Returns the
     /// outcome, and whether the connection can still be used.
-    async fn deliver(
+    async fn deliver<S: OutboxSource>(
         &self,
         smtp: &mut AsyncSmtpConnection,
         mail: &OutgoingMail,
+        source: &S,
+        clock: &dyn Clock,
     ) -> (Result<String, SmtpFailure>, bool) {
-        match self.transaction(smtp, mail).await {
+        match self.transaction(smtp, mail, source, clock).await {
             Ok(reply) => (Ok(reply), true),
             Err(failure) if !failure.keeps_connection() => (Err(failure), false),
             Err(failure) => {
@@ -657,10 +681,12 @@ impl Sender {
         }
     }
 
-    async fn transaction(
+    async fn transaction<S: OutboxSource>(
         &self,
         smtp: &mut AsyncSmtpConnection,
         mail: &OutgoingMail,
+        source: &S,
+        clock: &dyn Clock,
     ) -> Result<String, SmtpFailure> {
         let (from, recipients) = parse_envelope(mail)?;
         let mut parameters = Vec::new();
@@ -697,6 +723,12 @@ impl Sender {
                     other => other,
                 })?;
         }
+        // Recorded as late as possible, so that after a crash only a mail the server may
+        // really have taken is in doubt.
+        source
+            .mark_attempt(&mail.id, clock.now())
+            .await
+            .map_err(|e| SmtpFailure::NotRecorded(e.to_string()))?;
         self.step("DATA", smtp.command(Data)).await?;
         // From here on a broken connection leaves it open whether the server took the
         // message: it is retried, and the stable Message-ID lets duplicates be recognised.
@@ -865,6 +897,10 @@ mod tests {
             SmtpFailure::Refused("bad address".into()).class(),
             FailureClass::Permanent
         );
+        assert_eq!(
+            SmtpFailure::NotRecorded("store full".into()).class(),
+            FailureClass::Temporary
+        );
     }
 
     #[test]
@@ -875,6 +911,7 @@ mod tests {
         assert!(!reply(421).keeps_connection());
         assert!(!SmtpFailure::Connection("reset".into()).keeps_connection());
         assert!(!SmtpFailure::Timeout("DATA".into()).keeps_connection());
+        assert!(SmtpFailure::NotRecorded("store full".into()).keeps_connection());
     }
 
     #[test]
