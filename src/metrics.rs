@@ -599,6 +599,8 @@ mod tests {
         metrics.set_imap_idling("complaints", false);
         metrics.rules_reloaded(false, Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
         metrics.rules_reloaded(true, Utc.with_ymd_and_hms(2026, 3, 1, 8, 0, 0).unwrap());
+        metrics.set_outbox_held(2);
+        metrics.mail_in_doubt(3);
         let text = metrics.encode();
         for line in [
             "complaintd_cases_ingested_total 3",
@@ -613,6 +615,8 @@ mod tests {
             "complaintd_rule_reloads_total{outcome=\"success\"} 1",
             "complaintd_rule_reloads_total{outcome=\"failure\"} 1",
             "complaintd_rules_last_reload_timestamp_seconds 1772352000",
+            "complaintd_outbox_held 2",
+            "complaintd_mail_in_doubt_total 3",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -676,5 +680,115 @@ mod tests {
             .expect("the server stops after shutdown")
             .unwrap();
         assert!(tokio::net::TcpStream::connect(address).await.is_err());
+    }
+
+    /// Answers every route with what it was asked, to show what reaches an [`Api`].
+    struct Echo;
+
+    impl Api for Echo {
+        fn handle(&self, request: ApiRequest) -> ApiFuture<'_> {
+            Box::pin(async move {
+                if request.path == "/missing" {
+                    return None;
+                }
+                let query: Vec<String> = request
+                    .query
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                Some(ApiResponse {
+                    status: StatusCode::OK,
+                    json: format!(
+                        "{}\n",
+                        serde_json::json!({
+                            "method": request.method.as_str(),
+                            "path": request.path,
+                            "query": query,
+                        })
+                    ),
+                })
+            })
+        }
+    }
+
+    async fn raw(address: SocketAddr, request: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn api_routes_are_for_loopback_hosts_and_posts_need_the_admin_header() {
+        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let address = server.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.serve_with(
+            Metrics::new(),
+            Some(Arc::new(Echo)),
+            shutdown.clone(),
+        ));
+
+        let asked = raw(
+            address,
+            "GET /cases?state=in_progress&search=%E7%87%83%E6%B0%94+x HTTP/1.1\r\nHost: 127.0.0.1:80\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(asked.starts_with("HTTP/1.1 200 OK\r\n"), "{asked}");
+        assert!(asked.contains("application/json"), "{asked}");
+        assert!(
+            asked.contains(r#""query":["state=in_progress","search=燃气 x"]"#),
+            "query parameters arrive decoded: {asked}"
+        );
+
+        let rebound = raw(
+            address,
+            "GET /cases HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(rebound.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{rebound}");
+
+        let bare_post = raw(
+            address,
+            "POST /outbox/release-all HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(bare_post.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{bare_post}");
+        assert!(bare_post.contains(ADMIN_HEADER), "{bare_post}");
+
+        let post = raw(
+            address,
+            "POST /outbox/release-all HTTP/1.1\r\nHost: [::1]:9\r\nX-Complaintd-Admin: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(post.starts_with("HTTP/1.1 200 OK\r\n"), "{post}");
+        assert!(post.contains(r#""method":"POST""#), "{post}");
+
+        let missing = get(address, "/missing").await;
+        assert!(missing.starts_with("HTTP/1.1 404 Not Found\r\n"), "{missing}");
+        assert!(missing.contains(r#"{"error":"not found"#), "{missing}");
+
+        // The metrics stay where they were.
+        let scrape = get(address, "/metrics").await;
+        assert!(scrape.contains("complaintd_outbox_held 0"), "{scrape}");
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the server stops after shutdown")
+            .unwrap();
+    }
+
+    #[test]
+    fn loopback_hosts_are_recognised_with_and_without_ports() {
+        for host in ["localhost", "LOCALHOST:10080", "127.0.0.1", "127.0.0.1:10080", "[::1]", "[::1]:10080", "127.1.2.3:1"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["example.test", "10.0.0.1:10080", "localhost.example.test", "[2001:db8::1]:80", ""] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 }

@@ -442,3 +442,294 @@ fn encode_segment(text: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::{Address, Case};
+    use crate::clock::ManualClock;
+    use crate::store::{ChangeSet, MailDraft, MailIdentity, RenderedMail};
+    use chrono::TimeZone;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap()
+    }
+
+    fn render(identity: &MailIdentity) -> Result<RenderedMail, String> {
+        Ok(RenderedMail {
+            message_id: format!("{}@example.test", identity.outbox_id),
+            subject: "received".into(),
+            bytes: b"Subject: received\r\n\r\nok\r\n".to_vec(),
+        })
+    }
+
+    /// A store with `count` cases, each with its acknowledgement queued; their outbox ids.
+    fn store_with_cases(dir: &tempfile::TempDir, count: usize) -> (Store, Vec<String>) {
+        let store = Store::open(dir.path().join("db")).unwrap();
+        for i in 0..count {
+            let mut changes =
+                ChangeSet::for_message(&format!("<m{i}@example.test>"), t0()).unwrap();
+            let case = changes
+                .new_case(Case::new(
+                    CaseId("unnumbered".into()),
+                    t0(),
+                    "email",
+                    Address::new(&format!("customer{i}@example.test"), None),
+                    &format!("complaint {i}"),
+                    "en",
+                ))
+                .unwrap();
+            changes.link_message(&case).unwrap();
+            changes
+                .queue_mail(
+                    &case,
+                    MailDraft::new(
+                        "ack",
+                        "acknowledgement",
+                        "complaints@example.test",
+                        vec![format!("customer{i}@example.test")],
+                        t0(),
+                        render,
+                    ),
+                )
+                .unwrap();
+            store.apply(&changes).unwrap();
+        }
+        let ids = store
+            .due_outbox(t0(), 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        (store, ids)
+    }
+
+    fn api(store: &Store, wakes: Arc<AtomicUsize>, metrics: Metrics) -> AdminApi {
+        AdminApi::new(
+            store.clone(),
+            Arc::new(ManualClock::new(t0() + chrono::Duration::hours(1))),
+            metrics,
+            BlockingWork::default(),
+            move || {
+                wakes.fetch_add(1, Ordering::SeqCst);
+            },
+        )
+    }
+
+    fn get(path: &str, query: &[(&str, &str)]) -> ApiRequest {
+        ApiRequest {
+            method: Method::GET,
+            path: path.into(),
+            query: query
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn post(path: &str) -> ApiRequest {
+        ApiRequest {
+            method: Method::POST,
+            path: path.into(),
+            query: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn settling_holds_or_resends_only_the_mail_in_doubt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ids) = store_with_cases(&dir, 3);
+        store.outbox_attempt(&ids[0], t0()).unwrap();
+        store.outbox_sent(&ids[0], t0()).unwrap();
+        store.outbox_attempt(&ids[1], t0()).unwrap();
+        let now = t0() + chrono::Duration::minutes(1);
+
+        let report = settle_in_doubt(&store, InDoubt::Hold, now).unwrap();
+        assert_eq!(report.held, [ids[1].clone()]);
+        assert!(report.resent.is_empty());
+        assert_eq!(report.held_total, 1);
+        assert!(matches!(
+            store.outbox_entry(&ids[1]).unwrap().unwrap().state,
+            OutboxState::Held { .. }
+        ));
+        // Nothing is in doubt any more: a second start holds nothing new.
+        let again = settle_in_doubt(&store, InDoubt::Hold, now).unwrap();
+        assert!(again.held.is_empty());
+        assert_eq!(again.held_total, 1);
+
+        store.outbox_attempt(&ids[2], now).unwrap();
+        let resent = settle_in_doubt(&store, InDoubt::Resend, now).unwrap();
+        assert_eq!(resent.resent, [ids[2].clone()]);
+        assert_eq!(resent.held_total, 1);
+        assert_eq!(
+            store.outbox_entry(&ids[2]).unwrap().unwrap().state,
+            OutboxState::Scheduled { next_attempt: now }
+        );
+    }
+
+    #[tokio::test]
+    async fn case_routes_answer_what_the_cli_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_with_cases(&dir, 3);
+        let api = api(&store, Arc::default(), Metrics::new());
+
+        let listed = api.handle(get("/cases", &[])).await.unwrap();
+        assert_eq!(listed.status, StatusCode::OK);
+        let all = inspect::answer(&store, &CaseQuery::List(CaseFilter::default())).unwrap();
+        assert_eq!(listed.json, inspect::answer_json(&all).unwrap());
+        let cases: Vec<crate::case::Case> = serde_json::from_str(&listed.json).unwrap();
+        assert_eq!(cases.len(), 3);
+
+        let received = api
+            .handle(get("/cases", &[("state", "received")]))
+            .await
+            .unwrap();
+        let closed = api
+            .handle(get("/cases", &[("state", "closed")]))
+            .await
+            .unwrap();
+        let received: Vec<crate::case::Case> = serde_json::from_str(&received.json).unwrap();
+        let closed: Vec<crate::case::Case> = serde_json::from_str(&closed.json).unwrap();
+        assert_eq!(received.len() + closed.len(), 3);
+        assert!(received.iter().all(|c| c.state == CaseState::Received));
+        assert!(closed.iter().all(|c| c.state == CaseState::Closed));
+
+        let id = &cases[1].id;
+        let shown = api.handle(get(&case_path(id), &[])).await.unwrap();
+        assert_eq!(shown.status, StatusCode::OK);
+        let detail: inspect::CaseDetail = serde_json::from_str(&shown.json).unwrap();
+        assert_eq!(&detail.case.id, id);
+        assert_eq!(detail.mail.len(), 1);
+        assert_eq!(
+            detail.events,
+            store.events(id).unwrap(),
+            "the event log is served"
+        );
+
+        let lower = api
+            .handle(get(&format!("/cases/{}", id.0.to_lowercase()), &[]))
+            .await
+            .unwrap();
+        assert_eq!(lower.json, shown.json, "case numbers are case-insensitive");
+
+        let found = api
+            .handle(get("/cases", &[("search", "customer2@")]))
+            .await
+            .unwrap();
+        let found: Vec<crate::case::Case> = serde_json::from_str(&found.json).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].sender.email, "customer2@example.test");
+
+        let missing = api
+            .handle(get("/cases/TS-2026-999999", &[]))
+            .await
+            .unwrap();
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        assert!(missing.json.contains("no case TS-2026-999999"), "{}", missing.json);
+
+        for (name, value) in [("state", "sleeping"), ("limit", "many"), ("colour", "red")] {
+            let bad = api.handle(get("/cases", &[(name, value)])).await.unwrap();
+            assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{name}={value}");
+            assert!(bad.json.contains(value) || bad.json.contains(name), "{}", bad.json);
+        }
+        assert!(api.handle(get("/nothing", &[])).await.is_none());
+        let wrong_method = api.handle(post("/cases")).await.unwrap();
+        assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn held_mail_is_listed_and_released_through_the_routes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ids) = store_with_cases(&dir, 3);
+        for id in &ids[..2] {
+            store.outbox_attempt(id, t0()).unwrap();
+        }
+        settle_in_doubt(&store, InDoubt::Hold, t0()).unwrap();
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let metrics = Metrics::new();
+        metrics.set_outbox_held(2);
+        let api = api(&store, Arc::clone(&wakes), metrics.clone());
+
+        let held = api
+            .handle(get("/outbox", &[("held", "true")]))
+            .await
+            .unwrap();
+        let held: Vec<OutboxEntry> = serde_json::from_str(&held.json).unwrap();
+        let held_ids: Vec<&str> = held.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(held_ids, [ids[0].as_str(), ids[1].as_str()]);
+        let pending = api.handle(get("/outbox", &[])).await.unwrap();
+        let pending: Vec<OutboxEntry> = serde_json::from_str(&pending.json).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].id, ids[2]);
+
+        let not_held = api.handle(post(&release_path(&ids[2]))).await.unwrap();
+        assert_eq!(not_held.status, StatusCode::CONFLICT);
+        assert!(not_held.json.contains("scheduled, not held"), "{}", not_held.json);
+        let unknown = api
+            .handle(post(&release_path("TS-2026-999999.ack.1")))
+            .await
+            .unwrap();
+        assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+        assert_eq!(wakes.load(Ordering::SeqCst), 0);
+
+        let one = api.handle(post(&release_path(&ids[0]))).await.unwrap();
+        assert_eq!(one.status, StatusCode::OK, "{}", one.json);
+        let released: Vec<OutboxEntry> = serde_json::from_str(&one.json).unwrap();
+        assert_eq!(released.len(), 1);
+        assert_eq!(
+            released[0].state,
+            OutboxState::Scheduled {
+                next_attempt: t0() + chrono::Duration::hours(1)
+            }
+        );
+        assert_eq!(wakes.load(Ordering::SeqCst), 1, "the sender is woken");
+        assert_eq!(metrics.outbox_held(), 1);
+
+        let rest = api.handle(post("/outbox/release-all")).await.unwrap();
+        let released: Vec<OutboxEntry> = serde_json::from_str(&rest.json).unwrap();
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].id, ids[1]);
+        assert_eq!(metrics.outbox_held(), 0);
+        assert!(store.held_outbox().unwrap().is_empty());
+        assert_eq!(store.queue_depth(), 3);
+        let case = store.outbox_entry(&ids[1]).unwrap().unwrap().case.unwrap();
+        assert!(store.events(&case).unwrap().iter().any(|e| matches!(
+            &e.kind,
+            crate::case::EventKind::Note { text } if text.ends_with(RELEASE_NOTE)
+        )));
+    }
+
+    #[test]
+    fn query_parameters_and_case_queries_round_trip() {
+        let queries = [
+            CaseQuery::List(CaseFilter::default()),
+            CaseQuery::List(CaseFilter {
+                open: Some(true),
+                state: Some(CaseState::InProgress),
+                severity: Some("高".into()),
+                department: Some("billing".into()),
+                limit: Some(5),
+            }),
+            CaseQuery::Search("燃气 表".into()),
+        ];
+        for query in queries {
+            let parameters: Vec<(String, String)> = case_query_parameters(&query)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            assert_eq!(case_query_of(&parameters).unwrap(), query);
+        }
+        assert!(case_query_of(&[
+            ("search".into(), "x".into()),
+            ("open".into(), "true".into())
+        ])
+        .is_err());
+        assert_eq!(percent_decode("TS-2026-000001.a%2Bb+c"), "TS-2026-000001.a+b+c");
+        assert_eq!(
+            release_path("TS-2026-000001.=E7=9D=A3.1"),
+            "/outbox/TS-2026-000001.%3DE7%3D9D%3DA3.1/release"
+        );
+        assert_eq!(percent_decode("TS-2026-000001.%3DE7%3D9D%3DA3.1"), "TS-2026-000001.=E7=9D=A3.1");
+    }
+}

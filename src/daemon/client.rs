@@ -149,3 +149,74 @@ impl DaemonClient {
         Ok(Answer { status, body })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Api, ApiFuture, ApiRequest, ApiResponse, Metrics, MetricsServer};
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    /// Answers with the method and path it was asked.
+    struct Echo;
+
+    impl Api for Echo {
+        fn handle(&self, request: ApiRequest) -> ApiFuture<'_> {
+            Box::pin(async move {
+                Some(ApiResponse {
+                    status: StatusCode::OK,
+                    json: format!("{} {}\n", request.method, request.path),
+                })
+            })
+        }
+    }
+
+    // Two workers: the blocking call holds one while the server answers on the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn asks_the_endpoint_and_reads_its_answers() {
+        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let address = server.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.serve_with(
+            Metrics::new(),
+            Some(Arc::new(Echo)),
+            shutdown.clone(),
+        ));
+        let client = DaemonClient::new(address);
+
+        let got = client.get("/cases/TS-2026-000001").await.unwrap();
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body, "GET /cases/TS-2026-000001\n");
+        // The admin header is sent with a POST, so the endpoint lets it through.
+        let posted = client.post("/outbox/release-all").await.unwrap();
+        assert_eq!(posted.status, StatusCode::OK, "{}", posted.body);
+        assert_eq!(posted.body, "POST /outbox/release-all\n");
+        // From synchronous code too, even inside a runtime.
+        let blocking = client.blocking(Method::GET, "/health").unwrap();
+        assert_eq!(blocking.body, "ok\n");
+
+        shutdown.cancel();
+        task.await.unwrap();
+        let refused = client.get("/health").await.unwrap_err();
+        assert!(
+            matches!(refused, ClientError::Unreachable { .. }),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn error_answers_show_their_message() {
+        let answer = Answer {
+            status: StatusCode::NOT_FOUND,
+            body: "{\"error\":\"no case X\"}\n".into(),
+        };
+        assert_eq!(answer.error_message(), "no case X");
+        let plain = Answer {
+            status: StatusCode::BAD_GATEWAY,
+            body: "upstream down\n".into(),
+        };
+        assert_eq!(plain.error_message(), "upstream down");
+    }
+}
