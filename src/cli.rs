@@ -10,21 +10,21 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, FixedOffset, Utc};
 use chrono_tz::Tz;
-use hyper::{Method, StatusCode};
 use clap::{Parser, Subcommand};
+use hyper::{Method, StatusCode};
 
+use crate::case::CaseState;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::daemon;
-use crate::case::CaseState;
 use crate::daemon::admin::{self, Release};
 use crate::daemon::client::DaemonClient;
 use crate::engine::inspect::{self, CaseAnswer, CaseQuery, OpenFailure, StoreSource};
-use crate::store::{CaseFilter, OutboxEntry};
 use crate::rules::check::{check, Environment};
 use crate::rules::diag::{did_you_mean, render_all};
 use crate::rules::eval::MemoryHistory;
 use crate::rules::{explain, load, testing, Diagnostic, Limits, Policy, SourceMap};
+use crate::store::{CaseFilter, OutboxEntry};
 
 /// Exit code of a command that ran and found nothing wrong.
 pub const EXIT_OK: u8 = 0;

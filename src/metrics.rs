@@ -549,7 +549,8 @@ fn is_loopback_host(host: &str) -> bool {
             }
         }),
     };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `{"error": message}` with a newline, as every API error is answered.
@@ -726,11 +727,8 @@ mod tests {
             .unwrap();
         let address = server.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server.serve_with(
-            Metrics::new(),
-            Some(Arc::new(Echo)),
-            shutdown.clone(),
-        ));
+        let task =
+            tokio::spawn(server.serve_with(Metrics::new(), Some(Arc::new(Echo)), shutdown.clone()));
 
         let asked = raw(
             address,
@@ -749,14 +747,20 @@ mod tests {
             "GET /cases HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n",
         )
         .await;
-        assert!(rebound.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{rebound}");
+        assert!(
+            rebound.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+            "{rebound}"
+        );
 
         let bare_post = raw(
             address,
             "POST /outbox/release-all HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         )
         .await;
-        assert!(bare_post.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{bare_post}");
+        assert!(
+            bare_post.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+            "{bare_post}"
+        );
         assert!(bare_post.contains(ADMIN_HEADER), "{bare_post}");
 
         let post = raw(
@@ -768,7 +772,10 @@ mod tests {
         assert!(post.contains(r#""method":"POST""#), "{post}");
 
         let missing = get(address, "/missing").await;
-        assert!(missing.starts_with("HTTP/1.1 404 Not Found\r\n"), "{missing}");
+        assert!(
+            missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{missing}"
+        );
         assert!(missing.contains(r#"{"error":"not found"#), "{missing}");
 
         // The metrics stay where they were.
@@ -784,10 +791,24 @@ mod tests {
 
     #[test]
     fn loopback_hosts_are_recognised_with_and_without_ports() {
-        for host in ["localhost", "LOCALHOST:10080", "127.0.0.1", "127.0.0.1:10080", "[::1]", "[::1]:10080", "127.1.2.3:1"] {
+        for host in [
+            "localhost",
+            "LOCALHOST:10080",
+            "127.0.0.1",
+            "127.0.0.1:10080",
+            "[::1]",
+            "[::1]:10080",
+            "127.1.2.3:1",
+        ] {
             assert!(is_loopback_host(host), "{host}");
         }
-        for host in ["example.test", "10.0.0.1:10080", "localhost.example.test", "[2001:db8::1]:80", ""] {
+        for host in [
+            "example.test",
+            "10.0.0.1:10080",
+            "localhost.example.test",
+            "[2001:db8::1]:80",
+            "",
+        ] {
             assert!(!is_loopback_host(host), "{host}");
         }
     }

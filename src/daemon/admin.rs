@@ -216,10 +216,7 @@ impl AdminApi {
 
     async fn cases(&self, query: CaseQuery) -> ApiResponse {
         let store = self.store.clone();
-        let found = self
-            .work
-            .run(move || inspect::answer(&store, &query))
-            .await;
+        let found = self.work.run(move || inspect::answer(&store, &query)).await;
         match found {
             Err(message) => server_error(&message),
             Ok(Err(error)) => server_error(&error.to_string()),
@@ -331,10 +328,7 @@ fn unexpected_parameters(query: &[(String, String)], allowed: &[&str]) -> Option
             if allowed.is_empty() {
                 format!("unknown parameter `{name}`: this route takes none")
             } else {
-                format!(
-                    "unknown parameter `{name}` (known: {})",
-                    allowed.join(", ")
-                )
+                format!("unknown parameter `{name}` (known: {})", allowed.join(", "))
             }
         })
 }
@@ -367,9 +361,11 @@ pub fn case_query_of(query: &[(String, String)]) -> Result<CaseQuery, String> {
             "severity" => filter.severity = Some(value.clone()),
             "department" => filter.department = Some(value.clone()),
             "limit" => {
-                filter.limit = Some(value.parse().map_err(|_| {
-                    format!("limit must be a whole number, not `{value}`")
-                })?)
+                filter.limit = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("limit must be a whole number, not `{value}`"))?,
+                )
             }
             _ => search = Some(value.clone()),
         }
@@ -621,17 +617,22 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].sender.email, "customer2@example.test");
 
-        let missing = api
-            .handle(get("/cases/TS-2026-999999", &[]))
-            .await
-            .unwrap();
+        let missing = api.handle(get("/cases/TS-2026-999999", &[])).await.unwrap();
         assert_eq!(missing.status, StatusCode::NOT_FOUND);
-        assert!(missing.json.contains("no case TS-2026-999999"), "{}", missing.json);
+        assert!(
+            missing.json.contains("no case TS-2026-999999"),
+            "{}",
+            missing.json
+        );
 
         for (name, value) in [("state", "sleeping"), ("limit", "many"), ("colour", "red")] {
             let bad = api.handle(get("/cases", &[(name, value)])).await.unwrap();
             assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{name}={value}");
-            assert!(bad.json.contains(value) || bad.json.contains(name), "{}", bad.json);
+            assert!(
+                bad.json.contains(value) || bad.json.contains(name),
+                "{}",
+                bad.json
+            );
         }
         assert!(api.handle(get("/nothing", &[])).await.is_none());
         let wrong_method = api.handle(post("/cases")).await.unwrap();
@@ -665,7 +666,11 @@ mod tests {
 
         let not_held = api.handle(post(&release_path(&ids[2]))).await.unwrap();
         assert_eq!(not_held.status, StatusCode::CONFLICT);
-        assert!(not_held.json.contains("scheduled, not held"), "{}", not_held.json);
+        assert!(
+            not_held.json.contains("scheduled, not held"),
+            "{}",
+            not_held.json
+        );
         let unknown = api
             .handle(post(&release_path("TS-2026-999999.ack.1")))
             .await
@@ -725,11 +730,17 @@ mod tests {
             ("open".into(), "true".into())
         ])
         .is_err());
-        assert_eq!(percent_decode("TS-2026-000001.a%2Bb+c"), "TS-2026-000001.a+b+c");
+        assert_eq!(
+            percent_decode("TS-2026-000001.a%2Bb+c"),
+            "TS-2026-000001.a+b+c"
+        );
         assert_eq!(
             release_path("TS-2026-000001.=E7=9D=A3.1"),
             "/outbox/TS-2026-000001.%3DE7%3D9D%3DA3.1/release"
         );
-        assert_eq!(percent_decode("TS-2026-000001.%3DE7%3D9D%3DA3.1"), "TS-2026-000001.=E7=9D=A3.1");
+        assert_eq!(
+            percent_decode("TS-2026-000001.%3DE7%3D9D%3DA3.1"),
+            "TS-2026-000001.=E7=9D=A3.1"
+        );
     }
 }

@@ -125,7 +125,10 @@ impl DaemonClient {
             .method(method.clone())
             .uri(path_and_query)
             .header(HOST, address.to_string())
-            .header(USER_AGENT, concat!("complaintd/", env!("CARGO_PKG_VERSION")));
+            .header(
+                USER_AGENT,
+                concat!("complaintd/", env!("CARGO_PKG_VERSION")),
+            );
         if method == Method::POST {
             builder = builder.header(ADMIN_HEADER, "1");
         }
@@ -144,8 +147,8 @@ impl DaemonClient {
             .map_err(|e| http(e.to_string()))?
             .to_bytes();
         driver.abort();
-        let body = String::from_utf8(body.to_vec())
-            .map_err(|_| http("the answer is not UTF-8".into()))?;
+        let body =
+            String::from_utf8(body.to_vec()).map_err(|_| http("the answer is not UTF-8".into()))?;
         Ok(Answer { status, body })
     }
 }
@@ -179,11 +182,8 @@ mod tests {
             .unwrap();
         let address = server.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server.serve_with(
-            Metrics::new(),
-            Some(Arc::new(Echo)),
-            shutdown.clone(),
-        ));
+        let task =
+            tokio::spawn(server.serve_with(Metrics::new(), Some(Arc::new(Echo)), shutdown.clone()));
         let client = DaemonClient::new(address);
 
         let got = client.get("/cases/TS-2026-000001").await.unwrap();

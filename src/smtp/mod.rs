@@ -1007,4 +1007,222 @@ mod tests {
         );
         assert_eq!(hello_name("nobody"), ClientId::Domain("localhost".into()));
     }
+
+    mod attempt_before_data {
+        use super::super::*;
+        use crate::clock::ManualClock;
+        use chrono::TimeZone;
+        use std::sync::Mutex;
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        use tokio::net::TcpListener;
+
+        /// One mail to send; records what the sender reports, in order, with what the server saw.
+        struct OneMail {
+            mail: Mutex<Option<OutgoingMail>>,
+            log: Arc<Mutex<Vec<String>>>,
+            refuse_attempt: bool,
+            done: Notify,
+            wakeup: Notify,
+        }
+
+        impl OneMail {
+            fn note(&self, what: &str) {
+                self.log.lock().unwrap().push(what.to_owned());
+            }
+        }
+
+        impl OutboxSource for OneMail {
+            async fn mark_attempt(&self, id: &str, _: DateTime<Utc>) -> Result<(), OutboxError> {
+                self.note(&format!("outbox: attempt {id}"));
+                if self.refuse_attempt {
+                    Err(OutboxError::new("disk full"))
+                } else {
+                    Ok(())
+                }
+            }
+
+            async fn next_due(
+                &self,
+                _: DateTime<Utc>,
+                _: usize,
+            ) -> Result<Vec<OutgoingMail>, OutboxError> {
+                Ok(self.mail.lock().unwrap().take().into_iter().collect())
+            }
+
+            async fn mark_sent(
+                &self,
+                id: &str,
+                _: DateTime<Utc>,
+                _: &str,
+            ) -> Result<(), OutboxError> {
+                self.note(&format!("outbox: sent {id}"));
+                self.done.notify_one();
+                Ok(())
+            }
+
+            async fn mark_temporary_failure(
+                &self,
+                id: &str,
+                _: DateTime<Utc>,
+                error: &str,
+                _: DateTime<Utc>,
+            ) -> Result<(), OutboxError> {
+                self.note(&format!("outbox: temporary {id}: {error}"));
+                self.done.notify_one();
+                Ok(())
+            }
+
+            async fn mark_permanent_failure(
+                &self,
+                id: &str,
+                _: DateTime<Utc>,
+                error: &str,
+            ) -> Result<(), OutboxError> {
+                self.note(&format!("outbox: permanent {id}: {error}"));
+                self.done.notify_one();
+                Ok(())
+            }
+
+            async fn next_attempt_at(&self) -> Result<Option<DateTime<Utc>>, OutboxError> {
+                Ok(None)
+            }
+
+            fn wakeup(&self) -> &Notify {
+                &self.wakeup
+            }
+        }
+
+        /// A scripted SMTP server for one connection: every command is accepted and logged.
+        async fn serve_one(listener: TcpListener, log: Arc<Mutex<Vec<String>>>) {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            write.write_all(b"220 test ESMTP\r\n").await.unwrap();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let verb = line
+                    .split([' ', ':'])
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_uppercase();
+                if verb != "EHLO" {
+                    log.lock().unwrap().push(format!("server: {verb}"));
+                }
+                let reply: &[u8] = match verb.as_str() {
+                    "EHLO" => b"250-test\r\n250 8BITMIME\r\n",
+                    "DATA" => {
+                        write.write_all(b"354 go ahead\r\n").await.unwrap();
+                        while let Ok(Some(body)) = lines.next_line().await {
+                            if body == "." {
+                                break;
+                            }
+                        }
+                        b"250 2.0.0 queued\r\n"
+                    }
+                    "QUIT" => {
+                        let _ = write.write_all(b"221 bye\r\n").await;
+                        return;
+                    }
+                    _ => b"250 ok\r\n",
+                };
+                if write.write_all(reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+
+        /// Sends one mail through a scripted server; returns the log of server and outbox.
+        async fn send_one(refuse_attempt: bool) -> Vec<String> {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let server = tokio::spawn(serve_one(listener, Arc::clone(&log)));
+            let source = Arc::new(OneMail {
+                mail: Mutex::new(Some(OutgoingMail {
+                    id: "TS-2026-000001.ack.1".into(),
+                    envelope_from: "complaints@example.test".into(),
+                    recipients: vec!["customer@example.test".into()],
+                    bytes: b"Message-ID: <a@example.test>\r\nSubject: x\r\n\r\nok\r\n".to_vec(),
+                    attempts: 0,
+                })),
+                log: Arc::clone(&log),
+                refuse_attempt,
+                done: Notify::new(),
+                wakeup: Notify::new(),
+            });
+            let config = SmtpConfig {
+                host: "127.0.0.1".into(),
+                port,
+                tls: TlsMode::None,
+                ca_file: None,
+                user: None,
+                password_file: None,
+                password_env: None,
+                from: "complaints@example.test".into(),
+                per_minute_cap: 600,
+                timeout: Duration::from_secs(10),
+                in_doubt: Default::default(),
+            };
+            let shutdown = CancellationToken::new();
+            let done = source.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            let sender = tokio::spawn(run_sender(
+                config,
+                SenderOptions::default(),
+                Arc::clone(&source),
+                Arc::new(ManualClock::new(
+                    Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap(),
+                )),
+                Metrics::new(),
+                shutdown.clone(),
+            ));
+            tokio::time::timeout(Duration::from_secs(30), done)
+                .await
+                .expect("the outcome is recorded");
+            shutdown.cancel();
+            sender.await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(30), server)
+                .await
+                .expect("the server sees QUIT")
+                .unwrap();
+            let log = log.lock().unwrap().clone();
+            log
+        }
+
+        #[tokio::test]
+        async fn the_attempt_is_recorded_after_the_recipients_and_before_data() {
+            assert_eq!(
+                send_one(false).await,
+                [
+                    "server: MAIL",
+                    "server: RCPT",
+                    "outbox: attempt TS-2026-000001.ack.1",
+                    "server: DATA",
+                    "outbox: sent TS-2026-000001.ack.1",
+                    "server: QUIT",
+                ]
+            );
+        }
+
+        #[tokio::test]
+        async fn a_mail_whose_attempt_cannot_be_recorded_is_not_sent() {
+            let log = send_one(true).await;
+            assert_eq!(
+                log[..4],
+                [
+                    "server: MAIL",
+                    "server: RCPT",
+                    "outbox: attempt TS-2026-000001.ack.1",
+                    "server: RSET"
+                ]
+            );
+            assert!(
+                log[4].starts_with(
+                    "outbox: temporary TS-2026-000001.ack.1: not sent: the attempt could not be recorded"
+                ),
+                "{log:?}"
+            );
+            assert!(!log.iter().any(|l| l == "server: DATA"), "{log:?}");
+        }
+    }
 }

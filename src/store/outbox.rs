@@ -760,7 +760,10 @@ mod tests {
             );
             assert!(store.outbox_in_doubt().unwrap().is_empty());
             assert!(
-                store.due_outbox(DateTime::<Utc>::MAX_UTC, 10).unwrap().is_empty(),
+                store
+                    .due_outbox(DateTime::<Utc>::MAX_UTC, 10)
+                    .unwrap()
+                    .is_empty(),
                 "a held entry is never handed to the sender"
             );
             assert_eq!(store.queue_depth(), 0);
