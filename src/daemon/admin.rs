@@ -182,7 +182,7 @@ impl AdminApi {
             .path
             .trim_matches('/')
             .split('/')
-            .map(|s| percent_decode(s))
+            .map(percent_decode)
             .collect();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         let answer = match (&request.method, segments.as_slice()) {
