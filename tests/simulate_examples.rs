@@ -72,6 +72,10 @@ timelines! {
         national_day => "national-day",
         ladder => "ladder",
     }
+    developer {
+        national_day => "national-day",
+        levels => "levels",
+    }
 }
 
 #[test]
