@@ -76,6 +76,10 @@ timelines! {
         national_day => "national-day",
         levels => "levels",
     }
+    gas {
+        national_day => "national-day",
+        appendix_3 => "appendix-3",
+    }
 }
 
 #[test]
