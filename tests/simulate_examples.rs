@@ -80,6 +80,10 @@ timelines! {
         national_day => "national-day",
         appendix_3 => "appendix-3",
     }
+    credit_union {
+        national_day => "national-day",
+        withdrawal => "withdrawal",
+    }
 }
 
 #[test]
