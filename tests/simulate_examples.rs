@@ -84,6 +84,10 @@ timelines! {
         national_day => "national-day",
         withdrawal => "withdrawal",
     }
+    hospital {
+        national_day => "national-day",
+        limits => "limits",
+    }
 }
 
 #[test]
