@@ -88,6 +88,10 @@ timelines! {
         national_day => "national-day",
         limits => "limits",
     }
+    tourism {
+        national_day => "national-day",
+        acceptance => "acceptance",
+    }
 }
 
 #[test]
