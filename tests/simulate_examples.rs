@@ -92,6 +92,10 @@ timelines! {
         national_day => "national-day",
         acceptance => "acceptance",
     }
+    food {
+        national_day => "national-day",
+        defect_classes => "defect-classes",
+    }
 }
 
 #[test]
