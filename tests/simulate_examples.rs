@@ -96,6 +96,10 @@ timelines! {
         national_day => "national-day",
         defect_classes => "defect-classes",
     }
+    training {
+        national_day => "national-day",
+        stars => "stars",
+    }
 }
 
 #[test]
