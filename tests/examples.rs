@@ -655,7 +655,7 @@ fn developer_major_complaints_get_a_first_answer_within_24_hours() {
     assert_eq!(
         waiting.fire_step("resolution", 2, "2026-11-25T10:00:00+08:00"),
         Some((
-            "overdue".to_owned(),
+            "major_first_answer".to_owned(),
             vec!["kefu-head@developer.example".to_owned()]
         ))
     );

@@ -44,12 +44,16 @@ fn simulate_as_expected(example: &str, timeline: &str) -> String {
     actual
 }
 
-/// The lines of `output` that contain every one of `needles`.
-fn lines_with<'a>(output: &'a str, needles: &[&str]) -> Vec<&'a str> {
-    output
+/// The due time of `clock` as the log line that started it on `case` says
+/// (`due YYYY-MM-DD HH:MM`), so that a test states the hand count it checks.
+fn due_of(output: &str, case: &str, clock: &str) -> String {
+    let start = format!("{case}  clock {clock} started, due ");
+    let line = output
         .lines()
-        .filter(|line| needles.iter().all(|needle| line.contains(needle)))
-        .collect()
+        .find(|line| line.contains(&start))
+        .unwrap_or_else(|| panic!("no line starts clock {clock} of {case}"));
+    let due = &line[line.find(&start).expect("found above") + start.len()..];
+    due.chars().take("2026-10-10 17:30".len()).collect()
 }
 
 /// One test per timeline, and the list of them for the completeness test.
@@ -102,6 +106,35 @@ timelines! {
     }
 }
 
+/// The complaint at 17:50 on Wednesday 2026-09-30 in every example, its
+/// working-day and working-hour due times across National Day and the
+/// make-up Saturday 10-10, as counted by hand in each timeline's comments.
+#[test]
+fn the_national_day_complaint_is_due_where_the_hand_count_says() {
+    let first = "TS-2026-000001";
+    let expected = [
+        ("mall", "ladder", "2026-09-30 19:20"),
+        ("developer", "answer", "2026-10-08 14:20"),
+        ("gas", "forward", "2026-10-08 09:30"),
+        ("gas", "investigate", "2026-10-03 17:50"),
+        ("credit_union", "reply", "2026-10-10 17:30"),
+        ("hospital", "written_reply", "2026-10-27 17:30"),
+        ("tourism", "acceptance", "2026-10-13 17:00"),
+        ("food", "forward", "2026-10-08 09:00"),
+        ("training", "investigate", "2026-10-08 17:30"),
+    ];
+    for (example, clock, due) in expected {
+        let output = simulate(example, "national-day");
+        assert_eq!(due_of(&output, first, clock), due, "{example}: {clock}");
+    }
+    let credit_union = simulate("credit_union", "national-day");
+    assert_eq!(
+        due_of(&credit_union, "TS-2026-000002", "reply"),
+        "2026-10-20 17:30",
+        "ten working days: 10-08, 10-09, the make-up 10-10, then 10-12 to 10-20"
+    );
+}
+
 #[test]
 fn every_example_has_a_national_day_timeline_and_every_timeline_a_test() {
     let examples_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples");
@@ -150,5 +183,8 @@ fn every_example_has_a_national_day_timeline_and_every_timeline_a_test() {
             }
         }
     }
-    assert_eq!(on_disk, tested, "timelines on disk vs. timelines with a test");
+    assert_eq!(
+        on_disk, tested,
+        "timelines on disk vs. timelines with a test"
+    );
 }
