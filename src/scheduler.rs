@@ -81,6 +81,16 @@ impl Scheduler {
         on_fired: impl Fn(usize) + Send,
         shutdown: CancellationToken,
     ) {
+        // A clock moved by hand (tests, simulation) wakes the scheduler like a new timer would;
+        // the listener lapses when this scheduler's handles are gone.
+        let wake = Arc::downgrade(&self.wake);
+        clock.on_change(Box::new(move || match wake.upgrade() {
+            Some(wake) => {
+                wake.notify_one();
+                true
+            }
+            None => false,
+        }));
         loop {
             if shutdown.is_cancelled() {
                 break;
