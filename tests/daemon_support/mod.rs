@@ -3,8 +3,9 @@
 //! process (`complaintd run`), complaint mails built with a real MIME builder, and waits on
 //! conditions with deadlines.
 //!
-//! Used by `tests/e2e_daemon.rs`, `tests/e2e_outage.rs` and `tests/e2e_crash.rs` next to
-//! `tests/support/` (`mod support; mod daemon_support;`).
+//! Used by `tests/e2e_daemon.rs`, `tests/e2e_outage.rs`, `tests/e2e_crash.rs`,
+//! `tests/e2e_lifecycle.rs`, `tests/e2e_security.rs`, `tests/e2e_restart.rs` and
+//! `tests/daemon_scheduler.rs` next to `tests/support/` (`mod support; mod daemon_support;`).
 
 // Each test binary uses only part of this module.
 #![allow(dead_code)]
