@@ -413,5 +413,8 @@ async fn replies_that_do_not_verify_change_nothing_and_are_recorded() -> Result<
             bail!("{customer} got {subjects:?}, only the acknowledgement was due");
         }
     }
+    // The outsider who tried is told nothing.
+    let outsider_mails = inbox(&stack, OUTSIDER).await?.len();
+    ensure!(outsider_mails == 0, "{OUTSIDER} got {outsider_mails} mails");
     daemon.stop().await
 }
