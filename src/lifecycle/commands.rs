@@ -576,4 +576,138 @@ mod tests {
             "the reply gives two different statuses"
         );
     }
+
+    #[test]
+    fn follow_up_in_both_languages() {
+        for text in [
+            "状态: 回访",
+            "狀態：已回訪",
+            "Status: Follow-up",
+            "status: follow up",
+        ] {
+            let reply = parse_department_reply(text);
+            assert!(reply.is_clean(), "{text}: {:?}", reply.problems);
+            assert_eq!(
+                reply.commands,
+                vec![Command::Status(Status::FollowUp)],
+                "{text}"
+            );
+        }
+        let reply = parse_department_reply(
+            "状态: 回访
+处理结果: 客户表示满意，已到账。",
+        );
+        assert_eq!(
+            reply.commands,
+            vec![
+                Command::Status(Status::FollowUp),
+                Command::Result("客户表示满意，已到账。".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_abnormal_close_needs_its_reason() {
+        let reply = parse_department_reply(
+            "状态: 异常关闭
+原因: 要求赔偿十万元，超出法律法规和公司政策",
+        );
+        assert!(reply.is_clean(), "{:?}", reply.problems);
+        assert_eq!(
+            reply.commands,
+            vec![
+                Command::Status(Status::AbnormalClose),
+                Command::Cause("要求赔偿十万元，超出法律法规和公司政策".to_owned()),
+            ]
+        );
+        let english = parse_department_reply(
+            "cause: demands beyond policy
+status: abnormal-close",
+        );
+        assert!(english.is_clean(), "{:?}", english.problems);
+        assert_eq!(english.commands[1], Command::Status(Status::AbnormalClose));
+
+        let bare = parse_department_reply(
+            "备注: 客户情绪激动
+状态: 非正常结案",
+        );
+        let reasons: Vec<String> = bare.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            vec!["line 2: `状态: 非正常结案`: an abnormal close needs its reason: add a line `cause: …` (`原因: …`)".to_owned()]
+        );
+    }
+
+    #[test]
+    fn merge_reads_a_case_number_and_a_reason() {
+        let reply = parse_department_reply("合并: [TS-2026-000123]，同一次停气");
+        assert!(reply.is_clean(), "{:?}", reply.problems);
+        assert_eq!(
+            reply.commands,
+            vec![Command::Merge {
+                into: "TS-2026-000123".into(),
+                reason: "同一次停气".into()
+            }]
+        );
+        let english = parse_department_reply("Merge into: ts-2026-000007\n\nSame outage.");
+        assert_eq!(
+            english.commands,
+            vec![Command::Merge {
+                into: "ts-2026-000007".into(),
+                reason: String::new()
+            }]
+        );
+        assert_eq!(english.answer, "Same outage.");
+    }
+
+    #[test]
+    fn a_merge_needs_a_case_number() {
+        let reasons = |text: &str| -> Vec<String> {
+            parse_department_reply(text)
+                .problems
+                .iter()
+                .map(|p| p.reason.clone())
+                .collect()
+        };
+        assert_eq!(
+            reasons("merge:"),
+            ["name the case to merge this one into, e.g. `merge: TS-2026-000123`"]
+        );
+        assert_eq!(
+            reasons("合并: 上一个案子"),
+            ["`上一个案子` is not a case number; write it as in the subject, e.g. `merge: TS-2026-000123`"]
+        );
+        assert_eq!(reasons("merge: 2026"), ["`2026` is not a case number; write it as in the subject, e.g. `merge: TS-2026-000123`"]);
+    }
+
+    #[test]
+    fn a_merge_goes_with_no_change_of_state() {
+        let reply = parse_department_reply(
+            "备注: 重复投诉\nmerge: TS-2026-000001\nstatus: resolved\nmerge: TS-2026-000002",
+        );
+        let reasons: Vec<String> = reply.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "line 4: `merge: TS-2026-000002`: a case is merged once: the reply has two `merge:` lines".to_owned(),
+                "line 3: `status: resolved`: `merge:` ends this case, so the reply cannot also change its status, send a result, transfer or appeal it".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn contradictions_name_their_line() {
+        let reply = parse_department_reply(
+            "status: resolved\nresponsibility: ours\n状态: 处理中\n责任: 非我方",
+        );
+        let reasons: Vec<String> = reply.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "line 3: `状态: 处理中`: the reply gives two different statuses".to_owned(),
+                "line 4: `责任: 非我方`: the reply gives two different responsibility verdicts"
+                    .to_owned(),
+            ]
+        );
+    }
 }

@@ -55,7 +55,7 @@ pub fn next_states(from: CaseState) -> &'static [CaseState] {
             AbnormallyClosed,
             Appealed,
         ],
-        WaitingOnCustomer => &[InProgress, Resolved, Withdrawn, AbnormallyClosed],
+        WaitingOnCustomer => &[InProgress, Resolved, Withdrawn, Merged, AbnormallyClosed],
         Resolved => &[Answered, InProgress, Appealed, Withdrawn],
         Answered => &[FollowUp, Closed, Reopened, Withdrawn, Appealed],
         FollowUp => &[Closed, Reopened, Withdrawn],

@@ -19,8 +19,8 @@ use crate::engine::clocks::ClockPlan;
 use crate::engine::compose::{Content, MailPlan};
 use crate::engine::lookup::BatchLink;
 use crate::engine::policy::{
-    COMMAND_CONFIRMATION_TEMPLATE, COMMAND_ERROR_TEMPLATE, MERGED_NOTICE_TEMPLATE,
-    RESULT_TEMPLATE, TRANSITION_REFUSED_TEMPLATE, WITHDRAWAL_CONFIRMATION_TEMPLATE,
+    COMMAND_CONFIRMATION_TEMPLATE, COMMAND_ERROR_TEMPLATE, MERGED_NOTICE_TEMPLATE, RESULT_TEMPLATE,
+    TRANSITION_REFUSED_TEMPLATE, WITHDRAWAL_CONFIRMATION_TEMPLATE,
 };
 use crate::engine::EngineError;
 use crate::lifecycle::commands::{parse_department_reply, Command, DepartmentReply, Status};
@@ -476,8 +476,10 @@ impl Run<'_> {
                 if !reason.is_empty() {
                     note.push_str(&format!(": {reason}"));
                 }
-                work.other_events
-                    .push((target.id.clone(), self.event(EventKind::Note { text: note })));
+                work.other_events.push((
+                    target.id.clone(),
+                    self.event(EventKind::Note { text: note }),
+                ));
                 let sender = work.case.sender.clone();
                 let plan = self.notice_plan(
                     &work.case,
@@ -519,7 +521,9 @@ impl Run<'_> {
         }
         let mut allowed = Vec::new();
         if let Some(assigned) = assigned {
-            allowed.push(format!("the department the case is assigned to ({assigned})"));
+            allowed.push(format!(
+                "the department the case is assigned to ({assigned})"
+            ));
         }
         if let Some(office) = office {
             allowed.push(format!("the complaint office ({office})"));
@@ -587,9 +591,7 @@ impl Run<'_> {
                 blobs: &blobs,
                 exclude: &exclude,
                 merge_targets: self.merge_targets(&reply)?,
-                follow_up: reply
-                    .commands
-                    .contains(&Command::Status(Status::FollowUp)),
+                follow_up: reply.commands.contains(&Command::Status(Status::FollowUp)),
             };
             self.department_work(&base, &reply, &context)
         } else {
