@@ -25,7 +25,7 @@ use crate::engine::policy::{
 use crate::engine::EngineError;
 use crate::lifecycle::commands::{parse_department_reply, Command, DepartmentReply, Status};
 use crate::lifecycle::customer::{interpret, CustomerIntent};
-use crate::lifecycle::{check_transition, words};
+use crate::lifecycle::{check_transition, next_states, words};
 use crate::mail::inbound::{AttachmentBlob, IncomingMail};
 use crate::mail::template::NoticeView;
 use crate::rules::ast::ClockEvent;
@@ -243,6 +243,20 @@ impl Run<'_> {
         context: &ReplyContext<'_>,
     ) -> Result<Work, Vec<String>> {
         let exclude = context.exclude;
+        let finished = next_states(base.state).is_empty();
+        if finished
+            && reply
+                .commands
+                .iter()
+                .any(|c| !matches!(c, Command::Note(_)))
+        {
+            // Repeating the status that finished a case would otherwise be
+            // accepted as "no change" and let its other commands rewrite it.
+            return Err(vec![format!(
+                "the case is {}: it is finished and can change no more; only `note:` is recorded",
+                words(base.state)
+            )]);
+        }
         let mut work = Work::new(base.clone());
         let mut problems = Vec::new();
         let mut result = None;
