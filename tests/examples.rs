@@ -732,6 +732,27 @@ fn tourism_respondent_answer_and_reconsideration_window() {
     assert_eq!(case.due("reconsideration"), "2027-03-06T10:00:00+08:00");
 }
 
+/// 二.1: a complaint not accepted (`status: reject`) ends the acceptance
+/// review; on the fifth working day it is met, after it late.
+#[test]
+fn tourism_acceptance_review_ends_with_a_rejection() {
+    for (moment, met) in [
+        ("2026-12-01T09:00:00+08:00", true),
+        ("2026-12-02T09:00:00+08:00", false),
+    ] {
+        let mut case = Timeline::complaint(
+            "tourism",
+            Some("written"),
+            "2026-11-24T10:00:00+08:00",
+            "旅行社",
+            "导游强迫购物",
+        );
+        assert_eq!(case.due("acceptance"), "2026-12-01T10:00:00+08:00");
+        case.event(ClockEvent::Rejected, Some(CaseState::Rejected), moment);
+        assert_eq!(case.met("acceptance"), Some(met), "rejected at {moment}");
+    }
+}
+
 // ----- hospital -----
 
 /// 六: a medical dispute's result is reported within 10 working days of the
