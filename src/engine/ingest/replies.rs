@@ -253,7 +253,7 @@ impl Run<'_> {
             // Repeating the status that finished a case would otherwise be
             // accepted as "no change" and let its other commands rewrite it.
             return Err(vec![format!(
-                "the case is {}: it is finished and can change no more; only `note:` is recorded",
+                "the case is {}: it is finished and can change no more; a reply on it may carry only `note:` lines",
                 words(base.state)
             )]);
         }
