@@ -453,6 +453,23 @@ impl Config {
                 "must be between 3 and 12".into(),
             );
         }
+        let case_number_len = self.store.case_prefix.len()
+            + "-YYYY-".len()
+            + usize::from(self.store.case_number_width);
+        if self.mail.complaint_address.contains('@')
+            && !crate::mail::token::fits_local_part(&self.mail.complaint_address, case_number_len)
+        {
+            err(
+                "mail.complaint_address".into(),
+                format!(
+                    "`{}` is too long for reply addresses: its local part and a case number \
+                     ({case_number_len} characters) may have at most {} characters together, \
+                     or departments' replies could not be addressed",
+                    self.mail.complaint_address,
+                    crate::mail::token::MAX_LOCAL_PART - 1 - 1 - crate::mail::token::KEY_CHARS,
+                ),
+            );
+        }
         if !self.rules.dir.is_dir() {
             err(
                 "rules.dir".into(),
@@ -651,6 +668,27 @@ from = "complaints@example.test"
                 "rules.dir"
             ],
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_complaint_address_too_long_for_reply_tokens_is_refused() {
+        let text = MINIMAL.replace(
+            "complaint_address = \"complaints@example.test\"",
+            "complaint_address = \"customer-complaints-and-feedback@example.test\"",
+        );
+        let mut config = Config::parse(&text).unwrap();
+        config.resolve_paths(Path::new("/nonexistent-dir"));
+        let errors = config.validate().unwrap_err();
+        let error = errors
+            .iter()
+            .find(|e| e.key == "mail.complaint_address")
+            .expect("the address is refused");
+        assert_eq!(
+            error.message,
+            "`customer-complaints-and-feedback@example.test` is too long for reply addresses: \
+             its local part and a case number (14 characters) may have at most 38 characters \
+             together, or departments' replies could not be addressed"
         );
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use complaintd::case::{Case, CaseId, CaseState, Event, EventKind, FieldValue};
-use complaintd::clock::ManualClock;
+use complaintd::clock::{Clock, ManualClock};
 use complaintd::engine::{Engine, EngineSettings, Outcome, RawMessage, DEPARTMENT_REPLY};
 use complaintd::mail::inbound::{parse, IncomingMail};
 use complaintd::mail::token::{self, ReplySecret};
@@ -22,6 +22,8 @@ use CaseState::*;
 const SECRET: &[u8] = b"lifecycle-test-reply-secret-0123456789";
 const CUSTOMER: &str = "wang@example.com";
 const BILLING: &str = "billing@corp.example";
+const SERVICE: &str = "service@corp.example";
+const OFFICE: &str = "office@corp.example";
 
 fn at(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
@@ -156,6 +158,59 @@ impl Harness {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// An English complaint the policy routes to `service`; returns its case.
+    fn english_complaint(&self, from: &str) -> CaseId {
+        match self.send(Mail {
+            from,
+            to: "complaints@corp.example",
+            subject: "Nobody came to fix the leak",
+            in_reply_to: None,
+            body: "Hello, I reported a gas smell at my address two days ago and nobody has come. Please send someone.",
+        }) {
+            Outcome::NewCase {
+                case, forwarded_to, ..
+            } => {
+                assert_eq!(forwarded_to, ["service"]);
+                assert_eq!(self.case(&case).language, "en");
+                case
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A reply of `department` from `from` with a reply token of its own for
+    /// the case, as if it had been sent a copy of the forward.
+    fn reply_with_token(&self, id: &CaseId, department: &str, from: &str, body: &str) -> Outcome {
+        let token = token::mint(
+            &ReplySecret::new(SECRET.to_vec()).unwrap(),
+            id,
+            department,
+            NaiveDate::from_ymd_opt(2027, 1, 1).unwrap(),
+        )
+        .unwrap();
+        let forward = self.last_mail(id, "forward");
+        self.send(Mail {
+            from,
+            to: &format!("complaints+{token}@corp.example"),
+            subject: &format!("Re: [{}] forward", id.0),
+            in_reply_to: Some(&forward.message_id),
+            body,
+        })
+    }
+
+    /// Whether the case's clock `deadline` has stopped, and no timer of it is left.
+    fn clock_ended(&self, id: &CaseId, deadline: &str) -> bool {
+        let stopped = self.case(id).clocks[deadline].stopped_at.is_some();
+        let timers = self
+            .store()
+            .timers_of_case(id)
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.deadline == deadline)
+            .count();
+        stopped && timers == 0
     }
 
     fn case(&self, id: &CaseId) -> Case {
@@ -475,7 +530,15 @@ fn a_transfer_reassigns_and_forwards_with_the_new_departments_token() {
     let forward = h.last_mail(&id, "forward");
     assert_eq!(forward.recipients, ["service@corp.example"]);
     let token_address = h.read(&forward).reply_to[0].email.clone();
-    assert!(token_address.contains(".service."), "{token_address}");
+    let secret = ReplySecret::new(SECRET.to_vec()).unwrap();
+    let verified = token::verify(
+        &secret,
+        &token_address,
+        h.clock.now(),
+        ["billing_dept", "service"],
+    )
+    .expect("the forward's Reply-To carries a valid token");
+    assert_eq!(verified.department, "service", "{token_address}");
 
     // The new department can work the case with its token.
     h.department_reply(&id, "service@corp.example", "状态: 已受理");
@@ -552,4 +615,373 @@ fn a_reply_after_closing_reopens_only_within_the_window() {
             assert_eq!(h.count(&id, "forward"), 1);
         }
     }
+}
+
+/// Runs a department reply from `from` that must be refused whole: every
+/// case of `cases` stays as it was; the first gets only the mail, one
+/// `CommandRejected` event and one error mail to `from`, the others get
+/// nothing. Returns the error mail's text.
+fn refused(h: &Harness, cases: &[&CaseId], from: &str, reply: impl FnOnce() -> Outcome) -> String {
+    let before: Vec<(Case, usize, usize)> = cases
+        .iter()
+        .map(|id| (h.case(id), h.events(id).len(), h.outbox(id).len()))
+        .collect();
+    let outcome = reply();
+    assert!(
+        matches!(outcome, Outcome::DepartmentReply { .. }),
+        "{outcome:?}"
+    );
+    for (index, (id, (case, events, mails))) in cases.iter().zip(before).enumerate() {
+        assert_eq!(h.case(id), case, "case {id} is unchanged");
+        let new_events = h.events(id)[events..].to_vec();
+        let new_mails = h.outbox(id).len() - mails;
+        if index == 0 {
+            assert_eq!(rejections(&new_events).len(), 1, "{new_events:?}");
+            assert!(
+                new_events.iter().all(|e| matches!(
+                    e.kind,
+                    EventKind::MailReceived { .. }
+                        | EventKind::CommandRejected { .. }
+                        | EventKind::MailQueued { .. }
+                )),
+                "nothing but the refusal is recorded: {new_events:?}"
+            );
+            assert_eq!(new_mails, 1, "only the error mail");
+        } else {
+            assert!(new_events.is_empty(), "{id}: {new_events:?}");
+            assert_eq!(new_mails, 0, "{id}");
+        }
+    }
+    let error = h.last_mail(cases[0], "command-error");
+    assert_eq!(error.recipients, [from]);
+    h.read(&error).text
+}
+
+fn notes(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Note { text } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_follow_up_call_is_recorded_and_the_customer_still_closes() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    h.department_reply(
+        &id,
+        BILLING,
+        "状态: 已解决\n处理结果: 多收的 120 元已退回。",
+    );
+    assert_eq!(h.case(&id).state, Answered);
+    assert!(h.case(&id).clocks["follow_up"].stopped_at.is_none());
+
+    h.clock.advance(Duration::hours(3));
+    h.department_reply(
+        &id,
+        BILLING,
+        "状态: 回访\n处理结果: 客户确认已到账，表示满意。\n备注: 电话回访",
+    );
+    let case = h.case(&id);
+    assert_eq!(case.state, FollowUp);
+    assert_eq!(
+        case.fields["follow_up_result"],
+        FieldValue::Text("客户确认已到账，表示满意。".into())
+    );
+    assert_eq!(
+        case.fields["result"],
+        FieldValue::Text("多收的 120 元已退回。".into()),
+        "the answer the customer got stays"
+    );
+    assert_eq!(case.clocks["follow_up"].stopped_at, Some(h.clock.now()));
+    assert!(h.clock_ended(&id, "follow_up"), "stops on follow_up");
+    assert!(h.events(&id).iter().any(|e| e.kind
+        == EventKind::ClockStopped {
+            deadline: "follow_up".into(),
+            met: true
+        }));
+    assert_eq!(
+        h.count(&id, "result"),
+        1,
+        "a follow-up mails the customer nothing"
+    );
+    assert_eq!(
+        state_changes(&h.events(&id)).last(),
+        Some(&(Answered, FollowUp))
+    );
+    assert!(notes(&h.events(&id))
+        .iter()
+        .any(|n| n == "note of department billing_dept: 电话回访"));
+    let confirmation = h.read(&h.last_mail(&id, "confirmation")).text;
+    assert!(
+        confirmation.contains("the case is now in follow-up")
+            && confirmation.contains("follow-up result recorded"),
+        "{confirmation}"
+    );
+
+    h.customer_reply(&id, "result", "4");
+    assert_eq!(h.case(&id).state, Closed);
+    assert_eq!(
+        state_changes(&h.events(&id)).last(),
+        Some(&(FollowUp, Closed))
+    );
+}
+
+#[test]
+fn a_follow_up_in_english_and_by_the_complaint_office() {
+    let h = Harness::new();
+    let id = h.english_complaint(CUSTOMER);
+    h.department_reply(
+        &id,
+        SERVICE,
+        "status: resolved\nresult: An engineer fixed the leak today.",
+    );
+    assert_eq!(h.case(&id).state, Answered);
+    h.department_reply(
+        &id,
+        SERVICE,
+        "Status: Follow-up\nnote: called back, the customer is content",
+    );
+    assert_eq!(h.case(&id).state, FollowUp);
+    assert!(notes(&h.events(&id))
+        .iter()
+        .any(|n| n.ends_with("called back, the customer is content")));
+
+    // The office does follow-ups too (gas regulation 6.1).
+    let other = h.english_complaint("li@example.com");
+    h.department_reply(&other, SERVICE, "status: resolved\nresult: Fixed.");
+    h.reply_with_token(&other, "office", OFFICE, "status: follow-up");
+    assert_eq!(h.case(&other).state, FollowUp);
+    assert_eq!(h.last_mail(&other, "confirmation").recipients, [OFFICE]);
+}
+
+#[test]
+fn a_follow_up_is_refused_before_the_answer_and_to_a_department_with_only_a_copy() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    let text = refused(&h, &[&id], BILLING, || {
+        h.department_reply(&id, BILLING, "状态: 回访")
+    });
+    assert!(text.contains("cannot become in follow-up"), "{text}");
+
+    h.department_reply(&id, BILLING, "状态: 已解决\n处理结果: 已退款。");
+    let text = refused(&h, &[&id], SERVICE, || {
+        h.reply_with_token(&id, "service", SERVICE, "status: follow-up")
+    });
+    assert!(
+        text.contains(
+            "only the department the case is assigned to (billing_dept) or the complaint office (office) may do this, not department service"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_abnormal_close_records_its_reason_and_stops_the_clocks() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    h.department_reply(&id, BILLING, "状态: 处理中");
+    assert!(!h.clock_ended(&id, "investigate"));
+    let reason = "要求赔偿十万元，超出法律法规和公司政策，协商未达成一致";
+    h.department_reply(&id, BILLING, &format!("状态: 异常关闭\n原因: {reason}"));
+    let case = h.case(&id);
+    assert_eq!(case.state, AbnormallyClosed);
+    assert_eq!(case.fields["cause"], FieldValue::Text(reason.into()));
+    assert!(
+        h.clock_ended(&id, "investigate"),
+        "stops on abnormally_closed"
+    );
+    assert_eq!(
+        state_changes(&h.events(&id)).last(),
+        Some(&(InProgress, AbnormallyClosed))
+    );
+    let confirmation = h.read(&h.last_mail(&id, "confirmation")).text;
+    assert!(
+        confirmation.contains("the case is now abnormally closed"),
+        "{confirmation}"
+    );
+
+    // A finished case is not closed again, nor its reason rewritten; a
+    // note is still recorded.
+    let text = refused(&h, &[&id], BILLING, || {
+        h.department_reply(&id, BILLING, "状态: 异常关闭\n原因: 再次确认")
+    });
+    assert!(
+        text.contains("the case is abnormally closed: it is finished and can change no more"),
+        "{text}"
+    );
+    let before = h.case(&id);
+    h.department_reply(&id, BILLING, "备注: 客户又来电，已解释");
+    assert_eq!(h.case(&id), before);
+    assert!(notes(&h.events(&id))
+        .iter()
+        .any(|n| n.ends_with("客户又来电，已解释")));
+}
+
+#[test]
+fn an_abnormal_close_in_english_and_without_its_reason() {
+    let h = Harness::new();
+    let id = h.english_complaint(CUSTOMER);
+    let text = refused(&h, &[&id], SERVICE, || {
+        h.department_reply(&id, SERVICE, "status: abnormal-close")
+    });
+    assert!(
+        text.contains("line 1: `status: abnormal-close`: an abnormal close needs its reason"),
+        "{text}"
+    );
+    h.department_reply(
+        &id,
+        SERVICE,
+        "status: abnormal-close\ncause: asks for compensation far beyond the law and our policy",
+    );
+    assert_eq!(h.case(&id).state, AbnormallyClosed);
+}
+
+#[test]
+fn a_rejection_stops_the_clocks_that_stop_on_rejected() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    assert!(!h.clock_ended(&id, "investigate"));
+    h.department_reply(&id, BILLING, "状态: 不予受理\n原因: 不属于本单位受理范围");
+    assert_eq!(h.case(&id).state, Rejected);
+    assert!(h.clock_ended(&id, "investigate"), "stops on rejected");
+}
+
+#[test]
+fn a_merge_ends_the_case_tells_its_complainant_and_notes_it_on_the_other() {
+    let h = Harness::new();
+    let first = h.complaint(CUSTOMER);
+    let second = h.complaint("li@example.com");
+    h.clock.advance(Duration::hours(1));
+    let first_before = h.case(&first);
+    let first_events = h.events(&first).len();
+    h.department_reply(
+        &second,
+        BILLING,
+        &format!("合并: {}，同一张账单\n备注: 重复投诉", first.0),
+    );
+
+    let case = h.case(&second);
+    assert_eq!(case.state, Merged);
+    assert_eq!(
+        case.fields["merged_into"],
+        FieldValue::Text(first.0.clone())
+    );
+    assert!(h.clock_ended(&second, "investigate"), "stops on merged");
+    assert_eq!(
+        state_changes(&h.events(&second)).last(),
+        Some(&(Assigned, Merged))
+    );
+
+    let notice = h.last_mail(&second, "merged");
+    assert_eq!(notice.recipients, ["li@example.com"]);
+    let text = h.read(&notice).text;
+    assert!(
+        text.contains(&format!("已合并到 {} 一并处理", first.0)) && text.contains(&second.0),
+        "{text}"
+    );
+    let confirmation = h.read(&h.last_mail(&second, "confirmation")).text;
+    assert!(
+        confirmation.contains(&format!("merged into case {}", first.0)),
+        "{confirmation}"
+    );
+
+    assert_eq!(
+        h.case(&first),
+        first_before,
+        "the other case keeps its state"
+    );
+    let added = h.events(&first)[first_events..].to_vec();
+    assert_eq!(
+        notes(&added),
+        [format!(
+            "case {} was merged into this case by department billing_dept: 同一张账单",
+            second.0
+        )],
+        "{added:?}"
+    );
+    assert_eq!(added.len(), 1);
+}
+
+#[test]
+fn a_merge_in_english_takes_the_number_in_any_case() {
+    let h = Harness::new();
+    let first = h.english_complaint(CUSTOMER);
+    let second = h.english_complaint("li@example.com");
+    h.department_reply(
+        &second,
+        SERVICE,
+        &format!("Merge: {}\n\nSame leak.", first.0.to_lowercase()),
+    );
+    assert_eq!(h.case(&second).state, Merged);
+    let text = h.read(&h.last_mail(&second, "merged")).text;
+    assert!(
+        text.contains(&format!("handled together as {}", first.0)),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_merge_is_refused_into_itself_a_missing_or_finished_case_and_to_others() {
+    let h = Harness::new();
+    let first = h.complaint(CUSTOMER);
+    let second = h.complaint("li@example.com");
+    let withdrawn = h.complaint("zhao@example.com");
+    h.send(Mail {
+        from: "zhao@example.com",
+        to: "complaints@corp.example",
+        subject: &format!("Re: [{}] your complaint", withdrawn.0),
+        in_reply_to: Some(&h.last_mail(&withdrawn, "ack").message_id),
+        body: "撤诉",
+    });
+    assert_eq!(h.case(&withdrawn).state, Withdrawn);
+
+    let cases = [
+        (
+            format!("合并: {}", second.0),
+            "a case cannot be merged into itself".to_owned(),
+        ),
+        (
+            "merge: TS-2026-999999".to_owned(),
+            "there is no case TS-2026-999999".to_owned(),
+        ),
+        (
+            format!("合并: {}", withdrawn.0),
+            format!(
+                "case {} is withdrawn; a case can be merged only into one that is still open",
+                withdrawn.0
+            ),
+        ),
+        (
+            format!("合并: {}\n状态: 已受理", first.0),
+            "`merge:` ends this case".to_owned(),
+        ),
+    ];
+    for (body, expected) in cases {
+        let text = refused(&h, &[&second, &first, &withdrawn], BILLING, || {
+            h.department_reply(&second, BILLING, &body)
+        });
+        assert!(text.contains(&expected), "{body}: {text}");
+        assert_eq!(h.count(&second, "merged"), 0, "{body}");
+    }
+
+    // A department with only a copy may not merge; the office may.
+    let body = format!("合并: {}", first.0);
+    let text = refused(&h, &[&second, &first], SERVICE, || {
+        h.reply_with_token(&second, "service", SERVICE, &body)
+    });
+    assert!(
+        text.contains("only the department the case is assigned to (billing_dept) or the complaint office (office)"),
+        "{text}"
+    );
+    h.reply_with_token(&second, "office", OFFICE, &body);
+    assert_eq!(h.case(&second).state, Merged);
+    assert!(notes(&h.events(&first)).iter().any(|n| n
+        == &format!(
+            "case {} was merged into this case by department office",
+            second.0
+        )));
 }

@@ -55,7 +55,7 @@ pub fn next_states(from: CaseState) -> &'static [CaseState] {
             AbnormallyClosed,
             Appealed,
         ],
-        WaitingOnCustomer => &[InProgress, Resolved, Withdrawn, AbnormallyClosed],
+        WaitingOnCustomer => &[InProgress, Resolved, Withdrawn, Merged, AbnormallyClosed],
         Resolved => &[Answered, InProgress, Appealed, Withdrawn],
         Answered => &[FollowUp, Closed, Reopened, Withdrawn, Appealed],
         FollowUp => &[Closed, Reopened, Withdrawn],
@@ -200,6 +200,32 @@ mod tests {
         for state in CaseState::ALL.into_iter().filter(|s| s.is_open()) {
             let next = next_states(state);
             assert!(!next.is_empty(), "{state:?} is a dead end");
+        }
+    }
+
+    #[test]
+    fn a_case_being_worked_can_be_closed_abnormally_or_merged_but_an_answered_one_cannot() {
+        for from in [Assigned, Accepted, InProgress, WaitingOnCustomer] {
+            assert_eq!(check_transition(from, AbnormallyClosed), Ok(()), "{from:?}");
+            assert_eq!(check_transition(from, Merged), Ok(()), "{from:?}");
+        }
+        for from in [Resolved, Answered, FollowUp, Closed] {
+            assert!(
+                check_transition(from, AbnormallyClosed).is_err(),
+                "{from:?}"
+            );
+            assert!(check_transition(from, Merged).is_err(), "{from:?}");
+        }
+    }
+
+    #[test]
+    fn a_follow_up_comes_only_after_the_answer() {
+        for from in CaseState::ALL {
+            assert_eq!(
+                check_transition(from, FollowUp).is_ok(),
+                from == Answered,
+                "{from:?}"
+            );
         }
     }
 }

@@ -6,6 +6,7 @@
 //! applies all its commands or none. What is kept is committed with the
 //! message in the ingest batch, like every other mail.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -18,13 +19,13 @@ use crate::engine::clocks::ClockPlan;
 use crate::engine::compose::{Content, MailPlan};
 use crate::engine::lookup::BatchLink;
 use crate::engine::policy::{
-    COMMAND_CONFIRMATION_TEMPLATE, COMMAND_ERROR_TEMPLATE, RESULT_TEMPLATE,
+    COMMAND_CONFIRMATION_TEMPLATE, COMMAND_ERROR_TEMPLATE, MERGED_NOTICE_TEMPLATE, RESULT_TEMPLATE,
     TRANSITION_REFUSED_TEMPLATE, WITHDRAWAL_CONFIRMATION_TEMPLATE,
 };
 use crate::engine::EngineError;
 use crate::lifecycle::commands::{parse_department_reply, Command, DepartmentReply, Status};
 use crate::lifecycle::customer::{interpret, CustomerIntent};
-use crate::lifecycle::{check_transition, words};
+use crate::lifecycle::{check_transition, next_states, words};
 use crate::mail::inbound::{AttachmentBlob, IncomingMail};
 use crate::mail::template::NoticeView;
 use crate::rules::ast::ClockEvent;
@@ -48,6 +49,8 @@ pub(super) struct Work {
     pub mails: Vec<MailPlan>,
     /// What was done, in words, for the confirmation.
     pub applied: Vec<String>,
+    /// Events for other cases (the case a merge goes into), committed with this one.
+    pub other_events: Vec<(CaseId, Event)>,
 }
 
 impl Work {
@@ -58,6 +61,7 @@ impl Work {
             clocks: ClockPlan::default(),
             mails: Vec::new(),
             applied: Vec::new(),
+            other_events: Vec::new(),
         }
     }
 }
@@ -77,8 +81,34 @@ fn status_target(status: Status) -> (CaseState, Option<ClockEvent>) {
         Status::InProgress => (CaseState::InProgress, Some(ClockEvent::Contacted)),
         Status::Resolved => (CaseState::Resolved, Some(ClockEvent::Resolved)),
         Status::NeedInfo => (CaseState::WaitingOnCustomer, None),
-        Status::Reject => (CaseState::Rejected, None),
+        Status::Reject => (CaseState::Rejected, Some(ClockEvent::Rejected)),
+        Status::FollowUp => (CaseState::FollowUp, Some(ClockEvent::FollowUp)),
+        Status::AbnormalClose => (
+            CaseState::AbnormallyClosed,
+            Some(ClockEvent::AbnormallyClosed),
+        ),
     }
+}
+
+/// Statuses only the case's own department or the complaint office may set.
+fn needs_authority(status: Status) -> bool {
+    matches!(status, Status::FollowUp | Status::AbnormalClose)
+}
+
+/// A verified department reply being applied: who sent it, and what the
+/// commands need besides the case.
+struct ReplyContext<'a> {
+    department: &'a str,
+    mail: &'a IncomingMail,
+    received_at: DateTime<Utc>,
+    blobs: &'a [AttachmentBlob],
+    exclude: &'a CaseRef,
+    /// The cases `merge:` lines name, as written, read before the reply is
+    /// worked (`None`: no such case).
+    merge_targets: HashMap<String, Option<Case>>,
+    /// Whether the reply records a follow-up: its `result:` is the
+    /// follow-up's outcome, not an answer for the customer.
+    follow_up: bool,
 }
 
 impl Run<'_> {
@@ -206,31 +236,33 @@ impl Run<'_> {
 
     /// Applies the commands of a clean department reply to a copy of `base`;
     /// every problem found when any is.
-    #[allow(clippy::too_many_arguments)]
     fn department_work(
         &self,
         base: &Case,
-        department: &str,
         reply: &DepartmentReply,
-        mail: &IncomingMail,
-        received_at: DateTime<Utc>,
-        blobs: &[AttachmentBlob],
-        exclude: &CaseRef,
+        context: &ReplyContext<'_>,
     ) -> Result<Work, Vec<String>> {
+        let exclude = context.exclude;
+        let finished = next_states(base.state).is_empty();
+        if finished
+            && reply
+                .commands
+                .iter()
+                .any(|c| !matches!(c, Command::Note(_)))
+        {
+            // Repeating the status that finished a case would otherwise be
+            // accepted as "no change" and let its other commands rewrite it.
+            return Err(vec![format!(
+                "the case is {}: it is finished and can change no more; a reply on it may carry only `note:` lines",
+                words(base.state)
+            )]);
+        }
         let mut work = Work::new(base.clone());
         let mut problems = Vec::new();
         let mut result = None;
         for command in &reply.commands {
-            if let Err(problem) = self.department_command(
-                &mut work,
-                command,
-                department,
-                mail,
-                received_at,
-                blobs,
-                exclude,
-                &mut result,
-            ) {
+            if let Err(problem) = self.department_command(&mut work, command, context, &mut result)
+            {
                 problems.push(problem);
             }
         }
@@ -281,23 +313,30 @@ impl Run<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn department_command(
         &self,
         work: &mut Work,
         command: &Command,
-        department: &str,
-        mail: &IncomingMail,
-        received_at: DateTime<Utc>,
-        blobs: &[AttachmentBlob],
-        exclude: &CaseRef,
+        context: &ReplyContext<'_>,
         result: &mut Option<String>,
     ) -> Result<(), String> {
         let rule = DEPARTMENT_REPLY;
+        let ReplyContext {
+            department,
+            mail,
+            received_at,
+            blobs,
+            exclude,
+            ..
+        } = *context;
         match command {
             Command::Status(status) => {
                 let (to, event) = status_target(*status);
                 let seen = format!("status: {}", words(to));
+                if needs_authority(*status) {
+                    self.may_finish(&work.case, department)
+                        .map_err(|e| format!("`{seen}`: {e}"))?;
+                }
                 self.step(work, to, event, rule, &seen, exclude)
                     .map_err(|e| format!("`{seen}`: {e}"))?;
                 work.applied.push(format!("the case is now {}", words(to)));
@@ -323,6 +362,16 @@ impl Run<'_> {
                     text: format!("note of department {department}: {text}"),
                 }));
                 work.applied.push("note recorded".to_owned());
+            }
+            Command::Result(text) if context.follow_up => {
+                self.set_field(
+                    work,
+                    "follow_up_result",
+                    FieldValue::Text(text.clone()),
+                    rule,
+                    "result of the follow-up",
+                );
+                work.applied.push("follow-up result recorded".to_owned());
             }
             Command::Result(text) => {
                 self.set_field(
@@ -406,8 +455,101 @@ impl Run<'_> {
                     .map_err(|e| format!("`appeal`: {e}"))?;
                 work.applied.push(format!("appeal sent to {office}"));
             }
+            Command::Merge { into, reason } => {
+                let what = format!("`merge: {into}`");
+                self.may_finish(&work.case, department)
+                    .map_err(|e| format!("{what}: {e}"))?;
+                let target = merge_target(&work.case, into, &context.merge_targets)
+                    .map_err(|e| format!("{what}: {e}"))?;
+                let mut seen = format!("merge: into {}", target.id);
+                if !reason.is_empty() {
+                    seen.push_str(&format!(" ({reason})"));
+                }
+                check_transition(work.case.state, CaseState::Merged)
+                    .map_err(|e| format!("{what}: {e}"))?;
+                self.set_field(
+                    work,
+                    "merged_into",
+                    FieldValue::Text(target.id.0.clone()),
+                    rule,
+                    &seen,
+                );
+                self.step(
+                    work,
+                    CaseState::Merged,
+                    Some(ClockEvent::Merged),
+                    rule,
+                    &seen,
+                    exclude,
+                )
+                .map_err(|e| format!("{what}: {e}"))?;
+                let mut note = format!(
+                    "case {} was merged into this case by department {department}",
+                    work.case.id
+                );
+                if !reason.is_empty() {
+                    note.push_str(&format!(": {reason}"));
+                }
+                work.other_events.push((
+                    target.id.clone(),
+                    self.event(EventKind::Note { text: note }),
+                ));
+                let sender = work.case.sender.clone();
+                let plan = self.notice_plan(
+                    &work.case,
+                    MERGED_NOTICE_TEMPLATE,
+                    "merged",
+                    sender.clone(),
+                    work.case.language.clone(),
+                    NoticeView {
+                        text: target.id.0.clone(),
+                        items: Vec::new(),
+                    },
+                    true,
+                    None,
+                    None,
+                );
+                let notice = format!("the merge notice to {}", sender.email);
+                if !self.check_plan(&plan, &notice, &mut work.events) {
+                    return Err(format!("{what}: {notice} cannot be built"));
+                }
+                work.mails.push(plan);
+                work.applied.push(format!(
+                    "merged into case {}; {} was told the new case number",
+                    target.id, sender.email
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// Finishing a case other than by a result (an abnormal close, a merge)
+    /// and recording its follow-up are for the department the case is
+    /// assigned to and for the complaint office, not for a department that
+    /// only got a copy or handed the case on.
+    fn may_finish(&self, case: &Case, department: &str) -> Result<(), String> {
+        let assigned = case.assignment.as_ref().map(|a| a.department.as_str());
+        let office = self.complaint_office();
+        if assigned == Some(department) || office.as_deref() == Some(department) {
+            return Ok(());
+        }
+        let mut allowed = Vec::new();
+        if let Some(assigned) = assigned {
+            allowed.push(format!(
+                "the department the case is assigned to ({assigned})"
+            ));
+        }
+        if let Some(office) = office {
+            allowed.push(format!("the complaint office ({office})"));
+        }
+        Err(if allowed.is_empty() {
+            format!("department {department} may not do this on a case assigned to no department")
+        } else {
+            format!(
+                "only {} may do this, not department {department}",
+                allowed.join(" or ")
+            )
+        })
     }
 
     /// Queues a forward of `mail` to `department`, with its own reply token.
@@ -456,15 +598,16 @@ impl Run<'_> {
         head.extend(self.problems_note(&mail));
         let reply = parse_department_reply(&mail.text);
         let worked = if reply.is_clean() {
-            self.department_work(
-                &base,
-                &department,
-                &reply,
-                &mail,
+            let context = ReplyContext {
+                department: &department,
+                mail: &mail,
                 received_at,
-                &blobs,
-                &exclude,
-            )
+                blobs: &blobs,
+                exclude: &exclude,
+                merge_targets: self.merge_targets(&reply)?,
+                follow_up: reply.commands.contains(&Command::Status(Status::FollowUp)),
+            };
+            self.department_work(&base, &reply, &context)
         } else {
             Err(reply.problems.iter().map(ToString::to_string).collect())
         };
@@ -544,6 +687,27 @@ impl Run<'_> {
             work,
             outcome,
         )
+    }
+
+    /// The cases the reply's `merge:` lines name, as the pending batch leaves
+    /// them: by the number as written, else in capitals.
+    fn merge_targets(
+        &self,
+        reply: &DepartmentReply,
+    ) -> Result<HashMap<String, Option<Case>>, EngineError> {
+        let mut targets = HashMap::new();
+        for command in &reply.commands {
+            let Command::Merge { into, .. } = command else {
+                continue;
+            };
+            let mut found = self.current_case(&CaseId(into.clone()))?;
+            let capitals = into.to_ascii_uppercase();
+            if found.is_none() && capitals != *into {
+                found = self.current_case(&CaseId(capitals))?;
+            }
+            targets.insert(into.clone(), found);
+        }
+        Ok(targets)
     }
 
     /// A customer's reply: its intent, applied through the lifecycle, with
@@ -773,6 +937,9 @@ impl Run<'_> {
         for event in work.events {
             changes.append_event(&case_ref, event);
         }
+        for (other, event) in work.other_events {
+            changes.append_event(&CaseRef::Existing(other), event);
+        }
         changes.link_message(&case_ref)?;
         store_texts_and_attachments(&mut changes, &case_ref, mail, blobs);
         work.clocks.write(&mut changes, &case_ref, &case);
@@ -792,6 +959,28 @@ impl Run<'_> {
         );
         Ok(())
     }
+}
+
+/// The open case, other than `case`, that a `merge:` line names.
+fn merge_target<'t>(
+    case: &Case,
+    written: &str,
+    targets: &'t HashMap<String, Option<Case>>,
+) -> Result<&'t Case, String> {
+    let Some(Some(target)) = targets.get(written) else {
+        return Err(format!("there is no case {written}"));
+    };
+    if target.id == case.id {
+        return Err("a case cannot be merged into itself".to_owned());
+    }
+    if !target.state.is_open() {
+        return Err(format!(
+            "case {} is {}; a case can be merged only into one that is still open",
+            target.id,
+            words(target.state)
+        ));
+    }
+    Ok(target)
 }
 
 /// A fresh scratch copy for a customer's reply.
