@@ -649,6 +649,25 @@ status: abnormal-close",
     }
 
     #[test]
+    fn a_rejection_needs_its_reason() {
+        let reply = parse_department_reply("状态: 不予受理\n原因: 超过90天投诉时效");
+        assert!(reply.is_clean(), "{:?}", reply.problems);
+        assert_eq!(
+            reply.commands,
+            vec![
+                Command::Status(Status::Reject),
+                Command::Cause("超过90天投诉时效".to_owned()),
+            ]
+        );
+        let bare = parse_department_reply("note: not ours\nstatus: reject");
+        let reasons: Vec<String> = bare.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            vec!["line 2: `status: reject`: a rejection needs its reason, which the complainant is told: add a line `cause: …` (`原因: …`)".to_owned()]
+        );
+    }
+
+    #[test]
     fn merge_reads_a_case_number_and_a_reason() {
         let reply = parse_department_reply("合并: [TS-2026-000123]，同一次停气");
         assert!(reply.is_clean(), "{:?}", reply.problems);
