@@ -108,6 +108,29 @@ impl Harness {
     }
 
     fn send(&self, mail: Mail<'_>) -> Outcome {
+        let outcomes = self.send_together(vec![mail]);
+        assert_eq!(outcomes.len(), 1);
+        outcomes[0].clone()
+    }
+
+    /// Hands `mails` to the engine in one ingest call, as one poll of the
+    /// mailbox would.
+    fn send_together(&self, mails: Vec<Mail<'_>>) -> Vec<Outcome> {
+        let raws: Vec<(u32, RawMessage)> = mails
+            .into_iter()
+            .map(|mail| {
+                let uid = self.next_uid.get();
+                self.next_uid.set(uid + 1);
+                (uid, RawMessage::full(self.raw(mail)))
+            })
+            .collect();
+        let count = raws.len();
+        let report = self.engine.ingest("INBOX", "own", 7, raws).expect("ingest");
+        assert_eq!(report.messages.len(), count);
+        report.messages.into_iter().map(|m| m.outcome).collect()
+    }
+
+    fn raw(&self, mail: Mail<'_>) -> Vec<u8> {
         let n = self.next_message.get();
         self.next_message.set(n + 1);
         let mut raw = format!(
@@ -126,19 +149,7 @@ impl Harness {
         );
         raw.push_str(&mail.body.replace('\n', "\r\n"));
         raw.push_str("\r\n");
-        let uid = self.next_uid.get();
-        self.next_uid.set(uid + 1);
-        let report = self
-            .engine
-            .ingest(
-                "INBOX",
-                "own",
-                7,
-                vec![(uid, RawMessage::full(raw.into_bytes()))],
-            )
-            .expect("ingest");
-        assert_eq!(report.messages.len(), 1);
-        report.messages[0].outcome.clone()
+        raw.into_bytes()
     }
 
     /// A billing complaint from the customer; returns its case.
@@ -249,15 +260,26 @@ impl Harness {
     /// A department's reply to the newest forward of the case, as sent to
     /// the forward's reply-token address.
     fn department_reply(&self, id: &CaseId, from: &str, body: &str) -> Outcome {
-        let forward = self.last_mail(id, "forward");
-        let token_address = self.read(&forward).reply_to[0].email.clone();
+        let (token_address, subject, parent) = self.forward_thread(id);
         self.send(Mail {
             from,
             to: &token_address,
-            subject: &format!("Re: [{}] forward", id.0),
-            in_reply_to: Some(&forward.message_id),
+            subject: &subject,
+            in_reply_to: Some(&parent),
             body,
         })
+    }
+
+    /// The reply-token address, reply subject and Message-ID of the newest
+    /// forward of the case.
+    fn forward_thread(&self, id: &CaseId) -> (String, String, String) {
+        let forward = self.last_mail(id, "forward");
+        let token_address = self.read(&forward).reply_to[0].email.clone();
+        (
+            token_address,
+            format!("Re: [{}] forward", id.0),
+            forward.message_id,
+        )
     }
 
     /// The customer's reply to the newest mail of `purpose` they got.
@@ -1268,4 +1290,63 @@ fn a_complainants_reply_on_a_merged_case_goes_to_the_department_of_the_case_it_j
             "the complainant of case {}, merged into this case, wrote again; the mail was forwarded to department billing_dept",
             merged.0
         )));
+}
+
+#[test]
+fn a_result_reaches_the_complainants_of_a_chain_of_merges_and_of_a_merge_in_the_same_batch() {
+    let h = Harness::new();
+    let target = h.complaint(CUSTOMER);
+    let middle = h.complaint("zhao@example.com");
+    let first = h.english_complaint("li@example.com");
+    let late = h.complaint("qian@example.com");
+    h.department_reply(&first, SERVICE, &format!("merge: {}", middle.0));
+    h.department_reply(&middle, BILLING, &format!("合并: {}", target.0));
+    assert_eq!(h.case(&middle).state, Merged);
+
+    // The merge of `late` and the target's result arrive in one poll.
+    let (late_token, late_subject, late_parent) = h.forward_thread(&late);
+    let (target_token, target_subject, target_parent) = h.forward_thread(&target);
+    let merge = format!("合并: {}", target.0);
+    let result = "多收的 120 元已退回。";
+    let answer = format!("状态: 已解决\n处理结果: {result}");
+    let outcomes = h.send_together(vec![
+        Mail {
+            from: BILLING,
+            to: &late_token,
+            subject: &late_subject,
+            in_reply_to: Some(&late_parent),
+            body: &merge,
+        },
+        Mail {
+            from: BILLING,
+            to: &target_token,
+            subject: &target_subject,
+            in_reply_to: Some(&target_parent),
+            body: &answer,
+        },
+    ]);
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::DepartmentReply { .. })),
+        "{outcomes:?}"
+    );
+    assert_eq!(h.case(&late).state, Merged);
+    assert_eq!(h.case(&target).state, Answered);
+
+    for (case, complainant) in [
+        (&middle, "zhao@example.com"),
+        (&first, "li@example.com"),
+        (&late, "qian@example.com"),
+    ] {
+        let mail = h.last_mail(case, "result");
+        assert_eq!(mail.recipients, [complainant], "{case}");
+        let text = h.read(&mail).text;
+        assert!(
+            text.contains(result) && text.contains(&case.0) && text.contains(&target.0),
+            "{case}: {text}"
+        );
+        assert_eq!(h.count(case, "result"), 1, "{case}");
+    }
+    assert_eq!(h.count(&target, "result"), 1);
 }
