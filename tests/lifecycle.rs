@@ -1163,6 +1163,12 @@ fn the_complainants_of_merged_cases_get_the_result_of_the_case_they_were_merged_
     let english = h.english_complaint("li@example.com");
     let chinese = h.complaint("zhao@example.com");
     let bystander = h.complaint("qian@example.com");
+    let again = h.complaint(CUSTOMER);
+    h.department_reply(
+        &again,
+        BILLING,
+        &format!("合并: {}，同一人重复投诉", target.0),
+    );
     h.department_reply(
         &english,
         SERVICE,
@@ -1230,6 +1236,17 @@ fn the_complainants_of_merged_cases_get_the_result_of_the_case_they_were_merged_
         0,
         "a case not merged hears nothing"
     );
+    assert_eq!(
+        h.count(&again, "result"),
+        0,
+        "the target's own complainant gets the result once"
+    );
+    assert!(notes(&h.events(&again)).iter().any(|n| n
+        == &format!(
+            "the result of case {}, which this case was merged into, was not sent again: the complainant already has it",
+            target.0
+        )));
+    assert_eq!(h.count(&target, "result"), 1);
     assert_eq!(
         h.case(&english),
         english_before,

@@ -433,11 +433,26 @@ impl Run<'_> {
     }
 
     /// The result of `work`'s case for the complainants of the cases merged
-    /// into it, each on their own case and in its language. Returns the
-    /// addresses told.
+    /// into it, each on their own case and in its language. An address that
+    /// already has the result (the same person complained twice) gets it
+    /// once. Returns the addresses told.
     fn merged_results(&self, work: &mut Work, result: &str, merged_cases: &[Case]) -> Vec<String> {
         let mut told = Vec::new();
+        let mut addresses = vec![work.case.sender.email.to_lowercase()];
         for merged in merged_cases {
+            let address = merged.sender.email.to_lowercase();
+            if addresses.contains(&address) {
+                work.other_events.push((
+                    merged.id.clone(),
+                    self.event(EventKind::Note {
+                        text: format!(
+                            "the result of case {}, which this case was merged into, was not sent again: the complainant already has it",
+                            work.case.id
+                        ),
+                    }),
+                ));
+                continue;
+            }
             let plan = self.notice_plan(
                 merged,
                 MERGED_RESULT_TEMPLATE,
@@ -471,6 +486,7 @@ impl Run<'_> {
                     }),
                 ));
                 told.push(format!("{} (case {})", merged.sender.email, merged.id));
+                addresses.push(address);
             }
             work.events.extend(events);
         }
