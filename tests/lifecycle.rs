@@ -108,6 +108,29 @@ impl Harness {
     }
 
     fn send(&self, mail: Mail<'_>) -> Outcome {
+        let outcomes = self.send_together(vec![mail]);
+        assert_eq!(outcomes.len(), 1);
+        outcomes[0].clone()
+    }
+
+    /// Hands `mails` to the engine in one ingest call, as one poll of the
+    /// mailbox would.
+    fn send_together(&self, mails: Vec<Mail<'_>>) -> Vec<Outcome> {
+        let raws: Vec<(u32, RawMessage)> = mails
+            .into_iter()
+            .map(|mail| {
+                let uid = self.next_uid.get();
+                self.next_uid.set(uid + 1);
+                (uid, RawMessage::full(self.raw(mail)))
+            })
+            .collect();
+        let count = raws.len();
+        let report = self.engine.ingest("INBOX", "own", 7, raws).expect("ingest");
+        assert_eq!(report.messages.len(), count);
+        report.messages.into_iter().map(|m| m.outcome).collect()
+    }
+
+    fn raw(&self, mail: Mail<'_>) -> Vec<u8> {
         let n = self.next_message.get();
         self.next_message.set(n + 1);
         let mut raw = format!(
@@ -126,19 +149,7 @@ impl Harness {
         );
         raw.push_str(&mail.body.replace('\n', "\r\n"));
         raw.push_str("\r\n");
-        let uid = self.next_uid.get();
-        self.next_uid.set(uid + 1);
-        let report = self
-            .engine
-            .ingest(
-                "INBOX",
-                "own",
-                7,
-                vec![(uid, RawMessage::full(raw.into_bytes()))],
-            )
-            .expect("ingest");
-        assert_eq!(report.messages.len(), 1);
-        report.messages[0].outcome.clone()
+        raw.into_bytes()
     }
 
     /// A billing complaint from the customer; returns its case.
@@ -249,15 +260,26 @@ impl Harness {
     /// A department's reply to the newest forward of the case, as sent to
     /// the forward's reply-token address.
     fn department_reply(&self, id: &CaseId, from: &str, body: &str) -> Outcome {
-        let forward = self.last_mail(id, "forward");
-        let token_address = self.read(&forward).reply_to[0].email.clone();
+        let (token_address, subject, parent) = self.forward_thread(id);
         self.send(Mail {
             from,
             to: &token_address,
-            subject: &format!("Re: [{}] forward", id.0),
-            in_reply_to: Some(&forward.message_id),
+            subject: &subject,
+            in_reply_to: Some(&parent),
             body,
         })
+    }
+
+    /// The reply-token address, reply subject and Message-ID of the newest
+    /// forward of the case.
+    fn forward_thread(&self, id: &CaseId) -> (String, String, String) {
+        let forward = self.last_mail(id, "forward");
+        let token_address = self.read(&forward).reply_to[0].email.clone();
+        (
+            token_address,
+            format!("Re: [{}] forward", id.0),
+            forward.message_id,
+        )
     }
 
     /// The customer's reply to the newest mail of `purpose` they got.
@@ -500,7 +522,7 @@ fn a_reply_with_one_bad_command_applies_nothing_and_gets_an_error_mail() {
 fn an_illegal_status_is_refused_whole() {
     let h = Harness::new();
     let id = h.complaint(CUSTOMER);
-    h.department_reply(&id, BILLING, "状态: 不予受理");
+    h.department_reply(&id, BILLING, "状态: 不予受理\n原因: 不属于本单位受理范围");
     assert_eq!(h.case(&id).state, Rejected);
     let before = h.case(&id);
     h.department_reply(&id, BILLING, "备注: 再看看\n状态: 处理中");
@@ -984,4 +1006,364 @@ fn a_merge_is_refused_into_itself_a_missing_or_finished_case_and_to_others() {
             "case {} was merged into this case by department office",
             second.0
         )));
+}
+
+/// The complaint text of [`Harness::complaint`], which mail to the
+/// unverified complainant must not carry.
+const COMPLAINT_CONTENT: &str = "多收了 120 元";
+
+#[test]
+fn a_rejection_tells_the_complainant_the_reason_in_chinese() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    let reason = "所反映问题属物业管理范围，不属于本单位受理范围，请向物业公司反映";
+    h.clock.advance(Duration::hours(1));
+    h.department_reply(&id, BILLING, &format!("状态: 不予受理\n原因: {reason}"));
+    let case = h.case(&id);
+    assert_eq!(case.state, Rejected);
+    assert_eq!(case.fields["cause"], FieldValue::Text(reason.into()));
+
+    let notice = h.last_mail(&id, "rejection");
+    assert_eq!(notice.recipients, [CUSTOMER]);
+    assert_eq!(notice.template, "rejection_notice");
+    let mail = h.read(&notice);
+    assert!(
+        mail.subject.contains(&id.0) && mail.subject.contains("不予受理"),
+        "{}",
+        mail.subject
+    );
+    assert!(
+        mail.text.contains(reason) && mail.text.contains(&id.0),
+        "{}",
+        mail.text
+    );
+    assert!(
+        !mail.text.contains(COMPLAINT_CONTENT) && !mail.text.contains("bill wrong"),
+        "nothing of the case but its number and the reason: {}",
+        mail.text
+    );
+    let confirmation = h.read(&h.last_mail(&id, "confirmation")).text;
+    assert!(
+        confirmation.contains(&format!(
+            "the rejection notice to {CUSTOMER} was sent with the reason"
+        )),
+        "{confirmation}"
+    );
+}
+
+#[test]
+fn an_abnormal_close_tells_the_complainant_the_reason_in_english() {
+    let h = Harness::new();
+    let id = h.english_complaint(CUSTOMER);
+    h.department_reply(&id, SERVICE, "status: in-progress");
+    let reason = "the compensation asked for is far beyond the law and our policy";
+    h.department_reply(
+        &id,
+        SERVICE,
+        &format!("status: abnormal-close\ncause: {reason}"),
+    );
+    assert_eq!(h.case(&id).state, AbnormallyClosed);
+    let notice = h.last_mail(&id, "abnormal-close");
+    assert_eq!(notice.recipients, [CUSTOMER]);
+    assert_eq!(notice.template, "abnormal_close_notice");
+    let mail = h.read(&notice);
+    assert_eq!(
+        mail.subject,
+        format!("[{0}] Your complaint {0} is closed", id.0),
+        "in the case's language"
+    );
+    assert!(mail.text.contains(reason), "{}", mail.text);
+    assert!(
+        !mail.text.contains("gas smell") && !mail.text.contains("Nobody came"),
+        "nothing of the case but its number and the reason: {}",
+        mail.text
+    );
+    assert_eq!(h.count(&id, "rejection"), 0);
+}
+
+#[test]
+fn an_english_rejection_and_a_chinese_abnormal_close_go_in_the_cases_language() {
+    let h = Harness::new();
+    let english = h.english_complaint(CUSTOMER);
+    h.department_reply(
+        &english,
+        SERVICE,
+        "status: reject\ncause: the address is outside our supply area",
+    );
+    let mail = h.read(&h.last_mail(&english, "rejection"));
+    assert_eq!(
+        mail.subject,
+        format!("[{0}] Your complaint {0} is not accepted", english.0)
+    );
+    assert!(
+        mail.text.contains("the address is outside our supply area"),
+        "{}",
+        mail.text
+    );
+
+    let chinese = h.complaint("li@example.com");
+    h.department_reply(
+        &chinese,
+        BILLING,
+        "原因: 要求赔偿十万元，超出公司政策\n状态: 非正常结案",
+    );
+    let notice = h.last_mail(&chinese, "abnormal-close");
+    assert_eq!(notice.recipients, ["li@example.com"]);
+    let mail = h.read(&notice);
+    assert_eq!(
+        mail.subject,
+        format!("[{0}] 您的投诉 {0} 已结案", chinese.0)
+    );
+    assert!(
+        mail.text.contains("要求赔偿十万元，超出公司政策"),
+        "{}",
+        mail.text
+    );
+}
+
+#[test]
+fn a_rejection_or_abnormal_close_without_its_reason_is_refused_whole() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    for body in ["状态: 不予受理", "备注: 不归我们管\n状态: 驳回"] {
+        let text = refused(&h, &[&id], BILLING, || {
+            h.department_reply(&id, BILLING, body)
+        });
+        assert!(
+            text.contains("a rejection needs its reason, which the complainant is told"),
+            "{body}: {text}"
+        );
+    }
+    let english = h.english_complaint("li@example.com");
+    let text = refused(&h, &[&english], SERVICE, || {
+        h.department_reply(&english, SERVICE, "status: reject")
+    });
+    assert!(
+        text.contains("line 1: `status: reject`: a rejection needs its reason"),
+        "{text}"
+    );
+    let text = refused(&h, &[&id], BILLING, || {
+        h.department_reply(&id, BILLING, "状态: 异常关闭")
+    });
+    assert!(
+        text.contains("an abnormal close needs its reason"),
+        "{text}"
+    );
+    assert_eq!(
+        h.count(&id, "rejection") + h.count(&english, "rejection"),
+        0
+    );
+    assert_eq!(h.count(&id, "abnormal-close"), 0);
+}
+
+#[test]
+fn the_complainants_of_merged_cases_get_the_result_of_the_case_they_were_merged_into() {
+    let h = Harness::new();
+    let target = h.complaint(CUSTOMER);
+    let english = h.english_complaint("li@example.com");
+    let chinese = h.complaint("zhao@example.com");
+    let bystander = h.complaint("qian@example.com");
+    let again = h.complaint(CUSTOMER);
+    h.department_reply(
+        &again,
+        BILLING,
+        &format!("合并: {}，同一人重复投诉", target.0),
+    );
+    h.department_reply(
+        &english,
+        SERVICE,
+        &format!("merge: {}\n\nSame bill.", target.0),
+    );
+    h.department_reply(
+        &chinese,
+        BILLING,
+        &format!("合并: {}，同一张账单", target.0),
+    );
+    assert_eq!(h.case(&english).state, Merged);
+    assert_eq!(h.case(&chinese).state, Merged);
+    let english_before = h.case(&english);
+    let chinese_before = h.case(&chinese);
+
+    h.clock.advance(Duration::hours(2));
+    let result = "经核实系抄表错误，多收的 120 元已退回。";
+    h.department_reply(
+        &target,
+        BILLING,
+        &format!("状态: 已解决\n处理结果: {result}"),
+    );
+    assert_eq!(h.case(&target).state, Answered);
+    assert_eq!(h.last_mail(&target, "result").recipients, [CUSTOMER]);
+
+    let english_result = h.last_mail(&english, "result");
+    assert_eq!(english_result.recipients, ["li@example.com"]);
+    assert_eq!(english_result.template, "merged_result");
+    let mail = h.read(&english_result);
+    assert_eq!(
+        mail.subject,
+        format!(
+            "[{0}] The outcome of your complaint {0} (handled as {1})",
+            english.0, target.0
+        )
+    );
+    assert!(
+        mail.text.contains(result)
+            && mail
+                .text
+                .contains(&format!("merged into complaint {}", target.0)),
+        "{}",
+        mail.text
+    );
+    assert!(
+        !mail.text.contains("gas smell") && !mail.text.contains(COMPLAINT_CONTENT),
+        "{}",
+        mail.text
+    );
+
+    let chinese_result = h.last_mail(&chinese, "result");
+    assert_eq!(chinese_result.recipients, ["zhao@example.com"]);
+    let mail = h.read(&chinese_result);
+    assert!(
+        mail.text.contains(&format!(
+            "您的投诉 {} 已合并到投诉 {} 一并处理",
+            chinese.0, target.0
+        )) && mail.text.contains(result),
+        "{}",
+        mail.text
+    );
+
+    assert_eq!(
+        h.count(&bystander, "result"),
+        0,
+        "a case not merged hears nothing"
+    );
+    assert_eq!(
+        h.count(&again, "result"),
+        0,
+        "the target's own complainant gets the result once"
+    );
+    assert!(notes(&h.events(&again)).iter().any(|n| n
+        == &format!(
+            "the result of case {}, which this case was merged into, was not sent again: the complainant already has it",
+            target.0
+        )));
+    assert_eq!(h.count(&target, "result"), 1);
+    assert_eq!(
+        h.case(&english),
+        english_before,
+        "the merged cases stay merged"
+    );
+    assert_eq!(h.case(&chinese), chinese_before);
+    assert!(notes(&h.events(&english)).iter().any(|n| n
+        == &format!(
+            "the result of case {}, which this case was merged into, was sent to the complainant",
+            target.0
+        )));
+    let confirmation = h.read(&h.last_mail(&target, "confirmation")).text;
+    assert!(
+        confirmation.contains(&format!("li@example.com (case {})", english.0))
+            && confirmation.contains(&format!("zhao@example.com (case {})", chinese.0)),
+        "{confirmation}"
+    );
+}
+
+#[test]
+fn a_complainants_reply_on_a_merged_case_goes_to_the_department_of_the_case_it_joined() {
+    let h = Harness::new();
+    let target = h.complaint(CUSTOMER);
+    let merged = h.english_complaint("li@example.com");
+    h.reply_with_token(&merged, "office", OFFICE, &format!("merge: {}", target.0));
+    assert_eq!(h.case(&merged).state, Merged);
+    let target_before = h.case(&target);
+
+    let outcome = h.send(Mail {
+        from: "li@example.com",
+        to: "complaints@corp.example",
+        subject: &format!("Re: [{}] merged", merged.0),
+        in_reply_to: Some(&h.last_mail(&merged, "merged").message_id),
+        body: "I have photos of the meter, attached later.",
+    });
+    assert_eq!(
+        outcome,
+        Outcome::CustomerReply {
+            case: merged.clone(),
+            forwarded_to: Some("billing_dept".into())
+        }
+    );
+    assert_eq!(
+        h.case(&merged).state,
+        Merged,
+        "the merged case stays merged"
+    );
+    let forward = h.last_mail(&merged, "forward");
+    assert_eq!(forward.recipients, [BILLING]);
+    assert!(h.read(&forward).text.contains("I have photos of the meter"));
+    assert!(h.events(&merged).iter().any(|e| matches!(
+        &e.kind,
+        EventKind::MailReceived { from, .. } if from == "li@example.com"
+    )));
+    assert_eq!(h.case(&target), target_before);
+    assert!(notes(&h.events(&target)).iter().any(|n| n
+        == &format!(
+            "the complainant of case {}, merged into this case, wrote again; the mail was forwarded to department billing_dept",
+            merged.0
+        )));
+}
+
+#[test]
+fn a_result_reaches_the_complainants_of_a_chain_of_merges_and_of_a_merge_in_the_same_batch() {
+    let h = Harness::new();
+    let target = h.complaint(CUSTOMER);
+    let middle = h.complaint("zhao@example.com");
+    let first = h.english_complaint("li@example.com");
+    let late = h.complaint("qian@example.com");
+    h.department_reply(&first, SERVICE, &format!("merge: {}", middle.0));
+    h.department_reply(&middle, BILLING, &format!("合并: {}", target.0));
+    assert_eq!(h.case(&middle).state, Merged);
+
+    // The merge of `late` and the target's result arrive in one poll.
+    let (late_token, late_subject, late_parent) = h.forward_thread(&late);
+    let (target_token, target_subject, target_parent) = h.forward_thread(&target);
+    let merge = format!("合并: {}", target.0);
+    let result = "多收的 120 元已退回。";
+    let answer = format!("状态: 已解决\n处理结果: {result}");
+    let outcomes = h.send_together(vec![
+        Mail {
+            from: BILLING,
+            to: &late_token,
+            subject: &late_subject,
+            in_reply_to: Some(&late_parent),
+            body: &merge,
+        },
+        Mail {
+            from: BILLING,
+            to: &target_token,
+            subject: &target_subject,
+            in_reply_to: Some(&target_parent),
+            body: &answer,
+        },
+    ]);
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::DepartmentReply { .. })),
+        "{outcomes:?}"
+    );
+    assert_eq!(h.case(&late).state, Merged);
+    assert_eq!(h.case(&target).state, Answered);
+
+    for (case, complainant) in [
+        (&middle, "zhao@example.com"),
+        (&first, "li@example.com"),
+        (&late, "qian@example.com"),
+    ] {
+        let mail = h.last_mail(case, "result");
+        assert_eq!(mail.recipients, [complainant], "{case}");
+        let text = h.read(&mail).text;
+        assert!(
+            text.contains(result) && text.contains(&case.0) && text.contains(&target.0),
+            "{case}: {text}"
+        );
+        assert_eq!(h.count(case, "result"), 1, "{case}");
+    }
+    assert_eq!(h.count(&target, "result"), 1);
 }

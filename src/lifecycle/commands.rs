@@ -16,7 +16,8 @@ pub enum Status {
     Resolved,
     /// The department needs more information from the customer.
     NeedInfo,
-    /// Not accepted (not a valid complaint, or not ours to handle).
+    /// Not accepted (not a valid complaint, or not ours to handle). Needs a
+    /// `cause:` line with the reason, which the complainant is told.
     Reject,
     /// The customer was called back after the answer (回访).
     FollowUp,
@@ -386,7 +387,8 @@ fn lookup<T: Copy>(table: &[(&str, T)], value: &str) -> Result<T, String> {
 }
 
 /// Commands that cannot be applied together: two of one kind that disagree,
-/// a merge beside a change of state, an abnormal close without its reason.
+/// a merge beside a change of state, a rejection or abnormal close without
+/// its reason.
 /// `source` is the reply's lines, `command_lines` the 1-based line of each
 /// command.
 fn check_consistency(reply: &mut DepartmentReply, source: &[&str], command_lines: &[usize]) {
@@ -434,15 +436,23 @@ fn check_consistency(reply: &mut DepartmentReply, source: &[&str], command_lines
         .commands
         .iter()
         .any(|c| matches!(c, Command::Cause(_)));
-    if let Some((index, _)) = statuses
-        .iter()
-        .find(|(_, s)| *s == Status::AbnormalClose)
-        .filter(|_| !has_cause)
-    {
-        problems.push(problem(
-            *index,
-            "an abnormal close needs its reason: add a line `cause: …` (`原因: …`)",
-        ));
+    // The complainant is told why (tourism 二.1: a complaint not accepted is
+    // answered in writing with the reason), so both need the reason here.
+    if !has_cause {
+        for (index, status) in &statuses {
+            let reason = match status {
+                Status::AbnormalClose => {
+                    "an abnormal close needs its reason: add a line `cause: …` (`原因: …`)"
+                }
+                Status::Reject => {
+                    "a rejection needs its reason, which the complainant is told: \
+                     add a line `cause: …` (`原因: …`)"
+                }
+                _ => continue,
+            };
+            problems.push(problem(*index, reason));
+            break;
+        }
     }
     let merges: Vec<usize> = reply
         .commands
@@ -635,6 +645,25 @@ status: abnormal-close",
         assert_eq!(
             reasons,
             vec!["line 2: `状态: 非正常结案`: an abnormal close needs its reason: add a line `cause: …` (`原因: …`)".to_owned()]
+        );
+    }
+
+    #[test]
+    fn a_rejection_needs_its_reason() {
+        let reply = parse_department_reply("状态: 不予受理\n原因: 超过90天投诉时效");
+        assert!(reply.is_clean(), "{:?}", reply.problems);
+        assert_eq!(
+            reply.commands,
+            vec![
+                Command::Status(Status::Reject),
+                Command::Cause("超过90天投诉时效".to_owned()),
+            ]
+        );
+        let bare = parse_department_reply("note: not ours\nstatus: reject");
+        let reasons: Vec<String> = bare.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            vec!["line 2: `status: reject`: a rejection needs its reason, which the complainant is told: add a line `cause: …` (`原因: …`)".to_owned()]
         );
     }
 

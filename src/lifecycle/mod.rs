@@ -132,9 +132,48 @@ pub fn words(state: CaseState) -> &'static str {
     }
 }
 
+/// The note a merge leaves on the case merged into: `case MERGED was merged
+/// into this case by department DEPARTMENT[: REASON]`. The engine reads it
+/// back with [`merged_case_in_note`] to find whom a result also goes to.
+pub fn merge_note(merged: &str, department: &str, reason: &str) -> String {
+    let mut note = format!("case {merged} was merged into this case by department {department}");
+    if !reason.is_empty() {
+        note.push_str(&format!(": {reason}"));
+    }
+    note
+}
+
+/// The merged case's number in a note written by [`merge_note`]. A
+/// department's own note starts `note of department`, so it never matches.
+pub fn merged_case_in_note(note: &str) -> Option<&str> {
+    let rest = note.strip_prefix("case ")?;
+    let (number, tail) = rest.split_once(' ')?;
+    tail.starts_with("was merged into this case by department ")
+        .then_some(number)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merge_note_names_the_merged_case() {
+        let note = merge_note("TS-2026-000002", "billing_dept", "同一张账单");
+        assert_eq!(
+            note,
+            "case TS-2026-000002 was merged into this case by department billing_dept: 同一张账单"
+        );
+        assert_eq!(merged_case_in_note(&note), Some("TS-2026-000002"));
+        assert_eq!(
+            merged_case_in_note(&merge_note("TS-2026-000003", "office", "")),
+            Some("TS-2026-000003")
+        );
+        assert_eq!(
+            merged_case_in_note("note of department billing_dept: case TS-2026-000009 was merged into this case by department x"),
+            None
+        );
+        assert_eq!(merged_case_in_note("case TS-2026-000004 was closed"), None);
+    }
 
     #[test]
     fn the_main_path_is_allowed_step_by_step() {

@@ -25,7 +25,7 @@ use crate::engine::policy::{
 use crate::engine::EngineError;
 use crate::lifecycle::commands::{parse_department_reply, Command, DepartmentReply, Status};
 use crate::lifecycle::customer::{interpret, CustomerIntent};
-use crate::lifecycle::{check_transition, next_states, words};
+use crate::lifecycle::{check_transition, merge_note, merged_case_in_note, next_states, words};
 use crate::mail::inbound::{AttachmentBlob, IncomingMail};
 use crate::mail::template::NoticeView;
 use crate::rules::ast::ClockEvent;
@@ -40,6 +40,15 @@ pub const DEPARTMENT_REPLY: &str = "department reply";
 pub const CUSTOMER_REPLY: &str = "customer reply";
 /// How long after closing a customer's new mail reopens a case, by default.
 pub const DEFAULT_REOPEN_WINDOW_DAYS: u32 = 30;
+/// Template telling a complainant that the complaint is not accepted, and why.
+pub const REJECTION_NOTICE_TEMPLATE: &str = "rejection_notice";
+/// Template telling a complainant that the case is closed abnormally, and why.
+pub const ABNORMAL_CLOSE_NOTICE_TEMPLATE: &str = "abnormal_close_notice";
+/// Template of the result of a case for the complainants of the cases merged into it.
+pub const MERGED_RESULT_TEMPLATE: &str = "merged_result";
+/// How many merges deep a result or a reply is followed (a case merged
+/// into one that was merged in turn).
+const MERGE_DEPTH: usize = 8;
 
 /// A reply being applied: the case as it will be, and what goes with it.
 pub(super) struct Work {
@@ -51,6 +60,9 @@ pub(super) struct Work {
     pub applied: Vec<String>,
     /// Events for other cases (the case a merge goes into), committed with this one.
     pub other_events: Vec<(CaseId, Event)>,
+    /// Mails about other cases (a result for the complainant of a case
+    /// merged into this one), queued on those cases with their own content.
+    pub other_mails: Vec<(CaseId, MailPlan)>,
 }
 
 impl Work {
@@ -62,6 +74,7 @@ impl Work {
             mails: Vec::new(),
             applied: Vec::new(),
             other_events: Vec::new(),
+            other_mails: Vec::new(),
         }
     }
 }
@@ -109,6 +122,9 @@ struct ReplyContext<'a> {
     /// Whether the reply records a follow-up: its `result:` is the
     /// follow-up's outcome, not an answer for the customer.
     follow_up: bool,
+    /// The cases merged into this one, whose complainants get its result
+    /// too (read only when the reply has a `result:`).
+    merged_cases: Vec<Case>,
 }
 
 impl Run<'_> {
@@ -275,7 +291,7 @@ impl Run<'_> {
                 sender.clone(),
                 work.case.language.clone(),
                 NoticeView {
-                    text: result,
+                    text: result.clone(),
                     items: Vec::new(),
                 },
                 true,
@@ -294,9 +310,17 @@ impl Run<'_> {
                     seen,
                     exclude,
                 ) {
-                    Ok(()) => work
-                        .applied
-                        .push(format!("the result was sent to {}", sender.email)),
+                    Ok(()) => {
+                        work.applied
+                            .push(format!("the result was sent to {}", sender.email));
+                        let told = self.merged_results(&mut work, &result, &context.merged_cases);
+                        if !told.is_empty() {
+                            work.applied.push(format!(
+                                "the result was also sent to the complainants of the cases merged into this one: {}",
+                                told.join(", ")
+                            ));
+                        }
+                    }
                     Err(problem) => problems.push(problem),
                 }
             } else {
@@ -306,11 +330,167 @@ impl Run<'_> {
                 ));
             }
         }
+        if problems.is_empty() && work.case.state != base.state {
+            if let Err(problem) = self.finishing_notice(&mut work) {
+                problems.push(problem);
+            }
+        }
         if problems.is_empty() {
             Ok(work)
         } else {
             Err(problems)
         }
+    }
+
+    /// The notice the complainant gets when the reply rejected the case or
+    /// closed it abnormally, with the reason (`cause:`) the department gave.
+    /// Like the result, it shows the case number and the department's words
+    /// only: the complainant is not verified.
+    fn finishing_notice(&self, work: &mut Work) -> Result<(), String> {
+        let (template, purpose, what) = match work.case.state {
+            CaseState::Rejected => (REJECTION_NOTICE_TEMPLATE, "rejection", "rejection notice"),
+            CaseState::AbnormallyClosed => (
+                ABNORMAL_CLOSE_NOTICE_TEMPLATE,
+                "abnormal-close",
+                "abnormal close notice",
+            ),
+            _ => return Ok(()),
+        };
+        let reason = match work.case.fields.get("cause") {
+            Some(FieldValue::Text(text)) => text.clone(),
+            _ => return Err(format!("the {what} needs a reason: add `cause: …`")),
+        };
+        let sender = work.case.sender.clone();
+        let plan = self.notice_plan(
+            &work.case,
+            template,
+            purpose,
+            sender.clone(),
+            work.case.language.clone(),
+            NoticeView {
+                text: reason,
+                items: Vec::new(),
+            },
+            true,
+            None,
+            None,
+        );
+        let description = format!("the {what} to {}", sender.email);
+        if !self.check_plan(&plan, &description, &mut work.events) {
+            return Err(format!("{description} cannot be built"));
+        }
+        work.mails.push(plan);
+        work.applied
+            .push(format!("{description} was sent with the reason"));
+        Ok(())
+    }
+
+    /// The cases merged into `target`, directly or through a case merged
+    /// into it in turn: those recorded on its log, and those merged earlier
+    /// in this batch. Only cases that are merged and name it are returned.
+    fn merged_cases(&self, target: &CaseId) -> Result<Vec<Case>, EngineError> {
+        let mut found: Vec<Case> = Vec::new();
+        let mut frontier = vec![target.clone()];
+        for _ in 0..MERGE_DEPTH {
+            let mut next = Vec::new();
+            for into in &frontier {
+                let mut numbers: Vec<CaseId> = self
+                    .engine
+                    .store
+                    .events(into)?
+                    .iter()
+                    .filter_map(|e| match &e.kind {
+                        EventKind::Note { text } => merged_case_in_note(text),
+                        _ => None,
+                    })
+                    .map(|n| CaseId(n.to_owned()))
+                    .collect();
+                numbers.extend(
+                    self.pending_cases
+                        .values()
+                        .filter(|c| merged_into(c).as_ref() == Some(into))
+                        .map(|c| c.id.clone()),
+                );
+                for number in numbers {
+                    if number == *target || found.iter().any(|c| c.id == number) {
+                        continue;
+                    }
+                    let Some(case) = self.current_case(&number)? else {
+                        continue;
+                    };
+                    if merged_into(&case).as_ref() == Some(into) {
+                        next.push(case.id.clone());
+                        found.push(case);
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            frontier = next;
+        }
+        Ok(found)
+    }
+
+    /// The result of `work`'s case for the complainants of the cases merged
+    /// into it, each on their own case and in its language. An address that
+    /// already has the result (the same person complained twice) gets it
+    /// once. Returns the addresses told.
+    fn merged_results(&self, work: &mut Work, result: &str, merged_cases: &[Case]) -> Vec<String> {
+        let mut told = Vec::new();
+        let mut addresses = vec![work.case.sender.email.to_lowercase()];
+        for merged in merged_cases {
+            let address = merged.sender.email.to_lowercase();
+            if addresses.contains(&address) {
+                work.other_events.push((
+                    merged.id.clone(),
+                    self.event(EventKind::Note {
+                        text: format!(
+                            "the result of case {}, which this case was merged into, was not sent again: the complainant already has it",
+                            work.case.id
+                        ),
+                    }),
+                ));
+                continue;
+            }
+            let plan = self.notice_plan(
+                merged,
+                MERGED_RESULT_TEMPLATE,
+                "result",
+                merged.sender.clone(),
+                merged.language.clone(),
+                NoticeView {
+                    text: result.to_owned(),
+                    items: vec![work.case.id.0.clone()],
+                },
+                true,
+                None,
+                None,
+            );
+            let what = format!(
+                "the result of case {} to {}, the complainant of merged case {}",
+                work.case.id, merged.sender.email, merged.id
+            );
+            // A mail that cannot be built is noted and left out: the
+            // target's own complainant still gets the result.
+            let mut events = Vec::new();
+            if self.check_plan(&plan, &what, &mut events) {
+                work.other_mails.push((merged.id.clone(), plan));
+                work.other_events.push((
+                    merged.id.clone(),
+                    self.event(EventKind::Note {
+                        text: format!(
+                            "the result of case {}, which this case was merged into, was sent to the complainant",
+                            work.case.id
+                        ),
+                    }),
+                ));
+                told.push(format!("{} (case {})", merged.sender.email, merged.id));
+                addresses.push(address);
+            }
+            work.events.extend(events);
+        }
+        told
     }
 
     fn department_command(
@@ -483,13 +663,7 @@ impl Run<'_> {
                     exclude,
                 )
                 .map_err(|e| format!("{what}: {e}"))?;
-                let mut note = format!(
-                    "case {} was merged into this case by department {department}",
-                    work.case.id
-                );
-                if !reason.is_empty() {
-                    note.push_str(&format!(": {reason}"));
-                }
+                let note = merge_note(&work.case.id.0, department, reason);
                 work.other_events.push((
                     target.id.clone(),
                     self.event(EventKind::Note { text: note }),
@@ -606,6 +780,15 @@ impl Run<'_> {
                 exclude: &exclude,
                 merge_targets: self.merge_targets(&reply)?,
                 follow_up: reply.commands.contains(&Command::Status(Status::FollowUp)),
+                merged_cases: if reply
+                    .commands
+                    .iter()
+                    .any(|c| matches!(c, Command::Result(_)))
+                {
+                    self.merged_cases(&case_id)?
+                } else {
+                    Vec::new()
+                },
             };
             self.department_work(&base, &reply, &context)
         } else {
@@ -803,6 +986,9 @@ impl Run<'_> {
             _ if state == CaseState::Closed => {
                 reopen = true;
             }
+            _ if state == CaseState::Merged => {
+                forward = !self.forward_to_merge_target(&mut work, mail, received_at, blobs)?;
+            }
             _ if state == CaseState::WaitingOnCustomer => {
                 if let Err(error) = self.step(
                     &mut work,
@@ -870,6 +1056,58 @@ impl Run<'_> {
             }
         }
         Ok((work, forward))
+    }
+
+    /// Forwards a customer's mail on a merged case to the department of the
+    /// case it was merged into (following further merges), which handles
+    /// the matter now, and notes it on that case. `false` when there is no
+    /// such department or the forward cannot be built: the mail then goes
+    /// to the merged case's own department, as on any case.
+    fn forward_to_merge_target(
+        &self,
+        work: &mut Work,
+        mail: &IncomingMail,
+        received_at: DateTime<Utc>,
+        blobs: &[AttachmentBlob],
+    ) -> Result<bool, EngineError> {
+        let mut target = work.case.clone();
+        for _ in 0..MERGE_DEPTH {
+            let Some(into) = merged_into(&target) else {
+                break;
+            };
+            match self.current_case(&into)? {
+                Some(next) => target = next,
+                None => break,
+            }
+        }
+        let department = target.assignment.as_ref().map(|a| a.department.clone());
+        let Some(department) = department.filter(|_| target.id != work.case.id) else {
+            work.events.push(self.event(EventKind::Note {
+                text: "the case this one was merged into has no department: the reply goes to this case's department".to_owned(),
+            }));
+            return Ok(false);
+        };
+        if let Err(error) = self.forward_to(work, &department, mail, received_at, blobs) {
+            work.events
+                .push(self.event(EventKind::Note { text: error }));
+            return Ok(false);
+        }
+        work.events.push(self.event(EventKind::Note {
+            text: format!(
+                "the case was merged into {}: the reply is forwarded to its department {department}",
+                target.id
+            ),
+        }));
+        work.other_events.push((
+            target.id.clone(),
+            self.event(EventKind::Note {
+                text: format!(
+                    "the complainant of case {}, merged into this case, wrote again; the mail was forwarded to department {department}",
+                    work.case.id
+                ),
+            }),
+        ));
+        Ok(true)
     }
 
     /// Records a customer's request the lifecycle refuses, and tells them.
@@ -948,6 +1186,9 @@ impl Run<'_> {
             plan.case = Some(case.clone());
             changes.queue_mail(&case_ref, plan.into_draft(&envelope_from))?;
         }
+        for (other, plan) in work.other_mails {
+            changes.queue_mail(&CaseRef::Existing(other), plan.into_draft(&envelope_from))?;
+        }
         self.pending_cases.insert(case_id.clone(), case);
         let id = mail.message_id.clone();
         self.push(
@@ -981,6 +1222,17 @@ fn merge_target<'t>(
         ));
     }
     Ok(target)
+}
+
+/// The case a merged case was merged into.
+fn merged_into(case: &Case) -> Option<CaseId> {
+    if case.state != CaseState::Merged {
+        return None;
+    }
+    match case.fields.get("merged_into") {
+        Some(FieldValue::Text(number)) => Some(CaseId(number.clone())),
+        _ => None,
+    }
 }
 
 /// A fresh scratch copy for a customer's reply.
