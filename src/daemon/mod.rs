@@ -183,11 +183,10 @@ pub async fn run_with(
     let endpoint = CancellationToken::new();
     let work = BlockingWork::default();
     let scheduler = Scheduler::new();
-    let outbox = Arc::new(EngineOutbox::new(
-        Arc::clone(&engine),
-        metrics.clone(),
-        work.clone(),
-    ));
+    let outbox = Arc::new(
+        EngineOutbox::new(Arc::clone(&engine), metrics.clone(), work.clone())
+            .with_in_doubt(config.smtp.in_doubt),
+    );
     let channels: HashMap<String, String> = config
         .mailboxes
         .iter()
