@@ -326,6 +326,29 @@ impl OutboxSource for EngineOutbox {
         .await
     }
 
+    async fn mark_in_doubt(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &str,
+        next_attempt: DateTime<Utc>,
+    ) -> Result<(), OutboxError> {
+        if self.in_doubt == InDoubt::Resend {
+            return self
+                .mark_temporary_failure(id, at, error, next_attempt)
+                .await;
+        }
+        let id = id.to_owned();
+        let reason = format!("in doubt: {error} (smtp.in_doubt = hold)");
+        self.mark("hold mail in doubt", move |engine| {
+            engine.store().outbox_hold(&id, &reason, at)?;
+            Ok(())
+        })
+        .await?;
+        self.metrics.set_outbox_held(self.metrics.outbox_held() + 1);
+        Ok(())
+    }
+
     async fn mark_permanent_failure(
         &self,
         id: &str,
@@ -548,6 +571,37 @@ mod tests {
                 OutboxState::Sending { .. }
             ));
             assert_eq!(metrics.outbox_held(), 0);
+        }
+
+        /// A mail sent without an answer from the server, as the sender reports it.
+        async fn after_no_answer(in_doubt: InDoubt) -> OutboxState {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = engine_with_a_complaint(&dir);
+            let outbox =
+                EngineOutbox::new(Arc::clone(&engine), Metrics::new(), BlockingWork::default())
+                    .with_in_doubt(in_doubt);
+            let now = t0() + chrono::Duration::minutes(1);
+            let id = outbox.next_due(now, 10).await.unwrap()[0].id.clone();
+            outbox.mark_attempt(&id, now).await.unwrap();
+            let retry = now + chrono::Duration::minutes(5);
+            outbox
+                .mark_in_doubt(&id, now, "connection reset", retry)
+                .await
+                .unwrap();
+            let state = engine.store().outbox_entry(&id).unwrap().unwrap().state;
+            state
+        }
+
+        #[tokio::test]
+        async fn no_answer_after_data_is_held_or_retried_as_configured() {
+            assert!(matches!(
+                after_no_answer(InDoubt::Hold).await,
+                OutboxState::Held { ref reason, .. } if reason == "in doubt: connection reset (smtp.in_doubt = hold)"
+            ));
+            assert!(matches!(
+                after_no_answer(InDoubt::Resend).await,
+                OutboxState::TemporaryFailure { attempts: 1, .. }
+            ));
         }
     }
 }

@@ -113,6 +113,19 @@ pub trait OutboxSource: Send + Sync + 'static {
         next_attempt: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), OutboxError>> + Send;
 
+    /// The message was sent and the connection failed before the server answered: it may
+    /// have been accepted. The default treats this as a temporary failure (the mail is sent
+    /// again, same Message-ID); a source may hold it instead (`smtp.in_doubt = "hold"`).
+    fn mark_in_doubt(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &str,
+        next_attempt: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), OutboxError>> + Send {
+        self.mark_temporary_failure(id, at, error, next_attempt)
+    }
+
     /// The attempt at `at` showed the message can never be delivered as it is.
     fn mark_permanent_failure(
         &self,
@@ -186,6 +199,9 @@ pub enum SmtpFailure {
     Refused(String),
     /// Not sent: the outbox could not record the attempt before DATA.
     NotRecorded(String),
+    /// The message was sent but no answer came (the connection broke or timed out): the
+    /// server may have accepted it.
+    AfterData(String),
 }
 
 impl std::fmt::Display for SmtpFailure {
@@ -199,6 +215,10 @@ impl std::fmt::Display for SmtpFailure {
             SmtpFailure::NotRecorded(m) => {
                 write!(f, "not sent: the attempt could not be recorded: {m}")
             }
+            SmtpFailure::AfterData(m) => write!(
+                f,
+                "no answer after the message was sent, it may have been accepted: {m}"
+            ),
         }
     }
 }
@@ -220,7 +240,8 @@ impl SmtpFailure {
             | SmtpFailure::Connection(_)
             | SmtpFailure::Timeout(_)
             | SmtpFailure::Protocol(_)
-            | SmtpFailure::NotRecorded(_) => FailureClass::Temporary,
+            | SmtpFailure::NotRecorded(_)
+            | SmtpFailure::AfterData(_) => FailureClass::Temporary,
         }
     }
 
@@ -257,9 +278,22 @@ impl SmtpFailure {
 /// What the sender does with a message after one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
-    Sent { reply: String },
-    RetryAt { error: String, at: DateTime<Utc> },
-    GiveUp { error: String },
+    Sent {
+        reply: String,
+    },
+    RetryAt {
+        error: String,
+        at: DateTime<Utc>,
+    },
+    /// Perhaps delivered (no answer after the message was sent); retried at `at` unless the
+    /// outbox holds it.
+    InDoubt {
+        error: String,
+        at: DateTime<Utc>,
+    },
+    GiveUp {
+        error: String,
+    },
 }
 
 /// Decides the fate of a message that failed its attempt number `mail_attempts + 1`.
@@ -556,7 +590,15 @@ pub async fn run_sender<S: OutboxSource>(
                 Ok(reply) => Disposition::Sent { reply },
                 Err(failure) => {
                     tracing::warn!(id = %mail.id, error = %failure, "smtp sender: delivery failed");
-                    disposition_after_failure(&failure, mail.attempts, &options, now, &mut rng)
+                    match (
+                        &failure,
+                        disposition_after_failure(&failure, mail.attempts, &options, now, &mut rng),
+                    ) {
+                        (SmtpFailure::AfterData(_), Disposition::RetryAt { error, at }) => {
+                            Disposition::InDoubt { error, at }
+                        }
+                        (_, disposition) => disposition,
+                    }
                 }
             };
             if !sender.record(&*source, &mail, disposition, now).await {
@@ -731,8 +773,14 @@ impl Sender {
             .map_err(|e| SmtpFailure::NotRecorded(e.to_string()))?;
         self.step("DATA", smtp.command(Data)).await?;
         // From here on a broken connection leaves it open whether the server took the
-        // message: it is retried, and the stable Message-ID lets duplicates be recognised.
-        let reply = self.step("end of data", smtp.message(&mail.bytes)).await?;
+        // message: it is in doubt (retried with the same Message-ID, or held by the outbox).
+        let reply = self
+            .step("end of data", smtp.message(&mail.bytes))
+            .await
+            .map_err(|failure| match failure {
+                SmtpFailure::Reply { .. } => failure,
+                other => SmtpFailure::AfterData(other.to_string()),
+            })?;
         Ok(reply.message().collect::<Vec<_>>().join(" "))
     }
 
@@ -761,6 +809,11 @@ impl Sender {
                 source
                     .mark_temporary_failure(&mail.id, now, error, *at)
                     .await
+            }
+            Disposition::InDoubt { error, at } => {
+                self.metrics.mail_failed(FailureKind::Temporary);
+                tracing::warn!(id = %mail.id, %error, next_attempt = %at, "smtp sender: in doubt");
+                source.mark_in_doubt(&mail.id, now, error, *at).await
             }
             Disposition::GiveUp { error } => {
                 self.metrics.mail_failed(FailureKind::Permanent);
@@ -901,6 +954,10 @@ mod tests {
             SmtpFailure::NotRecorded("store full".into()).class(),
             FailureClass::Temporary
         );
+        assert_eq!(
+            SmtpFailure::AfterData("reset".into()).class(),
+            FailureClass::Temporary
+        );
     }
 
     #[test]
@@ -912,6 +969,7 @@ mod tests {
         assert!(!SmtpFailure::Connection("reset".into()).keeps_connection());
         assert!(!SmtpFailure::Timeout("DATA".into()).keeps_connection());
         assert!(SmtpFailure::NotRecorded("store full".into()).keeps_connection());
+        assert!(!SmtpFailure::AfterData("reset".into()).keeps_connection());
     }
 
     #[test]
@@ -1072,6 +1130,18 @@ mod tests {
                 Ok(())
             }
 
+            async fn mark_in_doubt(
+                &self,
+                id: &str,
+                _: DateTime<Utc>,
+                error: &str,
+                _: DateTime<Utc>,
+            ) -> Result<(), OutboxError> {
+                self.note(&format!("outbox: in doubt {id}: {error}"));
+                self.done.notify_one();
+                Ok(())
+            }
+
             async fn mark_permanent_failure(
                 &self,
                 id: &str,
@@ -1093,7 +1163,12 @@ mod tests {
         }
 
         /// A scripted SMTP server for one connection: every command is accepted and logged.
-        async fn serve_one(listener: TcpListener, log: Arc<Mutex<Vec<String>>>) {
+        /// With `vanish_after_body`, the connection is closed after the message, unanswered.
+        async fn serve_one(
+            listener: TcpListener,
+            log: Arc<Mutex<Vec<String>>>,
+            vanish_after_body: bool,
+        ) {
             let (stream, _) = listener.accept().await.unwrap();
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read).lines();
@@ -1116,6 +1191,9 @@ mod tests {
                                 break;
                             }
                         }
+                        if vanish_after_body {
+                            return;
+                        }
                         b"250 2.0.0 queued\r\n"
                     }
                     "QUIT" => {
@@ -1131,11 +1209,11 @@ mod tests {
         }
 
         /// Sends one mail through a scripted server; returns the log of server and outbox.
-        async fn send_one(refuse_attempt: bool) -> Vec<String> {
+        async fn send_one(refuse_attempt: bool, vanish_after_body: bool) -> Vec<String> {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap().port();
             let log = Arc::new(Mutex::new(Vec::new()));
-            let server = tokio::spawn(serve_one(listener, Arc::clone(&log)));
+            let server = tokio::spawn(serve_one(listener, Arc::clone(&log), vanish_after_body));
             let source = Arc::new(OneMail {
                 mail: Mutex::new(Some(OutgoingMail {
                     id: "TS-2026-000001.ack.1".into(),
@@ -1183,7 +1261,7 @@ mod tests {
             sender.await.unwrap().unwrap();
             tokio::time::timeout(Duration::from_secs(30), server)
                 .await
-                .expect("the server sees QUIT")
+                .expect("the server ends")
                 .unwrap();
             let log = log.lock().unwrap().clone();
             log
@@ -1192,7 +1270,7 @@ mod tests {
         #[tokio::test]
         async fn the_attempt_is_recorded_after_the_recipients_and_before_data() {
             assert_eq!(
-                send_one(false).await,
+                send_one(false, false).await,
                 [
                     "server: MAIL",
                     "server: RCPT",
@@ -1206,7 +1284,7 @@ mod tests {
 
         #[tokio::test]
         async fn a_mail_whose_attempt_cannot_be_recorded_is_not_sent() {
-            let log = send_one(true).await;
+            let log = send_one(true, false).await;
             assert_eq!(
                 log[..4],
                 [
@@ -1223,6 +1301,27 @@ mod tests {
                 "{log:?}"
             );
             assert!(!log.iter().any(|l| l == "server: DATA"), "{log:?}");
+        }
+
+        #[tokio::test]
+        async fn no_answer_after_the_message_is_reported_as_in_doubt() {
+            let log = send_one(false, true).await;
+            assert_eq!(
+                log[..4],
+                [
+                    "server: MAIL",
+                    "server: RCPT",
+                    "outbox: attempt TS-2026-000001.ack.1",
+                    "server: DATA"
+                ]
+            );
+            assert!(
+                log[4].starts_with(
+                    "outbox: in doubt TS-2026-000001.ack.1: no answer after the message was sent"
+                ),
+                "{log:?}"
+            );
+            assert_eq!(log.len(), 5, "{log:?}");
         }
     }
 }
