@@ -83,6 +83,7 @@ timelines! {
     gas {
         national_day => "national-day",
         appendix_3 => "appendix-3",
+        follow_up => "follow-up",
     }
     credit_union {
         national_day => "national-day",
@@ -187,4 +188,25 @@ fn every_example_has_a_national_day_timeline_and_every_timeline_a_test() {
         on_disk, tested,
         "timelines on disk vs. timelines with a test"
     );
+}
+
+/// Gas 6.1: the promised date set by the department's reply at 15:00 on
+/// 11-24 (2026-11-27) makes the second follow-up due one natural day after
+/// the end of that day, office time: 11-29 00:00; the refused reply before
+/// it set nothing.
+#[test]
+fn the_second_gas_follow_up_falls_due_a_day_after_the_promised_date() {
+    let output = simulate_as_expected("gas", "follow-up");
+    assert_eq!(
+        due_of(&output, "TS-2026-000001", "second_follow_up"),
+        "2026-11-29 00:00"
+    );
+    let set: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains("field promised = "))
+        .collect();
+    assert_eq!(set.len(), 1, "set once, by the second reply: {set:?}");
+    assert!(set[0].starts_with("2026-11-24 15:00"), "{}", set[0]);
+    assert!(set[0].ends_with("(department reply of billing_dept)"), "{}", set[0]);
+    assert!(output.contains("2026-11-29 00:00 +08:00  TS-2026-000001  mail queued reminder → billing@gas.example"));
 }

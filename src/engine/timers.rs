@@ -49,7 +49,9 @@ pub(crate) fn kind_of(step: usize) -> TimerKind {
 /// state change (receiving, deciding responsibility).
 pub fn state_after(event: ClockEvent, current: CaseState) -> Option<CaseState> {
     let state = match event {
-        ClockEvent::Received | ClockEvent::ResponsibilityDecided => return None,
+        ClockEvent::Received | ClockEvent::ResponsibilityDecided | ClockEvent::FieldSet => {
+            return None
+        }
         ClockEvent::Acknowledged => CaseState::Acknowledged,
         ClockEvent::Forwarded => CaseState::Assigned,
         ClockEvent::Accepted => CaseState::Accepted,

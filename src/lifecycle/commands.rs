@@ -6,7 +6,10 @@
 //! of the reply is the department's answer. A reply with any command that is
 //! not understood applies none of them: the sender gets the list of problems.
 
+use crate::case::FieldValue;
+use crate::rules::ast::FieldType;
 use crate::rules::diag::did_you_mean;
+use crate::rules::policy::Policy;
 
 /// A department's verdict on the state of its work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +66,75 @@ pub enum Command {
         into: String,
         reason: String,
     },
+    /// `promised: 2026-12-01` / `承诺办结日期: 2026-12-01`: a declared field
+    /// marked `set by department`, by its name; the value as written, already
+    /// known to read as the field's type (see [`field_value`]).
+    SetField {
+        field: String,
+        value: String,
+    },
+}
+
+/// A field the policy declares, as a department's reply may name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyField {
+    pub name: String,
+    /// The display name (`承诺办结日期`), which works as a key too.
+    pub display: Option<String>,
+    pub ty: FieldType,
+    /// Declared `set by department`.
+    pub settable: bool,
+}
+
+impl ReplyField {
+    /// The policy's declared fields.
+    pub fn of_policy(policy: &Policy) -> Vec<ReplyField> {
+        policy
+            .fields
+            .iter()
+            .map(|f| ReplyField {
+                name: f.name.node.clone(),
+                display: f.display.as_ref().map(|d| d.node.clone()),
+                ty: f.ty.node,
+                settable: f.set_by_department.is_some(),
+            })
+            .collect()
+    }
+
+    fn is_named(&self, key: &str) -> bool {
+        normalise_key(&self.name) == key
+            || self.display.as_deref().is_some_and(|d| normalise_key(d) == key)
+    }
+}
+
+/// Reads `text` as a value of a field of type `ty`: dates as `2026-12-01`
+/// (also `2026/12/1`, `2026年12月1日`), numbers, flags as yes/no (是/否),
+/// text as it is.
+pub fn field_value(ty: FieldType, text: &str) -> Result<FieldValue, String> {
+    let text = text.trim().trim_end_matches(['.', '。']).trim();
+    if text.is_empty() {
+        return Err("a value is needed after the colon".to_owned());
+    }
+    match ty {
+        FieldType::Text => Ok(FieldValue::Text(text.to_owned())),
+        FieldType::Number => text
+            .replace([',', '，'], "")
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite())
+            .map(FieldValue::Number)
+            .ok_or_else(|| format!("`{text}` is not a number")),
+        FieldType::Date => ["%Y-%m-%d", "%Y/%m/%d", "%Y年%m月%d日", "%Y.%m.%d"]
+            .iter()
+            .find_map(|format| chrono::NaiveDate::parse_from_str(text, format).ok())
+            .map(FieldValue::Date)
+            .ok_or_else(|| format!("`{text}` is not a date; write it as 2026-12-01")),
+        FieldType::Flag => match text.to_lowercase().as_str() {
+            "yes" | "true" | "y" | "是" | "有" => Ok(FieldValue::Flag(true)),
+            "no" | "false" | "n" | "否" | "无" | "無" => Ok(FieldValue::Flag(false)),
+            _ => Err(format!("`{text}` is not understood here; use yes or no (是/否)")),
+        },
+    }
 }
 
 /// A line that looked like a command but was not understood.
@@ -198,6 +270,13 @@ const RESPONSIBILITY_VALUES: &[(&str, Responsibility)] = &[
 /// Reads the command block at the top of a department's reply text (the new
 /// text, without quoted parts).
 pub fn parse_department_reply(text: &str) -> DepartmentReply {
+    parse_department_reply_with_fields(text, &[])
+}
+
+/// Like [`parse_department_reply`], also reading `FIELD: VALUE` lines for
+/// the policy's `fields` (by name or display name); a field not declared
+/// `set by department` is refused.
+pub fn parse_department_reply_with_fields(text: &str, fields: &[ReplyField]) -> DepartmentReply {
     let mut reply = DepartmentReply::default();
     let lines: Vec<&str> = text.lines().collect();
     let mut index = 0;
@@ -232,10 +311,31 @@ pub fn parse_department_reply(text: &str) -> DepartmentReply {
                     reason,
                 }),
             },
+            None if fields.iter().any(|f| f.is_named(&key)) => {
+                match read_field(fields, &key, value) {
+                    Ok(command) => {
+                        reply.commands.push(command);
+                        command_lines.push(line_no);
+                    }
+                    Err(reason) => reply.problems.push(Problem {
+                        line: line_no,
+                        text: line.to_owned(),
+                        reason,
+                    }),
+                }
+            }
             None => {
                 // A line such as "Dear customer: …" ends the block when its key
                 // is nothing like a command; a near miss is reported.
-                let names: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+                let settable = fields.iter().filter(|f| f.settable);
+                let field_keys: Vec<String> = settable
+                    .flat_map(|f| std::iter::once(f.name.clone()).chain(f.display.clone()))
+                    .collect();
+                let names: Vec<&str> = KEYS
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .chain(field_keys.iter().map(String::as_str))
+                    .collect();
                 match did_you_mean(&key, names) {
                     Some(near) => reply.problems.push(Problem {
                         line: line_no,
@@ -265,6 +365,24 @@ pub fn parse_department_reply(text: &str) -> DepartmentReply {
     }
     check_consistency(&mut reply, &lines, &command_lines);
     reply
+}
+
+/// A `FIELD: VALUE` line for a declared field.
+fn read_field(fields: &[ReplyField], key: &str, value: &str) -> Result<Command, String> {
+    let Some(field) = fields.iter().find(|f| f.is_named(key)) else {
+        return Err(format!("unknown command `{key}`"));
+    };
+    if !field.settable {
+        return Err(format!(
+            "the field `{}` is not set by departments (the policy does not declare it `set by department`)",
+            field.name
+        ));
+    }
+    let value = field_value(field.ty, value)?;
+    Ok(Command::SetField {
+        field: field.name.clone(),
+        value: value.to_string(),
+    })
 }
 
 /// `key: value` with an ASCII or full-width colon; keys are at most a few words.

@@ -107,6 +107,8 @@ pub struct FieldDecl {
     pub name: Ident,
     pub ty: Spanned<FieldType>,
     pub display: Option<Spanned<String>>,
+    /// `set by department`: departments may set it by a `FIELD: VALUE` reply line.
+    pub set_by_department: Option<Span>,
     pub span: Span,
 }
 
@@ -464,6 +466,8 @@ pub enum ClockEvent {
     Merged,
     /// The department called the customer back after the answer.
     FollowUp,
+    /// A department set a field by a `FIELD: VALUE` line of its reply.
+    FieldSet,
 }
 
 /// ```text
@@ -483,6 +487,10 @@ pub struct DeadlineDecl {
     pub display: Option<Spanned<String>>,
     pub calendar: Option<Ident>,
     pub starts_on: Vec<Spanned<ClockEvent>>,
+    /// `starts at promised`: the clock counts from this date field's instant
+    /// (a date means the end of that day in the calendar's zone), not from
+    /// the moment of the event it starts on.
+    pub starts_at: Option<Ident>,
     pub stops_on: Vec<Spanned<ClockEvent>>,
     pub pause_while: Option<Expr>,
     /// No escalation step may lie after the due time.

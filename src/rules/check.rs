@@ -1066,6 +1066,9 @@ impl<'a> Checker<'a> {
                     );
                 }
             }
+            if let Some(field) = &deadline.starts_at {
+                self.check_starts_at(field);
+            }
             if let Some(pause) = &deadline.pause_while {
                 self.check_expr(pause);
             }
@@ -1098,6 +1101,38 @@ impl<'a> Checker<'a> {
                         "working time needs a business calendar, and none is declared",
                     );
                 }
+            }
+        }
+    }
+
+    /// `starts at FIELD`: a declared field that holds a date.
+    fn check_starts_at(&mut self, field: &Ident) {
+        let declared = self
+            .fields
+            .iter()
+            .find(|f| f.name.node == field.node)
+            .map(|f| f.ty.node);
+        match declared {
+            None => {
+                let names = self.field_names();
+                self.unknown("field", field, names.iter().map(String::as_str));
+            }
+            Some(FieldType::Date) => {}
+            Some(other) => {
+                let kind = match other {
+                    FieldType::Text => "text",
+                    FieldType::Number => "number",
+                    FieldType::Flag => "flag",
+                    FieldType::Date => "date",
+                };
+                self.error(
+                    field.span,
+                    format!(
+                        "a deadline can only start at a date field, and `{}` is a {kind} field",
+                        field.node
+                    ),
+                )
+                .help = Some("declare it as `field NAME date`".into());
             }
         }
     }

@@ -1166,7 +1166,26 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         };
         let calendar_name = self.calendar_name_for(decl);
         let calendar = self.calendar(calendar_name.as_deref());
-        let start = self.now;
+        let start = match &decl.starts_at {
+            None => self.now,
+            Some(field) => match self.field_instant(&field.node, calendar) {
+                Ok(instant) => {
+                    seen.push((
+                        Cow::Owned(field.node.clone()),
+                        Cow::Owned(instant.to_rfc3339()),
+                    ));
+                    instant
+                }
+                Err(problem) => {
+                    if let Some(verdict) = self.trace.last_mut() {
+                        verdict
+                            .notes
+                            .push(format!("the clock does not start: {problem}"));
+                    }
+                    return;
+                }
+            },
+        };
         match clockmath::due_after(calendar, start, duration.node) {
             Ok((due, counted)) => {
                 let duration_text = clockmath::duration_text(duration.node);
@@ -1204,6 +1223,31 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                         .push(format!("the clock does not start: {problem}"));
                 }
             }
+        }
+    }
+
+    /// The instant a `starts at FIELD` clock counts from: a date is the end of
+    /// that day (midnight after it) in the calendar's zone, UTC without a calendar.
+    fn field_instant(
+        &self,
+        field: &str,
+        calendar: Option<&Calendar>,
+    ) -> Result<DateTime<Utc>, String> {
+        let date = match self.field(field) {
+            Some(FieldRef::Value(FieldValue::Date(date))) => *date,
+            Some(_) => return Err(format!("`{field}` does not hold a date")),
+            None => return Err(format!("`{field}` is not set")),
+        };
+        let next_midnight = date
+            .succ_opt()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .ok_or_else(|| format!("`{field}` ({date}) is out of range"))?;
+        match calendar {
+            Some(calendar) => chrono::TimeZone::from_local_datetime(&calendar.zone(), &next_midnight)
+                .earliest()
+                .map(|local| local.with_timezone(&Utc))
+                .ok_or_else(|| format!("the end of {date} does not exist in the calendar's zone")),
+            None => Ok(next_midnight.and_utc()),
         }
     }
 
@@ -1612,6 +1656,7 @@ pub fn clock_event_name(event: ClockEvent) -> &'static str {
         ClockEvent::AbnormallyClosed => "abnormally_closed",
         ClockEvent::Merged => "merged",
         ClockEvent::FollowUp => "follow_up",
+        ClockEvent::FieldSet => "field_set",
     }
 }
 

@@ -59,6 +59,7 @@ pub const CLOCK_EVENTS: &[(&str, ClockEvent)] = &[
     ("abnormally_closed", ClockEvent::AbnormallyClosed),
     ("merged", ClockEvent::Merged),
     ("follow_up", ClockEvent::FollowUp),
+    ("field_set", ClockEvent::FieldSet),
 ];
 
 /// Moments a `classify` block can run at, as written after `classify on`.
@@ -321,10 +322,14 @@ impl<'t> Builder<'t> {
             .optional(Rule::string)
             .map(|s| self.string(&s))
             .transpose()?;
+        let set_by_department = c
+            .optional(Rule::set_by_department)
+            .map(|p| self.of(&p));
         Ok(FieldDecl {
             name,
             ty: Spanned::new(ty, ty_span),
             display,
+            set_by_department,
             span,
         })
     }
@@ -603,6 +608,7 @@ impl<'t> Builder<'t> {
             display,
             calendar: None,
             starts_on: Vec::new(),
+            starts_at: None,
             stops_on: Vec::new(),
             pause_while: None,
             hard_stop: None,
@@ -620,6 +626,12 @@ impl<'t> Builder<'t> {
                     decl.calendar = Some(self.ident(&self.cursor(part).expect(Rule::ident)?));
                 }
                 Rule::starts_on => decl.starts_on.extend(self.clock_events(part)?),
+                Rule::starts_at => {
+                    if let Some(first) = &decl.starts_at {
+                        return Err(self.repeated(part_span, "starts at", first.span));
+                    }
+                    decl.starts_at = Some(self.ident(&self.cursor(part).expect(Rule::ident)?));
+                }
                 Rule::stops_on => decl.stops_on.extend(self.clock_events(part)?),
                 Rule::pause_while => {
                     if let Some(first) = &decl.pause_while {
@@ -1714,6 +1726,7 @@ fn token_text(rule: Rule) -> Option<&'static str> {
         Rule::kw_and => "and",
         Rule::kw_at => "at",
         Rule::kw_before => "before",
+        Rule::kw_by => "by",
         Rule::kw_calendar => "calendar",
         Rule::kw_case => "case",
         Rule::kw_cases => "cases",
@@ -1760,6 +1773,7 @@ fn token_text(rule: Rule) -> Option<&'static str> {
         Rule::kw_schedule => "schedule",
         Rule::kw_sender => "sender",
         Rule::kw_senders => "senders",
+        Rule::kw_set => "set",
         Rule::kw_severity => "severity",
         Rule::kw_starts => "starts",
         Rule::kw_stop => "stop",
@@ -1820,6 +1834,7 @@ fn describe(rule: Rule) -> Option<String> {
         | Rule::schedule_decl
         | Rule::test_decl => "a declaration",
         Rule::field_type => "a field type (`text`, `number`, `flag`, `date`)",
+        Rule::set_by_department => "`set by department`",
         Rule::hours_entry | Rule::holiday_entry | Rule::workday_entry => {
             "`hours`, `holiday` or `workday`"
         }
@@ -1839,6 +1854,7 @@ fn describe(rule: Rule) -> Option<String> {
         Rule::route_target => "a department",
         Rule::deadline_calendar
         | Rule::starts_on
+        | Rule::starts_at
         | Rule::stops_on
         | Rule::pause_while
         | Rule::hard_stop

@@ -23,7 +23,9 @@ use crate::engine::policy::{
     TRANSITION_REFUSED_TEMPLATE, WITHDRAWAL_CONFIRMATION_TEMPLATE,
 };
 use crate::engine::EngineError;
-use crate::lifecycle::commands::{parse_department_reply, Command, DepartmentReply, Status};
+use crate::lifecycle::commands::{
+    field_value, parse_department_reply_with_fields, Command, DepartmentReply, ReplyField, Status,
+};
 use crate::lifecycle::customer::{interpret, CustomerIntent};
 use crate::lifecycle::{check_transition, merge_note, merged_case_in_note, next_states, words};
 use crate::mail::inbound::{AttachmentBlob, IncomingMail};
@@ -537,6 +539,19 @@ impl Run<'_> {
                 self.set_field(work, "cause", FieldValue::Text(text.clone()), rule, "cause");
                 work.applied.push(format!("cause recorded: {text}"));
             }
+            Command::SetField { field, value } => {
+                let seen = format!("{field}: {value} (set by department {department})");
+                let declared = self.active.policy.field(field).map(|f| f.ty.node);
+                let parsed = declared
+                    .ok_or_else(|| format!("the field `{field}` is not declared"))
+                    .and_then(|ty| field_value(ty, value))
+                    .map_err(|e| format!("`{field}: {value}`: {e}"))?;
+                // The log names the department that set it.
+                let cause = format!("{rule} of {department}");
+                self.set_field(work, field, parsed, &cause, &seen);
+                self.run_rules(work, Input::Lifecycle(ClockEvent::FieldSet), exclude);
+                work.applied.push(format!("{field}: {value}"));
+            }
             Command::Note(text) => {
                 work.events.push(self.event(EventKind::Note {
                     text: format!("note of department {department}: {text}"),
@@ -770,7 +785,8 @@ impl Run<'_> {
         let from = mail.from.clone().unwrap_or_else(|| Address::new("", None));
         let mut head = vec![self.mail_received(&mail, "department")];
         head.extend(self.problems_note(&mail));
-        let reply = parse_department_reply(&mail.text);
+        let fields = ReplyField::of_policy(&self.active.policy);
+        let reply = parse_department_reply_with_fields(&mail.text, &fields);
         let worked = if reply.is_clean() {
             let context = ReplyContext {
                 department: &department,
