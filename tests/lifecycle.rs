@@ -1367,3 +1367,67 @@ fn a_result_reaches_the_complainants_of_a_chain_of_merges_and_of_a_merge_in_the_
     }
     assert_eq!(h.count(&target, "result"), 1);
 }
+
+#[test]
+fn a_department_sets_a_declared_field_by_reply_and_its_clock_starts_from_it() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    h.department_reply(&id, BILLING, "状态: 处理中\n承诺办结日期: 2026-11-27\n\n已联系客户。");
+    let case = h.case(&id);
+    assert_eq!(case.state, InProgress);
+    assert_eq!(
+        case.field("promised"),
+        Some(&FieldValue::Date(NaiveDate::from_ymd_opt(2026, 11, 27).unwrap()))
+    );
+    let set: Vec<String> = h
+        .events(&id)
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::FieldSet { field, because, .. } if field == "promised" => {
+                Some(because.rule.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(set, ["department reply of billing_dept"]);
+    // The end of 11-27 in Shanghai, plus one natural day.
+    assert_eq!(
+        case.clocks["second_follow_up"].due,
+        at("2026-11-29T00:00:00+08:00")
+    );
+    let confirmation = h.read(&h.last_mail(&id, "confirmation")).text;
+    assert!(confirmation.contains("promised: 2026-11-27"), "{confirmation}");
+
+    // A later reply in English by the field's name sets it again.
+    h.department_reply(&id, BILLING, "promised: 2026-11-30");
+    assert_eq!(
+        h.case(&id).field("promised"),
+        Some(&FieldValue::Date(NaiveDate::from_ymd_opt(2026, 11, 30).unwrap()))
+    );
+}
+
+#[test]
+fn a_field_value_that_does_not_read_refuses_the_whole_reply() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    let text = refused(&h, &[&id], BILLING, || {
+        h.department_reply(&id, BILLING, "状态: 处理中\n承诺办结日期: 下周五")
+    });
+    assert!(text.contains("line 2"), "{text}");
+    assert!(text.contains("`下周五` is not a date"), "{text}");
+    assert!(!h.case(&id).clocks.contains_key("second_follow_up"));
+}
+
+#[test]
+fn a_field_not_declared_set_by_department_is_refused() {
+    let h = Harness::new();
+    let id = h.complaint(CUSTOMER);
+    let text = refused(&h, &[&id], BILLING, || {
+        h.department_reply(&id, BILLING, "状态: 处理中\n损失金额: 100")
+    });
+    assert!(
+        text.contains("the field `loss` is not set by departments"),
+        "{text}"
+    );
+    assert_eq!(h.case(&id).field("loss"), None);
+}
