@@ -1461,3 +1461,120 @@ fn holds_reads_flags_of_a_stored_case() {
         (true, vec![("overdue".to_owned(), "true".to_owned())])
     );
 }
+
+/// Deadlines counted from a date field: `starts at promised`.
+const PROMISED_POLICY: &str = r#"
+severity general < major
+category other "其他"
+field promised: date "承诺办结日期" set by department
+channel own
+languages zh
+calendar office "Asia/Shanghai" {
+    hours mon..fri 09:00-18:00
+}
+department service "客服" <service@corp.example> { calendar office }
+template reminder "reminder"
+route { otherwise -> service }
+deadline second_call "第二次回访" {
+    calendar office
+    starts on field_set
+    starts at promised
+    stops on closed
+    otherwise -> 1 day
+}
+deadline promised_office "承诺后工作时间" {
+    calendar office
+    starts on field_set
+    starts at promised
+    stops on closed
+    otherwise -> 2 working hours
+}
+"#;
+
+#[test]
+fn a_deadline_counts_from_the_end_of_the_promised_day_in_the_calendars_zone() {
+    let policy = policy_with(PROMISED_POLICY, Limits::default());
+    let facts = mail("a@example.com", "燃气费", "多收");
+    let mut case = case_for(&facts, "own");
+    let promised = chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    case.fields
+        .insert("promised".to_owned(), FieldValue::Date(promised));
+    let now = at(TUESDAY_10);
+    let evaluation = evaluate(
+        &policy,
+        &case,
+        &Input::Lifecycle(complaintd::rules::ast::ClockEvent::FieldSet),
+        &MemoryHistory::default(),
+        now,
+    );
+    let started: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = evaluation
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::StartClock {
+                deadline,
+                started_at,
+                due,
+                ..
+            } => Some((deadline.clone(), *started_at, *due)),
+            _ => None,
+        })
+        .collect();
+    // Friday 11-27 ends at Saturday 11-28 00:00 in Shanghai. One natural day
+    // later is Sunday 00:00; two working hours from Saturday are Monday
+    // 11-30 09:00–11:00.
+    assert_eq!(
+        started,
+        [
+            (
+                "second_call".to_owned(),
+                at("2026-11-28T00:00:00+08:00"),
+                at("2026-11-29T00:00:00+08:00")
+            ),
+            (
+                "promised_office".to_owned(),
+                at("2026-11-28T00:00:00+08:00"),
+                at("2026-11-30T11:00:00+08:00")
+            ),
+        ]
+    );
+    assert_eq!(
+        timers(&evaluation, "second_call"),
+        [(TimerKind::Due, at("2026-11-29T00:00:00+08:00"))]
+    );
+}
+
+#[test]
+fn a_deadline_from_an_unset_field_does_not_start_and_says_why() {
+    let policy = policy_with(PROMISED_POLICY, Limits::default());
+    let facts = mail("a@example.com", "燃气费", "多收");
+    let case = case_for(&facts, "own");
+    let evaluation = evaluate(
+        &policy,
+        &case,
+        &Input::Lifecycle(complaintd::rules::ast::ClockEvent::FieldSet),
+        &MemoryHistory::default(),
+        at(TUESDAY_10),
+    );
+    assert!(
+        !evaluation
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::StartClock { .. })),
+        "{:?}",
+        evaluation.actions
+    );
+    let notes: Vec<&String> = evaluation
+        .trace
+        .iter()
+        .filter(|v| v.stage == Stage::Deadline)
+        .flat_map(|v| v.notes.iter())
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            "the clock does not start: `promised` is not set",
+            "the clock does not start: `promised` is not set"
+        ]
+    );
+}

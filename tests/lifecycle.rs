@@ -1372,12 +1372,18 @@ fn a_result_reaches_the_complainants_of_a_chain_of_merges_and_of_a_merge_in_the_
 fn a_department_sets_a_declared_field_by_reply_and_its_clock_starts_from_it() {
     let h = Harness::new();
     let id = h.complaint(CUSTOMER);
-    h.department_reply(&id, BILLING, "状态: 处理中\n承诺办结日期: 2026-11-27\n\n已联系客户。");
+    h.department_reply(
+        &id,
+        BILLING,
+        "状态: 处理中\n承诺办结日期: 2026-11-27\n\n已联系客户。",
+    );
     let case = h.case(&id);
     assert_eq!(case.state, InProgress);
     assert_eq!(
         case.field("promised"),
-        Some(&FieldValue::Date(NaiveDate::from_ymd_opt(2026, 11, 27).unwrap()))
+        Some(&FieldValue::Date(
+            NaiveDate::from_ymd_opt(2026, 11, 27).unwrap()
+        ))
     );
     let set: Vec<String> = h
         .events(&id)
@@ -1396,13 +1402,18 @@ fn a_department_sets_a_declared_field_by_reply_and_its_clock_starts_from_it() {
         at("2026-11-29T00:00:00+08:00")
     );
     let confirmation = h.read(&h.last_mail(&id, "confirmation")).text;
-    assert!(confirmation.contains("promised: 2026-11-27"), "{confirmation}");
+    assert!(
+        confirmation.contains("promised: 2026-11-27"),
+        "{confirmation}"
+    );
 
     // A later reply in English by the field's name sets it again.
     h.department_reply(&id, BILLING, "promised: 2026-11-30");
     assert_eq!(
         h.case(&id).field("promised"),
-        Some(&FieldValue::Date(NaiveDate::from_ymd_opt(2026, 11, 30).unwrap()))
+        Some(&FieldValue::Date(
+            NaiveDate::from_ymd_opt(2026, 11, 30).unwrap()
+        ))
     );
 }
 

@@ -207,6 +207,12 @@ fn the_second_gas_follow_up_falls_due_a_day_after_the_promised_date() {
         .collect();
     assert_eq!(set.len(), 1, "set once, by the second reply: {set:?}");
     assert!(set[0].starts_with("2026-11-24 15:00"), "{}", set[0]);
-    assert!(set[0].ends_with("(department reply of billing_dept)"), "{}", set[0]);
-    assert!(output.contains("2026-11-29 00:00 +08:00  TS-2026-000001  mail queued reminder → billing@gas.example"));
+    assert!(
+        set[0].ends_with("(department reply of billing_dept)"),
+        "{}",
+        set[0]
+    );
+    assert!(output.contains(
+        "2026-11-29 00:00 +08:00  TS-2026-000001  mail queued reminder → billing@gas.example"
+    ));
 }

@@ -103,7 +103,10 @@ impl ReplyField {
 
     fn is_named(&self, key: &str) -> bool {
         normalise_key(&self.name) == key
-            || self.display.as_deref().is_some_and(|d| normalise_key(d) == key)
+            || self
+                .display
+                .as_deref()
+                .is_some_and(|d| normalise_key(d) == key)
     }
 }
 
@@ -132,7 +135,9 @@ pub fn field_value(ty: FieldType, text: &str) -> Result<FieldValue, String> {
         FieldType::Flag => match text.to_lowercase().as_str() {
             "yes" | "true" | "y" | "是" | "有" => Ok(FieldValue::Flag(true)),
             "no" | "false" | "n" | "否" | "无" | "無" => Ok(FieldValue::Flag(false)),
-            _ => Err(format!("`{text}` is not understood here; use yes or no (是/否)")),
+            _ => Err(format!(
+                "`{text}` is not understood here; use yes or no (是/否)"
+            )),
         },
     }
 }
@@ -856,5 +861,105 @@ status: abnormal-close",
                     .to_owned(),
             ]
         );
+    }
+
+    fn fields() -> Vec<ReplyField> {
+        vec![
+            ReplyField {
+                name: "promised".to_owned(),
+                display: Some("承诺办结日期".to_owned()),
+                ty: FieldType::Date,
+                settable: true,
+            },
+            ReplyField {
+                name: "visit_count".to_owned(),
+                display: Some("上门次数".to_owned()),
+                ty: FieldType::Number,
+                settable: true,
+            },
+            ReplyField {
+                name: "loss".to_owned(),
+                display: Some("损失金额".to_owned()),
+                ty: FieldType::Number,
+                settable: false,
+            },
+        ]
+    }
+
+    #[test]
+    fn a_settable_field_by_its_name_or_display_name() {
+        let reply = parse_department_reply_with_fields(
+            "状态: 处理中\n承诺办结日期：2026年12月1日\nVisit Count: 2\n\n已联系客户。",
+            &fields(),
+        );
+        assert!(reply.is_clean(), "{:?}", reply.problems);
+        assert_eq!(
+            reply.commands,
+            vec![
+                Command::Status(Status::InProgress),
+                Command::SetField {
+                    field: "promised".to_owned(),
+                    value: "2026-12-01".to_owned(),
+                },
+                Command::SetField {
+                    field: "visit_count".to_owned(),
+                    value: "2".to_owned(),
+                },
+            ]
+        );
+        assert_eq!(reply.answer, "已联系客户。");
+    }
+
+    #[test]
+    fn a_field_value_is_read_by_the_fields_type() {
+        let reply =
+            parse_department_reply_with_fields("promised: next friday\n上门次数: 两次", &fields());
+        assert!(reply.commands.is_empty(), "{:?}", reply.commands);
+        let reasons: Vec<String> = reply.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            [
+                "line 1: `promised: next friday`: `next friday` is not a date; write it as 2026-12-01",
+                "line 2: `上门次数: 两次`: `两次` is not a number",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_field_not_set_by_departments_is_refused_and_a_near_miss_is_named() {
+        let reply = parse_department_reply_with_fields("loss: 100\npromisd: 2026-12-01", &fields());
+        let reasons: Vec<String> = reply.problems.iter().map(|p| p.reason.clone()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "the field `loss` is not set by departments (the policy does not declare it `set by department`)",
+                "unknown command `promisd`; did you mean `promised`?",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_the_policys_fields_a_field_line_ends_the_command_block() {
+        let reply = parse_department_reply("状态: 处理中\npromised: 2026-12-01");
+        assert_eq!(reply.commands, vec![Command::Status(Status::InProgress)]);
+        assert_eq!(reply.answer, "promised: 2026-12-01");
+    }
+
+    #[test]
+    fn flags_and_text_fields() {
+        assert_eq!(
+            field_value(FieldType::Flag, "是"),
+            Ok(FieldValue::Flag(true))
+        );
+        assert_eq!(
+            field_value(FieldType::Flag, "No."),
+            Ok(FieldValue::Flag(false))
+        );
+        assert!(field_value(FieldType::Flag, "maybe").is_err());
+        assert_eq!(
+            field_value(FieldType::Text, " 张工 "),
+            Ok(FieldValue::Text("张工".to_owned()))
+        );
+        assert!(field_value(FieldType::Text, "  ").is_err());
     }
 }

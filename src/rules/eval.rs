@@ -1243,10 +1243,14 @@ impl<'p, 'e> Evaluator<'p, 'e> {
             .and_then(|d| d.and_hms_opt(0, 0, 0))
             .ok_or_else(|| format!("`{field}` ({date}) is out of range"))?;
         match calendar {
-            Some(calendar) => chrono::TimeZone::from_local_datetime(&calendar.zone(), &next_midnight)
-                .earliest()
-                .map(|local| local.with_timezone(&Utc))
-                .ok_or_else(|| format!("the end of {date} does not exist in the calendar's zone")),
+            Some(calendar) => {
+                chrono::TimeZone::from_local_datetime(&calendar.zone(), &next_midnight)
+                    .earliest()
+                    .map(|local| local.with_timezone(&Utc))
+                    .ok_or_else(|| {
+                        format!("the end of {date} does not exist in the calendar's zone")
+                    })
+            }
             None => Ok(next_midnight.and_utc()),
         }
     }

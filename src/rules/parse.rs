@@ -322,9 +322,7 @@ impl<'t> Builder<'t> {
             .optional(Rule::string)
             .map(|s| self.string(&s))
             .transpose()?;
-        let set_by_department = c
-            .optional(Rule::set_by_department)
-            .map(|p| self.of(&p));
+        let set_by_department = c.optional(Rule::set_by_department).map(|p| self.of(&p));
         Ok(FieldDecl {
             name,
             ty: Spanned::new(ty, ty_span),
