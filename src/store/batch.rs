@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::engine_ops::{self, ExtraOp};
 use super::error::StoreError;
+use super::history::HistoryMemo;
 use super::keys;
 use super::outbox::{mail_identity, put_entry, MailDraft, OutboxEntry, OutboxState};
 use super::records::{
@@ -363,6 +364,8 @@ fn sort_slots(slots: &mut Vec<TimerSlot>) {
 pub struct IngestBatch {
     pub(crate) checkpoint: Option<(String, Checkpoint)>,
     pub(crate) changes: Vec<ChangeSet>,
+    /// Stored index ranges the batch's history questions walked.
+    pub(crate) memo: HistoryMemo,
 }
 
 impl IngestBatch {

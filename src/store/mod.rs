@@ -20,6 +20,7 @@ mod schema;
 mod trees;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -128,6 +129,9 @@ pub struct Store {
     trees: Arc<[sled::Tree]>,
     settings: Arc<StoreSettings>,
     path: Arc<Path>,
+    /// Counts the transactions committed through this handle (and its
+    /// clones), so cached reads can tell they are stale.
+    generation: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -162,6 +166,7 @@ impl Store {
             trees: trees.into(),
             settings: Arc::new(settings),
             path: path.into(),
+            generation: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -184,10 +189,18 @@ impl Store {
             .as_ref()
             .transaction(|view: &Vec<TransactionalTree>| body(&Tx::new(view)));
         match result {
-            Ok(value) => Ok(value),
+            Ok(value) => {
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                Ok(value)
+            }
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(StoreError::Storage(e)),
         }
+    }
+
+    /// How many transactions have committed so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Makes every committed change durable (fsync). Blocks.

@@ -7,7 +7,7 @@ use super::error::StoreError;
 
 /// Every tree that takes part in transactions. The `meta` tree (schema
 /// version) is kept apart: only opening and migrations write it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum TreeId {
     Cases,
     Events,
