@@ -20,6 +20,7 @@ use super::error::StoreError;
 use super::history::HistoryMemo;
 use super::keys;
 use super::outbox::{mail_identity, put_entry, MailDraft, OutboxEntry, OutboxState};
+use super::prerender::{prepared_for, prepared_message_id, PreparedMail, Prerendered};
 use super::records::{
     normalize_message_id, AttachmentRecord, Checkpoint, MessageRecord, QuarantineRecord, Timer,
     TimerSlot,
@@ -109,11 +110,11 @@ struct QuarantineOp {
 #[derive(Debug, Clone, Default)]
 pub struct ChangeSet {
     message: Option<IncomingMessage>,
-    new_cases: Vec<(NewCaseKey, Case)>,
+    pub(super) new_cases: Vec<(NewCaseKey, Case)>,
     updates: Vec<(Case, Case)>,
     events: Vec<(CaseRef, Event)>,
     timers: Vec<TimerOp>,
-    mails: Vec<(Option<CaseRef>, MailDraft)>,
+    pub(super) mails: Vec<(Option<CaseRef>, MailDraft)>,
     attachments: Vec<AttachmentOp>,
     acks: Vec<(String, i64)>,
     quarantine: Option<QuarantineOp>,
@@ -544,12 +545,30 @@ impl Store {
         for change_set in changes {
             change_set.check()?;
         }
+        let prerendered = self.prerender(changes);
+        self.commit_prerendered(checkpoint, changes, &prerendered)
+    }
+
+    /// Commits change sets whose mails were (perhaps) rendered ahead.
+    pub(super) fn commit_prerendered(
+        &self,
+        checkpoint: Option<(&str, Checkpoint)>,
+        changes: &[&ChangeSet],
+        prerendered: &[Vec<Option<Prerendered>>],
+    ) -> Result<CommitReport, StoreError> {
         let settings = self.settings();
         self.transact(|tx| {
             let mut new_ids = HashMap::new();
             let mut outcomes = Vec::with_capacity(changes.len());
-            for change_set in changes {
-                outcomes.push(apply_changes(tx, settings, change_set, &mut new_ids)?);
+            for (index, change_set) in changes.iter().enumerate() {
+                let prepared = prerendered.get(index).map_or(&[][..], Vec::as_slice);
+                outcomes.push(apply_changes(
+                    tx,
+                    settings,
+                    change_set,
+                    prepared,
+                    &mut new_ids,
+                )?);
             }
             if let Some((mailbox, checkpoint)) = checkpoint {
                 let key = mailbox.as_bytes().to_vec();
@@ -597,6 +616,7 @@ fn apply_changes(
     tx: &Tx<'_>,
     settings: &StoreSettings,
     changes: &ChangeSet,
+    prerendered: &[Option<Prerendered>],
     new_ids: &mut HashMap<NewCaseKey, CaseId>,
 ) -> TxResult<ChangeOutcome> {
     if let Some(message) = &changes.message {
@@ -639,12 +659,15 @@ fn apply_changes(
         apply_timer_op(tx, &mut resolver, op)?;
     }
 
-    for (case, draft) in &changes.mails {
+    for (index, (case, draft)) in changes.mails.iter().enumerate() {
         let id = match case {
             Some(case) => Some(resolver.resolve(tx, case)?),
             None => None,
         };
-        applied.mails.push(queue_mail(tx, id.as_ref(), draft)?);
+        let prepared = prerendered.get(index).and_then(Option::as_ref);
+        applied
+            .mails
+            .push(queue_mail(tx, id.as_ref(), draft, prepared)?);
     }
 
     for op in &changes.attachments {
@@ -865,7 +888,12 @@ fn apply_timer_op(tx: &Tx<'_>, resolver: &mut Resolver<'_>, op: &TimerOp) -> TxR
     }
 }
 
-fn queue_mail(tx: &Tx<'_>, case: Option<&CaseId>, draft: &MailDraft) -> TxResult<QueuedMail> {
+fn queue_mail(
+    tx: &Tx<'_>,
+    case: Option<&CaseId>,
+    draft: &MailDraft,
+    prerendered: Option<&Prerendered>,
+) -> TxResult<QueuedMail> {
     let seq_key = keys::mail_sequence_key(case, &draft.purpose);
     let sequence = tx.counter(TreeId::Counters, &seq_key)? + 1;
     tx.set_counter(TreeId::Counters, seq_key, sequence)?;
@@ -888,8 +916,14 @@ fn queue_mail(tx: &Tx<'_>, case: Option<&CaseId>, draft: &MailDraft) -> TxResult
         outbox_id: identity.outbox_id.clone(),
         reason,
     };
-    let rendered = (draft.render)(&identity).map_err(render_error).or_abort()?;
-    let message_id = normalize_message_id(&rendered.message_id);
+    // The mail rendered ahead for this very identity, else rendered now.
+    let rendered = match prepared_for(prerendered, &identity) {
+        Some(result) => result.clone(),
+        None => (draft.render)(&identity).map(PreparedMail::from),
+    }
+    .map_err(render_error)
+    .or_abort()?;
+    let message_id = prepared_message_id(&rendered);
     if message_id.is_empty() {
         return abort(render_error("the rendered mail has no Message-ID".into()));
     }

@@ -15,6 +15,7 @@ mod error;
 mod history;
 mod keys;
 mod outbox;
+mod prerender;
 mod records;
 mod schema;
 mod trees;
