@@ -12,7 +12,7 @@ use complaintd::rules::eval::CaseHistory;
 use complaintd::store::{
     CaseFilter, CaseRef, ChangeOutcome, ChangeSet, Checkpoint, DeliveryFailure, IngestBatch,
     MailDraft, MailIdentity, MessageRecord, OutboxState, QuarantineRecord, RenderedMail, Store,
-    StoreError, StoreSettings, Timer,
+    StoreError, StoreSettings, Timer, SCHEMA_VERSION,
 };
 use proptest::prelude::*;
 use tempfile::TempDir;
@@ -1222,22 +1222,114 @@ fn a_store_from_a_newer_complaintd_is_refused() {
         let db = sled::open(&path).expect("raw open");
         db.open_tree("meta")
             .expect("meta")
-            .insert("schema_version", &2u32.to_be_bytes())
+            .insert("schema_version", &(SCHEMA_VERSION + 1).to_be_bytes())
             .expect("write");
         db.flush().expect("flush");
     }
     let err = Store::open(&path).expect_err("too new");
+    let newer = SCHEMA_VERSION + 1;
     assert!(
         matches!(
             err,
-            StoreError::SchemaTooNew {
-                found: 2,
-                supported: 1
-            }
+            StoreError::SchemaTooNew { found, supported }
+                if found == newer && supported == SCHEMA_VERSION
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("schema version 2"), "{err}");
+    assert!(
+        err.to_string().contains(&format!("schema version {newer}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_version_1_store_is_migrated_and_keeps_its_event_logs() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("db");
+    let id = CaseId("TS-2026-000001".into());
+    let old_events = [
+        note(t0(), "first"),
+        note(t0() + Duration::minutes(1), "second"),
+    ];
+    {
+        // Plays complaintd with schema version 1: one record per event, the
+        // case's event counter at the next sequence number.
+        let db = sled::open(&path).expect("raw open");
+        db.open_tree("meta")
+            .expect("meta")
+            .insert("schema_version", &1u32.to_be_bytes())
+            .expect("write");
+        let case = Case {
+            id: id.clone(),
+            ..draft("a@x.example", t0(), "停气")
+        };
+        db.open_tree("cases")
+            .expect("cases")
+            .insert(id.0.as_bytes(), serde_json::to_vec(&case).expect("json"))
+            .expect("write");
+        let counters = db.open_tree("counters").expect("counters");
+        let mut year_key = b"c".to_vec();
+        year_key.extend_from_slice(&2u32.to_be_bytes());
+        year_key.extend_from_slice(b"TS");
+        year_key.extend_from_slice(&((2026u64) ^ (1 << 63)).to_be_bytes());
+        counters
+            .insert(year_key, &1u64.to_be_bytes())
+            .expect("write");
+        let mut prefix = (id.0.len() as u32).to_be_bytes().to_vec();
+        prefix.extend_from_slice(id.0.as_bytes());
+        let mut event_counter = b"e".to_vec();
+        event_counter.extend_from_slice(&prefix);
+        counters
+            .insert(event_counter, &2u64.to_be_bytes())
+            .expect("write");
+        let events = db.open_tree("events").expect("events");
+        for (seq, event) in old_events.iter().enumerate() {
+            let mut key = prefix.clone();
+            key.extend_from_slice(&(seq as u64).to_be_bytes());
+            events
+                .insert(key, serde_json::to_vec(event).expect("json"))
+                .expect("write");
+        }
+        db.flush().expect("flush");
+    }
+
+    let store = Store::open(&path).expect("migrated");
+    assert_eq!(store.events(&id).expect("read"), old_events);
+    // New events follow the old ones, and the next case number follows too.
+    let mut changes = ChangeSet::new();
+    let case_ref = CaseRef::Existing(id.clone());
+    changes.append_event(&case_ref, note(t0() + Duration::minutes(2), "third"));
+    changes.append_event(&case_ref, note(t0() + Duration::minutes(3), "fourth"));
+    store.apply(&changes).expect("commit");
+    let texts: Vec<String> = store
+        .events(&id)
+        .expect("read")
+        .into_iter()
+        .map(|e| match e.kind {
+            EventKind::Note { text } => text,
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    assert_eq!(texts, ["first", "second", "third", "fourth"]);
+    assert_eq!(
+        ingest_new(&store, "<m@x.example>", "b@x.example", t0()),
+        CaseId("TS-2026-000002".into())
+    );
+    drop(store);
+
+    // Opening again migrates nothing twice and keeps everything.
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.events(&id).expect("read").len(), 4);
+    drop(store);
+    let db = sled::open(&path).expect("raw open");
+    assert_eq!(
+        db.open_tree("meta")
+            .expect("meta")
+            .get("schema_version")
+            .expect("read")
+            .map(|v| v.to_vec()),
+        Some(SCHEMA_VERSION.to_be_bytes().to_vec())
+    );
 }
 
 #[test]

@@ -11,6 +11,12 @@
 //! bounces are recorded on their case if they have one and never answered;
 //! loops and duplicates are not acted on.
 //!
+//! Parsing depends on nothing but a message's bytes, so a fetch's messages
+//! are parsed on all cores first; everything after that (classification,
+//! evaluation with the batch's history, the change sets) runs in UID order,
+//! and the store renders the batch's mails on all cores before its one
+//! transaction.
+//!
 //! A reply to a complaint that opened a case earlier in the same fetch needs
 //! that case's number, which exists only once committed: the batch is then
 //! committed up to the message before the reply (with the checkpoint at that

@@ -188,7 +188,12 @@ impl Store {
         let result = self
             .trees
             .as_ref()
-            .transaction(|view: &Vec<TransactionalTree>| body(&Tx::new(view)));
+            .transaction(|view: &Vec<TransactionalTree>| {
+                let tx = Tx::new(view);
+                let value = body(&tx)?;
+                tx.write_events()?;
+                Ok(value)
+            });
         match result {
             Ok(value) => {
                 self.generation.fetch_add(1, Ordering::SeqCst);
@@ -279,13 +284,16 @@ impl Store {
 
     /// The event log of a case, oldest first.
     pub fn events(&self, id: &CaseId) -> Result<Vec<Event>, StoreError> {
-        self.tree(TreeId::Events)
+        let mut events = Vec::new();
+        for item in self
+            .tree(TreeId::Events)
             .scan_prefix(keys::event_prefix(id))
-            .map(|item| {
-                let (key, value) = item?;
-                decode(TreeId::Events, &key, &value)
-            })
-            .collect()
+        {
+            let (key, value) = item?;
+            let appended: Vec<Event> = decode(TreeId::Events, &key, &value)?;
+            events.extend(appended);
+        }
+        Ok(events)
     }
 
     /// What the store knows about a Message-ID (angle brackets optional).
