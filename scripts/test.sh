@@ -9,7 +9,8 @@
 # (and the MAILSTACK_*_PORT variables) to use a given stack instead; one that
 # was already running is then left running. The variables are exported so the
 # tests' harness (tests/support/) finds the stack.
-# Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
+# Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`;
+# `scripts/test.sh --test e2e_lifecycle` runs that one file on a private stack.
 
 set -Eeuo pipefail
 
@@ -70,8 +71,21 @@ bash scripts/mailstack.sh up
 
 failures=()
 
-section "cargo test --all-targets"
-cargo test --all-targets "$@" || failures+=("cargo test --all-targets")
+# Arguments that pick targets (`--test e2e_lifecycle`, `--lib`) replace
+# `--all-targets`, so one test file can be run on a private stack.
+targets=(--all-targets)
+for arg in "$@"; do
+    case $arg in
+    --) break ;;
+    --test | --test=* | --lib | --bin | --bin=* | --bins | --bench | --bench=* | --benches | --example | --example=* | --examples | --doc | --tests)
+        targets=()
+        break
+        ;;
+    esac
+done
+
+section "cargo test ${targets[*]} $*"
+cargo test "${targets[@]}" "$@" || failures+=("cargo test ${targets[*]} $*")
 
 # ---------------------------------------------------------------------------
 # Further test programs go here. Every executable `scripts/test.d/*.sh`

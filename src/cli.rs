@@ -9,16 +9,22 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, FixedOffset, Utc};
+use chrono_tz::Tz;
 use clap::{Parser, Subcommand};
+use hyper::{Method, StatusCode};
 
+use crate::case::CaseState;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::daemon;
-use crate::engine::inspect::{self, StoreSource};
+use crate::daemon::admin::{self, Release};
+use crate::daemon::client::DaemonClient;
+use crate::engine::inspect::{self, CaseAnswer, CaseQuery, OpenFailure, StoreSource};
 use crate::rules::check::{check, Environment};
 use crate::rules::diag::{did_you_mean, render_all};
 use crate::rules::eval::MemoryHistory;
 use crate::rules::{explain, load, testing, Diagnostic, Limits, Policy, SourceMap};
+use crate::store::{CaseFilter, OutboxEntry};
 
 /// Exit code of a command that ran and found nothing wrong.
 pub const EXIT_OK: u8 = 0;
@@ -54,10 +60,15 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Look at the cases in a store (not while the daemon holds it).
+    /// Look at the cases in a store; while the daemon holds it, ask the daemon (--config).
     Case {
         #[command(subcommand)]
         command: CaseCommand,
+    },
+    /// List pending or held outgoing mail; release held mail.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
     },
     /// Run the engine on a simulated clock over a timeline of mails and
     /// clock advances, on a temporary store; print the event log.
@@ -113,6 +124,9 @@ pub enum CaseCommand {
         /// Only cases still open.
         #[arg(long)]
         open: bool,
+        /// Only cases in this state (e.g. received, in_progress, closed).
+        #[arg(long, value_name = "STATE", value_parser = parse_state)]
+        state: Option<CaseState>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -136,6 +150,38 @@ pub enum CaseCommand {
         #[command(flatten)]
         source: StoreArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Mail waiting to be sent (scheduled, awaiting retry, being sent), or with --held the
+    /// mail held for an operator after a crash (smtp.in_doubt = "hold").
+    List {
+        #[arg(long)]
+        held: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        source: StoreArgs,
+    },
+    /// Queue held mail to be sent again, with the same bytes and Message-ID.
+    Release {
+        /// The outbox id, e.g. TS-2026-000123.ack.1.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every held mail.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        source: StoreArgs,
+    },
+}
+
+fn parse_state(text: &str) -> Result<CaseState, String> {
+    CaseState::parse(text).ok_or_else(|| {
+        let known: Vec<&str> = CaseState::ALL.iter().map(|s| s.as_str()).collect();
+        format!("unknown state `{text}` (known: {})", known.join(", "))
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +226,7 @@ pub fn run(cli: Cli, clock: &dyn Clock, out: &mut dyn Write, err: &mut dyn Write
             command: ConfigCommand::Check { config },
         } => inspect::config_check(&config, clock.now(), out),
         Command::Case { command } => run_case(command, out, err),
+        Command::Outbox { command } => run_outbox(command, clock, out, err),
         Command::Simulate {
             rules,
             timeline,
@@ -235,17 +282,243 @@ fn run_daemon(config_path: &Path, err: &mut dyn Write) -> std::io::Result<u8> {
 }
 
 fn run_case(command: CaseCommand, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<u8> {
-    match command {
-        CaseCommand::List { open, json, source } => {
-            inspect::case_list(&source.source(), open, json, out, err)
+    let (query, json, source) = match command {
+        CaseCommand::List {
+            open,
+            state,
+            json,
+            source,
+        } => {
+            let filter = CaseFilter {
+                open: open.then_some(true),
+                state,
+                ..CaseFilter::default()
+            };
+            (CaseQuery::List(filter), json, source.source())
         }
-        CaseCommand::Show { id, json, source } => {
-            inspect::case_show(&source.source(), &id, json, out, err)
-        }
+        CaseCommand::Show { id, json, source } => (CaseQuery::show(&id), json, source.source()),
         CaseCommand::Search { text, json, source } => {
-            inspect::case_search(&source.source(), &text, json, out, err)
+            (CaseQuery::Search(text), json, source.source())
+        }
+    };
+    let failure = match inspect::open_store(&source) {
+        Ok((store, zone)) => {
+            return match inspect::answer(&store, &query) {
+                Ok(answer) => inspect::print_answer(&answer, zone, json, out, err),
+                Err(error) => {
+                    writeln!(err, "error: {error}")?;
+                    Ok(EXIT_FAILED)
+                }
+            };
+        }
+        Err(failure) => failure,
+    };
+    let (client, zone) = match daemon_of(&source, failure) {
+        Ok(found) => found,
+        Err(message) => {
+            writeln!(err, "error: {message}")?;
+            return Ok(EXIT_FAILED);
+        }
+    };
+    let path = match &query {
+        CaseQuery::Show(id) => admin::case_path(id),
+        other => {
+            let parameters = admin::case_query_parameters(other);
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            for (name, value) in &parameters {
+                query.append_pair(name, value);
+            }
+            match query.finish() {
+                q if q.is_empty() => "/cases".to_owned(),
+                q => format!("/cases?{q}"),
+            }
+        }
+    };
+    let answer = match client.blocking(Method::GET, &path) {
+        Ok(answer) => answer,
+        Err(error) => {
+            writeln!(err, "error: {error}")?;
+            return Ok(EXIT_FAILED);
+        }
+    };
+    let parsed = match (&query, answer.status) {
+        (CaseQuery::Show(id), StatusCode::NOT_FOUND) => Ok(CaseAnswer::NoSuchCase(id.clone())),
+        (_, StatusCode::OK) => match &query {
+            CaseQuery::Show(_) => serde_json::from_str(&answer.body)
+                .map(|detail| CaseAnswer::Detail(Box::new(detail))),
+            _ => serde_json::from_str(&answer.body).map(CaseAnswer::Cases),
+        }
+        .map_err(|e| format!("the daemon's answer is not what was asked for: {e}")),
+        (_, status) => Err(format!(
+            "the daemon answered {status}: {}",
+            answer.error_message()
+        )),
+    };
+    match parsed {
+        // The daemon printed the JSON with the same code as a local query would.
+        Ok(CaseAnswer::Cases(_) | CaseAnswer::Detail(_)) if json => {
+            write!(out, "{}", answer.body)?;
+            Ok(EXIT_OK)
+        }
+        Ok(found) => inspect::print_answer(&found, zone, json, out, err),
+        Err(message) => {
+            writeln!(err, "error: {message}")?;
+            Ok(EXIT_FAILED)
         }
     }
+}
+
+/// The endpoint of the daemon holding a store that could not be opened, and the zone to
+/// show times in; or the message saying why there is none to ask.
+fn daemon_of(source: &StoreSource, failure: OpenFailure) -> Result<(DaemonClient, Tz), String> {
+    if !failure.locked {
+        return Err(failure.message);
+    }
+    let StoreSource::Config(path) = source else {
+        return Err(format!(
+            "{}; give --config FILE instead of --store to ask the running daemon",
+            failure.message
+        ));
+    };
+    // It loaded a moment ago, when the store was opened.
+    let config = Config::load(path).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| format!("{}: {e}", path.display()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    match &config.http {
+        Some(http) => Ok((DaemonClient::new(http.listen), inspect::zone_of(&config))),
+        None => Err(format!(
+            "{}; {} has no [http] listen address, so the daemon cannot be asked",
+            failure.message,
+            path.display()
+        )),
+    }
+}
+
+fn run_outbox(
+    command: OutboxCommand,
+    clock: &dyn Clock,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<u8> {
+    let (source, request) = match command {
+        OutboxCommand::List { held, json, source } => {
+            (source.source(), OutboxRequest::List { held, json })
+        }
+        OutboxCommand::Release { id, all, source } => {
+            let which = match id {
+                Some(id) if !all => Release::One(id),
+                _ => Release::All,
+            };
+            (source.source(), OutboxRequest::Release(which))
+        }
+    };
+    let failure = match inspect::open_store(&source) {
+        Ok((store, zone)) => {
+            let result = match &request {
+                OutboxRequest::List { held, .. } => {
+                    admin::outbox_list(&store, *held).map_err(|e| e.to_string())
+                }
+                OutboxRequest::Release(which) => {
+                    admin::release(&store, which, clock.now()).map_err(|e| e.to_string())
+                }
+            };
+            return match result {
+                Ok(entries) => print_outbox(&request, &entries, zone, out),
+                Err(message) => {
+                    writeln!(err, "error: {message}")?;
+                    Ok(EXIT_FAILED)
+                }
+            };
+        }
+        Err(failure) => failure,
+    };
+    let (client, zone) = match daemon_of(&source, failure) {
+        Ok(found) => found,
+        Err(message) => {
+            writeln!(err, "error: {message}")?;
+            return Ok(EXIT_FAILED);
+        }
+    };
+    let answer = match &request {
+        OutboxRequest::List { held: true, .. } => client.blocking(Method::GET, "/outbox?held=true"),
+        OutboxRequest::List { held: false, .. } => client.blocking(Method::GET, "/outbox"),
+        OutboxRequest::Release(Release::All) => {
+            client.blocking(Method::POST, "/outbox/release-all")
+        }
+        OutboxRequest::Release(Release::One(id)) => {
+            client.blocking(Method::POST, &admin::release_path(id))
+        }
+    };
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(error) => {
+            writeln!(err, "error: {error}")?;
+            return Ok(EXIT_FAILED);
+        }
+    };
+    if answer.status != StatusCode::OK {
+        writeln!(err, "error: {}", answer.error_message())?;
+        return Ok(EXIT_FAILED);
+    }
+    match serde_json::from_str::<Vec<OutboxEntry>>(&answer.body) {
+        Ok(entries) => print_outbox(&request, &entries, zone, out),
+        Err(e) => {
+            writeln!(
+                err,
+                "error: the daemon's answer is not what was asked for: {e}"
+            )?;
+            Ok(EXIT_FAILED)
+        }
+    }
+}
+
+/// What `complaintd outbox` was asked to do.
+enum OutboxRequest {
+    List { held: bool, json: bool },
+    Release(Release),
+}
+
+fn print_outbox(
+    request: &OutboxRequest,
+    entries: &[OutboxEntry],
+    zone: Tz,
+    out: &mut dyn Write,
+) -> std::io::Result<u8> {
+    match request {
+        OutboxRequest::List { json: true, .. } => {
+            write!(
+                out,
+                "{}",
+                admin::outbox_json(entries).map_err(std::io::Error::other)?
+            )?;
+        }
+        OutboxRequest::List { .. } => {
+            for entry in entries {
+                writeln!(
+                    out,
+                    "{}  {}  to {}  <{}>  {}",
+                    entry.id,
+                    inspect::outbox_state(&entry.state, zone),
+                    entry.recipients.join(", "),
+                    entry.message_id,
+                    entry.subject
+                )?;
+            }
+        }
+        OutboxRequest::Release(_) => {
+            for entry in entries {
+                writeln!(out, "released {}", entry.id)?;
+            }
+            if entries.is_empty() {
+                writeln!(out, "no mail is held")?;
+            }
+        }
+    }
+    Ok(EXIT_OK)
 }
 
 fn run_rules(

@@ -30,6 +30,28 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// What the daemon does at start with a mail whose SMTP attempt began (recorded before
+/// DATA) but whose outcome was never recorded: the server may or may not have taken it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InDoubt {
+    /// At-least-once: send it again, with the same bytes and Message-ID.
+    #[default]
+    Resend,
+    /// At-most-once: hold it for an operator (`complaintd outbox list --held`,
+    /// `complaintd outbox release`).
+    Hold,
+}
+
+impl InDoubt {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InDoubt::Resend => "resend",
+            InDoubt::Hold => "hold",
+        }
+    }
+}
+
 /// How a connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,6 +137,9 @@ pub struct SmtpConfig {
     /// Timeout of each SMTP command.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// A mail in doubt after a crash: `"resend"` (default) or `"hold"`.
+    #[serde(default)]
+    pub in_doubt: InDoubt,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -428,6 +453,23 @@ impl Config {
                 "must be between 3 and 12".into(),
             );
         }
+        let case_number_len = self.store.case_prefix.len()
+            + "-YYYY-".len()
+            + usize::from(self.store.case_number_width);
+        if self.mail.complaint_address.contains('@')
+            && !crate::mail::token::fits_local_part(&self.mail.complaint_address, case_number_len)
+        {
+            err(
+                "mail.complaint_address".into(),
+                format!(
+                    "`{}` is too long for reply addresses: its local part and a case number \
+                     ({case_number_len} characters) may have at most {} characters together, \
+                     or departments' replies could not be addressed",
+                    self.mail.complaint_address,
+                    crate::mail::token::MAX_LOCAL_PART - 1 - 1 - crate::mail::token::KEY_CHARS,
+                ),
+            );
+        }
         if !self.rules.dir.is_dir() {
             err(
                 "rules.dir".into(),
@@ -558,6 +600,7 @@ from = "complaints@example.test"
         assert_eq!(config.mailboxes[0].poll_interval, Duration::from_secs(30));
         assert_eq!(config.mailboxes[0].after_ingest, AfterIngest::Seen);
         assert_eq!(config.smtp.per_minute_cap, 600);
+        assert_eq!(config.smtp.in_doubt, InDoubt::Resend);
         assert_eq!(config.store.case_prefix, "TS");
     }
 
@@ -568,6 +611,25 @@ from = "complaints@example.test"
         assert_eq!(errors[0].key, "mailbox[0].tls");
         assert!(
             errors[0].message.starts_with("unknown variant `sometimes`"),
+            "{}",
+            errors[0].message
+        );
+    }
+
+    #[test]
+    fn in_doubt_is_resend_or_hold_and_anything_else_names_its_key() {
+        let hold = MINIMAL.replace("[smtp]\n", "[smtp]\nin_doubt = \"hold\"\n");
+        assert_eq!(Config::parse(&hold).unwrap().smtp.in_doubt, InDoubt::Hold);
+        let resend = MINIMAL.replace("[smtp]\n", "[smtp]\nin_doubt = \"resend\"\n");
+        assert_eq!(
+            Config::parse(&resend).unwrap().smtp.in_doubt,
+            InDoubt::Resend
+        );
+        let wrong = MINIMAL.replace("[smtp]\n", "[smtp]\nin_doubt = \"drop\"\n");
+        let errors = Config::parse(&wrong).unwrap_err();
+        assert_eq!(errors[0].key, "smtp.in_doubt");
+        assert!(
+            errors[0].message.starts_with("unknown variant `drop`"),
             "{}",
             errors[0].message
         );
@@ -606,6 +668,27 @@ from = "complaints@example.test"
                 "rules.dir"
             ],
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_complaint_address_too_long_for_reply_tokens_is_refused() {
+        let text = MINIMAL.replace(
+            "complaint_address = \"complaints@example.test\"",
+            "complaint_address = \"customer-complaints-and-feedback@example.test\"",
+        );
+        let mut config = Config::parse(&text).unwrap();
+        config.resolve_paths(Path::new("/nonexistent-dir"));
+        let errors = config.validate().unwrap_err();
+        let error = errors
+            .iter()
+            .find(|e| e.key == "mail.complaint_address")
+            .expect("the address is refused");
+        assert_eq!(
+            error.message,
+            "`customer-complaints-and-feedback@example.test` is too long for reply addresses: \
+             its local part and a case number (14 characters) may have at most 38 characters \
+             together, or departments' replies could not be addressed"
         );
     }
 }

@@ -1,8 +1,11 @@
-//! The daemon's Prometheus metrics and the loopback HTTP endpoint serving `/health` and `/metrics`.
+//! The daemon's Prometheus metrics and the loopback HTTP endpoint serving `/health`, `/metrics`
+//! and the daemon's read-only case queries and outbox administration ([`Api`]).
 
 use std::convert::Infallible;
 use std::fmt;
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +13,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -30,6 +33,36 @@ const MAX_CONNECTIONS: usize = 32;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The header a mutating API request (POST) must carry. A web page cannot send it to another
+/// origin without a CORS preflight, which this endpoint never grants.
+pub const ADMIN_HEADER: &str = "x-complaintd-admin";
+
+/// A request to a route of the [`Api`] (anything but `/health` and `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiRequest {
+    pub method: Method,
+    /// The path, percent-encoded as it came.
+    pub path: String,
+    /// The decoded query parameters, in order.
+    pub query: Vec<(String, String)>,
+}
+
+/// An answer of the [`Api`]: a status and a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiResponse {
+    pub status: StatusCode,
+    pub json: String,
+}
+
+/// A boxed future, so that [`Api`] can be used as a trait object.
+pub type ApiFuture<'a> = Pin<Box<dyn Future<Output = Option<ApiResponse>> + Send + 'a>>;
+
+/// More routes on the endpoint, answered with JSON (the daemon's case queries). `None`: not
+/// a route of this API (404).
+pub trait Api: Send + Sync + 'static {
+    fn handle(&self, request: ApiRequest) -> ApiFuture<'_>;
+}
 
 /// Whether a failed delivery will be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,6 +124,8 @@ struct Inner {
     imap_idling: Family<MailboxLabels, Gauge>,
     rule_reloads: Family<ReloadLabels, Counter>,
     last_reload: Gauge,
+    outbox_held: Gauge,
+    mail_in_doubt: Counter,
 }
 
 /// A cheap, cloneable handle on every metric of the daemon.
@@ -170,8 +205,22 @@ impl Metrics {
             "Unix time of the last successful rule reload",
             last_reload.clone(),
         );
+        let outbox_held = Gauge::default();
+        registry.register(
+            "outbox_held",
+            "Mails held for an operator: in doubt after a crash (smtp.in_doubt = \"hold\")",
+            outbox_held.clone(),
+        );
+        let mail_in_doubt = Counter::default();
+        registry.register(
+            "mail_in_doubt",
+            "Mails found in doubt at start: handed to SMTP before a crash, outcome unknown",
+            mail_in_doubt.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
+                outbox_held,
+                mail_in_doubt,
                 registry,
                 cases_ingested,
                 messages_fetched,
@@ -215,6 +264,20 @@ impl Metrics {
         self.inner
             .outbox_depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_outbox_held(&self, held: u64) {
+        self.inner
+            .outbox_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    pub fn outbox_held(&self) -> u64 {
+        u64::try_from(self.inner.outbox_held.get()).unwrap_or(0)
+    }
+
+    pub fn mail_in_doubt(&self, count: u64) {
+        self.inner.mail_in_doubt.inc_by(count);
     }
 
     pub fn imap_reconnect(&self, mailbox: &str) {
@@ -331,8 +394,19 @@ impl MetricsServer {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` is cancelled, then finishes the requests in flight and returns.
+    /// Serves `/health` and `/metrics` until `shutdown` is cancelled, then finishes the
+    /// requests in flight and returns.
     pub async fn serve(self, metrics: Metrics, shutdown: CancellationToken) {
+        self.serve_with(metrics, None, shutdown).await;
+    }
+
+    /// Like [`Self::serve`], with the routes of `api` besides.
+    pub async fn serve_with(
+        self,
+        metrics: Metrics,
+        api: Option<Arc<dyn Api>>,
+        shutdown: CancellationToken,
+    ) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut connections = tokio::task::JoinSet::new();
         loop {
@@ -357,12 +431,14 @@ impl MetricsServer {
             // Reap finished connections so the set stays small.
             while connections.try_join_next().is_some() {}
             let metrics = metrics.clone();
+            let api = api.clone();
             let shutdown = shutdown.clone();
             connections.spawn(async move {
                 let _permit = permit;
                 let service = hyper::service::service_fn(move |request| {
                     let metrics = metrics.clone();
-                    async move { Ok::<_, Infallible>(respond(&request, &metrics)) }
+                    let api = api.clone();
+                    async move { Ok::<_, Infallible>(respond(&request, &metrics, api).await) }
                 });
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
@@ -386,8 +462,15 @@ impl MetricsServer {
     }
 }
 
-fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+async fn respond(
+    request: &Request<Incoming>,
+    metrics: &Metrics,
+    api: Option<Arc<dyn Api>>,
+) -> Response<Full<Bytes>> {
     let path = request.uri().path();
+    if let (Some(api), false) = (api, matches!(path, "/health" | "/metrics")) {
+        return respond_api(request, api.as_ref()).await;
+    }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
@@ -405,6 +488,84 @@ fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Byte
             "not found: try /health or /metrics\n",
         ),
     }
+}
+
+/// Answers a request of the API, after the checks that keep it for local operators.
+async fn respond_api(request: &Request<Incoming>, api: &dyn Api) -> Response<Full<Bytes>> {
+    // A Host that is not a loopback address means a browser was led here by a rebound DNS
+    // name: case data must not be read that way.
+    if !request
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(is_loopback_host)
+    {
+        return json(
+            StatusCode::FORBIDDEN,
+            error_json("the Host header must name a loopback address"),
+        );
+    }
+    let method = request.method().clone();
+    if method == Method::POST && !request.headers().contains_key(ADMIN_HEADER) {
+        return json(
+            StatusCode::FORBIDDEN,
+            error_json(&format!("a POST needs the {ADMIN_HEADER} header")),
+        );
+    }
+    if method != Method::GET && method != Method::POST {
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            error_json("only GET and POST"),
+        );
+    }
+    let query = request
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let api_request = ApiRequest {
+        method,
+        path: request.uri().path().to_owned(),
+        query,
+    };
+    match api.handle(api_request).await {
+        Some(answer) => json(answer.status, answer.json),
+        None => json(
+            StatusCode::NOT_FOUND,
+            error_json("not found: try /health, /metrics, /cases, /cases/ID or /outbox"),
+        ),
+    }
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `{"error": message}` with a newline, as every API error is answered.
+pub fn error_json(message: &str) -> String {
+    format!("{}\n", serde_json::json!({ "error": message }))
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
@@ -439,6 +600,8 @@ mod tests {
         metrics.set_imap_idling("complaints", false);
         metrics.rules_reloaded(false, Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
         metrics.rules_reloaded(true, Utc.with_ymd_and_hms(2026, 3, 1, 8, 0, 0).unwrap());
+        metrics.set_outbox_held(2);
+        metrics.mail_in_doubt(3);
         let text = metrics.encode();
         for line in [
             "complaintd_cases_ingested_total 3",
@@ -453,6 +616,8 @@ mod tests {
             "complaintd_rule_reloads_total{outcome=\"success\"} 1",
             "complaintd_rule_reloads_total{outcome=\"failure\"} 1",
             "complaintd_rules_last_reload_timestamp_seconds 1772352000",
+            "complaintd_outbox_held 2",
+            "complaintd_mail_in_doubt_total 3",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -516,5 +681,135 @@ mod tests {
             .expect("the server stops after shutdown")
             .unwrap();
         assert!(tokio::net::TcpStream::connect(address).await.is_err());
+    }
+
+    /// Answers every route with what it was asked, to show what reaches an [`Api`].
+    struct Echo;
+
+    impl Api for Echo {
+        fn handle(&self, request: ApiRequest) -> ApiFuture<'_> {
+            Box::pin(async move {
+                if request.path == "/missing" {
+                    return None;
+                }
+                let query: Vec<String> = request
+                    .query
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                Some(ApiResponse {
+                    status: StatusCode::OK,
+                    json: format!(
+                        "{}\n",
+                        serde_json::json!({
+                            "method": request.method.as_str(),
+                            "path": request.path,
+                            "query": query,
+                        })
+                    ),
+                })
+            })
+        }
+    }
+
+    async fn raw(address: SocketAddr, request: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn api_routes_are_for_loopback_hosts_and_posts_need_the_admin_header() {
+        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let address = server.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task =
+            tokio::spawn(server.serve_with(Metrics::new(), Some(Arc::new(Echo)), shutdown.clone()));
+
+        let asked = raw(
+            address,
+            "GET /cases?state=in_progress&search=%E7%87%83%E6%B0%94+x HTTP/1.1\r\nHost: 127.0.0.1:80\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(asked.starts_with("HTTP/1.1 200 OK\r\n"), "{asked}");
+        assert!(asked.contains("application/json"), "{asked}");
+        assert!(
+            asked.contains(r#""query":["state=in_progress","search=燃气 x"]"#),
+            "query parameters arrive decoded: {asked}"
+        );
+
+        let rebound = raw(
+            address,
+            "GET /cases HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            rebound.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+            "{rebound}"
+        );
+
+        let bare_post = raw(
+            address,
+            "POST /outbox/release-all HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            bare_post.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+            "{bare_post}"
+        );
+        assert!(bare_post.contains(ADMIN_HEADER), "{bare_post}");
+
+        let post = raw(
+            address,
+            "POST /outbox/release-all HTTP/1.1\r\nHost: [::1]:9\r\nX-Complaintd-Admin: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(post.starts_with("HTTP/1.1 200 OK\r\n"), "{post}");
+        assert!(post.contains(r#""method":"POST""#), "{post}");
+
+        let missing = get(address, "/missing").await;
+        assert!(
+            missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{missing}"
+        );
+        assert!(missing.contains(r#"{"error":"not found"#), "{missing}");
+
+        // The metrics stay where they were.
+        let scrape = get(address, "/metrics").await;
+        assert!(scrape.contains("complaintd_outbox_held 0"), "{scrape}");
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the server stops after shutdown")
+            .unwrap();
+    }
+
+    #[test]
+    fn loopback_hosts_are_recognised_with_and_without_ports() {
+        for host in [
+            "localhost",
+            "LOCALHOST:10080",
+            "127.0.0.1",
+            "127.0.0.1:10080",
+            "[::1]",
+            "[::1]:10080",
+            "127.1.2.3:1",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "example.test",
+            "10.0.0.1:10080",
+            "localhost.example.test",
+            "[2001:db8::1]:80",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 }

@@ -81,6 +81,16 @@ impl Scheduler {
         on_fired: impl Fn(usize) + Send,
         shutdown: CancellationToken,
     ) {
+        // A clock moved by hand (tests, simulation) wakes the scheduler like a new timer would;
+        // the listener lapses when this scheduler's handles are gone.
+        let wake = Arc::downgrade(&self.wake);
+        clock.on_change(Box::new(move || match wake.upgrade() {
+            Some(wake) => {
+                wake.notify_one();
+                true
+            }
+            None => false,
+        }));
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -266,6 +276,42 @@ mod tests {
     async fn stop(running: Running) {
         running.shutdown.cancel();
         running.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clock_moved_by_hand_wakes_the_scheduler_at_once() {
+        let clock = crate::clock::ManualClock::new(t0());
+        let due = t0() + chrono::Duration::days(1);
+        let (keeper, mut fired) = FakeKeeper::new([due]);
+        let options = SchedulerOptions {
+            max_sleep: Duration::from_secs(3600),
+            ..SchedulerOptions::default()
+        };
+        let scheduler = Scheduler::new();
+        let shutdown = CancellationToken::new();
+        let task = {
+            let (keeper, shutdown) = (Arc::clone(&keeper), shutdown.clone());
+            let clock: Arc<dyn Clock> = Arc::new(clock.clone());
+            tokio::spawn(async move {
+                scheduler
+                    .run(keeper, clock, options, |_| {}, shutdown)
+                    .await;
+            })
+        };
+        // Once it has looked, it sleeps for an hour of virtual time.
+        while keeper.lookups.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let moved_at = Instant::now();
+        clock.set(due);
+        assert_eq!(fired.recv().await.unwrap(), (due, 1));
+        assert!(
+            moved_at.elapsed() < Duration::from_secs(1),
+            "woken by the clock, not by the end of its sleep: {:?}",
+            moved_at.elapsed()
+        );
+        shutdown.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

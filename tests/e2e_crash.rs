@@ -1,9 +1,11 @@
 //! Crash test: `complaintd run` (a child process) is killed with SIGKILL at random moments
-//! while 2,000 complaints are ingested and answered, and restarted, at least 20 times. Then:
-//! every Message-ID is a case (nothing lost), no mail opened two cases, and every case's
-//! acknowledgement is in its sender's mailbox exactly once as a mail — a copy of the same
-//! mail (same Message-ID) can only come from the one mail in flight at a kill, so there are
-//! at most as many copies as kills; their number is printed.
+//! while 2,000 complaints are ingested and answered, and restarted, 24 times. Then: every
+//! Message-ID is a case (nothing lost), no mail opened two cases, and with
+//! `smtp.in_doubt = "hold"` no acknowledgement is delivered twice: each one is in its sender's
+//! mailbox exactly once, or it is held (the mail in flight at a kill) and then in the mailbox
+//! at most once. A smaller run with `"resend"` shows the other choice: every acknowledgement
+//! arrives, a copy of the same mail (same Message-ID) only from the mail in flight at a kill,
+//! so at most as many copies as kills; their number is printed.
 //!
 //! Mail goes into the complaint Maildir directly (the fast way in), in waves before each
 //! restart, so kills land during ingest as well as during sending. `CRASH_SEED` repeats a run.
@@ -18,17 +20,25 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use complaintd::config::Config;
+use complaintd::config::{Config, InDoubt};
 use complaintd::engine::EngineSettings;
 use complaintd::store::{MessageRecord, OutboxState, Store};
 use daemon_support::*;
 use rand::{Rng, SeedableRng};
 
-const MAILS: usize = 2000;
 const CUSTOMERS: usize = 100;
-const KILLS: usize = 24;
-/// Mail is delivered in this many waves, one before each of the first restarts.
-const WAVES: usize = 20;
+
+/// The size of one crash run.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    in_doubt: InDoubt,
+    mails: usize,
+    kills: usize,
+    /// Mail is delivered in this many waves, one before each of the first restarts.
+    waves: usize,
+    /// Distinguishes the runs' customers (each run has its own stack as well).
+    tag: &'static str,
+}
 
 fn spawn_daemon(config: &Path, log: &Path) -> Result<Child> {
     let log = File::options().create(true).append(true).open(log)?;
@@ -71,16 +81,47 @@ fn outbox(store: &Store) -> Result<Vec<complaintd::store::OutboxEntry>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_loses_nothing_and_duplicates_no_case() -> Result<()> {
+async fn sigkill_at_random_moments_loses_nothing_and_with_hold_delivers_nothing_twice() -> Result<()>
+{
+    crash_run(Run {
+        in_doubt: InDoubt::Hold,
+        mails: 2000,
+        kills: 24,
+        waves: 20,
+        tag: "hold",
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_resend_delivers_everything_and_copies_only_mail_in_flight() -> Result<()> {
+    crash_run(Run {
+        in_doubt: InDoubt::Resend,
+        mails: 500,
+        kills: 8,
+        waves: 6,
+        tag: "resend",
+    })
+    .await
+}
+
+async fn crash_run(run_size: Run) -> Result<()> {
+    let Run {
+        in_doubt,
+        mails,
+        kills,
+        waves,
+        tag,
+    } = run_size;
     let seed: u64 = match std::env::var("CRASH_SEED") {
         Ok(seed) => seed.parse().context("CRASH_SEED must be a number")?,
         Err(_) => rand::random(),
     };
-    eprintln!("crash test seed: {seed} (CRASH_SEED={seed} repeats it)");
+    eprintln!("crash test ({tag}) seed: {seed} (CRASH_SEED={seed} repeats it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
     let customers: Vec<String> = (0..CUSTOMERS)
-        .map(|i| format!("crashcust{i:03}@example.test"))
+        .map(|i| format!("crash{tag}{i:03}@example.test"))
         .collect();
     let stack = stack_with(&customers)?;
     let work = Workspace::new()?;
@@ -89,13 +130,20 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_no_case() -> Res
         .port();
     let config_path =
         work.write_config_with(&stack, "acks_per_sender_per_hour = 10000", |text| {
-            let text = text.replace("batch_size = 500", "batch_size = 50").replace(
-                "level = \"info\"",
-                "level = \"info,complaintd::engine=warn,complaintd::smtp=warn\"",
-            );
+            let text = text
+                .replace("batch_size = 500", "batch_size = 50")
+                .replace(
+                    "level = \"info\"",
+                    "level = \"info,complaintd::engine=warn,complaintd::smtp=warn\"",
+                )
+                .replace(
+                    "[smtp]\n",
+                    &format!("[smtp]\nin_doubt = \"{}\"\n", in_doubt.as_str()),
+                );
             format!("{text}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n")
         })?;
     let config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("config: {e:?}"))?;
+    ensure!(config.smtp.in_doubt == in_doubt);
     let log = work.path().join("daemon.log");
     // The complaint Maildir exists once its user has logged in.
     let mut mailbox = stack
@@ -105,17 +153,17 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_no_case() -> Res
     mailbox.logout().await?;
 
     let run = std::process::id();
-    let message_ids: Vec<String> = (0..MAILS)
-        .map(|i| format!("crash-{run}-{i}@example.test"))
+    let message_ids: Vec<String> = (0..mails)
+        .map(|i| format!("crash-{tag}-{run}-{i}@example.test"))
         .collect();
     let sender_of = |i: usize| customers[i % CUSTOMERS].clone();
-    let per_wave = MAILS.div_ceil(WAVES);
+    let per_wave = mails.div_ceil(waves);
     let mut delivered = 0;
 
     let mut kill_delays = Vec::new();
-    for round in 0..KILLS {
-        if delivered < MAILS {
-            let end = (delivered + per_wave).min(MAILS);
+    for round in 0..kills {
+        if delivered < mails {
+            let end = (delivered + per_wave).min(mails);
             for (i, message_id) in message_ids.iter().enumerate().take(end).skip(delivered) {
                 let raw = complaint(
                     "客户",
@@ -142,7 +190,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_no_case() -> Res
         child.kill()?;
         child.wait()?;
     }
-    ensure!(delivered == MAILS);
+    ensure!(delivered == mails);
 
     // Let the daemon finish, stopping it cleanly to look at the store, until every mail
     // is a case and every queued mail was sent.
@@ -157,9 +205,10 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_no_case() -> Res
             .iter()
             .filter(|id| store.message(id).ok().flatten().is_none())
             .count();
+        // Held mail waits for an operator: settled, not pending.
         let unsent = outbox(&store)?
             .into_iter()
-            .filter(|e| !matches!(e.state, OutboxState::Sent { .. }))
+            .filter(|e| !matches!(e.state, OutboxState::Sent { .. } | OutboxState::Held { .. }))
             .count();
         drop(store);
         eprintln!(
@@ -187,17 +236,18 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_no_case() -> Res
     }
     let distinct: BTreeSet<_> = case_of.values().cloned().collect();
     ensure!(
-        distinct.len() == MAILS,
-        "{} cases for {MAILS} mails",
+        distinct.len() == mails,
+        "{} cases for {mails} mails",
         distinct.len()
     );
     let all_cases = store.list_cases(&Default::default())?;
     ensure!(
-        all_cases.len() == MAILS,
+        all_cases.len() == mails,
         "{} cases in the store",
         all_cases.len()
     );
     let mut expected_acks = BTreeMap::new();
+    let mut held_acks = BTreeSet::new();
     for case in &all_cases {
         let acks: Vec<_> = store
             .outbox_of_case(&case.id)?
@@ -215,25 +265,56 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_no_case() -> Res
                 .lines()
                 .find_map(|l| l.strip_prefix("Message-ID: ").map(str::to_owned))
                 .context("ack without Message-ID")?;
-        expected_acks.insert(
-            message_id.trim_matches(|c| c == '<' || c == '>').to_owned(),
-            case.sender.email.clone(),
-        );
+        let message_id = message_id.trim_matches(|c| c == '<' || c == '>').to_owned();
+        match &acks[0].state {
+            OutboxState::Sent { .. } => {}
+            OutboxState::Held { reason, .. } => {
+                ensure!(
+                    in_doubt == InDoubt::Hold,
+                    "{}: held with in_doubt = resend",
+                    acks[0].id
+                );
+                ensure!(reason.starts_with("in doubt"), "{}: {reason}", acks[0].id);
+                held_acks.insert(message_id.clone());
+            }
+            other => bail!("{}: acknowledgement {other:?}", acks[0].id),
+        }
+        expected_acks.insert(message_id, case.sender.email.clone());
     }
+    let held_total = store.held_outbox()?.len();
     drop(store);
+    // At most the one mail in flight at each kill is in doubt.
+    ensure!(
+        held_total <= kills,
+        "{held_total} mails held for {kills} kills"
+    );
 
-    // Every acknowledgement arrives, once per Message-ID; copies are counted.
+    // Every acknowledgement not held arrives, once per Message-ID; copies are counted. A held
+    // one may have arrived (the server took it before the kill) or not.
     let expected_total = expected_acks.len();
-    let copies = wait_for_acks(&stack, &customers, expected_total).await?;
+    let must_arrive: BTreeSet<String> = expected_acks
+        .keys()
+        .filter(|id| !held_acks.contains(*id))
+        .cloned()
+        .collect();
+    let copies = wait_for_acks(&stack, &customers, &must_arrive).await?;
     let mut redelivered = 0;
+    let mut held_arrived = 0;
     for (message_id, recipient) in &expected_acks {
-        let (count, at) = copies
-            .get(message_id)
-            .with_context(|| format!("acknowledgement <{message_id}> never arrived"))?;
+        let Some((count, at)) = copies.get(message_id) else {
+            ensure!(
+                held_acks.contains(message_id),
+                "acknowledgement <{message_id}> neither arrived nor is held"
+            );
+            continue;
+        };
         ensure!(
             at == recipient,
             "<{message_id}> went to {at}, not {recipient}"
         );
+        if held_acks.contains(message_id) {
+            held_arrived += 1;
+        }
         redelivered += count - 1;
     }
     let unexpected: Vec<_> = copies
@@ -245,13 +326,24 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_no_case() -> Res
         "acknowledgements of no case: {unexpected:?}"
     );
     eprintln!(
-        "{KILLS} kills (delays {kill_delays:?}); {MAILS} mails, {MAILS} cases, \
-         {expected_total} acknowledgements, {redelivered} delivered twice"
+        "{tag}: {kills} kills (delays {kill_delays:?}); {mails} mails, {mails} cases, \
+         {expected_total} acknowledgements, {redelivered} delivered twice; {} held \
+         ({held_arrived} of them had reached the mailbox), {held_total} mails held in all",
+        held_acks.len()
     );
-    ensure!(
-        redelivered <= KILLS,
-        "{redelivered} copies of acknowledgements for {KILLS} kills"
-    );
+    match in_doubt {
+        InDoubt::Hold => ensure!(
+            redelivered == 0,
+            "{redelivered} acknowledgements delivered twice with in_doubt = hold"
+        ),
+        InDoubt::Resend => {
+            ensure!(held_acks.is_empty() && held_total == 0);
+            ensure!(
+                redelivered <= kills,
+                "{redelivered} copies of acknowledgements for {kills} kills"
+            );
+        }
+    }
     let log_text = std::fs::read_to_string(&log)?;
     eprintln!(
         "daemon starts: {}, batches committed: {}, clean stops: {}",
@@ -302,12 +394,12 @@ async fn wait_until_quiet(port: u16) -> Result<()> {
     .await
 }
 
-/// Waits until the customers' mailboxes hold `expected` distinct acknowledgements; returns
-/// each one's number of copies and its mailbox.
+/// Waits until the customers' mailboxes hold every acknowledgement of `expected` (by
+/// Message-ID); returns each acknowledgement found with its number of copies and its mailbox.
 async fn wait_for_acks(
     stack: &support::MailStack,
     customers: &[String],
-    expected: usize,
+    expected: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, (usize, String)>> {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
@@ -323,7 +415,9 @@ async fn wait_for_acks(
                 entry.0 += 1;
             }
         }
-        if copies.len() >= expected || tokio::time::Instant::now() > deadline {
+        if expected.iter().all(|id| copies.contains_key(id))
+            || tokio::time::Instant::now() > deadline
+        {
             return Ok(copies);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

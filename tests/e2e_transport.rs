@@ -117,6 +117,7 @@ impl Stack {
             password_env: None,
             from: format!("complaints@{DOMAIN}"),
             per_minute_cap: 600,
+            in_doubt: Default::default(),
             timeout: Duration::from_secs(10),
         }
     }
@@ -1269,6 +1270,7 @@ impl ScriptedServer {
             password_env: None,
             from: format!("complaints@{DOMAIN}"),
             per_minute_cap: 600,
+            in_doubt: Default::default(),
             timeout: Duration::from_secs(5),
         }
     }

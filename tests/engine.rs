@@ -337,13 +337,13 @@ fn a_new_complaint_becomes_a_routed_case_with_acknowledgement_and_forward() {
     assert_eq!(to, ["billing@corp.example"]);
     let reply_to = &fwd.reply_to[0].email;
     let secret = ReplySecret::new(SECRET.to_vec()).unwrap();
-    let verified =
-        token::verify(&secret, reply_to, now).expect("the Reply-To carries a valid token");
+    let verified = token::verify(&secret, reply_to, now, ["billing_dept"])
+        .expect("the Reply-To carries a valid token");
     assert_eq!(
         (verified.case, verified.department.as_str()),
         (id.clone(), "billing_dept")
     );
-    assert!(reply_to.starts_with("complaints+ts-2026-000001.billing_dept."));
+    assert!(reply_to.starts_with("complaints+ts-2026-000001."));
     assert!(fwd.text.contains("多收了 120 元"), "{}", fwd.text);
     let attachments: Vec<&str> = fwd.attachments.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(attachments, ["bill.pdf"]);

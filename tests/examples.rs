@@ -15,7 +15,8 @@ use complaintd::case::{Address, Case, CaseId, CaseState, FieldValue, MailFacts};
 use complaintd::cli::load_and_check;
 use complaintd::engine::ActivePolicy;
 use complaintd::mail::template::{
-    CaseView, DigestView, DisplayNames, EscalationView, Named, TemplateContext, Templates,
+    CaseView, DigestView, DisplayNames, EscalationView, Named, NoticeView, TemplateContext,
+    Templates,
 };
 use complaintd::rules::ast::ClockEvent;
 use complaintd::rules::eval::{apply, evaluate, Action, Input, MemoryHistory, TimerKind};
@@ -139,7 +140,12 @@ fn assert_templates_render(example: &str) {
                     now: "2026-11-24 10:00".to_owned(),
                     case: Some(view.clone()),
                     mail: None,
-                    notice: None,
+                    // The lifecycle notices (result, confirmation, error
+                    // list) read `notice`; the other templates ignore it.
+                    notice: Some(NoticeView {
+                        text: "处理结果".to_owned(),
+                        items: vec!["状态: 已解决".to_owned()],
+                    }),
                     department: view.department.clone(),
                     reply_address: Some("complaints+token@example.com".to_owned()),
                     escalation: Some(EscalationView {
@@ -649,7 +655,7 @@ fn developer_major_complaints_get_a_first_answer_within_24_hours() {
     assert_eq!(
         waiting.fire_step("resolution", 2, "2026-11-25T10:00:00+08:00"),
         Some((
-            "overdue".to_owned(),
+            "major_first_answer".to_owned(),
             vec!["kefu-head@developer.example".to_owned()]
         ))
     );

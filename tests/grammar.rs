@@ -874,6 +874,10 @@ fn every_clock_event_name() {
         ("reopened", ClockEvent::Reopened),
         ("responsibility_decided", ClockEvent::ResponsibilityDecided),
         ("withdrawn", ClockEvent::Withdrawn),
+        ("rejected", ClockEvent::Rejected),
+        ("abnormally_closed", ClockEvent::AbnormallyClosed),
+        ("merged", ClockEvent::Merged),
+        ("follow_up", ClockEvent::FollowUp),
     ];
     let list: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
     let text = format!("deadline d {{ starts on {} }}", list.join(", "));

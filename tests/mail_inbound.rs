@@ -159,7 +159,8 @@ proptest! {
     #[test]
     fn token_verification_never_panics(address in "\\PC{0,120}") {
         let secret = ReplySecret::new(b"property-test-secret-0123456789".to_vec()).unwrap();
-        let _ = token::verify(&secret, &address, Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let _ = token::verify(&secret, &address, now, ["service", "客服中心"]);
         let _ = token::claimed_case(&address);
     }
 }

@@ -13,13 +13,14 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, RwLock};
 
+use crate::config::InDoubt;
 use crate::engine::{Engine, EngineError, Outcome, RawMessage};
 use crate::imap::{FetchedBatch, FetchedMessage, IngestSink, SinkError};
 use crate::metrics::Metrics;
 use crate::reload::{PolicyReloader, ReloadSummary};
 use crate::scheduler::{Scheduler, Timekeeper};
 use crate::smtp::{OutboxError, OutboxSource, OutgoingMail};
-use crate::store::{Checkpoint, DeliveryFailure};
+use crate::store::{Checkpoint, DeliveryFailure, OutboxState};
 
 /// Runs blocking engine calls in tokio's blocking pool and keeps count of them, so shutdown
 /// can wait until the last transaction in flight has committed.
@@ -177,14 +178,16 @@ impl IngestSink for EngineSink {
     }
 }
 
-/// The engine's outbox as the SMTP sender's source. Every result is committed and flushed
-/// before the sender moves on, so a crash can leave at most the one mail being sent in doubt
-/// (it is sent again, with the same Message-ID).
+/// The engine's outbox as the SMTP sender's source. Every attempt is recorded (and flushed)
+/// before DATA and every result committed and flushed before the sender moves on, so a crash
+/// leaves at most the one mail being sent in doubt, and the next start knows which one
+/// (`smtp.in_doubt` decides: send it again with the same Message-ID, or hold it).
 pub struct EngineOutbox {
     engine: Arc<Engine>,
     wakeup: Notify,
     metrics: Metrics,
     work: BlockingWork,
+    in_doubt: InDoubt,
 }
 
 impl EngineOutbox {
@@ -195,7 +198,15 @@ impl EngineOutbox {
             wakeup: Notify::new(),
             metrics,
             work,
+            in_doubt: InDoubt::default(),
         }
+    }
+
+    /// What to do with a due mail whose last attempt began and has no recorded outcome (its
+    /// result could not be recorded): with `Hold` it is held, never handed to SMTP again.
+    pub fn with_in_doubt(mut self, in_doubt: InDoubt) -> Self {
+        self.in_doubt = in_doubt;
+        self
     }
 
     /// Wakes the sender: call after committing anything that queued mail.
@@ -223,22 +234,59 @@ impl EngineOutbox {
 }
 
 impl OutboxSource for EngineOutbox {
+    async fn mark_attempt(&self, id: &str, at: DateTime<Utc>) -> Result<(), OutboxError> {
+        let id = id.to_owned();
+        // Flushed before DATA, so that after a crash this mail is known to be in doubt.
+        self.mark("mark attempt", move |engine| {
+            engine.store().outbox_attempt(&id, at)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn next_due(
         &self,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<OutgoingMail>, OutboxError> {
         let engine = Arc::clone(&self.engine);
-        let (due, depth) = self
+        let hold = self.in_doubt == InDoubt::Hold;
+        let (due, depth, held) = self
             .work
             .run(move || {
-                let due = engine.due_mail(now, limit)?;
-                Ok::<_, EngineError>((due, engine.store().queue_depth()))
+                let mut due = engine.due_mail(now, limit)?;
+                let mut held = 0;
+                if hold {
+                    // Still `Sending` here means the outcome of an attempt in this run could
+                    // not be recorded: in doubt, like a mail found so at start.
+                    let mut send = Vec::with_capacity(due.len());
+                    for mail in due {
+                        if matches!(mail.entry.state, OutboxState::Sending { .. }) {
+                            engine.store().outbox_hold(
+                                &mail.entry.id,
+                                "in doubt: the outcome of its last attempt could not be recorded \
+                                 (smtp.in_doubt = hold)",
+                                now,
+                            )?;
+                            engine.store().flush()?;
+                            tracing::warn!(id = %mail.entry.id, "outbox: mail in doubt held for an operator");
+                            held += 1;
+                        } else {
+                            send.push(mail);
+                        }
+                    }
+                    due = send;
+                }
+                Ok::<_, EngineError>((due, engine.store().queue_depth(), held))
             })
             .await
             .map_err(OutboxError::new)?
             .map_err(OutboxError::new)?;
         self.metrics.set_outbox_depth(depth as u64);
+        if held > 0 {
+            self.metrics
+                .set_outbox_held(self.metrics.outbox_held() + held);
+        }
         Ok(due
             .into_iter()
             .map(|mail| OutgoingMail {
@@ -276,6 +324,29 @@ impl OutboxSource for EngineOutbox {
             engine.mail_failed(&id, failure, at).map(drop)
         })
         .await
+    }
+
+    async fn mark_in_doubt(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &str,
+        next_attempt: DateTime<Utc>,
+    ) -> Result<(), OutboxError> {
+        if self.in_doubt == InDoubt::Resend {
+            return self
+                .mark_temporary_failure(id, at, error, next_attempt)
+                .await;
+        }
+        let id = id.to_owned();
+        let reason = format!("in doubt: {error} (smtp.in_doubt = hold)");
+        self.mark("hold mail in doubt", move |engine| {
+            engine.store().outbox_hold(&id, &reason, at)?;
+            Ok(())
+        })
+        .await?;
+        self.metrics.set_outbox_held(self.metrics.outbox_held() + 1);
+        Ok(())
     }
 
     async fn mark_permanent_failure(
@@ -403,5 +474,134 @@ mod tests {
         idle.await;
         assert!(finished.load(Ordering::SeqCst));
         call.await.unwrap().unwrap();
+    }
+
+    mod in_doubt_during_a_run {
+        use super::super::*;
+        use crate::clock::ManualClock;
+        use crate::engine::EngineSettings;
+        use crate::mail::token::ReplySecret;
+        use chrono::TimeZone;
+
+        fn t0() -> DateTime<Utc> {
+            Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap()
+        }
+
+        /// An engine over the default policy with one complaint ingested (its mail queued).
+        fn engine_with_a_complaint(dir: &tempfile::TempDir) -> Arc<Engine> {
+            let settings = EngineSettings {
+                rules_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
+                complaint_address: "complaints@example.test".into(),
+                sender_address: "complaints@example.test".into(),
+                own_addresses: Vec::new(),
+                reply_secret: ReplySecret::new(b"0123456789abcdef0123456789abcdef".to_vec())
+                    .unwrap(),
+                token_valid_days: 90,
+                message_id_host: "complaints.example.test".into(),
+                acks_per_sender_per_hour: 10,
+                case_prefix: "TS".into(),
+                case_number_width: 6,
+                time_zone: chrono_tz::Asia::Shanghai,
+                max_message_bytes: 1024 * 1024,
+                organisation: "城市燃气".into(),
+                reopen_window_days: 30,
+            };
+            let engine = Engine::open(
+                settings,
+                &dir.path().join("store"),
+                Arc::new(ManualClock::new(t0())),
+            )
+            .unwrap();
+            let mail = b"From: customer@example.test\r\nTo: complaints@example.test\r\n\
+                Message-ID: <c1@example.test>\r\nSubject: gas meter\r\n\r\nThe reading is wrong.\r\n"
+                .to_vec();
+            engine
+                .ingest("INBOX", "own", 7, vec![(1, RawMessage::full(mail))])
+                .unwrap();
+            Arc::new(engine)
+        }
+
+        /// A mail whose attempt began and whose outcome was never recorded, then the next round.
+        async fn next_round_after_an_unrecorded_attempt(
+            in_doubt: InDoubt,
+        ) -> (
+            Vec<OutgoingMail>,
+            String,
+            Arc<Engine>,
+            Metrics,
+            tempfile::TempDir,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = engine_with_a_complaint(&dir);
+            let metrics = Metrics::new();
+            let outbox = EngineOutbox::new(
+                Arc::clone(&engine),
+                metrics.clone(),
+                BlockingWork::default(),
+            )
+            .with_in_doubt(in_doubt);
+            let now = t0() + chrono::Duration::minutes(1);
+            let first = outbox.next_due(now, 10).await.unwrap();
+            assert!(!first.is_empty(), "the complaint queued mail");
+            let id = first[0].id.clone();
+            outbox.mark_attempt(&id, now).await.unwrap();
+            let next = outbox.next_due(now, 10).await.unwrap();
+            (next, id, engine, metrics, dir)
+        }
+
+        #[tokio::test]
+        async fn with_hold_it_is_held_not_sent_again() {
+            let (next, id, engine, metrics, _dir) =
+                next_round_after_an_unrecorded_attempt(InDoubt::Hold).await;
+            assert!(next.iter().all(|m| m.id != id), "{next:?}");
+            assert!(matches!(
+                engine.store().outbox_entry(&id).unwrap().unwrap().state,
+                OutboxState::Held { .. }
+            ));
+            assert_eq!(metrics.outbox_held(), 1);
+        }
+
+        #[tokio::test]
+        async fn with_resend_it_is_sent_again() {
+            let (next, id, engine, metrics, _dir) =
+                next_round_after_an_unrecorded_attempt(InDoubt::Resend).await;
+            assert!(next.iter().any(|m| m.id == id), "{next:?}");
+            assert!(matches!(
+                engine.store().outbox_entry(&id).unwrap().unwrap().state,
+                OutboxState::Sending { .. }
+            ));
+            assert_eq!(metrics.outbox_held(), 0);
+        }
+
+        /// A mail sent without an answer from the server, as the sender reports it.
+        async fn after_no_answer(in_doubt: InDoubt) -> OutboxState {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = engine_with_a_complaint(&dir);
+            let outbox =
+                EngineOutbox::new(Arc::clone(&engine), Metrics::new(), BlockingWork::default())
+                    .with_in_doubt(in_doubt);
+            let now = t0() + chrono::Duration::minutes(1);
+            let id = outbox.next_due(now, 10).await.unwrap()[0].id.clone();
+            outbox.mark_attempt(&id, now).await.unwrap();
+            let retry = now + chrono::Duration::minutes(5);
+            outbox
+                .mark_in_doubt(&id, now, "connection reset", retry)
+                .await
+                .unwrap();
+            let state = engine.store().outbox_entry(&id).unwrap().unwrap().state;
+            state
+        }
+
+        #[tokio::test]
+        async fn no_answer_after_data_is_held_or_retried_as_configured() {
+            assert!(matches!(
+                after_no_answer(InDoubt::Hold).await,
+                OutboxState::Held { ref reason, .. } if reason == "in doubt: connection reset (smtp.in_doubt = hold)"
+            ));
+            assert!(matches!(
+                after_no_answer(InDoubt::Resend).await,
+                OutboxState::TemporaryFailure { attempts: 1, .. }
+            ));
+        }
     }
 }

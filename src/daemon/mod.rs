@@ -6,8 +6,14 @@
 //! scheduler finishes its firing, reload its reload), wait for the last blocking engine call,
 //! stop the sender (it finishes the mail it is sending and records the result), stop the
 //! metrics endpoint, flush the store. See `docs/daemon.md`.
+//!
+//! At start, before the sender runs, mail whose SMTP attempt began before the last stop and
+//! whose outcome was never recorded is settled as `smtp.in_doubt` says ([`admin`]); the
+//! endpoint also answers case queries and releases held mail ([`admin::AdminApi`]).
 
 pub mod adapters;
+pub mod admin;
+pub mod client;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -143,6 +149,26 @@ pub async fn run_with(
     }
     drop(active);
 
+    // Mail handed to SMTP before the last stop, outcome unknown: settled before the sender
+    // runs, as `smtp.in_doubt` says.
+    let in_doubt = {
+        let store = engine.store().clone();
+        let policy = config.smtp.in_doubt;
+        let now = clock.now();
+        tokio::task::spawn_blocking(move || admin::settle_in_doubt(&store, policy, now))
+            .await
+            .map_err(|e| DaemonError::Task(e.to_string()))?
+            .map_err(|e| DaemonError::Engine(e.into()))?
+    };
+    metrics.mail_in_doubt((in_doubt.resent.len() + in_doubt.held.len()) as u64);
+    metrics.set_outbox_held(in_doubt.held_total as u64);
+    if in_doubt.held_total > 0 {
+        tracing::warn!(
+            held = in_doubt.held_total,
+            "outbox: mail is held for an operator (complaintd outbox list --held; complaintd outbox release ID|--all)"
+        );
+    }
+
     let (http, http_address) = match &config.http {
         None => (None, None),
         Some(http) => {
@@ -157,11 +183,10 @@ pub async fn run_with(
     let endpoint = CancellationToken::new();
     let work = BlockingWork::default();
     let scheduler = Scheduler::new();
-    let outbox = Arc::new(EngineOutbox::new(
-        Arc::clone(&engine),
-        metrics.clone(),
-        work.clone(),
-    ));
+    let outbox = Arc::new(
+        EngineOutbox::new(Arc::clone(&engine), metrics.clone(), work.clone())
+            .with_in_doubt(config.smtp.in_doubt),
+    );
     let channels: HashMap<String, String> = config
         .mailboxes
         .iter()
@@ -262,8 +287,17 @@ pub async fn run_with(
         ))
     };
 
-    let http_task =
-        http.map(|server| tokio::spawn(server.serve(metrics.clone(), endpoint.clone())));
+    let http_task = http.map(|server| {
+        let outbox = Arc::clone(&outbox);
+        let api = admin::AdminApi::new(
+            engine.store().clone(),
+            Arc::clone(&clock),
+            metrics.clone(),
+            work.clone(),
+            move || outbox.notify_queued(),
+        );
+        tokio::spawn(server.serve_with(metrics.clone(), Some(Arc::new(api)), endpoint.clone()))
+    });
 
     tracing::info!(
         mailboxes = config.mailboxes.len(),

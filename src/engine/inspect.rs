@@ -3,15 +3,16 @@
 //!
 //! sled lets one process open a store at a time and has no read-only mode
 //! (it takes an exclusive lock on the store's `db` file). While the daemon
-//! runs, these commands therefore cannot open its store; they say so
-//! plainly instead of printing sled's lock error. See `docs/engine.md`.
+//! runs, these commands therefore cannot open its store: [`open_store`]
+//! says so ([`OpenFailure::locked`]) and the command line then asks the
+//! daemon's endpoint, which answers with the same data (`docs/daemon.md`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::policy::ActivePolicy;
 use super::EngineSettings;
@@ -99,8 +100,30 @@ fn print_config_errors(
     Ok(())
 }
 
-/// The store and display zone of a source, or the message saying why not.
-fn open(source: &StoreSource) -> Result<(Store, Tz), String> {
+/// Why a store could not be opened for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenFailure {
+    pub message: String,
+    /// Another process (the daemon) holds the store.
+    pub locked: bool,
+}
+
+/// The display zone of a configuration (UTC when its zone is unknown).
+pub fn zone_of(config: &Config) -> Tz {
+    config.time_zone.parse::<Tz>().unwrap_or(chrono_tz::UTC)
+}
+
+impl From<String> for OpenFailure {
+    fn from(message: String) -> Self {
+        OpenFailure {
+            message,
+            locked: false,
+        }
+    }
+}
+
+/// Opens the store of a source for inspection, with its display zone.
+pub fn open_store(source: &StoreSource) -> Result<(Store, Tz), OpenFailure> {
     let (path, zone, settings) = match source {
         StoreSource::Path(path) => (path.clone(), chrono_tz::UTC, None),
         StoreSource::Config(config_path) => {
@@ -111,7 +134,7 @@ fn open(source: &StoreSource) -> Result<(Store, Tz), String> {
                     .collect::<Vec<_>>()
                     .join("\n")
             })?;
-            let zone = config.time_zone.parse::<Tz>().unwrap_or(chrono_tz::UTC);
+            let zone = zone_of(&config);
             let settings = EngineSettings::from_config(&config)
                 .map_err(|e| e.to_string())?
                 .store_settings();
@@ -120,7 +143,7 @@ fn open(source: &StoreSource) -> Result<(Store, Tz), String> {
     };
     // Opening creates a store where there is none; an inspection must not.
     if !path.join("db").is_file() {
-        return Err(format!("no store at {}", path.display()));
+        return Err(format!("no store at {}", path.display()).into());
     }
     let opened = match settings {
         Some(settings) => Store::open_with(&path, settings),
@@ -129,14 +152,111 @@ fn open(source: &StoreSource) -> Result<(Store, Tz), String> {
     opened
         .map(|store| (store, zone))
         .map_err(|error| match error {
-            StoreError::Locked { .. } => format!(
-                "the store at {} is in use by another process (is the daemon running?). sled lets \
-             one process open a store at a time and has no read-only mode; stop the daemon to \
-             inspect its store, or inspect a copy taken while it was stopped",
-                path.display()
-            ),
-            other => other.to_string(),
+            StoreError::Locked { .. } => OpenFailure {
+                message: format!(
+                    "the store at {} is in use by another process (is the daemon running?). sled \
+                     lets one process open a store at a time and has no read-only mode; with \
+                     --config, the running daemon is asked through its [http] endpoint instead",
+                    path.display()
+                ),
+                locked: true,
+            },
+            other => other.to_string().into(),
         })
+}
+
+/// The case queries of the `case` commands, over the store or the daemon holding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaseQuery {
+    List(CaseFilter),
+    Search(String),
+    Show(CaseId),
+}
+
+impl CaseQuery {
+    /// The case number as typed, normalised (`ts-2026-1` → `TS-2026-1`).
+    pub fn show(id: &str) -> CaseQuery {
+        CaseQuery::Show(CaseId(id.trim().to_ascii_uppercase()))
+    }
+}
+
+/// What a case query found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CaseAnswer {
+    Cases(Vec<Case>),
+    Detail(Box<CaseDetail>),
+    NoSuchCase(CaseId),
+}
+
+/// Answers a case query from a store: what the CLI prints and the daemon's endpoint serves.
+pub fn answer(store: &Store, query: &CaseQuery) -> Result<CaseAnswer, StoreError> {
+    Ok(match query {
+        CaseQuery::List(filter) => CaseAnswer::Cases(store.list_cases(filter)?),
+        CaseQuery::Search(text) => CaseAnswer::Cases(store.search_cases(text, None)?),
+        CaseQuery::Show(id) => match case_detail(store, id)? {
+            Some(detail) => CaseAnswer::Detail(Box::new(detail)),
+            None => CaseAnswer::NoSuchCase(id.clone()),
+        },
+    })
+}
+
+/// An answer as the `--json` output: the exact text, newline included.
+pub fn answer_json(answer: &CaseAnswer) -> Result<String, serde_json::Error> {
+    let text = match answer {
+        CaseAnswer::Cases(cases) => serde_json::to_string_pretty(cases)?,
+        CaseAnswer::Detail(detail) => serde_json::to_string_pretty(detail)?,
+        CaseAnswer::NoSuchCase(id) => {
+            serde_json::to_string_pretty(&serde_json::json!({ "error": format!("no case {id}") }))?
+        }
+    };
+    Ok(format!("{text}\n"))
+}
+
+/// Prints an answer as text (times in `zone`) or JSON; returns the exit code.
+pub fn print_answer(
+    answer: &CaseAnswer,
+    zone: Tz,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<u8> {
+    match answer {
+        CaseAnswer::NoSuchCase(id) => {
+            writeln!(err, "error: no case {id}")?;
+            return Ok(FAILED);
+        }
+        _ if json => {
+            let text = answer_json(answer).map_err(std::io::Error::other)?;
+            write!(out, "{text}")?;
+        }
+        CaseAnswer::Cases(cases) => print_cases(cases, zone, false, out)?,
+        CaseAnswer::Detail(detail) => print_detail(detail, zone, out)?,
+    }
+    Ok(OK)
+}
+
+/// Runs a case query on the store of a source and prints the answer.
+pub fn case_query(
+    source: &StoreSource,
+    query: &CaseQuery,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<u8> {
+    let (store, zone) = match open_store(source) {
+        Ok(opened) => opened,
+        Err(failure) => {
+            writeln!(err, "error: {}", failure.message)?;
+            return Ok(FAILED);
+        }
+    };
+    match answer(&store, query) {
+        Ok(found) => print_answer(&found, zone, json, out, err),
+        Err(error) => {
+            writeln!(err, "error: {error}")?;
+            Ok(FAILED)
+        }
+    }
 }
 
 fn local(at: DateTime<Utc>, zone: Tz) -> String {
@@ -151,24 +271,11 @@ pub fn case_list(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<u8> {
-    let (store, zone) = match open(source) {
-        Ok(opened) => opened,
-        Err(message) => {
-            writeln!(err, "error: {message}")?;
-            return Ok(FAILED);
-        }
-    };
     let filter = CaseFilter {
         open: open_only.then_some(true),
         ..CaseFilter::default()
     };
-    match store.list_cases(&filter) {
-        Ok(cases) => print_cases(&cases, zone, json, out).map(|()| OK),
-        Err(error) => {
-            writeln!(err, "error: {error}")?;
-            Ok(FAILED)
-        }
-    }
+    case_query(source, &CaseQuery::List(filter), json, out, err)
 }
 
 /// `case search TEXT`: cases whose number, sender or subject contains it.
@@ -179,23 +286,16 @@ pub fn case_search(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<u8> {
-    let (store, zone) = match open(source) {
-        Ok(opened) => opened,
-        Err(message) => {
-            writeln!(err, "error: {message}")?;
-            return Ok(FAILED);
-        }
-    };
-    match store.search_cases(text, None) {
-        Ok(cases) => print_cases(&cases, zone, json, out).map(|()| OK),
-        Err(error) => {
-            writeln!(err, "error: {error}")?;
-            Ok(FAILED)
-        }
-    }
+    case_query(source, &CaseQuery::Search(text.to_owned()), json, out, err)
 }
 
-fn print_cases(cases: &[Case], zone: Tz, json: bool, out: &mut dyn Write) -> std::io::Result<()> {
+/// Cases one per line (or as a JSON array).
+pub fn print_cases(
+    cases: &[Case],
+    zone: Tz,
+    json: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     if json {
         let text = serde_json::to_string_pretty(cases).map_err(std::io::Error::other)?;
         return writeln!(out, "{text}");
@@ -219,13 +319,27 @@ fn print_cases(cases: &[Case], zone: Tz, json: bool, out: &mut dyn Write) -> std
 }
 
 /// Everything known about one case, for `case show --json`.
-#[derive(Debug, Serialize)]
-struct CaseDetail {
-    case: Case,
-    events: Vec<Event>,
-    timers: Vec<Timer>,
-    mail: Vec<OutboxEntry>,
-    attachments: Vec<AttachmentRecord>,
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseDetail {
+    pub case: Case,
+    pub events: Vec<Event>,
+    pub timers: Vec<Timer>,
+    pub mail: Vec<OutboxEntry>,
+    pub attachments: Vec<AttachmentRecord>,
+}
+
+/// Everything known about one case, or `None` when there is no such case.
+pub fn case_detail(store: &Store, id: &CaseId) -> Result<Option<CaseDetail>, StoreError> {
+    let Some(case) = store.case(id)? else {
+        return Ok(None);
+    };
+    Ok(Some(CaseDetail {
+        events: store.events(id)?,
+        timers: store.timers_of_case(id)?,
+        mail: store.outbox_of_case(id)?,
+        attachments: store.case_attachments(id)?,
+        case,
+    }))
 }
 
 /// `case show ID`: number, state, fields, sender, assignment, clocks,
@@ -237,47 +351,11 @@ pub fn case_show(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<u8> {
-    let (store, zone) = match open(source) {
-        Ok(opened) => opened,
-        Err(message) => {
-            writeln!(err, "error: {message}")?;
-            return Ok(FAILED);
-        }
-    };
-    let id = CaseId(id.trim().to_ascii_uppercase());
-    let detail = (|| -> Result<Option<CaseDetail>, StoreError> {
-        let Some(case) = store.case(&id)? else {
-            return Ok(None);
-        };
-        Ok(Some(CaseDetail {
-            events: store.events(&id)?,
-            timers: store.timers_of_case(&id)?,
-            mail: store.outbox_of_case(&id)?,
-            attachments: store.case_attachments(&id)?,
-            case,
-        }))
-    })();
-    let detail = match detail {
-        Ok(Some(detail)) => detail,
-        Ok(None) => {
-            writeln!(err, "error: no case {id}")?;
-            return Ok(FAILED);
-        }
-        Err(error) => {
-            writeln!(err, "error: {error}")?;
-            return Ok(FAILED);
-        }
-    };
-    if json {
-        let text = serde_json::to_string_pretty(&detail).map_err(std::io::Error::other)?;
-        writeln!(out, "{text}")?;
-    } else {
-        print_detail(&detail, zone, out)?;
-    }
-    Ok(OK)
+    case_query(source, &CaseQuery::show(id), json, out, err)
 }
 
-fn print_detail(detail: &CaseDetail, zone: Tz, out: &mut dyn Write) -> std::io::Result<()> {
+/// One case in full, for people.
+pub fn print_detail(detail: &CaseDetail, zone: Tz, out: &mut dyn Write) -> std::io::Result<()> {
     let case = &detail.case;
     writeln!(out, "{}  {}", case.id, case.subject)?;
     writeln!(out, "  state:      {}", case.state.as_str())?;
@@ -382,7 +460,8 @@ fn print_detail(detail: &CaseDetail, zone: Tz, out: &mut dyn Write) -> std::io::
     Ok(())
 }
 
-fn outbox_state(state: &OutboxState, zone: Tz) -> String {
+/// An outbox state for people, times in `zone`.
+pub fn outbox_state(state: &OutboxState, zone: Tz) -> String {
     match state {
         OutboxState::Scheduled { next_attempt } => {
             format!("scheduled {}", local(*next_attempt, zone))
@@ -398,6 +477,12 @@ fn outbox_state(state: &OutboxState, zone: Tz) -> String {
         ),
         OutboxState::PermanentFailure { at, error } => {
             format!("failed {}: {error}", local(*at, zone))
+        }
+        OutboxState::Sending { started_at, .. } => {
+            format!("sending since {}", local(*started_at, zone))
+        }
+        OutboxState::Held { at, reason, .. } => {
+            format!("held {}: {reason}", local(*at, zone))
         }
     }
 }

@@ -73,4 +73,8 @@ impl ThreadLookup for BatchLookup<'_> {
             .map(|(name, _)| name.clone())
             .collect()
     }
+
+    fn department_names(&self) -> Vec<String> {
+        self.departments.keys().cloned().collect()
+    }
 }

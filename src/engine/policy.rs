@@ -30,6 +30,8 @@ pub const COMMAND_ERROR_TEMPLATE: &str = "command_error";
 pub const WITHDRAWAL_CONFIRMATION_TEMPLATE: &str = "withdrawal_confirmation";
 /// Template telling a customer that what the reply asked for is not possible now.
 pub const TRANSITION_REFUSED_TEMPLATE: &str = "transition_refused";
+/// Template telling a complainant that their case was merged into another one, and its number.
+pub const MERGED_NOTICE_TEMPLATE: &str = "merged_notice";
 
 /// A loaded, checked policy with its templates, ready to run.
 #[derive(Debug)]

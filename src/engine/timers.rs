@@ -59,6 +59,10 @@ pub fn state_after(event: ClockEvent, current: CaseState) -> Option<CaseState> {
         ClockEvent::Closed => CaseState::Closed,
         ClockEvent::Reopened => CaseState::Reopened,
         ClockEvent::Withdrawn => CaseState::Withdrawn,
+        ClockEvent::Rejected => CaseState::Rejected,
+        ClockEvent::AbnormallyClosed => CaseState::AbnormallyClosed,
+        ClockEvent::Merged => CaseState::Merged,
+        ClockEvent::FollowUp => CaseState::FollowUp,
     };
     (state != current).then_some(state)
 }

@@ -16,8 +16,14 @@ pub enum Status {
     Resolved,
     /// The department needs more information from the customer.
     NeedInfo,
-    /// Not accepted (not a valid complaint, or not ours to handle).
+    /// Not accepted (not a valid complaint, or not ours to handle). Needs a
+    /// `cause:` line with the reason, which the complainant is told.
     Reject,
+    /// The customer was called back after the answer (回访).
+    FollowUp,
+    /// Closed without agreement: the demands go beyond law, regulations and
+    /// policy (非正常结案). Needs a `cause:` line with the reason.
+    AbnormalClose,
 }
 
 /// Whose responsibility the complaint is; mixed counts as ours.
@@ -52,6 +58,11 @@ pub enum Command {
     },
     Appeal(String),
     Note(String),
+    /// This case is merged into the case `into` (a case number as written).
+    Merge {
+        into: String,
+        reason: String,
+    },
 }
 
 /// A line that looked like a command but was not understood.
@@ -94,6 +105,7 @@ enum Key {
     Transfer,
     Appeal,
     Note,
+    Merge,
 }
 
 /// Every accepted spelling of a command key, English and Chinese (simplified and traditional).
@@ -119,6 +131,12 @@ const KEYS: &[(&str, Key)] = &[
     ("note", Key::Note),
     ("备注", Key::Note),
     ("備註", Key::Note),
+    ("merge", Key::Merge),
+    ("merge-into", Key::Merge),
+    ("合并", Key::Merge),
+    ("合併", Key::Merge),
+    ("并案", Key::Merge),
+    ("併案", Key::Merge),
 ];
 
 const STATUS_VALUES: &[(&str, Status)] = &[
@@ -145,6 +163,23 @@ const STATUS_VALUES: &[(&str, Status)] = &[
     ("不予受理", Status::Reject),
     ("驳回", Status::Reject),
     ("駁回", Status::Reject),
+    ("follow-up", Status::FollowUp),
+    ("follow up", Status::FollowUp),
+    ("follow_up", Status::FollowUp),
+    ("followed-up", Status::FollowUp),
+    ("回访", Status::FollowUp),
+    ("已回访", Status::FollowUp),
+    ("回訪", Status::FollowUp),
+    ("已回訪", Status::FollowUp),
+    ("abnormal-close", Status::AbnormalClose),
+    ("abnormal close", Status::AbnormalClose),
+    ("abnormal_close", Status::AbnormalClose),
+    ("abnormally-closed", Status::AbnormalClose),
+    ("abnormally closed", Status::AbnormalClose),
+    ("异常关闭", Status::AbnormalClose),
+    ("異常關閉", Status::AbnormalClose),
+    ("非正常结案", Status::AbnormalClose),
+    ("非正常結案", Status::AbnormalClose),
 ];
 
 const RESPONSIBILITY_VALUES: &[(&str, Responsibility)] = &[
@@ -170,7 +205,9 @@ pub fn parse_department_reply(text: &str) -> DepartmentReply {
     while index < lines.len() && lines[index].trim().is_empty() {
         index += 1;
     }
-    let mut open_result: Option<usize> = None;
+    // The 1-based line of each command, in the order of `reply.commands`.
+    let mut command_lines: Vec<usize> = Vec::new();
+    let mut open_result: Option<(usize, usize)> = None;
     while index < lines.len() {
         let line = lines[index].trim();
         if line.is_empty() {
@@ -184,8 +221,11 @@ pub fn parse_department_reply(text: &str) -> DepartmentReply {
         let line_no = index + 1;
         match KEYS.iter().find(|(k, _)| *k == key).map(|(_, k)| *k) {
             Some(k) => match read_value(k, value.trim()) {
-                Ok(Some(command)) => reply.commands.push(command),
-                Ok(None) => open_result = Some(reply.commands.len()),
+                Ok(Some(command)) => {
+                    reply.commands.push(command);
+                    command_lines.push(line_no);
+                }
+                Ok(None) => open_result = Some((reply.commands.len(), line_no)),
                 Err(reason) => reply.problems.push(Problem {
                     line: line_no,
                     text: line.to_owned(),
@@ -209,10 +249,10 @@ pub fn parse_department_reply(text: &str) -> DepartmentReply {
         index += 1;
     }
     reply.answer = lines[index.min(lines.len())..].join("\n").trim().to_owned();
-    if let Some(position) = open_result {
+    if let Some((position, line_no)) = open_result {
         if reply.answer.is_empty() {
             reply.problems.push(Problem {
-                line: 0,
+                line: line_no,
                 text: "result:".to_owned(),
                 reason: "`result:` is empty and no answer text follows it".to_owned(),
             });
@@ -220,9 +260,10 @@ pub fn parse_department_reply(text: &str) -> DepartmentReply {
             reply
                 .commands
                 .insert(position, Command::Result(reply.answer.clone()));
+            command_lines.insert(position, line_no);
         }
     }
-    check_consistency(&mut reply);
+    check_consistency(&mut reply, &lines, &command_lines);
     reply
 }
 
@@ -255,6 +296,7 @@ fn read_value(key: Key, value: &str) -> Result<Option<Command>, String> {
         Key::Cause | Key::Result | Key::Appeal | Key::Note if value.is_empty() => {
             Err("a value is needed after the colon".to_owned())
         }
+        Key::Merge => read_merge(value.trim()).map(Some),
         Key::Cause => Ok(Some(Command::Cause(value.to_owned()))),
         Key::Result => Ok(Some(Command::Result(value.to_owned()))),
         Key::Appeal => Ok(Some(Command::Appeal(value.to_owned()))),
@@ -287,6 +329,43 @@ fn read_value(key: Key, value: &str) -> Result<Option<Command>, String> {
     }
 }
 
+/// `merge: TS-2026-000123 [reason]`: the case number as written, and why.
+fn read_merge(value: &str) -> Result<Command, String> {
+    let split = value.find(|c: char| c.is_whitespace() || c == ',' || c == '，');
+    let (number, reason) = match split {
+        Some(at) => (
+            &value[..at],
+            value[at..].trim_start_matches(|c: char| c.is_whitespace() || c == ',' || c == '，'),
+        ),
+        None => (value, ""),
+    };
+    // People copy the number out of a subject, brackets and all.
+    let number = number.trim_matches(['[', ']', '【', '】', '<', '>', '.', '。']);
+    if number.is_empty() {
+        return Err(
+            "name the case to merge this one into, e.g. `merge: TS-2026-000123`".to_owned(),
+        );
+    }
+    if !looks_like_case_number(number) {
+        return Err(format!(
+            "`{number}` is not a case number; write it as in the subject, e.g. `merge: TS-2026-000123`"
+        ));
+    }
+    Ok(Command::Merge {
+        into: number.to_owned(),
+        reason: reason.trim().to_owned(),
+    })
+}
+
+/// `PREFIX-YEAR-NUMBER`: letters, digits and dashes, with a dash and a digit.
+fn looks_like_case_number(text: &str) -> bool {
+    text.contains('-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
+        && text.chars().any(|c| c.is_ascii_digit())
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
 fn lookup<T: Copy>(table: &[(&str, T)], value: &str) -> Result<T, String> {
     if let Some((_, v)) = table.iter().find(|(k, _)| *k == value) {
         return Ok(*v);
@@ -307,44 +386,105 @@ fn lookup<T: Copy>(table: &[(&str, T)], value: &str) -> Result<T, String> {
     Err(reason)
 }
 
-/// Two commands of one kind that disagree cannot both be applied.
-fn check_consistency(reply: &mut DepartmentReply) {
-    let statuses: Vec<Status> = reply
+/// Commands that cannot be applied together: two of one kind that disagree,
+/// a merge beside a change of state, a rejection or abnormal close without
+/// its reason.
+/// `source` is the reply's lines, `command_lines` the 1-based line of each
+/// command.
+fn check_consistency(reply: &mut DepartmentReply, source: &[&str], command_lines: &[usize]) {
+    let problem = |index: usize, reason: &str| {
+        let line = command_lines.get(index).copied().unwrap_or(0);
+        let text = line
+            .checked_sub(1)
+            .and_then(|i| source.get(i))
+            .map_or_else(String::new, |l| l.trim().to_owned());
+        Problem {
+            line,
+            text,
+            reason: reason.to_owned(),
+        }
+    };
+    let mut problems = Vec::new();
+    let statuses: Vec<(usize, Status)> = reply
         .commands
         .iter()
-        .filter_map(|c| {
-            if let Command::Status(s) = c {
-                Some(*s)
-            } else {
-                None
-            }
+        .enumerate()
+        .filter_map(|(i, c)| match c {
+            Command::Status(s) => Some((i, *s)),
+            _ => None,
         })
         .collect();
-    if statuses.windows(2).any(|w| w[0] != w[1]) {
-        reply.problems.push(Problem {
-            line: 0,
-            text: "status".to_owned(),
-            reason: "the reply gives two different statuses".to_owned(),
-        });
+    if let Some(pair) = statuses.windows(2).find(|w| w[0].1 != w[1].1) {
+        problems.push(problem(pair[1].0, "the reply gives two different statuses"));
     }
-    let verdicts: Vec<Responsibility> = reply
+    let verdicts: Vec<(usize, Responsibility)> = reply
         .commands
         .iter()
-        .filter_map(|c| {
-            if let Command::Responsibility(r) = c {
-                Some(*r)
-            } else {
-                None
-            }
+        .enumerate()
+        .filter_map(|(i, c)| match c {
+            Command::Responsibility(r) => Some((i, *r)),
+            _ => None,
         })
         .collect();
-    if verdicts.windows(2).any(|w| w[0] != w[1]) {
-        reply.problems.push(Problem {
-            line: 0,
-            text: "responsibility".to_owned(),
-            reason: "the reply gives two different responsibility verdicts".to_owned(),
-        });
+    if let Some(pair) = verdicts.windows(2).find(|w| w[0].1 != w[1].1) {
+        problems.push(problem(
+            pair[1].0,
+            "the reply gives two different responsibility verdicts",
+        ));
     }
+    let has_cause = reply
+        .commands
+        .iter()
+        .any(|c| matches!(c, Command::Cause(_)));
+    // The complainant is told why (tourism 二.1: a complaint not accepted is
+    // answered in writing with the reason), so both need the reason here.
+    if !has_cause {
+        for (index, status) in &statuses {
+            let reason = match status {
+                Status::AbnormalClose => {
+                    "an abnormal close needs its reason: add a line `cause: …` (`原因: …`)"
+                }
+                Status::Reject => {
+                    "a rejection needs its reason, which the complainant is told: \
+                     add a line `cause: …` (`原因: …`)"
+                }
+                _ => continue,
+            };
+            problems.push(problem(*index, reason));
+            break;
+        }
+    }
+    let merges: Vec<usize> = reply
+        .commands
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| matches!(c, Command::Merge { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    if let Some(second) = merges.get(1) {
+        problems.push(problem(
+            *second,
+            "a case is merged once: the reply has two `merge:` lines",
+        ));
+    }
+    if !merges.is_empty() {
+        for (index, command) in reply.commands.iter().enumerate() {
+            if matches!(
+                command,
+                Command::Status(_)
+                    | Command::Result(_)
+                    | Command::Transfer { .. }
+                    | Command::Appeal(_)
+            ) {
+                problems.push(problem(
+                    index,
+                    "`merge:` ends this case, so the reply cannot also change its status, \
+                     send a result, transfer or appeal it",
+                ));
+            }
+        }
+    }
+    reply.problems.extend(problems);
 }
 
 #[cfg(test)]
@@ -444,6 +584,159 @@ mod tests {
         assert_eq!(
             reply.problems[0].reason,
             "the reply gives two different statuses"
+        );
+    }
+
+    #[test]
+    fn follow_up_in_both_languages() {
+        for text in [
+            "状态: 回访",
+            "狀態：已回訪",
+            "Status: Follow-up",
+            "status: follow up",
+        ] {
+            let reply = parse_department_reply(text);
+            assert!(reply.is_clean(), "{text}: {:?}", reply.problems);
+            assert_eq!(
+                reply.commands,
+                vec![Command::Status(Status::FollowUp)],
+                "{text}"
+            );
+        }
+        let reply = parse_department_reply(
+            "状态: 回访
+处理结果: 客户表示满意，已到账。",
+        );
+        assert_eq!(
+            reply.commands,
+            vec![
+                Command::Status(Status::FollowUp),
+                Command::Result("客户表示满意，已到账。".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_abnormal_close_needs_its_reason() {
+        let reply = parse_department_reply(
+            "状态: 异常关闭
+原因: 要求赔偿十万元，超出法律法规和公司政策",
+        );
+        assert!(reply.is_clean(), "{:?}", reply.problems);
+        assert_eq!(
+            reply.commands,
+            vec![
+                Command::Status(Status::AbnormalClose),
+                Command::Cause("要求赔偿十万元，超出法律法规和公司政策".to_owned()),
+            ]
+        );
+        let english = parse_department_reply(
+            "cause: demands beyond policy
+status: abnormal-close",
+        );
+        assert!(english.is_clean(), "{:?}", english.problems);
+        assert_eq!(english.commands[1], Command::Status(Status::AbnormalClose));
+
+        let bare = parse_department_reply(
+            "备注: 客户情绪激动
+状态: 非正常结案",
+        );
+        let reasons: Vec<String> = bare.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            vec!["line 2: `状态: 非正常结案`: an abnormal close needs its reason: add a line `cause: …` (`原因: …`)".to_owned()]
+        );
+    }
+
+    #[test]
+    fn a_rejection_needs_its_reason() {
+        let reply = parse_department_reply("状态: 不予受理\n原因: 超过90天投诉时效");
+        assert!(reply.is_clean(), "{:?}", reply.problems);
+        assert_eq!(
+            reply.commands,
+            vec![
+                Command::Status(Status::Reject),
+                Command::Cause("超过90天投诉时效".to_owned()),
+            ]
+        );
+        let bare = parse_department_reply("note: not ours\nstatus: reject");
+        let reasons: Vec<String> = bare.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            vec!["line 2: `status: reject`: a rejection needs its reason, which the complainant is told: add a line `cause: …` (`原因: …`)".to_owned()]
+        );
+    }
+
+    #[test]
+    fn merge_reads_a_case_number_and_a_reason() {
+        let reply = parse_department_reply("合并: [TS-2026-000123]，同一次停气");
+        assert!(reply.is_clean(), "{:?}", reply.problems);
+        assert_eq!(
+            reply.commands,
+            vec![Command::Merge {
+                into: "TS-2026-000123".into(),
+                reason: "同一次停气".into()
+            }]
+        );
+        let english = parse_department_reply("Merge into: ts-2026-000007\n\nSame outage.");
+        assert_eq!(
+            english.commands,
+            vec![Command::Merge {
+                into: "ts-2026-000007".into(),
+                reason: String::new()
+            }]
+        );
+        assert_eq!(english.answer, "Same outage.");
+    }
+
+    #[test]
+    fn a_merge_needs_a_case_number() {
+        let reasons = |text: &str| -> Vec<String> {
+            parse_department_reply(text)
+                .problems
+                .iter()
+                .map(|p| p.reason.clone())
+                .collect()
+        };
+        assert_eq!(
+            reasons("merge:"),
+            ["name the case to merge this one into, e.g. `merge: TS-2026-000123`"]
+        );
+        assert_eq!(
+            reasons("合并: 上一个案子"),
+            ["`上一个案子` is not a case number; write it as in the subject, e.g. `merge: TS-2026-000123`"]
+        );
+        assert_eq!(reasons("merge: 2026"), ["`2026` is not a case number; write it as in the subject, e.g. `merge: TS-2026-000123`"]);
+    }
+
+    #[test]
+    fn a_merge_goes_with_no_change_of_state() {
+        let reply = parse_department_reply(
+            "备注: 重复投诉\nmerge: TS-2026-000001\nstatus: resolved\nmerge: TS-2026-000002",
+        );
+        let reasons: Vec<String> = reply.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "line 4: `merge: TS-2026-000002`: a case is merged once: the reply has two `merge:` lines".to_owned(),
+                "line 3: `status: resolved`: `merge:` ends this case, so the reply cannot also change its status, send a result, transfer or appeal it".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn contradictions_name_their_line() {
+        let reply = parse_department_reply(
+            "status: resolved\nresponsibility: ours\n状态: 处理中\n责任: 非我方",
+        );
+        let reasons: Vec<String> = reply.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "line 3: `状态: 处理中`: the reply gives two different statuses".to_owned(),
+                "line 4: `责任: 非我方`: the reply gives two different responsibility verdicts"
+                    .to_owned(),
+            ]
         );
     }
 }

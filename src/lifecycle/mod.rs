@@ -55,7 +55,7 @@ pub fn next_states(from: CaseState) -> &'static [CaseState] {
             AbnormallyClosed,
             Appealed,
         ],
-        WaitingOnCustomer => &[InProgress, Resolved, Withdrawn, AbnormallyClosed],
+        WaitingOnCustomer => &[InProgress, Resolved, Withdrawn, Merged, AbnormallyClosed],
         Resolved => &[Answered, InProgress, Appealed, Withdrawn],
         Answered => &[FollowUp, Closed, Reopened, Withdrawn, Appealed],
         FollowUp => &[Closed, Reopened, Withdrawn],
@@ -132,9 +132,48 @@ pub fn words(state: CaseState) -> &'static str {
     }
 }
 
+/// The note a merge leaves on the case merged into: `case MERGED was merged
+/// into this case by department DEPARTMENT[: REASON]`. The engine reads it
+/// back with [`merged_case_in_note`] to find whom a result also goes to.
+pub fn merge_note(merged: &str, department: &str, reason: &str) -> String {
+    let mut note = format!("case {merged} was merged into this case by department {department}");
+    if !reason.is_empty() {
+        note.push_str(&format!(": {reason}"));
+    }
+    note
+}
+
+/// The merged case's number in a note written by [`merge_note`]. A
+/// department's own note starts `note of department`, so it never matches.
+pub fn merged_case_in_note(note: &str) -> Option<&str> {
+    let rest = note.strip_prefix("case ")?;
+    let (number, tail) = rest.split_once(' ')?;
+    tail.starts_with("was merged into this case by department ")
+        .then_some(number)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merge_note_names_the_merged_case() {
+        let note = merge_note("TS-2026-000002", "billing_dept", "同一张账单");
+        assert_eq!(
+            note,
+            "case TS-2026-000002 was merged into this case by department billing_dept: 同一张账单"
+        );
+        assert_eq!(merged_case_in_note(&note), Some("TS-2026-000002"));
+        assert_eq!(
+            merged_case_in_note(&merge_note("TS-2026-000003", "office", "")),
+            Some("TS-2026-000003")
+        );
+        assert_eq!(
+            merged_case_in_note("note of department billing_dept: case TS-2026-000009 was merged into this case by department x"),
+            None
+        );
+        assert_eq!(merged_case_in_note("case TS-2026-000004 was closed"), None);
+    }
 
     #[test]
     fn the_main_path_is_allowed_step_by_step() {
@@ -200,6 +239,32 @@ mod tests {
         for state in CaseState::ALL.into_iter().filter(|s| s.is_open()) {
             let next = next_states(state);
             assert!(!next.is_empty(), "{state:?} is a dead end");
+        }
+    }
+
+    #[test]
+    fn a_case_being_worked_can_be_closed_abnormally_or_merged_but_an_answered_one_cannot() {
+        for from in [Assigned, Accepted, InProgress, WaitingOnCustomer] {
+            assert_eq!(check_transition(from, AbnormallyClosed), Ok(()), "{from:?}");
+            assert_eq!(check_transition(from, Merged), Ok(()), "{from:?}");
+        }
+        for from in [Resolved, Answered, FollowUp, Closed] {
+            assert!(
+                check_transition(from, AbnormallyClosed).is_err(),
+                "{from:?}"
+            );
+            assert!(check_transition(from, Merged).is_err(), "{from:?}");
+        }
+    }
+
+    #[test]
+    fn a_follow_up_comes_only_after_the_answer() {
+        for from in CaseState::ALL {
+            assert_eq!(
+                check_transition(from, FollowUp).is_ok(),
+                from == Answered,
+                "{from:?}"
+            );
         }
     }
 }

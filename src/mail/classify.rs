@@ -68,6 +68,8 @@ pub trait ThreadLookup {
     fn department_addresses(&self, department: &str) -> Option<Vec<String>>;
     /// The departments a (lower-cased) address belongs to.
     fn departments_of(&self, address: &str) -> Vec<String>;
+    /// Every department's name: reply tokens are checked against these.
+    fn department_names(&self) -> Vec<String>;
 }
 
 /// What classification needs besides the mail and the lookup.
@@ -422,6 +424,7 @@ fn subject_case(subject: &str, lookup: &dyn ThreadLookup) -> Option<CaseId> {
 fn token_verdicts(
     mail: &IncomingMail,
     context: &ClassifyContext<'_>,
+    lookup: &dyn ThreadLookup,
     own: &HashSet<String>,
 ) -> Vec<(String, Result<Verified, TokenError>)> {
     let header_recipients = ["delivered-to", "x-original-to"]
@@ -429,6 +432,7 @@ fn token_verdicts(
         .flat_map(|name| mail.headers_named(name))
         .map(|value| bare_address(value).to_ascii_lowercase());
     let mut seen = HashSet::new();
+    let names = lookup.department_names();
     mail.recipients()
         .map(|a| a.email.clone())
         .chain(header_recipients)
@@ -441,7 +445,12 @@ fn token_verdicts(
         })
         .filter(|address| seen.insert(address.clone()))
         .map(|address| {
-            let verdict = token::verify(context.secret, &address, context.now);
+            let verdict = token::verify(
+                context.secret,
+                &address,
+                context.now,
+                names.iter().map(String::as_str),
+            );
             (address, verdict)
         })
         .collect()
@@ -459,7 +468,7 @@ fn classify_reply(
         .as_ref()
         .map(|a| a.email.clone())
         .unwrap_or_default();
-    let verdicts = token_verdicts(mail, context, own);
+    let verdicts = token_verdicts(mail, context, lookup, own);
 
     let valid = verdicts
         .iter()
@@ -580,5 +589,9 @@ impl ThreadLookup for MemoryLookup {
             .filter(|(_, addresses)| addresses.iter().any(|a| a.eq_ignore_ascii_case(address)))
             .map(|(name, _)| name.clone())
             .collect()
+    }
+
+    fn department_names(&self) -> Vec<String> {
+        self.departments.keys().cloned().collect()
     }
 }

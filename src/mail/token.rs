@@ -1,19 +1,25 @@
 //! Reply tokens: HMAC-signed plus-addresses that prove a reply was sent to the
 //! address the daemon gave one department for one case.
 //!
-//! A token is `<case>.<department>.<expiry>.<tag>`, all lower case, carried in
-//! the detail part of a plus-address:
-//! `complaints+ts-2026-000123.service.20261231.k3j4h5m6n7p8q9r2@corp.example`.
+//! A token is `<case>.<key>`, all lower case, carried in the detail part of
+//! a plus-address:
+//! `complaints+ts-2026-000123.k3j4tav4k3j4h5m6n7p8q9r2@corp.example`.
 //!
 //! - `<case>`: the case number, lower-cased (case numbers are ASCII letters,
 //!   digits and `-`, compared case-insensitively).
-//! - `<department>`: the department name when it is plain lower-case ASCII
-//!   (`[a-z][a-z0-9_]*`); any other name (upper case, Chinese, …) is written
-//!   `u-` followed by the lower-case base32 of its UTF-8 bytes, so nothing is
-//!   lost when an MTA changes the case of the address.
-//! - `<expiry>`: the last day (UTC) the token is valid, `yyyymmdd`.
-//! - `<tag>`: the first 80 bits of HMAC-SHA256 over case, department and
-//!   expiry under the daemon's secret, lower-case base32 (16 characters).
+//! - `<key>`: 24 base32 characters: the department's reference (5 characters,
+//!   25 bits of SHA-256 of its name), the last day (UTC) the token is valid
+//!   (3 characters, days since 2020-01-01), and the tag (16 characters, the
+//!   first 80 bits of HMAC-SHA256 over case, department name and expiry under
+//!   the daemon's secret).
+//!
+//! The key has a fixed length whatever the department is called, so the
+//! local part stays within SMTP's 64 octets whenever the complaint mailbox's
+//! local part and the case number together have at most 38 characters
+//! (`complaints` and `TS-2026-000123` have 24; see [`fits_local_part`]).
+//! The department's name is not in the token: verification takes the
+//! policy's department names and checks the tag for those whose reference
+//! matches, so a long or Chinese department name costs nothing.
 //!
 //! Verification lower-cases the whole token first, so an MTA that changes the
 //! case of the local part does no harm, and compares tags in constant time.
@@ -28,12 +34,18 @@ use crate::case::CaseId;
 const TAG_BYTES: usize = 10;
 /// Characters of the encoded tag.
 const TAG_CHARS: usize = 16;
+/// Characters of the department reference (25 bits).
+const REFERENCE_CHARS: usize = 5;
+/// Characters of the expiry (15 bits of days: until 2109).
+const EXPIRY_CHARS: usize = 3;
+/// Characters of the key after the case number.
+pub const KEY_CHARS: usize = REFERENCE_CHARS + EXPIRY_CHARS + TAG_CHARS;
+/// The longest local part SMTP allows (RFC 5321, 4.5.3.1.1).
+pub const MAX_LOCAL_PART: usize = 64;
 /// Separates this use of the secret from any other use of it.
-const CONTEXT: &[u8] = b"complaintd reply token v1";
+const CONTEXT: &[u8] = b"complaintd reply token v2";
 /// Shortest secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
-/// Prefix of a department segment written as base32.
-const ENCODED_DEPARTMENT_PREFIX: &str = "u-";
 
 /// The daemon's reply-token secret. Never printed.
 #[derive(Clone)]
@@ -84,6 +96,8 @@ pub enum TokenError {
         "the case number {0:?} cannot be put in an address (only ASCII letters, digits and '-')"
     )]
     UnencodableCase(String),
+    #[error("the expiry {0} cannot be put in a reply token (2020-01-01 to 2109)")]
+    UnencodableExpiry(NaiveDate),
     #[error("the reply token's signature does not match: forged, altered, or made for another case or department")]
     BadSignature,
     #[error("the reply token expired at the end of {expired_on}")]
@@ -105,13 +119,22 @@ pub fn mint(
     expires: NaiveDate,
 ) -> Result<String, TokenError> {
     let case_segment = case_segment(&case.0)?;
-    let day = expires.format("%Y%m%d").to_string();
-    let tag = signature(secret, &case_segment, department, &day);
+    let days = days_since_epoch(expires).ok_or(TokenError::UnencodableExpiry(expires))?;
+    let tag = signature(secret, &case_segment, department, days);
     Ok(format!(
-        "{case_segment}.{}.{day}.{}",
-        department_segment(department),
+        "{case_segment}.{}{}{}",
+        encode_bits(department_reference(department), REFERENCE_CHARS),
+        encode_bits(days, EXPIRY_CHARS),
         base32_encode(&tag)
     ))
+}
+
+/// Whether reply addresses for case numbers of `case_number_len` characters
+/// fit SMTP's local-part limit with the complaint `mailbox`.
+pub fn fits_local_part(mailbox: &str, case_number_len: usize) -> bool {
+    let local = mailbox.trim().rsplit_once('@').map_or(mailbox, |(l, _)| l);
+    let base = local.split_once('+').map_or(local, |(base, _)| base);
+    base.len() + 1 + case_number_len + 1 + KEY_CHARS <= MAX_LOCAL_PART
 }
 
 /// `complaints@corp.example` + token → `complaints+<token>@corp.example`.
@@ -141,27 +164,23 @@ pub fn base_mailbox(address: &str) -> String {
     }
 }
 
-/// Checks a token, given either a whole plus-address or the bare token.
+/// Checks a token, given either a whole plus-address or the bare token,
+/// against the policy's `departments` (their names).
 ///
 /// The signature is checked before the expiry, so an altered expiry day is
 /// reported as a bad signature; an expired token still names its case and
-/// department, for the event log.
-pub fn verify(
+/// department, for the event log. A token for a department the policy no
+/// longer has is a bad signature too: nobody may answer for it.
+pub fn verify<'d>(
     secret: &ReplySecret,
     address: &str,
     now: DateTime<Utc>,
+    departments: impl IntoIterator<Item = &'d str>,
 ) -> Result<Verified, TokenError> {
     let token = token_part(address)?.to_ascii_lowercase();
-    let mut parts = token.split('.');
-    let (Some(case_part), Some(department_part), Some(day_part), Some(tag_part), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
+    let Some((case_part, key)) = token.split_once('.') else {
         return Err(TokenError::Malformed(
-            "expected four parts: case.department.expiry.tag",
+            "expected the case number, a dot and the key",
         ));
     };
     if case_part.is_empty()
@@ -171,21 +190,29 @@ pub fn verify(
     {
         return Err(TokenError::Malformed("the case part is not a case number"));
     }
-    let department = parse_department_segment(department_part)?;
-    if day_part.len() != 8 || !day_part.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(TokenError::Malformed("the expiry is not yyyymmdd"));
+    if key.len() != KEY_CHARS {
+        return Err(TokenError::Malformed("the key has the wrong length"));
     }
-    let expires = NaiveDate::parse_from_str(day_part, "%Y%m%d")
-        .map_err(|_| TokenError::Malformed("the expiry is not a calendar day"))?;
-    if tag_part.len() != TAG_CHARS {
-        return Err(TokenError::Malformed("the tag has the wrong length"));
-    }
+    let (reference_part, rest) = key.split_at(REFERENCE_CHARS);
+    let (expiry_part, tag_part) = rest.split_at(EXPIRY_CHARS);
+    let reference = decode_bits(reference_part).ok_or(TokenError::Malformed(
+        "the department reference is not base32",
+    ))?;
+    let days = decode_bits(expiry_part).ok_or(TokenError::Malformed("the expiry is not base32"))?;
     let tag = base32_decode(tag_part).ok_or(TokenError::Malformed("the tag is not base32"))?;
+    let expires =
+        day_from_epoch(days).ok_or(TokenError::Malformed("the expiry is out of range"))?;
 
-    let mut mac = secret.mac();
-    feed(&mut mac, case_part, &department, day_part);
-    mac.verify_truncated_left(&tag)
-        .map_err(|_| TokenError::BadSignature)?;
+    let department = departments
+        .into_iter()
+        .filter(|name| department_reference(name) == reference)
+        .find(|name| {
+            let mut mac = secret.mac();
+            feed(&mut mac, case_part, name, days);
+            mac.verify_truncated_left(&tag).is_ok()
+        })
+        .ok_or(TokenError::BadSignature)?
+        .to_owned();
 
     let case = CaseId(case_part.to_ascii_uppercase());
     if now.date_naive() > expires {
@@ -238,50 +265,61 @@ fn case_segment(case: &str) -> Result<String, TokenError> {
     }
 }
 
-fn is_plain_department(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(b'a'..=b'z'))
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+/// The first day tokens count from.
+fn token_epoch() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2020, 1, 1).expect("a valid date")
 }
 
-fn department_segment(name: &str) -> String {
-    if is_plain_department(name) {
-        name.to_owned()
-    } else {
-        format!(
-            "{ENCODED_DEPARTMENT_PREFIX}{}",
-            base32_encode(name.as_bytes())
-        )
-    }
+fn days_since_epoch(day: NaiveDate) -> Option<u32> {
+    let days = u32::try_from((day - token_epoch()).num_days()).ok()?;
+    (days < 1 << (5 * EXPIRY_CHARS)).then_some(days)
 }
 
-fn parse_department_segment(segment: &str) -> Result<String, TokenError> {
-    if let Some(encoded) = segment.strip_prefix(ENCODED_DEPARTMENT_PREFIX) {
-        let bytes =
-            base32_decode(encoded).ok_or(TokenError::Malformed("the department is not base32"))?;
-        String::from_utf8(bytes).map_err(|_| TokenError::Malformed("the department is not UTF-8"))
-    } else if is_plain_department(segment) {
-        Ok(segment.to_owned())
-    } else {
-        Err(TokenError::Malformed(
-            "the department part is not a department name",
-        ))
-    }
+fn day_from_epoch(days: u32) -> Option<NaiveDate> {
+    token_epoch().checked_add_days(chrono::Days::new(u64::from(days)))
 }
 
-fn signature(secret: &ReplySecret, case_segment: &str, department: &str, day: &str) -> Vec<u8> {
+/// 25 bits of SHA-256 of the name: picks the department, proves nothing.
+fn department_reference(name: &str) -> u32 {
+    use sha2::Digest;
+    let digest = Sha256::digest(name.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) >> (32 - 5 * REFERENCE_CHARS)
+}
+
+/// The low `5 * chars` bits of `value` in base32, most significant first.
+fn encode_bits(value: u32, chars: usize) -> String {
+    (0..chars)
+        .rev()
+        .map(|i| BASE32_ALPHABET[((value >> (5 * i)) & 31) as usize] as char)
+        .collect()
+}
+
+/// Reverses [`encode_bits`]; `None` on a foreign character.
+fn decode_bits(text: &str) -> Option<u32> {
+    text.bytes().try_fold(0u32, |value, ch| {
+        let digit = match ch.to_ascii_lowercase() {
+            c @ b'a'..=b'z' => c - b'a',
+            c @ b'2'..=b'7' => c - b'2' + 26,
+            _ => return None,
+        };
+        Some((value << 5) | u32::from(digit))
+    })
+}
+
+fn signature(secret: &ReplySecret, case_segment: &str, department: &str, days: u32) -> Vec<u8> {
     let mut mac = secret.mac();
-    feed(&mut mac, case_segment, department, day);
+    feed(&mut mac, case_segment, department, days);
     mac.finalize().into_bytes()[..TAG_BYTES].to_vec()
 }
 
-/// Feeds the signed fields, each length-prefixed so no two inputs collide.
-fn feed(mac: &mut Hmac<Sha256>, case_segment: &str, department: &str, day: &str) {
+/// Feeds the signed fields, the names length-prefixed so no two inputs collide.
+fn feed(mac: &mut Hmac<Sha256>, case_segment: &str, department: &str, days: u32) {
     mac.update(CONTEXT);
-    for field in [case_segment, department, day] {
+    for field in [case_segment, department] {
         mac.update(&(field.len() as u64).to_be_bytes());
         mac.update(field.as_bytes());
     }
+    mac.update(&days.to_be_bytes());
 }
 
 const BASE32_ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
@@ -359,13 +397,20 @@ mod tests {
         assert_eq!(base32_decode("mz"), None);
     }
 
+    const DEPARTMENTS: [&str; 5] = ["service", "billing_dept", "客服中心", "Service", "network"];
+
+    fn departments() -> impl Iterator<Item = &'static str> {
+        DEPARTMENTS.into_iter()
+    }
+
     #[test]
     fn minted_token_verifies_and_names_case_and_department() {
         let case = CaseId("TS-2026-000123".into());
         let token = mint(&secret(), &case, "service", day(2026, 12, 31)).unwrap();
-        assert!(token.starts_with("ts-2026-000123.service.20261231."));
+        assert!(token.starts_with("ts-2026-000123."));
+        assert_eq!(token.len(), "ts-2026-000123.".len() + KEY_CHARS);
         let address = reply_address("complaints@corp.example", &token);
-        let verified = verify(&secret(), &address, at(2026, 12, 31, 23)).unwrap();
+        let verified = verify(&secret(), &address, at(2026, 12, 31, 23), departments()).unwrap();
         assert_eq!(
             verified,
             Verified {
@@ -381,47 +426,68 @@ mod tests {
         let case = CaseId("TS-2026-000123".into());
         let token = mint(&secret(), &case, "billing_dept", day(2026, 12, 31)).unwrap();
         let address = reply_address("complaints@corp.example", &token).to_uppercase();
-        let verified = verify(&secret(), &address, at(2026, 12, 1, 0)).unwrap();
+        let verified = verify(&secret(), &address, at(2026, 12, 1, 0), departments()).unwrap();
         assert_eq!(verified.department, "billing_dept");
         assert_eq!(verified.case, case);
     }
 
     #[test]
-    fn non_ascii_department_survives_case_changes() {
+    fn non_ascii_and_mixed_case_departments_are_told_apart() {
         let case = CaseId("TS-2026-000007".into());
         let token = mint(&secret(), &case, "客服中心", day(2026, 12, 31)).unwrap();
         assert!(token.is_ascii());
-        let verified = verify(&secret(), &token.to_uppercase(), at(2026, 12, 1, 0)).unwrap();
+        let verified = verify(
+            &secret(),
+            &token.to_uppercase(),
+            at(2026, 12, 1, 0),
+            departments(),
+        )
+        .unwrap();
         assert_eq!(verified.department, "客服中心");
-        let mixed = mint(&secret(), &case, "Service", day(2026, 12, 31)).unwrap();
-        assert_eq!(
-            verify(&secret(), &mixed, at(2026, 12, 1, 0))
-                .unwrap()
-                .department,
-            "Service"
-        );
+        for name in ["Service", "service"] {
+            let token = mint(&secret(), &case, name, day(2026, 12, 31)).unwrap();
+            let verified = verify(&secret(), &token, at(2026, 12, 1, 0), departments()).unwrap();
+            assert_eq!(verified.department, name);
+        }
     }
 
     #[test]
-    fn token_for_another_case_or_department_is_rejected() {
-        let token = mint(
-            &secret(),
-            &CaseId("TS-2026-000123".into()),
-            "service",
-            day(2026, 12, 31),
-        )
-        .unwrap();
-        let tag = token.rsplit('.').next().unwrap();
-        let other_case = format!("ts-2026-000124.service.20261231.{tag}");
-        let other_department = format!("ts-2026-000123.network.20261231.{tag}");
-        let later_expiry = format!("ts-2026-000123.service.20271231.{tag}");
-        for forged in [other_case, other_department, later_expiry] {
+    fn token_for_another_case_department_or_expiry_is_rejected() {
+        let case = CaseId("TS-2026-000123".into());
+        let token = mint(&secret(), &case, "service", day(2026, 12, 31)).unwrap();
+        let key = token.split_once('.').unwrap().1;
+        let (reference, rest) = key.split_at(REFERENCE_CHARS);
+        let (expiry, tag) = rest.split_at(EXPIRY_CHARS);
+        let network = encode_bits(department_reference("network"), REFERENCE_CHARS);
+        let later = encode_bits(days_since_epoch(day(2027, 12, 31)).unwrap(), EXPIRY_CHARS);
+        let forgeries = [
+            format!("ts-2026-000124.{key}"),
+            format!("ts-2026-000123.{network}{expiry}{tag}"),
+            format!("ts-2026-000123.{reference}{later}{tag}"),
+        ];
+        for forged in forgeries {
             assert_eq!(
-                verify(&secret(), &forged, at(2026, 12, 1, 0)),
+                verify(&secret(), &forged, at(2026, 12, 1, 0), departments()),
                 Err(TokenError::BadSignature),
                 "{forged}"
             );
         }
+    }
+
+    #[test]
+    fn a_department_the_policy_no_longer_has_cannot_answer() {
+        let token = mint(
+            &secret(),
+            &CaseId("TS-2026-000123".into()),
+            "closed_branch",
+            day(2026, 12, 31),
+        )
+        .unwrap();
+        assert_eq!(
+            verify(&secret(), &token, at(2026, 12, 1, 0), departments()),
+            Err(TokenError::BadSignature)
+        );
+        assert!(verify(&secret(), &token, at(2026, 12, 1, 0), ["closed_branch"]).is_ok());
     }
 
     #[test]
@@ -435,7 +501,7 @@ mod tests {
         .unwrap();
         let other = ReplySecret::new(b"another-secret-of-enough-length".to_vec()).unwrap();
         assert_eq!(
-            verify(&other, &token, at(2026, 12, 1, 0)),
+            verify(&other, &token, at(2026, 12, 1, 0), departments()),
             Err(TokenError::BadSignature)
         );
     }
@@ -445,7 +511,7 @@ mod tests {
         let case = CaseId("TS-2026-000123".into());
         let token = mint(&secret(), &case, "service", day(2026, 12, 31)).unwrap();
         assert_eq!(
-            verify(&secret(), &token, at(2027, 1, 1, 0)),
+            verify(&secret(), &token, at(2027, 1, 1, 0), departments()),
             Err(TokenError::Expired {
                 expired_on: day(2026, 12, 31),
                 case,
@@ -457,38 +523,41 @@ mod tests {
     #[test]
     fn malformed_tokens_get_clear_errors() {
         let now = at(2026, 12, 1, 0);
+        let check = |address: &str| verify(&secret(), address, now, departments());
+        assert_eq!(check("complaints@corp.example"), Err(TokenError::NoToken));
+        assert_eq!(check("complaints+@corp.example"), Err(TokenError::NoToken));
         assert_eq!(
-            verify(&secret(), "complaints@corp.example", now),
-            Err(TokenError::NoToken)
+            check("complaints+hello@corp.example"),
+            Err(TokenError::Malformed(
+                "expected the case number, a dot and the key"
+            ))
         );
         assert_eq!(
-            verify(&secret(), "complaints+@corp.example", now),
-            Err(TokenError::NoToken)
+            check("ts-1.aaaa"),
+            Err(TokenError::Malformed("the key has the wrong length"))
         );
-        assert!(matches!(
-            verify(&secret(), "complaints+hello@corp.example", now),
-            Err(TokenError::Malformed(_))
-        ));
-        assert!(matches!(
-            verify(
-                &secret(),
-                "complaints+ts-1.service.20261340.aaaaaaaaaaaaaaaa@x",
-                now
-            ),
-            Err(TokenError::Malformed("the expiry is not a calendar day"))
-        ));
-        assert!(matches!(
-            verify(&secret(), "ts-1.service.20261231.aaaa", now),
-            Err(TokenError::Malformed("the tag has the wrong length"))
-        ));
-        assert!(matches!(
-            verify(&secret(), "ts-1.u-!!.20261231.aaaaaaaaaaaaaaaa", now),
-            Err(TokenError::Malformed("the department is not base32"))
-        ));
+        assert_eq!(
+            check("ts_1.aaaaaaaaaaaaaaaaaaaaaaaa"),
+            Err(TokenError::Malformed("the case part is not a case number"))
+        );
+        assert_eq!(
+            check("ts-1.aaaa!aaaaaaaaaaaaaaaaaaa"),
+            Err(TokenError::Malformed(
+                "the department reference is not base32"
+            ))
+        );
+        assert_eq!(
+            check("ts-1.aaaaaa0aaaaaaaaaaaaaaaaa"),
+            Err(TokenError::Malformed("the expiry is not base32"))
+        );
+        assert_eq!(
+            check("ts-1.aaaaaaaaaaaaaaaaaaaaaaa1"),
+            Err(TokenError::Malformed("the tag is not base32"))
+        );
     }
 
     #[test]
-    fn weak_secret_and_unencodable_case_are_refused() {
+    fn weak_secret_unencodable_case_and_expiry_are_refused() {
         assert_eq!(
             ReplySecret::new(b"short".to_vec()).unwrap_err(),
             TokenError::WeakSecret { len: 5 }
@@ -502,22 +571,54 @@ mod tests {
             ),
             Err(TokenError::UnencodableCase(_))
         ));
+        for expiry in [day(2019, 12, 31), day(2110, 1, 1)] {
+            assert_eq!(
+                mint(&secret(), &CaseId("TS-1".into()), "service", expiry),
+                Err(TokenError::UnencodableExpiry(expiry))
+            );
+        }
         assert_eq!(format!("{:?}", secret()), "ReplySecret(<redacted>)");
     }
 
     #[test]
-    fn default_department_tokens_fit_the_smtp_local_part_limit() {
-        let case = CaseId("TS-2026-000123".into());
-        for department in ["service", "network", "billing_dept", "office"] {
-            let token = mint(&secret(), &case, department, day(2026, 12, 31)).unwrap();
-            let address = reply_address("complaints@corp.example", &token);
-            let local = address.rsplit_once('@').unwrap().0;
-            assert!(
-                local.len() <= 64,
-                "{address} has a {}-octet local part",
-                local.len()
-            );
+    fn every_expiry_day_round_trips() {
+        let mut expiry = day(2020, 1, 1);
+        while expiry < day(2109, 9, 1) {
+            let days = days_since_epoch(expiry).unwrap();
+            let text = encode_bits(days, EXPIRY_CHARS);
+            assert_eq!(day_from_epoch(decode_bits(&text).unwrap()), Some(expiry));
+            expiry = expiry + chrono::Days::new(97);
         }
+    }
+
+    #[test]
+    fn long_and_chinese_department_names_fit_the_smtp_local_part_limit() {
+        let case = CaseId("TS-2026-000123".into());
+        let long_names = [
+            "discipline_committee",
+            "outpatient_department_of_surgery",
+            "客户服务中心投诉处理办公室",
+        ];
+        for department in long_names {
+            let token = mint(&secret(), &case, department, day(2026, 12, 31)).unwrap();
+            for mailbox in [
+                "complaints@corp.example",
+                "customer-complaints-desk@corp.example",
+            ] {
+                let address = reply_address(mailbox, &token);
+                let local = address.rsplit_once('@').unwrap().0;
+                assert!(
+                    local.len() <= MAX_LOCAL_PART,
+                    "{address}: {} octets",
+                    local.len()
+                );
+                assert!(fits_local_part(mailbox, case.0.len()));
+            }
+        }
+        assert!(!fits_local_part(
+            "a-very-long-complaint-mailbox-name@corp.example",
+            14
+        ));
     }
 
     #[test]
@@ -531,7 +632,7 @@ mod tests {
             "complaints@corp.example"
         );
         assert_eq!(
-            claimed_case("complaints+ts-2026-000123.x.y.z@corp.example"),
+            claimed_case("complaints+ts-2026-000123.xyz@corp.example"),
             Some(CaseId("TS-2026-000123".into()))
         );
         assert_eq!(claimed_case("complaints+hello@corp.example"), None);

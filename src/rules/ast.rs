@@ -456,6 +456,14 @@ pub enum ClockEvent {
     Reopened,
     ResponsibilityDecided,
     Withdrawn,
+    /// The department did not accept the complaint (`status: reject`).
+    Rejected,
+    /// Closed because the demands go beyond law and policy.
+    AbnormallyClosed,
+    /// Merged into another case.
+    Merged,
+    /// The department called the customer back after the answer.
+    FollowUp,
 }
 
 /// ```text

@@ -1417,6 +1417,10 @@ pub fn clock_event_name(event: ClockEvent) -> &'static str {
         ClockEvent::Reopened => "reopened",
         ClockEvent::ResponsibilityDecided => "responsibility_decided",
         ClockEvent::Withdrawn => "withdrawn",
+        ClockEvent::Rejected => "rejected",
+        ClockEvent::AbnormallyClosed => "abnormally_closed",
+        ClockEvent::Merged => "merged",
+        ClockEvent::FollowUp => "follow_up",
     }
 }
 

@@ -55,6 +55,10 @@ pub const CLOCK_EVENTS: &[(&str, ClockEvent)] = &[
     ("reopened", ClockEvent::Reopened),
     ("responsibility_decided", ClockEvent::ResponsibilityDecided),
     ("withdrawn", ClockEvent::Withdrawn),
+    ("rejected", ClockEvent::Rejected),
+    ("abnormally_closed", ClockEvent::AbnormallyClosed),
+    ("merged", ClockEvent::Merged),
+    ("follow_up", ClockEvent::FollowUp),
 ];
 
 /// Moments a `classify` block can run at, as written after `classify on`.

@@ -76,6 +76,19 @@ impl OutboxError {
 /// Each `mark_*` call must be durable when it returns. A mail whose `mark_sent` fails
 /// stays due and is sent again later, with the same bytes and so the same Message-ID.
 pub trait OutboxSource: Send + Sync + 'static {
+    /// The message is about to be handed over: called after every recipient was accepted
+    /// and before DATA. A source that records it durably can tell after a crash which mail
+    /// was in doubt (the server may have taken it). The message is not sent when this
+    /// fails. The default records nothing.
+    fn mark_attempt(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), OutboxError>> + Send {
+        let _ = (id, at);
+        async { Ok(()) }
+    }
+
     /// Up to `limit` messages whose next attempt is at or before `now`, oldest first.
     fn next_due(
         &self,
@@ -99,6 +112,19 @@ pub trait OutboxSource: Send + Sync + 'static {
         error: &str,
         next_attempt: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), OutboxError>> + Send;
+
+    /// The message was sent and the connection failed before the server answered: it may
+    /// have been accepted. The default treats this as a temporary failure (the mail is sent
+    /// again, same Message-ID); a source may hold it instead (`smtp.in_doubt = "hold"`).
+    fn mark_in_doubt(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        error: &str,
+        next_attempt: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), OutboxError>> + Send {
+        self.mark_temporary_failure(id, at, error, next_attempt)
+    }
 
     /// The attempt at `at` showed the message can never be delivered as it is.
     fn mark_permanent_failure(
@@ -171,6 +197,11 @@ pub enum SmtpFailure {
     Protocol(String),
     /// We refused to send: an invalid address, or a message the server cannot carry.
     Refused(String),
+    /// Not sent: the outbox could not record the attempt before DATA.
+    NotRecorded(String),
+    /// The message was sent but no answer came (the connection broke or timed out): the
+    /// server may have accepted it.
+    AfterData(String),
 }
 
 impl std::fmt::Display for SmtpFailure {
@@ -181,6 +212,13 @@ impl std::fmt::Display for SmtpFailure {
             SmtpFailure::Timeout(m) => write!(f, "timed out: {m}"),
             SmtpFailure::Protocol(m) => write!(f, "protocol error: {m}"),
             SmtpFailure::Refused(m) => write!(f, "not sent: {m}"),
+            SmtpFailure::NotRecorded(m) => {
+                write!(f, "not sent: the attempt could not be recorded: {m}")
+            }
+            SmtpFailure::AfterData(m) => write!(
+                f,
+                "no answer after the message was sent, it may have been accepted: {m}"
+            ),
         }
     }
 }
@@ -201,7 +239,9 @@ impl SmtpFailure {
             SmtpFailure::Reply { .. }
             | SmtpFailure::Connection(_)
             | SmtpFailure::Timeout(_)
-            | SmtpFailure::Protocol(_) => FailureClass::Temporary,
+            | SmtpFailure::Protocol(_)
+            | SmtpFailure::NotRecorded(_)
+            | SmtpFailure::AfterData(_) => FailureClass::Temporary,
         }
     }
 
@@ -210,8 +250,9 @@ impl SmtpFailure {
         // A permanent refusal concerns this message only. A temporary one may concern the
         // session (a per-connection limit, 421 closing the channel): a session that refuses
         // one message for now may refuse every following one, so a new connection is used.
+        // A failure to record the attempt is ours, not the session's.
         matches!(self, SmtpFailure::Reply { code, .. } if (500..600).contains(code))
-            || matches!(self, SmtpFailure::Refused(_))
+            || matches!(self, SmtpFailure::Refused(_) | SmtpFailure::NotRecorded(_))
     }
 
     fn from_lettre(error: &lettre::transport::smtp::Error) -> SmtpFailure {
@@ -237,9 +278,22 @@ impl SmtpFailure {
 /// What the sender does with a message after one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
-    Sent { reply: String },
-    RetryAt { error: String, at: DateTime<Utc> },
-    GiveUp { error: String },
+    Sent {
+        reply: String,
+    },
+    RetryAt {
+        error: String,
+        at: DateTime<Utc>,
+    },
+    /// Perhaps delivered (no answer after the message was sent); retried at `at` unless the
+    /// outbox holds it.
+    InDoubt {
+        error: String,
+        at: DateTime<Utc>,
+    },
+    GiveUp {
+        error: String,
+    },
 }
 
 /// Decides the fate of a message that failed its attempt number `mail_attempts + 1`.
@@ -521,7 +575,9 @@ pub async fn run_sender<S: OutboxSource>(
             let Some(open) = connection.as_mut() else {
                 continue 'rounds;
             };
-            let (result, usable) = sender.deliver(&mut open.smtp, &mail).await;
+            let (result, usable) = sender
+                .deliver(&mut open.smtp, &mail, &*source, &*clock)
+                .await;
             open.last_used = Instant::now();
             open.messages += 1;
             if !usable || open.messages >= options.max_messages_per_connection.max(1) {
@@ -534,7 +590,15 @@ pub async fn run_sender<S: OutboxSource>(
                 Ok(reply) => Disposition::Sent { reply },
                 Err(failure) => {
                     tracing::warn!(id = %mail.id, error = %failure, "smtp sender: delivery failed");
-                    disposition_after_failure(&failure, mail.attempts, &options, now, &mut rng)
+                    match (
+                        &failure,
+                        disposition_after_failure(&failure, mail.attempts, &options, now, &mut rng),
+                    ) {
+                        (SmtpFailure::AfterData(_), Disposition::RetryAt { error, at }) => {
+                            Disposition::InDoubt { error, at }
+                        }
+                        (_, disposition) => disposition,
+                    }
                 }
             };
             if !sender.record(&*source, &mail, disposition, now).await {
@@ -636,12 +700,14 @@ impl Sender {
     /// Sends one message: MAIL, RCPT for every recipient, DATA. A refused step is
     /// followed by RSET, so the connection can carry the next message. Returns the
     /// outcome, and whether the connection can still be used.
-    async fn deliver(
+    async fn deliver<S: OutboxSource>(
         &self,
         smtp: &mut AsyncSmtpConnection,
         mail: &OutgoingMail,
+        source: &S,
+        clock: &dyn Clock,
     ) -> (Result<String, SmtpFailure>, bool) {
-        match self.transaction(smtp, mail).await {
+        match self.transaction(smtp, mail, source, clock).await {
             Ok(reply) => (Ok(reply), true),
             Err(failure) if !failure.keeps_connection() => (Err(failure), false),
             Err(failure) => {
@@ -657,10 +723,12 @@ impl Sender {
         }
     }
 
-    async fn transaction(
+    async fn transaction<S: OutboxSource>(
         &self,
         smtp: &mut AsyncSmtpConnection,
         mail: &OutgoingMail,
+        source: &S,
+        clock: &dyn Clock,
     ) -> Result<String, SmtpFailure> {
         let (from, recipients) = parse_envelope(mail)?;
         let mut parameters = Vec::new();
@@ -697,10 +765,22 @@ impl Sender {
                     other => other,
                 })?;
         }
+        // Recorded as late as possible, so that after a crash only a mail the server may
+        // really have taken is in doubt.
+        source
+            .mark_attempt(&mail.id, clock.now())
+            .await
+            .map_err(|e| SmtpFailure::NotRecorded(e.to_string()))?;
         self.step("DATA", smtp.command(Data)).await?;
         // From here on a broken connection leaves it open whether the server took the
-        // message: it is retried, and the stable Message-ID lets duplicates be recognised.
-        let reply = self.step("end of data", smtp.message(&mail.bytes)).await?;
+        // message: it is in doubt (retried with the same Message-ID, or held by the outbox).
+        let reply = self
+            .step("end of data", smtp.message(&mail.bytes))
+            .await
+            .map_err(|failure| match failure {
+                SmtpFailure::Reply { .. } => failure,
+                other => SmtpFailure::AfterData(other.to_string()),
+            })?;
         Ok(reply.message().collect::<Vec<_>>().join(" "))
     }
 
@@ -729,6 +809,11 @@ impl Sender {
                 source
                     .mark_temporary_failure(&mail.id, now, error, *at)
                     .await
+            }
+            Disposition::InDoubt { error, at } => {
+                self.metrics.mail_failed(FailureKind::Temporary);
+                tracing::warn!(id = %mail.id, %error, next_attempt = %at, "smtp sender: in doubt");
+                source.mark_in_doubt(&mail.id, now, error, *at).await
             }
             Disposition::GiveUp { error } => {
                 self.metrics.mail_failed(FailureKind::Permanent);
@@ -865,6 +950,14 @@ mod tests {
             SmtpFailure::Refused("bad address".into()).class(),
             FailureClass::Permanent
         );
+        assert_eq!(
+            SmtpFailure::NotRecorded("store full".into()).class(),
+            FailureClass::Temporary
+        );
+        assert_eq!(
+            SmtpFailure::AfterData("reset".into()).class(),
+            FailureClass::Temporary
+        );
     }
 
     #[test]
@@ -875,6 +968,8 @@ mod tests {
         assert!(!reply(421).keeps_connection());
         assert!(!SmtpFailure::Connection("reset".into()).keeps_connection());
         assert!(!SmtpFailure::Timeout("DATA".into()).keeps_connection());
+        assert!(SmtpFailure::NotRecorded("store full".into()).keeps_connection());
+        assert!(!SmtpFailure::AfterData("reset".into()).keeps_connection());
     }
 
     #[test]
@@ -969,5 +1064,264 @@ mod tests {
             ClientId::Domain("corp.example".into())
         );
         assert_eq!(hello_name("nobody"), ClientId::Domain("localhost".into()));
+    }
+
+    mod attempt_before_data {
+        use super::super::*;
+        use crate::clock::ManualClock;
+        use chrono::TimeZone;
+        use std::sync::Mutex;
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        use tokio::net::TcpListener;
+
+        /// One mail to send; records what the sender reports, in order, with what the server saw.
+        struct OneMail {
+            mail: Mutex<Option<OutgoingMail>>,
+            log: Arc<Mutex<Vec<String>>>,
+            refuse_attempt: bool,
+            done: Notify,
+            wakeup: Notify,
+        }
+
+        impl OneMail {
+            fn note(&self, what: &str) {
+                self.log.lock().unwrap().push(what.to_owned());
+            }
+        }
+
+        impl OutboxSource for OneMail {
+            async fn mark_attempt(&self, id: &str, _: DateTime<Utc>) -> Result<(), OutboxError> {
+                self.note(&format!("outbox: attempt {id}"));
+                if self.refuse_attempt {
+                    Err(OutboxError::new("disk full"))
+                } else {
+                    Ok(())
+                }
+            }
+
+            async fn next_due(
+                &self,
+                _: DateTime<Utc>,
+                _: usize,
+            ) -> Result<Vec<OutgoingMail>, OutboxError> {
+                Ok(self.mail.lock().unwrap().take().into_iter().collect())
+            }
+
+            async fn mark_sent(
+                &self,
+                id: &str,
+                _: DateTime<Utc>,
+                _: &str,
+            ) -> Result<(), OutboxError> {
+                self.note(&format!("outbox: sent {id}"));
+                self.done.notify_one();
+                Ok(())
+            }
+
+            async fn mark_temporary_failure(
+                &self,
+                id: &str,
+                _: DateTime<Utc>,
+                error: &str,
+                _: DateTime<Utc>,
+            ) -> Result<(), OutboxError> {
+                self.note(&format!("outbox: temporary {id}: {error}"));
+                self.done.notify_one();
+                Ok(())
+            }
+
+            async fn mark_in_doubt(
+                &self,
+                id: &str,
+                _: DateTime<Utc>,
+                error: &str,
+                _: DateTime<Utc>,
+            ) -> Result<(), OutboxError> {
+                self.note(&format!("outbox: in doubt {id}: {error}"));
+                self.done.notify_one();
+                Ok(())
+            }
+
+            async fn mark_permanent_failure(
+                &self,
+                id: &str,
+                _: DateTime<Utc>,
+                error: &str,
+            ) -> Result<(), OutboxError> {
+                self.note(&format!("outbox: permanent {id}: {error}"));
+                self.done.notify_one();
+                Ok(())
+            }
+
+            async fn next_attempt_at(&self) -> Result<Option<DateTime<Utc>>, OutboxError> {
+                Ok(None)
+            }
+
+            fn wakeup(&self) -> &Notify {
+                &self.wakeup
+            }
+        }
+
+        /// A scripted SMTP server for one connection: every command is accepted and logged.
+        /// With `vanish_after_body`, the connection is closed after the message, unanswered.
+        async fn serve_one(
+            listener: TcpListener,
+            log: Arc<Mutex<Vec<String>>>,
+            vanish_after_body: bool,
+        ) {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            write.write_all(b"220 test ESMTP\r\n").await.unwrap();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let verb = line
+                    .split([' ', ':'])
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_uppercase();
+                if verb != "EHLO" {
+                    log.lock().unwrap().push(format!("server: {verb}"));
+                }
+                let reply: &[u8] = match verb.as_str() {
+                    "EHLO" => b"250-test\r\n250 8BITMIME\r\n",
+                    "DATA" => {
+                        write.write_all(b"354 go ahead\r\n").await.unwrap();
+                        while let Ok(Some(body)) = lines.next_line().await {
+                            if body == "." {
+                                break;
+                            }
+                        }
+                        if vanish_after_body {
+                            return;
+                        }
+                        b"250 2.0.0 queued\r\n"
+                    }
+                    "QUIT" => {
+                        let _ = write.write_all(b"221 bye\r\n").await;
+                        return;
+                    }
+                    _ => b"250 ok\r\n",
+                };
+                if write.write_all(reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+
+        /// Sends one mail through a scripted server; returns the log of server and outbox.
+        async fn send_one(refuse_attempt: bool, vanish_after_body: bool) -> Vec<String> {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let server = tokio::spawn(serve_one(listener, Arc::clone(&log), vanish_after_body));
+            let source = Arc::new(OneMail {
+                mail: Mutex::new(Some(OutgoingMail {
+                    id: "TS-2026-000001.ack.1".into(),
+                    envelope_from: "complaints@example.test".into(),
+                    recipients: vec!["customer@example.test".into()],
+                    bytes: b"Message-ID: <a@example.test>\r\nSubject: x\r\n\r\nok\r\n".to_vec(),
+                    attempts: 0,
+                })),
+                log: Arc::clone(&log),
+                refuse_attempt,
+                done: Notify::new(),
+                wakeup: Notify::new(),
+            });
+            let config = SmtpConfig {
+                host: "127.0.0.1".into(),
+                port,
+                tls: TlsMode::None,
+                ca_file: None,
+                user: None,
+                password_file: None,
+                password_env: None,
+                from: "complaints@example.test".into(),
+                per_minute_cap: 600,
+                timeout: Duration::from_secs(10),
+                in_doubt: Default::default(),
+            };
+            let shutdown = CancellationToken::new();
+            let done = source.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            let sender = tokio::spawn(run_sender(
+                config,
+                SenderOptions::default(),
+                Arc::clone(&source),
+                Arc::new(ManualClock::new(
+                    Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap(),
+                )),
+                Metrics::new(),
+                shutdown.clone(),
+            ));
+            tokio::time::timeout(Duration::from_secs(30), done)
+                .await
+                .expect("the outcome is recorded");
+            shutdown.cancel();
+            sender.await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(30), server)
+                .await
+                .expect("the server ends")
+                .unwrap();
+            let log = log.lock().unwrap().clone();
+            log
+        }
+
+        #[tokio::test]
+        async fn the_attempt_is_recorded_after_the_recipients_and_before_data() {
+            assert_eq!(
+                send_one(false, false).await,
+                [
+                    "server: MAIL",
+                    "server: RCPT",
+                    "outbox: attempt TS-2026-000001.ack.1",
+                    "server: DATA",
+                    "outbox: sent TS-2026-000001.ack.1",
+                    "server: QUIT",
+                ]
+            );
+        }
+
+        #[tokio::test]
+        async fn a_mail_whose_attempt_cannot_be_recorded_is_not_sent() {
+            let log = send_one(true, false).await;
+            assert_eq!(
+                log[..4],
+                [
+                    "server: MAIL",
+                    "server: RCPT",
+                    "outbox: attempt TS-2026-000001.ack.1",
+                    "server: RSET"
+                ]
+            );
+            assert!(
+                log[4].starts_with(
+                    "outbox: temporary TS-2026-000001.ack.1: not sent: the attempt could not be recorded"
+                ),
+                "{log:?}"
+            );
+            assert!(!log.iter().any(|l| l == "server: DATA"), "{log:?}");
+        }
+
+        #[tokio::test]
+        async fn no_answer_after_the_message_is_reported_as_in_doubt() {
+            let log = send_one(false, true).await;
+            assert_eq!(
+                log[..4],
+                [
+                    "server: MAIL",
+                    "server: RCPT",
+                    "outbox: attempt TS-2026-000001.ack.1",
+                    "server: DATA"
+                ]
+            );
+            assert!(
+                log[4].starts_with(
+                    "outbox: in doubt TS-2026-000001.ack.1: no answer after the message was sent"
+                ),
+                "{log:?}"
+            );
+            assert_eq!(log.len(), 5, "{log:?}");
+        }
     }
 }

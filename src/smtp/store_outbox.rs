@@ -38,6 +38,15 @@ impl StoreOutbox {
 }
 
 impl OutboxSource for StoreOutbox {
+    async fn mark_attempt(&self, id: &str, at: DateTime<Utc>) -> Result<(), OutboxError> {
+        self.store
+            .outbox_attempt(id, at)
+            .map_err(OutboxError::new)?;
+        // The record must outlive a crash during DATA to mark the mail as in doubt.
+        self.store.flush_async().await.map_err(OutboxError::new)?;
+        Ok(())
+    }
+
     async fn next_due(
         &self,
         now: DateTime<Utc>,

@@ -12,6 +12,19 @@
 //!        ▼   │ (retry)           │
 //! TemporaryFailure{attempts, last_error, next_attempt} ──► PermanentFailure{at, error}
 //! ```
+//!
+//! Around each SMTP attempt, and after a crash:
+//!
+//! ```text
+//! Scheduled / TemporaryFailure ──(attempt, before DATA)──► Sending{attempts, started_at, due}
+//! Sending ──► Sent / TemporaryFailure / PermanentFailure    (the attempt's outcome)
+//! Sending, found at start (in doubt) ──hold──► Held{at, attempts, reason} ──release──► Scheduled
+//!                                    └─resend─► Scheduled / TemporaryFailure (same bytes)
+//! ```
+//!
+//! `Sending` stays in the due index (at the time it was due), so the start-up
+//! search for entries in doubt reads only what is pending; `Held` is out of
+//! the index and waits for an operator.
 
 use std::sync::Arc;
 
@@ -41,6 +54,23 @@ pub enum OutboxState {
     },
     /// Given up: rejected by the server, or bounced after it was sent.
     PermanentFailure { at: DateTime<Utc>, error: String },
+    /// Handed to the SMTP server (recorded before DATA); the outcome is not
+    /// recorded yet. Found at start, the entry is in doubt: the server may
+    /// have accepted it.
+    Sending {
+        /// Failed attempts before this one.
+        attempts: u32,
+        started_at: DateTime<Utc>,
+        /// When it was due; it keeps this place in the due index.
+        due: DateTime<Utc>,
+    },
+    /// In doubt after a crash and held for an operator (`smtp.in_doubt =
+    /// "hold"`): never sent again until released.
+    Held {
+        at: DateTime<Utc>,
+        attempts: u32,
+        reason: String,
+    },
 }
 
 impl OutboxState {
@@ -50,6 +80,8 @@ impl OutboxState {
             OutboxState::Sent { .. } => "sent",
             OutboxState::TemporaryFailure { .. } => "temporarily failed",
             OutboxState::PermanentFailure { .. } => "permanently failed",
+            OutboxState::Sending { .. } => "sending",
+            OutboxState::Held { .. } => "held",
         }
     }
 
@@ -58,15 +90,33 @@ impl OutboxState {
         match self {
             OutboxState::Scheduled { next_attempt }
             | OutboxState::TemporaryFailure { next_attempt, .. } => Some(*next_attempt),
-            OutboxState::Sent { .. } | OutboxState::PermanentFailure { .. } => None,
+            OutboxState::Sending { due, .. } => Some(*due),
+            OutboxState::Sent { .. }
+            | OutboxState::PermanentFailure { .. }
+            | OutboxState::Held { .. } => None,
         }
     }
 
     /// Failed attempts so far.
     pub fn failed_attempts(&self) -> u32 {
         match self {
-            OutboxState::TemporaryFailure { attempts, .. } => *attempts,
+            OutboxState::TemporaryFailure { attempts, .. }
+            | OutboxState::Sending { attempts, .. }
+            | OutboxState::Held { attempts, .. } => *attempts,
             _ => 0,
+        }
+    }
+
+    /// The state that sends the entry again at `at`, keeping its failed attempts.
+    fn requeued(attempts: u32, reason: &str, at: DateTime<Utc>) -> OutboxState {
+        if attempts == 0 {
+            OutboxState::Scheduled { next_attempt: at }
+        } else {
+            OutboxState::TemporaryFailure {
+                attempts,
+                last_error: reason.to_owned(),
+                next_attempt: at,
+            }
         }
     }
 }
@@ -316,7 +366,9 @@ impl Store {
     pub fn outbox_sent(&self, id: &str, at: DateTime<Utc>) -> Result<OutboxEntry, StoreError> {
         self.outbox_transition(id, "sent", |entry| match &entry.state {
             OutboxState::Sent { .. } => Ok(None),
-            OutboxState::Scheduled { .. } | OutboxState::TemporaryFailure { .. } => Ok(Some((
+            OutboxState::Scheduled { .. }
+            | OutboxState::TemporaryFailure { .. }
+            | OutboxState::Sending { .. } => Ok(Some((
                 OutboxState::Sent { at },
                 Event {
                     at,
@@ -325,7 +377,7 @@ impl Store {
                     },
                 },
             ))),
-            OutboxState::PermanentFailure { .. } => Err(()),
+            OutboxState::PermanentFailure { .. } | OutboxState::Held { .. } => Err(()),
         })
     }
 
@@ -344,7 +396,9 @@ impl Store {
         self.outbox_transition(id, to, |entry| {
             let (state, permanent, reason) = match (&entry.state, &failure) {
                 (
-                    OutboxState::Scheduled { .. } | OutboxState::TemporaryFailure { .. },
+                    OutboxState::Scheduled { .. }
+                    | OutboxState::TemporaryFailure { .. }
+                    | OutboxState::Sending { .. },
                     DeliveryFailure::Temporary {
                         error,
                         next_attempt,
@@ -364,7 +418,9 @@ impl Store {
                 (
                     OutboxState::Scheduled { .. }
                     | OutboxState::TemporaryFailure { .. }
-                    | OutboxState::Sent { .. },
+                    | OutboxState::Sending { .. }
+                    | OutboxState::Sent { .. }
+                    | OutboxState::Held { .. },
                     DeliveryFailure::Permanent { error },
                 ) => (
                     OutboxState::PermanentFailure {
@@ -375,7 +431,9 @@ impl Store {
                     error.clone(),
                 ),
                 (
-                    OutboxState::Sent { .. } | OutboxState::PermanentFailure { .. },
+                    OutboxState::Sent { .. }
+                    | OutboxState::PermanentFailure { .. }
+                    | OutboxState::Held { .. },
                     DeliveryFailure::Temporary { .. },
                 ) => return Err(()),
             };
@@ -390,6 +448,154 @@ impl Store {
                     },
                 },
             )))
+        })
+    }
+
+    /// Records, before DATA, that an attempt to send the entry has begun. An
+    /// entry already `Sending` (its last outcome could not be recorded) starts
+    /// a new attempt. No case event: the outcome makes one. Flush before
+    /// sending for the record to survive a crash.
+    pub fn outbox_attempt(&self, id: &str, at: DateTime<Utc>) -> Result<OutboxEntry, StoreError> {
+        self.outbox_change(id, "sending", |entry| match &entry.state {
+            OutboxState::Scheduled { next_attempt }
+            | OutboxState::TemporaryFailure { next_attempt, .. } => Ok(Some((
+                OutboxState::Sending {
+                    attempts: entry.state.failed_attempts(),
+                    started_at: at,
+                    due: *next_attempt,
+                },
+                None,
+            ))),
+            OutboxState::Sending { attempts, due, .. } => Ok(Some((
+                OutboxState::Sending {
+                    attempts: *attempts,
+                    started_at: at,
+                    due: *due,
+                },
+                None,
+            ))),
+            OutboxState::Sent { .. }
+            | OutboxState::PermanentFailure { .. }
+            | OutboxState::Held { .. } => Err(()),
+        })
+    }
+
+    /// Entries whose attempt began and whose outcome was never recorded. Read
+    /// at start, before the sender runs, these are in doubt: the server may
+    /// have accepted them before the process died. Reads the due index only.
+    pub fn outbox_in_doubt(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree(TreeId::OutboxDue).iter() {
+            let (key, _) = item?;
+            let id = String::from_utf8_lossy(&key[keys::TIME_LEN.min(key.len())..]).into_owned();
+            if let Some(entry) = self.outbox_entry(&id)? {
+                if matches!(entry.state, OutboxState::Sending { .. }) {
+                    out.push(entry);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Holds an entry in doubt for an operator (`Sending` → `Held`), with a
+    /// note on its case. Holding a held entry changes nothing.
+    pub fn outbox_hold(
+        &self,
+        id: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<OutboxEntry, StoreError> {
+        self.outbox_change(id, "held", |entry| match &entry.state {
+            OutboxState::Held { .. } => Ok(None),
+            OutboxState::Sending { attempts, .. } => Ok(Some((
+                OutboxState::Held {
+                    at,
+                    attempts: *attempts,
+                    reason: reason.to_owned(),
+                },
+                Some(Event {
+                    at,
+                    kind: EventKind::Note {
+                        text: format!("mail {} held: {reason}", entry.id),
+                    },
+                }),
+            ))),
+            _ => Err(()),
+        })
+    }
+
+    /// Queues an entry in doubt or held to be sent again at `at`, with the
+    /// same bytes and Message-ID (`Sending`/`Held` → `Scheduled`, or
+    /// `TemporaryFailure` when earlier attempts failed), with `note` on its case.
+    pub fn outbox_requeue(
+        &self,
+        id: &str,
+        note: &str,
+        at: DateTime<Utc>,
+    ) -> Result<OutboxEntry, StoreError> {
+        self.outbox_change(id, "scheduled", |entry| match &entry.state {
+            OutboxState::Sending { attempts, .. } | OutboxState::Held { attempts, .. } => {
+                Ok(Some((
+                    OutboxState::requeued(*attempts, note, at),
+                    Some(Event {
+                        at,
+                        kind: EventKind::Note {
+                            text: format!("mail {}: {note}", entry.id),
+                        },
+                    }),
+                )))
+            }
+            _ => Err(()),
+        })
+    }
+
+    /// Every held entry, in id order. Reads the whole outbox (held entries
+    /// are in no index), skipping entries without `"held"` before decoding.
+    pub fn held_outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        const HELD: &[u8] = br#""state":"held""#;
+        let mut out = Vec::new();
+        for item in self.tree(TreeId::Outbox).iter() {
+            let (key, value) = item?;
+            if !value.windows(HELD.len()).any(|w| w == HELD) {
+                continue;
+            }
+            let entry: OutboxEntry = decode(TreeId::Outbox, &key, &value)?;
+            if matches!(entry.state, OutboxState::Held { .. }) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Like [`Self::outbox_transition`], for transitions whose case event is
+    /// optional: `decide` returns the new state and maybe an event.
+    fn outbox_change(
+        &self,
+        id: &str,
+        to: &'static str,
+        decide: impl Fn(&OutboxEntry) -> Result<Option<(OutboxState, Option<Event>)>, ()>,
+    ) -> Result<OutboxEntry, StoreError> {
+        self.transact(|tx| {
+            let Some(entry) = tx.get_json::<OutboxEntry>(TreeId::Outbox, id.as_bytes())? else {
+                return abort(StoreError::UnknownOutbox(id.to_owned()));
+            };
+            match decide(&entry) {
+                Err(()) => abort(StoreError::OutboxTransition {
+                    id: id.to_owned(),
+                    from: entry.state.name(),
+                    to,
+                }),
+                Ok(None) => Ok(entry),
+                Ok(Some((state, event))) => {
+                    let mut next = entry.clone();
+                    next.state = state;
+                    put_entry(tx, Some(&entry), &next)?;
+                    if let (Some(case), Some(event)) = (&entry.case, &event) {
+                        append_event(tx, case, event)?;
+                    }
+                    Ok(next)
+                }
+            }
         })
     }
 
@@ -451,5 +657,220 @@ mod tests {
             mail_identity(None, "digest", 3).outbox_id,
             "complaintd.digest.3"
         );
+    }
+
+    mod in_doubt {
+        use super::super::*;
+        use crate::case::{Address, Case};
+        use crate::store::ChangeSet;
+        use chrono::TimeZone;
+
+        fn t0() -> DateTime<Utc> {
+            Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap()
+        }
+
+        fn render(identity: &MailIdentity) -> Result<RenderedMail, String> {
+            Ok(RenderedMail {
+                message_id: format!("{}@example.test", identity.outbox_id),
+                subject: "received".into(),
+                bytes: b"Subject: received\r\n\r\nok\r\n".to_vec(),
+            })
+        }
+
+        /// A store with one case whose acknowledgement is queued at `t0`; its outbox id.
+        fn store_with_one_mail(path: &std::path::Path) -> (Store, String, CaseId) {
+            let store = Store::open(path).unwrap();
+            let mut changes = ChangeSet::for_message("<m1@example.test>", t0()).unwrap();
+            let case = changes
+                .new_case(Case::new(
+                    CaseId("unnumbered".into()),
+                    t0(),
+                    "email",
+                    Address::new("customer@example.test", None),
+                    "a complaint",
+                    "en",
+                ))
+                .unwrap();
+            changes.link_message(&case).unwrap();
+            changes
+                .queue_mail(
+                    &case,
+                    MailDraft::new(
+                        "ack",
+                        "acknowledgement",
+                        "complaints@example.test",
+                        vec!["customer@example.test".into()],
+                        t0(),
+                        render,
+                    ),
+                )
+                .unwrap();
+            store.apply(&changes).unwrap();
+            let entry = store.due_outbox(t0(), 10).unwrap().remove(0);
+            let case = entry.case.clone().unwrap();
+            (store, entry.id, case)
+        }
+
+        fn notes(store: &Store, case: &CaseId) -> Vec<String> {
+            store
+                .events(case)
+                .unwrap()
+                .into_iter()
+                .filter_map(|e| match e.kind {
+                    EventKind::Note { text } => Some(text),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        #[test]
+        fn an_attempt_cut_short_is_in_doubt_after_a_restart_and_stays_held_across_another() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("db");
+            let (store, id, case) = store_with_one_mail(&path);
+            let started = t0() + chrono::Duration::seconds(1);
+            let sending = store.outbox_attempt(&id, started).unwrap();
+            assert_eq!(
+                sending.state,
+                OutboxState::Sending {
+                    attempts: 0,
+                    started_at: started,
+                    due: t0()
+                }
+            );
+            store.flush().unwrap();
+            drop(store);
+
+            // The process died before the outcome was recorded.
+            let store = Store::open(&path).unwrap();
+            let in_doubt = store.outbox_in_doubt().unwrap();
+            assert_eq!(in_doubt.len(), 1);
+            assert_eq!(in_doubt[0].id, id);
+            let restarted = t0() + chrono::Duration::minutes(1);
+            let held = store
+                .outbox_hold(&id, "in doubt after a crash", restarted)
+                .unwrap();
+            assert_eq!(
+                held.state,
+                OutboxState::Held {
+                    at: restarted,
+                    attempts: 0,
+                    reason: "in doubt after a crash".into()
+                }
+            );
+            assert!(store.outbox_in_doubt().unwrap().is_empty());
+            assert!(
+                store
+                    .due_outbox(DateTime::<Utc>::MAX_UTC, 10)
+                    .unwrap()
+                    .is_empty(),
+                "a held entry is never handed to the sender"
+            );
+            assert_eq!(store.queue_depth(), 0);
+            assert_eq!(
+                notes(&store, &case),
+                [format!("mail {id} held: in doubt after a crash")]
+            );
+            store.flush().unwrap();
+            drop(store);
+
+            let store = Store::open(&path).unwrap();
+            let held = store.held_outbox().unwrap();
+            assert_eq!(held.len(), 1, "the held state survives a restart");
+            assert_eq!(held[0].id, id);
+            assert!(store.outbox_in_doubt().unwrap().is_empty());
+            // A held entry can be neither sent nor retried until it is released.
+            assert!(matches!(
+                store.outbox_attempt(&id, restarted),
+                Err(StoreError::OutboxTransition { from: "held", .. })
+            ));
+            assert!(matches!(
+                store.outbox_sent(&id, restarted),
+                Err(StoreError::OutboxTransition { from: "held", .. })
+            ));
+
+            let released = t0() + chrono::Duration::hours(1);
+            let entry = store
+                .outbox_requeue(&id, "released by the operator", released)
+                .unwrap();
+            assert_eq!(
+                entry.state,
+                OutboxState::Scheduled {
+                    next_attempt: released
+                }
+            );
+            assert!(store.held_outbox().unwrap().is_empty());
+            assert_eq!(store.due_outbox(released, 10).unwrap().len(), 1);
+            assert!(matches!(
+                store.outbox_requeue(&id, "again", released),
+                Err(StoreError::OutboxTransition {
+                    from: "scheduled",
+                    ..
+                })
+            ));
+        }
+
+        #[test]
+        fn an_attempt_keeps_its_failed_attempts_and_its_outcome_ends_it() {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, id, _) = store_with_one_mail(&dir.path().join("db"));
+            let retry_at = t0() + chrono::Duration::minutes(5);
+            store
+                .outbox_failed(
+                    &id,
+                    DeliveryFailure::Temporary {
+                        error: "451 later".into(),
+                        next_attempt: retry_at,
+                    },
+                    t0(),
+                )
+                .unwrap();
+            let entry = store.outbox_attempt(&id, retry_at).unwrap();
+            assert_eq!(entry.state.failed_attempts(), 1);
+            assert_eq!(entry.state.next_attempt(), Some(retry_at));
+            assert_eq!(
+                store.queue_depth(),
+                1,
+                "an entry being sent keeps its place in the due index"
+            );
+            let sent = store.outbox_sent(&id, retry_at).unwrap();
+            assert_eq!(sent.state, OutboxState::Sent { at: retry_at });
+            assert!(store.outbox_in_doubt().unwrap().is_empty());
+            assert_eq!(store.queue_depth(), 0);
+        }
+
+        #[test]
+        fn resending_an_entry_in_doubt_queues_it_again_with_its_attempts() {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, id, case) = store_with_one_mail(&dir.path().join("db"));
+            let retry_at = t0() + chrono::Duration::minutes(5);
+            store
+                .outbox_failed(
+                    &id,
+                    DeliveryFailure::Temporary {
+                        error: "451 later".into(),
+                        next_attempt: retry_at,
+                    },
+                    t0(),
+                )
+                .unwrap();
+            store.outbox_attempt(&id, retry_at).unwrap();
+            let restarted = retry_at + chrono::Duration::minutes(1);
+            let entry = store
+                .outbox_requeue(&id, "in doubt after a crash; sending it again", restarted)
+                .unwrap();
+            assert_eq!(
+                entry.state,
+                OutboxState::TemporaryFailure {
+                    attempts: 1,
+                    last_error: "in doubt after a crash; sending it again".into(),
+                    next_attempt: restarted
+                }
+            );
+            assert_eq!(store.due_outbox(restarted, 10).unwrap().len(), 1);
+            assert!(notes(&store, &case)
+                .iter()
+                .any(|n| n == &format!("mail {id}: in doubt after a crash; sending it again")));
+        }
     }
 }

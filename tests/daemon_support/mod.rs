@@ -3,8 +3,9 @@
 //! process (`complaintd run`), complaint mails built with a real MIME builder, and waits on
 //! conditions with deadlines.
 //!
-//! Used by `tests/e2e_daemon.rs`, `tests/e2e_outage.rs` and `tests/e2e_crash.rs` next to
-//! `tests/support/` (`mod support; mod daemon_support;`).
+//! Used by `tests/e2e_daemon.rs`, `tests/e2e_outage.rs`, `tests/e2e_crash.rs`,
+//! `tests/e2e_lifecycle.rs`, `tests/e2e_security.rs`, `tests/e2e_restart.rs` and
+//! `tests/daemon_scheduler.rs` next to `tests/support/` (`mod support; mod daemon_support;`).
 
 // Each test binary uses only part of this module.
 #![allow(dead_code)]
@@ -467,4 +468,143 @@ fn ensure_vmail_dir(dir: &Path) -> Result<()> {
 fn chown_vmail(path: &Path) -> Result<()> {
     std::os::unix::fs::chown(path, Some(5000), Some(5000))
         .with_context(|| format!("chown {}", path.display()))
+}
+
+/// The options of [`fast_options`] with the daemon's clock replaced by `clock` (a test's
+/// `ManualClock`, shared across restarts).
+pub fn options_with_clock(clock: &complaintd::clock::ManualClock) -> DaemonOptions {
+    DaemonOptions {
+        clock: Arc::new(clock.clone()),
+        ..fast_options(Metrics::new())
+    }
+}
+
+/// A reply as a mail client writes it: built with lettre's MIME builder, `From` a display name
+/// and address, threaded on `in_reply_to` (a Message-ID without brackets) when given.
+pub struct Reply<'a> {
+    pub from_name: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub subject: &'a str,
+    pub in_reply_to: Option<&'a str>,
+    pub body: &'a str,
+    pub message_id: &'a str,
+}
+
+impl Reply<'_> {
+    pub fn build(&self) -> Vec<u8> {
+        use lettre::message::{header::ContentType, Mailbox};
+        let from = Mailbox::new(
+            Some(self.from_name.to_owned()),
+            self.from.parse().expect("an address"),
+        );
+        let mut builder = lettre::Message::builder()
+            .from(from)
+            .to(self.to.parse().expect("an address"))
+            .subject(self.subject)
+            .message_id(Some(format!("<{}>", self.message_id)));
+        if let Some(parent) = self.in_reply_to {
+            builder = builder
+                .in_reply_to(format!("<{parent}>"))
+                .references(format!("<{parent}>"));
+        }
+        builder
+            .header(ContentType::TEXT_PLAIN)
+            .body(self.body.to_owned())
+            .expect("a valid message")
+            .formatted()
+    }
+}
+
+/// The decoded text body of a raw mail (its first text part).
+pub fn text_of(raw: &[u8]) -> String {
+    mail_parser::MessageParser::default()
+        .parse(raw)
+        .and_then(|m| m.body_text(0).map(|text| text.into_owned()))
+        .unwrap_or_default()
+}
+
+/// The address of a raw mail's `Reply-To` (a forward's reply-token address).
+pub fn reply_to_of(raw: &[u8]) -> Option<String> {
+    let message = mail_parser::MessageParser::default().parse(raw)?;
+    message
+        .reply_to()
+        .and_then(|address| address.first())
+        .and_then(|address| address.address())
+        .map(str::to_owned)
+}
+
+/// Waits on IMAP IDLE until `user`'s INBOX holds `count` mails matching `predicate` and returns
+/// them in arrival order; fails after `within`. Mails arriving later are not looked at, so a
+/// caller that wants "exactly `count`" reads the mailbox again after a later marker mail.
+pub async fn wait_for_matching(
+    stack: &MailStack,
+    user: &str,
+    count: usize,
+    predicate: impl Fn(&[u8]) -> bool,
+    within: Duration,
+) -> Result<Vec<Vec<u8>>> {
+    let found = std::cell::RefCell::new(Vec::new());
+    let mut mailbox = stack
+        .connect(user, support::ImapSecurity::Plain)
+        .await
+        .with_context(|| format!("logging in as {user}"))?;
+    // `Mailbox::wait_for` shows every mail once, in UID order, and stops at the first `true`:
+    // counting in the predicate waits for the `count`-th match.
+    mailbox
+        .wait_for(
+            "INBOX",
+            |raw| {
+                if predicate(raw) {
+                    found.borrow_mut().push(raw.to_vec());
+                }
+                found.borrow().len() >= count
+            },
+            within,
+        )
+        .await
+        .with_context(|| format!("{user}: {} of {count} expected mails", found.borrow().len()))?;
+    mailbox.logout().await?;
+    Ok(found.into_inner())
+}
+
+/// The state changes in a case's events, in order.
+pub fn state_changes(
+    events: &[complaintd::case::Event],
+) -> Vec<(complaintd::case::CaseState, complaintd::case::CaseState)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            complaintd::case::EventKind::StateChanged { from, to, .. } => Some((*from, *to)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until the store knows every one of `message_ids` (ingested, in one committed batch).
+pub async fn wait_ingested(engine: &Engine, message_ids: &[&str]) -> Result<()> {
+    wait_until("the mails to be ingested", DEADLINE, || {
+        for id in message_ids {
+            if engine.store().message(id)?.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await
+}
+
+/// Waits until every mail queued for `case` was sent (none scheduled or failing for now).
+pub async fn wait_outbox_sent(engine: &Engine, case: &complaintd::case::CaseId) -> Result<()> {
+    use complaintd::store::OutboxState;
+    wait_until(&format!("the mail of {case} to be sent"), DEADLINE, || {
+        let pending = engine
+            .store()
+            .outbox_of_case(case)?
+            .into_iter()
+            .filter(|entry| !matches!(entry.state, OutboxState::Sent { .. }))
+            .count();
+        Ok((pending == 0).then_some(()))
+    })
+    .await
 }

@@ -6,6 +6,7 @@
 //! applies all its commands or none. What is kept is committed with the
 //! message in the ingest batch, like every other mail.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -18,13 +19,13 @@ use crate::engine::clocks::ClockPlan;
 use crate::engine::compose::{Content, MailPlan};
 use crate::engine::lookup::BatchLink;
 use crate::engine::policy::{
-    COMMAND_CONFIRMATION_TEMPLATE, COMMAND_ERROR_TEMPLATE, RESULT_TEMPLATE,
+    COMMAND_CONFIRMATION_TEMPLATE, COMMAND_ERROR_TEMPLATE, MERGED_NOTICE_TEMPLATE, RESULT_TEMPLATE,
     TRANSITION_REFUSED_TEMPLATE, WITHDRAWAL_CONFIRMATION_TEMPLATE,
 };
 use crate::engine::EngineError;
 use crate::lifecycle::commands::{parse_department_reply, Command, DepartmentReply, Status};
 use crate::lifecycle::customer::{interpret, CustomerIntent};
-use crate::lifecycle::{check_transition, words};
+use crate::lifecycle::{check_transition, merge_note, merged_case_in_note, next_states, words};
 use crate::mail::inbound::{AttachmentBlob, IncomingMail};
 use crate::mail::template::NoticeView;
 use crate::rules::ast::ClockEvent;
@@ -39,6 +40,15 @@ pub const DEPARTMENT_REPLY: &str = "department reply";
 pub const CUSTOMER_REPLY: &str = "customer reply";
 /// How long after closing a customer's new mail reopens a case, by default.
 pub const DEFAULT_REOPEN_WINDOW_DAYS: u32 = 30;
+/// Template telling a complainant that the complaint is not accepted, and why.
+pub const REJECTION_NOTICE_TEMPLATE: &str = "rejection_notice";
+/// Template telling a complainant that the case is closed abnormally, and why.
+pub const ABNORMAL_CLOSE_NOTICE_TEMPLATE: &str = "abnormal_close_notice";
+/// Template of the result of a case for the complainants of the cases merged into it.
+pub const MERGED_RESULT_TEMPLATE: &str = "merged_result";
+/// How many merges deep a result or a reply is followed (a case merged
+/// into one that was merged in turn).
+const MERGE_DEPTH: usize = 8;
 
 /// A reply being applied: the case as it will be, and what goes with it.
 pub(super) struct Work {
@@ -48,6 +58,11 @@ pub(super) struct Work {
     pub mails: Vec<MailPlan>,
     /// What was done, in words, for the confirmation.
     pub applied: Vec<String>,
+    /// Events for other cases (the case a merge goes into), committed with this one.
+    pub other_events: Vec<(CaseId, Event)>,
+    /// Mails about other cases (a result for the complainant of a case
+    /// merged into this one), queued on those cases with their own content.
+    pub other_mails: Vec<(CaseId, MailPlan)>,
 }
 
 impl Work {
@@ -58,6 +73,8 @@ impl Work {
             clocks: ClockPlan::default(),
             mails: Vec::new(),
             applied: Vec::new(),
+            other_events: Vec::new(),
+            other_mails: Vec::new(),
         }
     }
 }
@@ -77,8 +94,37 @@ fn status_target(status: Status) -> (CaseState, Option<ClockEvent>) {
         Status::InProgress => (CaseState::InProgress, Some(ClockEvent::Contacted)),
         Status::Resolved => (CaseState::Resolved, Some(ClockEvent::Resolved)),
         Status::NeedInfo => (CaseState::WaitingOnCustomer, None),
-        Status::Reject => (CaseState::Rejected, None),
+        Status::Reject => (CaseState::Rejected, Some(ClockEvent::Rejected)),
+        Status::FollowUp => (CaseState::FollowUp, Some(ClockEvent::FollowUp)),
+        Status::AbnormalClose => (
+            CaseState::AbnormallyClosed,
+            Some(ClockEvent::AbnormallyClosed),
+        ),
     }
+}
+
+/// Statuses only the case's own department or the complaint office may set.
+fn needs_authority(status: Status) -> bool {
+    matches!(status, Status::FollowUp | Status::AbnormalClose)
+}
+
+/// A verified department reply being applied: who sent it, and what the
+/// commands need besides the case.
+struct ReplyContext<'a> {
+    department: &'a str,
+    mail: &'a IncomingMail,
+    received_at: DateTime<Utc>,
+    blobs: &'a [AttachmentBlob],
+    exclude: &'a CaseRef,
+    /// The cases `merge:` lines name, as written, read before the reply is
+    /// worked (`None`: no such case).
+    merge_targets: HashMap<String, Option<Case>>,
+    /// Whether the reply records a follow-up: its `result:` is the
+    /// follow-up's outcome, not an answer for the customer.
+    follow_up: bool,
+    /// The cases merged into this one, whose complainants get its result
+    /// too (read only when the reply has a `result:`).
+    merged_cases: Vec<Case>,
 }
 
 impl Run<'_> {
@@ -206,31 +252,33 @@ impl Run<'_> {
 
     /// Applies the commands of a clean department reply to a copy of `base`;
     /// every problem found when any is.
-    #[allow(clippy::too_many_arguments)]
     fn department_work(
         &self,
         base: &Case,
-        department: &str,
         reply: &DepartmentReply,
-        mail: &IncomingMail,
-        received_at: DateTime<Utc>,
-        blobs: &[AttachmentBlob],
-        exclude: &CaseRef,
+        context: &ReplyContext<'_>,
     ) -> Result<Work, Vec<String>> {
+        let exclude = context.exclude;
+        let finished = next_states(base.state).is_empty();
+        if finished
+            && reply
+                .commands
+                .iter()
+                .any(|c| !matches!(c, Command::Note(_)))
+        {
+            // Repeating the status that finished a case would otherwise be
+            // accepted as "no change" and let its other commands rewrite it.
+            return Err(vec![format!(
+                "the case is {}: it is finished and can change no more; a reply on it may carry only `note:` lines",
+                words(base.state)
+            )]);
+        }
         let mut work = Work::new(base.clone());
         let mut problems = Vec::new();
         let mut result = None;
         for command in &reply.commands {
-            if let Err(problem) = self.department_command(
-                &mut work,
-                command,
-                department,
-                mail,
-                received_at,
-                blobs,
-                exclude,
-                &mut result,
-            ) {
+            if let Err(problem) = self.department_command(&mut work, command, context, &mut result)
+            {
                 problems.push(problem);
             }
         }
@@ -243,7 +291,7 @@ impl Run<'_> {
                 sender.clone(),
                 work.case.language.clone(),
                 NoticeView {
-                    text: result,
+                    text: result.clone(),
                     items: Vec::new(),
                 },
                 true,
@@ -262,9 +310,17 @@ impl Run<'_> {
                     seen,
                     exclude,
                 ) {
-                    Ok(()) => work
-                        .applied
-                        .push(format!("the result was sent to {}", sender.email)),
+                    Ok(()) => {
+                        work.applied
+                            .push(format!("the result was sent to {}", sender.email));
+                        let told = self.merged_results(&mut work, &result, &context.merged_cases);
+                        if !told.is_empty() {
+                            work.applied.push(format!(
+                                "the result was also sent to the complainants of the cases merged into this one: {}",
+                                told.join(", ")
+                            ));
+                        }
+                    }
                     Err(problem) => problems.push(problem),
                 }
             } else {
@@ -274,6 +330,11 @@ impl Run<'_> {
                 ));
             }
         }
+        if problems.is_empty() && work.case.state != base.state {
+            if let Err(problem) = self.finishing_notice(&mut work) {
+                problems.push(problem);
+            }
+        }
         if problems.is_empty() {
             Ok(work)
         } else {
@@ -281,23 +342,181 @@ impl Run<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The notice the complainant gets when the reply rejected the case or
+    /// closed it abnormally, with the reason (`cause:`) the department gave.
+    /// Like the result, it shows the case number and the department's words
+    /// only: the complainant is not verified.
+    fn finishing_notice(&self, work: &mut Work) -> Result<(), String> {
+        let (template, purpose, what) = match work.case.state {
+            CaseState::Rejected => (REJECTION_NOTICE_TEMPLATE, "rejection", "rejection notice"),
+            CaseState::AbnormallyClosed => (
+                ABNORMAL_CLOSE_NOTICE_TEMPLATE,
+                "abnormal-close",
+                "abnormal close notice",
+            ),
+            _ => return Ok(()),
+        };
+        let reason = match work.case.fields.get("cause") {
+            Some(FieldValue::Text(text)) => text.clone(),
+            _ => return Err(format!("the {what} needs a reason: add `cause: …`")),
+        };
+        let sender = work.case.sender.clone();
+        let plan = self.notice_plan(
+            &work.case,
+            template,
+            purpose,
+            sender.clone(),
+            work.case.language.clone(),
+            NoticeView {
+                text: reason,
+                items: Vec::new(),
+            },
+            true,
+            None,
+            None,
+        );
+        let description = format!("the {what} to {}", sender.email);
+        if !self.check_plan(&plan, &description, &mut work.events) {
+            return Err(format!("{description} cannot be built"));
+        }
+        work.mails.push(plan);
+        work.applied
+            .push(format!("{description} was sent with the reason"));
+        Ok(())
+    }
+
+    /// The cases merged into `target`, directly or through a case merged
+    /// into it in turn: those recorded on its log, and those merged earlier
+    /// in this batch. Only cases that are merged and name it are returned.
+    fn merged_cases(&self, target: &CaseId) -> Result<Vec<Case>, EngineError> {
+        let mut found: Vec<Case> = Vec::new();
+        let mut frontier = vec![target.clone()];
+        for _ in 0..MERGE_DEPTH {
+            let mut next = Vec::new();
+            for into in &frontier {
+                let mut numbers: Vec<CaseId> = self
+                    .engine
+                    .store
+                    .events(into)?
+                    .iter()
+                    .filter_map(|e| match &e.kind {
+                        EventKind::Note { text } => merged_case_in_note(text),
+                        _ => None,
+                    })
+                    .map(|n| CaseId(n.to_owned()))
+                    .collect();
+                numbers.extend(
+                    self.pending_cases
+                        .values()
+                        .filter(|c| merged_into(c).as_ref() == Some(into))
+                        .map(|c| c.id.clone()),
+                );
+                for number in numbers {
+                    if number == *target || found.iter().any(|c| c.id == number) {
+                        continue;
+                    }
+                    let Some(case) = self.current_case(&number)? else {
+                        continue;
+                    };
+                    if merged_into(&case).as_ref() == Some(into) {
+                        next.push(case.id.clone());
+                        found.push(case);
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            frontier = next;
+        }
+        Ok(found)
+    }
+
+    /// The result of `work`'s case for the complainants of the cases merged
+    /// into it, each on their own case and in its language. An address that
+    /// already has the result (the same person complained twice) gets it
+    /// once. Returns the addresses told.
+    fn merged_results(&self, work: &mut Work, result: &str, merged_cases: &[Case]) -> Vec<String> {
+        let mut told = Vec::new();
+        let mut addresses = vec![work.case.sender.email.to_lowercase()];
+        for merged in merged_cases {
+            let address = merged.sender.email.to_lowercase();
+            if addresses.contains(&address) {
+                work.other_events.push((
+                    merged.id.clone(),
+                    self.event(EventKind::Note {
+                        text: format!(
+                            "the result of case {}, which this case was merged into, was not sent again: the complainant already has it",
+                            work.case.id
+                        ),
+                    }),
+                ));
+                continue;
+            }
+            let plan = self.notice_plan(
+                merged,
+                MERGED_RESULT_TEMPLATE,
+                "result",
+                merged.sender.clone(),
+                merged.language.clone(),
+                NoticeView {
+                    text: result.to_owned(),
+                    items: vec![work.case.id.0.clone()],
+                },
+                true,
+                None,
+                None,
+            );
+            let what = format!(
+                "the result of case {} to {}, the complainant of merged case {}",
+                work.case.id, merged.sender.email, merged.id
+            );
+            // A mail that cannot be built is noted and left out: the
+            // target's own complainant still gets the result.
+            let mut events = Vec::new();
+            if self.check_plan(&plan, &what, &mut events) {
+                work.other_mails.push((merged.id.clone(), plan));
+                work.other_events.push((
+                    merged.id.clone(),
+                    self.event(EventKind::Note {
+                        text: format!(
+                            "the result of case {}, which this case was merged into, was sent to the complainant",
+                            work.case.id
+                        ),
+                    }),
+                ));
+                told.push(format!("{} (case {})", merged.sender.email, merged.id));
+                addresses.push(address);
+            }
+            work.events.extend(events);
+        }
+        told
+    }
+
     fn department_command(
         &self,
         work: &mut Work,
         command: &Command,
-        department: &str,
-        mail: &IncomingMail,
-        received_at: DateTime<Utc>,
-        blobs: &[AttachmentBlob],
-        exclude: &CaseRef,
+        context: &ReplyContext<'_>,
         result: &mut Option<String>,
     ) -> Result<(), String> {
         let rule = DEPARTMENT_REPLY;
+        let ReplyContext {
+            department,
+            mail,
+            received_at,
+            blobs,
+            exclude,
+            ..
+        } = *context;
         match command {
             Command::Status(status) => {
                 let (to, event) = status_target(*status);
                 let seen = format!("status: {}", words(to));
+                if needs_authority(*status) {
+                    self.may_finish(&work.case, department)
+                        .map_err(|e| format!("`{seen}`: {e}"))?;
+                }
                 self.step(work, to, event, rule, &seen, exclude)
                     .map_err(|e| format!("`{seen}`: {e}"))?;
                 work.applied.push(format!("the case is now {}", words(to)));
@@ -323,6 +542,16 @@ impl Run<'_> {
                     text: format!("note of department {department}: {text}"),
                 }));
                 work.applied.push("note recorded".to_owned());
+            }
+            Command::Result(text) if context.follow_up => {
+                self.set_field(
+                    work,
+                    "follow_up_result",
+                    FieldValue::Text(text.clone()),
+                    rule,
+                    "result of the follow-up",
+                );
+                work.applied.push("follow-up result recorded".to_owned());
             }
             Command::Result(text) => {
                 self.set_field(
@@ -406,8 +635,95 @@ impl Run<'_> {
                     .map_err(|e| format!("`appeal`: {e}"))?;
                 work.applied.push(format!("appeal sent to {office}"));
             }
+            Command::Merge { into, reason } => {
+                let what = format!("`merge: {into}`");
+                self.may_finish(&work.case, department)
+                    .map_err(|e| format!("{what}: {e}"))?;
+                let target = merge_target(&work.case, into, &context.merge_targets)
+                    .map_err(|e| format!("{what}: {e}"))?;
+                let mut seen = format!("merge: into {}", target.id);
+                if !reason.is_empty() {
+                    seen.push_str(&format!(" ({reason})"));
+                }
+                check_transition(work.case.state, CaseState::Merged)
+                    .map_err(|e| format!("{what}: {e}"))?;
+                self.set_field(
+                    work,
+                    "merged_into",
+                    FieldValue::Text(target.id.0.clone()),
+                    rule,
+                    &seen,
+                );
+                self.step(
+                    work,
+                    CaseState::Merged,
+                    Some(ClockEvent::Merged),
+                    rule,
+                    &seen,
+                    exclude,
+                )
+                .map_err(|e| format!("{what}: {e}"))?;
+                let note = merge_note(&work.case.id.0, department, reason);
+                work.other_events.push((
+                    target.id.clone(),
+                    self.event(EventKind::Note { text: note }),
+                ));
+                let sender = work.case.sender.clone();
+                let plan = self.notice_plan(
+                    &work.case,
+                    MERGED_NOTICE_TEMPLATE,
+                    "merged",
+                    sender.clone(),
+                    work.case.language.clone(),
+                    NoticeView {
+                        text: target.id.0.clone(),
+                        items: Vec::new(),
+                    },
+                    true,
+                    None,
+                    None,
+                );
+                let notice = format!("the merge notice to {}", sender.email);
+                if !self.check_plan(&plan, &notice, &mut work.events) {
+                    return Err(format!("{what}: {notice} cannot be built"));
+                }
+                work.mails.push(plan);
+                work.applied.push(format!(
+                    "merged into case {}; {} was told the new case number",
+                    target.id, sender.email
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// Finishing a case other than by a result (an abnormal close, a merge)
+    /// and recording its follow-up are for the department the case is
+    /// assigned to and for the complaint office, not for a department that
+    /// only got a copy or handed the case on.
+    fn may_finish(&self, case: &Case, department: &str) -> Result<(), String> {
+        let assigned = case.assignment.as_ref().map(|a| a.department.as_str());
+        let office = self.complaint_office();
+        if assigned == Some(department) || office.as_deref() == Some(department) {
+            return Ok(());
+        }
+        let mut allowed = Vec::new();
+        if let Some(assigned) = assigned {
+            allowed.push(format!(
+                "the department the case is assigned to ({assigned})"
+            ));
+        }
+        if let Some(office) = office {
+            allowed.push(format!("the complaint office ({office})"));
+        }
+        Err(if allowed.is_empty() {
+            format!("department {department} may not do this on a case assigned to no department")
+        } else {
+            format!(
+                "only {} may do this, not department {department}",
+                allowed.join(" or ")
+            )
+        })
     }
 
     /// Queues a forward of `mail` to `department`, with its own reply token.
@@ -456,15 +772,25 @@ impl Run<'_> {
         head.extend(self.problems_note(&mail));
         let reply = parse_department_reply(&mail.text);
         let worked = if reply.is_clean() {
-            self.department_work(
-                &base,
-                &department,
-                &reply,
-                &mail,
+            let context = ReplyContext {
+                department: &department,
+                mail: &mail,
                 received_at,
-                &blobs,
-                &exclude,
-            )
+                blobs: &blobs,
+                exclude: &exclude,
+                merge_targets: self.merge_targets(&reply)?,
+                follow_up: reply.commands.contains(&Command::Status(Status::FollowUp)),
+                merged_cases: if reply
+                    .commands
+                    .iter()
+                    .any(|c| matches!(c, Command::Result(_)))
+                {
+                    self.merged_cases(&case_id)?
+                } else {
+                    Vec::new()
+                },
+            };
+            self.department_work(&base, &reply, &context)
         } else {
             Err(reply.problems.iter().map(ToString::to_string).collect())
         };
@@ -544,6 +870,27 @@ impl Run<'_> {
             work,
             outcome,
         )
+    }
+
+    /// The cases the reply's `merge:` lines name, as the pending batch leaves
+    /// them: by the number as written, else in capitals.
+    fn merge_targets(
+        &self,
+        reply: &DepartmentReply,
+    ) -> Result<HashMap<String, Option<Case>>, EngineError> {
+        let mut targets = HashMap::new();
+        for command in &reply.commands {
+            let Command::Merge { into, .. } = command else {
+                continue;
+            };
+            let mut found = self.current_case(&CaseId(into.clone()))?;
+            let capitals = into.to_ascii_uppercase();
+            if found.is_none() && capitals != *into {
+                found = self.current_case(&CaseId(capitals))?;
+            }
+            targets.insert(into.clone(), found);
+        }
+        Ok(targets)
     }
 
     /// A customer's reply: its intent, applied through the lifecycle, with
@@ -639,6 +986,9 @@ impl Run<'_> {
             _ if state == CaseState::Closed => {
                 reopen = true;
             }
+            _ if state == CaseState::Merged => {
+                forward = !self.forward_to_merge_target(&mut work, mail, received_at, blobs)?;
+            }
             _ if state == CaseState::WaitingOnCustomer => {
                 if let Err(error) = self.step(
                     &mut work,
@@ -708,6 +1058,58 @@ impl Run<'_> {
         Ok((work, forward))
     }
 
+    /// Forwards a customer's mail on a merged case to the department of the
+    /// case it was merged into (following further merges), which handles
+    /// the matter now, and notes it on that case. `false` when there is no
+    /// such department or the forward cannot be built: the mail then goes
+    /// to the merged case's own department, as on any case.
+    fn forward_to_merge_target(
+        &self,
+        work: &mut Work,
+        mail: &IncomingMail,
+        received_at: DateTime<Utc>,
+        blobs: &[AttachmentBlob],
+    ) -> Result<bool, EngineError> {
+        let mut target = work.case.clone();
+        for _ in 0..MERGE_DEPTH {
+            let Some(into) = merged_into(&target) else {
+                break;
+            };
+            match self.current_case(&into)? {
+                Some(next) => target = next,
+                None => break,
+            }
+        }
+        let department = target.assignment.as_ref().map(|a| a.department.clone());
+        let Some(department) = department.filter(|_| target.id != work.case.id) else {
+            work.events.push(self.event(EventKind::Note {
+                text: "the case this one was merged into has no department: the reply goes to this case's department".to_owned(),
+            }));
+            return Ok(false);
+        };
+        if let Err(error) = self.forward_to(work, &department, mail, received_at, blobs) {
+            work.events
+                .push(self.event(EventKind::Note { text: error }));
+            return Ok(false);
+        }
+        work.events.push(self.event(EventKind::Note {
+            text: format!(
+                "the case was merged into {}: the reply is forwarded to its department {department}",
+                target.id
+            ),
+        }));
+        work.other_events.push((
+            target.id.clone(),
+            self.event(EventKind::Note {
+                text: format!(
+                    "the complainant of case {}, merged into this case, wrote again; the mail was forwarded to department {department}",
+                    work.case.id
+                ),
+            }),
+        ));
+        Ok(true)
+    }
+
     /// Records a customer's request the lifecycle refuses, and tells them.
     fn refuse(&self, work: &mut Work, base: &Case, mail: &IncomingMail, reason: String) {
         let from = mail
@@ -773,6 +1175,9 @@ impl Run<'_> {
         for event in work.events {
             changes.append_event(&case_ref, event);
         }
+        for (other, event) in work.other_events {
+            changes.append_event(&CaseRef::Existing(other), event);
+        }
         changes.link_message(&case_ref)?;
         store_texts_and_attachments(&mut changes, &case_ref, mail, blobs);
         work.clocks.write(&mut changes, &case_ref, &case);
@@ -780,6 +1185,9 @@ impl Run<'_> {
         for mut plan in work.mails {
             plan.case = Some(case.clone());
             changes.queue_mail(&case_ref, plan.into_draft(&envelope_from))?;
+        }
+        for (other, plan) in work.other_mails {
+            changes.queue_mail(&CaseRef::Existing(other), plan.into_draft(&envelope_from))?;
         }
         self.pending_cases.insert(case_id.clone(), case);
         let id = mail.message_id.clone();
@@ -791,6 +1199,39 @@ impl Run<'_> {
             Pending::Done(outcome),
         );
         Ok(())
+    }
+}
+
+/// The open case, other than `case`, that a `merge:` line names.
+fn merge_target<'t>(
+    case: &Case,
+    written: &str,
+    targets: &'t HashMap<String, Option<Case>>,
+) -> Result<&'t Case, String> {
+    let Some(Some(target)) = targets.get(written) else {
+        return Err(format!("there is no case {written}"));
+    };
+    if target.id == case.id {
+        return Err("a case cannot be merged into itself".to_owned());
+    }
+    if !target.state.is_open() {
+        return Err(format!(
+            "case {} is {}; a case can be merged only into one that is still open",
+            target.id,
+            words(target.state)
+        ));
+    }
+    Ok(target)
+}
+
+/// The case a merged case was merged into.
+fn merged_into(case: &Case) -> Option<CaseId> {
+    if case.state != CaseState::Merged {
+        return None;
+    }
+    match case.fields.get("merged_into") {
+        Some(FieldValue::Text(number)) => Some(CaseId(number.clone())),
+        _ => None,
     }
 }
 
