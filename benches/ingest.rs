@@ -27,6 +27,10 @@ use anyhow::{bail, ensure, Context, Result};
 use complaintd::metrics::Metrics;
 use daemon_support::*;
 
+/// The daemon's allocator (`src/main.rs`), so the figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Complaint texts of the default policy's kinds: (subject, body).
 const KINDS: [(&str, &str); 5] = [
     (

@@ -21,9 +21,3 @@ pub mod simulate;
 pub mod smtp;
 pub mod store;
 pub mod tls;
-
-/// mimalloc for every binary built on the library (the daemon, its tests and
-/// benchmarks): with glibc's allocator, allocation was about a quarter of the
-/// ingest's CPU time (docs/PERFORMANCE.md, "Ingest").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
