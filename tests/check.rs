@@ -94,6 +94,10 @@ diagnostic_snapshot!(
     &format!("{ROUTE}deadline resolve {{\n    calendar ofice\n    starts on received\n    stops on resolved\n    otherwise -> 3 working days\n}}\n")
 );
 diagnostic_snapshot!(
+    unknown_calendar_in_an_arrival_condition,
+    &format!("{ROUTE}deadline forward {{\n    calendar office\n    starts on received\n    stops on resolved\n    when received in hours of ofice -> 30 working minutes\n    otherwise -> until end of day\n}}\n")
+);
+diagnostic_snapshot!(
     unknown_template,
     &format!("{ROUTE}deadline resolve {{\n    starts on received\n    stops on resolved\n    otherwise -> 3 days\n}}\nescalate resolve {{\n    at 50% notify assignee using remider\n}}\n")
 );
