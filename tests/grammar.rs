@@ -641,8 +641,14 @@ fn bare_paths_are_flags_and_always_is_true() {
 fn arrival_conditions_name_a_calendar() {
     let forms = [
         ("received in hours of office", ArrivalTest::InHours),
-        ("received on a working day of office", ArrivalTest::OnWorkingDay),
-        ("received on working day of office", ArrivalTest::OnWorkingDay),
+        (
+            "received on a working day of office",
+            ArrivalTest::OnWorkingDay,
+        ),
+        (
+            "received on working day of office",
+            ArrivalTest::OnWorkingDay,
+        ),
     ];
     for (written, wanted) in forms {
         let (expr, text) = condition(written);

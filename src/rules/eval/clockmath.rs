@@ -65,9 +65,10 @@ pub fn due_after(
     match calendar {
         Some(calendar) => calendar_add(calendar, start, duration),
         None if duration.unit.is_business() => Err(no_calendar(duration)),
-        None if duration.unit == DurationUnit::EndOfDay => {
-            Err("`until end of day` needs a calendar for its time zone, but no calendar applies".to_owned())
-        }
+        None if duration.unit == DurationUnit::EndOfDay => Err(
+            "`until end of day` needs a calendar for its time zone, but no calendar applies"
+                .to_owned(),
+        ),
         None => {
             let due = start + elapsed(duration);
             Ok((
