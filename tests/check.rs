@@ -186,6 +186,16 @@ diagnostic_snapshot!(
 );
 
 #[test]
+fn until_end_of_day_needs_a_calendar() {
+    let policy = "severity general < major\ncategory other\nchannel own\ndepartment service <s@corp.example>\nroute {\n    otherwise -> service\n}\ndeadline same_day {\n    starts on received\n    stops on resolved\n    otherwise -> until end of day\n}\n";
+    let checked = check_files(&[("policy.rules", policy)]);
+    insta::assert_snapshot!(
+        "until_end_of_day_needs_a_calendar",
+        render_all(&checked.diagnostics, &checked.sources)
+    );
+}
+
+#[test]
 fn missing_template_files_are_named() {
     let mut sources = SourceMap::new();
     let text = format!("{BASE}languages zh en\n{ROUTE}");

@@ -1642,3 +1642,16 @@ fn an_arrival_condition_reads_when_the_case_arrived_not_now() {
         "2026-11-28T15:00:00+08:00"
     ));
 }
+
+#[test]
+fn until_end_of_day_in_a_zone_whose_midnight_is_skipped_is_the_first_instant_after() {
+    // Chile moves its clocks from 00:00 to 01:00 on Sunday 2026-09-06: the
+    // midnight that ends Saturday does not exist. The clock is still due
+    // then: at 01:00 -03:00, the first instant after the gap (the instant
+    // Saturday's zone would call 00:00 -04:00), not an error or 23:00.
+    let text = ARRIVAL_POLICY.replace("Asia/Shanghai", "America/Santiago");
+    let policy = policy_with(&text, Limits::default());
+    let (tags, due) = arrive(&policy, "2026-09-05T20:00:00-04:00");
+    assert!(tags.is_empty(), "{tags:?}");
+    assert_eq!(due, at("2026-09-06T01:00:00-03:00"));
+}
