@@ -27,6 +27,10 @@ use anyhow::{bail, ensure, Context, Result};
 use complaintd::metrics::Metrics;
 use daemon_support::*;
 
+/// The daemon's allocator (`src/main.rs`), so the figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Complaint texts of the default policy's kinds: (subject, body).
 const KINDS: [(&str, &str); 5] = [
     (
@@ -61,6 +65,8 @@ struct Args {
     send: bool,
     /// Messages per IMAP fetch, and so per engine ingest (one transaction).
     batch: usize,
+    /// Feed the engine directly (no mail stack, no daemon): the engine's own rate.
+    engine_only: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -73,6 +79,7 @@ fn parse_args() -> Result<Args> {
             samples: 50,
             send: false,
             batch: 500,
+            engine_only: false,
         }
     } else {
         Args {
@@ -80,6 +87,7 @@ fn parse_args() -> Result<Args> {
             samples: 3,
             send: false,
             batch: 100,
+            engine_only: false,
         }
     };
     let mut given = std::env::args().skip(1);
@@ -88,10 +96,14 @@ fn parse_args() -> Result<Args> {
             "--mails" => args.mails = given.next().context("--mails N")?.parse()?,
             "--samples" => args.samples = given.next().context("--samples K")?.parse()?,
             "--send" => args.send = true,
+            "--engine-only" => args.engine_only = true,
             "--batch" => args.batch = given.next().context("--batch N")?.parse()?,
             "--bench" => {}
             other => {
-                bail!("unknown argument {other}; use --mails N, --samples K, --send, --batch N")
+                bail!(
+                    "unknown argument {other}; use --mails N, --samples K, --send, --batch N, \
+                 --engine-only"
+                )
             }
         }
     }
@@ -100,6 +112,9 @@ fn parse_args() -> Result<Args> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
+    if args.engine_only {
+        return engine_only(args.mails, args.batch);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -232,6 +247,91 @@ async fn throughput(
         mails as f64 / working.as_secs_f64()
     );
     Ok(())
+}
+
+/// The engine alone: the bulk complaints handed to `Engine::ingest` in batches of `batch`,
+/// as the daemon's IMAP task would, on a fresh store with the default policy.
+fn engine_only(mails: usize, batch: usize) -> Result<()> {
+    use complaintd::clock::SystemClock;
+    use complaintd::engine::{Engine, EngineSettings, RawMessage};
+    use complaintd::mail::token::ReplySecret;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let settings = EngineSettings {
+        rules_dir: root.join("rules"),
+        complaint_address: COMPLAINTS.into(),
+        sender_address: COMPLAINTS.into(),
+        own_addresses: Vec::new(),
+        reply_secret: ReplySecret::new(b"engine-only-bench-secret-0123456789".to_vec())?,
+        token_valid_days: 90,
+        message_id_host: "example.test".into(),
+        acks_per_sender_per_hour: 100,
+        case_prefix: "TS".into(),
+        case_number_width: 6,
+        time_zone: chrono_tz::Asia::Shanghai,
+        max_message_bytes: 1024 * 1024,
+        organisation: "Bench Gas".into(),
+        reopen_window_days: 30,
+    };
+    let engine = Engine::open(settings, &dir.path().join("store"), Arc::new(SystemClock))?;
+    let raws: Vec<Vec<u8>> = (0..mails)
+        .map(|i| {
+            let (subject, body) = KINDS[i % KINDS.len()];
+            complaint(
+                &format!("客户 {i}"),
+                &format!("sender{i}@customers.example"),
+                &format!("{subject}（{i}）"),
+                body,
+                &format!("bulk-{i}@customers.example"),
+            )
+        })
+        .collect();
+    let cpu_before = process_cpu_time();
+    let start = Instant::now();
+    let mut uid = 0u32;
+    for chunk in raws.chunks(batch.max(1)) {
+        let messages = chunk
+            .iter()
+            .map(|raw| {
+                uid += 1;
+                (uid, RawMessage::full(raw.clone()))
+            })
+            .collect();
+        engine.ingest("complaints", "email", 1, messages)?;
+    }
+    let elapsed = start.elapsed();
+    let cpu = process_cpu_time() - cpu_before;
+    let store = engine.store();
+    let cases = store.list_cases(&Default::default())?.len();
+    let acks = count_acks(store)?;
+    ensure!(cases == mails, "{cases} cases for {mails} complaints");
+    ensure!(
+        acks == mails,
+        "{acks} acknowledgements for {mails} complaints"
+    );
+    println!(
+        "engine only: {mails} complaints in batches of {batch}: {:.2} s => {:.0} msgs/s; \
+         {:.2} s CPU (all threads) => {:.0} µs CPU per message",
+        elapsed.as_secs_f64(),
+        mails as f64 / elapsed.as_secs_f64(),
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / mails as f64
+    );
+    Ok(())
+}
+
+/// CPU time used by this process so far (user and system, all threads).
+fn process_cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
 
 /// Acknowledgements in the outbox (sent or not).

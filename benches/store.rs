@@ -20,6 +20,10 @@ use complaintd::store::{
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tempfile::TempDir;
 
+/// The daemon's allocator (`src/main.rs`), so the figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH: u64 = 100;
 
 fn start() -> DateTime<Utc> {

@@ -7,6 +7,12 @@ use clap::Parser;
 use complaintd::cli::{run, Cli};
 use complaintd::clock::SystemClock;
 
+/// mimalloc rather than glibc's allocator, which was about a quarter of the
+/// ingest's CPU time (docs/PERFORMANCE.md, "Ingest"). It is set here, in the
+/// binary, because a library must leave the choice to whoever links it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Not locked for the whole run: `complaintd run` logs to stderr from many threads.

@@ -12,7 +12,7 @@ use complaintd::rules::eval::CaseHistory;
 use complaintd::store::{
     CaseFilter, CaseRef, ChangeOutcome, ChangeSet, Checkpoint, DeliveryFailure, IngestBatch,
     MailDraft, MailIdentity, MessageRecord, OutboxState, QuarantineRecord, RenderedMail, Store,
-    StoreError, StoreSettings, Timer,
+    StoreError, StoreSettings, Timer, SCHEMA_VERSION,
 };
 use proptest::prelude::*;
 use tempfile::TempDir;
@@ -1222,22 +1222,114 @@ fn a_store_from_a_newer_complaintd_is_refused() {
         let db = sled::open(&path).expect("raw open");
         db.open_tree("meta")
             .expect("meta")
-            .insert("schema_version", &2u32.to_be_bytes())
+            .insert("schema_version", &(SCHEMA_VERSION + 1).to_be_bytes())
             .expect("write");
         db.flush().expect("flush");
     }
     let err = Store::open(&path).expect_err("too new");
+    let newer = SCHEMA_VERSION + 1;
     assert!(
         matches!(
             err,
-            StoreError::SchemaTooNew {
-                found: 2,
-                supported: 1
-            }
+            StoreError::SchemaTooNew { found, supported }
+                if found == newer && supported == SCHEMA_VERSION
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("schema version 2"), "{err}");
+    assert!(
+        err.to_string().contains(&format!("schema version {newer}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_version_1_store_is_migrated_and_keeps_its_event_logs() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("db");
+    let id = CaseId("TS-2026-000001".into());
+    let old_events = [
+        note(t0(), "first"),
+        note(t0() + Duration::minutes(1), "second"),
+    ];
+    {
+        // Plays complaintd with schema version 1: one record per event, the
+        // case's event counter at the next sequence number.
+        let db = sled::open(&path).expect("raw open");
+        db.open_tree("meta")
+            .expect("meta")
+            .insert("schema_version", &1u32.to_be_bytes())
+            .expect("write");
+        let case = Case {
+            id: id.clone(),
+            ..draft("a@x.example", t0(), "停气")
+        };
+        db.open_tree("cases")
+            .expect("cases")
+            .insert(id.0.as_bytes(), serde_json::to_vec(&case).expect("json"))
+            .expect("write");
+        let counters = db.open_tree("counters").expect("counters");
+        let mut year_key = b"c".to_vec();
+        year_key.extend_from_slice(&2u32.to_be_bytes());
+        year_key.extend_from_slice(b"TS");
+        year_key.extend_from_slice(&((2026u64) ^ (1 << 63)).to_be_bytes());
+        counters
+            .insert(year_key, &1u64.to_be_bytes())
+            .expect("write");
+        let mut prefix = (id.0.len() as u32).to_be_bytes().to_vec();
+        prefix.extend_from_slice(id.0.as_bytes());
+        let mut event_counter = b"e".to_vec();
+        event_counter.extend_from_slice(&prefix);
+        counters
+            .insert(event_counter, &2u64.to_be_bytes())
+            .expect("write");
+        let events = db.open_tree("events").expect("events");
+        for (seq, event) in old_events.iter().enumerate() {
+            let mut key = prefix.clone();
+            key.extend_from_slice(&(seq as u64).to_be_bytes());
+            events
+                .insert(key, serde_json::to_vec(event).expect("json"))
+                .expect("write");
+        }
+        db.flush().expect("flush");
+    }
+
+    let store = Store::open(&path).expect("migrated");
+    assert_eq!(store.events(&id).expect("read"), old_events);
+    // New events follow the old ones, and the next case number follows too.
+    let mut changes = ChangeSet::new();
+    let case_ref = CaseRef::Existing(id.clone());
+    changes.append_event(&case_ref, note(t0() + Duration::minutes(2), "third"));
+    changes.append_event(&case_ref, note(t0() + Duration::minutes(3), "fourth"));
+    store.apply(&changes).expect("commit");
+    let texts: Vec<String> = store
+        .events(&id)
+        .expect("read")
+        .into_iter()
+        .map(|e| match e.kind {
+            EventKind::Note { text } => text,
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    assert_eq!(texts, ["first", "second", "third", "fourth"]);
+    assert_eq!(
+        ingest_new(&store, "<m@x.example>", "b@x.example", t0()),
+        CaseId("TS-2026-000002".into())
+    );
+    drop(store);
+
+    // Opening again migrates nothing twice and keeps everything.
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.events(&id).expect("read").len(), 4);
+    drop(store);
+    let db = sled::open(&path).expect("raw open");
+    assert_eq!(
+        db.open_tree("meta")
+            .expect("meta")
+            .get("schema_version")
+            .expect("read")
+            .map(|v| v.to_vec()),
+        Some(SCHEMA_VERSION.to_be_bytes().to_vec())
+    );
 }
 
 #[test]
@@ -1623,5 +1715,213 @@ proptest! {
     #[test]
     fn random_change_sets_then_reopen_give_a_consistent_store(ops in proptest::collection::vec(op(), 1..40)) {
         run_ops(ops)?;
+    }
+}
+
+/// One case of the batch-history property: who sent it, when (minutes
+/// after `t0`), its category and tag (indexes into small pools).
+#[derive(Debug, Clone)]
+struct HistoryCaseSpec {
+    sender: u8,
+    minutes: u16,
+    category: u8,
+    tag: u8,
+}
+
+fn history_case_spec() -> impl Strategy<Value = HistoryCaseSpec> {
+    (0u8..5, 0u16..600, 0u8..3, 0u8..3).prop_map(|(sender, minutes, category, tag)| {
+        HistoryCaseSpec {
+            sender,
+            minutes,
+            category,
+            tag,
+        }
+    })
+}
+
+const HISTORY_CATEGORIES: [&str; 3] = ["billing", "outage", "service"];
+const HISTORY_TAGS: [&str; 3] = ["crisis", "media", "vip"];
+
+fn history_draft(spec: &HistoryCaseSpec) -> Case {
+    let mut case = draft(
+        &format!("s{}@x.example", spec.sender),
+        t0() + Duration::minutes(i64::from(spec.minutes)),
+        &format!("停气通知 {}", spec.category),
+    );
+    case.fields.insert(
+        "category".into(),
+        FieldValue::Name(HISTORY_CATEGORIES[usize::from(spec.category)].into()),
+    );
+    case.tags.insert(HISTORY_TAGS[usize::from(spec.tag)].into());
+    case
+}
+
+/// What a walk over every case that counts answers: distinct senders in
+/// byte order of the cases with `keep` opened within the window.
+fn walk_answer(
+    cases: &[&Case],
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    keep: impl Fn(&Case) -> bool,
+) -> Vec<String> {
+    cases
+        .iter()
+        .filter(|c| c.created_at >= since && c.created_at <= until && keep(c))
+        .map(|c| c.sender.email.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+fn check_batch_history(
+    stored: Vec<HistoryCaseSpec>,
+    pending: Vec<HistoryCaseSpec>,
+    updates: Vec<(u8, u8, u8)>,
+    exclude: Option<(bool, u8)>,
+    windows: Vec<(u16, u16)>,
+    late: HistoryCaseSpec,
+) -> Result<(), TestCaseError> {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let mut stored_ids = Vec::new();
+    for spec in &stored {
+        let mut changes = ChangeSet::new();
+        let handle = changes.new_case(history_draft(spec)).expect("case");
+        let outcome = store.apply(&changes).expect("commit");
+        stored_ids.push(outcome.case_id(&handle).expect("numbered"));
+    }
+    let mut batch = IngestBatch::new();
+    let mut pending_handles = Vec::new();
+    for spec in &pending {
+        let mut changes = ChangeSet::new();
+        pending_handles.push(changes.new_case(history_draft(spec)).expect("case"));
+        batch.push(changes);
+    }
+    // Updates of stored cases in the batch: a new category and tag each
+    // (the last update of a case wins, as in the store).
+    let mut updated: BTreeMap<CaseId, Case> = BTreeMap::new();
+    for (target, category, tag) in updates {
+        if stored_ids.is_empty() {
+            break;
+        }
+        let id = &stored_ids[usize::from(target) % stored_ids.len()];
+        let base = store.case(id).expect("read").expect("stored");
+        let mut next = updated.get(id).cloned().unwrap_or_else(|| base.clone());
+        next.fields.insert(
+            "category".into(),
+            FieldValue::Name(HISTORY_CATEGORIES[usize::from(category)].into()),
+        );
+        next.tags.clear();
+        next.tags.insert(HISTORY_TAGS[usize::from(tag)].into());
+        let mut changes = ChangeSet::new();
+        changes.update_case(&base, next.clone()).expect("update");
+        batch.push(changes);
+        updated.insert(id.clone(), next);
+    }
+    let exclude = match exclude {
+        Some((true, n)) if !stored_ids.is_empty() => Some(CaseRef::Existing(
+            stored_ids[usize::from(n) % stored_ids.len()].clone(),
+        )),
+        Some((false, n)) if !pending_handles.is_empty() => {
+            Some(pending_handles[usize::from(n) % pending_handles.len()].clone())
+        }
+        _ => None,
+    };
+
+    // The cases that count: stored ones as the batch leaves them, pending
+    // new ones, less the one evaluated.
+    let mut all: Vec<(CaseRef, Case)> = Vec::new();
+    for id in &stored_ids {
+        let case = updated
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| store.case(id).expect("read").expect("stored"));
+        all.push((CaseRef::Existing(id.clone()), case));
+    }
+    for (handle, spec) in pending_handles.iter().zip(&pending) {
+        all.push((handle.clone(), history_draft(spec)));
+    }
+    let counted: Vec<&Case> = all
+        .iter()
+        .filter(|(r, _)| Some(r) != exclude.as_ref())
+        .map(|(_, c)| c)
+        .collect();
+
+    let category = |c: &Case, wanted: &str| matches!(c.fields.get("category"), Some(FieldValue::Name(n)) if n == wanted);
+    for (from, length) in windows {
+        let since = t0() + Duration::minutes(i64::from(from));
+        let until = since + Duration::minutes(i64::from(length));
+        // Asked twice through fresh views: the second answer comes from the memo.
+        for _ in 0..2 {
+            let view = batch.history(&store, exclude.as_ref());
+            for wanted in HISTORY_CATEGORIES {
+                prop_assert_eq!(
+                    view.distinct_senders_with_category(wanted, since, until),
+                    walk_answer(&counted, since, until, |c| category(c, wanted))
+                );
+                let fingerprint = complaintd::case::subject_fingerprint(&format!(
+                    "停气通知 {}",
+                    HISTORY_CATEGORIES
+                        .iter()
+                        .position(|c| *c == wanted)
+                        .unwrap_or(0)
+                ));
+                prop_assert_eq!(
+                    view.distinct_senders_with_subject(&fingerprint, since, until),
+                    walk_answer(&counted, since, until, |c| {
+                        complaintd::case::subject_fingerprint(&c.subject) == fingerprint
+                    })
+                );
+            }
+            for wanted in HISTORY_TAGS {
+                prop_assert_eq!(
+                    view.distinct_senders_with_tag(wanted, since, until),
+                    walk_answer(&counted, since, until, |c| c.tags.contains(wanted))
+                );
+            }
+        }
+    }
+
+    // A commit after the questions makes the remembered walks stale: the
+    // next question sees the new case.
+    let (since, until) = (t0(), t0() + Duration::minutes(600));
+    let view = batch.history(&store, exclude.as_ref());
+    for wanted in HISTORY_CATEGORIES {
+        prop_assert_eq!(
+            view.distinct_senders_with_category(wanted, since, until),
+            walk_answer(&counted, since, until, |c| category(c, wanted))
+        );
+    }
+    let mut changes = ChangeSet::new();
+    changes.new_case(history_draft(&late)).expect("case");
+    store.apply(&changes).expect("commit");
+    let late_case = history_draft(&late);
+    let mut with_late = counted.clone();
+    with_late.push(&late_case);
+    let view = batch.history(&store, exclude.as_ref());
+    for wanted in HISTORY_CATEGORIES {
+        prop_assert_eq!(
+            view.distinct_senders_with_category(wanted, since, until),
+            walk_answer(&with_late, since, until, |c| category(c, wanted))
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// The batch's remembered index walks answer exactly what a walk over
+    /// the stored cases (as the batch leaves them) and the pending ones does.
+    #[test]
+    fn batch_history_answers_equal_a_walk_over_the_cases(
+        stored in proptest::collection::vec(history_case_spec(), 0..12),
+        pending in proptest::collection::vec(history_case_spec(), 0..8),
+        updates in proptest::collection::vec((any::<u8>(), 0u8..3, 0u8..3), 0..4),
+        exclude in proptest::option::of((any::<bool>(), any::<u8>())),
+        windows in proptest::collection::vec((0u16..600, 0u16..600), 1..4),
+        late in history_case_spec(),
+    ) {
+        check_batch_history(stored, pending, updates, exclude, windows, late)?;
     }
 }

@@ -11,6 +11,12 @@
 //! bounces are recorded on their case if they have one and never answered;
 //! loops and duplicates are not acted on.
 //!
+//! Parsing depends on nothing but a message's bytes, so a fetch's messages
+//! are parsed on all cores first; everything after that (classification,
+//! evaluation with the batch's history, the change sets) runs in UID order,
+//! and the store renders the batch's mails on all cores before its one
+//! transaction.
+//!
 //! A reply to a complaint that opened a case earlier in the same fetch needs
 //! that case's number, which exists only once committed: the batch is then
 //! committed up to the message before the reply (with the checkpoint at that
@@ -35,7 +41,9 @@ use super::timers::state_after;
 use super::{Engine, EngineError};
 use crate::case::{Address, Because, Case, CaseId, Event, EventKind};
 use crate::mail::classify::{classify, ClassifyContext, MailKind, UnverifiedReason};
-use crate::mail::inbound::{self, content_hash_id, AttachmentBlob, IncomingMail};
+use crate::mail::inbound::{
+    self, content_hash_id, AttachmentBlob, IncomingMail, ParseError, ParsedMail,
+};
 use crate::mail::outbound::{OutgoingAttachment, ACKNOWLEDGEMENT};
 use crate::mail::template::MailView;
 use crate::mail::token::TokenError;
@@ -200,8 +208,9 @@ impl Engine {
             },
         };
         let mut result = Ok(());
-        for (uid, raw) in messages {
-            result = run.message(uid, raw);
+        let max_bytes = self.settings.max_message_bytes;
+        for (uid, raw, parsed) in parse_all(messages, max_bytes) {
+            result = run.message(uid, raw, parsed);
             if result.is_err() {
                 break;
             }
@@ -254,12 +263,16 @@ struct Run<'e> {
 }
 
 impl Run<'_> {
-    fn message(&mut self, uid: u32, raw: RawMessage) -> Result<(), EngineError> {
-        let max = self.engine.settings.max_message_bytes;
-        if !raw.complete || raw.size > max || raw.bytes.len() as u64 > max {
+    fn message(
+        &mut self,
+        uid: u32,
+        raw: RawMessage,
+        parsed: Option<Result<ParsedMail, ParseError>>,
+    ) -> Result<(), EngineError> {
+        let Some(parsed) = parsed else {
             return self.oversized(uid, raw);
-        }
-        match inbound::parse(&raw.bytes) {
+        };
+        match parsed {
             Err(error) => {
                 let id = content_hash_id(&raw.bytes);
                 let size = raw.size;
@@ -1084,6 +1097,57 @@ impl Run<'_> {
     }
 }
 
+/// A fetched message with what parsing made of it (`None`: too large to
+/// parse; only its headers are kept).
+type Fetched = (u32, RawMessage, Option<Result<ParsedMail, ParseError>>);
+
+/// Fewer messages than this are parsed on the calling thread alone.
+const PARALLEL_PARSE_FROM: usize = 16;
+
+/// Parses a fetch's messages, on all cores when there are many. Parsing
+/// depends on nothing but the bytes, so only what follows is done in UID
+/// order.
+fn parse_all(messages: Vec<(u32, RawMessage)>, max_bytes: u64) -> Vec<Fetched> {
+    let parse_one = |(uid, raw): (u32, RawMessage)| -> Fetched {
+        let oversized = !raw.complete || raw.size > max_bytes || raw.bytes.len() as u64 > max_bytes;
+        let parsed = (!oversized).then(|| inbound::parse(&raw.bytes));
+        (uid, raw, parsed)
+    };
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(messages.len() / PARALLEL_PARSE_FROM)
+        .max(1);
+    if workers == 1 {
+        return messages.into_iter().map(parse_one).collect();
+    }
+    let chunk = messages.len().div_ceil(workers);
+    let mut chunks: Vec<Vec<(u32, RawMessage)>> = Vec::with_capacity(workers);
+    let mut rest = messages.into_iter();
+    loop {
+        let part: Vec<_> = rest.by_ref().take(chunk).collect();
+        if part.is_empty() {
+            break;
+        }
+        chunks.push(part);
+    }
+    let parse_one = &parse_one;
+    std::thread::scope(|scope| {
+        let mut chunks = chunks.into_iter();
+        let own = chunks.next().unwrap_or_default();
+        let handles: Vec<_> = chunks
+            .map(|part| scope.spawn(move || part.into_iter().map(parse_one).collect::<Vec<_>>()))
+            .collect();
+        let mut out: Vec<Fetched> = own.into_iter().map(parse_one).collect();
+        for handle in handles {
+            match handle.join() {
+                Ok(parsed) => out.extend(parsed),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
+}
+
 /// Whether an unverified claim looks like someone posing as a department
 /// (a security alert) rather than a department writing the wrong way.
 fn is_attack(reason: &UnverifiedReason) -> bool {
@@ -1157,6 +1221,40 @@ fn header_section_len(raw: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fetch_is_parsed_in_parallel_and_kept_in_uid_order() {
+        let messages: Vec<(u32, RawMessage)> = (1..=100u32)
+            .map(|uid| {
+                let raw = match uid % 3 {
+                    0 => RawMessage::full(b"   ".to_vec()),
+                    1 => RawMessage::headers_only(b"Subject: big\r\n\r\n".to_vec(), 1 << 30),
+                    _ => RawMessage::full(
+                        format!(
+                            "From: c{uid}@x.example\r\nMessage-ID: <m{uid}@x.example>\r\n\
+                             Subject: s{uid}\r\n\r\nbody {uid}\r\n"
+                        )
+                        .into_bytes(),
+                    ),
+                };
+                (uid, raw)
+            })
+            .collect();
+        let parsed = parse_all(messages, 1024 * 1024);
+        assert_eq!(
+            parsed.iter().map(|(uid, _, _)| *uid).collect::<Vec<_>>(),
+            (1..=100).collect::<Vec<_>>()
+        );
+        for (uid, _, result) in &parsed {
+            match (uid % 3, result) {
+                (0, Some(Err(ParseError::Empty))) | (1, None) => {}
+                (2, Some(Ok(mail))) => {
+                    assert_eq!(mail.mail.message_id, format!("m{uid}@x.example"))
+                }
+                (_, other) => panic!("message {uid}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn the_header_section_ends_at_the_blank_line() {

@@ -17,8 +17,10 @@ use sha2::{Digest, Sha256};
 
 use super::engine_ops::{self, ExtraOp};
 use super::error::StoreError;
+use super::history::HistoryMemo;
 use super::keys;
 use super::outbox::{mail_identity, put_entry, MailDraft, OutboxEntry, OutboxState};
+use super::prerender::{prepared_for, prepared_message_id, PreparedMail, Prerendered};
 use super::records::{
     normalize_message_id, AttachmentRecord, Checkpoint, MessageRecord, QuarantineRecord, Timer,
     TimerSlot,
@@ -108,11 +110,11 @@ struct QuarantineOp {
 #[derive(Debug, Clone, Default)]
 pub struct ChangeSet {
     message: Option<IncomingMessage>,
-    new_cases: Vec<(NewCaseKey, Case)>,
+    pub(super) new_cases: Vec<(NewCaseKey, Case)>,
     updates: Vec<(Case, Case)>,
     events: Vec<(CaseRef, Event)>,
     timers: Vec<TimerOp>,
-    mails: Vec<(Option<CaseRef>, MailDraft)>,
+    pub(super) mails: Vec<(Option<CaseRef>, MailDraft)>,
     attachments: Vec<AttachmentOp>,
     acks: Vec<(String, i64)>,
     quarantine: Option<QuarantineOp>,
@@ -363,6 +365,8 @@ fn sort_slots(slots: &mut Vec<TimerSlot>) {
 pub struct IngestBatch {
     pub(crate) checkpoint: Option<(String, Checkpoint)>,
     pub(crate) changes: Vec<ChangeSet>,
+    /// Stored index ranges the batch's history questions walked.
+    pub(crate) memo: HistoryMemo,
 }
 
 impl IngestBatch {
@@ -541,12 +545,30 @@ impl Store {
         for change_set in changes {
             change_set.check()?;
         }
+        let prerendered = self.prerender(changes);
+        self.commit_prerendered(checkpoint, changes, &prerendered)
+    }
+
+    /// Commits change sets whose mails were (perhaps) rendered ahead.
+    pub(super) fn commit_prerendered(
+        &self,
+        checkpoint: Option<(&str, Checkpoint)>,
+        changes: &[&ChangeSet],
+        prerendered: &[Vec<Option<Prerendered>>],
+    ) -> Result<CommitReport, StoreError> {
         let settings = self.settings();
         self.transact(|tx| {
             let mut new_ids = HashMap::new();
             let mut outcomes = Vec::with_capacity(changes.len());
-            for change_set in changes {
-                outcomes.push(apply_changes(tx, settings, change_set, &mut new_ids)?);
+            for (index, change_set) in changes.iter().enumerate() {
+                let prepared = prerendered.get(index).map_or(&[][..], Vec::as_slice);
+                outcomes.push(apply_changes(
+                    tx,
+                    settings,
+                    change_set,
+                    prepared,
+                    &mut new_ids,
+                )?);
             }
             if let Some((mailbox, checkpoint)) = checkpoint {
                 let key = mailbox.as_bytes().to_vec();
@@ -594,6 +616,7 @@ fn apply_changes(
     tx: &Tx<'_>,
     settings: &StoreSettings,
     changes: &ChangeSet,
+    prerendered: &[Option<Prerendered>],
     new_ids: &mut HashMap<NewCaseKey, CaseId>,
 ) -> TxResult<ChangeOutcome> {
     if let Some(message) = &changes.message {
@@ -636,12 +659,15 @@ fn apply_changes(
         apply_timer_op(tx, &mut resolver, op)?;
     }
 
-    for (case, draft) in &changes.mails {
+    for (index, (case, draft)) in changes.mails.iter().enumerate() {
         let id = match case {
             Some(case) => Some(resolver.resolve(tx, case)?),
             None => None,
         };
-        applied.mails.push(queue_mail(tx, id.as_ref(), draft)?);
+        let prepared = prerendered.get(index).and_then(Option::as_ref);
+        applied
+            .mails
+            .push(queue_mail(tx, id.as_ref(), draft, prepared)?);
     }
 
     for op in &changes.attachments {
@@ -785,13 +811,11 @@ fn write_case(tx: &Tx<'_>, old: Option<&Case>, case: &Case) -> TxResult<()> {
     tx.put_json(TreeId::Cases, keys::case_key(&case.id), case)
 }
 
-/// Appends an event to a case's log and returns its sequence number.
-pub(crate) fn append_event(tx: &Tx<'_>, case: &CaseId, event: &Event) -> TxResult<u64> {
-    let key = keys::event_sequence_key(case);
-    let seq = tx.counter(TreeId::Counters, &key)?;
-    tx.put_json(TreeId::Events, keys::event_key(case, seq), event)?;
-    tx.set_counter(TreeId::Counters, key, seq + 1)?;
-    Ok(seq)
+/// Appends an event to a case's log; the transaction writes each case's
+/// appended events as one record when its body is done.
+pub(crate) fn append_event(tx: &Tx<'_>, case: &CaseId, event: &Event) -> TxResult<()> {
+    tx.append_event(case, event);
+    Ok(())
 }
 
 fn clock_slots(tx: &Tx<'_>, case: &CaseId, deadline: &str) -> TxResult<Vec<TimerSlot>> {
@@ -862,7 +886,12 @@ fn apply_timer_op(tx: &Tx<'_>, resolver: &mut Resolver<'_>, op: &TimerOp) -> TxR
     }
 }
 
-fn queue_mail(tx: &Tx<'_>, case: Option<&CaseId>, draft: &MailDraft) -> TxResult<QueuedMail> {
+fn queue_mail(
+    tx: &Tx<'_>,
+    case: Option<&CaseId>,
+    draft: &MailDraft,
+    prerendered: Option<&Prerendered>,
+) -> TxResult<QueuedMail> {
     let seq_key = keys::mail_sequence_key(case, &draft.purpose);
     let sequence = tx.counter(TreeId::Counters, &seq_key)? + 1;
     tx.set_counter(TreeId::Counters, seq_key, sequence)?;
@@ -885,8 +914,14 @@ fn queue_mail(tx: &Tx<'_>, case: Option<&CaseId>, draft: &MailDraft) -> TxResult
         outbox_id: identity.outbox_id.clone(),
         reason,
     };
-    let rendered = (draft.render)(&identity).map_err(render_error).or_abort()?;
-    let message_id = normalize_message_id(&rendered.message_id);
+    // The mail rendered ahead for this very identity, else rendered now.
+    let rendered = match prepared_for(prerendered, &identity) {
+        Some(result) => result.clone(),
+        None => (draft.render)(&identity).map(PreparedMail::from),
+    }
+    .map_err(render_error)
+    .or_abort()?;
+    let message_id = prepared_message_id(&rendered);
     if message_id.is_empty() {
         return abort(render_error("the rendered mail has no Message-ID".into()));
     }

@@ -5,8 +5,14 @@
 //! [`StoreHistory`] (for a stored case, which it leaves out), and
 //! [`BatchHistory`] (for a case evaluated while a batch is being built: the
 //! batch's pending cases count as if committed).
+//!
+//! Every message of a fetch asks the same distinct-sender questions over the
+//! same window (it ends at the fetch's `now`), so a batch walks each stored
+//! index range once and keeps a summary ([`HistoryMemo`]) that is valid
+//! while the store has not committed since.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
@@ -189,6 +195,91 @@ impl Store {
     }
 }
 
+/// The stored cases of one index term in one window, by sender.
+#[derive(Debug, Default)]
+struct SenderSummary {
+    /// Distinct senders in byte order, with how many of their cases are in the window.
+    senders: Vec<(String, u32)>,
+    /// Each case's position in `senders`.
+    cases: HashMap<CaseId, usize>,
+}
+
+impl SenderSummary {
+    fn of(hits: Vec<Hit>) -> SenderSummary {
+        let mut by_sender: std::collections::BTreeMap<String, Vec<CaseId>> = Default::default();
+        for hit in hits {
+            by_sender.entry(hit.sender).or_default().push(hit.case);
+        }
+        let mut summary = SenderSummary::default();
+        for (position, (sender, cases)) in by_sender.into_iter().enumerate() {
+            let count = u32::try_from(cases.len()).unwrap_or(u32::MAX);
+            summary
+                .cases
+                .extend(cases.into_iter().map(|case| (case, position)));
+            summary.senders.push((sender, count));
+        }
+        summary
+    }
+}
+
+/// Which stored index range a summary answers for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct MemoKey {
+    tree: TreeId,
+    term: String,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+}
+
+/// Summaries of stored index ranges asked about while a batch is built, each
+/// with the store generation it was read at; a commit in between makes it stale.
+#[derive(Default)]
+pub(crate) struct HistoryMemo {
+    summaries: Mutex<HashMap<MemoKey, (u64, Arc<SenderSummary>)>>,
+}
+
+impl HistoryMemo {
+    fn summary(&self, store: &Store, key: MemoKey) -> Arc<SenderSummary> {
+        let generation = store.generation();
+        let remembered = self
+            .summaries
+            .lock()
+            .ok()
+            .and_then(|memo| memo.get(&key).cloned());
+        if let Some((seen_at, summary)) = remembered {
+            if seen_at == generation {
+                return summary;
+            }
+        }
+        let result = store.index_hits(key.tree, &key.term, key.since, key.until);
+        let failed = result.is_err();
+        let summary = Arc::new(SenderSummary::of(hits_or_log(result, key.tree.name())));
+        // A failed read is not remembered: the next question tries again.
+        if !failed {
+            if let Ok(mut memo) = self.summaries.lock() {
+                memo.insert(key, (generation, summary.clone()));
+            }
+        }
+        summary
+    }
+}
+
+/// A copy of a batch starts without summaries; they are only a cache.
+impl Clone for HistoryMemo {
+    fn clone(&self) -> Self {
+        HistoryMemo::default()
+    }
+}
+
+impl std::fmt::Debug for HistoryMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries = self.summaries.lock().map_or(0, |memo| memo.len());
+        f.debug_struct("HistoryMemo")
+            .field("entries", &entries)
+            .finish()
+    }
+}
+
 /// [`CaseHistory`] over the store plus the cases pending in a batch that is
 /// being built, leaving out the case being evaluated. A pending update of a
 /// stored case replaces the stored version.
@@ -199,6 +290,7 @@ pub struct BatchHistory<'a> {
     pending_new: Vec<(NewCaseKey, &'a Case)>,
     pending_updates: HashMap<&'a CaseId, &'a Case>,
     exclude: Option<CaseRef>,
+    memo: &'a HistoryMemo,
 }
 
 impl IngestBatch {
@@ -218,6 +310,7 @@ impl IngestBatch {
             pending_new,
             pending_updates,
             exclude: exclude.cloned(),
+            memo: &self.memo,
         }
     }
 }
@@ -260,10 +353,75 @@ impl BatchHistory<'_> {
     }
 }
 
-fn dedup(mut senders: Vec<String>) -> Vec<String> {
-    senders.sort();
-    senders.dedup();
-    senders
+impl BatchHistory<'_> {
+    /// Distinct senders of matching cases in byte order: the stored ones from
+    /// the batch's summary of the index range, less the cases left out (the
+    /// one evaluated, those the batch replaces), plus the pending ones.
+    fn distinct_senders(
+        &self,
+        tree: TreeId,
+        term: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        matches: impl Fn(&Case) -> bool,
+    ) -> Vec<String> {
+        if since > until {
+            return Vec::new();
+        }
+        let excluded_id = match &self.exclude {
+            Some(CaseRef::Existing(id)) => Some(id),
+            _ => None,
+        };
+        let key = MemoKey {
+            tree,
+            term: term.to_owned(),
+            since,
+            until,
+        };
+        let summary = self.memo.summary(self.store, key);
+        let left_out: HashSet<&CaseId> = excluded_id
+            .into_iter()
+            .chain(self.pending_updates.keys().copied())
+            .collect();
+        let mut uncounted: HashMap<usize, u32> = HashMap::new();
+        for case in left_out {
+            if let Some(&position) = summary.cases.get(case) {
+                *uncounted.entry(position).or_default() += 1;
+            }
+        }
+        let mut senders: Vec<String> = summary
+            .senders
+            .iter()
+            .enumerate()
+            .filter(|(position, (_, cases))| *cases > uncounted.get(position).copied().unwrap_or(0))
+            .map(|(_, (sender, _))| sender.clone())
+            .collect();
+        let in_window = |c: &Case| c.created_at >= since && c.created_at <= until && matches(c);
+        let mut pending: Vec<&str> = self
+            .pending_updates
+            .values()
+            .filter(|c| Some(&c.id) != excluded_id && in_window(c))
+            .map(|c| c.sender.email.as_str())
+            .chain(
+                self.pending_new
+                    .iter()
+                    .filter(|(key, c)| self.exclude != Some(CaseRef::New(*key)) && in_window(c))
+                    .map(|(_, c)| c.sender.email.as_str()),
+            )
+            .filter(|sender| {
+                senders
+                    .binary_search_by(|s| s.as_str().cmp(sender))
+                    .is_err()
+            })
+            .collect();
+        if !pending.is_empty() {
+            pending.sort_unstable();
+            pending.dedup();
+            senders.extend(pending.into_iter().map(str::to_owned));
+            senders.sort_unstable();
+        }
+        senders
+    }
 }
 
 impl CaseHistory for BatchHistory<'_> {
@@ -280,11 +438,9 @@ impl CaseHistory for BatchHistory<'_> {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Vec<String> {
-        dedup(
-            self.senders(TreeId::IdxCategory, category, since, until, |c| {
-                category_of(c) == Some(category)
-            }),
-        )
+        self.distinct_senders(TreeId::IdxCategory, category, since, until, |c| {
+            category_of(c) == Some(category)
+        })
     }
 
     fn distinct_senders_with_subject(
@@ -293,11 +449,9 @@ impl CaseHistory for BatchHistory<'_> {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Vec<String> {
-        dedup(
-            self.senders(TreeId::IdxSubject, fingerprint, since, until, |c| {
-                subject_fingerprint(&c.subject) == fingerprint
-            }),
-        )
+        self.distinct_senders(TreeId::IdxSubject, fingerprint, since, until, |c| {
+            subject_fingerprint(&c.subject) == fingerprint
+        })
     }
 
     fn distinct_senders_with_tag(
@@ -306,6 +460,6 @@ impl CaseHistory for BatchHistory<'_> {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Vec<String> {
-        dedup(self.senders(TreeId::IdxTag, tag, since, until, |c| c.tags.contains(tag)))
+        self.distinct_senders(TreeId::IdxTag, tag, since, until, |c| c.tags.contains(tag))
     }
 }

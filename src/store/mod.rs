@@ -15,11 +15,13 @@ mod error;
 mod history;
 mod keys;
 mod outbox;
+mod prerender;
 mod records;
 mod schema;
 mod trees;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -128,6 +130,9 @@ pub struct Store {
     trees: Arc<[sled::Tree]>,
     settings: Arc<StoreSettings>,
     path: Arc<Path>,
+    /// Counts the transactions committed through this handle (and its
+    /// clones), so cached reads can tell they are stale.
+    generation: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -162,6 +167,7 @@ impl Store {
             trees: trees.into(),
             settings: Arc::new(settings),
             path: path.into(),
+            generation: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -182,12 +188,25 @@ impl Store {
         let result = self
             .trees
             .as_ref()
-            .transaction(|view: &Vec<TransactionalTree>| body(&Tx::new(view)));
+            .transaction(|view: &Vec<TransactionalTree>| {
+                let tx = Tx::new(view);
+                let value = body(&tx)?;
+                tx.write_events()?;
+                Ok(value)
+            });
         match result {
-            Ok(value) => Ok(value),
+            Ok(value) => {
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                Ok(value)
+            }
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(StoreError::Storage(e)),
         }
+    }
+
+    /// How many transactions have committed so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Makes every committed change durable (fsync). Blocks.
@@ -265,13 +284,16 @@ impl Store {
 
     /// The event log of a case, oldest first.
     pub fn events(&self, id: &CaseId) -> Result<Vec<Event>, StoreError> {
-        self.tree(TreeId::Events)
+        let mut events = Vec::new();
+        for item in self
+            .tree(TreeId::Events)
             .scan_prefix(keys::event_prefix(id))
-            .map(|item| {
-                let (key, value) = item?;
-                decode(TreeId::Events, &key, &value)
-            })
-            .collect()
+        {
+            let (key, value) = item?;
+            let appended: Vec<Event> = decode(TreeId::Events, &key, &value)?;
+            events.extend(appended);
+        }
+        Ok(events)
     }
 
     /// What the store knows about a Message-ID (angle brackets optional).

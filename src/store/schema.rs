@@ -9,7 +9,12 @@ use super::error::StoreError;
 use super::trees::TreeId;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 1. The first layout.
+/// 2. The events one transaction appends to a case are one record (a JSON
+///    array keyed by the first event's sequence number) instead of one
+///    record per event.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Key of the version in the `meta` tree.
 pub const VERSION_KEY: &[u8] = b"schema_version";
@@ -17,9 +22,40 @@ pub const VERSION_KEY: &[u8] = b"schema_version";
 /// A migration step from version `n` to `n + 1`.
 pub(crate) type Migration = fn(&sled::Db) -> Result<(), StoreError>;
 
-/// `MIGRATIONS[i]` upgrades version `i + 1` to `i + 2`. Version 1 is the
-/// first, so there are none yet; add steps here, never edit shipped ones.
-pub(crate) const MIGRATIONS: &[Migration] = &[];
+/// `MIGRATIONS[i]` upgrades version `i + 1` to `i + 2`. Add steps here,
+/// never edit shipped ones.
+pub(crate) const MIGRATIONS: &[Migration] = &[events_as_groups];
+
+/// Records rewritten per sled batch while migrating.
+const MIGRATION_CHUNK: usize = 10_000;
+
+/// 1 → 2: every single-event record becomes a group of one (a JSON array
+/// holding the event), under the same key. A record that already is an
+/// array is left alone, so a migration interrupted by a crash just runs
+/// again; each chunk is written atomically.
+fn events_as_groups(db: &sled::Db) -> Result<(), StoreError> {
+    let events = db.open_tree(TreeId::Events.name())?;
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
+    for item in events.iter() {
+        let (key, value) = item?;
+        if value.first() == Some(&b'[') {
+            continue;
+        }
+        let mut group = Vec::with_capacity(value.len() + 2);
+        group.push(b'[');
+        group.extend_from_slice(&value);
+        group.push(b']');
+        batch.insert(key, group);
+        in_batch += 1;
+        if in_batch == MIGRATION_CHUNK {
+            events.apply_batch(std::mem::take(&mut batch))?;
+            in_batch = 0;
+        }
+    }
+    events.apply_batch(batch)?;
+    Ok(())
+}
 
 /// Reads the stored version, initialises or migrates, and returns the
 /// version the store now has.

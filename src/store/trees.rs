@@ -1,13 +1,18 @@
 //! The sled trees of the store, and the transaction view that reads and writes them.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::error::StoreError;
+use super::keys;
+use crate::case::{CaseId, Event};
 
 /// Every tree that takes part in transactions. The `meta` tree (schema
 /// version) is kept apart: only opening and migrations write it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum TreeId {
     Cases,
     Events,
@@ -125,11 +130,39 @@ impl<T> OrAbort<T> for Result<T, StoreError> {
 /// All transactional trees inside one transaction.
 pub(crate) struct Tx<'a> {
     trees: &'a [TransactionalTree],
+    /// Events appended in this transaction, per case in the order appended;
+    /// written as one record per case when the transaction's body is done.
+    events: RefCell<BTreeMap<CaseId, Vec<Event>>>,
 }
 
 impl<'a> Tx<'a> {
     pub fn new(trees: &'a [TransactionalTree]) -> Self {
-        Tx { trees }
+        Tx {
+            trees,
+            events: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// Appends an event to a case's log (written by [`Tx::write_events`]).
+    pub fn append_event(&self, case: &CaseId, event: &Event) {
+        self.events
+            .borrow_mut()
+            .entry(case.clone())
+            .or_default()
+            .push(event.clone());
+    }
+
+    /// Writes the events appended in this transaction: one record per case,
+    /// keyed by the sequence number of its first event, holding them all.
+    pub fn write_events(&self) -> TxResult<()> {
+        let appended = std::mem::take(&mut *self.events.borrow_mut());
+        for (case, events) in appended {
+            let counter = keys::event_sequence_key(&case);
+            let first = self.counter(TreeId::Counters, &counter)?;
+            self.put_json(TreeId::Events, keys::event_key(&case, first), &events)?;
+            self.set_counter(TreeId::Counters, counter, first + events.len() as u64)?;
+        }
+        Ok(())
     }
 
     pub fn tree(&self, id: TreeId) -> &TransactionalTree {

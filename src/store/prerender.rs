@@ -1,0 +1,356 @@
+//! Rendering a batch's mails before its transaction, on all cores.
+//!
+//! A mail's bytes depend on its identity (case number, sequence), which the
+//! commit allocates. Commits are serialised and the store is their only
+//! writer, so the identities a batch will get can be foreseen from the
+//! stored counters: each mail is rendered for its foreseen identity ahead of
+//! the transaction, in parallel. Inside the transaction a mail whose
+//! allocated identity is the foreseen one takes the prepared bytes; any
+//! other (a counter moved meanwhile) is rendered there as before. The
+//! outcome is the same either way, because renderers are pure.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::Datelike;
+
+use super::batch::{CaseRef, ChangeSet, NewCaseKey};
+use super::error::StoreError;
+use super::keys;
+use super::outbox::{mail_identity, MailIdentity, RenderedMail};
+use super::records::normalize_message_id;
+use super::trees::TreeId;
+use super::Store;
+use crate::case::CaseId;
+
+/// A mail rendered ahead of the transaction, for the identity it was foreseen to get.
+#[derive(Debug, Clone)]
+pub(crate) struct Prerendered {
+    pub identity: MailIdentity,
+    /// The renderer's answer (an error aborts the commit only if the
+    /// identity turns out to be the foreseen one).
+    pub result: Result<PreparedMail, String>,
+}
+
+/// A rendered mail whose bytes can be written more than once cheaply (the
+/// transaction may run again).
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedMail {
+    pub message_id: String,
+    pub subject: String,
+    pub bytes: sled::IVec,
+}
+
+impl From<RenderedMail> for PreparedMail {
+    fn from(mail: RenderedMail) -> Self {
+        PreparedMail {
+            message_id: mail.message_id,
+            subject: mail.subject,
+            bytes: sled::IVec::from(mail.bytes),
+        }
+    }
+}
+
+/// Per change set, per queued mail: what was rendered ahead, if anything.
+pub(crate) type PrerenderedMails = Vec<Vec<Option<Prerendered>>>;
+
+/// Fewer mails than this are rendered on the committing thread alone.
+const PARALLEL_FROM: usize = 8;
+
+impl Store {
+    /// Renders the mails of `changes` for the identities they are foreseen
+    /// to get. A read that fails only means nothing is prepared.
+    pub(crate) fn prerender(&self, changes: &[&ChangeSet]) -> PrerenderedMails {
+        let identities = match self.foresee_identities(changes) {
+            Ok(identities) => identities,
+            Err(error) => {
+                tracing::debug!(%error, "mail identities not foreseen; rendering in the commit");
+                return changes.iter().map(|c| vec![None; c.mails.len()]).collect();
+            }
+        };
+        let mut work: Vec<(usize, usize, MailIdentity)> = Vec::new();
+        for (set, mails) in identities.into_iter().enumerate() {
+            for (mail, identity) in mails.into_iter().enumerate() {
+                if let Some(identity) = identity {
+                    work.push((set, mail, identity));
+                }
+            }
+        }
+        let render = |(set, mail, identity): (usize, usize, MailIdentity)| {
+            let draft = &changes[set].mails[mail].1;
+            let result = (draft.render)(&identity).map(PreparedMail::from);
+            (set, mail, Prerendered { identity, result })
+        };
+        let rendered = parallel_map(work, render);
+        let mut out: PrerenderedMails = changes.iter().map(|c| vec![None; c.mails.len()]).collect();
+        for (set, mail, prerendered) in rendered {
+            out[set][mail] = Some(prerendered);
+        }
+        out
+    }
+
+    /// The identity each queued mail would get if the change sets were
+    /// committed now, in order (`None` for a change set that will be skipped
+    /// as a duplicate, or a mail of a case the batch cannot resolve).
+    fn foresee_identities(
+        &self,
+        changes: &[&ChangeSet],
+    ) -> Result<Vec<Vec<Option<MailIdentity>>>, StoreError> {
+        let settings = self.settings();
+        let mut seen_messages: HashSet<String> = HashSet::new();
+        let mut case_counters: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut mail_counters: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut new_ids: HashMap<NewCaseKey, CaseId> = HashMap::new();
+        let mut out = Vec::with_capacity(changes.len());
+        for change_set in changes {
+            if let Some(message_id) = change_set.message_id() {
+                let duplicate = seen_messages.contains(message_id)
+                    || self
+                        .tree(TreeId::MessageIds)
+                        .contains_key(message_id.as_bytes())?;
+                if duplicate {
+                    out.push(vec![None; change_set.mails.len()]);
+                    continue;
+                }
+                seen_messages.insert(message_id.to_owned());
+            }
+            for (key, draft) in &change_set.new_cases {
+                let year = draft
+                    .created_at
+                    .with_timezone(&settings.case_number_tz)
+                    .year();
+                let counter_key = keys::case_sequence_key(&settings.case_prefix, year);
+                let number = match case_counters.get(&counter_key) {
+                    Some(n) => *n,
+                    None => self.stored_counter(&counter_key)?,
+                } + 1;
+                case_counters.insert(counter_key, number);
+                new_ids.insert(
+                    *key,
+                    CaseId(format!(
+                        "{}-{}-{:0width$}",
+                        settings.case_prefix,
+                        year,
+                        number,
+                        width = settings.case_number_width
+                    )),
+                );
+            }
+            let mut identities = Vec::with_capacity(change_set.mails.len());
+            for (case, draft) in &change_set.mails {
+                let id = match case {
+                    None => None,
+                    Some(CaseRef::Existing(id)) => Some(id.clone()),
+                    Some(CaseRef::New(key)) => match new_ids.get(key) {
+                        Some(id) => Some(id.clone()),
+                        None => {
+                            identities.push(None);
+                            continue;
+                        }
+                    },
+                };
+                let counter_key = keys::mail_sequence_key(id.as_ref(), &draft.purpose);
+                let sequence = match mail_counters.get(&counter_key) {
+                    Some(n) => *n,
+                    None => self.stored_counter(&counter_key)?,
+                } + 1;
+                mail_counters.insert(counter_key, sequence);
+                identities.push(
+                    u32::try_from(sequence)
+                        .ok()
+                        .map(|sequence| mail_identity(id.as_ref(), &draft.purpose, sequence)),
+                );
+            }
+            out.push(identities);
+        }
+        Ok(out)
+    }
+
+    fn stored_counter(&self, key: &[u8]) -> Result<u64, StoreError> {
+        match self.tree(TreeId::Counters).get(key)? {
+            None => Ok(0),
+            Some(raw) => <[u8; 8]>::try_from(raw.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::corrupt(TreeId::Counters.name(), key, "not 8 bytes")),
+        }
+    }
+}
+
+/// Whether a prepared mail may stand in for rendering `identity` now.
+pub(crate) fn prepared_for<'p>(
+    prerendered: Option<&'p Prerendered>,
+    identity: &MailIdentity,
+) -> Option<&'p Result<PreparedMail, String>> {
+    prerendered
+        .filter(|p| p.identity == *identity)
+        .map(|p| &p.result)
+}
+
+/// `f` over `items` on up to all cores, results in any order.
+fn parallel_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len().div_ceil(PARALLEL_FROM).max(1));
+    if workers <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let mut chunks: Vec<Vec<T>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        chunks[i % workers].push(item);
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let mut rest = chunks.into_iter();
+        let own = rest.next().unwrap_or_default();
+        let handles: Vec<_> = rest
+            .map(|chunk| scope.spawn(move || chunk.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        let mut out: Vec<R> = own.into_iter().map(f).collect();
+        for handle in handles {
+            match handle.join() {
+                Ok(results) => out.extend(results),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
+}
+
+/// The normalised Message-ID a prepared mail will be recorded under.
+pub(crate) fn prepared_message_id(mail: &PreparedMail) -> String {
+    normalize_message_id(&mail.message_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use chrono::{DateTime, TimeZone, Utc};
+
+    use super::*;
+    use crate::case::{Address, Case};
+    use crate::store::{Checkpoint, IngestBatch, MailDraft};
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0)
+            .single()
+            .expect("valid")
+    }
+
+    /// A renderer that records every identity it renders for.
+    fn recording(calls: &Arc<Mutex<Vec<String>>>) -> MailDraft {
+        let calls = calls.clone();
+        MailDraft::new(
+            "ack",
+            "acknowledgement",
+            "complaints@corp.example",
+            vec!["c@x.example".into()],
+            t0(),
+            move |identity: &MailIdentity| {
+                calls.lock().expect("lock").push(identity.outbox_id.clone());
+                Ok(RenderedMail {
+                    message_id: format!("<{}@corp.example>", identity.outbox_id),
+                    subject: format!("[{}]", identity.outbox_id),
+                    bytes: format!("mail {}", identity.outbox_id).into_bytes(),
+                })
+            },
+        )
+    }
+
+    fn complaint(n: usize, calls: &Arc<Mutex<Vec<String>>>) -> ChangeSet {
+        let mut changes =
+            ChangeSet::for_message(&format!("<m{n}@x.example>"), t0()).expect("message id");
+        let case = changes
+            .new_case(Case::new(
+                CaseId(String::new()),
+                t0(),
+                "email",
+                Address::new("c@x.example", None),
+                "停气",
+                "zh",
+            ))
+            .expect("case");
+        changes.link_message(&case).expect("link");
+        changes.queue_mail(&case, recording(calls)).expect("ack");
+        changes.queue_mail(&case, recording(calls)).expect("ack");
+        changes
+    }
+
+    fn temporary() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("store")).expect("open");
+        (dir, store)
+    }
+
+    #[test]
+    fn a_batch_renders_each_mail_once_ahead_of_the_transaction() {
+        let (_dir, store) = temporary();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut batch = IngestBatch::new();
+        for n in 0..20 {
+            batch.push(complaint(n, &calls));
+        }
+        // A duplicate of the first message in the same batch queues nothing.
+        batch.push(complaint(0, &calls));
+        batch.advance_checkpoint(
+            "INBOX",
+            Checkpoint {
+                uid_validity: 1,
+                last_uid: 21,
+            },
+        );
+        let report = store.commit(&batch).expect("commit");
+        let queued: Vec<String> = report
+            .outcomes
+            .iter()
+            .filter_map(|o| o.applied())
+            .flat_map(|a| a.mails.iter().map(|m| m.outbox_id.clone()))
+            .collect();
+        assert_eq!(queued.len(), 40);
+        let mut rendered = calls.lock().expect("lock").clone();
+        rendered.sort();
+        let mut expected = queued.clone();
+        expected.sort();
+        assert_eq!(rendered, expected, "every mail rendered once, none again");
+        for outbox_id in &queued {
+            assert_eq!(
+                store.outbox_message(outbox_id).expect("read"),
+                Some(format!("mail {outbox_id}").into_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn a_mail_foreseen_wrongly_is_rendered_again_for_its_real_identity() {
+        let (_dir, store) = temporary();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let first = complaint(1, &calls);
+        let prerendered = store.prerender(&[&first]);
+        // Another commit takes the number the first change set was foreseen to get.
+        store.apply(&complaint(2, &calls)).expect("commit");
+        calls.lock().expect("lock").clear();
+        let report = store
+            .commit_prerendered(None, &[&first], &prerendered)
+            .expect("commit");
+        let mails: Vec<String> = report.outcomes[0]
+            .applied()
+            .expect("applied")
+            .mails
+            .iter()
+            .map(|m| m.outbox_id.clone())
+            .collect();
+        assert_eq!(mails, ["TS-2026-000002.ack.1", "TS-2026-000002.ack.2"]);
+        assert_eq!(
+            *calls.lock().expect("lock"),
+            mails,
+            "rendered in the commit"
+        );
+        assert_eq!(
+            store.outbox_message("TS-2026-000002.ack.1").expect("read"),
+            Some(b"mail TS-2026-000002.ack.1".to_vec())
+        );
+        assert_eq!(
+            store.outbox_message("TS-2026-000001.ack.1").expect("read"),
+            Some(b"mail TS-2026-000001.ack.1".to_vec())
+        );
+    }
+}
