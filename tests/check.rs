@@ -94,6 +94,10 @@ diagnostic_snapshot!(
     &format!("{ROUTE}deadline resolve {{\n    calendar ofice\n    starts on received\n    stops on resolved\n    otherwise -> 3 working days\n}}\n")
 );
 diagnostic_snapshot!(
+    unknown_calendar_in_an_arrival_condition,
+    &format!("{ROUTE}deadline forward {{\n    calendar office\n    starts on received\n    stops on resolved\n    when received in hours of ofice -> 30 working minutes\n    otherwise -> until end of day\n}}\n")
+);
+diagnostic_snapshot!(
     unknown_template,
     &format!("{ROUTE}deadline resolve {{\n    starts on received\n    stops on resolved\n    otherwise -> 3 days\n}}\nescalate resolve {{\n    at 50% notify assignee using remider\n}}\n")
 );
@@ -180,6 +184,16 @@ diagnostic_snapshot!(
     all_problems_at_once,
     "route {\n    when category == biling -> qualty\n}\ndeadline resolve {\n    calendar ofice\n    starts on received\n    stops on received\n    otherwise -> 0 hours\n}\nclassify {\n    rule r: when severity == \"major\" then severity >= majr\n}\n"
 );
+
+#[test]
+fn until_end_of_day_needs_a_calendar() {
+    let policy = "severity general < major\ncategory other\nchannel own\ndepartment service <s@corp.example>\nroute {\n    otherwise -> service\n}\ndeadline same_day {\n    starts on received\n    stops on resolved\n    otherwise -> until end of day\n}\n";
+    let checked = check_files(&[("policy.rules", policy)]);
+    insta::assert_snapshot!(
+        "until_end_of_day_needs_a_calendar",
+        render_all(&checked.diagnostics, &checked.sources)
+    );
+}
 
 #[test]
 fn missing_template_files_are_named() {

@@ -1578,3 +1578,197 @@ fn a_deadline_from_an_unset_field_does_not_start_and_says_why() {
         ]
     );
 }
+
+/// Arrival conditions and `until end of day` (developer 5.2.2): the office
+/// calendar of [`POLICY`], with the developer's forwarding rule.
+const ARRIVAL_POLICY: &str = r#"
+severity general < major
+category other
+channel own
+calendar office "Asia/Shanghai" {
+    hours mon..fri 08:30-12:00 14:00-17:30
+    holiday 2026-10-01..2026-10-07 "国庆节"
+    workday 2026-10-10 "调休上班"
+}
+department service "客服" <service@corp.example>
+route {
+    otherwise -> service
+}
+classify {
+    rule in_hours: when received in hours of office then tag in_hours
+    rule working_day: when received on a working day of office then tag working_day
+}
+classify on customer_reply {
+    rule first_mail_in_hours: when received in hours of office then tag first_mail_in_hours
+}
+deadline pass_on {
+    calendar office
+    starts on received
+    stops on forwarded
+    when not received on a working day of office -> until end of day
+    when received in hours of office             -> 30 working minutes
+    otherwise                                    -> 60 working minutes
+}
+"#;
+
+/// The tags and the `pass_on` due time of a complaint arriving at `arrival`.
+fn arrive(policy: &Policy, arrival: &str) -> (Vec<String>, DateTime<Utc>) {
+    let mut complaint = mail("a@example.com", "x", "y");
+    complaint.received_at = at(arrival);
+    let (case, _) = receive(policy, &complaint, "own", &MemoryHistory::default());
+    let tags = tags_of(&case).into_iter().map(str::to_owned).collect();
+    (tags, case.clocks["pass_on"].due)
+}
+
+#[test]
+fn arrival_conditions_tell_hours_after_hours_weekends_holidays_and_make_up_days_apart() {
+    let policy = policy_with(ARRIVAL_POLICY, Limits::default());
+    let cases = [
+        // Tuesday 10:00, in hours: half an hour.
+        (
+            "2026-11-24T10:00:00+08:00",
+            &["in_hours", "working_day"][..],
+            "2026-11-24T10:30:00+08:00",
+        ),
+        // Tuesday 17:20: 10 minutes today, 20 from Wednesday's opening.
+        (
+            "2026-11-24T17:20:00+08:00",
+            &["in_hours", "working_day"][..],
+            "2026-11-25T08:50:00+08:00",
+        ),
+        // Tuesday 19:00, after work: an hour from Wednesday's opening.
+        (
+            "2026-11-24T19:00:00+08:00",
+            &["working_day"][..],
+            "2026-11-25T09:30:00+08:00",
+        ),
+        // Tuesday 07:00, before work: an hour from today's opening.
+        (
+            "2026-11-24T07:00:00+08:00",
+            &["working_day"][..],
+            "2026-11-24T09:30:00+08:00",
+        ),
+        // Tuesday 12:30, the lunch break: an hour from 14:00.
+        (
+            "2026-11-24T12:30:00+08:00",
+            &["working_day"][..],
+            "2026-11-24T15:00:00+08:00",
+        ),
+        // Saturday 15:00, a weekend: due at the end of Saturday.
+        (
+            "2026-11-28T15:00:00+08:00",
+            &[][..],
+            "2026-11-29T00:00:00+08:00",
+        ),
+        // Friday 2026-10-02 10:00, a holiday on a weekday with hours.
+        (
+            "2026-10-02T10:00:00+08:00",
+            &[][..],
+            "2026-10-03T00:00:00+08:00",
+        ),
+        // Saturday 2026-10-10, a make-up day with Monday's hours, 09:00.
+        (
+            "2026-10-10T09:00:00+08:00",
+            &["in_hours", "working_day"][..],
+            "2026-10-10T09:30:00+08:00",
+        ),
+        // The make-up day at 20:00: an hour from Monday 10-12's opening.
+        (
+            "2026-10-10T20:00:00+08:00",
+            &["working_day"][..],
+            "2026-10-12T09:30:00+08:00",
+        ),
+        // 23:59 UTC on Friday 11-27 is 07:59 on Saturday in Shanghai: the
+        // calendar's zone decides the day.
+        ("2026-11-27T23:59:00Z", &[][..], "2026-11-29T00:00:00+08:00"),
+    ];
+    for (arrival, tags, due) in cases {
+        let (got_tags, got_due) = arrive(&policy, arrival);
+        assert_eq!(got_tags, tags, "tags for {arrival}");
+        assert_eq!(got_due, at(due), "due for {arrival}");
+    }
+}
+
+#[test]
+fn an_arrival_condition_records_its_answer_and_the_local_arrival() {
+    let policy = policy_with(ARRIVAL_POLICY, Limits::default());
+    let mut complaint = mail("a@example.com", "x", "y");
+    complaint.received_at = at("2026-11-28T15:00:00+08:00");
+    let (case, evaluation) = receive(&policy, &complaint, "own", &MemoryHistory::default());
+    let verdict = evaluation
+        .trace
+        .iter()
+        .find(|v| v.rule == "in_hours")
+        .expect("the rule was considered");
+    assert!(!verdict.fired);
+    assert_eq!(
+        seen(verdict),
+        [(
+            "received in hours of office".to_owned(),
+            "false (received 2026-11-28T15:00:00+08:00)".to_owned()
+        )]
+    );
+    let started = evaluation
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::StartClock {
+                deadline,
+                duration,
+                counted,
+                ..
+            } if deadline == "pass_on" => Some((duration.clone(), counted.clone())),
+            _ => None,
+        })
+        .expect("the clock started");
+    assert_eq!(started.0, "until end of day");
+    assert_eq!(
+        started.1,
+        "until end of day: 2026-11-28 15:00 → 2026-11-29 00:00 (Asia/Shanghai)"
+    );
+    assert!(!case.clocks["pass_on"].business);
+}
+
+#[test]
+fn an_arrival_condition_reads_when_the_case_arrived_not_now() {
+    let policy = policy_with(ARRIVAL_POLICY, Limits::default());
+    let reply_to = |opened: &str, replied: &str| {
+        let mut complaint = mail("a@example.com", "x", "y");
+        complaint.received_at = at(opened);
+        let (mut case, _) = receive(&policy, &complaint, "own", &MemoryHistory::default());
+        let mut reply = mail("a@example.com", "Re: x", "z");
+        reply.received_at = at(replied);
+        let evaluation = evaluate(
+            &policy,
+            &case,
+            &Input::CustomerReply(&reply),
+            &MemoryHistory::default(),
+            reply.received_at,
+        );
+        apply(&mut case, &evaluation.actions, reply.received_at);
+        case.tags.contains("first_mail_in_hours")
+    };
+    // Opened on Saturday, replied on Tuesday morning: not in hours.
+    assert!(!reply_to(
+        "2026-11-28T15:00:00+08:00",
+        "2026-11-24T10:00:00+08:00"
+    ));
+    // Opened on Tuesday morning, replied on Saturday: in hours.
+    assert!(reply_to(
+        "2026-11-24T10:00:00+08:00",
+        "2026-11-28T15:00:00+08:00"
+    ));
+}
+
+#[test]
+fn until_end_of_day_in_a_zone_whose_midnight_is_skipped_is_the_first_instant_after() {
+    // Chile moves its clocks from 00:00 to 01:00 on Sunday 2026-09-06: the
+    // midnight that ends Saturday does not exist. The clock is still due
+    // then: at 01:00 -03:00, the first instant after the gap (the instant
+    // Saturday's zone would call 00:00 -04:00), not an error or 23:00.
+    let text = ARRIVAL_POLICY.replace("Asia/Shanghai", "America/Santiago");
+    let policy = policy_with(&text, Limits::default());
+    let (tags, due) = arrive(&policy, "2026-09-05T20:00:00-04:00");
+    assert!(tags.is_empty(), "{tags:?}");
+    assert_eq!(due, at("2026-09-06T01:00:00-03:00"));
+}

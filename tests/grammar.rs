@@ -638,6 +638,82 @@ fn bare_paths_are_flags_and_always_is_true() {
 }
 
 #[test]
+fn arrival_conditions_name_a_calendar() {
+    let forms = [
+        ("received in hours of office", ArrivalTest::InHours),
+        (
+            "received on a working day of office",
+            ArrivalTest::OnWorkingDay,
+        ),
+        (
+            "received on working day of office",
+            ArrivalTest::OnWorkingDay,
+        ),
+    ];
+    for (written, wanted) in forms {
+        let (expr, text) = condition(written);
+        let Expr::Arrival {
+            test,
+            calendar,
+            span,
+        } = expr
+        else {
+            panic!("{written}: {expr:?}")
+        };
+        assert_eq!(test, wanted, "{written}");
+        assert_eq!(calendar.node, "office");
+        assert_eq!(cut(&text, calendar.span), "office");
+        assert_eq!(cut(&text, span), written);
+    }
+}
+
+#[test]
+fn arrival_conditions_combine_with_not_and_other_tests() {
+    let (expr, _) =
+        condition("not received on a working day of office or channel == forum and received in hours of office");
+    let Expr::Or(left, right, _) = expr else {
+        panic!()
+    };
+    let Expr::Not(inner, _) = *left else { panic!() };
+    assert!(matches!(
+        *inner,
+        Expr::Arrival {
+            test: ArrivalTest::OnWorkingDay,
+            ..
+        }
+    ));
+    let Expr::And(first, second, _) = *right else {
+        panic!()
+    };
+    assert_eq!(shape(&first), "channel?");
+    assert!(matches!(
+        *second,
+        Expr::Arrival {
+            test: ArrivalTest::InHours,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn received_alone_is_still_a_name() {
+    let (expr, _) = condition("received");
+    assert_eq!(shape(&expr), "received");
+}
+
+#[test]
+fn an_arrival_condition_without_its_calendar_says_so() {
+    assert_eq!(
+        error("classify { rule r: when received in hours then tag t }"),
+        "error: expected `of`, found `then`\n \
+         --> t.rules:1:43\n  \
+         |\n\
+         1 | classify { rule r: when received in hours then tag t }\n  \
+         |                                           ^^^^\n"
+    );
+}
+
+#[test]
 fn header_operands() {
     let (expr, text) = condition("header \"X-Priority\" == \"1\"");
     let Expr::Compare { left, right, .. } = expr else {
@@ -766,6 +842,35 @@ fn every_duration_unit() {
     for (written, amount, unit) in cases {
         assert_eq!(duration(written), Duration { amount, unit }, "{written}");
     }
+}
+
+#[test]
+fn until_end_of_day_is_a_deadline_length() {
+    assert_eq!(
+        duration("until end of day"),
+        Duration {
+            amount: 0,
+            unit: DurationUnit::EndOfDay
+        }
+    );
+    let text = "deadline d {\n    when not received on a working day of office -> until end of day\n    otherwise -> 30 working minutes\n}";
+    let Item::Deadline(d) = items(text).remove(0) else {
+        panic!()
+    };
+    assert_eq!(cut(text, d.durations[0].duration.span), "until end of day");
+    assert_eq!(d.durations[0].duration.node.unit, DurationUnit::EndOfDay);
+}
+
+#[test]
+fn until_end_of_day_is_not_a_window() {
+    assert_eq!(
+        error("classify { rule r: when count(cases from same sender within until end of day) > 1 then tag t }"),
+        "error: expected a number, found `until`\n \
+         --> t.rules:1:61\n  \
+         |\n\
+         1 | classify { rule r: when count(cases from same sender within until end of day) > 1 then tag t }\n  \
+         |                                                             ^^^^^\n"
+    );
 }
 
 // ------------------------------------------------------------------ routing

@@ -40,6 +40,12 @@ impl Calendar {
                 let count = self.add_working_days(start, amount)?;
                 self.explain_working_days(start, amount, &count)?
             }
+            DurationUnit::EndOfDay => format!(
+                "until end of day: {} → {} ({})",
+                self.local_text(start),
+                self.local_text(due),
+                self.zone.name()
+            ),
         };
         if duration.unit.is_business() && due > start {
             self.append_special_days(&mut text, start, due);
@@ -247,6 +253,7 @@ fn amount_text(amount: u32, unit: DurationUnit) -> String {
         DurationUnit::WorkingMinutes => ("working minute", "working minutes"),
         DurationUnit::WorkingHours => ("working hour", "working hours"),
         DurationUnit::WorkingDays => ("working day", "working days"),
+        DurationUnit::EndOfDay => return "until end of day".to_owned(),
     };
     format!("{amount} {}", if amount == 1 { one } else { many })
 }

@@ -326,6 +326,7 @@ impl Calendar {
             DurationUnit::WorkingMinutes => self.add_business_seconds(start, amount * 60),
             DurationUnit::WorkingHours => self.add_business_seconds(start, amount * 3600),
             DurationUnit::WorkingDays => Ok(self.add_working_days(start, duration.amount)?.due),
+            DurationUnit::EndOfDay => self.end_of_local_day(start),
         }
     }
 
@@ -348,7 +349,24 @@ impl Calendar {
             DurationUnit::WorkingMinutes => self.add_business_seconds(end, -amount * 60),
             DurationUnit::WorkingHours => self.add_business_seconds(end, -amount * 3600),
             DurationUnit::WorkingDays => self.subtract_working_days(end, duration.amount),
+            // Not a length: nothing lies "until end of day" before an instant.
+            DurationUnit::EndOfDay => Ok(end),
         }
+    }
+
+    /// The midnight that ends the local day of `at`: 00:00 of the next local
+    /// date (the first instant after it if a DST gap swallows midnight).
+    pub fn end_of_local_day(&self, at: DateTime<Utc>) -> Result<DateTime<Utc>, CalendarError> {
+        self.local_date(at)
+            .succ_opt()
+            .and_then(|next| zone::resolve(self.zone, next.and_time(chrono::NaiveTime::MIN)))
+            .ok_or_else(|| self.out_of_range())
+    }
+
+    /// Whether the local date of `at` is a working day: it has opening hours
+    /// (a holiday or a weekday without hours has none; a make-up day has).
+    pub fn is_working_day_at(&self, at: DateTime<Utc>) -> bool {
+        !self.hours_on(self.local_date(at)).is_empty()
     }
 
     /// Moves a due time later by a pause from `paused_from` to `resumed_at`.

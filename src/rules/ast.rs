@@ -293,6 +293,23 @@ pub enum Expr {
         left: Operand,
         span: Span,
     },
+    /// `received in hours of office`, `received on a working day of office`:
+    /// the case's arrival instant against a declared calendar.
+    Arrival {
+        test: ArrivalTest,
+        calendar: Ident,
+        span: Span,
+    },
+}
+
+/// What an arrival condition asks of the calendar at the arrival instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArrivalTest {
+    /// `in hours`: the calendar is open then.
+    InHours,
+    /// `on a working day`: the local date has opening hours (holidays and
+    /// days without hours are not working days; make-up days are).
+    OnWorkingDay,
 }
 
 impl Expr {
@@ -303,7 +320,8 @@ impl Expr {
             | Expr::HasAny { span, .. }
             | Expr::Matches { span, .. }
             | Expr::IsSet { span, .. }
-            | Expr::Flag { span, .. } => *span,
+            | Expr::Flag { span, .. }
+            | Expr::Arrival { span, .. } => *span,
         }
     }
 }
@@ -433,6 +451,9 @@ pub enum DurationUnit {
     WorkingHours,
     /// Working days: see `src/calendar/` and `docs/calendar.md` for the exact rule.
     WorkingDays,
+    /// `until end of day`: due at the midnight that ends the local day the
+    /// clock starts on (in the calendar's zone); the amount is 0.
+    EndOfDay,
 }
 
 impl DurationUnit {

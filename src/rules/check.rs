@@ -741,6 +741,10 @@ impl<'a> Checker<'a> {
                 0
             }
             Expr::Always(_) => 0,
+            Expr::Arrival { calendar, .. } => {
+                self.resolve_calendar(calendar);
+                0
+            }
             Expr::Compare {
                 left, op, right, ..
             } => {
@@ -861,6 +865,10 @@ impl<'a> Checker<'a> {
     }
 
     fn check_duration(&mut self, duration: &Spanned<Duration>) {
+        if duration.node.unit == DurationUnit::EndOfDay {
+            // `until end of day` has no amount to check.
+            return;
+        }
         if duration.node.amount == 0 {
             self.error(duration.span, "impossible duration: it is zero");
         } else if duration.node.amount > max_amount(duration.node.unit) {
@@ -1099,6 +1107,15 @@ impl<'a> Checker<'a> {
                     self.error(
                         d.span,
                         "working time needs a business calendar, and none is declared",
+                    );
+                }
+                if d.node.unit == DurationUnit::EndOfDay
+                    && deadline.calendar.is_none()
+                    && self.calendars.is_empty()
+                {
+                    self.error(
+                        d.span,
+                        "`until end of day` needs a calendar for its time zone, and none is declared",
                     );
                 }
             }
@@ -1430,6 +1447,7 @@ fn max_amount(unit: DurationUnit) -> u32 {
         DurationUnit::Hours | DurationUnit::WorkingHours => 10 * 366 * 24,
         DurationUnit::Days | DurationUnit::WorkingDays => 10 * 366,
         DurationUnit::Weeks => 10 * 53,
+        DurationUnit::EndOfDay => 0,
     }
 }
 
@@ -1521,6 +1539,7 @@ fn expr_key(expr: &Expr) -> String {
         ),
         Expr::IsSet { left, negated, .. } => format!("{} is set {negated}", operand_text(left)),
         Expr::Flag { left, .. } => operand_text(left),
+        Expr::Arrival { test, calendar, .. } => format!("received {test:?} of {}", calendar.node),
     }
 }
 

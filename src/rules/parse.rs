@@ -647,7 +647,7 @@ impl<'t> Builder<'t> {
                 Rule::duration_rule => {
                     let mut parts = self.cursor(part);
                     let condition = self.condition(parts.expect(Rule::condition)?)?;
-                    let duration = self.duration(parts.expect(Rule::duration)?)?;
+                    let duration = self.deadline_length(parts.next()?)?;
                     decl.durations.push(DurationRule {
                         condition,
                         duration,
@@ -655,8 +655,7 @@ impl<'t> Builder<'t> {
                     });
                 }
                 Rule::deadline_otherwise => {
-                    decl.otherwise =
-                        Some(self.duration(self.cursor(part).expect(Rule::duration)?)?);
+                    decl.otherwise = Some(self.deadline_length(self.cursor(part).next()?)?);
                 }
                 other => return Err(internal(span, &format!("{other:?} in a deadline"))),
             }
@@ -1121,6 +1120,7 @@ impl<'t> Builder<'t> {
             Rule::condition => self.nested_condition(pair, depth + 1),
             Rule::always => Ok(Expr::Always(span)),
             Rule::test_cond => self.test_cond(pair),
+            Rule::arrival_cond => self.arrival_cond(pair),
             other => Err(internal(span, &format!("{other:?} in a condition"))),
         }
     }
@@ -1367,6 +1367,31 @@ impl<'t> Builder<'t> {
                 "`$1` to `$9` stand for the parts in ( ) of the regex that matched, counted from the left",
             )),
         }
+    }
+
+    /// `received in hours of CAL`, `received on a working day of CAL`.
+    fn arrival_cond(&self, pair: Pair<'_, Rule>) -> PResult<Expr> {
+        let span = self.of(&pair);
+        let mut c = self.cursor(pair);
+        let test = match c.next()? {
+            test if test.as_rule() == Rule::arrival_hours => ArrivalTest::InHours,
+            _ => ArrivalTest::OnWorkingDay,
+        };
+        let calendar = c.expect(Rule::calendar_name)?;
+        Ok(Expr::Arrival {
+            test,
+            calendar: Spanned::new(calendar.as_str().to_owned(), self.of(&calendar)),
+            span,
+        })
+    }
+
+    /// A deadline's length: a duration or `until end of day`.
+    fn deadline_length(&self, pair: Pair<'_, Rule>) -> PResult<Spanned<Duration>> {
+        if pair.as_rule() == Rule::end_of_day {
+            let unit = DurationUnit::EndOfDay;
+            return Ok(Spanned::new(Duration { amount: 0, unit }, self.of(&pair)));
+        }
+        self.duration(pair)
     }
 
     fn duration(&self, pair: Pair<'_, Rule>) -> PResult<Spanned<Duration>> {
@@ -1789,6 +1814,14 @@ fn token_text(rule: Rule) -> Option<&'static str> {
         Rule::kw_with => "with",
         Rule::kw_within => "within",
         Rule::kw_workday => "workday",
+        Rule::kw_a => "a",
+        Rule::kw_day => "day",
+        Rule::kw_end => "end",
+        Rule::kw_in => "in",
+        Rule::kw_of => "of",
+        Rule::kw_received => "received",
+        Rule::kw_until => "until",
+        Rule::kw_working => "working",
         Rule::op_lt => "<",
         Rule::op_ge => ">=",
         Rule::op_eq => "==",
@@ -1911,6 +1944,11 @@ fn describe(rule: Rule) -> Option<String> {
         Rule::same_what => "`category` or `subject`",
         Rule::value => "a value",
         Rule::duration => "a duration such as `3 days` or `4 working hours`",
+        Rule::end_of_day => "`until end of day`",
+        Rule::arrival_cond => "`received in hours of …` or `received on a working day of …`",
+        Rule::arrival_hours => "`in hours`",
+        Rule::arrival_workday => "`on a working day`",
+        Rule::calendar_name => "a calendar",
         Rule::duration_unit
         | Rule::working
         | Rule::natural

@@ -17,6 +17,7 @@ pub fn duration_text(duration: Duration) -> String {
         DurationUnit::WorkingMinutes => ("working minute", "working minutes"),
         DurationUnit::WorkingHours => ("working hour", "working hours"),
         DurationUnit::WorkingDays => ("working day", "working days"),
+        DurationUnit::EndOfDay => return "until end of day".to_owned(),
     };
     format!(
         "{} {}",
@@ -38,6 +39,8 @@ fn elapsed(duration: Duration) -> chrono::Duration {
         DurationUnit::Hours | DurationUnit::WorkingHours => chrono::Duration::hours(amount),
         DurationUnit::Days | DurationUnit::WorkingDays => chrono::Duration::days(amount),
         DurationUnit::Weeks => chrono::Duration::weeks(amount),
+        // Only deadlines end at the end of a day, and they have a calendar.
+        DurationUnit::EndOfDay => chrono::Duration::zero(),
     }
 }
 
@@ -62,6 +65,10 @@ pub fn due_after(
     match calendar {
         Some(calendar) => calendar_add(calendar, start, duration),
         None if duration.unit.is_business() => Err(no_calendar(duration)),
+        None if duration.unit == DurationUnit::EndOfDay => Err(
+            "`until end of day` needs a calendar for its time zone, but no calendar applies"
+                .to_owned(),
+        ),
         None => {
             let due = start + elapsed(duration);
             Ok((

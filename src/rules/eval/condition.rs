@@ -12,7 +12,9 @@ use smallvec::{smallvec, SmallVec};
 
 use chrono::NaiveDate;
 
-use super::super::ast::{Aggregate, CompareOp, Expr, GroupKey, Operand, RegexLit, Spanned, Value};
+use super::super::ast::{
+    Aggregate, ArrivalTest, CompareOp, Expr, GroupKey, Operand, RegexLit, Spanned, Value,
+};
 use super::{clockmath, snippet_of, Evaluator, FieldRef, SeenList};
 use crate::case::{subject_fingerprint, FieldValue};
 
@@ -292,7 +294,38 @@ impl<'p> Evaluator<'p, '_> {
                 );
                 value
             }
+            Expr::Arrival {
+                test,
+                calendar,
+                span: _,
+            } => self.arrival(*test, &calendar.node, looked),
         }
+    }
+
+    /// `received in hours of CAL` / `received on a working day of CAL`,
+    /// asked of the instant the case was opened (never the wall clock).
+    fn arrival(&self, test: ArrivalTest, calendar_name: &str, looked: &mut Looked<'p>) -> bool {
+        let received = self.case.created_at;
+        let asked = match test {
+            ArrivalTest::InHours => "in hours",
+            ArrivalTest::OnWorkingDay => "on a working day",
+        };
+        // The checker rejects unknown calendars; a policy built without it
+        // answers `false` rather than guessing.
+        let calendar = self.policy.calendar(calendar_name);
+        let answer = calendar.is_some_and(|calendar| match test {
+            ArrivalTest::InHours => calendar.is_open(received),
+            ArrivalTest::OnWorkingDay => calendar.is_working_day_at(received),
+        });
+        let local = match calendar {
+            Some(calendar) => received.with_timezone(&calendar.zone()).to_rfc3339(),
+            None => received.to_rfc3339(),
+        };
+        looked.see(
+            Cow::Owned(format!("received {asked} of {calendar_name}")),
+            Cow::Owned(format!("{answer} (received {local})")),
+        );
+        answer
     }
 
     /// [`Self::value_text`], borrowed from the policy when the value is a name or text.
