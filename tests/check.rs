@@ -144,6 +144,18 @@ diagnostic_snapshot!(
     &format!("{ROUTE}deadline resolve {{\n    starts on received\n    stops on resolved\n    when severity == major -> 1 day\n}}\n")
 );
 diagnostic_snapshot!(
+    none_as_the_length_of_a_when_line,
+    &format!("{ROUTE}deadline report {{\n    starts on received\n    stops on resolved\n    when severity == major -> none\n    otherwise -> 1 day\n}}\n")
+);
+diagnostic_snapshot!(
+    otherwise_none_without_a_when_line,
+    &format!("{ROUTE}deadline report {{\n    starts on received\n    stops on resolved\n    otherwise -> none\n}}\n")
+);
+diagnostic_snapshot!(
+    otherwise_none_for_some_cases_only_is_clean,
+    &format!("{ROUTE}deadline report {{\n    starts on received\n    stops on resolved\n    when severity == major -> 12 hours\n    otherwise -> none\n}}\nescalate report {{\n    at 50% notify assignee using reminder\n}}\n")
+);
+diagnostic_snapshot!(
     step_after_a_hard_stop,
     &format!("{ROUTE}deadline appeal {{\n    starts on received\n    stops on closed\n    hard stop\n    otherwise -> 3 days\n}}\nescalate appeal {{\n    at 1 day after due notify assignee using reminder\n}}\n")
 );

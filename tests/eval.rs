@@ -1772,3 +1772,62 @@ fn until_end_of_day_in_a_zone_whose_midnight_is_skipped_is_the_first_instant_aft
     assert!(tags.is_empty(), "{tags:?}");
     assert_eq!(due, at("2026-09-06T01:00:00-03:00"));
 }
+
+const SOME_CASES_POLICY: &str = r#"
+severity general < major
+category other
+channel own
+department service <service@corp.example>
+template reminder "reminder"
+route {
+    otherwise -> service
+}
+deadline report "上报" {
+    starts on received
+    stops on resolved
+    when text contains "严重" -> 12 hours
+    otherwise -> none
+}
+escalate report {
+    at 50% notify assignee using reminder
+}
+"#;
+
+#[test]
+fn otherwise_none_starts_no_clock_and_says_why() {
+    let policy = policy_with(SOME_CASES_POLICY, Limits::default());
+    let mut complaint = mail("a@example.com", "x", "普通问题");
+    complaint.received_at = at("2026-11-24T10:00:00+08:00");
+    let (case, evaluation) = receive(&policy, &complaint, "own", &MemoryHistory::default());
+    assert!(!evaluation
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::StartClock { .. } | Action::ScheduleTimer { .. })));
+    assert!(!case.clocks.contains_key("report"));
+    let verdict = evaluation
+        .trace
+        .iter()
+        .rfind(|v| v.stage == Stage::Deadline && v.rule == "deadline report")
+        .expect("the deadline was considered");
+    assert!(verdict.fired);
+    assert_eq!(
+        verdict.notes,
+        ["otherwise -> none: no `when` line matched, so this case has no `report` clock"]
+    );
+}
+
+#[test]
+fn otherwise_none_still_runs_the_clock_for_the_cases_it_applies_to() {
+    let policy = policy_with(SOME_CASES_POLICY, Limits::default());
+    let mut complaint = mail("a@example.com", "x", "严重不良事件");
+    complaint.received_at = at("2026-11-24T10:00:00+08:00");
+    let (case, evaluation) = receive(&policy, &complaint, "own", &MemoryHistory::default());
+    // 12 elapsed hours from 10:00 +08:00; the 50% step is 6 hours in.
+    assert_eq!(case.clocks["report"].due, at("2026-11-24T22:00:00+08:00"));
+    let fire_times: Vec<DateTime<Utc>> = timers(&evaluation, "report")
+        .into_iter()
+        .map(|(_, fire_at)| fire_at)
+        .collect();
+    assert!(fire_times.contains(&at("2026-11-24T16:00:00+08:00")));
+    assert!(fire_times.contains(&at("2026-11-24T22:00:00+08:00")));
+}

@@ -862,6 +862,32 @@ fn until_end_of_day_is_a_deadline_length() {
 }
 
 #[test]
+fn otherwise_none_is_a_deadline_without_a_clock_for_the_other_cases() {
+    let text = "deadline d {\n    when severity == major -> 12 hours\n    otherwise -> none\n}";
+    let Item::Deadline(d) = items(text).remove(0) else {
+        panic!()
+    };
+    assert_eq!(d.otherwise, None);
+    assert_eq!(
+        cut(text, d.otherwise_none.expect("otherwise -> none")),
+        "none"
+    );
+    assert_eq!(d.durations.len(), 1);
+    assert!(d.misplaced_none.is_empty());
+}
+
+#[test]
+fn none_on_a_when_line_is_kept_for_the_checker() {
+    let text = "deadline d {\n    when severity == major -> none\n    otherwise -> 1 day\n}";
+    let Item::Deadline(d) = items(text).remove(0) else {
+        panic!()
+    };
+    assert!(d.durations.is_empty());
+    assert_eq!(d.misplaced_none.len(), 1);
+    assert_eq!(cut(text, d.misplaced_none[0]), "none");
+}
+
+#[test]
 fn until_end_of_day_is_not_a_window() {
     assert_eq!(
         error("classify { rule r: when count(cases from same sender within until end of day) > 1 then tag t }"),

@@ -518,6 +518,12 @@ pub struct DeadlineDecl {
     pub hard_stop: Option<Span>,
     pub durations: Vec<DurationRule>,
     pub otherwise: Option<Spanned<Duration>>,
+    /// `otherwise -> none`: the deadline applies to some cases only; when no
+    /// `when` line matches, no clock starts.
+    pub otherwise_none: Option<Span>,
+    /// `when COND -> none` lines, kept so that the checker can refuse them:
+    /// `none` is only the `otherwise` of a deadline.
+    pub misplaced_none: Vec<Span>,
     pub span: Span,
 }
 

@@ -1085,8 +1085,30 @@ impl<'a> Checker<'a> {
                 self.check_expr(&rule.condition);
                 durations.push(rule.duration);
             }
+            for &span in &deadline.misplaced_none {
+                self.error(
+                    span,
+                    "`none` is only the `otherwise` of a deadline, not the length of a `when` line",
+                )
+                .help = Some(
+                    "give this line a duration, and end the deadline with `otherwise -> none` if the other cases have no clock".into(),
+                );
+            }
+            if let Some(span) = deadline.otherwise_none {
+                if deadline.durations.is_empty() && deadline.misplaced_none.is_empty() {
+                    self.error(
+                        span,
+                        format!(
+                            "deadline `{}` never starts a clock: it has no `when` line before `otherwise -> none`",
+                            deadline.name.node
+                        ),
+                    )
+                    .help = Some("add `when CONDITION -> DURATION` lines for the cases it applies to".into());
+                }
+            }
             match deadline.otherwise {
                 Some(d) => durations.push(d),
+                None if deadline.otherwise_none.is_some() => {}
                 None => {
                     self.error(
                         deadline.span,

@@ -1154,6 +1154,18 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                 });
                 let span = duration.span;
                 chosen = Some((duration, span, SmallVec::new()));
+            } else if let Some(span) = decl.otherwise_none {
+                self.trace.push(Verdict {
+                    stage: Stage::Deadline,
+                    rule: rule.clone(),
+                    span,
+                    fired: true,
+                    seen: SmallVec::new(),
+                    notes: vec![format!(
+                        "otherwise -> none: no `when` line matched, so this case has no `{name}` clock"
+                    )],
+                });
+                return;
             }
         }
         let Some((duration, span, mut seen)) = chosen else {

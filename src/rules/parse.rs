@@ -612,6 +612,8 @@ impl<'t> Builder<'t> {
             hard_stop: None,
             durations: Vec::new(),
             otherwise: None,
+            otherwise_none: None,
+            misplaced_none: Vec::new(),
             span,
         };
         for part in c.pairs {
@@ -647,7 +649,12 @@ impl<'t> Builder<'t> {
                 Rule::duration_rule => {
                     let mut parts = self.cursor(part);
                     let condition = self.condition(parts.expect(Rule::condition)?)?;
-                    let duration = self.deadline_length(parts.next()?)?;
+                    let length = parts.next()?;
+                    if length.as_rule() == Rule::no_clock {
+                        decl.misplaced_none.push(self.of(&length));
+                        continue;
+                    }
+                    let duration = self.deadline_length(length)?;
                     decl.durations.push(DurationRule {
                         condition,
                         duration,
@@ -655,7 +662,12 @@ impl<'t> Builder<'t> {
                     });
                 }
                 Rule::deadline_otherwise => {
-                    decl.otherwise = Some(self.deadline_length(self.cursor(part).next()?)?);
+                    let length = self.cursor(part).next()?;
+                    if length.as_rule() == Rule::no_clock {
+                        decl.otherwise_none = Some(self.of(&length));
+                    } else {
+                        decl.otherwise = Some(self.deadline_length(length)?);
+                    }
                 }
                 other => return Err(internal(span, &format!("{other:?} in a deadline"))),
             }
@@ -1821,6 +1833,7 @@ fn token_text(rule: Rule) -> Option<&'static str> {
         Rule::kw_of => "of",
         Rule::kw_received => "received",
         Rule::kw_until => "until",
+        Rule::kw_none => "none",
         Rule::kw_working => "working",
         Rule::op_lt => "<",
         Rule::op_ge => ">=",
@@ -1945,6 +1958,7 @@ fn describe(rule: Rule) -> Option<String> {
         Rule::value => "a value",
         Rule::duration => "a duration such as `3 days` or `4 working hours`",
         Rule::end_of_day => "`until end of day`",
+        Rule::no_clock => "`none`",
         Rule::arrival_cond => "`received in hours of …` or `received on a working day of …`",
         Rule::arrival_hours => "`in hours`",
         Rule::arrival_workday => "`on a working day`",
