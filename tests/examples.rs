@@ -766,10 +766,12 @@ fn hospital_result_report_after_resolution() {
     }
 }
 
-/// 一.3: the report to the health authority within 12 hours: reminders at
-/// once and after 10 hours, for serious events only.
+/// 一.3: the report to the health authority within 12 hours, for serious
+/// events only: a real clock due 12 elapsed hours after arrival, reminders
+/// at once and after 10 hours, the overdue notice at the due time. Ordinary
+/// cases have no such clock.
 #[test]
-fn hospital_health_authority_reminders_for_serious_events_only() {
+fn hospital_health_authority_report_for_serious_events_only() {
     let mut serious = Timeline::complaint(
         "hospital",
         Some("oral"),
@@ -778,11 +780,13 @@ fn hospital_health_authority_reminders_for_serious_events_only() {
         "患者术后抢救无效死亡",
     );
     assert_eq!(serious.severity(), Some("major"));
+    assert_eq!(serious.due("regulator_report"), "2026-11-24T22:00:00+08:00");
     assert_eq!(
-        serious.step_times("written_reply")[..2],
+        serious.step_times("regulator_report"),
         [
             (0, "2026-11-24T10:01:00+08:00".to_owned()),
             (1, "2026-11-24T20:00:00+08:00".to_owned()),
+            (2, "2026-11-24T22:00:00+08:00".to_owned()),
         ]
     );
     let leaders = vec![
@@ -790,25 +794,27 @@ fn hospital_health_authority_reminders_for_serious_events_only() {
         "yuanban@hospital.example".to_owned(),
     ];
     assert_eq!(
-        serious.fire_step("written_reply", 0, "2026-11-24T10:01:00+08:00"),
+        serious.fire_step("regulator_report", 0, "2026-11-24T10:01:00+08:00"),
         Some(("regulator_report".to_owned(), leaders.clone()))
     );
     assert_eq!(
-        serious.fire_step("written_reply", 1, "2026-11-24T20:00:00+08:00"),
-        Some(("regulator_report".to_owned(), leaders))
+        serious.fire_step("regulator_report", 1, "2026-11-24T20:00:00+08:00"),
+        Some(("regulator_report".to_owned(), leaders.clone()))
+    );
+    assert_eq!(
+        serious.fire_step("regulator_report", 2, "2026-11-24T22:00:00+08:00"),
+        Some(("overdue".to_owned(), leaders))
     );
 
-    let mut ordinary = Timeline::complaint(
+    let ordinary = Timeline::complaint(
         "hospital",
         Some("oral"),
         "2026-11-24T10:00:00+08:00",
         "投诉",
         "医生误诊",
     );
-    assert_eq!(
-        ordinary.fire_step("written_reply", 0, "2026-11-24T10:01:00+08:00"),
-        None
-    );
+    assert!(!ordinary.case.clocks.contains_key("regulator_report"));
+    assert!(ordinary.step_times("regulator_report").is_empty());
 }
 
 // ----- credit union -----
