@@ -630,8 +630,9 @@ fn developer_complaints_not_our_fault_are_not_upgraded() {
     assert_eq!(case.severity(), Some("general"));
 }
 
-/// 4.1.2: a major complaint not yet worked on 24 hours after it came in is
-/// reported to the centre's manager; one in progress is not.
+/// 4.1.2: a major complaint gets a 24-hour clock; one not yet worked on
+/// when it is due is reported to the centre's manager; one in progress
+/// stops the clock (met); an ordinary complaint has no such clock.
 #[test]
 fn developer_major_complaints_get_a_first_answer_within_24_hours() {
     let lawsuit = "已向法院起诉，墙体开裂";
@@ -643,9 +644,10 @@ fn developer_major_complaints_get_a_first_answer_within_24_hours() {
         lawsuit,
     );
     assert_eq!(waiting.severity(), Some("major"));
+    assert_eq!(waiting.due("major_answer"), "2026-11-25T10:00:00+08:00");
     assert_eq!(
-        waiting.step_times("resolution")[2],
-        (2, "2026-11-25T10:00:00+08:00".to_owned())
+        waiting.step_times("major_answer"),
+        [(0, "2026-11-25T10:00:00+08:00".to_owned())]
     );
     waiting.event(
         ClockEvent::Forwarded,
@@ -653,7 +655,7 @@ fn developer_major_complaints_get_a_first_answer_within_24_hours() {
         "2026-11-24T10:00:00+08:00",
     );
     assert_eq!(
-        waiting.fire_step("resolution", 2, "2026-11-25T10:00:00+08:00"),
+        waiting.fire_step("major_answer", 0, "2026-11-25T10:00:00+08:00"),
         Some((
             "major_first_answer".to_owned(),
             vec!["kefu-head@developer.example".to_owned()]
@@ -672,10 +674,17 @@ fn developer_major_complaints_get_a_first_answer_within_24_hours() {
         Some(CaseState::InProgress),
         "2026-11-24T16:00:00+08:00",
     );
-    assert_eq!(
-        working.fire_step("resolution", 2, "2026-11-25T10:00:00+08:00"),
-        None
+    assert_eq!(working.met("major_answer"), Some(true));
+
+    let ordinary = Timeline::complaint(
+        "developer",
+        Some("email"),
+        "2026-11-24T10:00:00+08:00",
+        "投诉",
+        "墙体开裂",
     );
+    assert_ne!(ordinary.severity(), Some("major"));
+    assert!(!ordinary.case.clocks.contains_key("major_answer"));
 }
 
 #[test]
