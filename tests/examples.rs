@@ -747,6 +747,70 @@ fn tourism_respondent_answer_and_reconsideration_window() {
     assert_eq!(case.due("reconsideration"), "2027-03-06T10:00:00+08:00");
 }
 
+/// 七.1: a deposit case is concluded within 60 natural days of filing:
+/// from Thursday 11-26 10:00, 4 days to 11-30, 31 in December (35), 25 in
+/// January → 2027-01-25 10:00, the reminder 10 days before (01-15). A
+/// complaint without a money claim has no such clock.
+#[test]
+fn tourism_deposit_cases_are_concluded_within_60_days() {
+    let mut deposit = Timeline::complaint(
+        "tourism",
+        Some("written"),
+        "2026-11-24T10:00:00+08:00",
+        "旅行社",
+        "旅行社擅自取消景点，要求赔偿损失800元",
+    );
+    assert!(deposit.case.tags.contains("deposit_claim"));
+    deposit.event(
+        ClockEvent::Forwarded,
+        Some(CaseState::Assigned),
+        "2026-11-24T10:00:00+08:00",
+    );
+    deposit.event(
+        ClockEvent::Accepted,
+        Some(CaseState::Accepted),
+        "2026-11-26T10:00:00+08:00",
+    );
+    assert_eq!(
+        deposit.due("deposit_conclusion"),
+        "2027-01-25T10:00:00+08:00"
+    );
+    assert_eq!(
+        deposit.step_times("deposit_conclusion"),
+        [
+            (0, "2027-01-15T10:00:00+08:00".to_owned()),
+            (1, "2027-01-25T10:00:00+08:00".to_owned()),
+        ]
+    );
+    deposit.event(
+        ClockEvent::Resolved,
+        Some(CaseState::Resolved),
+        "2027-01-04T10:00:00+08:00",
+    );
+    assert_eq!(deposit.met("deposit_conclusion"), Some(true));
+
+    let mut guide = Timeline::complaint(
+        "tourism",
+        Some("oral"),
+        "2026-11-24T10:00:00+08:00",
+        "导游",
+        "导游态度恶劣，强迫进购物店",
+    );
+    assert!(!guide.case.tags.contains("deposit_claim"));
+    guide.event(
+        ClockEvent::Forwarded,
+        Some(CaseState::Assigned),
+        "2026-11-24T10:00:00+08:00",
+    );
+    guide.event(
+        ClockEvent::Accepted,
+        Some(CaseState::Accepted),
+        "2026-11-26T10:00:00+08:00",
+    );
+    assert!(guide.case.clocks.contains_key("respondent_answer"));
+    assert!(!guide.case.clocks.contains_key("deposit_conclusion"));
+}
+
 // ----- hospital -----
 
 /// 六: a medical dispute's result is reported within 10 working days of the
