@@ -1117,7 +1117,9 @@ impl<'a> Checker<'a> {
                             deadline.name.node
                         ),
                     )
-                    .help = Some("end it with `otherwise -> DURATION`".into());
+                    .help = Some(
+                        "end it with `otherwise -> DURATION`, or with `otherwise -> none` if the other cases have no clock".into(),
+                    );
                 }
             }
             for d in &durations {
