@@ -1831,3 +1831,24 @@ fn otherwise_none_still_runs_the_clock_for_the_cases_it_applies_to() {
     assert!(fire_times.contains(&at("2026-11-24T16:00:00+08:00")));
     assert!(fire_times.contains(&at("2026-11-24T22:00:00+08:00")));
 }
+
+#[test]
+fn explain_says_a_deadline_for_some_cases_only_has_no_clock() {
+    let policy = policy_with(SOME_CASES_POLICY, Limits::default());
+    let explain = |body: &str| {
+        let mut complaint = mail("a@example.com", "x", body);
+        complaint.received_at = at("2026-11-24T10:00:00+08:00");
+        complaint.channel = "own".to_owned();
+        complaintd::rules::explain::explain_new_complaint(
+            &policy,
+            &complaint,
+            &MemoryHistory::default(),
+        )
+    };
+    let line =
+        "  report \"上报\": no clock for this case (no `when` line matched: otherwise -> none)\n";
+    assert!(explain("普通问题").contains(line));
+    let serious = explain("严重不良事件");
+    assert!(!serious.contains(line));
+    assert!(serious.contains("  report \"上报\": due "));
+}

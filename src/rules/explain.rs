@@ -157,6 +157,20 @@ fn render(policy: &Policy, mail: &MailFacts, case: &Case, evaluation: &Evaluatio
             _ => None,
         });
         let Some((duration, due, counted, calendar)) = started else {
+            let rule = format!("deadline {name}");
+            let no_clock = decl.otherwise_none.is_some_and(|span| {
+                evaluation
+                    .trace
+                    .iter()
+                    .any(|v| v.stage == Stage::Deadline && v.rule == rule && v.span == span)
+            });
+            if no_clock {
+                let _ = writeln!(
+                    out,
+                    "  {name}{display}: no clock for this case (no `when` line matched: otherwise -> none)"
+                );
+                continue;
+            }
             let starts: Vec<&str> = decl
                 .starts_on
                 .iter()
