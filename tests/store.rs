@@ -11,8 +11,8 @@ use complaintd::mail::KnownMessage;
 use complaintd::rules::eval::CaseHistory;
 use complaintd::store::{
     CaseFilter, CaseRef, ChangeOutcome, ChangeSet, Checkpoint, DeliveryFailure, IngestBatch,
-    MailDraft, MailIdentity, MessageRecord, OutboxState, QuarantineRecord, RenderedMail, Store,
-    StoreError, StoreSettings, Timer, SCHEMA_VERSION,
+    LockWait, MailDraft, MailIdentity, MessageRecord, OutboxState, QuarantineRecord, RenderedMail,
+    Store, StoreError, StoreSettings, Timer, SCHEMA_VERSION,
 };
 use proptest::prelude::*;
 use tempfile::TempDir;
@@ -507,6 +507,20 @@ fn a_store_held_open_elsewhere_is_reported_as_locked() {
     assert!(matches!(err, StoreError::Locked { .. }), "{err}");
     assert!(err.to_string().contains("is the daemon running?"), "{err}");
     drop(held);
+}
+
+#[test]
+fn a_held_lock_is_waited_for_only_when_asked_to() {
+    let dir = TempDir::new().expect("tempdir");
+    let held = open(&dir);
+    let path = dir.path().join("db");
+    let err =
+        Store::open_waiting(&path, StoreSettings::default(), LockWait::Fail).expect_err("held");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    drop(held);
+    // Retrying outlasts the moment sled's threads keep the lock of the closed store.
+    Store::open_waiting(&path, StoreSettings::default(), LockWait::Retry)
+        .expect("the closed store opens again");
 }
 
 #[test]

@@ -19,7 +19,7 @@ use super::EngineSettings;
 use crate::case::{Case, CaseId, Event, EventKind};
 use crate::config::{Config, ConfigError};
 use crate::store::{
-    AttachmentRecord, CaseFilter, OutboxEntry, OutboxState, Store, StoreError, Timer,
+    AttachmentRecord, CaseFilter, LockWait, OutboxEntry, OutboxState, Store, StoreError, Timer,
 };
 
 /// Exit code: all well.
@@ -124,8 +124,8 @@ impl From<String> for OpenFailure {
 
 /// Opens the store of a source for inspection, with its display zone.
 pub fn open_store(source: &StoreSource) -> Result<(Store, Tz), OpenFailure> {
-    let (path, zone, settings) = match source {
-        StoreSource::Path(path) => (path.clone(), chrono_tz::UTC, None),
+    let (path, zone, settings, daemon) = match source {
+        StoreSource::Path(path) => (path.clone(), chrono_tz::UTC, None, None),
         StoreSource::Config(config_path) => {
             let config = Config::load(config_path).map_err(|errors| {
                 errors
@@ -138,16 +138,23 @@ pub fn open_store(source: &StoreSource) -> Result<(Store, Tz), OpenFailure> {
             let settings = EngineSettings::from_config(&config)
                 .map_err(|e| e.to_string())?
                 .store_settings();
-            (config.store.path.clone(), zone, Some(settings))
+            let daemon = config.http.as_ref().map(|http| http.listen);
+            (config.store.path.clone(), zone, Some(settings), daemon)
         }
     };
     // Opening creates a store where there is none; an inspection must not.
     if !path.join("db").is_file() {
         return Err(format!("no store at {}", path.display()).into());
     }
-    let opened = match settings {
-        Some(settings) => Store::open_with(&path, settings),
-        None => Store::open(&path),
+    let settings = settings.unwrap_or_default();
+    // A running daemon holds the lock for as long as it runs: waiting for it
+    // would only delay asking the daemon. Without a daemon answering, the
+    // lock may be a store closed a moment ago (in this process), so wait.
+    let opened = match Store::open_waiting(&path, settings.clone(), LockWait::Fail) {
+        Err(StoreError::Locked { .. }) if !daemon.is_some_and(daemon_listens) => {
+            Store::open_waiting(&path, settings, LockWait::Retry)
+        }
+        other => other,
     };
     opened
         .map(|store| (store, zone))
@@ -163,6 +170,11 @@ pub fn open_store(source: &StoreSource) -> Result<(Store, Tz), OpenFailure> {
             },
             other => other.to_string().into(),
         })
+}
+
+/// Whether something accepts connections on the daemon's endpoint.
+fn daemon_listens(address: std::net::SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_millis(500)).is_ok()
 }
 
 /// The case queries of the `case` commands, over the store or the daemon holding it.

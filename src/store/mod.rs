@@ -153,9 +153,18 @@ impl Store {
     /// Opens (or creates) the store at `path`, migrating an older schema and
     /// refusing a newer one.
     pub fn open_with(path: impl AsRef<Path>, settings: StoreSettings) -> Result<Store, StoreError> {
+        Store::open_waiting(path, settings, LockWait::Retry)
+    }
+
+    /// [`Store::open_with`], choosing whether a held lock is waited for.
+    pub fn open_waiting(
+        path: impl AsRef<Path>,
+        settings: StoreSettings,
+        wait: LockWait,
+    ) -> Result<Store, StoreError> {
         settings.validate()?;
         let path = path.as_ref();
-        let db = open_db(path)?;
+        let db = open_db(path, wait)?;
         let meta = db.open_tree(META_TREE)?;
         schema::prepare(&db, &meta)?;
         let trees = TreeId::ALL
@@ -440,16 +449,30 @@ impl Store {
 const LOCK_RETRIES: usize = 20;
 const LOCK_RETRY_PAUSES_MS: [u64; 6] = [10, 20, 40, 80, 160, 200];
 
+/// Whether opening waits for a held lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockWait {
+    /// Retry for about three seconds: the lock may be this process's own,
+    /// from a store closed a moment ago.
+    Retry,
+    /// Report a held lock at once, e.g. when a running daemon holds it.
+    Fail,
+}
+
 /// Opens the sled database. sled's background I/O threads release the file
-/// lock a moment after the last handle of a closed store is dropped, so a
-/// held lock is retried for about three seconds before it is reported as
-/// the store being in use by another process.
-fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+/// lock a moment after the last handle of a closed store is dropped, so with
+/// [`LockWait::Retry`] a held lock is retried for about three seconds before
+/// it is reported as the store being in use by another process.
+fn open_db(path: &Path, wait: LockWait) -> Result<sled::Db, StoreError> {
     let config = sled::Config::new()
         .path(path)
         .cache_capacity(CACHE_CAPACITY_BYTES);
     let last = LOCK_RETRY_PAUSES_MS.len() - 1;
-    let mut pauses = (0..LOCK_RETRIES).map(|i| LOCK_RETRY_PAUSES_MS[i.min(last)]);
+    let retries = match wait {
+        LockWait::Retry => LOCK_RETRIES,
+        LockWait::Fail => 0,
+    };
+    let mut pauses = (0..retries).map(|i| LOCK_RETRY_PAUSES_MS[i.min(last)]);
     loop {
         match config.open() {
             Ok(db) => return Ok(db),
