@@ -126,6 +126,8 @@ struct Inner {
     last_reload: Gauge,
     outbox_held: Gauge,
     mail_in_doubt: Counter,
+    /// Told of every change of the IMAP metrics, so a waiter need not poll.
+    imap_changes: tokio::sync::watch::Sender<()>,
 }
 
 /// A cheap, cloneable handle on every metric of the daemon.
@@ -219,6 +221,7 @@ impl Metrics {
         );
         Metrics {
             inner: Arc::new(Inner {
+                imap_changes: tokio::sync::watch::Sender::new(()),
                 outbox_held,
                 mail_in_doubt,
                 registry,
@@ -287,6 +290,13 @@ impl Metrics {
                 mailbox: mailbox.to_owned(),
             })
             .inc();
+        self.inner.imap_changes.send_replace(());
+    }
+
+    /// A receiver that sees every change of the IMAP reconnect, connected and
+    /// idling metrics: status output and tests wait on it instead of polling.
+    pub fn watch_imap(&self) -> tokio::sync::watch::Receiver<()> {
+        self.inner.imap_changes.subscribe()
     }
 
     pub fn set_imap_connected(&self, mailbox: &str, connected: bool) {
@@ -296,6 +306,7 @@ impl Metrics {
                 mailbox: mailbox.to_owned(),
             })
             .set(i64::from(connected));
+        self.inner.imap_changes.send_replace(());
     }
 
     pub fn set_imap_idling(&self, mailbox: &str, idling: bool) {
@@ -305,6 +316,7 @@ impl Metrics {
                 mailbox: mailbox.to_owned(),
             })
             .set(i64::from(idling));
+        self.inner.imap_changes.send_replace(());
     }
 
     /// Whether the mailbox waits in IDLE right now.
@@ -583,6 +595,24 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_watcher_of_the_imap_metrics_sees_each_change() {
+        let metrics = Metrics::new();
+        let mut changes = metrics.watch_imap();
+        assert!(!changes.has_changed().unwrap());
+        metrics.set_imap_idling("complaints", true);
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        metrics.imap_reconnect("complaints");
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        metrics.set_imap_connected("complaints", false);
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        metrics.cases_ingested(1);
+        assert!(!changes.has_changed().unwrap(), "not an IMAP metric");
+    }
 
     #[test]
     fn counters_appear_in_the_text_format() {

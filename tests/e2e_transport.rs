@@ -211,6 +211,21 @@ impl TestImap {
     }
 }
 
+/// Waits until `holds` is true of the metrics, woken by each change of the IMAP metrics.
+async fn wait_for_metrics(metrics: &Metrics, what: &str, holds: impl Fn(&Metrics) -> bool) {
+    let mut changes = metrics.watch_imap();
+    let waited = tokio::time::timeout(DEADLINE, async {
+        while !holds(metrics) {
+            changes
+                .changed()
+                .await
+                .expect("the metrics live as long as the test");
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting for {what}");
+}
+
 fn is_seen(flags: &[String]) -> bool {
     flags.iter().any(|f| f == "Seen")
 }
@@ -788,11 +803,10 @@ async fn idle_wakes_the_task_within_a_second_or_two() {
     let mut latencies = Vec::new();
     for n in 1..=5usize {
         // Append only once the task waits in IDLE, so IDLE (not the NOOP before it) is measured.
-        let start = Instant::now();
-        while !metrics.imap_idling("idle") {
-            assert!(start.elapsed() < DEADLINE, "the task never entered IDLE");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for_metrics(&metrics, "the task to enter IDLE", |m| {
+            m.imap_idling("idle")
+        })
+        .await;
         let appending = Instant::now();
         imap.append("INBOX", &message(&format!("idle {n}"), &format!("i{n}")))
             .await;
@@ -863,14 +877,10 @@ async fn imaps_and_starttls_trust_the_stack_ca_and_nothing_else() {
     mailbox.tls = TlsMode::Tls;
     mailbox.port = stack.imaps_port();
     let running = Running::start(mailbox, fast_imap_options(), sink.clone(), metrics.clone());
-    let start = Instant::now();
-    while metrics.imap_reconnects("untrusted") < 3 {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the untrusted server was not refused"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_metrics(&metrics, "the untrusted server to be refused", |m| {
+        m.imap_reconnects("untrusted") >= 3
+    })
+    .await;
     running.stop().await;
     assert!(sink.committed_uids().is_empty());
 }
@@ -892,14 +902,10 @@ async fn reconnects_after_the_imap_server_restarts() {
     sink.wait_for_count(1).await;
 
     stack.run("stop-imap");
-    let start = Instant::now();
-    while metrics.imap_reconnects("restart") < 2 {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the lost connection went unnoticed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_metrics(&metrics, "the lost connection to be noticed", |m| {
+        m.imap_reconnects("restart") >= 2
+    })
+    .await;
     stack.run("start-imap");
     let mut imap = stack.client("restart").await;
     imap.append("INBOX", &message("after", "r2")).await;
