@@ -182,9 +182,12 @@ async fn crash_run(run_size: Run) -> Result<()> {
         kill_delays.push(delay);
         tokio::time::sleep(delay).await;
         if let Some(status) = child.try_wait()? {
+            // The workspace goes with the test, so the log's end goes into the message.
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
             bail!(
-                "round {round}: complaintd exited by itself with {status}; log: {}",
-                log.display()
+                "round {round}: complaintd exited by itself with {status}; the log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
         child.kill()?;
