@@ -20,13 +20,15 @@ section() { printf '\n==== %s ====\n' "$*"; }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Sets variable $1 to a port in 20000–59999 that nothing listens on now and
+# Sets variable $1 to a port in 20000–32767 (below Linux's range of source
+# ports for outgoing connections, so a server stopped and started by a test
+# finds its port free again) that nothing listens on now and
 # that was not picked before. The stack fails with a clear message in the
 # unlikely case that the port is taken before it starts.
 pick_free_port() {
     local port attempt
     for ((attempt = 0; attempt < 100; attempt++)); do
-        port=$((20000 + RANDOM % 40000))
+        port=$((20000 + RANDOM % 12768))
         if ! port_in_use "$port" && [[ " ${picked_ports[*]} " != *" $port "* ]]; then
             picked_ports+=("$port")
             printf -v "$1" '%s' "$port"

@@ -88,9 +88,7 @@ async fn the_cli_reads_live_cases_and_releases_held_mail_through_the_running_dae
         .collect();
     let stack = stack_with(&customers)?;
     let work = Workspace::new()?;
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let [http_port] = support::free_ports::<1>()?;
     let config_path = work.write_config_with(&stack, "", |text| {
         let text = text.replace("[smtp]\n", "[smtp]\nin_doubt = \"hold\"\n");
         format!("{text}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n")

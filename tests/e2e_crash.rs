@@ -125,9 +125,7 @@ async fn crash_run(run_size: Run) -> Result<()> {
         .collect();
     let stack = stack_with(&customers)?;
     let work = Workspace::new()?;
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let [http_port] = support::free_ports::<1>()?;
     let config_path =
         work.write_config_with(&stack, "acks_per_sender_per_hour = 10000", |text| {
             let text = text

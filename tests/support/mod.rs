@@ -114,12 +114,29 @@ fn script_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mailstack.sh")
 }
 
-/// Asks the operating system for `N` distinct TCP ports that are free right now (all bound at
-/// once, so none is handed out twice).
-fn free_ports<const N: usize>() -> Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port"))
-        .collect::<Result<Vec<_>>>()?;
+/// Where test servers listen: below the range Linux hands out as source ports of outgoing
+/// connections (32768–60999), so that a port a test gives up for a moment (a daemon killed
+/// and restarted, a server stopped and started) is not taken meanwhile by some connection.
+const TEST_PORTS: std::ops::Range<u16> = 20000..32768;
+
+/// `N` distinct TCP ports of [`TEST_PORTS`] that are free right now (all bound at once, so
+/// none is handed out twice).
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let mut listeners = Vec::with_capacity(N);
+    for _ in 0..1000 {
+        if listeners.len() == N {
+            break;
+        }
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", rng.gen_range(TEST_PORTS))) {
+            listeners.push(listener);
+        }
+    }
+    anyhow::ensure!(
+        listeners.len() == N,
+        "found no {N} free ports in {TEST_PORTS:?}"
+    );
     let mut ports = [0; N];
     for (port, listener) in ports.iter_mut().zip(&listeners) {
         *port = listener.local_addr()?.port();
