@@ -567,8 +567,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Like [`Self::outbox_transition`], for transitions whose case event is
-    /// optional: `decide` returns the new state and maybe an event.
+    /// Runs one outbox transition as a transaction: `decide` returns the new
+    /// state and maybe a case event, `None` for "already there", or `Err` when
+    /// the transition is not allowed.
     fn outbox_change(
         &self,
         id: &str,
@@ -599,36 +600,16 @@ impl Store {
         })
     }
 
-    /// Runs one outbox transition as a transaction: `decide` returns the new
-    /// state and the case event, `None` for "already there", or `Err` when
-    /// the transition is not allowed.
+    /// [`Store::outbox_change`] for transitions that always record an event
+    /// on the case.
     fn outbox_transition(
         &self,
         id: &str,
         to: &'static str,
         decide: impl Fn(&OutboxEntry) -> Result<Option<(OutboxState, Event)>, ()>,
     ) -> Result<OutboxEntry, StoreError> {
-        self.transact(|tx| {
-            let Some(entry) = tx.get_json::<OutboxEntry>(TreeId::Outbox, id.as_bytes())? else {
-                return abort(StoreError::UnknownOutbox(id.to_owned()));
-            };
-            match decide(&entry) {
-                Err(()) => abort(StoreError::OutboxTransition {
-                    id: id.to_owned(),
-                    from: entry.state.name(),
-                    to,
-                }),
-                Ok(None) => Ok(entry),
-                Ok(Some((state, event))) => {
-                    let mut next = entry.clone();
-                    next.state = state;
-                    put_entry(tx, Some(&entry), &next)?;
-                    if let Some(case) = &entry.case {
-                        append_event(tx, case, &event)?;
-                    }
-                    Ok(next)
-                }
-            }
+        self.outbox_change(id, to, |entry| {
+            Ok(decide(entry)?.map(|(state, event)| (state, Some(event))))
         })
     }
 }
