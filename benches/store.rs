@@ -121,6 +121,7 @@ fn checkpoint(last_uid: u64) -> Checkpoint {
 }
 
 fn ingest(c: &mut Criterion) {
+    complaintd::allocator::configure_mimalloc();
     let mut group = c.benchmark_group("store_ingest");
     group
         .throughput(Throughput::Elements(BATCH))
@@ -220,6 +221,7 @@ fn ingest(c: &mut Criterion) {
 }
 
 fn reads(c: &mut Criterion) {
+    complaintd::allocator::configure_mimalloc();
     let dir = TempDir::new().expect("tempdir");
     let store = Store::open(dir.path().join("reads")).expect("open");
     for chunk in 0..100u64 {

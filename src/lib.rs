@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for the code map and the invariants.
 
+pub mod allocator;
 pub mod backoff;
 pub mod calendar;
 pub mod case;

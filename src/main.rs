@@ -14,6 +14,7 @@ use complaintd::clock::SystemClock;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    complaintd::allocator::configure_mimalloc();
     let cli = Cli::parse();
     // Not locked for the whole run: `complaintd run` logs to stderr from many threads.
     let mut out = std::io::stdout();
