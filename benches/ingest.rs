@@ -111,6 +111,7 @@ fn parse_args() -> Result<Args> {
 }
 
 fn main() -> Result<()> {
+    complaintd::allocator::configure_mimalloc();
     let args = parse_args()?;
     if args.engine_only {
         return engine_only(args.mails, args.batch);
