@@ -279,7 +279,7 @@ pub(crate) fn outbox_id_in_message_id(message_id: &str) -> Option<&str> {
 /// What an outbox entry says about a Message-ID: our outgoing mail, when the
 /// entry's Message-ID is that one.
 pub(crate) fn outgoing_record(entry: OutboxEntry, message_id: &str) -> Option<MessageRecord> {
-    (entry.message_id == message_id).then(|| MessageRecord::Outgoing {
+    (entry.message_id == message_id).then_some(MessageRecord::Outgoing {
         case: entry.case,
         outbox_id: entry.id,
         purpose: entry.purpose,
