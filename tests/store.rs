@@ -628,6 +628,70 @@ fn timers_come_out_in_due_order_and_clock_changes_replace_them() {
         .contains(&first));
 }
 
+#[test]
+fn every_due_step_of_a_clock_comes_out_and_fired_steps_go() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let a = ingest_new(&store, "<a@x>", "a@x.example", t0());
+    let steps = [
+        (0, t0() + Duration::hours(2)),
+        (1, t0() + Duration::hours(4)),
+        (2, t0() + Duration::hours(6)),
+    ];
+    let mut changes = ChangeSet::new();
+    changes.replace_clock_timers(&CaseRef::from(&a), "resolve", steps.to_vec());
+    store.apply(&changes).expect("commit");
+    let resolve_steps = |until: DateTime<Utc>| -> Vec<usize> {
+        store
+            .due_timers(until)
+            .expect("read")
+            .into_iter()
+            .filter(|t| t.deadline == "resolve")
+            .map(|t| t.step)
+            .collect()
+    };
+    // A daemon that was down across all three steps finds all three at once.
+    assert_eq!(resolve_steps(t0() + Duration::days(1)), [0, 1, 2]);
+    assert_eq!(resolve_steps(t0() + Duration::hours(4)), [0, 1]);
+
+    // Firing the middle step first leaves the others; firing the first moves
+    // the clock's next due time to the last.
+    let due = store.due_timers(t0() + Duration::days(1)).expect("read");
+    let step = |n: usize| {
+        due.iter()
+            .find(|t| t.deadline == "resolve" && t.step == n)
+            .expect("due")
+            .clone()
+    };
+    let mut fired = ChangeSet::new();
+    fired.remove_timer(&step(1));
+    store.apply(&fired).expect("commit");
+    assert_eq!(resolve_steps(t0() + Duration::days(1)), [0, 2]);
+    let mut fired = ChangeSet::new();
+    fired.remove_timer(&step(0));
+    fired.remove_timer(&ingest_forward_timer(&store, &a));
+    store.apply(&fired).expect("commit");
+    assert_eq!(
+        store.next_timer_due().expect("read"),
+        Some(t0() + Duration::hours(6))
+    );
+    let mut fired = ChangeSet::new();
+    fired.remove_timer(&step(2));
+    store.apply(&fired).expect("commit");
+    assert_eq!(store.next_timer_due().expect("read"), None);
+    assert!(store.timers_of_case(&a).expect("read").is_empty());
+}
+
+/// The `forward` timer every test complaint starts with.
+fn ingest_forward_timer(store: &Store, case: &CaseId) -> Timer {
+    store
+        .timers_of_case(case)
+        .expect("read")
+        .into_iter()
+        .find(|t| t.deadline == "forward")
+        .expect("a forward timer")
+}
+
 fn drain_one(store: &Store, now: DateTime<Utc>) -> String {
     let due = store.due_outbox(now, 10).expect("read");
     assert_eq!(due.len(), 1, "{due:?}");
@@ -1436,6 +1500,64 @@ fn a_version_1_store_is_migrated_and_keeps_its_event_logs() {
             .map(|v| v.to_vec()),
         Some(SCHEMA_VERSION.to_be_bytes().to_vec())
     );
+}
+
+#[test]
+fn a_version_2_store_keeps_one_timer_key_per_clock_after_migration() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("db");
+    let later = [
+        (1usize, t0() + Duration::hours(4)),
+        (2, t0() + Duration::hours(6)),
+    ];
+    let case = {
+        let store = Store::open(&path).expect("open");
+        let case = ingest_new(&store, "<a@x>", "a@x.example", t0());
+        let mut changes = ChangeSet::new();
+        let mut steps = vec![(0, t0() + Duration::hours(2))];
+        steps.extend(later);
+        changes.replace_clock_timers(&CaseRef::from(&case), "resolve", steps);
+        store.apply(&changes).expect("commit");
+        case
+    };
+    {
+        // Plays schema version 2, which indexed every slot of a clock.
+        let db = sled::open(&path).expect("raw open");
+        let timers = db.open_tree("timers").expect("timers");
+        let str_part = |s: &str| {
+            let mut out = (s.len() as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(s.as_bytes());
+            out
+        };
+        for (step, due) in later {
+            let mut key = ((due.timestamp() as u64) ^ (1 << 63))
+                .to_be_bytes()
+                .to_vec();
+            key.extend_from_slice(&due.timestamp_subsec_nanos().to_be_bytes());
+            key.extend(str_part(&case.0));
+            key.extend(str_part("resolve"));
+            key.extend_from_slice(&(step as u64).to_be_bytes());
+            timers.insert(key, Vec::new()).expect("write");
+        }
+        db.open_tree("meta")
+            .expect("meta")
+            .insert("schema_version", &2u32.to_be_bytes())
+            .expect("write");
+        db.flush().expect("flush");
+    }
+    let store = Store::open(&path).expect("migrated");
+    // Stopping the clock must take every one of its steps away: a key left
+    // from version 2 would fire a step of a stopped clock.
+    let mut stop = ChangeSet::new();
+    stop.replace_clock_timers(&CaseRef::from(&case), "resolve", Vec::new());
+    store.apply(&stop).expect("commit");
+    let left: Vec<(String, usize)> = store
+        .due_timers(t0() + Duration::days(30))
+        .expect("read")
+        .into_iter()
+        .map(|t| (t.deadline, t.step))
+        .collect();
+    assert_eq!(left, [("forward".to_owned(), 0)]);
 }
 
 #[test]

@@ -845,6 +845,30 @@ fn timer_key(case: &CaseId, deadline: &str, slot: &TimerSlot) -> Vec<u8> {
     keys::timer_key(slot.due, case, deadline, slot.step as u64)
 }
 
+/// Keeps the `timers` index at one key per clock, its earliest slot: when a
+/// change moves the earliest slot, the old one's key goes and the new one's
+/// comes. The later slots are only in the clock's list; `due_timers` reads
+/// them from there, so a clock's index key costs one write however many
+/// escalation steps it has.
+fn reindex_clock(
+    tx: &Tx<'_>,
+    case: &CaseId,
+    deadline: &str,
+    earliest_before: Option<TimerSlot>,
+    earliest_after: Option<TimerSlot>,
+) -> TxResult<()> {
+    if earliest_before == earliest_after {
+        return Ok(());
+    }
+    if let Some(old) = earliest_before {
+        tx.remove(TreeId::Timers, timer_key(case, deadline, &old))?;
+    }
+    if let Some(new) = earliest_after {
+        tx.put(TreeId::Timers, timer_key(case, deadline, &new), Vec::new())?;
+    }
+    Ok(())
+}
+
 fn apply_timer_op(tx: &Tx<'_>, resolver: &mut Resolver<'_>, op: &TimerOp) -> TxResult<()> {
     match op {
         TimerOp::Add {
@@ -854,9 +878,10 @@ fn apply_timer_op(tx: &Tx<'_>, resolver: &mut Resolver<'_>, op: &TimerOp) -> TxR
         } => {
             let id = resolver.resolve(tx, case)?;
             let mut slots = clock_slots(tx, &id, deadline)?;
+            let before = slots.first().copied();
             slots.push(*slot);
             sort_slots(&mut slots);
-            tx.put(TreeId::Timers, timer_key(&id, deadline, slot), Vec::new())?;
+            reindex_clock(tx, &id, deadline, before, slots.first().copied())?;
             put_clock_slots(tx, &id, deadline, &slots)
         }
         TimerOp::Remove(timer) => {
@@ -865,11 +890,18 @@ fn apply_timer_op(tx: &Tx<'_>, resolver: &mut Resolver<'_>, op: &TimerOp) -> TxR
                 step: timer.step,
             };
             let mut slots = clock_slots(tx, &timer.case, &timer.deadline)?;
+            let before = slots.first().copied();
             slots.retain(|s| *s != slot);
-            tx.remove(
-                TreeId::Timers,
-                timer_key(&timer.case, &timer.deadline, &slot),
-            )?;
+            let after = slots.first().copied();
+            // The fired timer's own key goes whether or not it was the
+            // indexed one, so no stray key can fire again.
+            if before != Some(slot) {
+                tx.remove(
+                    TreeId::Timers,
+                    timer_key(&timer.case, &timer.deadline, &slot),
+                )?;
+            }
+            reindex_clock(tx, &timer.case, &timer.deadline, before, after)?;
             put_clock_slots(tx, &timer.case, &timer.deadline, &slots)
         }
         TimerOp::ReplaceClock {
@@ -878,12 +910,8 @@ fn apply_timer_op(tx: &Tx<'_>, resolver: &mut Resolver<'_>, op: &TimerOp) -> TxR
             slots,
         } => {
             let id = resolver.resolve(tx, case)?;
-            for old in clock_slots(tx, &id, deadline)? {
-                tx.remove(TreeId::Timers, timer_key(&id, deadline, &old))?;
-            }
-            for slot in slots {
-                tx.put(TreeId::Timers, timer_key(&id, deadline, slot), Vec::new())?;
-            }
+            let before = clock_slots(tx, &id, deadline)?.first().copied();
+            reindex_clock(tx, &id, deadline, before, slots.first().copied())?;
             put_clock_slots(tx, &id, deadline, slots)
         }
     }

@@ -321,18 +321,45 @@ impl Store {
 
     /// Timers due at or before `until`, earliest first. They stay stored
     /// until a change set removes them ([`ChangeSet::remove_timer`]).
+    ///
+    /// The `timers` index holds each clock's earliest slot only; a clock
+    /// found there adds its later slots that are due too, from its list.
     pub fn due_timers(&self, until: DateTime<Utc>) -> Result<Vec<Timer>, StoreError> {
         let timers = self.tree(TreeId::Timers);
         let range = match keys::prefix_end(&keys::time_key(until)) {
             Some(end) => timers.range(..end),
             None => timers.range::<&[u8], _>(..),
         };
-        range
-            .map(|item| {
-                let (key, _) = item?;
-                decode_timer(&key)
-            })
-            .collect()
+        let mut due: Vec<(Vec<u8>, Timer)> = Vec::new();
+        for item in range {
+            let (key, _) = item?;
+            let indexed = decode_timer(&key)?;
+            let clock_key = keys::clock_key(&indexed.case, &indexed.deadline);
+            let slots: Vec<TimerSlot> = self
+                .get_json(TreeId::TimerClocks, &clock_key)?
+                .unwrap_or_default();
+            let mut listed = false;
+            for slot in slots.into_iter().take_while(|slot| slot.due <= until) {
+                listed |= slot.due == indexed.due && slot.step == indexed.step;
+                let timer = Timer {
+                    due: slot.due,
+                    case: indexed.case.clone(),
+                    deadline: indexed.deadline.clone(),
+                    step: slot.step,
+                };
+                let key = keys::timer_key(slot.due, &timer.case, &timer.deadline, slot.step as u64);
+                due.push((key, timer));
+            }
+            // A key its clock does not list is still reported, so that the
+            // change set handling it removes it.
+            if !listed {
+                due.push((key.to_vec(), indexed));
+            }
+        }
+        // Key order is due order, ties broken by case, deadline and step.
+        due.sort_by(|a, b| a.0.cmp(&b.0));
+        due.dedup_by(|a, b| a.0 == b.0);
+        Ok(due.into_iter().map(|(_, timer)| timer).collect())
     }
 
     /// When the earliest timer is due: one read of the first key of the

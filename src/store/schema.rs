@@ -6,7 +6,9 @@
 //! the last finished step; a newer one is refused, untouched.
 
 use super::error::StoreError;
-use super::trees::TreeId;
+use super::keys;
+use super::records::TimerSlot;
+use super::trees::{decode, TreeId};
 
 /// The schema version this build writes.
 ///
@@ -14,7 +16,11 @@ use super::trees::TreeId;
 /// 2. The events one transaction appends to a case are one record (a JSON
 ///    array keyed by the first event's sequence number) instead of one
 ///    record per event.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3. The `timers` index holds each clock's earliest slot only (the clock's
+///    list in `timer_clocks` holds them all); outgoing Message-IDs of the
+///    form `OUTBOX_ID@host` are no longer written to `message_ids` (the
+///    ones written before stay valid, so that needs no step).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Key of the version in the `meta` tree.
 pub const VERSION_KEY: &[u8] = b"schema_version";
@@ -24,7 +30,7 @@ pub(crate) type Migration = fn(&sled::Db) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[i]` upgrades version `i + 1` to `i + 2`. Add steps here,
 /// never edit shipped ones.
-pub(crate) const MIGRATIONS: &[Migration] = &[events_as_groups];
+pub(crate) const MIGRATIONS: &[Migration] = &[events_as_groups, earliest_timer_per_clock];
 
 /// Records rewritten per sled batch while migrating.
 const MIGRATION_CHUNK: usize = 10_000;
@@ -54,6 +60,40 @@ fn events_as_groups(db: &sled::Db) -> Result<(), StoreError> {
         }
     }
     events.apply_batch(batch)?;
+    Ok(())
+}
+
+/// 2 → 3: the `timers` index keeps each clock's earliest slot and drops the
+/// keys of its later slots (they stay in the clock's list). Removing a key
+/// that is already gone is harmless, so an interrupted run just runs again.
+fn earliest_timer_per_clock(db: &sled::Db) -> Result<(), StoreError> {
+    let clocks = db.open_tree(TreeId::TimerClocks.name())?;
+    let timers = db.open_tree(TreeId::Timers.name())?;
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
+    for item in clocks.iter() {
+        let (key, value) = item?;
+        let bad = || StoreError::corrupt(TreeId::TimerClocks.name(), &key, "bad clock key");
+        let mut reader = keys::KeyReader::new(&key);
+        let case = crate::case::CaseId(reader.str().ok_or_else(bad)?.to_owned());
+        let deadline = reader.str().ok_or_else(bad)?.to_owned();
+        let mut slots: Vec<TimerSlot> = decode(TreeId::TimerClocks, &key, &value)?;
+        slots.sort_by_key(|s| (s.due, s.step));
+        for later in slots.iter().skip(1) {
+            batch.remove(keys::timer_key(
+                later.due,
+                &case,
+                &deadline,
+                later.step as u64,
+            ));
+            in_batch += 1;
+        }
+        if in_batch >= MIGRATION_CHUNK {
+            timers.apply_batch(std::mem::take(&mut batch))?;
+            in_batch = 0;
+        }
+    }
+    timers.apply_batch(batch)?;
     Ok(())
 }
 
