@@ -1503,7 +1503,7 @@ fn a_version_1_store_is_migrated_and_keeps_its_event_logs() {
 }
 
 #[test]
-fn a_version_2_store_keeps_one_timer_key_per_clock_after_migration() {
+fn a_version_2_store_is_migrated_to_one_timer_key_per_clock_and_one_counter_record() {
     let dir = TempDir::new().expect("tempdir");
     let path = dir.path().join("db");
     let later = [
@@ -1539,6 +1539,20 @@ fn a_version_2_store_keeps_one_timer_key_per_clock_after_migration() {
             key.extend_from_slice(&(step as u64).to_be_bytes());
             timers.insert(key, Vec::new()).expect("write");
         }
+        // Version 2 kept a case's numbers under one key each: the next
+        // event (two so far) and the last mail of each purpose.
+        let counters = db.open_tree("counters").expect("counters");
+        let mut event_counter = b"e".to_vec();
+        event_counter.extend(str_part(&case.0));
+        counters
+            .insert(event_counter, &2u64.to_be_bytes())
+            .expect("write");
+        let mut ack_counter = b"m".to_vec();
+        ack_counter.extend(str_part(&case.0));
+        ack_counter.extend(str_part("ack"));
+        counters
+            .insert(ack_counter, &1u64.to_be_bytes())
+            .expect("write");
         db.open_tree("meta")
             .expect("meta")
             .insert("schema_version", &2u32.to_be_bytes())
@@ -1546,6 +1560,17 @@ fn a_version_2_store_keeps_one_timer_key_per_clock_after_migration() {
         db.flush().expect("flush");
     }
     let store = Store::open(&path).expect("migrated");
+    // The numbers go on from where version 2 left them.
+    let mut again = ChangeSet::new();
+    again
+        .queue_mail(&CaseRef::from(&case), ack("a@x.example", t0()))
+        .expect("queue");
+    let outcome = store.apply(&again).expect("commit");
+    assert_eq!(
+        outcome.applied().expect("applied").mails[0].outbox_id,
+        "TS-2026-000001.ack.2"
+    );
+    assert_eq!(store.events(&case).expect("read").len(), 3);
     // Stopping the clock must take every one of its steps away: a key left
     // from version 2 would fire a step of a stopped clock.
     let mut stop = ChangeSet::new();

@@ -923,9 +923,19 @@ fn queue_mail(
     draft: &MailDraft,
     prerendered: Option<&Prerendered>,
 ) -> TxResult<QueuedMail> {
-    let seq_key = keys::mail_sequence_key(case, &draft.purpose);
-    let sequence = tx.counter(TreeId::Counters, &seq_key)? + 1;
-    tx.set_counter(TreeId::Counters, seq_key, sequence)?;
+    let sequence = match case {
+        Some(case) => tx.update_case_counters(case, |counters| {
+            let last = counters.mails.entry(draft.purpose.clone()).or_insert(0);
+            *last += 1;
+            *last
+        })?,
+        None => {
+            let seq_key = keys::mail_sequence_key(None, &draft.purpose);
+            let sequence = tx.counter(TreeId::Counters, &seq_key)? + 1;
+            tx.set_counter(TreeId::Counters, seq_key, sequence)?;
+            sequence
+        }
+    };
     let Ok(sequence) = u32::try_from(sequence) else {
         return abort(StoreError::InvalidBatch(format!(
             "more than {} mails of purpose `{}`",

@@ -137,7 +137,6 @@ impl<'a> KeyReader<'a> {
         Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.rest.is_empty()
     }

@@ -201,6 +201,7 @@ impl Store {
                 let tx = Tx::new(view);
                 let value = body(&tx)?;
                 tx.write_events()?;
+                tx.write_case_counters()?;
                 Ok(value)
             });
         match result {

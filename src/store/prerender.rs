@@ -18,7 +18,7 @@ use super::error::StoreError;
 use super::keys;
 use super::outbox::{mail_identity, MailIdentity, RenderedMail};
 use super::records::normalize_message_id;
-use super::trees::TreeId;
+use super::trees::{CaseCounters, TreeId};
 use super::Store;
 use crate::case::CaseId;
 
@@ -152,7 +152,7 @@ impl Store {
                 let counter_key = keys::mail_sequence_key(id.as_ref(), &draft.purpose);
                 let sequence = match mail_counters.get(&counter_key) {
                     Some(n) => *n,
-                    None => self.stored_counter(&counter_key)?,
+                    None => self.stored_mail_sequence(id.as_ref(), &draft.purpose)?,
                 } + 1;
                 mail_counters.insert(counter_key, sequence);
                 identities.push(
@@ -164,6 +164,27 @@ impl Store {
             out.push(identities);
         }
         Ok(out)
+    }
+
+    /// The last sequence of a purpose's mail: in the case's counter record,
+    /// or under its own key for mail of no case.
+    fn stored_mail_sequence(
+        &self,
+        case: Option<&CaseId>,
+        purpose: &str,
+    ) -> Result<u64, StoreError> {
+        let Some(case) = case else {
+            return self.stored_counter(&keys::mail_sequence_key(None, purpose));
+        };
+        let key = keys::event_sequence_key(case);
+        match self.tree(TreeId::Counters).get(&key)? {
+            None => Ok(0),
+            Some(raw) => CaseCounters::decode(&raw)
+                .map(|counters| counters.mails.get(purpose).copied().unwrap_or(0))
+                .ok_or_else(|| {
+                    StoreError::corrupt(TreeId::Counters.name(), &key, "not a case counter record")
+                }),
+        }
     }
 
     fn stored_counter(&self, key: &[u8]) -> Result<u64, StoreError> {

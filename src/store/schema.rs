@@ -5,10 +5,12 @@
 //! migrations in order, recording each step, so a crash mid-way resumes from
 //! the last finished step; a newer one is refused, untouched.
 
+use std::collections::BTreeMap;
+
 use super::error::StoreError;
 use super::keys;
 use super::records::TimerSlot;
-use super::trees::{decode, TreeId};
+use super::trees::{decode, CaseCounters, TreeId};
 
 /// The schema version this build writes.
 ///
@@ -17,7 +19,8 @@ use super::trees::{decode, TreeId};
 ///    array keyed by the first event's sequence number) instead of one
 ///    record per event.
 /// 3. The `timers` index holds each clock's earliest slot only (the clock's
-///    list in `timer_clocks` holds them all); outgoing Message-IDs of the
+///    list in `timer_clocks` holds them all); a case's event and mail
+///    sequence numbers are one record in `counters`; outgoing Message-IDs of the
 ///    form `OUTBOX_ID@host` are no longer written to `message_ids` (the
 ///    ones written before stay valid, so that needs no step).
 pub const SCHEMA_VERSION: u32 = 3;
@@ -30,7 +33,7 @@ pub(crate) type Migration = fn(&sled::Db) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[i]` upgrades version `i + 1` to `i + 2`. Add steps here,
 /// never edit shipped ones.
-pub(crate) const MIGRATIONS: &[Migration] = &[events_as_groups, earliest_timer_per_clock];
+pub(crate) const MIGRATIONS: &[Migration] = &[events_as_groups, fewer_keys];
 
 /// Records rewritten per sled batch while migrating.
 const MIGRATION_CHUNK: usize = 10_000;
@@ -60,6 +63,65 @@ fn events_as_groups(db: &sled::Db) -> Result<(), StoreError> {
         }
     }
     events.apply_batch(batch)?;
+    Ok(())
+}
+
+/// 2 → 3: both steps below.
+fn fewer_keys(db: &sled::Db) -> Result<(), StoreError> {
+    earliest_timer_per_clock(db)?;
+    case_counters_in_one_record(db)
+}
+
+/// 2 → 3: a case's event counter (`e ++ str(case)`, 8 bytes) and its mail
+/// counters (`m ++ str(case) ++ str(purpose)`) become one [`CaseCounters`]
+/// record under the event counter's key, in one atomic batch. A record
+/// already converted is read as such and no mail counter is left for it,
+/// so an interrupted run just runs again.
+fn case_counters_in_one_record(db: &sled::Db) -> Result<(), StoreError> {
+    let counters = db.open_tree(TreeId::Counters.name())?;
+    let bad = |key: &[u8], why: &str| StoreError::corrupt(TreeId::Counters.name(), key, why);
+    let mut records: BTreeMap<String, CaseCounters> = BTreeMap::new();
+    for item in counters.scan_prefix(b"e") {
+        let (key, value) = item?;
+        let case = keys::KeyReader::new(&key[1..])
+            .str()
+            .ok_or_else(|| bad(&key, "bad event counter key"))?
+            .to_owned();
+        let record = match <[u8; 8]>::try_from(value.as_ref()) {
+            Ok(raw) => CaseCounters {
+                next_event: u64::from_be_bytes(raw),
+                ..CaseCounters::default()
+            },
+            Err(_) => {
+                CaseCounters::decode(&value).ok_or_else(|| bad(&key, "not an event counter"))?
+            }
+        };
+        records.insert(case, record);
+    }
+    let mut batch = sled::Batch::default();
+    for item in counters.scan_prefix(b"m") {
+        let (key, value) = item?;
+        let mut reader = keys::KeyReader::new(&key[1..]);
+        let (Some(case), Some(purpose)) = (reader.str(), reader.str()) else {
+            return Err(bad(&key, "bad mail counter key"));
+        };
+        let sequence = <[u8; 8]>::try_from(value.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| bad(&key, "mail counter is not 8 bytes"))?;
+        records
+            .entry(case.to_owned())
+            .or_default()
+            .mails
+            .insert(purpose.to_owned(), sequence);
+        batch.remove(key);
+    }
+    for (case, record) in &records {
+        batch.insert(
+            keys::event_sequence_key(&crate::case::CaseId(case.clone())),
+            record.encode(),
+        );
+    }
+    counters.apply_batch(batch)?;
     Ok(())
 }
 
