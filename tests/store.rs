@@ -68,6 +68,7 @@ fn render(identity: &MailIdentity) -> Result<RenderedMail, String> {
         message_id: built.message_id,
         subject: built.subject,
         bytes: built.bytes,
+        template_failure: None,
     })
 }
 
@@ -78,6 +79,7 @@ fn render_plain(identity: &MailIdentity) -> Result<RenderedMail, String> {
         bytes: format!("Message-ID: <{message_id}>\r\n\r\nx\r\n").into_bytes(),
         message_id,
         subject: identity.purpose.clone(),
+        template_failure: None,
     })
 }
 
@@ -853,6 +855,7 @@ fn a_renderer_that_reuses_a_message_id_aborts_the_commit() {
                         message_id: "<TS-2026-000001.ack.1@corp.example>".into(),
                         subject: "s".into(),
                         bytes: Vec::new(),
+                        template_failure: None,
                     })
                 },
             ),

@@ -38,6 +38,8 @@ pub(crate) struct PreparedMail {
     pub message_id: String,
     pub subject: String,
     pub bytes: sled::IVec,
+    /// The renderer's note that the template failed, if it did.
+    pub template_failure: Option<String>,
 }
 
 impl From<RenderedMail> for PreparedMail {
@@ -46,6 +48,7 @@ impl From<RenderedMail> for PreparedMail {
             message_id: mail.message_id,
             subject: mail.subject,
             bytes: sled::IVec::from(mail.bytes),
+            template_failure: mail.template_failure,
         }
     }
 }
@@ -251,6 +254,7 @@ mod tests {
                     message_id: format!("<{}@corp.example>", identity.outbox_id),
                     subject: format!("[{}]", identity.outbox_id),
                     bytes: format!("mail {}", identity.outbox_id).into_bytes(),
+                    template_failure: None,
                 })
             },
         )
