@@ -7,7 +7,9 @@
 //! the transaction, in parallel. Inside the transaction a mail whose
 //! allocated identity is the foreseen one takes the prepared bytes; any
 //! other (a counter moved meanwhile) is rendered there as before. The
-//! outcome is the same either way, because renderers are pure.
+//! outcome is the same either way, because renderers are pure; what the
+//! commit stores and notes (bytes, subject, Message-ID, a template failure)
+//! always comes from the rendering for the identity the mail actually gets.
 
 use std::collections::{HashMap, HashSet};
 
