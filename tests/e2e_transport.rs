@@ -790,6 +790,74 @@ async fn seen_is_set_only_after_the_commit_and_a_refused_commit_is_fetched_again
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_batch_is_marked_only_after_its_own_commit() {
+    let stack = Stack::up(&["overlap"]);
+    let mut imap = stack.client("overlap").await;
+    for n in 1..=6 {
+        imap.append(
+            "INBOX",
+            &message(&format!("overlap {n}"), &format!("overlap{n}")),
+        )
+        .await;
+    }
+    let sink = RecordingSink::gated(0);
+    let metrics = Metrics::new();
+    let mut mailbox = stack.mailbox("overlap", "overlap");
+    mailbox.batch_size = 2;
+    let running = Running::start(mailbox, fast_imap_options(), sink.clone(), metrics.clone());
+
+    // The first batch commits; the connection marks it while the second
+    // batch commits (or before: the order of the two is not fixed).
+    sink.wait_for("the first batch at the gate", |s| {
+        (s.waiting == 1).then_some(())
+    })
+    .await;
+    sink.open_gate(1);
+    sink.wait_for("the second batch at the gate", |s| {
+        (s.waiting == 1 && s.committed.len() == 2).then_some(())
+    })
+    .await;
+    let marked = imap
+        .wait_for("INBOX", "the first batch \\Seen", |m| {
+            m.get(&1).is_some_and(|(flags, _)| is_seen(flags))
+                && m.get(&2).is_some_and(|(flags, _)| is_seen(flags))
+        })
+        .await;
+    let unmarked: Vec<u32> = marked
+        .iter()
+        .filter(|(_, (flags, _))| !is_seen(flags))
+        .map(|(uid, _)| *uid)
+        .collect();
+    assert_eq!(
+        unmarked,
+        [3, 4, 5, 6],
+        "only committed messages are marked, while batch 2 is still committing"
+    );
+
+    sink.open_gate(2);
+    let committed = sink.wait_for_count(6).await;
+    assert_eq!(
+        committed.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    imap.wait_for("INBOX", "all \\Seen after the last commit", |m| {
+        m.len() == 6 && m.values().all(|(flags, _)| is_seen(flags))
+    })
+    .await;
+    running.stop().await;
+    let batches: Vec<Vec<u32>> = sink
+        .state
+        .lock()
+        .unwrap()
+        .batches
+        .iter()
+        .map(|(_, uids)| uids.clone())
+        .collect();
+    assert_eq!(batches, [vec![1, 2], vec![3, 4], vec![5, 6]]);
+    assert_eq!(metrics.imap_reconnects("overlap"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_wakes_the_task_within_a_second_or_two() {
     let stack = Stack::up(&["idle"]);
     let mut imap = stack.client("idle").await;

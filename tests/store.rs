@@ -1084,6 +1084,98 @@ fn duplicate_message_ids_are_skipped_and_reported() {
 }
 
 #[test]
+fn outgoing_message_ids_are_known_whether_or_not_they_follow_the_outbox_id() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let case = ingest_new(&store, "<first@x>", "a@x.example", t0());
+    // The acknowledgement's Message-ID is `OUTBOX_ID@host`, answered from the
+    // outbox; a renderer may also choose another form, which is indexed.
+    let mut changes = ChangeSet::new();
+    changes
+        .queue_mail(
+            &CaseRef::from(&case),
+            MailDraft::new(
+                "remind",
+                "reminder",
+                "complaints@corp.example",
+                vec!["service@corp.example".into()],
+                t0(),
+                |_: &MailIdentity| {
+                    Ok(RenderedMail {
+                        message_id: "<reminder-own-form@corp.example>".into(),
+                        subject: "s".into(),
+                        bytes: b"x".to_vec(),
+                    })
+                },
+            ),
+        )
+        .expect("queue");
+    store.apply(&changes).expect("commit");
+    for (message_id, outbox_id, purpose) in [
+        (
+            "TS-2026-000001.ack.1@corp.example",
+            "TS-2026-000001.ack.1",
+            "ack",
+        ),
+        (
+            "reminder-own-form@corp.example",
+            "TS-2026-000001.remind.1",
+            "remind",
+        ),
+    ] {
+        assert_eq!(
+            store.message(message_id).expect("read"),
+            Some(MessageRecord::Outgoing {
+                case: Some(case.clone()),
+                outbox_id: outbox_id.into(),
+                purpose: purpose.into(),
+            }),
+            "{message_id}"
+        );
+    }
+    // Same outbox id, another host: not our mail.
+    assert_eq!(
+        store
+            .message("TS-2026-000001.ack.1@elsewhere.example")
+            .expect("read"),
+        None
+    );
+    assert_eq!(
+        store
+            .message("TS-2026-000001.ack.2@corp.example")
+            .expect("read"),
+        None
+    );
+
+    // A copy of our own mail coming in (a loop, a forwarding rule) is a
+    // duplicate, not a new complaint.
+    for (n, message_id) in [
+        "<TS-2026-000001.ack.1@corp.example>",
+        "<reminder-own-form@corp.example>",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (copy, _) = new_complaint(message_id, "a@x.example", t0());
+        let outcome = store
+            .ingest(
+                "INBOX",
+                Checkpoint {
+                    uid_validity: 1,
+                    last_uid: 2 + n as u32,
+                },
+                &copy,
+            )
+            .expect("commit");
+        assert!(outcome.is_duplicate(), "{message_id}: {outcome:?}");
+    }
+    assert_eq!(
+        ids(&store.list_cases(&CaseFilter::default()).expect("list")),
+        [case.0.as_str()]
+    );
+}
+
+#[test]
 fn a_reply_in_the_same_batch_can_join_the_case_it_answers() {
     let dir = TempDir::new().expect("tempdir");
     let store = open(&dir);

@@ -350,14 +350,28 @@ impl<S: IngestSink> Worker<S> {
             max_bytes: self.options.max_batch_bytes,
             max_message_bytes: self.options.max_message_bytes,
         };
-        for batch in plan::batches(&new, limits) {
+        // While the store commits one batch, the connection marks the batch
+        // before it and fetches the one after it: the commit is the slow step,
+        // and IMAP round trips on either side of it would add to every batch.
+        // A batch is marked only after its own commit returned.
+        let mut planned = plan::batches(&new, limits).into_iter();
+        let mut next = match planned.next() {
+            Some(first) => Some(self.fetch_batch(session, &first).await?),
+            None => None,
+        };
+        let mut committed_unmarked: Option<Vec<u32>> = None;
+        while let Some(messages) = next.take() {
             // A long backlog must not hold up shutdown; the rest waits for the next start.
             if self.shutdown.is_cancelled() {
                 break;
             }
-            let messages = self.fetch_batch(session, &batch).await?;
+            let following = planned.next();
             if messages.is_empty() {
                 // Every message of the batch was expunged meanwhile.
+                next = match following {
+                    Some(batch) => Some(self.fetch_batch(session, &batch).await?),
+                    None => None,
+                };
                 continue;
             }
             let uids: Vec<u32> = messages.iter().map(|m| m.uid).collect();
@@ -369,9 +383,20 @@ impl<S: IngestSink> Worker<S> {
                 messages,
             };
             let checkpoint = batch.checkpoint();
-            // No timeout here: the sink is local, and cutting a commit short would
-            // leave it unknown whether it happened.
-            self.sink.ingest(batch).await?;
+            let to_mark = committed_unmarked.take();
+            let connection_work = async {
+                if let Some(uids) = &to_mark {
+                    self.after_ingest(session, uids, can_move).await?;
+                }
+                match following {
+                    Some(batch) => self.fetch_batch(session, &batch).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            // No timeout on the commit: the sink is local, and cutting a commit
+            // short would leave it unknown whether it happened.
+            let (committed, fetched) = tokio::join!(self.sink.ingest(batch), connection_work);
+            committed?;
             *last_uid = checkpoint.last_uid;
             self.metrics
                 .messages_fetched(&self.mailbox.name, count as u64);
@@ -381,6 +406,10 @@ impl<S: IngestSink> Worker<S> {
                 last_uid = checkpoint.last_uid,
                 "imap: batch committed"
             );
+            committed_unmarked = Some(uids);
+            next = fetched?;
+        }
+        if let Some(uids) = committed_unmarked {
             self.after_ingest(session, &uids, can_move).await?;
         }
         Ok(())

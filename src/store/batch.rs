@@ -19,7 +19,10 @@ use super::engine_ops::{self, ExtraOp};
 use super::error::StoreError;
 use super::history::HistoryMemo;
 use super::keys;
-use super::outbox::{mail_identity, put_entry, MailDraft, OutboxEntry, OutboxState};
+use super::outbox::{
+    mail_identity, message_known, outbox_id_in_message_id, put_entry, MailDraft, OutboxEntry,
+    OutboxState,
+};
 use super::prerender::{prepared_for, prepared_message_id, PreparedMail, Prerendered};
 use super::records::{
     normalize_message_id, AttachmentRecord, Checkpoint, MessageRecord, QuarantineRecord, Timer,
@@ -642,7 +645,7 @@ fn apply_changes(
     new_ids: &mut HashMap<NewCaseKey, CaseId>,
 ) -> TxResult<ChangeOutcome> {
     if let Some(message) = &changes.message {
-        if tx.contains(TreeId::MessageIds, message.message_id.as_bytes())? {
+        if message_known(tx, &message.message_id)? {
             return Ok(ChangeOutcome::Duplicate {
                 message_id: message.message_id.clone(),
             });
@@ -947,7 +950,7 @@ fn queue_mail(
     if message_id.is_empty() {
         return abort(render_error("the rendered mail has no Message-ID".into()));
     }
-    if tx.contains(TreeId::MessageIds, message_id.as_bytes())? {
+    if message_known(tx, &message_id)? {
         return abort(render_error(format!(
             "Message-ID <{message_id}> is already in use; Message-IDs must be unique per \
              (case, purpose, sequence)"
@@ -974,15 +977,18 @@ fn queue_mail(
         entry.id.as_bytes().to_vec(),
         rendered.bytes,
     )?;
-    tx.put_json(
-        TreeId::MessageIds,
-        message_id.clone().into_bytes(),
-        &MessageRecord::Outgoing {
-            case: case.cloned(),
-            outbox_id: entry.id.clone(),
-            purpose: entry.purpose.clone(),
-        },
-    )?;
+    // A Message-ID of the usual form is answered from the outbox entry.
+    if outbox_id_in_message_id(&message_id) != Some(entry.id.as_str()) {
+        tx.put_json(
+            TreeId::MessageIds,
+            message_id.clone().into_bytes(),
+            &MessageRecord::Outgoing {
+                case: case.cloned(),
+                outbox_id: entry.id.clone(),
+                purpose: entry.purpose.clone(),
+            },
+        )?;
+    }
     if let Some(case) = case {
         if let Some(note) = &rendered.template_failure {
             append_event(

@@ -308,7 +308,10 @@ impl Store {
     /// What the store knows about a Message-ID (angle brackets optional).
     pub fn message(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError> {
         let key = normalize_message_id(message_id);
-        self.get_json(TreeId::MessageIds, key.as_bytes())
+        match self.get_json(TreeId::MessageIds, key.as_bytes())? {
+            Some(record) => Ok(Some(record)),
+            None => self.outgoing_message(&key),
+        }
     }
 
     /// How far a mailbox has been read.

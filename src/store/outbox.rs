@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use super::batch::append_event;
 use super::error::StoreError;
 use super::keys;
+use super::records::MessageRecord;
 use super::trees::{abort, decode, TreeId, Tx, TxResult};
 use super::Store;
 use crate::case::{CaseId, Event, EventKind};
@@ -264,6 +265,45 @@ pub enum DeliveryFailure {
 }
 
 /// Writes an entry and keeps the due index in step with its state.
+/// The outbox id an outgoing Message-ID names, when it has the form the
+/// renderer gives our mail, `OUTBOX_ID@host`. Those Message-IDs are not
+/// written to `message_ids` (one key fewer per queued mail): the outbox entry
+/// of that id answers for them, if its recorded Message-ID is this one.
+pub(crate) fn outbox_id_in_message_id(message_id: &str) -> Option<&str> {
+    message_id
+        .split_once('@')
+        .map(|(local, _)| local)
+        // Outbox ids end in `.SEQUENCE`; most other Message-IDs fail this cheap test.
+        .filter(|local| {
+            local.rsplit_once('.').is_some_and(|(_, sequence)| {
+                !sequence.is_empty() && sequence.bytes().all(|b| b.is_ascii_digit())
+            })
+        })
+}
+
+/// What an outbox entry says about a Message-ID: our outgoing mail, when the
+/// entry's Message-ID is that one.
+pub(crate) fn outgoing_record(entry: OutboxEntry, message_id: &str) -> Option<MessageRecord> {
+    (entry.message_id == message_id).then_some(MessageRecord::Outgoing {
+        case: entry.case,
+        outbox_id: entry.id,
+        purpose: entry.purpose,
+    })
+}
+
+/// Whether a Message-ID is known inside a transaction: indexed, or an
+/// outgoing mail's that its outbox entry answers for.
+pub(crate) fn message_known(tx: &Tx<'_>, message_id: &str) -> TxResult<bool> {
+    if tx.contains(TreeId::MessageIds, message_id.as_bytes())? {
+        return Ok(true);
+    }
+    let Some(outbox_id) = outbox_id_in_message_id(message_id) else {
+        return Ok(false);
+    };
+    let entry: Option<OutboxEntry> = tx.get_json(TreeId::Outbox, outbox_id.as_bytes())?;
+    Ok(entry.is_some_and(|entry| entry.message_id == message_id))
+}
+
 pub(crate) fn put_entry(
     tx: &Tx<'_>,
     old: Option<&OutboxEntry>,
@@ -283,6 +323,20 @@ pub(crate) fn put_entry(
 }
 
 impl Store {
+    /// Our outgoing mail with this Message-ID, answered from the outbox (see
+    /// [`outbox_id_in_message_id`]).
+    pub(crate) fn outgoing_message(
+        &self,
+        message_id: &str,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        let Some(outbox_id) = outbox_id_in_message_id(message_id) else {
+            return Ok(None);
+        };
+        Ok(self
+            .outbox_entry(outbox_id)?
+            .and_then(|entry| outgoing_record(entry, message_id)))
+    }
+
     /// One outbox entry.
     pub fn outbox_entry(&self, id: &str) -> Result<Option<OutboxEntry>, StoreError> {
         self.get_json(TreeId::Outbox, id.as_bytes())

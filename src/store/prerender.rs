@@ -111,7 +111,8 @@ impl Store {
                 let duplicate = seen_messages.contains(message_id)
                     || self
                         .tree(TreeId::MessageIds)
-                        .contains_key(message_id.as_bytes())?;
+                        .contains_key(message_id.as_bytes())?
+                    || self.outgoing_message(message_id)?.is_some();
                 if duplicate {
                     out.push(vec![None; change_set.mails.len()]);
                     continue;
