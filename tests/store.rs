@@ -1105,6 +1105,7 @@ fn outgoing_message_ids_are_known_whether_or_not_they_follow_the_outbox_id() {
                         message_id: "<reminder-own-form@corp.example>".into(),
                         subject: "s".into(),
                         bytes: b"x".to_vec(),
+                        template_failure: None,
                     })
                 },
             ),
