@@ -55,6 +55,7 @@ fn render(identity: &MailIdentity) -> Result<RenderedMail, String> {
         message_id: built.message_id,
         subject: built.subject,
         bytes: built.bytes,
+        template_failure: None,
     })
 }
 

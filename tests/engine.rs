@@ -1210,3 +1210,154 @@ fn a_mail_claiming_one_of_our_message_ids_cannot_block_the_real_mail() {
     let (ack, _) = h.sent("TS-2026-000001.ack.1");
     assert_eq!(ack.message_id, "TS-2026-000001.ack.1@mail.corp.example");
 }
+
+// A template that fails when a mail is rendered: the plain fallback text goes
+// out and the case's log says so once, from the rendering of the mail's own
+// identity (the engine no longer renders a placeholder copy first).
+
+/// Replaces the template file `file` by one that fails to render for case
+/// `failing_case` only (so the load-time dry run, whose example case is
+/// TS-2026-000001, passes), and reloads the policy.
+fn break_template_for(h: &mut Harness, file: &str, failing_case: &str) {
+    let text = format!(
+        "Subject: 通知\n\n{{% if case.number == \"{failing_case}\" %}}{{{{ no_such_variable }}}}\
+         {{% endif %}}案件 {{{{ case.number }}}}\n"
+    );
+    std::fs::write(h.rules().join("templates").join(file), text).unwrap();
+    h.reopen();
+}
+
+/// The notes of a case's log that say a template failed.
+fn template_failure_notes(events: &[Event]) -> Vec<&Event> {
+    events
+        .iter()
+        .filter(
+            |e| matches!(&e.kind, EventKind::Note { text } if text.contains("the template failed")),
+        )
+        .collect()
+}
+
+#[test]
+fn an_acknowledgement_whose_template_fails_sends_the_plain_text_and_notes_it_once() {
+    let mut h = Harness::new();
+    break_template_for(&mut h, "acknowledgement.zh.txt", "TS-2026-000002");
+    let report = h.ingest_raw(vec![
+        variant("complaint-billing.eml", 1, "a@example.com"),
+        variant("complaint-billing.eml", 2, "b@example.com"),
+    ]);
+    assert_eq!(
+        Harness::outcomes(&report),
+        [
+            new_case(case_id(1), true, &["billing_dept"]),
+            new_case(case_id(2), true, &["billing_dept"]),
+        ]
+    );
+
+    // Case 1's template renders: its own text, no note.
+    let (ack, _) = h.sent("TS-2026-000001.ack.1");
+    assert_eq!(ack.subject, "[TS-2026-000001] 通知");
+    assert_eq!(ack.text.trim(), "案件 TS-2026-000001");
+    assert!(template_failure_notes(&h.events(&case_id(1))).is_empty());
+
+    // Case 2's fails: the plain text is queued and noted once, just before
+    // the acknowledgement's own event, at the time of the mail.
+    let (ack, _) = h.sent("TS-2026-000002.ack.1");
+    assert_eq!(ack.subject, "[TS-2026-000002] Complaint received");
+    assert!(
+        ack.text
+            .starts_with("Your complaint has been registered as case TS-2026-000002."),
+        "{}",
+        ack.text
+    );
+    let events = h.events(&case_id(2));
+    let notes = template_failure_notes(&events);
+    assert_eq!(notes.len(), 1, "{events:#?}");
+    let EventKind::Note { text } = &notes[0].kind else {
+        unreachable!("only notes are selected")
+    };
+    assert!(
+        text.starts_with("the acknowledgement: the template failed (")
+            && text.contains("acknowledgement.zh.txt:3")
+            && text.ends_with("); a plain text was sent"),
+        "{text}"
+    );
+    assert_eq!(notes[0].at, at("2026-11-24T10:00:00+08:00"));
+    let position = events.iter().position(|e| e == notes[0]).unwrap();
+    assert!(
+        matches!(&events[position + 1].kind,
+            EventKind::MailQueued { outbox_id, .. } if outbox_id == "TS-2026-000002.ack.1"),
+        "{events:#?}"
+    );
+    assert_eq!(h.outbox_ids(&case_id(2)).len(), 2, "the forward goes too");
+}
+
+#[test]
+fn an_escalation_mail_whose_template_fails_sends_the_plain_text_and_notes_it_once() {
+    let mut h = Harness::new();
+    h.ingest_raw(vec![
+        variant("complaint-billing.eml", 1, "a@example.com"),
+        variant("complaint-billing.eml", 2, "b@example.com"),
+    ]);
+    break_template_for(&mut h, "reminder.zh.txt", "TS-2026-000002");
+    let half_time = at("2026-11-25T10:00:00+08:00");
+    h.clock.set(half_time);
+    assert_eq!(h.engine().fire_due(half_time).unwrap(), 2);
+
+    let (reminder, _) = h.sent("TS-2026-000001.reminder.1");
+    assert_eq!(reminder.text.trim(), "案件 TS-2026-000001");
+    assert!(template_failure_notes(&h.events(&case_id(1))).is_empty());
+
+    let (reminder, _) = h.sent("TS-2026-000002.reminder.1");
+    assert_eq!(
+        reminder.text.trim(),
+        "Case TS-2026-000002: the deadline 调查时限 is due 2026-11-26 10:00 (escalation step 1)."
+    );
+    let to: Vec<&str> = reminder.to.iter().map(|a| a.email.as_str()).collect();
+    assert_eq!(to, ["billing@corp.example"]);
+    let events = h.events(&case_id(2));
+    let notes = template_failure_notes(&events);
+    assert_eq!(notes.len(), 1, "{events:#?}");
+    assert!(
+        matches!(&notes[0].kind, EventKind::Note { text }
+            if text.starts_with("the reminder mail of deadline investigate: the template failed (")
+                && text.ends_with("); a plain text was sent")),
+        "{:?}",
+        notes[0]
+    );
+    assert_eq!(notes[0].at, half_time);
+
+    // The timer is gone with the mail: nothing fires, nothing is noted again.
+    h.reopen();
+    assert_eq!(h.engine().fire_due(half_time).unwrap(), 0);
+    assert_eq!(template_failure_notes(&h.events(&case_id(2))).len(), 1);
+}
+
+#[test]
+fn a_mail_that_cannot_be_built_is_left_out_with_one_note_and_its_template_is_not_rendered() {
+    let mut h = Harness::new();
+    break_template_for(&mut h, "acknowledgement.zh.txt", "TS-2026-000002");
+    let unusable = String::from_utf8(fixture("complaint-billing.eml"))
+        .unwrap()
+        .replace("<c1.wang@example.com>", "<c1-2.wang@example.com>")
+        .replace("<wang@example.com>", "<wang@example..com>");
+    let report = h.ingest_raw(vec![
+        variant("complaint-billing.eml", 1, "a@example.com"),
+        RawMessage::full(unusable.into_bytes()),
+    ]);
+    assert_eq!(
+        Harness::outcomes(&report),
+        [
+            new_case(case_id(1), true, &["billing_dept"]),
+            new_case(case_id(2), false, &["billing_dept"]),
+        ]
+    );
+    assert_eq!(h.outbox_ids(&case_id(2)), ["TS-2026-000002.forward.1"]);
+    let events = h.events(&case_id(2));
+    let cannot: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::Note { text }
+            if text.starts_with("the acknowledgement cannot be sent: \"wang@example..com\" is not a valid mail address")))
+        .collect();
+    assert_eq!(cannot.len(), 1, "{events:#?}");
+    assert!(template_failure_notes(&events).is_empty(), "{events:#?}");
+}

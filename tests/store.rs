@@ -68,6 +68,7 @@ fn render(identity: &MailIdentity) -> Result<RenderedMail, String> {
         message_id: built.message_id,
         subject: built.subject,
         bytes: built.bytes,
+        template_failure: None,
     })
 }
 
@@ -78,6 +79,7 @@ fn render_plain(identity: &MailIdentity) -> Result<RenderedMail, String> {
         bytes: format!("Message-ID: <{message_id}>\r\n\r\nx\r\n").into_bytes(),
         message_id,
         subject: identity.purpose.clone(),
+        template_failure: None,
     })
 }
 
@@ -917,6 +919,7 @@ fn a_renderer_that_reuses_a_message_id_aborts_the_commit() {
                         message_id: "<TS-2026-000001.ack.1@corp.example>".into(),
                         subject: "s".into(),
                         bytes: Vec::new(),
+                        template_failure: None,
                     })
                 },
             ),
@@ -1166,6 +1169,7 @@ fn outgoing_message_ids_are_known_whether_or_not_they_follow_the_outbox_id() {
                         message_id: "<reminder-own-form@corp.example>".into(),
                         subject: "s".into(),
                         bytes: b"x".to_vec(),
+                        template_failure: None,
                     })
                 },
             ),

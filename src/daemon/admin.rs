@@ -457,6 +457,7 @@ mod tests {
             message_id: format!("{}@example.test", identity.outbox_id),
             subject: "received".into(),
             bytes: b"Subject: received\r\n\r\nok\r\n".to_vec(),
+            template_failure: None,
         })
     }
 

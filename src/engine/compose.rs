@@ -4,12 +4,16 @@
 //! A [`MailPlan`] holds everything a mail needs except its identity (case
 //! number, sequence, Message-ID), which the store allocates inside the commit
 //! and hands to the renderer. Rendering is pure, so the store may run it more
-//! than once. Before a plan is queued the engine renders it once with a
-//! placeholder identity ([`MailPlan::preflight`]): a mail that cannot be built
-//! (an address lettre refuses) is then left out with an event saying why,
-//! instead of aborting the whole batch inside the transaction. A template that
-//! fails to render falls back to a plain built-in text, so a broken template
-//! never stops mail from going out.
+//! than once. Before a plan is queued the engine checks it
+//! ([`MailPlan::preflight`]) without rendering it: a mail that cannot be built
+//! (no recipient, an address lettre refuses, a bad attachment type) is then
+//! left out with an event saying why, instead of aborting the whole batch
+//! inside the transaction. The template is rendered only by the store, for
+//! the mail's identity, usually on a worker thread ahead of the commit. A
+//! template that fails there falls back to a plain built-in text, so a broken
+//! template never stops mail from going out, and the rendering reports the
+//! failure ([`store::RenderedMail::template_failure`]): the commit notes it in
+//! the case's log together with the mail.
 
 use std::sync::Arc;
 
@@ -96,35 +100,39 @@ pub(crate) struct MailPlan {
     pub in_reply_to: Option<String>,
     pub references: Vec<String>,
     pub content: Content,
-}
-
-/// What a preflight found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Preflight {
-    Ready,
-    /// The template failed; the built-in text will be sent. The reason.
-    Fallback(String),
+    /// How the case's log names this mail (`the acknowledgement`): the
+    /// notes that it cannot be sent or that its template failed start so.
+    pub description: String,
 }
 
 impl MailPlan {
-    /// Renders the mail for `identity`: pure, the same bytes for the same identity.
+    /// Renders the mail for `identity`: pure, the same bytes for the same
+    /// identity. A template that fails gives the plain fallback text and
+    /// the note saying so.
     pub fn render(&self, identity: &MailIdentity) -> Result<store::RenderedMail, String> {
-        let (mail, _) = self.outgoing(identity)?;
+        let (mail, template_error) = self.outgoing(identity)?;
         let built = outbound::build(&mail, &self.letterhead.host).map_err(|e| e.to_string())?;
         Ok(store::RenderedMail {
             message_id: built.message_id,
             subject: built.subject,
             bytes: built.bytes,
+            template_failure: template_error.map(|error| {
+                format!(
+                    "{}: the template failed ({error}); a plain text was sent",
+                    self.description
+                )
+            }),
         })
     }
 
-    /// Checks the mail with a placeholder identity of the same shape as the
-    /// real one: renders its template (noting a fallback) and validates
-    /// everything the MIME builder refuses — addresses, attachment types,
-    /// purpose, host, case number — without building it, which is the
-    /// expensive part and happens once, in the commit. `Err` when the mail
-    /// cannot be built at all.
-    pub fn preflight(&self, case_prefix: &str) -> Result<Preflight, String> {
+    /// Checks, for a placeholder identity of the same shape as the real one,
+    /// everything that decides whether the mail can be built at all: a
+    /// recipient, addresses lettre accepts (the reply token's too),
+    /// attachment content types, a Message-ID of its purpose, host and case
+    /// number. It neither renders the template nor builds the MIME message:
+    /// both happen once, for the real identity, when the store renders it.
+    /// `Err` when the mail cannot be built.
+    pub fn preflight(&self, case_prefix: &str) -> Result<(), String> {
         let placeholder = self.case.as_ref().map(|case| {
             CaseId(format!(
                 "{case_prefix}-{}-000001",
@@ -132,35 +140,37 @@ impl MailPlan {
             ))
         });
         let identity = mail_identity(placeholder.as_ref(), &self.purpose, 1);
-        let (mail, template_error) = self.outgoing(&identity)?;
+        let reply_to = self.reply_to(identity.case.as_ref())?;
         outbound::message_id(
-            mail.case.as_ref(),
-            &mail.purpose,
-            mail.sequence,
+            identity.case.as_ref(),
+            &identity.purpose,
+            identity.sequence,
             &self.letterhead.host,
         )
         .map_err(|e| e.to_string())?;
-        if mail.to.is_empty() {
+        if self.to.is_empty() {
             return Err("the mail has no recipient".to_owned());
         }
-        let addresses = std::iter::once(&mail.from)
-            .chain(&mail.to)
-            .chain(&mail.reply_to);
+        let addresses = std::iter::once(&self.letterhead.from)
+            .chain(&self.to)
+            .chain(&reply_to);
         for address in addresses {
             let email = address.email.trim();
             email
                 .parse::<lettre::Address>()
                 .map_err(|e| format!("{email:?} is not a valid mail address: {e}"))?;
         }
-        for attachment in &mail.attachments {
-            ContentType::parse(&attachment.content_type).map_err(|_| {
-                format!(
-                    "attachment {:?} has an invalid content type {:?}",
-                    attachment.name, attachment.content_type
-                )
-            })?;
+        if let Content::Forward { attachments, .. } = &self.content {
+            for attachment in attachments.iter() {
+                ContentType::parse(&attachment.content_type).map_err(|_| {
+                    format!(
+                        "attachment {:?} has an invalid content type {:?}",
+                        attachment.name, attachment.content_type
+                    )
+                })?;
+            }
         }
-        Ok(template_error.map_or(Preflight::Ready, Preflight::Fallback))
+        Ok(())
     }
 
     /// The draft the store queues; it renders this plan.
@@ -183,22 +193,7 @@ impl MailPlan {
     /// The mail to build, and the template error when the fallback text was used.
     fn outgoing(&self, identity: &MailIdentity) -> Result<(OutgoingMail, Option<String>), String> {
         let case_id = identity.case.clone();
-        let reply_to = match (&self.reply_department, &case_id) {
-            (Some(department), Some(case)) => {
-                let token = token::mint(
-                    &self.letterhead.secret,
-                    case,
-                    department,
-                    self.letterhead.token_expires,
-                )
-                .map_err(|e| e.to_string())?;
-                Some(Address::new(
-                    &token::reply_address(&self.letterhead.complaint_address, &token),
-                    None,
-                ))
-            }
-            _ => self.reply_to.clone(),
-        };
+        let reply_to = self.reply_to(case_id.as_ref())?;
         let context = self.context(case_id.as_ref(), reply_to.as_ref());
         let stem = self.active.template_stem(&self.template);
         let (rendered, template_error) =
@@ -232,6 +227,27 @@ impl MailPlan {
             date: self.letterhead.at,
         };
         Ok((mail, template_error))
+    }
+
+    /// The Reply-To for the mail of `case`: a reply-token address of the
+    /// case and department when the plan asks for one, else the fixed one.
+    fn reply_to(&self, case: Option<&CaseId>) -> Result<Option<Address>, String> {
+        match (&self.reply_department, case) {
+            (Some(department), Some(case)) => {
+                let token = token::mint(
+                    &self.letterhead.secret,
+                    case,
+                    department,
+                    self.letterhead.token_expires,
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(Some(Address::new(
+                    &token::reply_address(&self.letterhead.complaint_address, &token),
+                    None,
+                )))
+            }
+            _ => Ok(self.reply_to.clone()),
+        }
     }
 
     fn case_view(&self, case_id: Option<&CaseId>) -> Option<CaseView> {

@@ -34,7 +34,7 @@ mod replies;
 pub use replies::{CUSTOMER_REPLY, DEFAULT_REOPEN_WINDOW_DAYS, DEPARTMENT_REPLY};
 
 use super::clocks::ClockPlan;
-use super::compose::{Content, Letterhead, MailPlan, Preflight};
+use super::compose::{Content, Letterhead, MailPlan};
 use super::lookup::{BatchLink, BatchLookup};
 use super::policy::{ActivePolicy, ACKNOWLEDGEMENT_TEMPLATE, FORWARD_TEMPLATE};
 use super::timers::state_after;
@@ -564,7 +564,8 @@ impl Run<'_> {
         events.extend(apply(case, &evaluation.actions, self.now));
     }
 
-    /// The mail to a department: its addresses, a token for its replies.
+    /// The mail to a department: its addresses, a token for its replies;
+    /// `description` names it in the case's log.
     fn forward_plan(
         &self,
         case: &Case,
@@ -572,6 +573,7 @@ impl Run<'_> {
         mail: &IncomingMail,
         received_at: DateTime<Utc>,
         attachments: &Arc<Vec<OutgoingAttachment>>,
+        description: String,
     ) -> Result<MailPlan, String> {
         let Some(decl) = self.active.policy.department(department) else {
             return Err(format!("the policy has no department {department}"));
@@ -606,6 +608,7 @@ impl Run<'_> {
                 mail: MailView::new(mail, received_at, self.letterhead.zone),
                 attachments: attachments.clone(),
             },
+            description,
         })
     }
 
@@ -635,22 +638,18 @@ impl Run<'_> {
             in_reply_to,
             references,
             content: Content::Acknowledgement,
+            description: "the acknowledgement".to_owned(),
         }
     }
 
-    /// Renders a plan once; a mail that cannot be built is left out with a
-    /// note, a template that fails is noted and the plain text used.
-    fn check_plan(&self, plan: &MailPlan, what: &str, events: &mut Vec<Event>) -> bool {
+    /// Whether a plan can be built; one that cannot is left out with a
+    /// note. Its template is not rendered here: the store renders it for
+    /// the mail's identity and notes there if the template failed.
+    fn check_plan(&self, plan: &MailPlan, events: &mut Vec<Event>) -> bool {
         match plan.preflight(&self.engine.settings.case_prefix) {
-            Ok(Preflight::Ready) => true,
-            Ok(Preflight::Fallback(error)) => {
-                tracing::error!(%error, "template failed; the plain fallback text is sent");
-                events.push(self.event(EventKind::Note {
-                    text: format!("{what}: the template failed ({error}); a plain text was sent"),
-                }));
-                true
-            }
+            Ok(()) => true,
             Err(error) => {
+                let what = &plan.description;
                 tracing::error!(%error, "{what} cannot be built; not sent");
                 events.push(self.event(EventKind::Note {
                     text: format!("{what} cannot be sent: {error}"),
@@ -709,7 +708,7 @@ impl Run<'_> {
         let limit = self.engine.settings.acks_per_sender_per_hour;
         let already =
             store.acks_in_hour(&sender.email, now)? + self.batch.pending_acks(&sender.email, now);
-        let acknowledge = if already >= u64::from(limit) {
+        let acknowledgement = if already >= u64::from(limit) {
             tracing::info!(sender = %sender.email, already, limit, "acknowledgement rate limit reached");
             events.push(self.event(EventKind::Note {
                 text: format!(
@@ -717,12 +716,12 @@ impl Run<'_> {
                     sender.email
                 ),
             }));
-            false
+            None
         } else {
             let plan = self.acknowledgement_plan(&case, &mail, &sender);
-            self.check_plan(&plan, "the acknowledgement", &mut events)
+            self.check_plan(&plan, &mut events).then_some(plan)
         };
-        if acknowledge {
+        if acknowledgement.is_some() {
             let why = "acknowledgement queued";
             self.lifecycle(
                 &mut case,
@@ -736,7 +735,7 @@ impl Run<'_> {
 
         // The forwards: to the assigned department and each cc department.
         let attachments = Arc::new(outgoing_attachments(&mail, &blobs));
-        let mut forwarded_to = Vec::new();
+        let mut forwards = Vec::new();
         match case.assignment.clone() {
             None => events.push(self.event(EventKind::Note {
                 text: "the policy routed the case to no department; it is not forwarded".into(),
@@ -745,10 +744,18 @@ impl Run<'_> {
                 let departments = std::iter::once(assignment.department).chain(assignment.cc);
                 for department in departments {
                     let what = format!("the forward to department {department}");
-                    match self.forward_plan(&case, &department, &mail, received_at, &attachments) {
+                    let plan = self.forward_plan(
+                        &case,
+                        &department,
+                        &mail,
+                        received_at,
+                        &attachments,
+                        what.clone(),
+                    );
+                    match plan {
                         Ok(plan) => {
-                            if self.check_plan(&plan, &what, &mut events) {
-                                forwarded_to.push(department);
+                            if self.check_plan(&plan, &mut events) {
+                                forwards.push((department, plan));
                             }
                         }
                         Err(error) => events.push(self.event(EventKind::Note {
@@ -758,6 +765,7 @@ impl Run<'_> {
                 }
             }
         }
+        let forwarded_to: Vec<String> = forwards.iter().map(|(d, _)| d.clone()).collect();
         if !forwarded_to.is_empty() {
             let why = format!("forwarded to {}", forwarded_to.join(", "));
             self.lifecycle(
@@ -779,16 +787,17 @@ impl Run<'_> {
         store_texts_and_attachments(&mut changes, &case_ref, &mail, blobs);
         clocks.write(&mut changes, &case_ref, &case);
         let envelope_from = self.engine.settings.sender_address.clone();
-        if acknowledge {
+        let acknowledged = acknowledgement.is_some();
+        if acknowledged {
             changes.count_ack(&sender.email, now);
-            let plan = self.acknowledgement_plan(&case, &mail, &sender);
-            changes.queue_mail(&case_ref, plan.into_draft(&envelope_from))?;
         }
-        for department in &forwarded_to {
-            if let Ok(plan) = self.forward_plan(&case, department, &mail, received_at, &attachments)
-            {
-                changes.queue_mail(&case_ref, plan.into_draft(&envelope_from))?;
-            }
+        // The mails show the case as it is stored, after the lifecycle steps above.
+        let plans = acknowledgement
+            .into_iter()
+            .chain(forwards.into_iter().map(|(_, plan)| plan));
+        for mut plan in plans {
+            plan.case = Some(case.clone());
+            changes.queue_mail(&case_ref, plan.into_draft(&envelope_from))?;
         }
         let id = mail.message_id.clone();
         self.push(
@@ -798,7 +807,7 @@ impl Run<'_> {
             BatchLink::NewCase,
             Pending::NewCase {
                 case: case_ref,
-                acknowledged: acknowledge,
+                acknowledged,
                 forwarded_to,
             },
         );
@@ -849,9 +858,17 @@ impl Run<'_> {
                 let attachments = Arc::new(outgoing_attachments(&mail, &blobs));
                 let what =
                     format!("the forward of the customer's reply to department {department}");
-                match self.forward_plan(&work.case, &department, &mail, received_at, &attachments) {
+                let plan = self.forward_plan(
+                    &work.case,
+                    &department,
+                    &mail,
+                    received_at,
+                    &attachments,
+                    what.clone(),
+                );
+                match plan {
                     Ok(plan) => {
-                        if self.check_plan(&plan, &what, &mut work.events) {
+                        if self.check_plan(&plan, &mut work.events) {
                             work.mails.push(plan);
                         }
                     }

@@ -10,7 +10,7 @@
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 
-use super::compose::{Content, MailPlan, Preflight};
+use super::compose::{Content, MailPlan};
 use super::policy::ActivePolicy;
 use super::{Engine, EngineError};
 use crate::case::Address;
@@ -151,12 +151,11 @@ impl Engine {
                         cases,
                     },
                 },
+                description: format!("the digest of schedule {name}"),
             };
+            // A failing template is logged by the commit, which renders the mail.
             match plan.preflight(&self.settings.case_prefix) {
-                Ok(preflight) => {
-                    if let Preflight::Fallback(error) = preflight {
-                        tracing::error!(schedule = %name, %error, "digest template failed; plain text sent");
-                    }
+                Ok(()) => {
                     changes
                         .queue_mail_without_case(plan.into_draft(&self.settings.sender_address))?;
                 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::clocks::ClockPlan;
-use super::compose::{purpose_or, Content, MailPlan, Preflight};
+use super::compose::{purpose_or, Content, MailPlan};
 use super::policy::ActivePolicy;
 use super::{Engine, EngineError};
 use crate::case::{Address, Because, CaseId, CaseState, Event, EventKind};
@@ -190,6 +190,7 @@ impl Engine {
                 if group.is_empty() {
                     continue;
                 }
+                let what = format!("the {template} mail of deadline {deadline}");
                 let plan = MailPlan {
                     active: active.clone(),
                     letterhead: letterhead.clone(),
@@ -214,22 +215,13 @@ impl Engine {
                         department: department.clone(),
                         to_customer,
                     },
+                    description: what,
                 };
-                let what = format!("the {template} mail of deadline {deadline}");
+                // A failing template is noted by the commit, which renders the mail.
                 match plan.preflight(&self.settings.case_prefix) {
-                    Ok(Preflight::Ready) => plans.push(plan),
-                    Ok(Preflight::Fallback(error)) => {
-                        events.push(Event {
-                            at: now,
-                            kind: EventKind::Note {
-                                text: format!(
-                                    "{what}: the template failed ({error}); a plain text was sent"
-                                ),
-                            },
-                        });
-                        plans.push(plan);
-                    }
+                    Ok(()) => plans.push(plan),
                     Err(error) => {
+                        let what = &plan.description;
                         tracing::error!(case = %case_id, %error, "{what} cannot be built");
                         events.push(Event {
                             at: now,

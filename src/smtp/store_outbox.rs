@@ -165,6 +165,7 @@ mod tests {
                 .into_bytes(),
             message_id,
             subject,
+            template_failure: None,
         })
     }
 

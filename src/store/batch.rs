@@ -108,7 +108,8 @@ struct QuarantineOp {
 /// Build it, then hand it to [`Store::apply`], [`Store::ingest`] or, inside
 /// an [`IngestBatch`], to [`Store::commit`]. Operations are applied in this
 /// order: Message-ID de-duplication, new cases, case updates, events, timer
-/// changes, queued mails (each with its `MailQueued` event), attachments,
+/// changes, queued mails (each with its `MailQueued` event, preceded by a
+/// `Note` when the renderer reports that the template failed), attachments,
 /// acknowledgement counters, quarantine, the Message-ID record.
 #[derive(Debug, Clone, Default)]
 pub struct ChangeSet {
@@ -247,7 +248,8 @@ impl ChangeSet {
 
     /// Queues an outgoing mail about `case`; the store gives it its id and
     /// sequence number, renders it, records its Message-ID and appends a
-    /// `MailQueued` event.
+    /// `MailQueued` event (and before it the renderer's
+    /// [`template_failure`](super::RenderedMail::template_failure) note, if any).
     pub fn queue_mail(&mut self, case: &CaseRef, draft: MailDraft) -> Result<(), StoreError> {
         check_draft(&draft)?;
         self.mails.push((Some(case.clone()), draft));
@@ -499,6 +501,9 @@ pub struct QueuedMail {
     pub message_id: String,
     pub case: Option<CaseId>,
     pub purpose: String,
+    /// The renderer's note that the template failed and a plain text was
+    /// queued instead (already appended to the case's log).
+    pub template_failure: Option<String>,
 }
 
 impl Store {
@@ -560,7 +565,7 @@ impl Store {
         prerendered: &[Vec<Option<Prerendered>>],
     ) -> Result<CommitReport, StoreError> {
         let settings = self.settings();
-        self.transact(|tx| {
+        let report = self.transact(|tx| {
             let mut new_ids = HashMap::new();
             let mut outcomes = Vec::with_capacity(changes.len());
             for (index, change_set) in changes.iter().enumerate() {
@@ -580,7 +585,24 @@ impl Store {
                 tx.put_json(TreeId::Checkpoints, key, &next)?;
             }
             Ok(CommitReport { outcomes })
-        })
+        })?;
+        log_template_failures(&report);
+        Ok(report)
+    }
+}
+
+/// Logs each committed mail whose template failed. This happens after the
+/// transaction, which sled may run more than once, so each is logged once.
+fn log_template_failures(report: &CommitReport) {
+    let mails = report
+        .outcomes
+        .iter()
+        .filter_map(ChangeOutcome::applied)
+        .flat_map(|applied| &applied.mails);
+    for mail in mails {
+        if let Some(note) = &mail.template_failure {
+            tracing::error!(outbox_id = %mail.outbox_id, "{note}");
+        }
     }
 }
 
@@ -1006,6 +1028,16 @@ fn queue_mail(
         )?;
     }
     if let Some(case) = case {
+        if let Some(note) = &rendered.template_failure {
+            append_event(
+                tx,
+                case,
+                &Event {
+                    at: draft.at,
+                    kind: EventKind::Note { text: note.clone() },
+                },
+            )?;
+        }
         append_event(
             tx,
             case,
@@ -1026,5 +1058,6 @@ fn queue_mail(
         message_id,
         case: entry.case,
         purpose: entry.purpose,
+        template_failure: rendered.template_failure,
     })
 }

@@ -165,6 +165,11 @@ pub struct RenderedMail {
     pub subject: String,
     /// The complete RFC 5322 message, sent as it is on every attempt.
     pub bytes: Vec<u8>,
+    /// Set when the mail's template failed and the renderer built a plain
+    /// fallback text instead: the note for the case's log, naming the mail
+    /// and the error. The commit appends it to the mail's case (in the same
+    /// transaction as the mail) and logs it at ERROR.
+    pub template_failure: Option<String>,
 }
 
 /// Renders a mail once its identity is known. It runs inside the store's
@@ -709,6 +714,7 @@ mod tests {
                 message_id: format!("{}@example.test", identity.outbox_id),
                 subject: "received".into(),
                 bytes: b"Subject: received\r\n\r\nok\r\n".to_vec(),
+                template_failure: None,
             })
         }
 

@@ -7,7 +7,9 @@
 //! the transaction, in parallel. Inside the transaction a mail whose
 //! allocated identity is the foreseen one takes the prepared bytes; any
 //! other (a counter moved meanwhile) is rendered there as before. The
-//! outcome is the same either way, because renderers are pure.
+//! outcome is the same either way, because renderers are pure; what the
+//! commit stores and notes (bytes, subject, Message-ID, a template failure)
+//! always comes from the rendering for the identity the mail actually gets.
 
 use std::collections::{HashMap, HashSet};
 
@@ -38,6 +40,8 @@ pub(crate) struct PreparedMail {
     pub message_id: String,
     pub subject: String,
     pub bytes: sled::IVec,
+    /// The renderer's note that the template failed, if it did.
+    pub template_failure: Option<String>,
 }
 
 impl From<RenderedMail> for PreparedMail {
@@ -46,6 +50,7 @@ impl From<RenderedMail> for PreparedMail {
             message_id: mail.message_id,
             subject: mail.subject,
             bytes: sled::IVec::from(mail.bytes),
+            template_failure: mail.template_failure,
         }
     }
 }
@@ -249,8 +254,8 @@ mod tests {
     use chrono::{DateTime, TimeZone, Utc};
 
     use super::*;
-    use crate::case::{Address, Case};
-    use crate::store::{Checkpoint, IngestBatch, MailDraft};
+    use crate::case::{Address, Case, EventKind};
+    use crate::store::{ChangeOutcome, Checkpoint, IngestBatch, MailDraft};
 
     fn t0() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0)
@@ -273,6 +278,7 @@ mod tests {
                     message_id: format!("<{}@corp.example>", identity.outbox_id),
                     subject: format!("[{}]", identity.outbox_id),
                     bytes: format!("mail {}", identity.outbox_id).into_bytes(),
+                    template_failure: None,
                 })
             },
         )
@@ -373,6 +379,134 @@ mod tests {
         assert_eq!(
             store.outbox_message("TS-2026-000001.ack.1").expect("read"),
             Some(b"mail TS-2026-000001.ack.1".to_vec())
+        );
+    }
+
+    /// A renderer whose template "fails" for the mails of case `failing`:
+    /// it then reports the failure with its (fallback) bytes.
+    fn failing_for(failing: &'static str) -> MailDraft {
+        MailDraft::new(
+            "ack",
+            "acknowledgement",
+            "complaints@corp.example",
+            vec!["c@x.example".into()],
+            t0(),
+            move |identity: &MailIdentity| {
+                let fails = identity.case.as_ref().is_some_and(|c| c.0 == failing);
+                Ok(RenderedMail {
+                    message_id: format!("<{}@corp.example>", identity.outbox_id),
+                    subject: format!("[{}]", identity.outbox_id),
+                    bytes: format!("mail {}", identity.outbox_id).into_bytes(),
+                    template_failure: fails
+                        .then(|| format!("{}: the template failed", identity.outbox_id)),
+                })
+            },
+        )
+    }
+
+    fn complaint_with(n: usize, draft: MailDraft) -> ChangeSet {
+        let mut changes =
+            ChangeSet::for_message(&format!("<m{n}@x.example>"), t0()).expect("message id");
+        let case = changes
+            .new_case(Case::new(
+                CaseId(String::new()),
+                t0(),
+                "email",
+                Address::new("c@x.example", None),
+                "停气",
+                "zh",
+            ))
+            .expect("case");
+        changes.link_message(&case).expect("link");
+        changes.queue_mail(&case, draft).expect("ack");
+        changes
+    }
+
+    fn notes(store: &Store, case: &str) -> Vec<crate::case::Event> {
+        store
+            .events(&CaseId(case.into()))
+            .expect("events")
+            .into_iter()
+            .filter(|e| matches!(e.kind, EventKind::Note { .. }))
+            .collect()
+    }
+
+    #[test]
+    fn a_template_failure_is_noted_from_the_rendering_of_the_identity_the_mail_gets() {
+        for failing in ["TS-2026-000001", "TS-2026-000002"] {
+            let (_dir, store) = temporary();
+            // Rendered ahead for TS-2026-000001, which another commit then takes.
+            let first = complaint_with(1, failing_for(failing));
+            let prerendered = store.prerender(&[&first]);
+            let second = store
+                .apply(&complaint_with(2, failing_for(failing)))
+                .expect("commit");
+            let report = store
+                .commit_prerendered(None, &[&first], &prerendered)
+                .expect("commit");
+            let queued =
+                |outcome: &ChangeOutcome| outcome.applied().expect("applied").mails[0].clone();
+            let (taken, moved) = (queued(&second), queued(&report.outcomes[0]));
+            assert_eq!(
+                (taken.outbox_id.as_str(), moved.outbox_id.as_str()),
+                ("TS-2026-000001.ack.1", "TS-2026-000002.ack.1")
+            );
+            let expected = format!("{failing}.ack.1: the template failed");
+            for (mail, case) in [(&taken, "TS-2026-000001"), (&moved, "TS-2026-000002")] {
+                let notes = notes(&store, case);
+                if case == failing {
+                    assert_eq!(mail.template_failure.as_deref(), Some(expected.as_str()));
+                    assert_eq!(notes.len(), 1, "{notes:?}");
+                    assert_eq!(notes[0].at, t0());
+                    assert_eq!(
+                        notes[0].kind,
+                        EventKind::Note {
+                            text: expected.clone()
+                        }
+                    );
+                    // It comes just before the mail's own event.
+                    let events = store.events(&CaseId(case.into())).expect("events");
+                    let position = events.iter().position(|e| *e == notes[0]).expect("note");
+                    assert!(matches!(&events[position + 1].kind,
+                        EventKind::MailQueued { outbox_id, .. } if *outbox_id == mail.outbox_id));
+                } else {
+                    assert_eq!(mail.template_failure, None);
+                    assert!(notes.is_empty(), "{case}: {notes:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_template_failure_of_mail_of_no_case_is_reported_with_the_queued_mail() {
+        let (_dir, store) = temporary();
+        let mut changes = ChangeSet::new();
+        let draft = MailDraft::new(
+            "digest",
+            "weekly-digest",
+            "complaints@corp.example",
+            vec!["office@corp.example".into()],
+            t0(),
+            |identity: &MailIdentity| {
+                Ok(RenderedMail {
+                    message_id: format!("<{}@corp.example>", identity.outbox_id),
+                    subject: "digest".into(),
+                    bytes: b"plain digest".to_vec(),
+                    template_failure: Some("the digest: the template failed".into()),
+                })
+            },
+        );
+        changes.queue_mail_without_case(draft).expect("queue");
+        let outcome = store.apply(&changes).expect("commit");
+        let mail = &outcome.applied().expect("applied").mails[0];
+        assert_eq!(mail.outbox_id, "complaintd.digest.1");
+        assert_eq!(
+            mail.template_failure.as_deref(),
+            Some("the digest: the template failed")
+        );
+        assert_eq!(
+            store.outbox_message("complaintd.digest.1").expect("read"),
+            Some(b"plain digest".to_vec())
         );
     }
 }

@@ -183,7 +183,7 @@ impl Run<'_> {
     }
 
     /// A notice to `to`, in `language`; a department's copy carries a reply
-    /// token for `reply_department`.
+    /// token for `reply_department`. `description` names it in the case's log.
     #[allow(clippy::too_many_arguments)]
     fn notice_plan(
         &self,
@@ -196,6 +196,7 @@ impl Run<'_> {
         to_customer: bool,
         reply_department: Option<String>,
         in_reply_to: Option<&IncomingMail>,
+        description: String,
     ) -> MailPlan {
         let (in_reply_to, references) = match in_reply_to {
             Some(mail) if !mail.message_id_synthesized => {
@@ -221,6 +222,7 @@ impl Run<'_> {
                 notice,
                 to_customer,
             },
+            description,
         }
     }
 
@@ -286,6 +288,7 @@ impl Run<'_> {
         }
         if let Some(result) = result.filter(|_| work.case.state == CaseState::Resolved) {
             let sender = work.case.sender.clone();
+            let what = format!("the result mail to {}", sender.email);
             let plan = self.notice_plan(
                 &work.case,
                 RESULT_TEMPLATE,
@@ -299,9 +302,9 @@ impl Run<'_> {
                 true,
                 None,
                 None,
+                what,
             );
-            let what = format!("the result mail to {}", sender.email);
-            if self.check_plan(&plan, &what, &mut work.events) {
+            if self.check_plan(&plan, &mut work.events) {
                 work.mails.push(plan);
                 let seen = "result sent to the customer";
                 match self.step(
@@ -363,6 +366,7 @@ impl Run<'_> {
             _ => return Err(format!("the {what} needs a reason: add `cause: …`")),
         };
         let sender = work.case.sender.clone();
+        let description = format!("the {what} to {}", sender.email);
         let plan = self.notice_plan(
             &work.case,
             template,
@@ -376,9 +380,9 @@ impl Run<'_> {
             true,
             None,
             None,
+            description.clone(),
         );
-        let description = format!("the {what} to {}", sender.email);
-        if !self.check_plan(&plan, &description, &mut work.events) {
+        if !self.check_plan(&plan, &mut work.events) {
             return Err(format!("{description} cannot be built"));
         }
         work.mails.push(plan);
@@ -455,6 +459,10 @@ impl Run<'_> {
                 ));
                 continue;
             }
+            let what = format!(
+                "the result of case {} to {}, the complainant of merged case {}",
+                work.case.id, merged.sender.email, merged.id
+            );
             let plan = self.notice_plan(
                 merged,
                 MERGED_RESULT_TEMPLATE,
@@ -468,15 +476,12 @@ impl Run<'_> {
                 true,
                 None,
                 None,
-            );
-            let what = format!(
-                "the result of case {} to {}, the complainant of merged case {}",
-                work.case.id, merged.sender.email, merged.id
+                what,
             );
             // A mail that cannot be built is noted and left out: the
             // target's own complainant still gets the result.
             let mut events = Vec::new();
-            if self.check_plan(&plan, &what, &mut events) {
+            if self.check_plan(&plan, &mut events) {
                 work.other_mails.push((merged.id.clone(), plan));
                 work.other_events.push((
                     merged.id.clone(),
@@ -684,6 +689,7 @@ impl Run<'_> {
                     self.event(EventKind::Note { text: note }),
                 ));
                 let sender = work.case.sender.clone();
+                let notice = format!("the merge notice to {}", sender.email);
                 let plan = self.notice_plan(
                     &work.case,
                     MERGED_NOTICE_TEMPLATE,
@@ -697,9 +703,9 @@ impl Run<'_> {
                     true,
                     None,
                     None,
+                    notice.clone(),
                 );
-                let notice = format!("the merge notice to {}", sender.email);
-                if !self.check_plan(&plan, &notice, &mut work.events) {
+                if !self.check_plan(&plan, &mut work.events) {
                     return Err(format!("{what}: {notice} cannot be built"));
                 }
                 work.mails.push(plan);
@@ -751,9 +757,16 @@ impl Run<'_> {
         blobs: &[AttachmentBlob],
     ) -> Result<(), String> {
         let attachments = Arc::new(outgoing_attachments(mail, blobs));
-        let plan = self.forward_plan(&work.case, department, mail, received_at, &attachments)?;
         let what = format!("the forward to department {department}");
-        if self.check_plan(&plan, &what, &mut work.events) {
+        let plan = self.forward_plan(
+            &work.case,
+            department,
+            mail,
+            received_at,
+            &attachments,
+            what.clone(),
+        )?;
+        if self.check_plan(&plan, &mut work.events) {
             work.mails.push(plan);
             Ok(())
         } else {
@@ -831,12 +844,9 @@ impl Run<'_> {
                     false,
                     still_assigned.then(|| department.clone()),
                     Some(&mail),
+                    "the confirmation to the department".to_owned(),
                 );
-                if self.check_plan(
-                    &plan,
-                    "the confirmation to the department",
-                    &mut work.events,
-                ) {
+                if self.check_plan(&plan, &mut work.events) {
                     work.mails.push(plan);
                 }
                 work
@@ -862,8 +872,9 @@ impl Run<'_> {
                     false,
                     Some(department.clone()),
                     Some(&mail),
+                    "the error mail to the department".to_owned(),
                 );
-                if self.check_plan(&plan, "the error mail to the department", &mut work.events) {
+                if self.check_plan(&plan, &mut work.events) {
                     work.mails.push(plan);
                 }
                 work
@@ -989,8 +1000,9 @@ impl Run<'_> {
                             true,
                             None,
                             Some(mail),
+                            "the withdrawal confirmation".to_owned(),
                         );
-                        if self.check_plan(&plan, "the withdrawal confirmation", &mut work.events) {
+                        if self.check_plan(&plan, &mut work.events) {
                             work.mails.push(plan);
                         }
                         // The department stops work on it: it gets the withdrawal.
@@ -1150,8 +1162,9 @@ impl Run<'_> {
             true,
             None,
             Some(mail),
+            "the refusal to the customer".to_owned(),
         );
-        if self.check_plan(&plan, "the refusal to the customer", &mut work.events) {
+        if self.check_plan(&plan, &mut work.events) {
             work.mails.push(plan);
         }
     }
