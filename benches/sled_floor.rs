@@ -7,7 +7,7 @@
 //! The shapes (keys per complaint, key and value sizes, which keys arrive in
 //! order and which at random places) are those a default-policy complaint
 //! wrote with store schema 2, measured from a store the ingest benchmark
-//! filled, and what schema 3 and two further layouts make of them.
+//! filled, and what schema 3 (in two steps) and a further layout make of them.
 
 use std::time::{Duration, Instant};
 
@@ -73,9 +73,9 @@ const SCHEMA_2: &[Shape] = &[
     shape("ack_counters", 1000, 39, 8, Scattered),
 ];
 
-/// Schema 3 (today): one counter record per case, outgoing Message-IDs
-/// answered from the outbox, one timer key per clock.
-const SCHEMA_3: &[Shape] = &[
+/// One counter record per case, outgoing Message-IDs answered from the
+/// outbox, one timer key per clock: schema 3 but for the mails' bytes.
+const FEWER_INDEX_KEYS: &[Shape] = &[
     shape("cases", 1000, 14, 1004, Ascending),
     shape("events", 1000, 26, 3667, Ascending),
     shape("counters", 1000, 19, 40, Ascending),
@@ -93,8 +93,8 @@ const SCHEMA_3: &[Shape] = &[
     shape("ack_counters", 1000, 39, 8, Scattered),
 ];
 
-/// Schema 3 with each mail's bytes in its outbox entry.
-const BODIES_IN_ENTRIES: &[Shape] = &[
+/// Schema 3 (today): the above, and each mail's bytes in its outbox record.
+const SCHEMA_3: &[Shape] = &[
     shape("cases", 1000, 14, 1004, Ascending),
     shape("events", 1000, 26, 3667, Ascending),
     shape("counters", 1000, 19, 40, Ascending),
@@ -179,8 +179,8 @@ fn main() -> Result<()> {
     );
     for (name, layout) in [
         ("schema 2", SCHEMA_2),
+        ("fewer index keys", FEWER_INDEX_KEYS),
         ("schema 3", SCHEMA_3),
-        ("bodies in entries", BODIES_IN_ENTRIES),
         ("bundled", BUNDLED),
     ] {
         let keys: u64 = layout.iter().map(|s| s.per_mille).sum();

@@ -1507,13 +1507,14 @@ fn a_version_1_store_is_migrated_and_keeps_its_event_logs() {
 }
 
 #[test]
-fn a_version_2_store_is_migrated_to_one_timer_key_per_clock_and_one_counter_record() {
+fn a_version_2_store_is_migrated_to_fewer_keys_and_keeps_its_numbers_and_mail() {
     let dir = TempDir::new().expect("tempdir");
     let path = dir.path().join("db");
     let later = [
         (1usize, t0() + Duration::hours(4)),
         (2, t0() + Duration::hours(6)),
     ];
+    let mail_bytes: Vec<u8>;
     let case = {
         let store = Store::open(&path).expect("open");
         let case = ingest_new(&store, "<a@x>", "a@x.example", t0());
@@ -1557,6 +1558,24 @@ fn a_version_2_store_is_migrated_to_one_timer_key_per_clock_and_one_counter_reco
         counters
             .insert(ack_counter, &1u64.to_be_bytes())
             .expect("write");
+        // Version 2 kept each mail's bytes apart from its outbox entry.
+        let outbox = db.open_tree("outbox").expect("outbox");
+        let record = outbox
+            .get("TS-2026-000001.ack.1")
+            .expect("read")
+            .expect("the acknowledgement");
+        let split = record
+            .iter()
+            .position(|b| *b == 0)
+            .expect("entry, 0, bytes");
+        outbox
+            .insert("TS-2026-000001.ack.1", &record[..split])
+            .expect("write");
+        db.open_tree("outbox_bodies")
+            .expect("bodies")
+            .insert("TS-2026-000001.ack.1", &record[split + 1..])
+            .expect("write");
+        mail_bytes = record[split + 1..].to_vec();
         db.open_tree("meta")
             .expect("meta")
             .insert("schema_version", &2u32.to_be_bytes())
@@ -1564,6 +1583,26 @@ fn a_version_2_store_is_migrated_to_one_timer_key_per_clock_and_one_counter_reco
         db.flush().expect("flush");
     }
     let store = Store::open(&path).expect("migrated");
+    assert_eq!(
+        store.outbox_message("TS-2026-000001.ack.1").expect("read"),
+        Some(mail_bytes),
+        "the mail's bytes move into its outbox record"
+    );
+    assert!(String::from_utf8_lossy(
+        &store
+            .outbox_message("TS-2026-000001.ack.1")
+            .expect("read")
+            .expect("bytes")
+    )
+    .contains("Message-ID: <TS-2026-000001.ack.1@corp.example>"));
+    assert_eq!(
+        store
+            .outbox_entry("TS-2026-000001.ack.1")
+            .expect("read")
+            .expect("entry")
+            .purpose,
+        "ack"
+    );
     // The numbers go on from where version 2 left them.
     let mut again = ChangeSet::new();
     again

@@ -1009,12 +1009,7 @@ fn queue_mail(
             next_attempt: draft.at,
         },
     };
-    put_entry(tx, None, &entry)?;
-    tx.put(
-        TreeId::OutboxBodies,
-        entry.id.as_bytes().to_vec(),
-        rendered.bytes,
-    )?;
+    put_entry(tx, None, &entry, &rendered.bytes)?;
     // A Message-ID of the usual form is answered from the outbox entry.
     if outbox_id_in_message_id(&message_id) != Some(entry.id.as_str()) {
         tx.put_json(

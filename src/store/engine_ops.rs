@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::batch::{append_event, ChangeSet};
 use super::error::StoreError;
 use super::keys::{self, KeyBuf};
-use super::outbox::{put_entry, OutboxEntry, OutboxState};
+use super::outbox::{put_entry, read_record, OutboxState};
 use super::trees::{TreeId, Tx, TxResult};
 use super::Store;
 use crate::case::{Event, EventKind};
@@ -77,8 +77,7 @@ pub(super) fn apply(tx: &Tx<'_>, op: &ExtraOp) -> TxResult<()> {
             error,
             at,
         } => {
-            let Some(entry) = tx.get_json::<OutboxEntry>(TreeId::Outbox, outbox_id.as_bytes())?
-            else {
+            let Some((entry, bytes)) = read_record(tx, outbox_id)? else {
                 return Ok(());
             };
             if matches!(entry.state, OutboxState::PermanentFailure { .. }) {
@@ -89,7 +88,7 @@ pub(super) fn apply(tx: &Tx<'_>, op: &ExtraOp) -> TxResult<()> {
                 at: *at,
                 error: error.clone(),
             };
-            put_entry(tx, Some(&entry), &next)?;
+            put_entry(tx, Some(&entry), &next, &bytes)?;
             if let Some(case) = &entry.case {
                 append_event(
                     tx,

@@ -35,7 +35,7 @@ use super::batch::append_event;
 use super::error::StoreError;
 use super::keys;
 use super::records::MessageRecord;
-use super::trees::{abort, decode, TreeId, Tx, TxResult};
+use super::trees::{abort, decode, encode, OrAbort, TreeId, Tx, TxResult};
 use super::Store;
 use crate::case::{CaseId, Event, EventKind};
 
@@ -300,14 +300,51 @@ pub(crate) fn message_known(tx: &Tx<'_>, message_id: &str) -> TxResult<bool> {
     let Some(outbox_id) = outbox_id_in_message_id(message_id) else {
         return Ok(false);
     };
-    let entry: Option<OutboxEntry> = tx.get_json(TreeId::Outbox, outbox_id.as_bytes())?;
-    Ok(entry.is_some_and(|entry| entry.message_id == message_id))
+    Ok(read_record(tx, outbox_id)?.is_some_and(|(entry, _)| entry.message_id == message_id))
 }
 
+/// An outbox record is the entry's JSON, a zero byte (which JSON text never
+/// holds), then the mail's bytes exactly as queued (schema 3; before, the
+/// bytes were a record of their own, one key more per mail).
+pub(crate) fn encode_record(entry: &OutboxEntry, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let mut record = encode(TreeId::Outbox.name(), entry)?;
+    record.push(0);
+    record.extend_from_slice(bytes);
+    Ok(record)
+}
+
+/// Splits a stored outbox record into its entry and the mail's bytes.
+pub(crate) fn split_record<'r>(
+    key: &[u8],
+    record: &'r [u8],
+) -> Result<(OutboxEntry, &'r [u8]), StoreError> {
+    let Some(end) = record.iter().position(|b| *b == 0) else {
+        return Err(StoreError::corrupt(
+            TreeId::Outbox.name(),
+            key,
+            "an outbox record without the mail's bytes",
+        ));
+    };
+    let entry = decode(TreeId::Outbox, key, &record[..end])?;
+    Ok((entry, &record[end + 1..]))
+}
+
+/// An outbox entry and its mail's bytes, read inside a transaction.
+pub(crate) fn read_record(tx: &Tx<'_>, id: &str) -> TxResult<Option<(OutboxEntry, Vec<u8>)>> {
+    match tx.get(TreeId::Outbox, id.as_bytes())? {
+        None => Ok(None),
+        Some(record) => split_record(id.as_bytes(), &record)
+            .map(|(entry, bytes)| Some((entry, bytes.to_vec())))
+            .or_abort(),
+    }
+}
+
+/// Writes an entry with its mail's bytes, moving its due-index key along.
 pub(crate) fn put_entry(
     tx: &Tx<'_>,
     old: Option<&OutboxEntry>,
     entry: &OutboxEntry,
+    bytes: &[u8],
 ) -> TxResult<()> {
     if let Some(due) = old.and_then(|o| o.state.next_attempt()) {
         tx.remove(TreeId::OutboxDue, keys::outbox_due_key(due, &entry.id))?;
@@ -319,7 +356,8 @@ pub(crate) fn put_entry(
             Vec::new(),
         )?;
     }
-    tx.put_json(TreeId::Outbox, entry.id.as_bytes().to_vec(), entry)
+    let record = encode_record(entry, bytes).or_abort()?;
+    tx.put(TreeId::Outbox, entry.id.as_bytes().to_vec(), record)
 }
 
 impl Store {
@@ -339,15 +377,20 @@ impl Store {
 
     /// One outbox entry.
     pub fn outbox_entry(&self, id: &str) -> Result<Option<OutboxEntry>, StoreError> {
-        self.get_json(TreeId::Outbox, id.as_bytes())
+        match self.tree(TreeId::Outbox).get(id.as_bytes())? {
+            None => Ok(None),
+            Some(record) => split_record(id.as_bytes(), &record).map(|(entry, _)| Some(entry)),
+        }
     }
 
     /// The rendered bytes of an outbox entry, exactly as queued.
     pub fn outbox_message(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .tree(TreeId::OutboxBodies)
-            .get(id.as_bytes())?
-            .map(|v| v.to_vec()))
+        match self.tree(TreeId::Outbox).get(id.as_bytes())? {
+            None => Ok(None),
+            Some(record) => {
+                split_record(id.as_bytes(), &record).map(|(_, bytes)| Some(bytes.to_vec()))
+            }
+        }
     }
 
     /// Entries whose next attempt is at or before `now`, earliest first, at
@@ -409,7 +452,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.tree(TreeId::Outbox).scan_prefix(prefix.as_bytes()) {
             let (key, value) = item?;
-            let entry: OutboxEntry = decode(TreeId::Outbox, &key, &value)?;
+            let (entry, _) = split_record(&key, &value)?;
             // Case numbers contain no '.', so the prefix is exact for them;
             // this guards against ids made by hand.
             if entry.case.as_ref() == Some(case) {
@@ -615,10 +658,11 @@ impl Store {
         let mut out = Vec::new();
         for item in self.tree(TreeId::Outbox).iter() {
             let (key, value) = item?;
-            if !value.windows(HELD.len()).any(|w| w == HELD) {
+            let json = value.split(|b| *b == 0).next().unwrap_or_default();
+            if !json.windows(HELD.len()).any(|w| w == HELD) {
                 continue;
             }
-            let entry: OutboxEntry = decode(TreeId::Outbox, &key, &value)?;
+            let (entry, _) = split_record(&key, &value)?;
             if matches!(entry.state, OutboxState::Held { .. }) {
                 out.push(entry);
             }
@@ -636,7 +680,7 @@ impl Store {
         decide: impl Fn(&OutboxEntry) -> Result<Option<(OutboxState, Option<Event>)>, ()>,
     ) -> Result<OutboxEntry, StoreError> {
         self.transact(|tx| {
-            let Some(entry) = tx.get_json::<OutboxEntry>(TreeId::Outbox, id.as_bytes())? else {
+            let Some((entry, bytes)) = read_record(tx, id)? else {
                 return abort(StoreError::UnknownOutbox(id.to_owned()));
             };
             match decide(&entry) {
@@ -649,7 +693,7 @@ impl Store {
                 Ok(Some((state, event))) => {
                     let mut next = entry.clone();
                     next.state = state;
-                    put_entry(tx, Some(&entry), &next)?;
+                    put_entry(tx, Some(&entry), &next, &bytes)?;
                     if let (Some(case), Some(event)) = (&entry.case, &event) {
                         append_event(tx, case, event)?;
                     }

@@ -20,7 +20,9 @@ use super::trees::{decode, CaseCounters, TreeId};
 ///    record per event.
 /// 3. The `timers` index holds each clock's earliest slot only (the clock's
 ///    list in `timer_clocks` holds them all); a case's event and mail
-///    sequence numbers are one record in `counters`; outgoing Message-IDs of the
+///    sequence numbers are one record in `counters`; each outbox record
+///    holds its mail's bytes (the `outbox_bodies` tree is gone); outgoing
+///    Message-IDs of the
 ///    form `OUTBOX_ID@host` are no longer written to `message_ids` (the
 ///    ones written before stay valid, so that needs no step).
 pub const SCHEMA_VERSION: u32 = 3;
@@ -66,10 +68,48 @@ fn events_as_groups(db: &sled::Db) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// 2 → 3: both steps below.
+/// 2 → 3: the three steps below.
 fn fewer_keys(db: &sled::Db) -> Result<(), StoreError> {
     earliest_timer_per_clock(db)?;
-    case_counters_in_one_record(db)
+    case_counters_in_one_record(db)?;
+    mail_bytes_in_outbox_records(db)
+}
+
+/// Name of the tree that held the mails' bytes up to schema 2.
+const OUTBOX_BODIES_TREE: &str = "outbox_bodies";
+
+/// 2 → 3: every outbox entry gets its mail's bytes appended (see
+/// `outbox::encode_record`), in atomic chunks; then the `outbox_bodies`
+/// tree is dropped. An entry already converted holds a zero byte and is
+/// skipped, so an interrupted run just runs again.
+fn mail_bytes_in_outbox_records(db: &sled::Db) -> Result<(), StoreError> {
+    let outbox = db.open_tree(TreeId::Outbox.name())?;
+    let bodies = db.open_tree(OUTBOX_BODIES_TREE)?;
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
+    for item in outbox.iter() {
+        let (key, value) = item?;
+        if value.contains(&0) {
+            continue;
+        }
+        let bytes = bodies.get(&key)?.ok_or_else(|| {
+            StoreError::corrupt(OUTBOX_BODIES_TREE, &key, "an outbox entry without its mail")
+        })?;
+        let mut record = Vec::with_capacity(value.len() + 1 + bytes.len());
+        record.extend_from_slice(&value);
+        record.push(0);
+        record.extend_from_slice(&bytes);
+        batch.insert(key, record);
+        in_batch += 1;
+        if in_batch == MIGRATION_CHUNK {
+            outbox.apply_batch(std::mem::take(&mut batch))?;
+            in_batch = 0;
+        }
+    }
+    outbox.apply_batch(batch)?;
+    db.flush()?;
+    db.drop_tree(OUTBOX_BODIES_TREE)?;
+    Ok(())
 }
 
 /// 2 → 3: a case's event counter (`e ++ str(case)`, 8 bytes) and its mail

@@ -27,7 +27,6 @@ pub(crate) enum TreeId {
     Timers,
     TimerClocks,
     Outbox,
-    OutboxBodies,
     OutboxDue,
     Attachments,
     AttachmentRefs,
@@ -37,7 +36,7 @@ pub(crate) enum TreeId {
 }
 
 impl TreeId {
-    pub const ALL: [TreeId; 19] = [
+    pub const ALL: [TreeId; 18] = [
         TreeId::Cases,
         TreeId::Events,
         TreeId::Counters,
@@ -50,7 +49,6 @@ impl TreeId {
         TreeId::Timers,
         TreeId::TimerClocks,
         TreeId::Outbox,
-        TreeId::OutboxBodies,
         TreeId::OutboxDue,
         TreeId::Attachments,
         TreeId::AttachmentRefs,
@@ -74,7 +72,6 @@ impl TreeId {
             TreeId::Timers => "timers",
             TreeId::TimerClocks => "timer_clocks",
             TreeId::Outbox => "outbox",
-            TreeId::OutboxBodies => "outbox_bodies",
             TreeId::OutboxDue => "outbox_due",
             TreeId::Attachments => "attachments",
             TreeId::AttachmentRefs => "attachment_refs",
