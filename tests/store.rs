@@ -899,6 +899,25 @@ fn digests_belong_to_no_case_and_log_no_event() {
     assert_eq!(store.queue_depth(), 1);
 }
 
+/// A reminder whose renderer gives every identity the same Message-ID.
+fn reminder_with_message_id(message_id: &'static str) -> MailDraft {
+    MailDraft::new(
+        "remind",
+        "reminder",
+        "complaints@corp.example",
+        vec!["service@corp.example".into()],
+        t0(),
+        move |_: &MailIdentity| {
+            Ok(RenderedMail {
+                message_id: message_id.into(),
+                subject: "s".into(),
+                bytes: b"x".to_vec(),
+                template_failure: None,
+            })
+        },
+    )
+}
+
 #[test]
 fn a_renderer_that_reuses_a_message_id_aborts_the_commit() {
     let dir = TempDir::new().expect("tempdir");
@@ -908,21 +927,7 @@ fn a_renderer_that_reuses_a_message_id_aborts_the_commit() {
     changes
         .queue_mail(
             &CaseRef::from(&case),
-            MailDraft::new(
-                "remind",
-                "reminder",
-                "complaints@corp.example",
-                vec!["service@corp.example".into()],
-                t0(),
-                |_: &MailIdentity| {
-                    Ok(RenderedMail {
-                        message_id: "<TS-2026-000001.ack.1@corp.example>".into(),
-                        subject: "s".into(),
-                        bytes: Vec::new(),
-                        template_failure: None,
-                    })
-                },
-            ),
+            reminder_with_message_id("<TS-2026-000001.ack.1@corp.example>"),
         )
         .expect("queue");
     changes.append_event(&CaseRef::from(&case), note(t0(), "reminded"));
@@ -1158,21 +1163,7 @@ fn outgoing_message_ids_are_known_whether_or_not_they_follow_the_outbox_id() {
     changes
         .queue_mail(
             &CaseRef::from(&case),
-            MailDraft::new(
-                "remind",
-                "reminder",
-                "complaints@corp.example",
-                vec!["service@corp.example".into()],
-                t0(),
-                |_: &MailIdentity| {
-                    Ok(RenderedMail {
-                        message_id: "<reminder-own-form@corp.example>".into(),
-                        subject: "s".into(),
-                        bytes: b"x".to_vec(),
-                        template_failure: None,
-                    })
-                },
-            ),
+            reminder_with_message_id("<reminder-own-form@corp.example>"),
         )
         .expect("queue");
     store.apply(&changes).expect("commit");

@@ -564,6 +564,39 @@ impl Run<'_> {
         events.extend(apply(case, &evaluation.actions, self.now));
     }
 
+    /// A forward that can be sent, or `None` with a note in `events` that
+    /// says why it cannot.
+    fn checked_forward(
+        &self,
+        forward: ForwardOf<'_>,
+        description: String,
+        events: &mut Vec<Event>,
+    ) -> Option<MailPlan> {
+        let ForwardOf {
+            case,
+            department,
+            mail,
+            received_at,
+            attachments,
+        } = forward;
+        match self.forward_plan(
+            case,
+            department,
+            mail,
+            received_at,
+            attachments,
+            description.clone(),
+        ) {
+            Ok(plan) => self.check_plan(&plan, events).then_some(plan),
+            Err(error) => {
+                events.push(self.event(EventKind::Note {
+                    text: format!("{description} cannot be sent: {error}"),
+                }));
+                None
+            }
+        }
+    }
+
     /// The mail to a department: its addresses, a token for its replies;
     /// `description` names it in the case's log.
     fn forward_plan(
@@ -744,23 +777,15 @@ impl Run<'_> {
                 let departments = std::iter::once(assignment.department).chain(assignment.cc);
                 for department in departments {
                     let what = format!("the forward to department {department}");
-                    let plan = self.forward_plan(
-                        &case,
-                        &department,
-                        &mail,
+                    let forward = ForwardOf {
+                        case: &case,
+                        department: &department,
+                        mail: &mail,
                         received_at,
-                        &attachments,
-                        what.clone(),
-                    );
-                    match plan {
-                        Ok(plan) => {
-                            if self.check_plan(&plan, &mut events) {
-                                forwards.push((department, plan));
-                            }
-                        }
-                        Err(error) => events.push(self.event(EventKind::Note {
-                            text: format!("{what} cannot be sent: {error}"),
-                        })),
+                        attachments: &attachments,
+                    };
+                    if let Some(plan) = self.checked_forward(forward, what, &mut events) {
+                        forwards.push((department, plan));
                     }
                 }
             }
@@ -858,23 +883,15 @@ impl Run<'_> {
                 let attachments = Arc::new(outgoing_attachments(&mail, &blobs));
                 let what =
                     format!("the forward of the customer's reply to department {department}");
-                let plan = self.forward_plan(
-                    &work.case,
-                    &department,
-                    &mail,
+                let forward = ForwardOf {
+                    case: &work.case,
+                    department: &department,
+                    mail: &mail,
                     received_at,
-                    &attachments,
-                    what.clone(),
-                );
-                match plan {
-                    Ok(plan) => {
-                        if self.check_plan(&plan, &mut work.events) {
-                            work.mails.push(plan);
-                        }
-                    }
-                    Err(error) => work.events.push(self.event(EventKind::Note {
-                        text: format!("{what} cannot be sent: {error}"),
-                    })),
+                    attachments: &attachments,
+                };
+                if let Some(plan) = self.checked_forward(forward, what, &mut work.events) {
+                    work.mails.push(plan);
                 }
             }
         }
@@ -1203,6 +1220,15 @@ fn store_texts_and_attachments(
 }
 
 /// The attachments of a mail, to go with its forward.
+/// What a forward is made of: the case, where it goes, the mail it carries.
+struct ForwardOf<'a> {
+    case: &'a Case,
+    department: &'a str,
+    mail: &'a IncomingMail,
+    received_at: DateTime<Utc>,
+    attachments: &'a Arc<Vec<OutgoingAttachment>>,
+}
+
 fn outgoing_attachments(mail: &IncomingMail, blobs: &[AttachmentBlob]) -> Vec<OutgoingAttachment> {
     mail.attachments
         .iter()

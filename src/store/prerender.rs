@@ -284,23 +284,9 @@ mod tests {
         )
     }
 
+    /// A new complaint whose two mails record each rendering in `calls`.
     fn complaint(n: usize, calls: &Arc<Mutex<Vec<String>>>) -> ChangeSet {
-        let mut changes =
-            ChangeSet::for_message(&format!("<m{n}@x.example>"), t0()).expect("message id");
-        let case = changes
-            .new_case(Case::new(
-                CaseId(String::new()),
-                t0(),
-                "email",
-                Address::new("c@x.example", None),
-                "停气",
-                "zh",
-            ))
-            .expect("case");
-        changes.link_message(&case).expect("link");
-        changes.queue_mail(&case, recording(calls)).expect("ack");
-        changes.queue_mail(&case, recording(calls)).expect("ack");
-        changes
+        complaint_with(n, vec![recording(calls), recording(calls)])
     }
 
     fn temporary() -> (tempfile::TempDir, Store) {
@@ -404,7 +390,8 @@ mod tests {
         )
     }
 
-    fn complaint_with(n: usize, draft: MailDraft) -> ChangeSet {
+    /// A new complaint that queues `drafts` on its case.
+    fn complaint_with(n: usize, drafts: Vec<MailDraft>) -> ChangeSet {
         let mut changes =
             ChangeSet::for_message(&format!("<m{n}@x.example>"), t0()).expect("message id");
         let case = changes
@@ -418,7 +405,9 @@ mod tests {
             ))
             .expect("case");
         changes.link_message(&case).expect("link");
-        changes.queue_mail(&case, draft).expect("ack");
+        for draft in drafts {
+            changes.queue_mail(&case, draft).expect("mail");
+        }
         changes
     }
 
@@ -436,10 +425,10 @@ mod tests {
         for failing in ["TS-2026-000001", "TS-2026-000002"] {
             let (_dir, store) = temporary();
             // Rendered ahead for TS-2026-000001, which another commit then takes.
-            let first = complaint_with(1, failing_for(failing));
+            let first = complaint_with(1, vec![failing_for(failing)]);
             let prerendered = store.prerender(&[&first]);
             let second = store
-                .apply(&complaint_with(2, failing_for(failing)))
+                .apply(&complaint_with(2, vec![failing_for(failing)]))
                 .expect("commit");
             let report = store
                 .commit_prerendered(None, &[&first], &prerendered)
