@@ -67,6 +67,8 @@ struct Args {
     batch: usize,
     /// Feed the engine directly (no mail stack, no daemon): the engine's own rate.
     engine_only: bool,
+    /// Log as the daemon does at its default level (text, INFO), into this file.
+    log: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -80,6 +82,7 @@ fn parse_args() -> Result<Args> {
             send: false,
             batch: 500,
             engine_only: false,
+            log: None,
         }
     } else {
         Args {
@@ -88,6 +91,7 @@ fn parse_args() -> Result<Args> {
             send: false,
             batch: 100,
             engine_only: false,
+            log: None,
         }
     };
     let mut given = std::env::args().skip(1);
@@ -98,11 +102,12 @@ fn parse_args() -> Result<Args> {
             "--send" => args.send = true,
             "--engine-only" => args.engine_only = true,
             "--batch" => args.batch = given.next().context("--batch N")?.parse()?,
+            "--log" => args.log = Some(given.next().context("--log FILE")?.into()),
             "--bench" => {}
             other => {
                 bail!(
                     "unknown argument {other}; use --mails N, --samples K, --send, --batch N, \
-                 --engine-only"
+                 --engine-only, --log FILE"
                 )
             }
         }
@@ -113,6 +118,16 @@ fn parse_args() -> Result<Args> {
 fn main() -> Result<()> {
     complaintd::allocator::configure_mimalloc();
     let args = parse_args()?;
+    if let Some(path) = &args.log {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .try_init()
+            .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    }
     if args.engine_only {
         return engine_only(args.mails, args.batch);
     }
