@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use complaintd::case::{Address, Case, CaseId, CaseState, Event, EventKind, FieldValue};
 use complaintd::mail::outbound::{self, OutgoingMail};
 use complaintd::mail::KnownMessage;
-use complaintd::rules::eval::CaseHistory;
+use complaintd::rules::eval::{CaseHistory, SenderCount, SenderGroup};
 use complaintd::store::{
     CaseFilter, CaseRef, ChangeOutcome, ChangeSet, Checkpoint, DeliveryFailure, IngestBatch,
     LockWait, MailDraft, MailIdentity, MessageRecord, OutboxState, QuarantineRecord, RenderedMail,
@@ -2142,10 +2142,27 @@ fn check_batch_history(
         for _ in 0..2 {
             let view = batch.history(&store, exclude.as_ref());
             for wanted in HISTORY_CATEGORIES {
+                let walked = walk_answer(&counted, since, until, |c| category(c, wanted));
                 prop_assert_eq!(
                     view.distinct_senders_with_category(wanted, since, until),
-                    walk_answer(&counted, since, until, |c| category(c, wanted))
+                    walked.clone()
                 );
+                // Counted without the list: the same size and membership.
+                for probe in 0..6 {
+                    let sender = format!("s{probe}@x.example");
+                    prop_assert_eq!(
+                        view.count_distinct_senders(
+                            SenderGroup::Category(wanted),
+                            since,
+                            until,
+                            &sender
+                        ),
+                        SenderCount {
+                            senders: walked.len() as u64,
+                            includes: walked.contains(&sender),
+                        }
+                    );
+                }
                 let fingerprint = complaintd::case::subject_fingerprint(&format!(
                     "停气通知 {}",
                     HISTORY_CATEGORIES
@@ -2161,10 +2178,26 @@ fn check_batch_history(
                 );
             }
             for wanted in HISTORY_TAGS {
+                let walked = walk_answer(&counted, since, until, |c| c.tags.contains(wanted));
                 prop_assert_eq!(
                     view.distinct_senders_with_tag(wanted, since, until),
-                    walk_answer(&counted, since, until, |c| c.tags.contains(wanted))
+                    walked.clone()
                 );
+                for probe in 0..6 {
+                    let sender = format!("s{probe}@x.example");
+                    prop_assert_eq!(
+                        view.count_distinct_senders(
+                            SenderGroup::Tag(wanted),
+                            since,
+                            until,
+                            &sender
+                        ),
+                        SenderCount {
+                            senders: walked.len() as u64,
+                            includes: walked.contains(&sender),
+                        }
+                    );
+                }
             }
         }
     }

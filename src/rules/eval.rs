@@ -1706,6 +1706,49 @@ pub trait CaseHistory {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Vec<String>;
+
+    /// How many distinct senders a group has within the window, and whether
+    /// `sender` is one of them: what a `count(distinct senders …)` needs.
+    /// This default builds the list; a history that can count without
+    /// copying every sender overrides it.
+    fn count_distinct_senders(
+        &self,
+        group: SenderGroup<'_>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        sender: &str,
+    ) -> SenderCount {
+        let senders = match group {
+            SenderGroup::Category(category) => {
+                self.distinct_senders_with_category(category, since, until)
+            }
+            SenderGroup::Subject(fingerprint) => {
+                self.distinct_senders_with_subject(fingerprint, since, until)
+            }
+            SenderGroup::Tag(tag) => self.distinct_senders_with_tag(tag, since, until),
+        };
+        SenderCount {
+            senders: senders.len() as u64,
+            includes: senders.iter().any(|s| s == sender),
+        }
+    }
+}
+
+/// The cases a distinct-senders count groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderGroup<'a> {
+    Category(&'a str),
+    /// A subject fingerprint ([`crate::case::subject_fingerprint`]).
+    Subject(&'a str),
+    Tag(&'a str),
+}
+
+/// The answer of [`CaseHistory::count_distinct_senders`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderCount {
+    pub senders: u64,
+    /// Whether the sender asked about is among them.
+    pub includes: bool,
 }
 
 /// One remembered case, as [`MemoryHistory`] keeps it.

@@ -22,7 +22,7 @@ use super::keys::{self, KeyBuf};
 use super::trees::TreeId;
 use super::Store;
 use crate::case::{subject_fingerprint, Case, CaseId};
-use crate::rules::eval::CaseHistory;
+use crate::rules::eval::{CaseHistory, SenderCount, SenderGroup};
 
 /// One index hit: the case and its sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,10 +353,90 @@ impl BatchHistory<'_> {
     }
 }
 
-impl BatchHistory<'_> {
+/// A stored index range as a batch sees it: the summary, and how many of
+/// each sender's cases the batch leaves out (the one evaluated, those it
+/// replaces with pending versions).
+struct StoredView {
+    summary: Arc<SenderSummary>,
+    left_out: HashMap<usize, u32>,
+}
+
+impl StoredView {
+    /// Whether the sender at `position` still has a case that counts.
+    fn counts(&self, position: usize) -> bool {
+        self.summary.senders[position].1 > self.left_out.get(&position).copied().unwrap_or(0)
+    }
+
+    /// Whether `sender` has a stored case that counts.
+    fn counts_sender(&self, sender: &str) -> bool {
+        self.summary
+            .senders
+            .binary_search_by(|(s, _)| s.as_str().cmp(sender))
+            .is_ok_and(|position| self.counts(position))
+    }
+}
+
+impl<'a> BatchHistory<'a> {
+    fn excluded_id(&self) -> Option<&CaseId> {
+        match &self.exclude {
+            Some(CaseRef::Existing(id)) => Some(id),
+            _ => None,
+        }
+    }
+
+    fn stored_view(
+        &self,
+        tree: TreeId,
+        term: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoredView {
+        let key = MemoKey {
+            tree,
+            term: term.to_owned(),
+            since,
+            until,
+        };
+        let summary = self.memo.summary(self.store, key);
+        let mut left_out: HashMap<usize, u32> = HashMap::new();
+        let cases = self
+            .excluded_id()
+            .into_iter()
+            .chain(self.pending_updates.keys().copied());
+        for case in cases {
+            if let Some(&position) = summary.cases.get(case) {
+                *left_out.entry(position).or_default() += 1;
+            }
+        }
+        StoredView { summary, left_out }
+    }
+
+    /// Senders of the pending cases (new and updated, less the one
+    /// evaluated) that match within the window, one per case.
+    fn pending_senders<'s>(
+        &'s self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        matches: impl Fn(&Case) -> bool + 's,
+    ) -> impl Iterator<Item = &'a str> + 's {
+        let in_window =
+            move |c: &Case| c.created_at >= since && c.created_at <= until && matches(c);
+        let excluded_id = self.excluded_id();
+        self.pending_updates
+            .values()
+            .copied()
+            .filter(move |c| Some(&c.id) != excluded_id)
+            .map(|c| (None, c))
+            .chain(self.pending_new.iter().map(|(key, c)| (Some(*key), *c)))
+            .filter(move |(key, c)| {
+                key.is_none_or(|key| self.exclude != Some(CaseRef::New(key))) && in_window(c)
+            })
+            .map(|(_, c)| c.sender.email.as_str())
+    }
+
     /// Distinct senders of matching cases in byte order: the stored ones from
-    /// the batch's summary of the index range, less the cases left out (the
-    /// one evaluated, those the batch replaces), plus the pending ones.
+    /// the batch's summary of the index range, less the cases left out, plus
+    /// the pending ones.
     fn distinct_senders(
         &self,
         tree: TreeId,
@@ -368,51 +448,18 @@ impl BatchHistory<'_> {
         if since > until {
             return Vec::new();
         }
-        let excluded_id = match &self.exclude {
-            Some(CaseRef::Existing(id)) => Some(id),
-            _ => None,
-        };
-        let key = MemoKey {
-            tree,
-            term: term.to_owned(),
-            since,
-            until,
-        };
-        let summary = self.memo.summary(self.store, key);
-        let left_out: HashSet<&CaseId> = excluded_id
-            .into_iter()
-            .chain(self.pending_updates.keys().copied())
-            .collect();
-        let mut uncounted: HashMap<usize, u32> = HashMap::new();
-        for case in left_out {
-            if let Some(&position) = summary.cases.get(case) {
-                *uncounted.entry(position).or_default() += 1;
-            }
-        }
-        let mut senders: Vec<String> = summary
+        let stored = self.stored_view(tree, term, since, until);
+        let mut senders: Vec<String> = stored
+            .summary
             .senders
             .iter()
             .enumerate()
-            .filter(|(position, (_, cases))| *cases > uncounted.get(position).copied().unwrap_or(0))
+            .filter(|(position, _)| stored.counts(*position))
             .map(|(_, (sender, _))| sender.clone())
             .collect();
-        let in_window = |c: &Case| c.created_at >= since && c.created_at <= until && matches(c);
         let mut pending: Vec<&str> = self
-            .pending_updates
-            .values()
-            .filter(|c| Some(&c.id) != excluded_id && in_window(c))
-            .map(|c| c.sender.email.as_str())
-            .chain(
-                self.pending_new
-                    .iter()
-                    .filter(|(key, c)| self.exclude != Some(CaseRef::New(*key)) && in_window(c))
-                    .map(|(_, c)| c.sender.email.as_str()),
-            )
-            .filter(|sender| {
-                senders
-                    .binary_search_by(|s| s.as_str().cmp(sender))
-                    .is_err()
-            })
+            .pending_senders(since, until, matches)
+            .filter(|sender| !stored.counts_sender(sender))
             .collect();
         if !pending.is_empty() {
             pending.sort_unstable();
@@ -421,6 +468,40 @@ impl BatchHistory<'_> {
             senders.sort_unstable();
         }
         senders
+    }
+
+    /// The same answer counted, without copying a sender: the stored
+    /// senders less those left with no case, plus pending senders not
+    /// among them.
+    fn count_distinct(
+        &self,
+        tree: TreeId,
+        term: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        matches: impl Fn(&Case) -> bool,
+        sender: &str,
+    ) -> SenderCount {
+        if since > until {
+            return SenderCount {
+                senders: 0,
+                includes: false,
+            };
+        }
+        let stored = self.stored_view(tree, term, since, until);
+        let gone = stored
+            .left_out
+            .keys()
+            .filter(|position| !stored.counts(**position))
+            .count();
+        let extra: HashSet<&str> = self
+            .pending_senders(since, until, matches)
+            .filter(|pending| !stored.counts_sender(pending))
+            .collect();
+        SenderCount {
+            senders: (stored.summary.senders.len() - gone + extra.len()) as u64,
+            includes: stored.counts_sender(sender) || extra.contains(sender),
+        }
     }
 }
 
@@ -461,5 +542,40 @@ impl CaseHistory for BatchHistory<'_> {
         until: DateTime<Utc>,
     ) -> Vec<String> {
         self.distinct_senders(TreeId::IdxTag, tag, since, until, |c| c.tags.contains(tag))
+    }
+
+    fn count_distinct_senders(
+        &self,
+        group: SenderGroup<'_>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        sender: &str,
+    ) -> SenderCount {
+        match group {
+            SenderGroup::Category(category) => self.count_distinct(
+                TreeId::IdxCategory,
+                category,
+                since,
+                until,
+                |c| category_of(c) == Some(category),
+                sender,
+            ),
+            SenderGroup::Subject(fingerprint) => self.count_distinct(
+                TreeId::IdxSubject,
+                fingerprint,
+                since,
+                until,
+                |c| subject_fingerprint(&c.subject) == fingerprint,
+                sender,
+            ),
+            SenderGroup::Tag(tag) => self.count_distinct(
+                TreeId::IdxTag,
+                tag,
+                since,
+                until,
+                |c| c.tags.contains(tag),
+                sender,
+            ),
+        }
     }
 }

@@ -15,7 +15,7 @@ use chrono::NaiveDate;
 use super::super::ast::{
     Aggregate, ArrivalTest, CompareOp, Expr, GroupKey, Operand, RegexLit, Spanned, Value,
 };
-use super::{clockmath, snippet_of, Evaluator, FieldRef, SeenList};
+use super::{clockmath, snippet_of, Evaluator, FieldRef, SeenList, SenderGroup};
 use crate::case::{subject_fingerprint, FieldValue};
 
 /// Longest value shown in a `seen` pair, in characters.
@@ -765,36 +765,28 @@ impl<'p> Evaluator<'p, '_> {
             }
             Aggregate::DistinctSenders { key, window } => {
                 let since = clockmath::window_start(until, window.node);
-                let (senders, this_qualifies) = match &key.node {
+                let fingerprint;
+                let (group, this_qualifies) = match &key.node {
                     GroupKey::SameCategory => {
                         match self.field("category").and_then(FieldRef::name_or_text) {
-                            Some(category) => (
-                                self.history
-                                    .distinct_senders_with_category(category, since, until),
-                                true,
-                            ),
+                            Some(category) => (SenderGroup::Category(category), true),
                             _ => return 0,
                         }
                     }
                     GroupKey::SameSubject => {
-                        let fingerprint = subject_fingerprint(&case.subject);
-                        (
-                            self.history
-                                .distinct_senders_with_subject(&fingerprint, since, until),
-                            true,
-                        )
+                        fingerprint = subject_fingerprint(&case.subject);
+                        (SenderGroup::Subject(&fingerprint), true)
                     }
-                    GroupKey::Tag(tag) => (
-                        self.history
-                            .distinct_senders_with_tag(&tag.node, since, until),
-                        self.has_tag(&tag.node),
-                    ),
+                    GroupKey::Tag(tag) => (SenderGroup::Tag(&tag.node), self.has_tag(&tag.node)),
                 };
+                let others =
+                    self.history
+                        .count_distinct_senders(group, since, until, &case.sender.email);
                 let this_counts = this_qualifies
                     && case.created_at >= since
                     && case.created_at <= until
-                    && !senders.iter().any(|s| s == &case.sender.email);
-                senders.len() as u64 + u64::from(this_counts)
+                    && !others.includes;
+                others.senders + u64::from(this_counts)
             }
             Aggregate::Reopenings => u64::from(case.reopen_count),
         }
