@@ -143,13 +143,13 @@ impl CaseCounters {
 
     /// `FORMAT ++ next_event u64 BE ++ (str(purpose) ++ seq u64 BE)*`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut key = keys::KeyBuf::new()
+        let mut record = keys::KeyBuf::new()
             .tail(&[Self::FORMAT])
             .u64(self.next_event);
         for (purpose, sequence) in &self.mails {
-            key = key.str(purpose).u64(*sequence);
+            record = record.str(purpose).u64(*sequence);
         }
-        key.build()
+        record.build()
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Self> {
