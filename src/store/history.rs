@@ -325,10 +325,7 @@ impl BatchHistory<'_> {
         until: DateTime<Utc>,
         matches: impl Fn(&Case) -> bool,
     ) -> Vec<String> {
-        let excluded_id = match &self.exclude {
-            Some(CaseRef::Existing(id)) => Some(id),
-            _ => None,
-        };
+        let excluded_id = self.excluded_id();
         let replaced: HashSet<&CaseId> = self.pending_updates.keys().copied().collect();
         let stored = hits_or_log(self.store.index_hits(tree, term, since, until), tree.name());
         let in_window = |c: &Case| c.created_at >= since && c.created_at <= until && matches(c);
@@ -399,10 +396,13 @@ impl<'a> BatchHistory<'a> {
         };
         let summary = self.memo.summary(self.store, key);
         let mut left_out: HashMap<usize, u32> = HashMap::new();
-        let cases = self
+        // A set: the case evaluated may also be one the batch updates, and
+        // it leaves the stored range once.
+        let cases: HashSet<&CaseId> = self
             .excluded_id()
             .into_iter()
-            .chain(self.pending_updates.keys().copied());
+            .chain(self.pending_updates.keys().copied())
+            .collect();
         for case in cases {
             if let Some(&position) = summary.cases.get(case) {
                 *left_out.entry(position).or_default() += 1;
