@@ -218,12 +218,18 @@ async fn throughput(
     let ready = start.elapsed();
     let store = daemon.engine.store().clone();
     let mut first_commit = None;
+    // When the checkpoint first reached each tenth of the mails: the rate
+    // between tenths shows the warm-up of a fresh process and the steady state.
+    let mut tenths: Vec<(usize, Duration)> = Vec::with_capacity(11);
     loop {
         let last_uid = store
             .checkpoint("complaints")?
             .map_or(0, |c| c.last_uid as usize);
         if last_uid > 0 && first_commit.is_none() {
             first_commit = Some(start.elapsed());
+        }
+        while tenths.len() <= 10 && last_uid >= mails * tenths.len() / 10 {
+            tenths.push((last_uid, start.elapsed()));
         }
         if last_uid >= mails {
             break;
@@ -257,6 +263,20 @@ async fn throughput(
             "throttled to 1 mail/minute"
         }
     );
+    let rates: Vec<String> = tenths
+        .windows(2)
+        .map(|w| {
+            let seconds = (w[1].1 - w[0].1).as_secs_f64().max(1e-6);
+            format!("{:.0}", (w[1].0 - w[0].0) as f64 / seconds)
+        })
+        .collect();
+    println!("  msgs/s per tenth of the mails: {}", rates.join(" "));
+    if let (Some(half), Some(last)) = (tenths.get(5), tenths.last()) {
+        println!(
+            "  => {:.0} msgs/s over the second half",
+            (last.0 - half.0) as f64 / (last.1 - half.1).as_secs_f64()
+        );
+    }
     println!(
         "  => {:.0} msgs/s from start, {:.0} msgs/s once running",
         mails as f64 / done.as_secs_f64(),

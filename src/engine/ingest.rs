@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use rayon::prelude::*;
 use serde::Serialize;
 
 mod replies;
@@ -1147,39 +1148,12 @@ fn parse_all(messages: Vec<(u32, RawMessage)>, max_bytes: u64) -> Vec<Fetched> {
         let parsed = (!oversized).then(|| inbound::parse(&raw.bytes));
         (uid, raw, parsed)
     };
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(messages.len() / PARALLEL_PARSE_FROM)
-        .max(1);
-    if workers == 1 {
+    if messages.len() < PARALLEL_PARSE_FROM {
         return messages.into_iter().map(parse_one).collect();
     }
-    let chunk = messages.len().div_ceil(workers);
-    let mut chunks: Vec<Vec<(u32, RawMessage)>> = Vec::with_capacity(workers);
-    let mut rest = messages.into_iter();
-    loop {
-        let part: Vec<_> = rest.by_ref().take(chunk).collect();
-        if part.is_empty() {
-            break;
-        }
-        chunks.push(part);
-    }
-    let parse_one = &parse_one;
-    std::thread::scope(|scope| {
-        let mut chunks = chunks.into_iter();
-        let own = chunks.next().unwrap_or_default();
-        let handles: Vec<_> = chunks
-            .map(|part| scope.spawn(move || part.into_iter().map(parse_one).collect::<Vec<_>>()))
-            .collect();
-        let mut out: Vec<Fetched> = own.into_iter().map(parse_one).collect();
-        for handle in handles {
-            match handle.join() {
-                Ok(parsed) => out.extend(parsed),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        out
-    })
+    // rayon's pool keeps its threads (and so the allocator's per-thread
+    // memory) from fetch to fetch; a thread per fetch faulted in fresh pages.
+    messages.into_par_iter().map(parse_one).collect()
 }
 
 /// Whether an unverified claim looks like someone posing as a department

@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::Datelike;
+use rayon::prelude::*;
 
 use super::batch::{CaseRef, ChangeSet, NewCaseKey};
 use super::error::StoreError;
@@ -85,7 +86,13 @@ impl Store {
             let result = (draft.render)(&identity).map(PreparedMail::from);
             (set, mail, Prerendered { identity, result })
         };
-        let rendered = parallel_map(work, render);
+        // rayon's pool keeps its threads (and so the allocator's per-thread
+        // memory) from batch to batch; a thread per batch faulted in fresh pages.
+        let rendered: Vec<_> = if work.len() < PARALLEL_FROM {
+            work.into_iter().map(render).collect()
+        } else {
+            work.into_par_iter().map(render).collect()
+        };
         let mut out: PrerenderedMails = changes.iter().map(|c| vec![None; c.mails.len()]).collect();
         for (set, mail, prerendered) in rendered {
             out[set][mail] = Some(prerendered);
@@ -210,36 +217,6 @@ pub(crate) fn prepared_for<'p>(
     prerendered
         .filter(|p| p.identity == *identity)
         .map(|p| &p.result)
-}
-
-/// `f` over `items` on up to all cores, results in any order.
-fn parallel_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len().div_ceil(PARALLEL_FROM).max(1));
-    if workers <= 1 {
-        return items.into_iter().map(f).collect();
-    }
-    let mut chunks: Vec<Vec<T>> = (0..workers).map(|_| Vec::new()).collect();
-    for (i, item) in items.into_iter().enumerate() {
-        chunks[i % workers].push(item);
-    }
-    let f = &f;
-    std::thread::scope(|scope| {
-        let mut rest = chunks.into_iter();
-        let own = rest.next().unwrap_or_default();
-        let handles: Vec<_> = rest
-            .map(|chunk| scope.spawn(move || chunk.into_iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        let mut out: Vec<R> = own.into_iter().map(f).collect();
-        for handle in handles {
-            match handle.join() {
-                Ok(results) => out.extend(results),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        out
-    })
 }
 
 /// The normalised Message-ID a prepared mail will be recorded under.
