@@ -17,7 +17,6 @@ use sha2::{Digest, Sha256};
 
 use super::engine_ops::{self, ExtraOp};
 use super::error::StoreError;
-use super::history::HistoryMemo;
 use super::keys;
 use super::outbox::{
     mail_identity, message_known, outbox_id_in_message_id, put_entry, MailDraft, OutboxEntry,
@@ -370,8 +369,6 @@ fn sort_slots(slots: &mut Vec<TimerSlot>) {
 pub struct IngestBatch {
     pub(crate) checkpoint: Option<(String, Checkpoint)>,
     pub(crate) changes: Vec<ChangeSet>,
-    /// Stored index ranges the batch's history questions walked.
-    pub(crate) memo: HistoryMemo,
 }
 
 impl IngestBatch {
