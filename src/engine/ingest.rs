@@ -183,6 +183,27 @@ impl Engine {
         uidvalidity: u32,
         messages: Vec<(u32, RawMessage)>,
     ) -> Result<IngestReport, EngineError> {
+        let parsing = self.parse_ahead(messages);
+        self.ingest_parsed(mailbox, channel, uidvalidity, parsing)
+    }
+
+    /// Starts parsing a fetch's messages on the pool, which needs nothing
+    /// from the store: the daemon does it as soon as a fetch arrives, while
+    /// the fetch before it is still committing. Give the result to
+    /// [`Engine::ingest_parsed`].
+    pub fn parse_ahead(&self, messages: Vec<(u32, RawMessage)>) -> ParseAhead {
+        ParseAhead::start(messages, self.settings.max_message_bytes)
+    }
+
+    /// [`Engine::ingest`] of a fetch whose parsing [`Engine::parse_ahead`]
+    /// started.
+    pub fn ingest_parsed(
+        &self,
+        mailbox: &str,
+        channel: &str,
+        uidvalidity: u32,
+        parsing: ParseAhead,
+    ) -> Result<IngestReport, EngineError> {
         let _writer = self.write_lock();
         let active = self.policy();
         let now = self.clock.now();
@@ -210,8 +231,7 @@ impl Engine {
             },
         };
         let mut result = Ok(());
-        let max_bytes = self.settings.max_message_bytes;
-        for (uid, raw, parsed) in ParseAhead::start(messages, max_bytes) {
+        for (uid, raw, parsed) in parsing {
             result = run.message(uid, raw, parsed);
             if result.is_err() {
                 break;
@@ -1098,6 +1118,9 @@ impl Run<'_> {
         let store = &self.engine.store;
         let rendering = std::mem::replace(&mut self.rendering, store.render_ahead());
         let committed = store.commit_rendered_ahead(&batch, rendering)?;
+        // Freeing a batch (thousands of allocations) is left to the pool,
+        // off the serial chain of evaluation and commit.
+        rayon::spawn(move || drop(batch));
         self.report.transactions += 1;
         self.report.mails_queued += committed
             .outcomes
@@ -1142,9 +1165,6 @@ impl Run<'_> {
 /// parse; only its headers are kept).
 type Fetched = (u32, RawMessage, Option<Result<ParsedMail, ParseError>>);
 
-/// Fewer messages than this are parsed on the calling thread alone.
-const PARALLEL_PARSE_FROM: usize = 16;
-
 /// Messages per parsing job on the pool: small, so the serial pass can
 /// start on the first ones soon.
 const PARSE_CHUNK: usize = 16;
@@ -1153,23 +1173,14 @@ const PARSE_CHUNK: usize = 16;
 /// UID order as they are ready: parsing depends on nothing but the bytes,
 /// so the serial pass works on the first messages while the pool parses
 /// the later ones (and renders the mails of those already handled).
-struct ParseAhead {
+pub struct ParseAhead {
     chunks: std::collections::VecDeque<Receiver<std::thread::Result<Vec<Fetched>>>>,
     ready: std::vec::IntoIter<Fetched>,
 }
 
 impl ParseAhead {
+    /// Never parses on the calling thread, which may be an async task's.
     fn start(messages: Vec<(u32, RawMessage)>, max_bytes: u64) -> ParseAhead {
-        if messages.len() < PARALLEL_PARSE_FROM {
-            let ready: Vec<Fetched> = messages
-                .into_iter()
-                .map(|message| parse_one(message, max_bytes))
-                .collect();
-            return ParseAhead {
-                chunks: Default::default(),
-                ready: ready.into_iter(),
-            };
-        }
         let mut chunks = std::collections::VecDeque::new();
         let mut rest = messages.into_iter().peekable();
         while rest.peek().is_some() {

@@ -28,8 +28,8 @@ use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 
 pub use ingest::{
-    IngestReport, MessageReport, Outcome, RawMessage, CUSTOMER_REPLY, DEFAULT_REOPEN_WINDOW_DAYS,
-    DEPARTMENT_REPLY,
+    IngestReport, MessageReport, Outcome, ParseAhead, RawMessage, CUSTOMER_REPLY,
+    DEFAULT_REOPEN_WINDOW_DAYS, DEPARTMENT_REPLY,
 };
 pub use policy::{ActivePolicy, ACKNOWLEDGEMENT_TEMPLATE, FORWARD_TEMPLATE};
 pub use timers::DUE_TIMER_STEP;
