@@ -318,7 +318,7 @@ impl ChangeSet {
         self.updates.iter().map(|(_, updated)| updated)
     }
 
-    fn check(&self) -> Result<(), StoreError> {
+    pub(super) fn check(&self) -> Result<(), StoreError> {
         match &self.message {
             Some(m) if m.disposition.is_none() => Err(StoreError::InvalidBatch(format!(
                 "message {} was neither linked to a case, discarded nor quarantined",

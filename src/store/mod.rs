@@ -37,6 +37,7 @@ pub use outbox::{
     encode_purpose, mail_identity, DeliveryFailure, MailDraft, MailIdentity, OutboxEntry,
     OutboxState, RenderedMail, Renderer, NO_CASE_SCOPE,
 };
+pub use prerender::RenderAhead;
 pub use records::{
     normalize_message_id, AttachmentRecord, Checkpoint, MessageRecord, QuarantineRecord,
     Quarantined, Timer,
