@@ -214,6 +214,7 @@ async fn throughput(
         .replace("level = \"info\"", "level = \"warn\"")
         .replace("batch_size = 500", &format!("batch_size = {batch}"))
     })?;
+    let threads_before = thread_cpu_times();
     let start = Instant::now();
     let daemon = RunningDaemon::start(config, fast_options(Metrics::new())).await?;
     let ready = start.elapsed();
@@ -241,6 +242,7 @@ async fn throughput(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let done = start.elapsed();
+    let busiest = busiest_threads(&threads_before, &thread_cpu_times());
     daemon.stop().await?;
     let cases = store.list_cases(&Default::default())?.len();
     let acks = count_acks(&store)?;
@@ -272,6 +274,19 @@ async fn throughput(
         })
         .collect();
     println!("  msgs/s per tenth of the mails: {}", rates.join(" "));
+    // Where the daemon's CPU went, per message: the tokio threads carry the
+    // engine's serial chain (evaluation, commit), the pool parses and renders.
+    let busiest: Vec<String> = busiest
+        .iter()
+        .take(4)
+        .map(|(name, threads, cpu)| {
+            format!(
+                "{name} ({threads}) {:.0} µs",
+                cpu.as_secs_f64() * 1e6 / mails as f64
+            )
+        })
+        .collect();
+    println!("  CPU per message by thread name (threads): {}", busiest.join(", "));
     if let (Some(half), Some(last)) = (tenths.get(5), tenths.last()) {
         println!(
             "  => {:.0} msgs/s over the second half",
@@ -374,6 +389,59 @@ fn thread_cpu_time() -> Duration {
         now
     };
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// CPU time of each thread of this process so far, by thread id: (name, time).
+fn thread_cpu_times() -> std::collections::HashMap<u32, (String, Duration)> {
+    let mut times = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return times;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    for task in tasks.flatten() {
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // The name is in parentheses and may hold spaces; utime and stime are the
+        // 12th and 13th fields after it.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        let seconds = (field(11) + field(12)) / ticks;
+        let name = stat[open + 1..close].to_owned();
+        times.insert(tid, (name, Duration::from_secs_f64(seconds)));
+    }
+    times
+}
+
+/// CPU used between two snapshots, summed by thread name (tokio names all
+/// its threads alike), busiest first: (name, threads, time).
+fn busiest_threads(
+    before: &std::collections::HashMap<u32, (String, Duration)>,
+    after: &std::collections::HashMap<u32, (String, Duration)>,
+) -> Vec<(String, usize, Duration)> {
+    let mut by_name: std::collections::BTreeMap<String, (usize, Duration)> = Default::default();
+    for (tid, (name, cpu)) in after {
+        let earlier = before.get(tid).map_or(Duration::ZERO, |(_, cpu)| *cpu);
+        let used = cpu.saturating_sub(earlier);
+        if used > Duration::ZERO {
+            let entry = by_name.entry(name.clone()).or_default();
+            entry.0 += 1;
+            entry.1 += used;
+        }
+    }
+    let mut used: Vec<(String, usize, Duration)> = by_name
+        .into_iter()
+        .map(|(name, (threads, cpu))| (name, threads, cpu))
+        .collect();
+    used.sort_by(|a, b| b.2.cmp(&a.2));
+    used
 }
 
 /// CPU time used by this process so far (user and system, all threads).
