@@ -161,7 +161,7 @@ pub fn auto_submitted(purpose: &str) -> &'static str {
 /// The subject with `[case] ` in front, unless the bracketed number is already in it.
 pub fn subject_with_case(case: Option<&CaseId>, subject: &str) -> String {
     let subject = clean_line(subject);
-    let subject = match case {
+    let mut subject = match case {
         Some(case) if !subject.contains(&format!("[{case}]")) => {
             if subject.is_empty() {
                 format!("[{case}]")
@@ -171,7 +171,10 @@ pub fn subject_with_case(case: Option<&CaseId>, subject: &str) -> String {
         }
         _ => subject,
     };
-    subject.chars().take(MAX_SUBJECT_CHARS).collect()
+    if let Some((end, _)) = subject.char_indices().nth(MAX_SUBJECT_CHARS) {
+        subject.truncate(end);
+    }
+    subject
 }
 
 /// Builds the mail. `host` is the domain of Message-IDs.
@@ -315,14 +318,29 @@ fn text_part(content_type: ContentType, text: &str) -> SinglePart {
             ContentTransferEncoding::QuotedPrintable,
         ),
         Encoding::Base64 => {
-            let mut out =
-                String::with_capacity(email_encoding::body::base64::encoded_len(crlf.len()));
-            email_encoding::body::base64::encode(&crlf, &mut out)
-                .expect("writing to a String cannot fail");
-            PartBody::dangerous_pre_encoded(out.into_bytes(), ContentTransferEncoding::Base64)
+            PartBody::dangerous_pre_encoded(base64_lines(&crlf), ContentTransferEncoding::Base64)
         }
     };
     SinglePart::builder().header(content_type).body(body)
+}
+
+/// Characters of a base64 body line (RFC 2045: at most 76).
+const BASE64_LINE: usize = 76;
+
+/// Base64 in lines of 76 characters joined by CRLF, no line break at the end:
+/// what `email_encoding::body::base64::encode` writes, encoded in one piece
+/// instead of 57 bytes at a time through a UTF-8 check and a `fmt::Write`.
+fn base64_lines(bytes: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut out = Vec::with_capacity(encoded.len() + encoded.len() / BASE64_LINE * 2);
+    for (index, line) in encoded.as_bytes().chunks(BASE64_LINE).enumerate() {
+        if index > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(line);
+    }
+    out
 }
 
 /// `text` with a `\r` before every `\n` that has none.
@@ -495,6 +513,46 @@ mod tests {
                 lettre_part(ContentType::TEXT_PLAIN, &text)
             );
         }
+    }
+
+    proptest! {
+        #[test]
+        fn base64_lines_are_what_lettres_encoder_writes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..400)
+        ) {
+            let mut expected = String::new();
+            email_encoding::body::base64::encode(&bytes, &mut expected).unwrap();
+            prop_assert_eq!(String::from_utf8(base64_lines(&bytes)).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn base64_lines_break_exactly_at_76_characters() {
+        for len in [0, 1, 56, 57, 58, 114, 171] {
+            let bytes = vec![0xE4; len];
+            let mut expected = String::new();
+            email_encoding::body::base64::encode(&bytes, &mut expected).unwrap();
+            assert_eq!(
+                String::from_utf8(base64_lines(&bytes)).unwrap(),
+                expected,
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_subjects_are_cut_to_the_limit_in_characters() {
+        let case = CaseId("TS-2026-000123".to_owned());
+        let long = "燃气表a".repeat(100);
+        let subject = subject_with_case(Some(&case), &long);
+        assert_eq!(subject.chars().count(), MAX_SUBJECT_CHARS);
+        let expected: String = format!("[{case}] {long}")
+            .chars()
+            .take(MAX_SUBJECT_CHARS)
+            .collect();
+        assert_eq!(subject, expected);
+        let exact = "x".repeat(MAX_SUBJECT_CHARS);
+        assert_eq!(subject_with_case(None, &exact), exact);
     }
 
     #[test]
