@@ -345,19 +345,15 @@ fn base64_lines(bytes: &[u8]) -> Vec<u8> {
 
 /// `text` with a `\r` before every `\n` that has none.
 fn crlf_line_endings(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 16 + 2);
-    let mut lines = bytes.split(|&byte| byte == b'\n');
+    let mut out = Vec::with_capacity(text.len() + text.len() / 16 + 2);
+    // `str::split` on a char finds the line feeds with memchr.
+    let mut lines = text.split('\n');
     let mut line = lines.next().unwrap_or_default();
-    out.extend_from_slice(line);
+    out.extend_from_slice(line.as_bytes());
     for next in lines {
-        let ending: &[u8] = if line.ends_with(b"\r") {
-            b"\n"
-        } else {
-            b"\r\n"
-        };
+        let ending: &[u8] = if line.ends_with('\r') { b"\n" } else { b"\r\n" };
         out.extend_from_slice(ending);
-        out.extend_from_slice(next);
+        out.extend_from_slice(next.as_bytes());
         line = next;
     }
     out
