@@ -117,6 +117,7 @@ fn parse_args() -> Result<Args> {
 
 fn main() -> Result<()> {
     complaintd::allocator::configure_mimalloc();
+    complaintd::engine::configure_worker_pool();
     let args = parse_args()?;
     if let Some(path) = &args.log {
         let file = std::fs::File::create(path)
@@ -325,6 +326,7 @@ fn engine_only(mails: usize, batch: usize) -> Result<()> {
         })
         .collect();
     let cpu_before = process_cpu_time();
+    let thread_cpu_before = thread_cpu_time();
     let start = Instant::now();
     let mut uid = 0u32;
     for chunk in raws.chunks(batch.max(1)) {
@@ -339,6 +341,7 @@ fn engine_only(mails: usize, batch: usize) -> Result<()> {
     }
     let elapsed = start.elapsed();
     let cpu = process_cpu_time() - cpu_before;
+    let thread_cpu = thread_cpu_time() - thread_cpu_before;
     let store = engine.store();
     let cases = store.list_cases(&Default::default())?.len();
     let acks = count_acks(store)?;
@@ -349,13 +352,28 @@ fn engine_only(mails: usize, batch: usize) -> Result<()> {
     );
     println!(
         "engine only: {mails} complaints in batches of {batch}: {:.2} s => {:.0} msgs/s; \
-         {:.2} s CPU (all threads) => {:.0} µs CPU per message",
+         {:.2} s CPU (all threads) => {:.0} µs CPU per message, {:.0} µs of it on the \
+         ingesting thread",
         elapsed.as_secs_f64(),
         mails as f64 / elapsed.as_secs_f64(),
         cpu.as_secs_f64(),
-        cpu.as_secs_f64() * 1e6 / mails as f64
+        cpu.as_secs_f64() * 1e6 / mails as f64,
+        thread_cpu.as_secs_f64() * 1e6 / mails as f64
     );
     Ok(())
+}
+
+/// CPU time used by the calling thread so far. On a loaded machine the
+/// ingesting thread's CPU per message says more about the serial chain
+/// than the wall time does.
+fn thread_cpu_time() -> Duration {
+    // SAFETY: clock_gettime only writes the struct it is given.
+    let now = unsafe {
+        let mut now = std::mem::zeroed::<libc::timespec>();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now);
+        now
+    };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// CPU time used by this process so far (user and system, all threads).

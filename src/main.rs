@@ -15,6 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     complaintd::allocator::configure_mimalloc();
+    complaintd::engine::configure_worker_pool();
     let cli = Cli::parse();
     // Not locked for the whole run: `complaintd run` logs to stderr from many threads.
     let mut out = std::io::stdout();

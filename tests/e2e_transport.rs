@@ -256,6 +256,8 @@ struct SinkState {
     committed: Vec<FetchedMessage>,
     /// (rescan flag, UIDs) of every committed batch.
     batches: Vec<(bool, Vec<u32>)>,
+    /// UIDs of every batch announced as fetched.
+    announced: Vec<Vec<u32>>,
     /// Batches that arrived while the gate was closed, and how many were refused.
     waiting: usize,
     refused: usize,
@@ -345,6 +347,12 @@ impl RecordingSink {
 impl IngestSink for RecordingSink {
     fn checkpoint(&self, mailbox: &str) -> Result<Option<Checkpoint>, SinkError> {
         Ok(self.state.lock().unwrap().checkpoints.get(mailbox).copied())
+    }
+
+    fn fetched(&self, _mailbox: &str, messages: &[FetchedMessage]) {
+        let uids = messages.iter().map(|m| m.uid).collect();
+        self.state.lock().unwrap().announced.push(uids);
+        self.changed.notify_waiters();
     }
 
     async fn ingest(&self, batch: FetchedBatch) -> Result<(), SinkError> {
@@ -812,6 +820,12 @@ async fn each_batch_is_marked_only_after_its_own_commit() {
         (s.waiting == 1).then_some(())
     })
     .await;
+    // The second batch is fetched and announced (so the engine can parse
+    // it) while the first is still committing.
+    sink.wait_for("the second batch announced", |s| {
+        (s.announced.len() == 2 && s.committed.is_empty()).then_some(())
+    })
+    .await;
     sink.open_gate(1);
     sink.wait_for("the second batch at the gate", |s| {
         (s.waiting == 1 && s.committed.len() == 2).then_some(())
@@ -854,6 +868,7 @@ async fn each_batch_is_marked_only_after_its_own_commit() {
         .map(|(_, uids)| uids.clone())
         .collect();
     assert_eq!(batches, [vec![1, 2], vec![3, 4], vec![5, 6]]);
+    assert_eq!(sink.state.lock().unwrap().announced, batches);
     assert_eq!(metrics.imap_reconnects("overlap"), 0);
 }
 

@@ -2082,32 +2082,25 @@ fn check_counts(
     Ok(())
 }
 
-fn check_batch_history(
-    stored: Vec<HistoryCaseSpec>,
-    pending: Vec<HistoryCaseSpec>,
+/// A batch over the stored cases `stored_ids`: pending new cases, updates
+/// of stored cases (a new category and tag each; the last update of a case
+/// wins, as in the store) and the case evaluated. Returns the batch, the
+/// case it leaves out and the cases that count: stored ones as the batch
+/// leaves them, pending new ones, less the one evaluated.
+fn batch_over(
+    store: &Store,
+    stored_ids: &[CaseId],
+    pending: &[HistoryCaseSpec],
     updates: Vec<(u8, u8, u8)>,
     exclude: Option<(bool, u8)>,
-    windows: Vec<(u16, u16)>,
-    late: HistoryCaseSpec,
-) -> Result<(), TestCaseError> {
-    let dir = TempDir::new().expect("tempdir");
-    let store = open(&dir);
-    let mut stored_ids = Vec::new();
-    for spec in &stored {
-        let mut changes = ChangeSet::new();
-        let handle = changes.new_case(history_draft(spec)).expect("case");
-        let outcome = store.apply(&changes).expect("commit");
-        stored_ids.push(outcome.case_id(&handle).expect("numbered"));
-    }
+) -> (IngestBatch, Option<CaseRef>, Vec<Case>) {
     let mut batch = IngestBatch::new();
     let mut pending_handles = Vec::new();
-    for spec in &pending {
+    for spec in pending {
         let mut changes = ChangeSet::new();
         pending_handles.push(changes.new_case(history_draft(spec)).expect("case"));
         batch.push(changes);
     }
-    // Updates of stored cases in the batch: a new category and tag each
-    // (the last update of a case wins, as in the store).
     let mut updated: BTreeMap<CaseId, Case> = BTreeMap::new();
     for (target, category, tag) in updates {
         if stored_ids.is_empty() {
@@ -2136,74 +2129,112 @@ fn check_batch_history(
         }
         _ => None,
     };
-
-    // The cases that count: stored ones as the batch leaves them, pending
-    // new ones, less the one evaluated.
     let mut all: Vec<(CaseRef, Case)> = Vec::new();
-    for id in &stored_ids {
+    for id in stored_ids {
         let case = updated
             .get(id)
             .cloned()
             .unwrap_or_else(|| store.case(id).expect("read").expect("stored"));
         all.push((CaseRef::Existing(id.clone()), case));
     }
-    for (handle, spec) in pending_handles.iter().zip(&pending) {
+    for (handle, spec) in pending_handles.iter().zip(pending) {
         all.push((handle.clone(), history_draft(spec)));
     }
-    let counted: Vec<&Case> = all
-        .iter()
+    let counted = all
+        .into_iter()
         .filter(|(r, _)| Some(r) != exclude.as_ref())
         .map(|(_, c)| c)
         .collect();
+    (batch, exclude, counted)
+}
 
-    let category = |c: &Case, wanted: &str| matches!(c.fields.get("category"), Some(FieldValue::Name(n)) if n == wanted);
+fn has_category(case: &Case, wanted: &str) -> bool {
+    matches!(case.fields.get("category"), Some(FieldValue::Name(n)) if n == wanted)
+}
+
+/// Every distinct-sender question over `[since, until]` (each category,
+/// subject and tag of the pools, listed and counted) answers what a walk
+/// over `counted` does.
+fn check_window(
+    view: &impl CaseHistory,
+    counted: &[&Case],
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<(), TestCaseError> {
+    for (position, wanted) in HISTORY_CATEGORIES.iter().enumerate() {
+        let walked = walk_answer(counted, since, until, |c| has_category(c, wanted));
+        prop_assert_eq!(
+            view.distinct_senders_with_category(wanted, since, until),
+            walked.clone()
+        );
+        // Counted without the list: the same size and membership.
+        check_counts(view, SenderGroup::Category(wanted), since, until, &walked)?;
+        let fingerprint = complaintd::case::subject_fingerprint(&format!("停气通知 {position}"));
+        let walked = walk_answer(counted, since, until, |c| {
+            complaintd::case::subject_fingerprint(&c.subject) == fingerprint
+        });
+        prop_assert_eq!(
+            view.distinct_senders_with_subject(&fingerprint, since, until),
+            walked.clone()
+        );
+        check_counts(
+            view,
+            SenderGroup::Subject(&fingerprint),
+            since,
+            until,
+            &walked,
+        )?;
+    }
+    for wanted in HISTORY_TAGS {
+        let walked = walk_answer(counted, since, until, |c| c.tags.contains(wanted));
+        prop_assert_eq!(
+            view.distinct_senders_with_tag(wanted, since, until),
+            walked.clone()
+        );
+        check_counts(view, SenderGroup::Tag(wanted), since, until, &walked)?;
+    }
+    Ok(())
+}
+
+fn check_batch_history(
+    stored: Vec<HistoryCaseSpec>,
+    pending: Vec<HistoryCaseSpec>,
+    updates: Vec<(u8, u8, u8)>,
+    exclude: Option<(bool, u8)>,
+    windows: Vec<(u16, u16)>,
+    late: HistoryCaseSpec,
+) -> Result<(), TestCaseError> {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let mut stored_ids = Vec::new();
+    for spec in &stored {
+        let mut changes = ChangeSet::new();
+        let handle = changes.new_case(history_draft(spec)).expect("case");
+        let outcome = store.apply(&changes).expect("commit");
+        stored_ids.push(outcome.case_id(&handle).expect("numbered"));
+    }
+    let (batch, exclude, counted) = batch_over(&store, &stored_ids, &pending, updates, exclude);
+    let counted: Vec<&Case> = counted.iter().collect();
+
     for (from, length) in windows {
         let since = t0() + Duration::minutes(i64::from(from));
         let until = since + Duration::minutes(i64::from(length));
-        // Asked twice through fresh views: the second answer comes from the memo.
+        // Asked twice through fresh views: the second answer comes from
+        // the store's cached window.
         for _ in 0..2 {
             let view = batch.history(&store, exclude.as_ref());
-            for wanted in HISTORY_CATEGORIES {
-                let walked = walk_answer(&counted, since, until, |c| category(c, wanted));
-                prop_assert_eq!(
-                    view.distinct_senders_with_category(wanted, since, until),
-                    walked.clone()
-                );
-                // Counted without the list: the same size and membership.
-                check_counts(&view, SenderGroup::Category(wanted), since, until, &walked)?;
-                let fingerprint = complaintd::case::subject_fingerprint(&format!(
-                    "停气通知 {}",
-                    HISTORY_CATEGORIES
-                        .iter()
-                        .position(|c| *c == wanted)
-                        .unwrap_or(0)
-                ));
-                prop_assert_eq!(
-                    view.distinct_senders_with_subject(&fingerprint, since, until),
-                    walk_answer(&counted, since, until, |c| {
-                        complaintd::case::subject_fingerprint(&c.subject) == fingerprint
-                    })
-                );
-            }
-            for wanted in HISTORY_TAGS {
-                let walked = walk_answer(&counted, since, until, |c| c.tags.contains(wanted));
-                prop_assert_eq!(
-                    view.distinct_senders_with_tag(wanted, since, until),
-                    walked.clone()
-                );
-                check_counts(&view, SenderGroup::Tag(wanted), since, until, &walked)?;
-            }
+            check_window(&view, &counted, since, until)?;
         }
     }
 
-    // A commit after the questions makes the remembered walks stale: the
-    // next question sees the new case.
+    // A commit after the questions changes the cached windows: the next
+    // question sees the new case.
     let (since, until) = (t0(), t0() + Duration::minutes(600));
     let view = batch.history(&store, exclude.as_ref());
     for wanted in HISTORY_CATEGORIES {
         prop_assert_eq!(
             view.distinct_senders_with_category(wanted, since, until),
-            walk_answer(&counted, since, until, |c| category(c, wanted))
+            walk_answer(&counted, since, until, |c| has_category(c, wanted))
         );
     }
     let mut changes = ChangeSet::new();
@@ -2216,8 +2247,168 @@ fn check_batch_history(
     for wanted in HISTORY_CATEGORIES {
         prop_assert_eq!(
             view.distinct_senders_with_category(wanted, since, until),
-            walk_answer(&with_late, since, until, |c| category(c, wanted))
+            walk_answer(&with_late, since, until, |c| has_category(c, wanted))
         );
+    }
+    Ok(())
+}
+
+/// One step of the property over commits and questions in sequence.
+#[derive(Debug, Clone)]
+enum HistoryStep {
+    /// New cases committed in one transaction.
+    Commit(Vec<HistoryCaseSpec>),
+    /// A stored case gets a new category, subject and tag, committed: its
+    /// index entries are removed and added at its old opening time.
+    Update { target: u8, category: u8, tag: u8 },
+    /// A batch with new cases and then a stale update of a stored case: the
+    /// commit aborts after the new cases' index entries were written.
+    Abort {
+        new: Vec<HistoryCaseSpec>,
+        target: u8,
+    },
+    /// Every question over a window ending `advance` minutes after the
+    /// previous one: the window moves forward, as fetches do.
+    Ask { advance: u16, length: u16 },
+    /// Every question over any window, through a batch with pending cases
+    /// and updates, leaving out one case.
+    AskBatch {
+        from: u16,
+        length: u16,
+        pending: Vec<HistoryCaseSpec>,
+        updates: Vec<(u8, u8, u8)>,
+        exclude: Option<(bool, u8)>,
+    },
+}
+
+fn history_step() -> impl Strategy<Value = HistoryStep> {
+    prop_oneof![
+        3 => proptest::collection::vec(history_case_spec(), 1..4).prop_map(HistoryStep::Commit),
+        2 => (any::<u8>(), 0u8..3, 0u8..3)
+            .prop_map(|(target, category, tag)| HistoryStep::Update { target, category, tag }),
+        1 => (proptest::collection::vec(history_case_spec(), 1..3), any::<u8>())
+            .prop_map(|(new, target)| HistoryStep::Abort { new, target }),
+        3 => (0u16..120, 0u16..400).prop_map(|(advance, length)| HistoryStep::Ask { advance, length }),
+        2 => (
+            0u16..600,
+            0u16..600,
+            proptest::collection::vec(history_case_spec(), 0..3),
+            proptest::collection::vec((any::<u8>(), 0u8..3, 0u8..3), 0..3),
+            proptest::option::of((any::<bool>(), any::<u8>())),
+        )
+            .prop_map(|(from, length, pending, updates, exclude)| HistoryStep::AskBatch {
+                from,
+                length,
+                pending,
+                updates,
+                exclude,
+            }),
+    ]
+}
+
+/// Runs the steps against one store, committing through a clone of the
+/// handle the questions use (clones share the cache), and checks every
+/// answer against a walk over the stored cases.
+fn check_history_across_commits(steps: Vec<HistoryStep>) -> Result<(), TestCaseError> {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let writer = store.clone();
+    let mut stored_ids: Vec<CaseId> = Vec::new();
+    let mut window_end = t0();
+    for step in steps {
+        match step {
+            HistoryStep::Commit(specs) => {
+                let mut batch = IngestBatch::new();
+                let mut handles = Vec::new();
+                for spec in &specs {
+                    let mut changes = ChangeSet::new();
+                    handles.push(changes.new_case(history_draft(spec)).expect("case"));
+                    batch.push(changes);
+                }
+                let report = writer.commit(&batch).expect("commit");
+                for (outcome, handle) in report.outcomes.iter().zip(&handles) {
+                    stored_ids.push(outcome.case_id(handle).expect("numbered"));
+                }
+            }
+            HistoryStep::Update {
+                target,
+                category,
+                tag,
+            } => {
+                if stored_ids.is_empty() {
+                    continue;
+                }
+                let id = &stored_ids[usize::from(target) % stored_ids.len()];
+                let base = writer.case(id).expect("read").expect("stored");
+                let mut next = base.clone();
+                next.fields.insert(
+                    "category".into(),
+                    FieldValue::Name(HISTORY_CATEGORIES[usize::from(category)].into()),
+                );
+                next.subject = format!("停气通知 {category}");
+                next.tags.clear();
+                next.tags.insert(HISTORY_TAGS[usize::from(tag)].into());
+                let mut changes = ChangeSet::new();
+                changes.update_case(&base, next).expect("update");
+                writer.apply(&changes).expect("commit");
+            }
+            HistoryStep::Abort { new, target } => {
+                if stored_ids.is_empty() {
+                    continue;
+                }
+                let id = &stored_ids[usize::from(target) % stored_ids.len()];
+                let stored = writer.case(id).expect("read").expect("stored");
+                let mut batch = IngestBatch::new();
+                for spec in &new {
+                    let mut changes = ChangeSet::new();
+                    changes.new_case(history_draft(spec)).expect("case");
+                    batch.push(changes);
+                }
+                // Read before a change that never happened: the base is stale.
+                let mut stale_base = stored.clone();
+                stale_base.tags.insert("stale".into());
+                let mut next = stored.clone();
+                next.fields.insert(
+                    "category".into(),
+                    FieldValue::Name(HISTORY_CATEGORIES[0].into()),
+                );
+                let mut changes = ChangeSet::new();
+                changes.update_case(&stale_base, next).expect("update");
+                batch.push(changes);
+                let err = writer.commit(&batch).expect_err("a stale base aborts");
+                prop_assert!(matches!(err, StoreError::Conflict(_)), "{}", err);
+            }
+            HistoryStep::Ask { advance, length } => {
+                window_end += Duration::minutes(i64::from(advance));
+                let since = window_end - Duration::minutes(i64::from(length));
+                let cases: Vec<Case> = stored_ids
+                    .iter()
+                    .map(|id| store.case(id).expect("read").expect("stored"))
+                    .collect();
+                let counted: Vec<&Case> = cases.iter().collect();
+                let batch = IngestBatch::new();
+                check_window(&batch.history(&store, None), &counted, since, window_end)?;
+            }
+            HistoryStep::AskBatch {
+                from,
+                length,
+                pending,
+                updates,
+                exclude,
+            } => {
+                let since = t0() + Duration::minutes(i64::from(from));
+                let until = since + Duration::minutes(i64::from(length));
+                let (batch, exclude, counted) =
+                    batch_over(&store, &stored_ids, &pending, updates, exclude);
+                let counted: Vec<&Case> = counted.iter().collect();
+                check_window(
+                    &batch.history(&store, exclude.as_ref()),
+                    &counted,
+                    since,
+                    until,
+                )?;
+            }
+        }
     }
     Ok(())
 }
@@ -2237,5 +2428,16 @@ proptest! {
         late in history_case_spec(),
     ) {
         check_batch_history(stored, pending, updates, exclude, windows, late)?;
+    }
+
+    /// Commits (new cases, updates that move a case between terms at its
+    /// old opening time, aborted batches) interleaved with questions over
+    /// moving and arbitrary windows: the store's cached windows answer
+    /// exactly what a walk over the stored cases does after every step.
+    #[test]
+    fn cached_history_follows_commits_and_moving_windows(
+        steps in proptest::collection::vec(history_step(), 1..24),
+    ) {
+        check_history_across_commits(steps)?;
     }
 }

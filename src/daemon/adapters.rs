@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, RwLock};
 
 use crate::config::InDoubt;
-use crate::engine::{Engine, EngineError, Outcome, RawMessage};
+use crate::engine::{Engine, EngineError, Outcome, ParseAhead, RawMessage};
 use crate::imap::{FetchedBatch, FetchedMessage, IngestSink, SinkError};
 use crate::metrics::Metrics;
 use crate::reload::{PolicyReloader, ReloadSummary};
@@ -62,6 +62,8 @@ pub struct EngineSink {
     scheduler: Scheduler,
     metrics: Metrics,
     work: BlockingWork,
+    /// The batch fetched last, being parsed ahead: its mailbox and UIDs.
+    parsing: std::sync::Mutex<Option<(String, Vec<u32>, ParseAhead)>>,
 }
 
 impl EngineSink {
@@ -80,6 +82,19 @@ impl EngineSink {
             scheduler,
             metrics,
             work,
+            parsing: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The parse started for exactly these messages, if one was.
+    fn parse_started(&self, mailbox: &str, uids: &[u32]) -> Option<ParseAhead> {
+        let mut parsing = self.parsing.lock().ok()?;
+        match parsing.take() {
+            Some((name, started, parse)) if name == mailbox && started == uids => Some(parse),
+            other => {
+                *parsing = other;
+                None
+            }
         }
     }
 }
@@ -110,6 +125,18 @@ impl IngestSink for EngineSink {
             .map_err(SinkError::new)
     }
 
+    fn fetched(&self, mailbox: &str, messages: &[FetchedMessage]) {
+        let uids = messages.iter().map(|m| m.uid).collect();
+        let raw = messages
+            .iter()
+            .map(|m| (m.uid, raw_message(m.clone())))
+            .collect();
+        let parse = self.engine.parse_ahead(raw);
+        if let Ok(mut parsing) = self.parsing.lock() {
+            *parsing = Some((mailbox.to_owned(), uids, parse));
+        }
+    }
+
     async fn ingest(&self, batch: FetchedBatch) -> Result<(), SinkError> {
         let channel = self.channels.get(&batch.mailbox).cloned().ok_or_else(|| {
             SinkError::new(format!(
@@ -125,17 +152,24 @@ impl IngestSink for EngineSink {
         }
         let mailbox = batch.mailbox;
         let uidvalidity = batch.uidvalidity;
-        let messages: Vec<(u32, RawMessage)> = batch
-            .messages
-            .into_iter()
-            .map(|m| (m.uid, raw_message(m)))
-            .collect();
-        let count = messages.len();
+        let count = batch.messages.len();
+        let uids: Vec<u32> = batch.messages.iter().map(|m| m.uid).collect();
+        let parsing = match self.parse_started(&mailbox, &uids) {
+            Some(parsing) => parsing,
+            None => {
+                let messages: Vec<(u32, RawMessage)> = batch
+                    .messages
+                    .into_iter()
+                    .map(|m| (m.uid, raw_message(m)))
+                    .collect();
+                self.engine.parse_ahead(messages)
+            }
+        };
         let engine = Arc::clone(&self.engine);
         let name = mailbox.clone();
         let report = self
             .work
-            .run(move || engine.ingest(&name, &channel, uidvalidity, messages))
+            .run(move || engine.ingest_parsed(&name, &channel, uidvalidity, parsing))
             .await
             .map_err(SinkError::new)?
             .map_err(SinkError::new)?;

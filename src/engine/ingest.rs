@@ -24,10 +24,10 @@
 //! takes more than one transaction.
 
 use std::collections::HashMap;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use rayon::prelude::*;
 use serde::Serialize;
 
 mod replies;
@@ -50,7 +50,7 @@ use crate::mail::template::MailView;
 use crate::mail::token::TokenError;
 use crate::rules::ast::ClockEvent;
 use crate::rules::eval::{apply, evaluate, Input};
-use crate::store::{CaseRef, ChangeSet, Checkpoint, IngestBatch, QuarantineRecord};
+use crate::store::{CaseRef, ChangeSet, Checkpoint, IngestBatch, QuarantineRecord, RenderAhead};
 
 /// Purpose of forwards (complaints and customer replies to a department).
 pub const FORWARD: &str = "forward";
@@ -183,6 +183,27 @@ impl Engine {
         uidvalidity: u32,
         messages: Vec<(u32, RawMessage)>,
     ) -> Result<IngestReport, EngineError> {
+        let parsing = self.parse_ahead(messages);
+        self.ingest_parsed(mailbox, channel, uidvalidity, parsing)
+    }
+
+    /// Starts parsing a fetch's messages on the pool, which needs nothing
+    /// from the store: the daemon does it as soon as a fetch arrives, while
+    /// the fetch before it is still committing. Give the result to
+    /// [`Engine::ingest_parsed`].
+    pub fn parse_ahead(&self, messages: Vec<(u32, RawMessage)>) -> ParseAhead {
+        ParseAhead::start(messages, self.settings.max_message_bytes)
+    }
+
+    /// [`Engine::ingest`] of a fetch whose parsing [`Engine::parse_ahead`]
+    /// started.
+    pub fn ingest_parsed(
+        &self,
+        mailbox: &str,
+        channel: &str,
+        uidvalidity: u32,
+        parsing: ParseAhead,
+    ) -> Result<IngestReport, EngineError> {
         let _writer = self.write_lock();
         let active = self.policy();
         let now = self.clock.now();
@@ -195,6 +216,7 @@ impl Engine {
             uidvalidity,
             now,
             batch: IngestBatch::new(),
+            rendering: self.store.render_ahead(),
             links: HashMap::new(),
             pending_cases: HashMap::new(),
             pending: Vec::new(),
@@ -209,8 +231,7 @@ impl Engine {
             },
         };
         let mut result = Ok(());
-        let max_bytes = self.settings.max_message_bytes;
-        for (uid, raw, parsed) in parse_all(messages, max_bytes) {
+        for (uid, raw, parsed) in parsing {
             result = run.message(uid, raw, parsed);
             if result.is_err() {
                 break;
@@ -251,6 +272,8 @@ struct Run<'e> {
     uidvalidity: u32,
     now: DateTime<Utc>,
     batch: IngestBatch,
+    /// The pending batch's mails, being rendered while the batch grows.
+    rendering: RenderAhead,
     /// Message-IDs of the pending batch and what they became.
     links: HashMap<String, BatchLink>,
     /// Stored cases changed by the pending batch, as they will be after it.
@@ -372,6 +395,7 @@ impl Run<'_> {
         outcome: Pending,
     ) {
         self.links.insert(message_id.to_owned(), link);
+        self.rendering.add(&self.engine.store, &changes);
         self.batch.push(changes);
         self.pending.push((uid, message_id.to_owned(), outcome));
     }
@@ -1091,7 +1115,12 @@ impl Run<'_> {
         };
         let mut batch = std::mem::take(&mut self.batch);
         batch.advance_checkpoint(&self.mailbox, checkpoint);
-        let committed = self.engine.store.commit(&batch)?;
+        let store = &self.engine.store;
+        let rendering = std::mem::replace(&mut self.rendering, store.render_ahead());
+        let committed = store.commit_rendered_ahead(&batch, rendering)?;
+        // Freeing a batch (thousands of allocations) is left to the pool,
+        // off the serial chain of evaluation and commit.
+        rayon::spawn(move || drop(batch));
         self.report.transactions += 1;
         self.report.mails_queued += committed
             .outcomes
@@ -1136,24 +1165,75 @@ impl Run<'_> {
 /// parse; only its headers are kept).
 type Fetched = (u32, RawMessage, Option<Result<ParsedMail, ParseError>>);
 
-/// Fewer messages than this are parsed on the calling thread alone.
-const PARALLEL_PARSE_FROM: usize = 16;
+/// Messages per parsing job on the pool: small, so the serial pass can
+/// start on the first ones soon.
+const PARSE_CHUNK: usize = 16;
 
-/// Parses a fetch's messages, on all cores when there are many. Parsing
-/// depends on nothing but the bytes, so only what follows is done in UID
-/// order.
-fn parse_all(messages: Vec<(u32, RawMessage)>, max_bytes: u64) -> Vec<Fetched> {
-    let parse_one = |(uid, raw): (u32, RawMessage)| -> Fetched {
-        let oversized = !raw.complete || raw.size > max_bytes || raw.bytes.len() as u64 > max_bytes;
-        let parsed = (!oversized).then(|| inbound::parse(&raw.bytes));
-        (uid, raw, parsed)
-    };
-    if messages.len() < PARALLEL_PARSE_FROM {
-        return messages.into_iter().map(parse_one).collect();
+/// A fetch's messages parsed on rayon's pool, in chunks, and handed out in
+/// UID order as they are ready: parsing depends on nothing but the bytes,
+/// so the serial pass works on the first messages while the pool parses
+/// the later ones (and renders the mails of those already handled).
+pub struct ParseAhead {
+    chunks: std::collections::VecDeque<Receiver<std::thread::Result<Vec<Fetched>>>>,
+    ready: std::vec::IntoIter<Fetched>,
+}
+
+impl ParseAhead {
+    /// Never parses on the calling thread, which may be an async task's.
+    fn start(messages: Vec<(u32, RawMessage)>, max_bytes: u64) -> ParseAhead {
+        let mut chunks = std::collections::VecDeque::new();
+        let mut rest = messages.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<(u32, RawMessage)> = rest.by_ref().take(PARSE_CHUNK).collect();
+            let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+            rayon::spawn(move || {
+                let parsed = std::panic::catch_unwind(|| {
+                    chunk
+                        .into_iter()
+                        .map(|message| parse_one(message, max_bytes))
+                        .collect::<Vec<_>>()
+                });
+                // The receiver is gone only if the ingest stopped early.
+                let _ = sender.send(parsed);
+            });
+            chunks.push_back(receiver);
+        }
+        ParseAhead {
+            chunks,
+            ready: Vec::new().into_iter(),
+        }
     }
-    // rayon's pool keeps its threads (and so the allocator's per-thread
-    // memory) from fetch to fetch; a thread per fetch faulted in fresh pages.
-    messages.into_par_iter().map(parse_one).collect()
+}
+
+impl Iterator for ParseAhead {
+    type Item = Fetched;
+
+    fn next(&mut self) -> Option<Fetched> {
+        loop {
+            if let Some(fetched) = self.ready.next() {
+                return Some(fetched);
+            }
+            let chunk = self.chunks.pop_front()?;
+            match chunk.recv() {
+                Ok(Ok(parsed)) => self.ready = parsed.into_iter(),
+                // A panic while parsing is the ingest's, as if parsed here.
+                Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                Err(_) => {
+                    // Stopping here leaves the rest unhandled and the
+                    // checkpoint before them: they are fetched again.
+                    tracing::error!("a parsing job vanished; the rest of the fetch waits");
+                    self.chunks.clear();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+fn parse_one((uid, raw): (u32, RawMessage), max_bytes: u64) -> Fetched {
+    let oversized = !raw.complete || raw.size > max_bytes || raw.bytes.len() as u64 > max_bytes;
+    let parsed = (!oversized).then(|| inbound::parse(&raw.bytes));
+    (uid, raw, parsed)
 }
 
 /// Whether an unverified claim looks like someone posing as a department
@@ -1240,7 +1320,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_fetch_is_parsed_in_parallel_and_kept_in_uid_order() {
+    fn a_fetch_is_parsed_ahead_on_the_pool_and_handed_out_in_uid_order() {
         let messages: Vec<(u32, RawMessage)> = (1..=100u32)
             .map(|uid| {
                 let raw = match uid % 3 {
@@ -1257,7 +1337,7 @@ mod tests {
                 (uid, raw)
             })
             .collect();
-        let parsed = parse_all(messages, 1024 * 1024);
+        let parsed: Vec<Fetched> = ParseAhead::start(messages, 1024 * 1024).collect();
         assert_eq!(
             parsed.iter().map(|(uid, _, _)| *uid).collect::<Vec<_>>(),
             (1..=100).collect::<Vec<_>>()

@@ -28,11 +28,26 @@ use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 
 pub use ingest::{
-    IngestReport, MessageReport, Outcome, RawMessage, CUSTOMER_REPLY, DEFAULT_REOPEN_WINDOW_DAYS,
-    DEPARTMENT_REPLY,
+    IngestReport, MessageReport, Outcome, ParseAhead, RawMessage, CUSTOMER_REPLY,
+    DEFAULT_REOPEN_WINDOW_DAYS, DEPARTMENT_REPLY,
 };
 pub use policy::{ActivePolicy, ACKNOWLEDGEMENT_TEMPLATE, FORWARD_TEMPLATE};
 pub use timers::DUE_TIMER_STEP;
+
+/// Sizes rayon's global pool, which parses fetched mail and renders queued
+/// mail beside the ingest's serial pass: one thread fewer than there are
+/// cores, so that the pool and the serial pass do not take turns on one core.
+/// Call it once, early, in a binary; without it rayon starts a thread per core.
+pub fn configure_worker_pool() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let built = rayon::ThreadPoolBuilder::new()
+        .num_threads(cores.saturating_sub(1).max(1))
+        .thread_name(|index| format!("complaintd-pool-{index}"))
+        .build_global();
+    if let Err(error) = built {
+        tracing::debug!(%error, "the worker pool was already running");
+    }
+}
 
 use crate::case::{Address, CaseId};
 use crate::clock::Clock;

@@ -100,6 +100,12 @@ pub trait IngestSink: Send + Sync + 'static {
     /// The last committed checkpoint of this mailbox, if any.
     fn checkpoint(&self, mailbox: &str) -> Result<Option<Checkpoint>, SinkError>;
 
+    /// Called with each fetched batch's messages as soon as they arrive, while the batch
+    /// before them may still be committing: the sink may start on what needs no store
+    /// (the engine parses them). `ingest` follows with the same messages unless the
+    /// connection failed first.
+    fn fetched(&self, _mailbox: &str, _messages: &[FetchedMessage]) {}
+
     /// Commits the batch durably, together with `batch.checkpoint()`, and returns.
     /// An error means nothing of the batch was committed; it will be fetched again.
     /// Oversized messages (`body: None`) are to be recorded, not dropped.
@@ -356,7 +362,7 @@ impl<S: IngestSink> Worker<S> {
         // A batch is marked only after its own commit returned.
         let mut planned = plan::batches(&new, limits).into_iter();
         let mut next = match planned.next() {
-            Some(first) => Some(self.fetch_batch(session, &first).await?),
+            Some(first) => Some(self.fetch_announced(session, &first).await?),
             None => None,
         };
         let mut committed_unmarked: Option<Vec<u32>> = None;
@@ -369,7 +375,7 @@ impl<S: IngestSink> Worker<S> {
             if messages.is_empty() {
                 // Every message of the batch was expunged meanwhile.
                 next = match following {
-                    Some(batch) => Some(self.fetch_batch(session, &batch).await?),
+                    Some(batch) => Some(self.fetch_announced(session, &batch).await?),
                     None => None,
                 };
                 continue;
@@ -389,7 +395,7 @@ impl<S: IngestSink> Worker<S> {
                     self.after_ingest(session, uids, can_move).await?;
                 }
                 match following {
-                    Some(batch) => self.fetch_batch(session, &batch).await.map(Some),
+                    Some(batch) => self.fetch_announced(session, &batch).await.map(Some),
                     None => Ok(None),
                 }
             };
@@ -413,6 +419,19 @@ impl<S: IngestSink> Worker<S> {
             self.after_ingest(session, &uids, can_move).await?;
         }
         Ok(())
+    }
+
+    /// Fetches one planned batch and tells the sink it has arrived.
+    async fn fetch_announced(
+        &self,
+        session: &mut ImapSession,
+        batch: &[Listed],
+    ) -> Result<Vec<FetchedMessage>, ImapError> {
+        let messages = self.fetch_batch(session, batch).await?;
+        if !messages.is_empty() {
+            self.sink.fetched(&self.mailbox.name, &messages);
+        }
+        Ok(messages)
     }
 
     /// Fetches bodies (or, above the size limit, headers) of one planned batch.

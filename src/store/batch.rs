@@ -17,7 +17,6 @@ use sha2::{Digest, Sha256};
 
 use super::engine_ops::{self, ExtraOp};
 use super::error::StoreError;
-use super::history::HistoryMemo;
 use super::keys;
 use super::outbox::{
     mail_identity, message_known, outbox_id_in_message_id, put_entry, MailDraft, OutboxEntry,
@@ -319,7 +318,7 @@ impl ChangeSet {
         self.updates.iter().map(|(_, updated)| updated)
     }
 
-    fn check(&self) -> Result<(), StoreError> {
+    pub(super) fn check(&self) -> Result<(), StoreError> {
         match &self.message {
             Some(m) if m.disposition.is_none() => Err(StoreError::InvalidBatch(format!(
                 "message {} was neither linked to a case, discarded nor quarantined",
@@ -370,8 +369,6 @@ fn sort_slots(slots: &mut Vec<TimerSlot>) {
 pub struct IngestBatch {
     pub(crate) checkpoint: Option<(String, Checkpoint)>,
     pub(crate) changes: Vec<ChangeSet>,
-    /// Stored index ranges the batch's history questions walked.
-    pub(crate) memo: HistoryMemo,
 }
 
 impl IngestBatch {

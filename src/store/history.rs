@@ -6,20 +6,27 @@
 //! [`BatchHistory`] (for a case evaluated while a batch is being built: the
 //! batch's pending cases count as if committed).
 //!
-//! Every message of a fetch asks the same distinct-sender questions over the
-//! same window (it ends at the fetch's `now`), so a batch walks each stored
-//! index range once and keeps a summary ([`HistoryMemo`]) that is valid
-//! while the store has not committed since.
+//! Every message of a fetch asks the same distinct-sender questions over a
+//! window that ends at the fetch's `now`, and the next fetch asks over
+//! nearly the same window again. So the store keeps a [`HistoryCache`]: for
+//! each index term asked about, every index entry from some time `lo` on,
+//! with per-sender case counts. The commits themselves keep it in step with
+//! sled: a transaction records the index entries it puts and removes
+//! ([`Tx`](super::trees::Tx)), and [`Store::transact`] applies them after
+//! the transaction committed, in commit order. A window is walked in sled
+//! once, when a term is first asked about (or asked about further back).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::hash_map::Entry as HashEntry;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
+use smallvec::SmallVec;
 
 use super::batch::{category_of, CaseRef, IngestBatch, NewCaseKey};
 use super::error::StoreError;
 use super::keys::{self, KeyBuf};
-use super::trees::TreeId;
+use super::trees::{IndexChange, TreeId};
 use super::Store;
 use crate::case::{subject_fingerprint, Case, CaseId};
 use crate::rules::eval::{CaseHistory, SenderCount, SenderGroup};
@@ -195,88 +202,448 @@ impl Store {
     }
 }
 
-/// The stored cases of one index term in one window, by sender.
-#[derive(Debug, Default)]
-struct SenderSummary {
-    /// Distinct senders in byte order, with how many of their cases are in the window.
-    senders: Vec<(String, u32)>,
-    /// Each case's position in `senders`.
-    cases: HashMap<CaseId, usize>,
-}
+/// How long a term nobody asks about stays cached, in the `now`s (window
+/// ends) of the questions asked: an hour of questions about other terms.
+const IDLE_TERM: Duration = Duration::hours(1);
 
-impl SenderSummary {
-    fn of(hits: Vec<Hit>) -> SenderSummary {
-        let mut by_sender: std::collections::BTreeMap<String, Vec<CaseId>> = Default::default();
-        for hit in hits {
-            by_sender.entry(hit.sender).or_default().push(hit.case);
-        }
-        let mut summary = SenderSummary::default();
-        for (position, (sender, cases)) in by_sender.into_iter().enumerate() {
-            let count = u32::try_from(cases.len()).unwrap_or(u32::MAX);
-            summary
-                .cases
-                .extend(cases.into_iter().map(|case| (case, position)));
-            summary.senders.push((sender, count));
-        }
-        summary
+/// How far the newest window end moves between two looks for idle terms.
+const SWEEP_EVERY: Duration = Duration::minutes(1);
+
+/// The cached trees, by slot: those the distinct-sender questions group by.
+fn cache_slot(tree: TreeId) -> Option<usize> {
+    match tree {
+        TreeId::IdxCategory => Some(0),
+        TreeId::IdxSubject => Some(1),
+        TreeId::IdxTag => Some(2),
+        _ => None,
     }
 }
 
-/// Which stored index range a summary answers for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct MemoKey {
-    tree: TreeId,
-    term: String,
-    since: DateTime<Utc>,
-    until: DateTime<Utc>,
-}
+/// An index entry read from sled: opening time, case, sender.
+type Entry = (DateTime<Utc>, CaseId, String);
 
-/// Summaries of stored index ranges asked about while a batch is built, each
-/// with the store generation it was read at; a commit in between makes it stale.
+/// Index windows kept across batches and commits (see the module comment).
+///
+/// Lock order: `writer`, then `state`. A commit holds `writer` across its
+/// sled transaction and the application of its index changes, so changes
+/// are applied in commit order and a question that holds `writer` while it
+/// reads sled sees exactly what the cache has applied. A question answered
+/// from the cache takes `state` only.
 #[derive(Default)]
-pub(crate) struct HistoryMemo {
-    summaries: Mutex<HashMap<MemoKey, (u64, Arc<SenderSummary>)>>,
+pub(crate) struct HistoryCache {
+    writer: Mutex<()>,
+    state: Mutex<CacheState>,
 }
 
-impl HistoryMemo {
-    fn summary(&self, store: &Store, key: MemoKey) -> Arc<SenderSummary> {
-        let generation = store.generation();
-        let remembered = self
-            .summaries
-            .lock()
-            .ok()
-            .and_then(|memo| memo.get(&key).cloned());
-        if let Some((seen_at, summary)) = remembered {
-            if seen_at == generation {
-                return summary;
-            }
-        }
-        let result = store.index_hits(key.tree, &key.term, key.since, key.until);
-        let failed = result.is_err();
-        let summary = Arc::new(SenderSummary::of(hits_or_log(result, key.tree.name())));
-        // A failed read is not remembered: the next question tries again.
-        if !failed {
-            if let Ok(mut memo) = self.summaries.lock() {
-                memo.insert(key, (generation, summary.clone()));
-            }
-        }
-        summary
-    }
-}
-
-/// A copy of a batch starts without summaries; they are only a cache.
-impl Clone for HistoryMemo {
-    fn clone(&self) -> Self {
-        HistoryMemo::default()
-    }
-}
-
-impl std::fmt::Debug for HistoryMemo {
+impl std::fmt::Debug for HistoryCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let entries = self.summaries.lock().map_or(0, |memo| memo.len());
-        f.debug_struct("HistoryMemo")
-            .field("entries", &entries)
+        let state = self.state();
+        f.debug_struct("HistoryCache")
+            .field("terms", &state.term_count())
+            .field("entries", &state.entry_count())
             .finish()
+    }
+}
+
+impl HistoryCache {
+    /// Taken by [`Store::transact`] for the whole commit.
+    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached windows. A panic while they were held may have left them
+    /// half changed, so a poisoned lock starts over with nothing cached.
+    fn state(&self) -> MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(|poisoned| {
+            let mut state = poisoned.into_inner();
+            *state = CacheState::default();
+            self.state.clear_poison();
+            state
+        })
+    }
+
+    /// Applies the index changes of a committed transaction, in the order
+    /// it made them. The caller holds the writer lock.
+    pub(crate) fn apply(&self, changes: &[IndexChange]) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut state = self.state();
+        for change in changes {
+            state.apply(change);
+        }
+    }
+
+    /// Forgets every window: for a write whose index changes cannot be
+    /// applied (a transaction whose outcome sled could not report, a write
+    /// of the index trees outside [`Store::transact`]).
+    pub(crate) fn clear(&self) {
+        *self.state() = CacheState::default();
+    }
+
+    /// How many terms and index entries are cached.
+    #[cfg(test)]
+    fn size(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.term_count(), state.entry_count())
+    }
+}
+
+#[derive(Default)]
+struct CacheState {
+    /// Per cached tree, the window of each term by its stored bytes
+    /// ([`keys::index_term`]).
+    terms: [HashMap<Vec<u8>, TermWindow>; 3],
+    /// The newest window end asked about, and where the last look for idle
+    /// terms was.
+    newest_until: Option<DateTime<Utc>>,
+    swept_at: Option<DateTime<Utc>>,
+}
+
+impl CacheState {
+    fn term_count(&self) -> usize {
+        self.terms.iter().map(HashMap::len).sum()
+    }
+
+    fn entry_count(&self) -> usize {
+        self.terms
+            .iter()
+            .flat_map(HashMap::values)
+            .map(|window| window.entries.len())
+            .sum()
+    }
+
+    fn apply(&mut self, change: &IndexChange) {
+        let Some(slot) = cache_slot(change.tree) else {
+            return;
+        };
+        let mut key = keys::KeyReader::new(&change.key);
+        let Some(term) = key.bytes() else {
+            // Not an index key: nothing tells which window it belongs to.
+            self.terms[slot].clear();
+            return;
+        };
+        let Some(window) = self.terms[slot].get_mut(term) else {
+            return;
+        };
+        let (Some(at), Some(case)) = (key.time(), key.str()) else {
+            self.terms[slot].remove(term);
+            return;
+        };
+        if at < window.lo {
+            return;
+        }
+        let case = CaseId(case.to_owned());
+        match &change.sender {
+            Some(sender) => window.insert(at, case, &String::from_utf8_lossy(sender)),
+            None => window.remove(at, &case),
+        }
+    }
+
+    /// Drops the terms not asked about while the window end moved an hour
+    /// (looked for once a minute of window ends), except the one being asked.
+    fn sweep(&mut self, until: DateTime<Utc>, asked: (usize, &[u8])) {
+        if self.newest_until.is_some_and(|newest| newest >= until) {
+            return;
+        }
+        self.newest_until = Some(until);
+        if self
+            .swept_at
+            .is_some_and(|swept| until.signed_duration_since(swept) < SWEEP_EVERY)
+        {
+            return;
+        }
+        self.swept_at = Some(until);
+        let Some(cutoff) = until.checked_sub_signed(IDLE_TERM) else {
+            return;
+        };
+        for (slot, terms) in self.terms.iter_mut().enumerate() {
+            terms.retain(|term, window| {
+                window.round_until >= cutoff || (slot, term.as_slice()) == asked
+            });
+        }
+    }
+}
+
+/// A case's entries in one term's window: opening time and sender.
+type CaseEntries = SmallVec<[(DateTime<Utc>, Arc<str>); 1]>;
+
+/// The cached index entries of one term: all those opened at or after `lo`.
+struct TermWindow {
+    lo: DateTime<Utc>,
+    entries: BTreeMap<(DateTime<Utc>, CaseId), Arc<str>>,
+    /// Each case's entries (one, unless a case was stored with two opening
+    /// times), to find a case left out of an answer without a scan.
+    opened: HashMap<CaseId, CaseEntries>,
+    /// How many entries each sender has; no sender with none.
+    senders: HashMap<Arc<str>, u32>,
+    /// The newest window end asked about, and the earliest start asked with
+    /// it: entries before the earliest start of the previous end are
+    /// evicted when a newer end is asked, so that two windows of different
+    /// lengths over the same term do not evict each other's entries.
+    round_until: DateTime<Utc>,
+    round_since: DateTime<Utc>,
+}
+
+/// The smallest key at `at`: `(at, "")`.
+fn first_key_at(at: DateTime<Utc>) -> (DateTime<Utc>, CaseId) {
+    (at, CaseId(String::new()))
+}
+
+impl TermWindow {
+    fn filled(since: DateTime<Utc>, until: DateTime<Utc>, entries: Vec<Entry>) -> TermWindow {
+        let mut window = TermWindow {
+            lo: since,
+            entries: BTreeMap::new(),
+            opened: HashMap::new(),
+            senders: HashMap::new(),
+            round_until: until,
+            round_since: since,
+        };
+        for (at, case, sender) in entries {
+            window.insert(at, case, &sender);
+        }
+        window
+    }
+
+    /// Adds the entries opened in `[since, lo)`, read from sled.
+    fn extend_back(&mut self, since: DateTime<Utc>, entries: Vec<Entry>) {
+        for (at, case, sender) in entries {
+            self.insert(at, case, &sender);
+        }
+        self.lo = self.lo.min(since);
+    }
+
+    fn count_sender(&mut self, sender: &str) -> Arc<str> {
+        if let Some((shared, count)) = self.senders.get_key_value(sender) {
+            let shared = shared.clone();
+            let count = count + 1;
+            self.senders.insert(shared.clone(), count);
+            return shared;
+        }
+        let shared: Arc<str> = Arc::from(sender);
+        self.senders.insert(shared.clone(), 1);
+        shared
+    }
+
+    fn uncount_sender(&mut self, sender: &str) {
+        if let Some(count) = self.senders.get_mut(sender) {
+            *count -= 1;
+            if *count == 0 {
+                self.senders.remove(sender);
+            }
+        }
+    }
+
+    fn insert(&mut self, at: DateTime<Utc>, case: CaseId, sender: &str) {
+        let key = (at, case);
+        if let Some(old) = self.entries.get(&key) {
+            if **old == *sender {
+                return;
+            }
+            self.remove(at, &key.1);
+        }
+        let sender = self.count_sender(sender);
+        self.opened
+            .entry(key.1.clone())
+            .or_default()
+            .push((at, sender.clone()));
+        self.entries.insert(key, sender);
+    }
+
+    fn forget_opened(&mut self, at: DateTime<Utc>, case: &CaseId) {
+        if let Some(times) = self.opened.get_mut(case) {
+            times.retain(|(t, _)| *t != at);
+            if times.is_empty() {
+                self.opened.remove(case);
+            }
+        }
+    }
+
+    fn remove(&mut self, at: DateTime<Utc>, case: &CaseId) {
+        if let Some(sender) = self.entries.remove(&(at, case.clone())) {
+            self.uncount_sender(&sender);
+            self.forget_opened(at, case);
+        }
+    }
+
+    /// Drops the entries opened before `from`.
+    fn evict_before(&mut self, from: DateTime<Utc>) {
+        if from <= self.lo {
+            return;
+        }
+        let kept = self.entries.split_off(&first_key_at(from));
+        let evicted = std::mem::replace(&mut self.entries, kept);
+        for ((at, case), sender) in evicted {
+            self.uncount_sender(&sender);
+            self.forget_opened(at, &case);
+        }
+        self.lo = from;
+    }
+
+    /// Notes a question over `[since, until]` (with `lo <= since`) and
+    /// evicts what the previous window end's questions no longer need.
+    fn asked(&mut self, since: DateTime<Utc>, until: DateTime<Utc>) {
+        if until > self.round_until {
+            self.evict_before(self.round_since.min(since));
+            self.round_until = until;
+            self.round_since = since;
+        } else {
+            self.round_since = self.round_since.min(since);
+        }
+    }
+
+    /// The window as one question sees it: the cached entries less those
+    /// outside `[since, until]` and those of the cases `left_out`.
+    fn counts<'w>(
+        &'w self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        left_out: &HashSet<&CaseId>,
+    ) -> WindowCounts<'w> {
+        let mut left: HashMap<&'w str, u32> = HashMap::new();
+        let mut leave = |sender: &'w Arc<str>| *left.entry(&**sender).or_default() += 1;
+        for sender in self.entries.range(..first_key_at(since)).map(|(_, s)| s) {
+            leave(sender);
+        }
+        if let Some(after) = until.checked_add_signed(Duration::nanoseconds(1)) {
+            for sender in self.entries.range(first_key_at(after)..).map(|(_, s)| s) {
+                leave(sender);
+            }
+        }
+        for case in left_out {
+            for (at, sender) in self.opened.get(*case).into_iter().flatten() {
+                if since <= *at && *at <= until {
+                    leave(sender);
+                }
+            }
+        }
+        WindowCounts {
+            senders: &self.senders,
+            left,
+        }
+    }
+}
+
+/// The distinct senders of a window as one question sees it.
+struct WindowCounts<'w> {
+    senders: &'w HashMap<Arc<str>, u32>,
+    /// How many of each sender's cached entries do not count.
+    left: HashMap<&'w str, u32>,
+}
+
+impl WindowCounts<'_> {
+    fn counts_sender(&self, sender: &str) -> bool {
+        self.senders
+            .get(sender)
+            .is_some_and(|count| *count > self.left.get(sender).copied().unwrap_or(0))
+    }
+
+    fn len(&self) -> usize {
+        let gone = self
+            .left
+            .iter()
+            .filter(|(sender, left)| self.senders.get(**sender) == Some(*left))
+            .count();
+        self.senders.len() - gone
+    }
+
+    /// The senders that count, in byte order.
+    fn list(&self) -> Vec<String> {
+        let mut senders: Vec<String> = self
+            .senders
+            .keys()
+            .filter(|sender| self.counts_sender(sender))
+            .map(|sender| sender.to_string())
+            .collect();
+        senders.sort_unstable();
+        senders
+    }
+}
+
+impl Store {
+    /// The index entries of `term` (stored bytes) opened in `[since, before)`
+    /// (`before` = `None`: from `since` on).
+    fn index_entries_from(
+        &self,
+        tree: TreeId,
+        term: &[u8],
+        since: DateTime<Utc>,
+        before: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let prefix = KeyBuf::new().bytes(term).build();
+        let start = KeyBuf::new().tail(&prefix).time(since).build();
+        let end = match before {
+            Some(before) => Some(KeyBuf::new().tail(&prefix).time(before).build()),
+            None => keys::prefix_end(&prefix),
+        };
+        let index = self.tree(tree);
+        let range = match end {
+            Some(end) => index.range(start.as_slice()..end.as_slice()),
+            None => index.range(start.as_slice()..),
+        };
+        let mut entries = Vec::new();
+        for item in range {
+            let (key, sender) = item?;
+            let mut rest = keys::KeyReader::new(key.get(prefix.len()..).unwrap_or_default());
+            let (Some(at), Some(case)) = (rest.time(), rest.str()) else {
+                return Err(StoreError::corrupt(tree.name(), &key, "bad index key"));
+            };
+            entries.push((
+                at,
+                CaseId(case.to_owned()),
+                String::from_utf8_lossy(&sender).into_owned(),
+            ));
+        }
+        Ok(entries)
+    }
+
+    /// Runs `answer` on the cached window of `term` in `tree`, which holds
+    /// every entry opened at or after `since`: read from sled first when the
+    /// term is not cached or its window starts later.
+    fn with_term_window<R>(
+        &self,
+        tree: TreeId,
+        term: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        answer: impl FnOnce(&TermWindow) -> R,
+    ) -> Result<R, StoreError> {
+        let term = keys::index_term(term);
+        let Some(slot) = cache_slot(tree) else {
+            let entries = self.index_entries_from(tree, &term, since, None)?;
+            return Ok(answer(&TermWindow::filled(since, until, entries)));
+        };
+        let cache = &self.history;
+        {
+            let mut state = cache.state();
+            state.sweep(until, (slot, &term));
+            if let Some(window) = state.terms[slot].get_mut(&term) {
+                if window.lo <= since {
+                    window.asked(since, until);
+                    return Ok(answer(window));
+                }
+            }
+        }
+        // No commit may come between the read and the cache.
+        let _writer = cache.lock_writer();
+        let mut state = cache.state();
+        let window = match state.terms[slot].entry(term.clone()) {
+            HashEntry::Occupied(cached) => {
+                let window = cached.into_mut();
+                if since < window.lo {
+                    let older = self.index_entries_from(tree, &term, since, Some(window.lo))?;
+                    window.extend_back(since, older);
+                }
+                window
+            }
+            HashEntry::Vacant(absent) => {
+                let entries = self.index_entries_from(tree, &term, since, None)?;
+                absent.insert(TermWindow::filled(since, until, entries))
+            }
+        };
+        window.asked(since, until);
+        Ok(answer(window))
     }
 }
 
@@ -290,7 +657,6 @@ pub struct BatchHistory<'a> {
     pending_new: Vec<(NewCaseKey, &'a Case)>,
     pending_updates: HashMap<&'a CaseId, &'a Case>,
     exclude: Option<CaseRef>,
-    memo: &'a HistoryMemo,
 }
 
 impl IngestBatch {
@@ -310,7 +676,6 @@ impl IngestBatch {
             pending_new,
             pending_updates,
             exclude: exclude.cloned(),
-            memo: &self.memo,
         }
     }
 }
@@ -350,29 +715,6 @@ impl BatchHistory<'_> {
     }
 }
 
-/// A stored index range as a batch sees it: the summary, and how many of
-/// each sender's cases the batch leaves out (the one evaluated, those it
-/// replaces with pending versions).
-struct StoredView {
-    summary: Arc<SenderSummary>,
-    left_out: HashMap<usize, u32>,
-}
-
-impl StoredView {
-    /// Whether the sender at `position` still has a case that counts.
-    fn counts(&self, position: usize) -> bool {
-        self.summary.senders[position].1 > self.left_out.get(&position).copied().unwrap_or(0)
-    }
-
-    /// Whether `sender` has a stored case that counts.
-    fn counts_sender(&self, sender: &str) -> bool {
-        self.summary
-            .senders
-            .binary_search_by(|(s, _)| s.as_str().cmp(sender))
-            .is_ok_and(|position| self.counts(position))
-    }
-}
-
 impl<'a> BatchHistory<'a> {
     fn excluded_id(&self) -> Option<&CaseId> {
         match &self.exclude {
@@ -381,34 +723,38 @@ impl<'a> BatchHistory<'a> {
         }
     }
 
-    fn stored_view(
+    /// Runs `answer` on the stored cases of `term` in the window as the
+    /// batch sees them: less the case evaluated and the cases the batch
+    /// replaces with pending versions. A storage error is logged and the
+    /// stored cases count nothing.
+    fn with_stored<R>(
         &self,
         tree: TreeId,
         term: &str,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
-    ) -> StoredView {
-        let key = MemoKey {
-            tree,
-            term: term.to_owned(),
-            since,
-            until,
-        };
-        let summary = self.memo.summary(self.store, key);
-        let mut left_out: HashMap<usize, u32> = HashMap::new();
+        answer: impl Fn(&WindowCounts<'_>) -> R,
+    ) -> R {
         // A set: the case evaluated may also be one the batch updates, and
         // it leaves the stored range once.
-        let cases: HashSet<&CaseId> = self
+        let left_out: HashSet<&CaseId> = self
             .excluded_id()
             .into_iter()
             .chain(self.pending_updates.keys().copied())
             .collect();
-        for case in cases {
-            if let Some(&position) = summary.cases.get(case) {
-                *left_out.entry(position).or_default() += 1;
-            }
-        }
-        StoredView { summary, left_out }
+        let result = self
+            .store
+            .with_term_window(tree, term, since, until, |window| {
+                answer(&window.counts(since, until, &left_out))
+            });
+        result.unwrap_or_else(|e| {
+            tracing::error!(error = %e, question = tree.name(), "case history lookup failed; counting nothing stored");
+            let nobody = HashMap::new();
+            answer(&WindowCounts {
+                senders: &nobody,
+                left: HashMap::new(),
+            })
+        })
     }
 
     /// Senders of the pending cases (new and updated, less the one
@@ -434,9 +780,9 @@ impl<'a> BatchHistory<'a> {
             .map(|(_, c)| c.sender.email.as_str())
     }
 
-    /// Distinct senders of matching cases in byte order: the stored ones from
-    /// the batch's summary of the index range, less the cases left out, plus
-    /// the pending ones.
+    /// Distinct senders of matching cases in byte order: the stored ones
+    /// from the store's cached window, less the cases left out, plus the
+    /// pending ones.
     fn distinct_senders(
         &self,
         tree: TreeId,
@@ -448,26 +794,20 @@ impl<'a> BatchHistory<'a> {
         if since > until {
             return Vec::new();
         }
-        let stored = self.stored_view(tree, term, since, until);
-        let mut senders: Vec<String> = stored
-            .summary
-            .senders
-            .iter()
-            .enumerate()
-            .filter(|(position, _)| stored.counts(*position))
-            .map(|(_, (sender, _))| sender.clone())
-            .collect();
-        let mut pending: Vec<&str> = self
-            .pending_senders(since, until, matches)
-            .filter(|sender| !stored.counts_sender(sender))
-            .collect();
-        if !pending.is_empty() {
-            pending.sort_unstable();
-            pending.dedup();
-            senders.extend(pending.into_iter().map(str::to_owned));
-            senders.sort_unstable();
-        }
-        senders
+        self.with_stored(tree, term, since, until, |stored| {
+            let mut senders = stored.list();
+            let mut pending: Vec<&str> = self
+                .pending_senders(since, until, &matches)
+                .filter(|sender| !stored.counts_sender(sender))
+                .collect();
+            if !pending.is_empty() {
+                pending.sort_unstable();
+                pending.dedup();
+                senders.extend(pending.into_iter().map(str::to_owned));
+                senders.sort_unstable();
+            }
+            senders
+        })
     }
 
     /// The same answer counted, without copying a sender: the stored
@@ -488,20 +828,16 @@ impl<'a> BatchHistory<'a> {
                 includes: false,
             };
         }
-        let stored = self.stored_view(tree, term, since, until);
-        let gone = stored
-            .left_out
-            .keys()
-            .filter(|position| !stored.counts(**position))
-            .count();
-        let extra: HashSet<&str> = self
-            .pending_senders(since, until, matches)
-            .filter(|pending| !stored.counts_sender(pending))
-            .collect();
-        SenderCount {
-            senders: (stored.summary.senders.len() - gone + extra.len()) as u64,
-            includes: stored.counts_sender(sender) || extra.contains(sender),
-        }
+        self.with_stored(tree, term, since, until, |stored| {
+            let extra: HashSet<&str> = self
+                .pending_senders(since, until, &matches)
+                .filter(|pending| !stored.counts_sender(pending))
+                .collect();
+            SenderCount {
+                senders: (stored.len() + extra.len()) as u64,
+                includes: stored.counts_sender(sender) || extra.contains(sender),
+            }
+        })
     }
 }
 
@@ -577,5 +913,114 @@ impl CaseHistory for BatchHistory<'_> {
                 sender,
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::{Address, FieldValue};
+    use crate::store::ChangeSet;
+    use chrono::TimeZone;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0)
+            .single()
+            .expect("valid time")
+    }
+
+    fn minutes(n: i64) -> DateTime<Utc> {
+        t0() + Duration::minutes(n)
+    }
+
+    fn store_case(store: &Store, sender: &str, at: DateTime<Utc>, category: &str) -> CaseId {
+        let mut case = Case::new(
+            CaseId("unnumbered".into()),
+            at,
+            "email",
+            Address::new(sender, None),
+            "停气通知",
+            "zh",
+        );
+        case.fields
+            .insert("category".into(), FieldValue::Name(category.into()));
+        let mut changes = ChangeSet::new();
+        let handle = changes.new_case(case).expect("case");
+        store
+            .apply(&changes)
+            .expect("commit")
+            .case_id(&handle)
+            .expect("numbered")
+    }
+
+    fn count(store: &Store, category: &str, since: DateTime<Utc>, until: DateTime<Utc>) -> u64 {
+        let batch = IngestBatch::new();
+        batch
+            .history(store, None)
+            .count_distinct_senders(SenderGroup::Category(category), since, until, "")
+            .senders
+    }
+
+    #[test]
+    fn a_moving_window_keeps_only_what_its_questions_still_need() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        // One case a minute for 100 minutes, each from its own sender.
+        for n in 0..100 {
+            store_case(&store, &format!("s{n}@x.example"), minutes(n), "billing");
+        }
+        // A 10-minute window moving a minute per question: the cache holds
+        // the entries from the previous question's start on, not all 100.
+        for start in 0..90 {
+            assert_eq!(
+                count(&store, "billing", minutes(start), minutes(start + 10)),
+                11
+            );
+            let (terms, entries) = store.history.size();
+            assert_eq!(terms, 1);
+            let from_previous_start = 100 - (start - 1).max(0) as usize;
+            assert!(
+                entries <= from_previous_start,
+                "{entries} entries cached at start {start}"
+            );
+        }
+        // Asking further back reads the older entries again.
+        assert_eq!(count(&store, "billing", minutes(0), minutes(99)), 100);
+    }
+
+    #[test]
+    fn a_term_not_asked_about_for_an_hour_is_dropped() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store_case(&store, "a@x.example", minutes(0), "billing");
+        store_case(&store, "b@x.example", minutes(0), "outage");
+        assert_eq!(count(&store, "outage", minutes(0), minutes(1)), 1);
+        assert_eq!(count(&store, "billing", minutes(0), minutes(1)), 1);
+        assert_eq!(store.history.size(), (2, 2));
+        assert_eq!(count(&store, "billing", minutes(0), minutes(30)), 1);
+        assert_eq!(store.history.size().0, 2, "half an hour is not idle");
+        assert_eq!(count(&store, "billing", minutes(0), minutes(62)), 1);
+        assert_eq!(store.history.size(), (1, 1), "outage was asked an hour ago");
+        // A dropped term is read again when asked.
+        assert_eq!(count(&store, "outage", minutes(0), minutes(62)), 1);
+    }
+
+    #[test]
+    fn an_aborted_transaction_changes_nothing_cached() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store_case(&store, "a@x.example", minutes(0), "billing");
+        assert_eq!(count(&store, "billing", minutes(0), minutes(10)), 1);
+        let result: Result<(), StoreError> = store.transact(|tx| {
+            tx.put(
+                TreeId::IdxCategory,
+                keys::index_key("billing", minutes(1), &CaseId("TS-X".into())),
+                "b@x.example".as_bytes(),
+            )?;
+            super::super::trees::abort(StoreError::InvalidBatch("on purpose".into()))
+        });
+        assert!(result.is_err());
+        assert_eq!(count(&store, "billing", minutes(0), minutes(10)), 1);
+        assert_eq!(store.history.size(), (1, 1));
     }
 }

@@ -20,8 +20,8 @@ mod records;
 mod schema;
 mod trees;
 
+use std::cell::RefCell;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -37,6 +37,7 @@ pub use outbox::{
     encode_purpose, mail_identity, DeliveryFailure, MailDraft, MailIdentity, OutboxEntry,
     OutboxState, RenderedMail, Renderer, NO_CASE_SCOPE,
 };
+pub use prerender::RenderAhead;
 pub use records::{
     normalize_message_id, AttachmentRecord, Checkpoint, MessageRecord, QuarantineRecord,
     Quarantined, Timer,
@@ -130,9 +131,9 @@ pub struct Store {
     trees: Arc<[sled::Tree]>,
     settings: Arc<StoreSettings>,
     path: Arc<Path>,
-    /// Counts the transactions committed through this handle (and its
-    /// clones), so cached reads can tell they are stale.
-    generation: Arc<AtomicU64>,
+    /// Index windows the history questions asked about, kept in step by
+    /// [`Store::transact`] (shared by clones).
+    history: Arc<history::HistoryCache>,
 }
 
 impl std::fmt::Debug for Store {
@@ -176,7 +177,7 @@ impl Store {
             trees: trees.into(),
             settings: Arc::new(settings),
             path: path.into(),
-            generation: Arc::new(AtomicU64::new(0)),
+            history: Arc::default(),
         })
     }
 
@@ -190,10 +191,17 @@ impl Store {
 
     /// Runs `body` as one transaction over all trees. `body` may run more
     /// than once, so it does nothing but read and write the trees.
+    ///
+    /// The index changes of the run that committed are applied to the
+    /// history cache before the next transaction may start, so the cache
+    /// follows the commits in their order; every write of the index trees
+    /// goes through here (migrations run before a store has a cache).
     pub(crate) fn transact<T>(
         &self,
         body: impl Fn(&Tx<'_>) -> TxResult<T>,
     ) -> Result<T, StoreError> {
+        let _writer = self.history.lock_writer();
+        let index_changes = RefCell::new(Vec::new());
         let result = self
             .trees
             .as_ref()
@@ -202,21 +210,22 @@ impl Store {
                 let value = body(&tx)?;
                 tx.write_events()?;
                 tx.write_case_counters()?;
+                // A retried run starts over; the last run is the one committed.
+                *index_changes.borrow_mut() = tx.take_index_changes();
                 Ok(value)
             });
         match result {
             Ok(value) => {
-                self.generation.fetch_add(1, Ordering::SeqCst);
+                self.history.apply(&index_changes.into_inner());
                 Ok(value)
             }
             Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(StoreError::Storage(e)),
+            Err(TransactionError::Storage(e)) => {
+                // Whether anything was written is unknown: cache nothing.
+                self.history.clear();
+                Err(StoreError::Storage(e))
+            }
         }
-    }
-
-    /// How many transactions have committed so far.
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
     }
 
     /// Makes every committed change durable (fsync). Blocks.

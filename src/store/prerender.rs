@@ -1,4 +1,4 @@
-//! Rendering a batch's mails before its transaction, on all cores.
+//! Rendering a batch's mails ahead of its transaction, on rayon's pool.
 //!
 //! A mail's bytes depend on its identity (case number, sequence), which the
 //! commit allocates. Commits are serialised and the store is their only
@@ -10,16 +10,22 @@
 //! outcome is the same either way, because renderers are pure; what the
 //! commit stores and notes (bytes, subject, Message-ID, a template failure)
 //! always comes from the rendering for the identity the mail actually gets.
+//!
+//! The ingest hands each change set to a [`RenderAhead`] as it pushes it, so
+//! the pool renders a fetch's mails while the serial pass is still working
+//! on the fetch's later messages.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 
 use chrono::Datelike;
-use rayon::prelude::*;
 
-use super::batch::{CaseRef, ChangeSet, NewCaseKey};
+use super::batch::{CaseRef, ChangeSet, CommitReport, IngestBatch, NewCaseKey};
 use super::error::StoreError;
 use super::keys;
-use super::outbox::{mail_identity, MailIdentity, RenderedMail};
+use super::outbox::{mail_identity, MailIdentity, RenderedMail, Renderer};
 use super::records::normalize_message_id;
 use super::trees::{CaseCounters, TreeId};
 use super::Store;
@@ -66,118 +72,234 @@ impl Store {
     /// Renders the mails of `changes` for the identities they are foreseen
     /// to get. A read that fails only means nothing is prepared.
     pub(crate) fn prerender(&self, changes: &[&ChangeSet]) -> PrerenderedMails {
-        let identities = match self.foresee_identities(changes) {
-            Ok(identities) => identities,
-            Err(error) => {
-                tracing::debug!(%error, "mail identities not foreseen; rendering in the commit");
-                return changes.iter().map(|c| vec![None; c.mails.len()]).collect();
-            }
+        let mails: usize = changes.iter().map(|c| c.mails.len()).sum();
+        let mut ahead = RenderAhead {
+            foresight: Some(Foresight::default()),
+            sets: Vec::with_capacity(changes.len()),
+            on_pool: mails >= PARALLEL_FROM,
         };
-        let mut work: Vec<(usize, usize, MailIdentity)> = Vec::new();
-        for (set, mails) in identities.into_iter().enumerate() {
-            for (mail, identity) in mails.into_iter().enumerate() {
-                if let Some(identity) = identity {
-                    work.push((set, mail, identity));
-                }
-            }
-        }
-        let render = |(set, mail, identity): (usize, usize, MailIdentity)| {
-            let draft = &changes[set].mails[mail].1;
-            let result = (draft.render)(&identity).map(PreparedMail::from);
-            (set, mail, Prerendered { identity, result })
-        };
-        // rayon's pool keeps its threads (and so the allocator's per-thread
-        // memory) from batch to batch; a thread per batch faulted in fresh pages.
-        let rendered: Vec<_> = if work.len() < PARALLEL_FROM {
-            work.into_iter().map(render).collect()
-        } else {
-            work.into_par_iter().map(render).collect()
-        };
-        let mut out: PrerenderedMails = changes.iter().map(|c| vec![None; c.mails.len()]).collect();
-        for (set, mail, prerendered) in rendered {
-            out[set][mail] = Some(prerendered);
-        }
-        out
-    }
-
-    /// The identity each queued mail would get if the change sets were
-    /// committed now, in order (`None` for a change set that will be skipped
-    /// as a duplicate, or a mail of a case the batch cannot resolve).
-    fn foresee_identities(
-        &self,
-        changes: &[&ChangeSet],
-    ) -> Result<Vec<Vec<Option<MailIdentity>>>, StoreError> {
-        let settings = self.settings();
-        let mut seen_messages: HashSet<String> = HashSet::new();
-        let mut case_counters: HashMap<Vec<u8>, u64> = HashMap::new();
-        let mut mail_counters: HashMap<Vec<u8>, u64> = HashMap::new();
-        let mut new_ids: HashMap<NewCaseKey, CaseId> = HashMap::new();
-        let mut out = Vec::with_capacity(changes.len());
         for change_set in changes {
-            if let Some(message_id) = change_set.message_id() {
-                let duplicate = seen_messages.contains(message_id)
-                    || self
-                        .tree(TreeId::MessageIds)
-                        .contains_key(message_id.as_bytes())?
-                    || self.outgoing_message(message_id)?.is_some();
-                if duplicate {
-                    out.push(vec![None; change_set.mails.len()]);
-                    continue;
-                }
-                seen_messages.insert(message_id.to_owned());
-            }
-            for (key, draft) in &change_set.new_cases {
-                let year = draft
-                    .created_at
-                    .with_timezone(&settings.case_number_tz)
-                    .year();
-                let counter_key = keys::case_sequence_key(&settings.case_prefix, year);
-                let number = match case_counters.get(&counter_key) {
-                    Some(n) => *n,
-                    None => self.stored_counter(&counter_key)?,
-                } + 1;
-                case_counters.insert(counter_key, number);
-                new_ids.insert(
-                    *key,
-                    CaseId(format!(
-                        "{}-{}-{:0width$}",
-                        settings.case_prefix,
-                        year,
-                        number,
-                        width = settings.case_number_width
-                    )),
-                );
-            }
-            let mut identities = Vec::with_capacity(change_set.mails.len());
-            for (case, draft) in &change_set.mails {
-                let id = match case {
-                    None => None,
-                    Some(CaseRef::Existing(id)) => Some(id.clone()),
-                    Some(CaseRef::New(key)) => match new_ids.get(key) {
-                        Some(id) => Some(id.clone()),
-                        None => {
-                            identities.push(None);
-                            continue;
-                        }
-                    },
-                };
-                let counter_key = keys::mail_sequence_key(id.as_ref(), &draft.purpose);
-                let sequence = match mail_counters.get(&counter_key) {
-                    Some(n) => *n,
-                    None => self.stored_mail_sequence(id.as_ref(), &draft.purpose)?,
-                } + 1;
-                mail_counters.insert(counter_key, sequence);
-                identities.push(
-                    u32::try_from(sequence)
-                        .ok()
-                        .map(|sequence| mail_identity(id.as_ref(), &draft.purpose, sequence)),
-                );
-            }
-            out.push(identities);
+            ahead.add(self, change_set);
         }
-        Ok(out)
+        ahead.finish()
     }
 
+    /// Starts rendering a batch's mails while the batch is being built: give
+    /// each change set to [`RenderAhead::add`] as it is pushed, in order,
+    /// and the result to [`Store::commit_rendered_ahead`].
+    pub fn render_ahead(&self) -> RenderAhead {
+        RenderAhead {
+            foresight: Some(Foresight::default()),
+            sets: Vec::new(),
+            on_pool: true,
+        }
+    }
+
+    /// Commits `batch`, whose change sets were given to `ahead` in order as
+    /// they were pushed; the mails are those rendered ahead where the
+    /// identity they get is the foreseen one.
+    pub fn commit_rendered_ahead(
+        &self,
+        batch: &IngestBatch,
+        ahead: RenderAhead,
+    ) -> Result<CommitReport, StoreError> {
+        let changes: Vec<&ChangeSet> = batch.changes.iter().collect();
+        for change_set in &changes {
+            change_set.check()?;
+        }
+        let shape: Vec<usize> = changes.iter().map(|c| c.mails.len()).collect();
+        let mut prerendered = ahead.finish();
+        let aligned = prerendered.len() == shape.len()
+            && prerendered
+                .iter()
+                .zip(&shape)
+                .all(|(set, mails)| set.len() == *mails);
+        if !aligned {
+            // A renderer's output belongs to its own draft: anything not
+            // given in the batch's order is rendered again in the commit.
+            tracing::warn!("mails rendered ahead do not match the batch; rendering in the commit");
+            prerendered = shape.iter().map(|mails| vec![None; *mails]).collect();
+        }
+        let checkpoint = batch.checkpoint.as_ref().map(|(m, c)| (m.as_str(), *c));
+        self.commit_prerendered(checkpoint, &changes, &prerendered)
+    }
+}
+
+/// A batch's mails being rendered on rayon's pool, each for the identity it
+/// is foreseen to get, while the serial pass goes on building the batch.
+pub struct RenderAhead {
+    /// `None` once a read failed: later mails are rendered in the commit.
+    foresight: Option<Foresight>,
+    /// Per change set added, per mail.
+    sets: Vec<Vec<Option<Rendering>>>,
+    on_pool: bool,
+}
+
+/// One mail's rendering: done, or under way on the pool.
+enum Rendering {
+    Done(Prerendered),
+    OnPool(Receiver<std::thread::Result<Prerendered>>),
+}
+
+impl RenderAhead {
+    /// Foresees the identities of `change_set`'s mails (after those of the
+    /// change sets added before it) and starts rendering them.
+    pub fn add(&mut self, store: &Store, change_set: &ChangeSet) {
+        let mails = change_set.mails.len();
+        let identities = match self
+            .foresight
+            .as_mut()
+            .map(|f| f.identities(store, change_set))
+        {
+            Some(Ok(identities)) => identities,
+            Some(Err(error)) => {
+                tracing::debug!(%error, "mail identities not foreseen; rendering in the commit");
+                self.foresight = None;
+                vec![None; mails]
+            }
+            None => vec![None; mails],
+        };
+        let renderings = identities
+            .into_iter()
+            .zip(&change_set.mails)
+            .map(|(identity, (_, draft))| {
+                let identity = identity?;
+                let render = Arc::clone(&draft.render);
+                Some(if self.on_pool {
+                    Rendering::OnPool(render_on_pool(render, identity))
+                } else {
+                    Rendering::Done(render_for(&render, identity))
+                })
+            })
+            .collect();
+        self.sets.push(renderings);
+    }
+
+    /// Waits for the renderings. A renderer that panicked panics here, on
+    /// the committing thread, as it would have in the commit.
+    fn finish(self) -> PrerenderedMails {
+        self.sets
+            .into_iter()
+            .map(|set| {
+                set.into_iter()
+                    .map(|rendering| match rendering? {
+                        Rendering::Done(prerendered) => Some(prerendered),
+                        Rendering::OnPool(receiver) => match receiver.recv() {
+                            Ok(Ok(prerendered)) => Some(prerendered),
+                            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                            // The pool dropped the job: the commit renders it.
+                            Err(_) => None,
+                        },
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+fn render_for(render: &Renderer, identity: MailIdentity) -> Prerendered {
+    let result = render(&identity).map(PreparedMail::from);
+    Prerendered { identity, result }
+}
+
+/// Renders on rayon's pool, whose threads (and so the allocator's
+/// per-thread memory) stay from batch to batch.
+fn render_on_pool(
+    render: Renderer,
+    identity: MailIdentity,
+) -> Receiver<std::thread::Result<Prerendered>> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    rayon::spawn(move || {
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| render_for(&render, identity)));
+        // The receiver is gone only if the batch was given up meanwhile.
+        let _ = sender.send(outcome);
+    });
+    receiver
+}
+
+/// The identities a batch's mails will get if its change sets are committed
+/// in the order they are given, from the stored counters.
+#[derive(Default)]
+struct Foresight {
+    seen_messages: HashSet<String>,
+    case_counters: HashMap<Vec<u8>, u64>,
+    mail_counters: HashMap<Vec<u8>, u64>,
+    new_ids: HashMap<NewCaseKey, CaseId>,
+}
+
+impl Foresight {
+    /// Per mail of `change_set`, its identity (`None` for a change set that
+    /// will be skipped as a duplicate, or a mail of a case the batch cannot
+    /// resolve).
+    fn identities(
+        &mut self,
+        store: &Store,
+        change_set: &ChangeSet,
+    ) -> Result<Vec<Option<MailIdentity>>, StoreError> {
+        let settings = store.settings();
+        if let Some(message_id) = change_set.message_id() {
+            let duplicate = self.seen_messages.contains(message_id)
+                || store
+                    .tree(TreeId::MessageIds)
+                    .contains_key(message_id.as_bytes())?
+                || store.outgoing_message(message_id)?.is_some();
+            if duplicate {
+                return Ok(vec![None; change_set.mails.len()]);
+            }
+            self.seen_messages.insert(message_id.to_owned());
+        }
+        for (key, draft) in &change_set.new_cases {
+            let year = draft
+                .created_at
+                .with_timezone(&settings.case_number_tz)
+                .year();
+            let counter_key = keys::case_sequence_key(&settings.case_prefix, year);
+            let number = match self.case_counters.get(&counter_key) {
+                Some(n) => *n,
+                None => store.stored_counter(&counter_key)?,
+            } + 1;
+            self.case_counters.insert(counter_key, number);
+            self.new_ids.insert(
+                *key,
+                CaseId(format!(
+                    "{}-{}-{:0width$}",
+                    settings.case_prefix,
+                    year,
+                    number,
+                    width = settings.case_number_width
+                )),
+            );
+        }
+        let mut identities = Vec::with_capacity(change_set.mails.len());
+        for (case, draft) in &change_set.mails {
+            let id = match case {
+                None => None,
+                Some(CaseRef::Existing(id)) => Some(id.clone()),
+                Some(CaseRef::New(key)) => match self.new_ids.get(key) {
+                    Some(id) => Some(id.clone()),
+                    None => {
+                        identities.push(None);
+                        continue;
+                    }
+                },
+            };
+            let counter_key = keys::mail_sequence_key(id.as_ref(), &draft.purpose);
+            let sequence = match self.mail_counters.get(&counter_key) {
+                Some(n) => *n,
+                None => store.stored_mail_sequence(id.as_ref(), &draft.purpose)?,
+            } + 1;
+            self.mail_counters.insert(counter_key, sequence);
+            identities.push(
+                u32::try_from(sequence)
+                    .ok()
+                    .map(|sequence| mail_identity(id.as_ref(), &draft.purpose, sequence)),
+            );
+        }
+        Ok(identities)
+    }
+}
+
+impl Store {
     /// The last sequence of a purpose's mail: in the case's counter record,
     /// or under its own key for mail of no case.
     fn stored_mail_sequence(
@@ -302,6 +424,65 @@ mod tests {
         let mut expected = queued.clone();
         expected.sort();
         assert_eq!(rendered, expected, "every mail rendered once, none again");
+        for outbox_id in &queued {
+            assert_eq!(
+                store.outbox_message(outbox_id).expect("read"),
+                Some(format!("mail {outbox_id}").into_bytes())
+            );
+        }
+    }
+
+    /// Commits `sets` with a render-ahead given `added` of them (in order)
+    /// and returns the queued outbox ids and the renderings made.
+    fn commit_ahead(
+        sets: usize,
+        added: usize,
+    ) -> (tempfile::TempDir, Store, Vec<String>, Vec<String>) {
+        let (dir, store) = temporary();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut batch = IngestBatch::new();
+        let mut ahead = store.render_ahead();
+        for n in 0..sets {
+            let changes = complaint(n, &calls);
+            if n < added {
+                ahead.add(&store, &changes);
+            }
+            batch.push(changes);
+        }
+        let report = store.commit_rendered_ahead(&batch, ahead).expect("commit");
+        let queued: Vec<String> = report
+            .outcomes
+            .iter()
+            .filter_map(|o| o.applied())
+            .flat_map(|a| a.mails.iter().map(|m| m.outbox_id.clone()))
+            .collect();
+        let mut rendered = calls.lock().expect("lock").clone();
+        rendered.sort();
+        (dir, store, queued, rendered)
+    }
+
+    #[test]
+    fn mails_rendered_ahead_while_the_batch_grows_are_each_rendered_once() {
+        let (_dir, store, queued, rendered) = commit_ahead(30, 30);
+        assert_eq!(queued.len(), 60);
+        let mut expected = queued.clone();
+        expected.sort();
+        assert_eq!(rendered, expected, "every mail rendered once, none again");
+        for outbox_id in &queued {
+            assert_eq!(
+                store.outbox_message(outbox_id).expect("read"),
+                Some(format!("mail {outbox_id}").into_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn a_render_ahead_not_given_every_change_set_is_not_used() {
+        // Given the first 29 of 30 change sets, the renderings could not be
+        // matched to their drafts: all are rendered again in the commit.
+        let (_dir, store, queued, rendered) = commit_ahead(30, 29);
+        assert_eq!(queued.len(), 60);
+        assert_eq!(rendered.len(), 58 + 60);
         for outbox_id in &queued {
             assert_eq!(
                 store.outbox_message(outbox_id).expect("read"),

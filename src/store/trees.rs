@@ -84,6 +84,16 @@ impl TreeId {
     pub const fn index(self) -> usize {
         self as usize
     }
+
+    /// The indexes the distinct-sender questions group cases by (category,
+    /// subject, tag): the store's history cache keeps windows of these, so
+    /// transactions record their changes.
+    pub const fn is_grouping_index(self) -> bool {
+        matches!(
+            self,
+            TreeId::IdxCategory | TreeId::IdxSubject | TreeId::IdxTag
+        )
+    }
 }
 
 /// Name of the tree that holds the schema version.
@@ -178,6 +188,18 @@ pub(crate) struct Tx<'a> {
     events: RefCell<BTreeMap<CaseId, Vec<Event>>>,
     /// The counter records this transaction moved, written once at its end.
     case_counters: RefCell<BTreeMap<CaseId, CaseCounters>>,
+    /// The puts and removes of the trees [`TreeId::is_grouping_index`], in
+    /// order, for the history cache to apply once the transaction committed.
+    index_changes: RefCell<Vec<IndexChange>>,
+}
+
+/// A put (with the sender, the value) or remove (`sender` = `None`) of an
+/// index entry made in a transaction.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexChange {
+    pub tree: TreeId,
+    pub key: sled::IVec,
+    pub sender: Option<sled::IVec>,
 }
 
 impl<'a> Tx<'a> {
@@ -186,7 +208,13 @@ impl<'a> Tx<'a> {
             trees,
             events: RefCell::new(BTreeMap::new()),
             case_counters: RefCell::new(BTreeMap::new()),
+            index_changes: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The index changes this transaction made, in order.
+    pub fn take_index_changes(&self) -> Vec<IndexChange> {
+        std::mem::take(&mut *self.index_changes.borrow_mut())
     }
 
     /// Changes a case's counter record (read once per transaction).
@@ -269,12 +297,32 @@ impl<'a> Tx<'a> {
     }
 
     pub fn put(&self, id: TreeId, key: Vec<u8>, value: impl Into<sled::IVec>) -> TxResult<()> {
-        self.tree(id).insert(key, value)?;
+        if !id.is_grouping_index() {
+            self.tree(id).insert(key, value)?;
+            return Ok(());
+        }
+        let (key, sender) = (sled::IVec::from(key), value.into());
+        self.tree(id).insert(key.clone(), sender.clone())?;
+        self.index_changes.borrow_mut().push(IndexChange {
+            tree: id,
+            key,
+            sender: Some(sender),
+        });
         Ok(())
     }
 
     pub fn remove(&self, id: TreeId, key: Vec<u8>) -> TxResult<()> {
-        self.tree(id).remove(key)?;
+        if !id.is_grouping_index() {
+            self.tree(id).remove(key)?;
+            return Ok(());
+        }
+        let key = sled::IVec::from(key);
+        self.tree(id).remove(key.clone())?;
+        self.index_changes.borrow_mut().push(IndexChange {
+            tree: id,
+            key,
+            sender: None,
+        });
         Ok(())
     }
 
