@@ -347,6 +347,7 @@ pub fn peek_headers(raw: &[u8]) -> Result<IncomingMail, ParseError> {
         return Err(ParseError::NoHeaders);
     }
     let mut mail = read_headers(&message, raw);
+    mail.language = detect_language(message.subject().unwrap_or_default());
     mail.problems.push(ParseProblem::BodyNotParsed);
     Ok(mail)
 }
@@ -447,7 +448,8 @@ fn read_headers(message: &Message<'_>, raw: &[u8]) -> IncomingMail {
         quoted: String::new(),
         body_source: BodySource::None,
         attachments: Vec::new(),
-        language: detect_language(message.subject().unwrap_or_default()),
+        // The body decides when it is read; `peek_headers` decides from the subject.
+        language: String::new(),
         return_path: return_path(&headers),
         mime_type,
         report,
@@ -911,14 +913,23 @@ pub fn content_hash_id(raw: &[u8]) -> String {
 /// spaces, runs of spaces collapse, the ends are trimmed.
 pub(crate) fn clean_line(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
+    // Leading spaces are dropped as if a space came before them.
+    let mut after_space = true;
     for ch in text.chars() {
         let ch = if ch.is_control() { ' ' } else { ch };
-        if ch == ' ' && (out.is_empty() || out.ends_with(' ')) {
-            continue;
+        if ch == ' ' {
+            if after_space {
+                continue;
+            }
+            after_space = true;
+        } else {
+            after_space = false;
         }
         out.push(ch);
     }
-    out.trim_end().to_owned()
+    let kept = out.trim_end().len();
+    out.truncate(kept);
+    out
 }
 
 fn normalize_newlines(text: &str) -> String {
@@ -968,5 +979,47 @@ impl IncomingMail {
             channel: channel.to_owned(),
             received_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The straightforward version `clean_line` must agree with.
+    fn clean_line_by_pushing(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        for ch in text.chars() {
+            let ch = if ch.is_control() { ' ' } else { ch };
+            if ch == ' ' && (out.is_empty() || out.ends_with(' ')) {
+                continue;
+            }
+            out.push(ch);
+        }
+        out.trim_end().to_owned()
+    }
+
+    #[test]
+    fn clean_line_folds_controls_and_spaces() {
+        assert_eq!(clean_line("  a\r\n  b\tc \u{3000}"), "a b c");
+        assert_eq!(clean_line("\u{7}"), "");
+        assert_eq!(clean_line("主题：\u{0}投诉  "), "主题： 投诉");
+    }
+
+    proptest! {
+        #[test]
+        fn clean_line_agrees_with_the_pushing_version(
+            text in "([a-z]{0,3}|[ \\t\\r\\n\\u{0}\\u{85}\\u{3000}\\u{a0}]{0,3}|中){0,12}"
+        ) {
+            prop_assert_eq!(clean_line(&text), clean_line_by_pushing(&text));
+        }
+    }
+
+    #[test]
+    fn only_a_header_peek_takes_the_language_from_the_subject() {
+        let raw = "From: a@example.com\r\nMessage-ID: <l@x>\r\nSubject: The gas meter in our building has been broken for a week\r\n\r\n燃气表坏了一个星期，一直没有人来修理，请尽快安排师傅上门。\r\n";
+        assert_eq!(peek_headers(raw.as_bytes()).unwrap().language, "en");
+        assert_eq!(parse(raw.as_bytes()).unwrap().mail.language, "zh");
     }
 }

@@ -19,8 +19,17 @@ const ENOUGH_BODY_LETTERS: usize = 20;
 /// else from subject and text together. Subjects are often copied from
 /// elsewhere (a forwarded mail, a form); the body is what the sender wrote.
 pub fn detect_mail_language(subject: &str, text: &str) -> String {
-    if ScriptCounts::of(text).letters() >= ENOUGH_BODY_LETTERS {
-        detect_language(text)
+    let sample = sample_of(text);
+    let scripts = ScriptCounts::of(sample);
+    // The whole body counts for "enough letters", the sample for the decision;
+    // the rest of a long body is only looked at while it can still matter.
+    let enough = scripts.letters() >= ENOUGH_BODY_LETTERS
+        || has_letters(
+            &text[sample.len()..],
+            ENOUGH_BODY_LETTERS - scripts.letters(),
+        );
+    if enough {
+        decide(sample, &scripts)
     } else {
         detect_language(&format!("{subject}\n{text}"))
     }
@@ -28,8 +37,32 @@ pub fn detect_mail_language(subject: &str, text: &str) -> String {
 
 /// Detects the language of `text`.
 pub fn detect_language(text: &str) -> String {
-    let sample: String = text.chars().take(SAMPLE_CHARS).collect();
-    let scripts = ScriptCounts::of(&sample);
+    let sample = sample_of(text);
+    decide(sample, &ScriptCounts::of(sample))
+}
+
+/// The first [`SAMPLE_CHARS`] characters of `text`, borrowed.
+fn sample_of(text: &str) -> &str {
+    match text.char_indices().nth(SAMPLE_CHARS) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+/// Whether `text` has at least `wanted` letters, counted as [`ScriptCounts`] counts them.
+fn has_letters(text: &str, wanted: usize) -> bool {
+    let mut counts = ScriptCounts::default();
+    for ch in text.chars() {
+        if counts.letters() >= wanted {
+            break;
+        }
+        counts.add(ch);
+    }
+    counts.letters() >= wanted
+}
+
+/// The language of `sample`, whose scripts are `scripts`.
+fn decide(sample: &str, scripts: &ScriptCounts) -> String {
     if scripts.letters() == 0 {
         return UNDETERMINED.to_owned();
     }
@@ -38,7 +71,8 @@ pub fn detect_language(text: &str) -> String {
     if let Some(code) = scripts.cjk_language() {
         return code.to_owned();
     }
-    if let Some(info) = whatlang::detect(&sample) {
+    let detected = whatlang::detect(sample);
+    if let Some(info) = &detected {
         if info.is_reliable() {
             if let Some(code) = iso639_1(info.lang()) {
                 return code.to_owned();
@@ -48,7 +82,7 @@ pub fn detect_language(text: &str) -> String {
     if scripts.latin * 2 >= scripts.letters() {
         return "en".to_owned();
     }
-    match whatlang::detect(&sample).and_then(|info| iso639_1(info.lang())) {
+    match detected.and_then(|info| iso639_1(info.lang())) {
         Some(code) => code.to_owned(),
         None => UNDETERMINED.to_owned(),
     }
@@ -67,19 +101,29 @@ impl ScriptCounts {
     fn of(text: &str) -> Self {
         let mut counts = ScriptCounts::default();
         for ch in text.chars() {
-            match ch as u32 {
-                0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0x20000..=0x2A6DF | 0xF900..=0xFAFF => {
-                    counts.han += 1
-                }
-                0x3040..=0x30FF | 0x31F0..=0x31FF | 0xFF66..=0xFF9F => counts.kana += 1,
-                0xAC00..=0xD7AF | 0x1100..=0x11FF | 0x3130..=0x318F => counts.hangul += 1,
-                _ if ch.is_ascii_alphabetic() => counts.latin += 1,
-                _ if ch.is_alphabetic() && (ch as u32) < 0x0250 => counts.latin += 1,
-                _ if ch.is_alphabetic() => counts.other += 1,
-                _ => {}
-            }
+            counts.add(ch);
         }
         counts
+    }
+
+    fn add(&mut self, ch: char) {
+        if ch.is_ascii() {
+            // Most of a mail is ASCII or CJK; ASCII needs no Unicode tables.
+            if ch.is_ascii_alphabetic() {
+                self.latin += 1;
+            }
+            return;
+        }
+        match ch as u32 {
+            0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0x20000..=0x2A6DF | 0xF900..=0xFAFF => {
+                self.han += 1
+            }
+            0x3040..=0x30FF | 0x31F0..=0x31FF | 0xFF66..=0xFF9F => self.kana += 1,
+            0xAC00..=0xD7AF | 0x1100..=0x11FF | 0x3130..=0x318F => self.hangul += 1,
+            code if ch.is_alphabetic() && code < 0x0250 => self.latin += 1,
+            _ if ch.is_alphabetic() => self.other += 1,
+            _ => {}
+        }
     }
 
     fn letters(&self) -> usize {
@@ -196,6 +240,18 @@ mod tests {
             "en"
         );
         assert_eq!(detect_mail_language("燃气表漏气", "Help!"), "zh");
+    }
+
+    #[test]
+    fn letters_past_the_sample_still_count_as_a_body_that_says_enough() {
+        let padding = "1".repeat(SAMPLE_CHARS);
+        // Enough letters in the body, all of them past the sample: the body
+        // decides, and its sample has nothing to go on.
+        let body = format!("{padding}Please send someone to look at the gas meter.");
+        assert_eq!(detect_mail_language("燃气表漏气", &body), UNDETERMINED);
+        // Too few letters in the body: subject and body together decide.
+        let body = format!("{padding}Help");
+        assert_eq!(detect_mail_language("燃气表漏气", &body), "zh");
     }
 
     #[test]

@@ -10,8 +10,10 @@
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
-use lettre::message::header::{self, ContentType, Header, HeaderName, HeaderValue};
-use lettre::message::{Attachment, Mailbox, Mailboxes, MultiPart, SinglePart};
+use lettre::message::header::{
+    self, ContentTransferEncoding, ContentType, Header, HeaderName, HeaderValue,
+};
+use lettre::message::{Attachment, Body as PartBody, Mailbox, Mailboxes, MultiPart, SinglePart};
 use lettre::Message;
 use sha2::{Digest, Sha256};
 
@@ -159,7 +161,7 @@ pub fn auto_submitted(purpose: &str) -> &'static str {
 /// The subject with `[case] ` in front, unless the bracketed number is already in it.
 pub fn subject_with_case(case: Option<&CaseId>, subject: &str) -> String {
     let subject = clean_line(subject);
-    let subject = match case {
+    let mut subject = match case {
         Some(case) if !subject.contains(&format!("[{case}]")) => {
             if subject.is_empty() {
                 format!("[{case}]")
@@ -169,7 +171,10 @@ pub fn subject_with_case(case: Option<&CaseId>, subject: &str) -> String {
         }
         _ => subject,
     };
-    subject.chars().take(MAX_SUBJECT_CHARS).collect()
+    if let Some((end, _)) = subject.char_indices().nth(MAX_SUBJECT_CHARS) {
+        subject.truncate(end);
+    }
+    subject
 }
 
 /// Builds the mail. `host` is the domain of Message-IDs.
@@ -238,26 +243,21 @@ pub fn build(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
     }
 
     let boundary_seed = boundary_seed(&message_id, mail);
-    let text_part = SinglePart::plain(mail.text.clone());
+    let plain = text_part(ContentType::TEXT_PLAIN, &mail.text);
     let body = match &mail.html {
         Some(html) => Body::Multi(
-            MultiPart::alternative()
-                .boundary(format!("=_alt_{boundary_seed}"))
-                .singlepart(text_part)
-                .singlepart(SinglePart::html(html.clone())),
+            multipart("alternative", &boundary_seed)
+                .singlepart(plain)
+                .singlepart(text_part(ContentType::TEXT_HTML, html)),
         ),
-        None => Body::Single(text_part),
+        None => Body::Single(plain),
     };
     let body = if mail.attachments.is_empty() {
         body
     } else {
         let mut mixed = match body {
-            Body::Single(part) => MultiPart::mixed()
-                .boundary(format!("=_mix_{boundary_seed}"))
-                .singlepart(part),
-            Body::Multi(part) => MultiPart::mixed()
-                .boundary(format!("=_mix_{boundary_seed}"))
-                .multipart(part),
+            Body::Single(part) => multipart("mixed", &boundary_seed).singlepart(part),
+            Body::Multi(part) => multipart("mixed", &boundary_seed).multipart(part),
         };
         for attachment in &mail.attachments {
             mixed = mixed.singlepart(attachment_part(attachment)?);
@@ -282,6 +282,81 @@ pub fn build(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
 enum Body {
     Single(SinglePart),
     Multi(MultiPart),
+}
+
+/// `multipart/<kind>` with the boundary `=_<first three letters of kind>_<seed>`.
+///
+/// The same header as `MultiPart::alternative().boundary(…)`, without the
+/// random boundary lettre makes first and the parsing of it.
+fn multipart(kind: &str, boundary_seed: &str) -> lettre::message::MultiPartBuilder {
+    let content_type = format!(
+        "multipart/{kind}; boundary=\"=_{}_{boundary_seed}\"",
+        &kind[..3]
+    );
+    let content_type =
+        ContentType::parse(&content_type).expect("a multipart type with a hex boundary parses");
+    MultiPart::builder().header(content_type)
+}
+
+/// A text part: the bytes `SinglePart::builder().header(content_type).body(text.to_owned())`
+/// gives, built without copying the text first and with line endings
+/// converted in one pass (lettre inserts each `\r` into the string).
+fn text_part(content_type: ContentType, text: &str) -> SinglePart {
+    use email_encoding::body::Encoding;
+    // lettre chooses on the text as given, before converting line endings.
+    let encoding = Encoding::choose(text, false);
+    let crlf = crlf_line_endings(text);
+    let body = match encoding {
+        Encoding::SevenBit => {
+            PartBody::dangerous_pre_encoded(crlf, ContentTransferEncoding::SevenBit)
+        }
+        Encoding::EightBit => {
+            PartBody::dangerous_pre_encoded(crlf, ContentTransferEncoding::EightBit)
+        }
+        Encoding::QuotedPrintable => PartBody::dangerous_pre_encoded(
+            quoted_printable::encode(crlf),
+            ContentTransferEncoding::QuotedPrintable,
+        ),
+        Encoding::Base64 => {
+            PartBody::dangerous_pre_encoded(base64_lines(&crlf), ContentTransferEncoding::Base64)
+        }
+    };
+    SinglePart::builder().header(content_type).body(body)
+}
+
+/// Characters of a base64 body line (RFC 2045: at most 76).
+const BASE64_LINE: usize = 76;
+
+/// Base64 in lines of 76 characters joined by CRLF, no line break at the end:
+/// what `email_encoding::body::base64::encode` writes, encoded in one piece
+/// instead of 57 bytes at a time through a UTF-8 check and a `fmt::Write`.
+fn base64_lines(bytes: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut out = Vec::with_capacity(encoded.len() + encoded.len() / BASE64_LINE * 2);
+    for (index, line) in encoded.as_bytes().chunks(BASE64_LINE).enumerate() {
+        if index > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// `text` with a `\r` before every `\n` that has none.
+fn crlf_line_endings(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + text.len() / 16 + 2);
+    // `str::split` on a char finds the line feeds with memchr.
+    let mut lines = text.split('\n');
+    let mut line = lines.next().unwrap_or_default();
+    out.extend_from_slice(line.as_bytes());
+    for next in lines {
+        let ending: &[u8] = if line.ends_with('\r') { b"\n" } else { b"\r\n" };
+        out.extend_from_slice(ending);
+        out.extend_from_slice(next.as_bytes());
+        line = next;
+    }
+    out
 }
 
 /// A boundary that depends on everything in the body, so it cannot occur in
@@ -383,3 +458,117 @@ text_header!(AutoSubmitted, "Auto-Submitted");
 text_header!(AutoResponseSuppress, "X-Auto-Response-Suppress");
 text_header!(ComplaintdCase, "X-Complaintd-Case");
 text_header!(ComplaintdPurpose, "X-Complaintd-Purpose");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What lettre's own builder makes of the text.
+    fn lettre_part(content_type: ContentType, text: &str) -> Vec<u8> {
+        SinglePart::builder()
+            .header(content_type)
+            .body(text.to_owned())
+            .formatted()
+    }
+
+    #[test]
+    fn text_parts_are_the_bytes_lettre_builds() {
+        let long_ascii = "word ".repeat(40);
+        let texts = [
+            String::new(),
+            "Hello".to_owned(),
+            "line one\nline two\n".to_owned(),
+            "\nstarts with a line feed\r\nand mixes\r\rendings\n\r\n".to_owned(),
+            format!("{long_ascii}\n{long_ascii}"),
+            format!("{}\n", "x".repeat(75)),
+            format!("{}\n", "x".repeat(74)),
+            "您好：\n\n您的投诉已登记，编号 TS-2026-000123。\n".to_owned(),
+            "Mostly ASCII with one ü and a long tail ".repeat(5),
+            "<p>金额 &lt;100&gt; 元</p>\r\n<p>Price: 5 &amp; 6</p>".to_owned(),
+            "=3D\ttab\t and trailing space \n".to_owned(),
+        ];
+        for text in &texts {
+            for content_type in [ContentType::TEXT_PLAIN, ContentType::TEXT_HTML] {
+                assert_eq!(
+                    String::from_utf8_lossy(&text_part(content_type.clone(), text).formatted()),
+                    String::from_utf8_lossy(&lettre_part(content_type, text)),
+                    "{text:?}"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_part_is_the_bytes_lettre_builds(
+            text in "([a-z =\\t]{0,90}|[\\r\\n]{1,3}|[é中😀]{0,3}){0,12}"
+        ) {
+            prop_assert_eq!(
+                text_part(ContentType::TEXT_PLAIN, &text).formatted(),
+                lettre_part(ContentType::TEXT_PLAIN, &text)
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn base64_lines_are_what_lettres_encoder_writes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..400)
+        ) {
+            let mut expected = String::new();
+            email_encoding::body::base64::encode(&bytes, &mut expected).unwrap();
+            prop_assert_eq!(String::from_utf8(base64_lines(&bytes)).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn base64_lines_break_exactly_at_76_characters() {
+        for len in [0, 1, 56, 57, 58, 114, 171] {
+            let bytes = vec![0xE4; len];
+            let mut expected = String::new();
+            email_encoding::body::base64::encode(&bytes, &mut expected).unwrap();
+            assert_eq!(
+                String::from_utf8(base64_lines(&bytes)).unwrap(),
+                expected,
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_subjects_are_cut_to_the_limit_in_characters() {
+        let case = CaseId("TS-2026-000123".to_owned());
+        let long = "燃气表a".repeat(100);
+        let subject = subject_with_case(Some(&case), &long);
+        assert_eq!(subject.chars().count(), MAX_SUBJECT_CHARS);
+        let expected: String = format!("[{case}] {long}")
+            .chars()
+            .take(MAX_SUBJECT_CHARS)
+            .collect();
+        assert_eq!(subject, expected);
+        let exact = "x".repeat(MAX_SUBJECT_CHARS);
+        assert_eq!(subject_with_case(None, &exact), exact);
+    }
+
+    #[test]
+    fn multipart_headers_are_the_ones_lettre_builds() {
+        let seed = "0123456789abcdef0123456789abcdef";
+        let ours = multipart("alternative", seed)
+            .singlepart(SinglePart::plain("a".to_owned()))
+            .formatted();
+        let lettres = MultiPart::alternative()
+            .boundary(format!("=_alt_{seed}"))
+            .singlepart(SinglePart::plain("a".to_owned()))
+            .formatted();
+        assert_eq!(ours, lettres);
+        let ours = multipart("mixed", seed)
+            .singlepart(SinglePart::plain("a".to_owned()))
+            .formatted();
+        let lettres = MultiPart::mixed()
+            .boundary(format!("=_mix_{seed}"))
+            .singlepart(SinglePart::plain("a".to_owned()))
+            .formatted();
+        assert_eq!(ours, lettres);
+    }
+}

@@ -72,13 +72,16 @@ fn quote_start(lines: &[&str]) -> Option<usize> {
         if line.chars().count() > 300 {
             continue;
         }
-        if SEPARATOR.is_match(line) {
+        if may_be_separator(line) && SEPARATOR.is_match(line) {
             return Some(index);
         }
         if is_attribution(lines, index) {
             return Some(index);
         }
-        if HEADER_FROM.is_match(line) && is_header_block(&lines[index + 1..]) {
+        if line.contains([':', '：'])
+            && HEADER_FROM.is_match(line)
+            && is_header_block(&lines[index + 1..])
+        {
             return Some(rule_above(lines, index));
         }
     }
@@ -88,21 +91,48 @@ fn quote_start(lines: &[&str]) -> Option<usize> {
 /// An attribution line, possibly wrapped onto a second line by the client.
 fn is_attribution(lines: &[&str], index: usize) -> bool {
     let line = lines[index];
-    if CHINESE_ATTRIBUTION.is_match(line) {
+    if line.contains("写道") && CHINESE_ATTRIBUTION.is_match(line) {
         // "… 写道：" is only an attribution when a quote follows it.
         return quote_follows(&lines[index + 1..]) || line.trim_start().starts_with('在');
     }
-    if ENGLISH_ATTRIBUTION.is_match(line) {
+    if contains_ignoring_ascii_case(line, "wrote:") && ENGLISH_ATTRIBUTION.is_match(line) {
         return true;
     }
-    let starts_like_attribution = line.trim_start().to_lowercase().starts_with("on ");
-    if starts_like_attribution {
+    if starts_like_attribution(line) {
         if let Some(next) = lines.get(index + 1) {
             let joined = format!("{} {}", line.trim_end(), next.trim());
             return next.chars().count() < 100 && ENGLISH_ATTRIBUTION.is_match(&joined);
         }
     }
     false
+}
+
+// The regexes run on every line of every mail; these cheap tests of text each
+// regex requires skip them on the lines that cannot match.
+
+/// Whether `line` has two characters of `[-_=]` in a row, as every separator has.
+fn may_be_separator(line: &str) -> bool {
+    let rule = |byte: &u8| matches!(byte, b'-' | b'_' | b'=');
+    line.as_bytes()
+        .windows(2)
+        .any(|pair| rule(&pair[0]) && rule(&pair[1]))
+}
+
+/// Whether `line` contains the ASCII `needle` in any letter case. Only ASCII
+/// letters fold to the letters of "wrote" (a test checks every character).
+fn contains_ignoring_ascii_case(line: &str, needle: &str) -> bool {
+    line.as_bytes()
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// Whether the line, lower-cased, starts with "on " (after leading space).
+/// Only `O` and `N` lower-case to `o` and `n` (a test checks every character).
+fn starts_like_attribution(line: &str) -> bool {
+    let mut chars = line.trim_start().chars();
+    matches!(chars.next(), Some('o' | 'O'))
+        && matches!(chars.next(), Some('n' | 'N'))
+        && chars.next() == Some(' ')
 }
 
 fn quote_follows(rest: &[&str]) -> bool {
@@ -190,6 +220,14 @@ mod tests {
     }
 
     #[test]
+    fn header_blocks_with_full_width_colons() {
+        let text = "已处理\n\n发件人：投诉中心 <complaints@gas.example>\n发送时间：2026年11月24日 10:00\n主题：燃气表\n\n原文";
+        let split = split_reply(text);
+        assert_eq!(split.new_text, "已处理");
+        assert!(split.quoted.starts_with("发件人："));
+    }
+
+    #[test]
     fn original_message_separators() {
         let text = "See below.\n-----Original Message-----\nFrom: x\nold";
         assert_eq!(split_reply(text).new_text, "See below.");
@@ -211,6 +249,92 @@ mod tests {
         let split = split_reply(text);
         assert_eq!(split.new_text, text);
         assert_eq!(split.quoted, "");
+    }
+
+    /// Every character, for the claims the prefilters rest on.
+    fn every_char() -> impl Iterator<Item = char> {
+        (0..=u32::from(char::MAX)).filter_map(char::from_u32)
+    }
+
+    #[test]
+    fn only_ascii_letters_match_the_letters_of_wrote_ignoring_case() {
+        let letters = Regex::new("(?i)^[wrote]$").unwrap();
+        let mut buffer = [0; 4];
+        let folding: Vec<char> = every_char()
+            .filter(|c| letters.is_match(c.encode_utf8(&mut buffer)))
+            .collect();
+        assert!(folding.iter().all(char::is_ascii_alphabetic), "{folding:?}");
+        assert_eq!(folding.len(), 10);
+    }
+
+    #[test]
+    fn only_o_and_n_lower_case_to_o_and_n() {
+        for c in every_char() {
+            let lower: String = c.to_lowercase().collect();
+            for (target, sources) in [('o', "oO"), ('n', "nN"), (' ', " ")] {
+                if lower.starts_with(target) {
+                    assert!(sources.contains(c), "{c:?} lower-cases to {lower:?}");
+                }
+            }
+        }
+    }
+
+    /// `quote_start` and `is_attribution` as they were before the
+    /// prefilters: the regexes alone.
+    fn quote_start_by_regex(lines: &[&str]) -> Option<usize> {
+        for (index, line) in lines.iter().enumerate() {
+            if line.chars().count() > 300 {
+                continue;
+            }
+            if SEPARATOR.is_match(line) {
+                return Some(index);
+            }
+            if is_attribution_by_regex(lines, index) {
+                return Some(index);
+            }
+            if HEADER_FROM.is_match(line) && is_header_block(&lines[index + 1..]) {
+                return Some(rule_above(lines, index));
+            }
+        }
+        None
+    }
+
+    fn is_attribution_by_regex(lines: &[&str], index: usize) -> bool {
+        let line = lines[index];
+        if CHINESE_ATTRIBUTION.is_match(line) {
+            return quote_follows(&lines[index + 1..]) || line.trim_start().starts_with('在');
+        }
+        if ENGLISH_ATTRIBUTION.is_match(line) {
+            return true;
+        }
+        if line.trim_start().to_lowercase().starts_with("on ") {
+            if let Some(next) = lines.get(index + 1) {
+                let joined = format!("{} {}", line.trim_end(), next.trim());
+                return next.chars().count() < 100 && ENGLISH_ATTRIBUTION.is_match(&joined);
+            }
+        }
+        false
+    }
+
+    proptest::proptest! {
+        // Lines that match are a small part of what the strategy makes.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+
+        #[test]
+        fn prefilters_change_no_split(
+            lines in proptest::collection::vec(
+                concat!(
+                    "[ \\t]?(On |oN |在|From|发件人|Sent|主题|--|__|=-|> |)",
+                    "( ?x{0,6}\\u{a0}?)",
+                    "(wrote:|WROTE:|Wrote :|写道：|写道 :|写道|原始邮件 __|Original Message ==|:|：|)",
+                    "[ ]?",
+                ),
+                0..6,
+            )
+        ) {
+            let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+            proptest::prop_assert_eq!(quote_start(&lines), quote_start_by_regex(&lines));
+        }
     }
 
     #[test]

@@ -376,16 +376,22 @@ fn split_subject(source: &str) -> Option<(String, String)> {
 
 /// Trims blank lines at both ends and trailing spaces on each line, and ends with one newline.
 fn tidy_text(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
-    let start = lines
-        .iter()
-        .position(|l| !l.is_empty())
-        .unwrap_or(lines.len());
-    let end = lines
-        .iter()
-        .rposition(|l| !l.is_empty())
-        .map_or(start, |e| e + 1);
-    let mut out = lines[start..end].join("\n");
+    let mut out = String::with_capacity(text.len() + 1);
+    // Blank lines are written only once a line with text follows them.
+    let mut blank_lines = 0;
+    for line in text.lines().map(str::trim_end) {
+        if line.is_empty() {
+            blank_lines += 1;
+            continue;
+        }
+        if !out.is_empty() {
+            for _ in 0..=blank_lines {
+                out.push('\n');
+            }
+        }
+        out.push_str(line);
+        blank_lines = 0;
+    }
     out.push('\n');
     out
 }
@@ -746,5 +752,96 @@ impl TemplateContext {
 
 /// A UTC time shown in `tz`.
 pub fn local(at: DateTime<Utc>, tz: Tz) -> String {
-    at.with_timezone(&tz).format(TIME_FORMAT).to_string()
+    use chrono::{Datelike, Timelike};
+    let at = at.with_timezone(&tz);
+    if (0..=9999).contains(&at.year()) {
+        // The same text as [`TIME_FORMAT`] without parsing the format string for every time.
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}",
+            at.year(),
+            at.month(),
+            at.day(),
+            at.hour(),
+            at.minute()
+        )
+    } else {
+        at.format(TIME_FORMAT).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    /// The straightforward version `tidy_text` must agree with.
+    fn tidy_text_by_lines(text: &str) -> String {
+        let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+        let start = lines
+            .iter()
+            .position(|l| !l.is_empty())
+            .unwrap_or(lines.len());
+        let end = lines
+            .iter()
+            .rposition(|l| !l.is_empty())
+            .map_or(start, |e| e + 1);
+        let mut out = lines[start..end].join("\n");
+        out.push('\n');
+        out
+    }
+
+    #[test]
+    fn tidy_text_trims_lines_and_blank_ends() {
+        assert_eq!(
+            tidy_text("\n\n  \nHello  \n\n\nWorld\t\r\n\n \n"),
+            "Hello\n\n\nWorld\n"
+        );
+        assert_eq!(tidy_text(""), "\n");
+        assert_eq!(tidy_text(" \n\t\n"), "\n");
+        assert_eq!(tidy_text("您好：\u{3000}\n编号"), "您好：\n编号\n");
+    }
+
+    proptest! {
+        #[test]
+        fn tidy_text_agrees_with_the_line_by_line_version(
+            text in "([a-z]{0,4}|[ \\t\\u{3000}]{0,2}|[\\r\\n]{1,3}|中){0,16}"
+        ) {
+            prop_assert_eq!(tidy_text(&text), tidy_text_by_lines(&text));
+        }
+
+        #[test]
+        fn local_time_is_the_chrono_format(seconds in -70_000_000_000i64..300_000_000_000i64) {
+            let at = Utc.timestamp_opt(seconds, 0).unwrap();
+            for tz in [chrono_tz::Asia::Shanghai, chrono_tz::America::New_York, chrono_tz::UTC] {
+                prop_assert_eq!(
+                    local(at, tz),
+                    at.with_timezone(&tz).format(TIME_FORMAT).to_string()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn local_time_outside_four_digit_years_is_the_chrono_format() {
+        for at in [
+            Utc.with_ymd_and_hms(-5, 3, 1, 8, 7, 0).unwrap(),
+            Utc.with_ymd_and_hms(12_345, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 0).unwrap(),
+        ] {
+            let tz = chrono_tz::Asia::Shanghai;
+            assert_eq!(
+                local(at, tz),
+                at.with_timezone(&tz).format(TIME_FORMAT).to_string()
+            );
+        }
+        assert_eq!(
+            local(
+                Utc.with_ymd_and_hms(2026, 11, 26, 1, 5, 0).unwrap(),
+                chrono_tz::Asia::Shanghai
+            ),
+            "2026-11-26 09:05"
+        );
+    }
 }

@@ -49,7 +49,11 @@ pub const MIN_SECRET_LEN: usize = 16;
 
 /// The daemon's reply-token secret. Never printed.
 #[derive(Clone)]
-pub struct ReplySecret(Vec<u8>);
+pub struct ReplySecret {
+    /// HMAC keyed with the secret once; every token starts from a clone of it,
+    /// which saves hashing the padded key twice per token.
+    keyed: Hmac<Sha256>,
+}
 
 impl ReplySecret {
     /// A secret of at least [`MIN_SECRET_LEN`] bytes.
@@ -58,12 +62,14 @@ impl ReplySecret {
         if bytes.len() < MIN_SECRET_LEN {
             return Err(TokenError::WeakSecret { len: bytes.len() });
         }
-        Ok(ReplySecret(bytes))
+        // HMAC takes keys of any length, so this cannot fail.
+        let keyed =
+            <Hmac<Sha256> as Mac>::new_from_slice(&bytes).expect("HMAC accepts any key length");
+        Ok(ReplySecret { keyed })
     }
 
     fn mac(&self) -> Hmac<Sha256> {
-        // HMAC takes keys of any length, so this cannot fail.
-        <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC accepts any key length")
+        self.keyed.clone()
     }
 }
 
