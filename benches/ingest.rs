@@ -286,7 +286,10 @@ async fn throughput(
             )
         })
         .collect();
-    println!("  CPU per message by thread name (threads): {}", busiest.join(", "));
+    println!(
+        "  CPU per message by thread name (threads): {}",
+        busiest.join(", ")
+    );
     if let (Some(half), Some(last)) = (tenths.get(5), tenths.last()) {
         println!(
             "  => {:.0} msgs/s over the second half",
@@ -412,7 +415,12 @@ fn thread_cpu_times() -> std::collections::HashMap<u32, (String, Duration)> {
             continue;
         };
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         let seconds = (field(11) + field(12)) / ticks;
         let name = stat[open + 1..close].to_owned();
         times.insert(tid, (name, Duration::from_secs_f64(seconds)));
@@ -440,7 +448,7 @@ fn busiest_threads(
         .into_iter()
         .map(|(name, (threads, cpu))| (name, threads, cpu))
         .collect();
-    used.sort_by(|a, b| b.2.cmp(&a.2));
+    used.sort_by_key(|entry| std::cmp::Reverse(entry.2));
     used
 }
 

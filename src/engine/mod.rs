@@ -37,11 +37,16 @@ pub use timers::DUE_TIMER_STEP;
 /// Sizes rayon's global pool, which parses fetched mail and renders queued
 /// mail beside the ingest's serial pass: one thread fewer than there are
 /// cores, so that the pool and the serial pass do not take turns on one core.
-/// Call it once, early, in a binary; without it rayon starts a thread per core.
+/// `RAYON_NUM_THREADS` in the environment overrides the size. Call it once,
+/// early, in a binary; without it rayon starts a thread per core.
 pub fn configure_worker_pool() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let built = rayon::ThreadPoolBuilder::new()
-        .num_threads(cores.saturating_sub(1).max(1))
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    // rayon reads RAYON_NUM_THREADS itself when no size is given.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        builder = builder.num_threads(cores.saturating_sub(1).max(1));
+    }
+    let built = builder
         .thread_name(|index| format!("complaintd-pool-{index}"))
         .build_global();
     if let Err(error) = built {

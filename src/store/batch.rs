@@ -22,7 +22,9 @@ use super::outbox::{
     mail_identity, message_known, outbox_id_in_message_id, put_entry, MailDraft, OutboxEntry,
     OutboxState,
 };
-use super::prerender::{prepared_for, prepared_message_id, PreparedMail, Prerendered};
+use super::prerender::{
+    prepared_for, prepared_message_id, AheadSlot, PreparedMail, Prerendered, PrerenderedMails,
+};
 use super::records::{
     normalize_message_id, AttachmentRecord, Checkpoint, MessageRecord, QuarantineRecord, Timer,
     TimerSlot,
@@ -559,7 +561,7 @@ impl Store {
         &self,
         checkpoint: Option<(&str, Checkpoint)>,
         changes: &[&ChangeSet],
-        prerendered: &[Vec<Option<Prerendered>>],
+        prerendered: &PrerenderedMails,
     ) -> Result<CommitReport, StoreError> {
         let settings = self.settings();
         let report = self.transact(|tx| {
@@ -638,7 +640,7 @@ fn apply_changes(
     tx: &Tx<'_>,
     settings: &StoreSettings,
     changes: &ChangeSet,
-    prerendered: &[Option<Prerendered>],
+    prerendered: &[AheadSlot],
     new_ids: &mut HashMap<NewCaseKey, CaseId>,
 ) -> TxResult<ChangeOutcome> {
     if let Some(message) = &changes.message {
@@ -686,7 +688,7 @@ fn apply_changes(
             Some(case) => Some(resolver.resolve(tx, case)?),
             None => None,
         };
-        let prepared = prerendered.get(index).and_then(Option::as_ref);
+        let prepared = prerendered.get(index).and_then(AheadSlot::get);
         applied
             .mails
             .push(queue_mail(tx, id.as_ref(), draft, prepared)?);

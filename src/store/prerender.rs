@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::Datelike;
 
@@ -62,8 +62,50 @@ impl From<RenderedMail> for PreparedMail {
     }
 }
 
-/// Per change set, per queued mail: what was rendered ahead, if anything.
-pub(crate) type PrerenderedMails = Vec<Vec<Option<Prerendered>>>;
+/// Per change set, per queued mail: what is rendered ahead, if anything.
+pub(crate) type PrerenderedMails = Vec<Vec<AheadSlot>>;
+
+/// One mail rendered ahead, or being rendered on the pool: the commit waits
+/// for it only when it gets to that mail, so the pool goes on rendering the
+/// batch's later mails while the transaction applies the earlier ones.
+pub(crate) struct AheadSlot {
+    rendering: Mutex<Option<Rendering>>,
+    finished: OnceLock<Option<Prerendered>>,
+}
+
+impl AheadSlot {
+    fn new(rendering: Option<Rendering>) -> AheadSlot {
+        AheadSlot {
+            rendering: Mutex::new(rendering),
+            finished: OnceLock::new(),
+        }
+    }
+
+    /// Nothing rendered ahead: the commit renders the mail.
+    fn empty() -> AheadSlot {
+        AheadSlot::new(None)
+    }
+
+    /// The rendering, waiting for it if it is under way. A renderer that
+    /// panicked panics here, on the committing thread, as it would have in
+    /// the commit.
+    pub(crate) fn get(&self) -> Option<&Prerendered> {
+        self.finished
+            .get_or_init(|| {
+                let rendering = self.rendering.lock().ok().and_then(|mut r| r.take());
+                match rendering? {
+                    Rendering::Done(prerendered) => Some(prerendered),
+                    Rendering::OnPool(receiver) => match receiver.recv() {
+                        Ok(Ok(prerendered)) => Some(prerendered),
+                        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                        // The pool dropped the job: the commit renders it.
+                        Err(_) => None,
+                    },
+                }
+            })
+            .as_ref()
+    }
+}
 
 /// Fewer mails than this are rendered on the committing thread alone.
 const PARALLEL_FROM: usize = 8;
@@ -118,7 +160,10 @@ impl Store {
             // A renderer's output belongs to its own draft: anything not
             // given in the batch's order is rendered again in the commit.
             tracing::warn!("mails rendered ahead do not match the batch; rendering in the commit");
-            prerendered = shape.iter().map(|mails| vec![None; *mails]).collect();
+            prerendered = shape
+                .iter()
+                .map(|mails| (0..*mails).map(|_| AheadSlot::empty()).collect())
+                .collect();
         }
         let checkpoint = batch.checkpoint.as_ref().map(|(m, c)| (m.as_str(), *c));
         self.commit_prerendered(checkpoint, &changes, &prerendered)
@@ -175,24 +220,11 @@ impl RenderAhead {
         self.sets.push(renderings);
     }
 
-    /// Waits for the renderings. A renderer that panicked panics here, on
-    /// the committing thread, as it would have in the commit.
+    /// The renderings, each waited for when the commit gets to its mail.
     fn finish(self) -> PrerenderedMails {
         self.sets
             .into_iter()
-            .map(|set| {
-                set.into_iter()
-                    .map(|rendering| match rendering? {
-                        Rendering::Done(prerendered) => Some(prerendered),
-                        Rendering::OnPool(receiver) => match receiver.recv() {
-                            Ok(Ok(prerendered)) => Some(prerendered),
-                            Ok(Err(panic)) => std::panic::resume_unwind(panic),
-                            // The pool dropped the job: the commit renders it.
-                            Err(_) => None,
-                        },
-                    })
-                    .collect()
-            })
+            .map(|set| set.into_iter().map(AheadSlot::new).collect())
             .collect()
     }
 }
