@@ -1179,8 +1179,21 @@ pub struct ParseAhead {
 }
 
 impl ParseAhead {
-    /// Never parses on the calling thread, which may be an async task's.
+    /// Parses on the pool, not on the calling thread, which may be an async
+    /// task's.
     fn start(messages: Vec<(u32, RawMessage)>, max_bytes: u64) -> ParseAhead {
+        if rayon::current_thread_index().is_some() {
+            // A pool thread waiting for a job queued behind it could wait
+            // forever: such a caller parses here.
+            let parsed: Vec<Fetched> = messages
+                .into_iter()
+                .map(|message| parse_one(message, max_bytes))
+                .collect();
+            return ParseAhead {
+                chunks: Default::default(),
+                ready: parsed.into_iter(),
+            };
+        }
         let mut chunks = std::collections::VecDeque::new();
         let mut rest = messages.into_iter().peekable();
         while rest.peek().is_some() {

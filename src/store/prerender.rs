@@ -210,7 +210,10 @@ impl RenderAhead {
             .map(|(identity, (_, draft))| {
                 let identity = identity?;
                 let render = Arc::clone(&draft.render);
-                Some(if self.on_pool {
+                // On a pool thread, waiting for a job queued behind this one
+                // could wait forever: such a caller renders here.
+                let on_pool = self.on_pool && rayon::current_thread_index().is_none();
+                Some(if on_pool {
                     Rendering::OnPool(render_on_pool(render, identity))
                 } else {
                     Rendering::Done(render_for(&render, identity))
@@ -506,6 +509,64 @@ mod tests {
                 Some(format!("mail {outbox_id}").into_bytes())
             );
         }
+    }
+
+    #[test]
+    fn a_caller_on_a_pool_thread_renders_itself() {
+        // Waiting on a pool thread for jobs queued behind it could hang a
+        // one-thread pool, so such a caller renders on its own thread.
+        let (_dir, store) = temporary();
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let draft = |threads: &Arc<Mutex<Vec<std::thread::ThreadId>>>| {
+            let threads = threads.clone();
+            MailDraft::new(
+                "ack",
+                "acknowledgement",
+                "complaints@corp.example",
+                vec!["c@x.example".into()],
+                t0(),
+                move |identity: &MailIdentity| {
+                    threads
+                        .lock()
+                        .expect("lock")
+                        .push(std::thread::current().id());
+                    Ok(RenderedMail {
+                        message_id: format!("<{}@corp.example>", identity.outbox_id),
+                        subject: String::new(),
+                        bytes: Vec::new(),
+                        template_failure: None,
+                    })
+                },
+            )
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("pool");
+        let changes: Vec<ChangeSet> = (0..10)
+            .map(|n| complaint_with(n, vec![draft(&threads)]))
+            .collect();
+        let (done, finished) = std::sync::mpsc::sync_channel(1);
+        let store = Arc::new(store);
+        let on_pool = Arc::clone(&store);
+        pool.spawn(move || {
+            let refs: Vec<&ChangeSet> = changes.iter().collect();
+            let rendered = on_pool.prerender(&refs);
+            let all = rendered.iter().flatten().all(|slot| slot.get().is_some());
+            let _ = done.send((all, std::thread::current().id()));
+        });
+        // Without the guard this job waits for renderings queued behind it
+        // on its own one-thread pool and never finishes.
+        let (all, caller) = finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the rendering on a pool thread finished");
+        assert!(all, "every mail rendered");
+        let threads = threads.lock().expect("lock").clone();
+        assert_eq!(threads.len(), 10);
+        assert!(
+            threads.iter().all(|id| *id == caller),
+            "{threads:?} vs {caller:?}"
+        );
     }
 
     #[test]
