@@ -14,6 +14,11 @@
 //! per core, and on a shared, loaded machine wall time mostly measures the
 //! other processes.
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+
+use cpu_time::thread_cpu_time;
+
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::Path;
@@ -29,18 +34,6 @@ use complaintd::rules::check::{check, Environment};
 use complaintd::rules::eval::{evaluate, HistoryEntry, Input, MemoryHistory};
 use complaintd::rules::parse::parse_file;
 use complaintd::rules::{Limits, Policy, SourceMap};
-
-/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`).
-fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `clock_gettime` writes one `timespec` through a valid pointer.
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    assert_eq!(status, 0, "the thread CPU clock is readable");
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
 
 /// Criterion measurement of thread CPU time, shown like wall time.
 struct CpuTime {

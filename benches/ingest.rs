@@ -15,10 +15,15 @@
 //!    written into the Maildir at t0; t1 is when its acknowledgement file appears in the
 //!    customer's Maildir. Reports p50, p99 and the maximum of t1 − t0.
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+
 #[path = "../tests/daemon_support/mod.rs"]
 mod daemon_support;
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+use cpu_time::thread_cpu_time;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -379,19 +384,6 @@ fn engine_only(mails: usize, batch: usize) -> Result<()> {
         thread_cpu.as_secs_f64() * 1e6 / mails as f64
     );
     Ok(())
-}
-
-/// CPU time used by the calling thread so far. On a loaded machine the
-/// ingesting thread's CPU per message says more about the serial chain
-/// than the wall time does.
-fn thread_cpu_time() -> Duration {
-    // SAFETY: clock_gettime only writes the struct it is given.
-    let now = unsafe {
-        let mut now = std::mem::zeroed::<libc::timespec>();
-        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now);
-        now
-    };
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// CPU time of each thread of this process so far, by thread id: (name, time).

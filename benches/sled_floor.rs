@@ -9,6 +9,11 @@
 //! wrote with store schema 2, measured from a store the ingest benchmark
 //! filled, and what schema 3 (in two steps) and a further layout make of them.
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+
+use cpu_time::thread_cpu_time;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -288,15 +293,4 @@ fn run(layout: &[Shape], write: Write, args: &Args) -> Result<(Duration, Duratio
         complaint = end;
     }
     Ok((cpu, wall))
-}
-
-/// CPU time of the calling thread (user and system).
-fn thread_cpu_time() -> Duration {
-    // SAFETY: clock_gettime only writes the struct it is given.
-    let spec = unsafe {
-        let mut spec = std::mem::zeroed::<libc::timespec>();
-        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut spec);
-        spec
-    };
-    Duration::new(spec.tv_sec as u64, spec.tv_nsec as u32)
 }

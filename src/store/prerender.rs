@@ -400,6 +400,12 @@ mod tests {
     /// A renderer that records every identity it renders for.
     fn recording(calls: &Arc<Mutex<Vec<String>>>) -> MailDraft {
         let calls = calls.clone();
+        observed(move |identity| calls.lock().expect("lock").push(identity.outbox_id.clone()))
+    }
+
+    /// A renderer that tells `observe` of every rendering; the mail's bytes
+    /// are `mail OUTBOX_ID`.
+    fn observed(observe: impl Fn(&MailIdentity) + Send + Sync + 'static) -> MailDraft {
         MailDraft::new(
             "ack",
             "acknowledgement",
@@ -407,7 +413,7 @@ mod tests {
             vec!["c@x.example".into()],
             t0(),
             move |identity: &MailIdentity| {
-                calls.lock().expect("lock").push(identity.outbox_id.clone());
+                observe(identity);
                 Ok(RenderedMail {
                     message_id: format!("<{}@corp.example>", identity.outbox_id),
                     subject: format!("[{}]", identity.outbox_id),
@@ -447,24 +453,14 @@ mod tests {
             },
         );
         let report = store.commit(&batch).expect("commit");
-        let queued: Vec<String> = report
-            .outcomes
-            .iter()
-            .filter_map(|o| o.applied())
-            .flat_map(|a| a.mails.iter().map(|m| m.outbox_id.clone()))
-            .collect();
+        let queued = queued_ids(&report);
         assert_eq!(queued.len(), 40);
         let mut rendered = calls.lock().expect("lock").clone();
         rendered.sort();
         let mut expected = queued.clone();
         expected.sort();
         assert_eq!(rendered, expected, "every mail rendered once, none again");
-        for outbox_id in &queued {
-            assert_eq!(
-                store.outbox_message(outbox_id).expect("read"),
-                Some(format!("mail {outbox_id}").into_bytes())
-            );
-        }
+        assert_recorded_bytes(&store, &queued);
     }
 
     /// Commits `sets` with a render-ahead given `added` of them (in order)
@@ -485,15 +481,30 @@ mod tests {
             batch.push(changes);
         }
         let report = store.commit_rendered_ahead(&batch, ahead).expect("commit");
-        let queued: Vec<String> = report
+        let queued = queued_ids(&report);
+        let mut rendered = calls.lock().expect("lock").clone();
+        rendered.sort();
+        (dir, store, queued, rendered)
+    }
+
+    /// The outbox ids a commit queued, in order.
+    fn queued_ids(report: &CommitReport) -> Vec<String> {
+        report
             .outcomes
             .iter()
             .filter_map(|o| o.applied())
             .flat_map(|a| a.mails.iter().map(|m| m.outbox_id.clone()))
-            .collect();
-        let mut rendered = calls.lock().expect("lock").clone();
-        rendered.sort();
-        (dir, store, queued, rendered)
+            .collect()
+    }
+
+    /// Each queued mail holds the bytes `recording` renders for its identity.
+    fn assert_recorded_bytes(store: &Store, queued: &[String]) {
+        for outbox_id in queued {
+            assert_eq!(
+                store.outbox_message(outbox_id).expect("read"),
+                Some(format!("mail {outbox_id}").into_bytes())
+            );
+        }
     }
 
     #[test]
@@ -503,12 +514,7 @@ mod tests {
         let mut expected = queued.clone();
         expected.sort();
         assert_eq!(rendered, expected, "every mail rendered once, none again");
-        for outbox_id in &queued {
-            assert_eq!(
-                store.outbox_message(outbox_id).expect("read"),
-                Some(format!("mail {outbox_id}").into_bytes())
-            );
-        }
+        assert_recorded_bytes(&store, &queued);
     }
 
     #[test]
@@ -519,25 +525,12 @@ mod tests {
         let threads = Arc::new(Mutex::new(Vec::new()));
         let draft = |threads: &Arc<Mutex<Vec<std::thread::ThreadId>>>| {
             let threads = threads.clone();
-            MailDraft::new(
-                "ack",
-                "acknowledgement",
-                "complaints@corp.example",
-                vec!["c@x.example".into()],
-                t0(),
-                move |identity: &MailIdentity| {
-                    threads
-                        .lock()
-                        .expect("lock")
-                        .push(std::thread::current().id());
-                    Ok(RenderedMail {
-                        message_id: format!("<{}@corp.example>", identity.outbox_id),
-                        subject: String::new(),
-                        bytes: Vec::new(),
-                        template_failure: None,
-                    })
-                },
-            )
+            observed(move |_| {
+                threads
+                    .lock()
+                    .expect("lock")
+                    .push(std::thread::current().id())
+            })
         };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
@@ -576,12 +569,7 @@ mod tests {
         let (_dir, store, queued, rendered) = commit_ahead(30, 29);
         assert_eq!(queued.len(), 60);
         assert_eq!(rendered.len(), 58 + 60);
-        for outbox_id in &queued {
-            assert_eq!(
-                store.outbox_message(outbox_id).expect("read"),
-                Some(format!("mail {outbox_id}").into_bytes())
-            );
-        }
+        assert_recorded_bytes(&store, &queued);
     }
 
     #[test]
