@@ -1179,8 +1179,8 @@ pub struct ParseAhead {
 }
 
 impl ParseAhead {
-    /// Parses on the pool, not on the calling thread, which may be an async
-    /// task's.
+    /// Parses on the pool, not on the calling thread (which may be an async
+    /// task's) unless that is a pool thread itself.
     fn start(messages: Vec<(u32, RawMessage)>, max_bytes: u64) -> ParseAhead {
         if rayon::current_thread_index().is_some() {
             // A pool thread waiting for a job queued behind it could wait
