@@ -12,10 +12,12 @@
 //! loops and duplicates are not acted on.
 //!
 //! Parsing depends on nothing but a message's bytes, so a fetch's messages
-//! are parsed on all cores first; everything after that (classification,
-//! evaluation with the batch's history, the change sets) runs in UID order,
-//! and the store renders the batch's mails on all cores before its one
-//! transaction.
+//! are parsed on rayon's pool ([`ParseAhead`], started by the daemon while
+//! the fetch before commits); everything after that (classification,
+//! evaluation with the batch's history, the change sets) runs in UID order
+//! on the calling thread, and each change set's mails are rendered on the
+//! pool as soon as it is pushed (`store::RenderAhead`), beside the rest of
+//! the serial pass.
 //!
 //! A reply to a complaint that opened a case earlier in the same fetch needs
 //! that case's number, which exists only once committed: the batch is then
