@@ -307,11 +307,11 @@ impl Foresight {
         }
         let mut identities = Vec::with_capacity(change_set.mails.len());
         for (case, draft) in &change_set.mails {
-            let id = match case {
-                None => None,
-                Some(CaseRef::Existing(id)) => Some(id.clone()),
+            let (id, new_case) = match case {
+                None => (None, false),
+                Some(CaseRef::Existing(id)) => (Some(id.clone()), false),
                 Some(CaseRef::New(key)) => match self.new_ids.get(key) {
-                    Some(id) => Some(id.clone()),
+                    Some(id) => (Some(id.clone()), true),
                     None => {
                         identities.push(None);
                         continue;
@@ -321,6 +321,9 @@ impl Foresight {
             let counter_key = keys::mail_sequence_key(id.as_ref(), &draft.purpose);
             let sequence = match self.mail_counters.get(&counter_key) {
                 Some(n) => *n,
+                // A case the batch opens has sent nothing yet; if its number
+                // was foreseen wrongly, the commit renders the mail again.
+                None if new_case => 0,
                 None => store.stored_mail_sequence(id.as_ref(), &draft.purpose)?,
             } + 1;
             self.mail_counters.insert(counter_key, sequence);
