@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Utc};
 use sha2::{Digest, Sha256};
@@ -24,6 +25,7 @@ use super::outbox::{
 };
 use super::prerender::{
     prepared_for, prepared_message_id, AheadSlot, PreparedMail, Prerendered, PrerenderedMails,
+    SetAhead,
 };
 use super::records::{
     normalize_message_id, AttachmentRecord, Checkpoint, MessageRecord, QuarantineRecord, Timer,
@@ -117,7 +119,7 @@ pub struct ChangeSet {
     message: Option<IncomingMessage>,
     pub(super) new_cases: Vec<(NewCaseKey, Case)>,
     updates: Vec<(Case, Case)>,
-    events: Vec<(CaseRef, Event)>,
+    pub(super) events: Vec<(CaseRef, Event)>,
     timers: Vec<TimerOp>,
     pub(super) mails: Vec<(Option<CaseRef>, MailDraft)>,
     attachments: Vec<AttachmentOp>,
@@ -568,7 +570,7 @@ impl Store {
             let mut new_ids = HashMap::new();
             let mut outcomes = Vec::with_capacity(changes.len());
             for (index, change_set) in changes.iter().enumerate() {
-                let prepared = prerendered.get(index).map_or(&[][..], Vec::as_slice);
+                let prepared = prerendered.get(index);
                 outcomes.push(apply_changes(
                     tx,
                     settings,
@@ -640,7 +642,7 @@ fn apply_changes(
     tx: &Tx<'_>,
     settings: &StoreSettings,
     changes: &ChangeSet,
-    prerendered: &[AheadSlot],
+    prepared: Option<&SetAhead>,
     new_ids: &mut HashMap<NewCaseKey, CaseId>,
 ) -> TxResult<ChangeOutcome> {
     if let Some(message) = &changes.message {
@@ -674,9 +676,13 @@ fn apply_changes(
         }
     }
 
-    for (case, event) in &changes.events {
+    let encoded = prepared.and_then(|p| p.encoded_events(changes.events.len()));
+    for (index, (case, event)) in changes.events.iter().enumerate() {
         let id = resolver.resolve(tx, case)?;
-        append_event(tx, &id, event)?;
+        match encoded.and_then(|events| events.get(index)) {
+            Some(json) => tx.append_encoded_event(&id, Arc::clone(json)),
+            None => append_event(tx, &id, event)?,
+        }
     }
 
     for op in &changes.timers {
@@ -688,7 +694,9 @@ fn apply_changes(
             Some(case) => Some(resolver.resolve(tx, case)?),
             None => None,
         };
-        let prepared = prerendered.get(index).and_then(AheadSlot::get);
+        let prepared = prepared
+            .and_then(|p| p.mails.get(index))
+            .and_then(AheadSlot::get);
         applied
             .mails
             .push(queue_mail(tx, id.as_ref(), draft, prepared)?);

@@ -29,7 +29,7 @@ use super::outbox::{mail_identity, MailIdentity, RenderedMail, Renderer};
 use super::records::normalize_message_id;
 use super::trees::{CaseCounters, TreeId};
 use super::Store;
-use crate::case::CaseId;
+use crate::case::{CaseId, Event};
 
 /// A mail rendered ahead of the transaction, for the identity it was foreseen to get.
 #[derive(Debug, Clone)]
@@ -62,43 +62,68 @@ impl From<RenderedMail> for PreparedMail {
     }
 }
 
-/// Per change set, per queued mail: what is rendered ahead, if anything.
-pub(crate) type PrerenderedMails = Vec<Vec<AheadSlot>>;
+/// Per change set: what was prepared for it ahead of the transaction.
+pub(crate) type PrerenderedMails = Vec<SetAhead>;
 
-/// One mail rendered ahead, or being rendered on the pool: the commit waits
-/// for it only when it gets to that mail, so the pool goes on rendering the
-/// batch's later mails while the transaction applies the earlier ones.
-pub(crate) struct AheadSlot {
-    rendering: Mutex<Option<Rendering>>,
-    finished: OnceLock<Option<Prerendered>>,
+/// A change set's events as JSON, in order; `None` if one failed to encode.
+type EncodedEvents = Option<Vec<Arc<str>>>;
+
+/// A change set's mails rendered ahead and its events encoded ahead, if
+/// they were.
+pub(crate) struct SetAhead {
+    pub mails: Vec<AheadSlot<Prerendered>>,
+    /// Each of the change set's events as JSON, in order (`None` inside: an
+    /// event failed to encode, and the transaction encodes them itself).
+    pub events: AheadSlot<EncodedEvents>,
 }
 
-impl AheadSlot {
-    fn new(rendering: Option<Rendering>) -> AheadSlot {
+impl SetAhead {
+    /// Nothing prepared for a change set of `mails` mails.
+    fn empty(mails: usize) -> SetAhead {
+        SetAhead {
+            mails: (0..mails).map(|_| AheadSlot::new(None)).collect(),
+            events: AheadSlot::new(None),
+        }
+    }
+
+    /// The events' JSON, when it was encoded ahead for all `count` of them.
+    pub(crate) fn encoded_events(&self, count: usize) -> Option<&[Arc<str>]> {
+        self.events
+            .get()
+            .and_then(Option::as_deref)
+            .filter(|encoded| encoded.len() == count)
+    }
+}
+
+/// Work prepared ahead (a mail's rendering, a change set's events), done or
+/// under way on the pool: the commit waits for it only when it gets to it,
+/// so the pool goes on with the batch's later change sets while the
+/// transaction applies the earlier ones.
+pub(crate) struct AheadSlot<T> {
+    work: Mutex<Option<Ahead<T>>>,
+    finished: OnceLock<Option<T>>,
+}
+
+impl<T> AheadSlot<T> {
+    fn new(work: Option<Ahead<T>>) -> AheadSlot<T> {
         AheadSlot {
-            rendering: Mutex::new(rendering),
+            work: Mutex::new(work),
             finished: OnceLock::new(),
         }
     }
 
-    /// Nothing rendered ahead: the commit renders the mail.
-    fn empty() -> AheadSlot {
-        AheadSlot::new(None)
-    }
-
-    /// The rendering, waiting for it if it is under way. A renderer that
-    /// panicked panics here, on the committing thread, as it would have in
-    /// the commit.
-    pub(crate) fn get(&self) -> Option<&Prerendered> {
+    /// The result, waiting for it if it is under way. Work that panicked
+    /// panics here, on the committing thread, as it would have in the commit.
+    pub(crate) fn get(&self) -> Option<&T> {
         self.finished
             .get_or_init(|| {
-                let rendering = self.rendering.lock().ok().and_then(|mut r| r.take());
-                match rendering? {
-                    Rendering::Done(prerendered) => Some(prerendered),
-                    Rendering::OnPool(receiver) => match receiver.recv() {
-                        Ok(Ok(prerendered)) => Some(prerendered),
+                let work = self.work.lock().ok().and_then(|mut w| w.take());
+                match work? {
+                    Ahead::Done(result) => Some(result),
+                    Ahead::OnPool(receiver) => match receiver.recv() {
+                        Ok(Ok(result)) => Some(result),
                         Ok(Err(panic)) => std::panic::resume_unwind(panic),
-                        // The pool dropped the job: the commit renders it.
+                        // The pool dropped the job: the commit does the work.
                         Err(_) => None,
                     },
                 }
@@ -155,15 +180,12 @@ impl Store {
             && prerendered
                 .iter()
                 .zip(&shape)
-                .all(|(set, mails)| set.len() == *mails);
+                .all(|(set, mails)| set.mails.len() == *mails);
         if !aligned {
             // A renderer's output belongs to its own draft: anything not
             // given in the batch's order is rendered again in the commit.
             tracing::warn!("mails rendered ahead do not match the batch; rendering in the commit");
-            prerendered = shape
-                .iter()
-                .map(|mails| (0..*mails).map(|_| AheadSlot::empty()).collect())
-                .collect();
+            prerendered = shape.iter().map(|mails| SetAhead::empty(*mails)).collect();
         }
         let checkpoint = batch.checkpoint.as_ref().map(|(m, c)| (m.as_str(), *c));
         self.commit_prerendered(checkpoint, &changes, &prerendered)
@@ -175,15 +197,21 @@ impl Store {
 pub struct RenderAhead {
     /// `None` once a read failed: later mails are rendered in the commit.
     foresight: Option<Foresight>,
-    /// Per change set added, per mail.
-    sets: Vec<Vec<Option<Rendering>>>,
+    /// Per change set added: per mail, and its events.
+    sets: Vec<SetWork>,
     on_pool: bool,
 }
 
-/// One mail's rendering: done, or under way on the pool.
-enum Rendering {
-    Done(Prerendered),
-    OnPool(Receiver<std::thread::Result<Prerendered>>),
+/// What was started for one change set: per mail, and its events.
+type SetWork = (
+    Vec<Option<Ahead<Prerendered>>>,
+    Option<Ahead<EncodedEvents>>,
+);
+
+/// Work done ahead, or under way on the pool.
+enum Ahead<T> {
+    Done(T),
+    OnPool(Receiver<std::thread::Result<T>>),
 }
 
 impl RenderAhead {
@@ -204,32 +232,49 @@ impl RenderAhead {
             }
             None => vec![None; mails],
         };
+        // On a pool thread, waiting for a job queued behind this one could
+        // wait forever: such a caller does the work here.
+        let on_pool = self.on_pool && rayon::current_thread_index().is_none();
         let renderings = identities
             .into_iter()
             .zip(&change_set.mails)
             .map(|(identity, (_, draft))| {
                 let identity = identity?;
                 let render = Arc::clone(&draft.render);
-                // On a pool thread, waiting for a job queued behind this one
-                // could wait forever: such a caller renders here.
-                let on_pool = self.on_pool && rayon::current_thread_index().is_none();
                 Some(if on_pool {
-                    Rendering::OnPool(render_on_pool(render, identity))
+                    Ahead::OnPool(spawn_on_pool(move || render_for(&render, identity)))
                 } else {
-                    Rendering::Done(render_for(&render, identity))
+                    Ahead::Done(render_for(&render, identity))
                 })
             })
             .collect();
-        self.sets.push(renderings);
+        // The transaction would encode each event as JSON on the serial
+        // chain; the pool does it now, for the same bytes.
+        let events = (on_pool && !change_set.events.is_empty()).then(|| {
+            let events: Vec<Event> = change_set.events.iter().map(|(_, e)| e.clone()).collect();
+            Ahead::OnPool(spawn_on_pool(move || encode_events(&events)))
+        });
+        self.sets.push((renderings, events));
     }
 
-    /// The renderings, each waited for when the commit gets to its mail.
+    /// The work, each piece waited for when the commit gets to it.
     fn finish(self) -> PrerenderedMails {
         self.sets
             .into_iter()
-            .map(|set| set.into_iter().map(AheadSlot::new).collect())
+            .map(|(mails, events)| SetAhead {
+                mails: mails.into_iter().map(AheadSlot::new).collect(),
+                events: AheadSlot::new(events),
+            })
             .collect()
     }
+}
+
+/// Each event's JSON as the store writes it (`None` if one fails).
+fn encode_events(events: &[Event]) -> EncodedEvents {
+    events
+        .iter()
+        .map(|event| serde_json::to_string(event).ok().map(Arc::from))
+        .collect()
 }
 
 fn render_for(render: &Renderer, identity: MailIdentity) -> Prerendered {
@@ -237,15 +282,14 @@ fn render_for(render: &Renderer, identity: MailIdentity) -> Prerendered {
     Prerendered { identity, result }
 }
 
-/// Renders on rayon's pool, whose threads (and so the allocator's
+/// Runs `work` on rayon's pool, whose threads (and so the allocator's
 /// per-thread memory) stay from batch to batch.
-fn render_on_pool(
-    render: Renderer,
-    identity: MailIdentity,
-) -> Receiver<std::thread::Result<Prerendered>> {
+fn spawn_on_pool<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Receiver<std::thread::Result<T>> {
     let (sender, receiver) = std::sync::mpsc::sync_channel(1);
     rayon::spawn(move || {
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| render_for(&render, identity)));
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(work));
         // The receiver is gone only if the batch was given up meanwhile.
         let _ = sender.send(outcome);
     });
@@ -521,6 +565,55 @@ mod tests {
     }
 
     #[test]
+    fn events_encoded_ahead_are_stored_as_the_transaction_would_encode_them() {
+        let with_events = |n: usize| {
+            let calls = Arc::new(Mutex::new(Vec::new()));
+            let mut changes = complaint(n, &calls);
+            let case = CaseRef::New(changes.new_cases().next().expect("a new case").0);
+            for text in [
+                "停气三天了",
+                "a \"quoted\" line\nand a tab\t",
+                "<b>&amp;</b>",
+            ] {
+                changes.append_event(
+                    &case,
+                    crate::case::Event {
+                        at: t0(),
+                        kind: EventKind::Note {
+                            text: format!("{text} {n}"),
+                        },
+                    },
+                );
+            }
+            changes
+        };
+        let stored_events = |ahead_given: bool| {
+            let (dir, store) = temporary();
+            let mut batch = IngestBatch::new();
+            let mut ahead = store.render_ahead();
+            for n in 0..12 {
+                let changes = with_events(n);
+                if ahead_given {
+                    ahead.add(&store, &changes);
+                }
+                batch.push(changes);
+            }
+            store.commit_rendered_ahead(&batch, ahead).expect("commit");
+            let records: Vec<(Vec<u8>, Vec<u8>)> = store
+                .tree(TreeId::Events)
+                .iter()
+                .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).expect("read"))
+                .collect();
+            drop(store);
+            drop(dir);
+            records
+        };
+        let encoded_ahead = stored_events(true);
+        assert_eq!(encoded_ahead.len(), 12);
+        assert_eq!(encoded_ahead, stored_events(false));
+    }
+
+    #[test]
     fn a_caller_on_a_pool_thread_renders_itself() {
         // Waiting on a pool thread for jobs queued behind it could hang a
         // one-thread pool, so such a caller renders on its own thread.
@@ -548,7 +641,10 @@ mod tests {
         pool.spawn(move || {
             let refs: Vec<&ChangeSet> = changes.iter().collect();
             let rendered = on_pool.prerender(&refs);
-            let all = rendered.iter().flatten().all(|slot| slot.get().is_some());
+            let all = rendered
+                .iter()
+                .flat_map(|set| &set.mails)
+                .all(|slot| slot.get().is_some());
             let _ = done.send((all, std::thread::current().id()));
         });
         // Without the guard this job waits for renderings queued behind it

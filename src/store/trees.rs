@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
@@ -180,12 +181,19 @@ impl CaseCounters {
     }
 }
 
+/// An event appended in a transaction: the event, or its JSON when that was
+/// encoded ahead of the transaction (`store::prerender`).
+enum AppendedEvent {
+    Value(Event),
+    Encoded(Arc<str>),
+}
+
 /// All transactional trees inside one transaction.
 pub(crate) struct Tx<'a> {
     trees: &'a [TransactionalTree],
     /// Events appended in this transaction, per case in the order appended;
     /// written as one record per case when the transaction's body is done.
-    events: RefCell<BTreeMap<CaseId, Vec<Event>>>,
+    events: RefCell<BTreeMap<CaseId, Vec<AppendedEvent>>>,
     /// The counter records this transaction moved, written once at its end.
     case_counters: RefCell<BTreeMap<CaseId, CaseCounters>>,
     /// The puts and removes of the trees [`TreeId::is_grouping_index`], in
@@ -261,15 +269,25 @@ impl<'a> Tx<'a> {
 
     /// Appends an event to a case's log (written by [`Tx::write_events`]).
     pub fn append_event(&self, case: &CaseId, event: &Event) {
+        self.appended(case, AppendedEvent::Value(event.clone()));
+    }
+
+    /// Appends an event whose JSON was encoded ahead of the transaction.
+    pub fn append_encoded_event(&self, case: &CaseId, json: Arc<str>) {
+        self.appended(case, AppendedEvent::Encoded(json));
+    }
+
+    fn appended(&self, case: &CaseId, event: AppendedEvent) {
         self.events
             .borrow_mut()
             .entry(case.clone())
             .or_default()
-            .push(event.clone());
+            .push(event);
     }
 
     /// Writes the events appended in this transaction: one record per case,
-    /// keyed by the sequence number of its first event, holding them all.
+    /// keyed by the sequence number of its first event, holding them all
+    /// (the JSON array of the events, as `encode` writes a `Vec<Event>`).
     pub fn write_events(&self) -> TxResult<()> {
         let appended = std::mem::take(&mut *self.events.borrow_mut());
         for (case, events) in appended {
@@ -279,7 +297,22 @@ impl<'a> Tx<'a> {
                 counters.next_event += count;
                 first
             })?;
-            self.put_json(TreeId::Events, keys::event_key(&case, first), &events)?;
+            let mut record = Vec::with_capacity(256 * events.len());
+            record.push(b'[');
+            for (index, event) in events.iter().enumerate() {
+                if index > 0 {
+                    record.push(b',');
+                }
+                match event {
+                    AppendedEvent::Encoded(json) => record.extend_from_slice(json.as_bytes()),
+                    AppendedEvent::Value(event) => {
+                        let json = encode(TreeId::Events.name(), event).or_abort()?;
+                        record.extend_from_slice(&json);
+                    }
+                }
+            }
+            record.push(b']');
+            self.put(TreeId::Events, keys::event_key(&case, first), record)?;
         }
         Ok(())
     }
