@@ -453,6 +453,17 @@ mod tests {
     /// A renderer that tells `observe` of every rendering; the mail's bytes
     /// are `mail OUTBOX_ID`.
     fn observed(observe: impl Fn(&MailIdentity) + Send + Sync + 'static) -> MailDraft {
+        acknowledgement(move |identity| {
+            observe(identity);
+            None
+        })
+    }
+
+    /// An acknowledgement draft whose bytes are `mail OUTBOX_ID` and whose
+    /// renderer reports `note(identity)` as a template failure.
+    fn acknowledgement(
+        note: impl Fn(&MailIdentity) -> Option<String> + Send + Sync + 'static,
+    ) -> MailDraft {
         MailDraft::new(
             "ack",
             "acknowledgement",
@@ -460,12 +471,11 @@ mod tests {
             vec!["c@x.example".into()],
             t0(),
             move |identity: &MailIdentity| {
-                observe(identity);
                 Ok(RenderedMail {
                     message_id: format!("<{}@corp.example>", identity.outbox_id),
                     subject: format!("[{}]", identity.outbox_id),
                     bytes: format!("mail {}", identity.outbox_id).into_bytes(),
-                    template_failure: None,
+                    template_failure: note(identity),
                 })
             },
         )
@@ -709,23 +719,10 @@ mod tests {
     /// A renderer whose template "fails" for the mails of case `failing`:
     /// it then reports the failure with its (fallback) bytes.
     fn failing_for(failing: &'static str) -> MailDraft {
-        MailDraft::new(
-            "ack",
-            "acknowledgement",
-            "complaints@corp.example",
-            vec!["c@x.example".into()],
-            t0(),
-            move |identity: &MailIdentity| {
-                let fails = identity.case.as_ref().is_some_and(|c| c.0 == failing);
-                Ok(RenderedMail {
-                    message_id: format!("<{}@corp.example>", identity.outbox_id),
-                    subject: format!("[{}]", identity.outbox_id),
-                    bytes: format!("mail {}", identity.outbox_id).into_bytes(),
-                    template_failure: fails
-                        .then(|| format!("{}: the template failed", identity.outbox_id)),
-                })
-            },
-        )
+        acknowledgement(move |identity| {
+            let fails = identity.case.as_ref().is_some_and(|c| c.0 == failing);
+            fails.then(|| format!("{}: the template failed", identity.outbox_id))
+        })
     }
 
     /// A new complaint that queues `drafts` on its case.
