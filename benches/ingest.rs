@@ -34,7 +34,7 @@ use daemon_support::*;
 
 /// The daemon's allocator (`src/main.rs`), so the figures are the daemon's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Complaint texts of the default policy's kinds: (subject, body).
 const KINDS: [(&str, &str); 5] = [
@@ -121,7 +121,6 @@ fn parse_args() -> Result<Args> {
 }
 
 fn main() -> Result<()> {
-    complaintd::allocator::configure_mimalloc();
     complaintd::engine::configure_worker_pool();
     let args = parse_args()?;
     if let Some(path) = &args.log {

@@ -21,7 +21,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::{Batch, Transactional};
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Where a tree's keys land: appended at the end, or all over the tree.
 #[derive(Clone, Copy)]
@@ -176,7 +176,6 @@ fn parse_args() -> Result<Args> {
 }
 
 fn main() -> Result<()> {
-    complaintd::allocator::configure_mimalloc();
     let args = parse_args()?;
     println!(
         "sled floor: {} complaints in batches of {}; CPU time of the writing thread per complaint",

@@ -22,7 +22,7 @@ use tempfile::TempDir;
 
 /// The daemon's allocator (`src/main.rs`), so the figures are the daemon's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const BATCH: u64 = 100;
 
@@ -122,7 +122,6 @@ fn checkpoint(last_uid: u64) -> Checkpoint {
 }
 
 fn ingest(c: &mut Criterion) {
-    complaintd::allocator::configure_mimalloc();
     let mut group = c.benchmark_group("store_ingest");
     group
         .throughput(Throughput::Elements(BATCH))
@@ -222,7 +221,6 @@ fn ingest(c: &mut Criterion) {
 }
 
 fn reads(c: &mut Criterion) {
-    complaintd::allocator::configure_mimalloc();
     let dir = TempDir::new().expect("tempdir");
     let store = Store::open(dir.path().join("reads")).expect("open");
     for chunk in 0..100u64 {

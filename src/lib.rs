@@ -2,7 +2,6 @@
 //!
 //! See `ARCHITECTURE.md` for the code map and the invariants.
 
-pub mod allocator;
 pub mod backoff;
 pub mod calendar;
 pub mod case;
