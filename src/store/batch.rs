@@ -20,8 +20,8 @@ use super::engine_ops::{self, ExtraOp};
 use super::error::StoreError;
 use super::keys;
 use super::outbox::{
-    mail_identity, message_known, outbox_id_in_message_id, put_entry, MailDraft, OutboxEntry,
-    OutboxState,
+    encode_record, mail_identity, message_known, outbox_id_in_message_id, put_encoded_entry,
+    queued_entry, MailDraft,
 };
 use super::prerender::{
     prepared_for, prepared_message_id, AheadSlot, PreparedMail, Prerendered, PrerenderedMails,
@@ -31,7 +31,7 @@ use super::records::{
     normalize_message_id, AttachmentRecord, Checkpoint, MessageRecord, QuarantineRecord, Timer,
     TimerSlot,
 };
-use super::trees::{abort, OrAbort, TreeId, Tx, TxResult};
+use super::trees::{abort, encode, OrAbort, TreeId, Tx, TxResult};
 use super::{Store, StoreSettings};
 use crate::case::{subject_fingerprint, Case, CaseId, Event, EventKind, FieldValue};
 
@@ -654,11 +654,21 @@ fn apply_changes(
     }
     let mut applied = Applied::default();
 
-    for (key, draft) in &changes.new_cases {
+    let encoded_cases = prepared
+        .and_then(|p| p.cases.get())
+        .and_then(Option::as_ref);
+    for (index, (key, draft)) in changes.new_cases.iter().enumerate() {
         let id = allocate_case_number(tx, settings, draft.created_at)?;
         let mut case = draft.clone();
         case.id = id.clone();
-        write_case(tx, None, &case)?;
+        // The case's JSON encoded ahead for the number it was foreseen to get.
+        match encoded_cases
+            .and_then(|cases| cases.get(index))
+            .filter(|(foreseen, _)| *foreseen == id)
+        {
+            Some((_, json)) => write_encoded_case(tx, None, &case, json.clone())?,
+            None => write_case(tx, None, &case)?,
+        }
         new_ids.insert(*key, id.clone());
         applied.new_cases.push((*key, id));
     }
@@ -829,6 +839,17 @@ pub(crate) fn category_of(case: &Case) -> Option<&str> {
 
 /// Writes a case and brings its index entries in line with it.
 fn write_case(tx: &Tx<'_>, old: Option<&Case>, case: &Case) -> TxResult<()> {
+    let json = encode(TreeId::Cases.name(), case).or_abort()?;
+    write_encoded_case(tx, old, case, json.into())
+}
+
+/// [`write_case`] with the case's JSON already encoded.
+fn write_encoded_case(
+    tx: &Tx<'_>,
+    old: Option<&Case>,
+    case: &Case,
+    json: sled::IVec,
+) -> TxResult<()> {
     let new_entries = index_entries(case);
     if let Some(old) = old {
         for entry in index_entries(old) {
@@ -840,7 +861,7 @@ fn write_case(tx: &Tx<'_>, old: Option<&Case>, case: &Case) -> TxResult<()> {
     for (tree, key) in new_entries {
         tx.put(tree, key, case.sender.email.as_bytes())?;
     }
-    tx.put_json(TreeId::Cases, keys::case_key(&case.id), case)
+    tx.put(TreeId::Cases, keys::case_key(&case.id), json)
 }
 
 /// Appends an event to a case's log; the transaction writes each case's
@@ -1001,22 +1022,18 @@ fn queue_mail(
              (case, purpose, sequence)"
         )));
     }
-    let entry = OutboxEntry {
-        id: identity.outbox_id.clone(),
-        case: case.cloned(),
-        purpose: draft.purpose.clone(),
-        sequence,
-        message_id: message_id.clone(),
-        envelope_from: draft.envelope_from.clone(),
-        recipients: draft.recipients.clone(),
-        subject: rendered.subject.clone(),
-        template: draft.template.clone(),
-        queued_at: draft.at,
-        state: OutboxState::Scheduled {
-            next_attempt: draft.at,
-        },
+    let entry = queued_entry(
+        &identity,
+        draft,
+        message_id.clone(),
+        rendered.subject.clone(),
+    );
+    // The record encoded ahead with the rendering is the encoding of this same entry.
+    let record = match &rendered.record {
+        Some(record) => record.clone(),
+        None => encode_record(&entry, &rendered.bytes).or_abort()?.into(),
     };
-    put_entry(tx, None, &entry, &rendered.bytes)?;
+    put_encoded_entry(tx, None, &entry, record)?;
     // A Message-ID of the usual form is answered from the outbox entry.
     if outbox_id_in_message_id(&message_id) != Some(entry.id.as_str()) {
         tx.put_json(

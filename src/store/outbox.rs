@@ -339,12 +339,48 @@ pub(crate) fn read_record(tx: &Tx<'_>, id: &str) -> TxResult<Option<(OutboxEntry
     }
 }
 
+/// The entry a queued mail gets: scheduled for the draft's time, with the
+/// rendered mail's subject and (normalised) Message-ID.
+pub(crate) fn queued_entry(
+    identity: &MailIdentity,
+    draft: &MailDraft,
+    message_id: String,
+    subject: String,
+) -> OutboxEntry {
+    OutboxEntry {
+        id: identity.outbox_id.clone(),
+        case: identity.case.clone(),
+        purpose: draft.purpose.clone(),
+        sequence: identity.sequence,
+        message_id,
+        envelope_from: draft.envelope_from.clone(),
+        recipients: draft.recipients.clone(),
+        subject,
+        template: draft.template.clone(),
+        queued_at: draft.at,
+        state: OutboxState::Scheduled {
+            next_attempt: draft.at,
+        },
+    }
+}
+
 /// Writes an entry with its mail's bytes, moving its due-index key along.
 pub(crate) fn put_entry(
     tx: &Tx<'_>,
     old: Option<&OutboxEntry>,
     entry: &OutboxEntry,
     bytes: &[u8],
+) -> TxResult<()> {
+    let record = encode_record(entry, bytes).or_abort()?;
+    put_encoded_entry(tx, old, entry, record)
+}
+
+/// [`put_entry`] of a record already encoded ([`encode_record`] of `entry`).
+pub(crate) fn put_encoded_entry(
+    tx: &Tx<'_>,
+    old: Option<&OutboxEntry>,
+    entry: &OutboxEntry,
+    record: impl Into<sled::IVec>,
 ) -> TxResult<()> {
     if let Some(due) = old.and_then(|o| o.state.next_attempt()) {
         tx.remove(TreeId::OutboxDue, keys::outbox_due_key(due, &entry.id))?;
@@ -356,7 +392,6 @@ pub(crate) fn put_entry(
             Vec::new(),
         )?;
     }
-    let record = encode_record(entry, bytes).or_abort()?;
     tx.put(TreeId::Outbox, entry.id.as_bytes().to_vec(), record)
 }
 

@@ -13,7 +13,10 @@
 //!
 //! The ingest hands each change set to a [`RenderAhead`] as it pushes it, so
 //! the pool renders a fetch's mails while the serial pass is still working
-//! on the fetch's later messages.
+//! on the fetch's later messages. The pool also encodes there what the
+//! transaction would otherwise encode on the serial chain, for the same
+//! foreseen identities: the change set's events, its new cases' JSON and
+//! its mails' outbox records.
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -25,11 +28,13 @@ use chrono::Datelike;
 use super::batch::{CaseRef, ChangeSet, CommitReport, IngestBatch, NewCaseKey};
 use super::error::StoreError;
 use super::keys;
-use super::outbox::{mail_identity, MailIdentity, RenderedMail, Renderer};
+use super::outbox::{
+    encode_record, mail_identity, queued_entry, MailDraft, MailIdentity, RenderedMail,
+};
 use super::records::normalize_message_id;
 use super::trees::{CaseCounters, TreeId};
 use super::Store;
-use crate::case::{CaseId, Event};
+use crate::case::{Case, CaseId, Event};
 
 /// A mail rendered ahead of the transaction, for the identity it was foreseen to get.
 #[derive(Debug, Clone)]
@@ -49,6 +54,9 @@ pub(crate) struct PreparedMail {
     pub bytes: sled::IVec,
     /// The renderer's note that the template failed, if it did.
     pub template_failure: Option<String>,
+    /// The outbox record of the mail queued for the identity it was rendered
+    /// for, when it was encoded ahead ([`encode_record`] of [`queued_entry`]).
+    pub record: Option<sled::IVec>,
 }
 
 impl From<RenderedMail> for PreparedMail {
@@ -58,6 +66,7 @@ impl From<RenderedMail> for PreparedMail {
             subject: mail.subject,
             bytes: sled::IVec::from(mail.bytes),
             template_failure: mail.template_failure,
+            record: None,
         }
     }
 }
@@ -68,6 +77,10 @@ pub(crate) type PrerenderedMails = Vec<SetAhead>;
 /// A change set's events as JSON, in order; `None` if one failed to encode.
 type EncodedEvents = Option<Vec<Arc<str>>>;
 
+/// A change set's new cases as JSON, in order, each with the number it was
+/// foreseen to get and encoded with; `None` if one failed to encode.
+type EncodedCases = Option<Vec<(CaseId, sled::IVec)>>;
+
 /// A change set's mails rendered ahead and its events encoded ahead, if
 /// they were.
 pub(crate) struct SetAhead {
@@ -75,6 +88,8 @@ pub(crate) struct SetAhead {
     /// Each of the change set's events as JSON, in order (`None` inside: an
     /// event failed to encode, and the transaction encodes them itself).
     pub events: AheadSlot<EncodedEvents>,
+    /// The change set's new cases as JSON, for the numbers foreseen.
+    pub cases: AheadSlot<EncodedCases>,
 }
 
 impl SetAhead {
@@ -83,6 +98,7 @@ impl SetAhead {
         SetAhead {
             mails: (0..mails).map(|_| AheadSlot::new(None)).collect(),
             events: AheadSlot::new(None),
+            cases: AheadSlot::new(None),
         }
     }
 
@@ -202,11 +218,12 @@ pub struct RenderAhead {
     on_pool: bool,
 }
 
-/// What was started for one change set: per mail, and its events.
-type SetWork = (
-    Vec<Option<Ahead<Prerendered>>>,
-    Option<Ahead<EncodedEvents>>,
-);
+/// What was started for one change set.
+struct SetWork {
+    mails: Vec<Option<Ahead<Prerendered>>>,
+    events: Option<Ahead<EncodedEvents>>,
+    cases: Option<Ahead<EncodedCases>>,
+}
 
 /// Work done ahead, or under way on the pool.
 enum Ahead<T> {
@@ -240,30 +257,51 @@ impl RenderAhead {
             .zip(&change_set.mails)
             .map(|(identity, (_, draft))| {
                 let identity = identity?;
-                let render = Arc::clone(&draft.render);
                 Some(if on_pool {
-                    Ahead::OnPool(spawn_on_pool(move || render_for(&render, identity)))
+                    let draft = draft.clone();
+                    Ahead::OnPool(spawn_on_pool(move || render_for(&draft, identity, true)))
                 } else {
-                    Ahead::Done(render_for(&render, identity))
+                    Ahead::Done(render_for(draft, identity, false))
                 })
             })
             .collect();
-        // The transaction would encode each event as JSON on the serial
-        // chain; the pool does it now, for the same bytes.
+        // The transaction would encode each event and new case as JSON on
+        // the serial chain; the pool does it now, for the same bytes.
         let events = (on_pool && !change_set.events.is_empty()).then(|| {
             let events: Vec<Event> = change_set.events.iter().map(|(_, e)| e.clone()).collect();
             Ahead::OnPool(spawn_on_pool(move || encode_events(&events)))
         });
-        self.sets.push((renderings, events));
+        let cases = self
+            .foresight
+            .as_ref()
+            .filter(|_| on_pool && !change_set.new_cases.is_empty())
+            .and_then(|foresight| {
+                change_set
+                    .new_cases
+                    .iter()
+                    .map(|(key, draft)| {
+                        let mut case = draft.clone();
+                        case.id = foresight.new_ids.get(key)?.clone();
+                        Some(case)
+                    })
+                    .collect::<Option<Vec<Case>>>()
+            })
+            .map(|cases| Ahead::OnPool(spawn_on_pool(move || encode_cases(cases))));
+        self.sets.push(SetWork {
+            mails: renderings,
+            events,
+            cases,
+        });
     }
 
     /// The work, each piece waited for when the commit gets to it.
     fn finish(self) -> PrerenderedMails {
         self.sets
             .into_iter()
-            .map(|(mails, events)| SetAhead {
-                mails: mails.into_iter().map(AheadSlot::new).collect(),
-                events: AheadSlot::new(events),
+            .map(|work| SetAhead {
+                mails: work.mails.into_iter().map(AheadSlot::new).collect(),
+                events: AheadSlot::new(work.events),
+                cases: AheadSlot::new(work.cases),
             })
             .collect()
     }
@@ -277,8 +315,35 @@ fn encode_events(events: &[Event]) -> EncodedEvents {
         .collect()
 }
 
-fn render_for(render: &Renderer, identity: MailIdentity) -> Prerendered {
-    let result = render(&identity).map(PreparedMail::from);
+/// Each case's JSON as the store writes it, with its number (`None` if one fails).
+fn encode_cases(cases: Vec<Case>) -> EncodedCases {
+    cases
+        .into_iter()
+        .map(|case| {
+            let json = serde_json::to_vec(&case).ok()?;
+            Some((case.id, sled::IVec::from(json)))
+        })
+        .collect()
+}
+
+/// Renders `draft` for `identity`; with `with_record`, also encodes the
+/// outbox record the mail gets when it is queued for that identity.
+fn render_for(draft: &MailDraft, identity: MailIdentity, with_record: bool) -> Prerendered {
+    let result = (draft.render)(&identity).map(|mail| {
+        let mut prepared = PreparedMail::from(mail);
+        if with_record {
+            let entry = queued_entry(
+                &identity,
+                draft,
+                prepared_message_id(&prepared),
+                prepared.subject.clone(),
+            );
+            prepared.record = encode_record(&entry, &prepared.bytes)
+                .ok()
+                .map(sled::IVec::from);
+        }
+        prepared
+    });
     Prerendered { identity, result }
 }
 
@@ -575,7 +640,7 @@ mod tests {
     }
 
     #[test]
-    fn events_encoded_ahead_are_stored_as_the_transaction_would_encode_them() {
+    fn what_is_encoded_ahead_is_stored_as_the_transaction_would_encode_it() {
         let with_events = |n: usize| {
             let calls = Arc::new(Mutex::new(Vec::new()));
             let mut changes = complaint(n, &calls);
@@ -597,7 +662,7 @@ mod tests {
             }
             changes
         };
-        let stored_events = |ahead_given: bool| {
+        let stored = |ahead_given: bool| {
             let (dir, store) = temporary();
             let mut batch = IngestBatch::new();
             let mut ahead = store.render_ahead();
@@ -609,18 +674,45 @@ mod tests {
                 batch.push(changes);
             }
             store.commit_rendered_ahead(&batch, ahead).expect("commit");
-            let records: Vec<(Vec<u8>, Vec<u8>)> = store
-                .tree(TreeId::Events)
-                .iter()
+            let records: Vec<(Vec<u8>, Vec<u8>)> = [TreeId::Events, TreeId::Cases, TreeId::Outbox]
+                .into_iter()
+                .flat_map(|tree| store.tree(tree).iter())
                 .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).expect("read"))
                 .collect();
             drop(store);
             drop(dir);
             records
         };
-        let encoded_ahead = stored_events(true);
-        assert_eq!(encoded_ahead.len(), 12);
-        assert_eq!(encoded_ahead, stored_events(false));
+        let encoded_ahead = stored(true);
+        assert_eq!(encoded_ahead.len(), 12 + 12 + 24);
+        assert_eq!(encoded_ahead, stored(false));
+    }
+
+    #[test]
+    fn cases_and_outbox_records_are_encoded_ahead_for_the_foreseen_identities() {
+        let (_dir, store) = temporary();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let changes: Vec<ChangeSet> = (0..10).map(|n| complaint(n, &calls)).collect();
+        let refs: Vec<&ChangeSet> = changes.iter().collect();
+        let prepared = store.prerender(&refs);
+        for (n, set) in prepared.iter().enumerate() {
+            let cases = set.cases.get().and_then(Option::as_ref).expect("encoded");
+            let number = CaseId(format!("TS-2026-{:06}", n + 1));
+            assert_eq!(cases.len(), 1);
+            assert_eq!(cases[0].0, number);
+            let json: Case = serde_json::from_slice(&cases[0].1).expect("a case");
+            assert_eq!(json.id, number);
+            for slot in &set.mails {
+                let mail = slot.get().expect("rendered");
+                let prepared = mail.result.as_ref().expect("rendered");
+                let record = prepared.record.as_ref().expect("a record");
+                let (entry, bytes) =
+                    super::super::outbox::split_record(b"", record).expect("a record");
+                assert_eq!(entry.id, mail.identity.outbox_id);
+                assert_eq!(entry.case.as_ref(), Some(&number));
+                assert_eq!(bytes, prepared.bytes.as_ref());
+            }
+        }
     }
 
     #[test]
@@ -686,7 +778,13 @@ mod tests {
         let (_dir, store) = temporary();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let first = complaint(1, &calls);
-        let prerendered = store.prerender(&[&first]);
+        // Rendered, and its case and outbox records encoded, on the pool.
+        let mut ahead = store.render_ahead();
+        ahead.add(&store, &first);
+        let prerendered = ahead.finish();
+        for slot in prerendered.iter().flat_map(|set| &set.mails) {
+            assert!(slot.get().is_some(), "rendered ahead");
+        }
         // Another commit takes the number the first change set was foreseen to get.
         store.apply(&complaint(2, &calls)).expect("commit");
         calls.lock().expect("lock").clear();
@@ -713,6 +811,17 @@ mod tests {
         assert_eq!(
             store.outbox_message("TS-2026-000001.ack.1").expect("read"),
             Some(b"mail TS-2026-000001.ack.1".to_vec())
+        );
+        // Neither the case nor the outbox entries keep the foreseen number.
+        let number = CaseId("TS-2026-000002".into());
+        assert_eq!(store.case(&number).expect("read").expect("case").id, number);
+        let entry = store
+            .outbox_entry("TS-2026-000002.ack.1")
+            .expect("read")
+            .expect("entry");
+        assert_eq!(
+            (entry.id.as_str(), entry.case),
+            ("TS-2026-000002.ack.1", Some(number))
         );
     }
 
