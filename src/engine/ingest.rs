@@ -25,6 +25,7 @@
 //! message) and a new batch begins. This is the only case where one fetch
 //! takes more than one transaction.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ mod replies;
 pub use replies::{CUSTOMER_REPLY, DEFAULT_REOPEN_WINDOW_DAYS, DEPARTMENT_REPLY};
 
 use super::clocks::ClockPlan;
-use super::compose::{Content, Letterhead, MailPlan};
+use super::compose::{Content, Letterhead, MailPlan, PreflightMemo};
 use super::lookup::{BatchLink, BatchLookup};
 use super::policy::{ActivePolicy, ACKNOWLEDGEMENT_TEMPLATE, FORWARD_TEMPLATE};
 use super::timers::state_after;
@@ -51,7 +52,7 @@ use crate::mail::outbound::{OutgoingAttachment, ACKNOWLEDGEMENT};
 use crate::mail::template::MailView;
 use crate::mail::token::TokenError;
 use crate::rules::ast::ClockEvent;
-use crate::rules::eval::{apply, evaluate, Input};
+use crate::rules::eval::{apply, evaluate, CaseHistory, Input};
 use crate::store::{CaseRef, ChangeSet, Checkpoint, IngestBatch, QuarantineRecord, RenderAhead};
 
 /// Purpose of forwards (complaints and customer replies to a department).
@@ -221,6 +222,7 @@ impl Engine {
             rendering: self.store.render_ahead(),
             links: HashMap::new(),
             pending_cases: HashMap::new(),
+            preflight: RefCell::default(),
             pending: Vec::new(),
             handled_uid: None,
             uncommitted: false,
@@ -280,6 +282,8 @@ struct Run<'e> {
     links: HashMap<String, BatchLink>,
     /// Stored cases changed by the pending batch, as they will be after it.
     pending_cases: HashMap<CaseId, Case>,
+    /// The preflight checks of the mail shapes seen in this ingest.
+    preflight: RefCell<PreflightMemo>,
     pending: Vec<(u32, String, Pending)>,
     /// Highest UID handled so far.
     handled_uid: Option<u32>,
@@ -557,7 +561,8 @@ impl Run<'_> {
         }))
     }
 
-    /// Moves a case to the state of a lifecycle event and evaluates it.
+    /// Moves a case to the state of a lifecycle event and evaluates it
+    /// against `history` (the batch as it was before this message).
     fn lifecycle(
         &self,
         case: &mut Case,
@@ -565,7 +570,7 @@ impl Run<'_> {
         why: &str,
         events: &mut Vec<Event>,
         clocks: &mut ClockPlan,
-        exclude: Option<&CaseRef>,
+        history: &dyn CaseHistory,
     ) {
         if let Some(to) = state_after(event, case.state) {
             events.push(self.event(EventKind::StateChanged {
@@ -579,12 +584,11 @@ impl Run<'_> {
             }));
             case.state = to;
         }
-        let history = self.batch.history(&self.engine.store, exclude);
         let evaluation = evaluate(
             &self.active.policy,
             case,
             &Input::Lifecycle(event),
-            &history,
+            history,
             self.now,
         );
         clocks.observe(&evaluation.actions);
@@ -706,7 +710,11 @@ impl Run<'_> {
     /// note. Its template is not rendered here: the store renders it for
     /// the mail's identity and notes there if the template failed.
     fn check_plan(&self, plan: &MailPlan, events: &mut Vec<Event>) -> bool {
-        match plan.preflight(&self.engine.settings.case_prefix) {
+        let checked = plan.preflight_with(
+            &self.engine.settings.case_prefix,
+            &mut self.preflight.borrow_mut(),
+        );
+        match checked {
             Ok(()) => true,
             Err(error) => {
                 let what = &plan.description;
@@ -757,8 +765,10 @@ impl Run<'_> {
         ];
         events.extend(self.problems_note(&mail));
         let mut clocks = ClockPlan::default();
+        // The batch does not change until this message is pushed, so one
+        // view of its history serves every evaluation of the new case.
+        let history = self.batch.history(store, None);
         {
-            let history = self.batch.history(store, None);
             let evaluation = evaluate(policy, &case, &Input::NewComplaint(&facts), &history, now);
             clocks.observe(&evaluation.actions);
             events.extend(apply(&mut case, &evaluation.actions, now));
@@ -789,7 +799,7 @@ impl Run<'_> {
                 why,
                 &mut events,
                 &mut clocks,
-                None,
+                &history,
             );
         }
 
@@ -826,10 +836,11 @@ impl Run<'_> {
                 &why,
                 &mut events,
                 &mut clocks,
-                None,
+                &history,
             );
         }
 
+        drop(history);
         let mut changes = ChangeSet::for_message(&mail.message_id, received_at)?;
         let case_ref = changes.new_case(case.clone())?;
         for event in events {
