@@ -52,7 +52,7 @@ use crate::mail::outbound::{OutgoingAttachment, ACKNOWLEDGEMENT};
 use crate::mail::template::MailView;
 use crate::mail::token::TokenError;
 use crate::rules::ast::ClockEvent;
-use crate::rules::eval::{apply, evaluate, CaseHistory, Input};
+use crate::rules::eval::{apply, evaluate_sharing, CaseHistory, DueTimes, Evaluation, Input};
 use crate::store::{CaseRef, ChangeSet, Checkpoint, IngestBatch, QuarantineRecord, RenderAhead};
 
 /// Purpose of forwards (complaints and customer replies to a department).
@@ -213,7 +213,8 @@ impl Engine {
         let mut run = Run {
             engine: self,
             letterhead: self.letterhead(&active, now),
-            active,
+            active: active.clone(),
+            due_times: RefCell::new(DueTimes::new(&active.policy)),
             mailbox: mailbox.to_owned(),
             channel: channel.to_owned(),
             uidvalidity,
@@ -270,6 +271,9 @@ enum Pending {
 struct Run<'e> {
     engine: &'e Engine,
     active: Arc<ActivePolicy>,
+    /// The due times of the clocks the evaluations of this ingest started,
+    /// under `active`'s policy, all at `now`.
+    due_times: RefCell<DueTimes<'e>>,
     letterhead: Arc<Letterhead>,
     mailbox: String,
     channel: String,
@@ -292,7 +296,7 @@ struct Run<'e> {
     report: IngestReport,
 }
 
-impl Run<'_> {
+impl<'e> Run<'e> {
     fn message(
         &mut self,
         uid: u32,
@@ -561,6 +565,19 @@ impl Run<'_> {
         }))
     }
 
+    /// Evaluates `input` on `case` at the ingest's `now`, sharing due
+    /// times with the other evaluations of the ingest.
+    fn evaluate(
+        &self,
+        case: &Case,
+        input: &Input<'_>,
+        history: &dyn CaseHistory,
+    ) -> Evaluation<'e> {
+        let mut due_times = self.due_times.borrow_mut();
+        let policy = due_times.policy();
+        evaluate_sharing(policy, case, input, history, self.now, &mut due_times)
+    }
+
     /// Moves a case to the state of a lifecycle event and evaluates it
     /// against `history` (the batch as it was before this message).
     fn lifecycle(
@@ -584,13 +601,7 @@ impl Run<'_> {
             }));
             case.state = to;
         }
-        let evaluation = evaluate(
-            &self.active.policy,
-            case,
-            &Input::Lifecycle(event),
-            history,
-            self.now,
-        );
+        let evaluation = self.evaluate(case, &Input::Lifecycle(event), history);
         clocks.observe(&evaluation.actions);
         events.extend(apply(case, &evaluation.actions, self.now));
     }
@@ -743,7 +754,6 @@ impl Run<'_> {
         };
         let now = self.now;
         let store = &self.engine.store;
-        let policy = &self.active.policy;
         let language = self.active.language_for(&mail.language);
         let mut facts = mail.to_facts(&self.channel, received_at);
         facts.language = language.clone();
@@ -769,7 +779,7 @@ impl Run<'_> {
         // view of its history serves every evaluation of the new case.
         let history = self.batch.history(store, None);
         {
-            let evaluation = evaluate(policy, &case, &Input::NewComplaint(&facts), &history, now);
+            let evaluation = self.evaluate(&case, &Input::NewComplaint(&facts), &history);
             clocks.observe(&evaluation.actions);
             events.extend(apply(&mut case, &evaluation.actions, now));
         }
@@ -901,13 +911,7 @@ impl Run<'_> {
         let mut clocks = ClockPlan::default();
         {
             let history = self.batch.history(&self.engine.store, Some(&exclude));
-            let evaluation = evaluate(
-                &self.active.policy,
-                &case,
-                &Input::CustomerReply(&facts),
-                &history,
-                now,
-            );
+            let evaluation = self.evaluate(&case, &Input::CustomerReply(&facts), &history);
             clocks.observe(&evaluation.actions);
             events.extend(apply(&mut case, &evaluation.actions, now));
         }

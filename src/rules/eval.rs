@@ -250,6 +250,27 @@ pub fn evaluate<'p>(
     history: &dyn CaseHistory,
     now: DateTime<Utc>,
 ) -> Evaluation<'p> {
+    evaluate_sharing(
+        policy,
+        case,
+        input,
+        history,
+        now,
+        &mut DueTimes::new(policy),
+    )
+}
+
+/// [`evaluate`], counting the due times of the clocks it starts in
+/// `due_times` or taking them from there: the same evaluation, with the work
+/// shared between the evaluations of a batch.
+pub fn evaluate_sharing<'p>(
+    policy: &'p Policy,
+    case: &Case,
+    input: &Input<'_>,
+    history: &dyn CaseHistory,
+    now: DateTime<Utc>,
+    due_times: &mut DueTimes<'p>,
+) -> Evaluation<'p> {
     let mail = match *input {
         Input::NewComplaint(m) | Input::CustomerReply(m) => Some(m),
         _ => None,
@@ -267,6 +288,7 @@ pub fn evaluate<'p>(
         actions: Vec::with_capacity(8),
         trace: Vec::with_capacity(policy.prepared.trace_capacity + 8),
         fired_rules: 0,
+        due_times,
     };
     evaluator.run(input);
     Evaluation {
@@ -296,10 +318,77 @@ pub fn holds<'p>(
         actions: Vec::new(),
         trace: Vec::new(),
         fired_rules: 0,
+        due_times: &mut DueTimes::new(policy),
     };
     let mut looked = Looked::default();
     let holds = evaluator.eval_expr(condition, &mut looked);
     (holds, looked.owned())
+}
+
+/// Most due times a [`DueTimes`] keeps; past that it starts over.
+const MAX_DUE_TIMES: usize = 32;
+
+/// The due times of clocks, with their accounts, counted under one policy,
+/// for evaluations to share ([`evaluate_sharing`]). Every complaint of a
+/// fetch starts the same clocks at the same `now`, and counting a due time
+/// on a business calendar, with the account of how it was counted, costs
+/// more than the rest of an evaluation.
+#[derive(Debug)]
+pub struct DueTimes<'p> {
+    policy: &'p Policy,
+    counted: Vec<CountedDue>,
+}
+
+/// One due time: `duration` from `start` on the calendar named `calendar`.
+#[derive(Debug)]
+struct CountedDue {
+    calendar: Option<String>,
+    start: DateTime<Utc>,
+    duration: super::ast::Duration,
+    due: Result<(DateTime<Utc>, String), String>,
+}
+
+impl<'p> DueTimes<'p> {
+    /// None counted yet, for evaluations under `policy`.
+    pub fn new(policy: &'p Policy) -> Self {
+        DueTimes {
+            policy,
+            counted: Vec::new(),
+        }
+    }
+
+    /// The policy these due times are counted under.
+    pub fn policy(&self) -> &'p Policy {
+        self.policy
+    }
+
+    /// The due time and account of `duration` from `start` on `calendar`
+    /// (the calendar of the policy named `calendar_name`).
+    fn due_after(
+        &mut self,
+        calendar_name: Option<&str>,
+        calendar: Option<&Calendar>,
+        start: DateTime<Utc>,
+        duration: super::ast::Duration,
+    ) -> Result<(DateTime<Utc>, String), String> {
+        let known = self.counted.iter().find(|c| {
+            c.start == start && c.duration == duration && c.calendar.as_deref() == calendar_name
+        });
+        if let Some(counted) = known {
+            return counted.due.clone();
+        }
+        let due = clockmath::due_after(calendar, start, duration);
+        if self.counted.len() == MAX_DUE_TIMES {
+            self.counted.clear();
+        }
+        self.counted.push(CountedDue {
+            calendar: calendar_name.map(str::to_owned),
+            start,
+            duration,
+            due: due.clone(),
+        });
+        due
+    }
 }
 
 /// Applies actions to a case in order and returns the events to log.
@@ -601,6 +690,8 @@ struct Evaluator<'p, 'e> {
     actions: Vec<Action>,
     trace: Vec<Verdict<'p>>,
     fired_rules: usize,
+    /// Due times shared with other evaluations under the same policy.
+    due_times: &'e mut DueTimes<'p>,
 }
 
 impl<'p, 'e> Evaluator<'p, 'e> {
@@ -1198,7 +1289,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                 }
             },
         };
-        match clockmath::due_after(calendar, start, duration.node) {
+        match self.due_after(calendar_name.as_deref(), calendar, start, duration.node) {
             Ok((due, counted)) => {
                 let duration_text = clockmath::duration_text(duration.node);
                 seen.push((
@@ -1235,6 +1326,24 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                         .push(format!("the clock does not start: {problem}"));
                 }
             }
+        }
+    }
+
+    /// The due time of `duration` from `start` on `calendar` (named
+    /// `calendar_name`), with how it was counted; shared with the other
+    /// evaluations of [`Evaluator::due_times`] when that is of this policy.
+    fn due_after(
+        &mut self,
+        calendar_name: Option<&str>,
+        calendar: Option<&'p Calendar>,
+        start: DateTime<Utc>,
+        duration: super::ast::Duration,
+    ) -> Result<(DateTime<Utc>, String), String> {
+        if std::ptr::eq(self.policy, self.due_times.policy) {
+            self.due_times
+                .due_after(calendar_name, calendar, start, duration)
+        } else {
+            clockmath::due_after(calendar, start, duration)
         }
     }
 
@@ -1819,5 +1928,126 @@ impl CaseHistory for MemoryHistory {
         until: DateTime<Utc>,
     ) -> Vec<String> {
         self.senders_where(since, until, |e| e.tags.iter().any(|t| t == tag))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::{Address, CaseId};
+    use crate::rules::check::{check, Environment};
+    use crate::rules::parse::parse_file;
+    use crate::rules::{Limits, SourceMap};
+
+    /// A policy whose office opens at `hours` on weekdays.
+    fn policy(hours: &str) -> Policy {
+        let text = format!(
+            r#"
+severity general < major
+category other "其他"
+channel own
+languages zh
+calendar office "Asia/Shanghai" {{
+    hours mon..fri {hours}
+}}
+department service "客服" <service@corp.example> {{ calendar office }}
+template reminder "reminder"
+classify {{
+    rule rest:
+        when category is empty
+        then category = other
+}}
+route {{
+    otherwise -> service
+}}
+deadline forward {{
+    calendar office
+    starts on received
+    stops on forwarded
+    otherwise -> 1 working hour
+}}
+deadline answer {{
+    starts on forwarded
+    stops on answered
+    otherwise -> 2 working days
+}}
+escalate answer {{
+    at 50% notify assignee using reminder
+    at 1 working day after due notify assignee using reminder
+}}
+"#
+        );
+        let mut sources = SourceMap::new();
+        let file = sources.add("test.rules", &text);
+        let parsed = parse_file(file, &text).expect("the test policy parses");
+        let checked = check(
+            sources,
+            &[parsed],
+            Limits::default(),
+            &Environment::default(),
+        );
+        checked.policy.expect("the test policy checks")
+    }
+
+    fn complaint(n: usize, now: DateTime<Utc>) -> (Case, MailFacts) {
+        let sender = Address::new(&format!("c{n}@customers.example"), None);
+        let mail = MailFacts {
+            subject: format!("停气 {n}"),
+            text: "小区停气了".to_owned(),
+            sender: sender.clone(),
+            language: "zh".to_owned(),
+            channel: "own".to_owned(),
+            received_at: now,
+            ..MailFacts::default()
+        };
+        let case = Case::new(
+            CaseId(String::new()),
+            now,
+            "own",
+            sender,
+            &mail.subject,
+            "zh",
+        );
+        (case, mail)
+    }
+
+    /// Evaluations sharing due times, under the policy of the shared due
+    /// times and under another one whose same calendar opens at other
+    /// hours, give what each evaluation gives alone.
+    #[test]
+    fn evaluations_that_share_due_times_give_what_they_give_alone() {
+        let (office, late_office) = (policy("08:30-12:00 14:00-17:30"), policy("10:30-17:00"));
+        let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00+08:00")
+            .expect("a time")
+            .with_timezone(&Utc);
+        let history = MemoryHistory::default();
+        let mut shared = DueTimes::new(&office);
+        let mut dues = Vec::new();
+        for n in 0..6 {
+            let policy = if n % 2 == 0 { &office } else { &late_office };
+            let (mut case, mail) = complaint(n, now);
+            for input in [
+                Input::NewComplaint(&mail),
+                Input::Lifecycle(ClockEvent::Forwarded),
+            ] {
+                let alone = evaluate(policy, &case, &input, &history, now);
+                let sharing = evaluate_sharing(policy, &case, &input, &history, now, &mut shared);
+                assert_eq!(sharing, alone, "complaint {n}, {input:?}");
+                dues.extend(alone.actions.iter().filter_map(|action| match action {
+                    Action::StartClock { deadline, due, .. } => {
+                        Some((n % 2, deadline.clone(), *due))
+                    }
+                    _ => None,
+                }));
+                apply(&mut case, &alone.actions, now);
+            }
+        }
+        // Both policies started both clocks each time, and the two offices
+        // count the forwarding hour differently.
+        assert_eq!(dues.len(), 12);
+        let forward_due = |office| dues.iter().find(|(o, d, _)| *o == office && d == "forward");
+        assert_ne!(forward_due(0).map(|d| d.2), forward_due(1).map(|d| d.2));
+        // The office's policy counted each of its two due times once.
+        assert_eq!(shared.counted.len(), 2);
     }
 }

@@ -31,7 +31,7 @@ use crate::lifecycle::{check_transition, merge_note, merged_case_in_note, next_s
 use crate::mail::inbound::{AttachmentBlob, IncomingMail};
 use crate::mail::template::NoticeView;
 use crate::rules::ast::ClockEvent;
-use crate::rules::eval::{apply, evaluate, Input};
+use crate::rules::eval::{apply, Input};
 use crate::store::{CaseRef, ChangeSet};
 
 use super::Outcome;
@@ -167,7 +167,7 @@ impl Run<'_> {
 
     fn run_rules(&self, work: &mut Work, input: Input<'_>, exclude: &CaseRef) {
         let history = self.batch.history(&self.engine.store, Some(exclude));
-        let evaluation = evaluate(&self.active.policy, &work.case, &input, &history, self.now);
+        let evaluation = self.evaluate(&work.case, &input, &history);
         work.clocks.observe(&evaluation.actions);
         work.events
             .extend(apply(&mut work.case, &evaluation.actions, self.now));
