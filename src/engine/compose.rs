@@ -90,8 +90,9 @@ pub(crate) struct MailPlan {
     /// The template's declared name (recorded with the mail).
     pub template: String,
     pub language: String,
-    /// The case as it will be stored (its number comes with the identity).
-    pub case: Option<Case>,
+    /// The case as it will be stored (its number comes with the identity),
+    /// shared by the mails of one change.
+    pub case: Option<Arc<Case>>,
     pub to: Vec<Address>,
     /// Mint a reply token for (case, this department) into Reply-To.
     pub reply_department: Option<String>,
@@ -576,7 +577,7 @@ mod tests {
             purpose: "forward".to_owned(),
             template: "forward".to_owned(),
             language: "zh".to_owned(),
-            case: Some(case),
+            case: Some(Arc::new(case)),
             to: to.iter().map(|a| Address::new(a, None)).collect(),
             reply_department: Some(department.to_owned()),
             reply_to: None,

@@ -643,7 +643,7 @@ impl<'e> Run<'e> {
     /// `description` names it in the case's log.
     fn forward_plan(
         &self,
-        case: &Case,
+        case: &Arc<Case>,
         department: &str,
         mail: &IncomingMail,
         received_at: DateTime<Utc>,
@@ -672,7 +672,7 @@ impl<'e> Run<'e> {
             purpose: FORWARD.to_owned(),
             template: FORWARD_TEMPLATE.to_owned(),
             language: self.active.default_language(),
-            case: Some(case.clone()),
+            case: Some(Arc::clone(case)),
             to,
             reply_department: Some(department.to_owned()),
             reply_to: None,
@@ -687,7 +687,12 @@ impl<'e> Run<'e> {
         })
     }
 
-    fn acknowledgement_plan(&self, case: &Case, mail: &IncomingMail, sender: &Address) -> MailPlan {
+    fn acknowledgement_plan(
+        &self,
+        case: &Arc<Case>,
+        mail: &IncomingMail,
+        sender: &Address,
+    ) -> MailPlan {
         let settings = &self.engine.settings;
         let reply_to = (!settings
             .complaint_address
@@ -706,7 +711,7 @@ impl<'e> Run<'e> {
             purpose: ACKNOWLEDGEMENT.to_owned(),
             template: ACKNOWLEDGEMENT_TEMPLATE.to_owned(),
             language: case.language.clone(),
-            case: Some(case.clone()),
+            case: Some(Arc::clone(case)),
             to: vec![sender.clone()],
             reply_department: None,
             reply_to,
@@ -784,6 +789,11 @@ impl<'e> Run<'e> {
             events.extend(apply(&mut case, &evaluation.actions, now));
         }
 
+        // The mails are checked with the case as it is now (what a check
+        // looks at of it, its creation year, never changes) and carry the
+        // case as stored, once it is, below.
+        let checked = Arc::new(case.clone());
+
         // The acknowledgement, within the sender's hourly allowance.
         let limit = self.engine.settings.acks_per_sender_per_hour;
         let already =
@@ -798,7 +808,7 @@ impl<'e> Run<'e> {
             }));
             None
         } else {
-            let plan = self.acknowledgement_plan(&case, &mail, &sender);
+            let plan = self.acknowledgement_plan(&checked, &mail, &sender);
             self.check_plan(&plan, &mut events).then_some(plan)
         };
         if acknowledgement.is_some() {
@@ -825,7 +835,7 @@ impl<'e> Run<'e> {
                 for department in departments {
                     let what = format!("the forward to department {department}");
                     let forward = ForwardOf {
-                        case: &case,
+                        case: &checked,
                         department: &department,
                         mail: &mail,
                         received_at,
@@ -851,6 +861,7 @@ impl<'e> Run<'e> {
         }
 
         drop(history);
+        drop(checked);
         let mut changes = ChangeSet::for_message(&mail.message_id, received_at)?;
         let case_ref = changes.new_case(case.clone())?;
         for event in events {
@@ -865,11 +876,12 @@ impl<'e> Run<'e> {
             changes.count_ack(&sender.email, now);
         }
         // The mails show the case as it is stored, after the lifecycle steps above.
+        let case = Arc::new(case);
         let plans = acknowledgement
             .into_iter()
             .chain(forwards.into_iter().map(|(_, plan)| plan));
         for mut plan in plans {
-            plan.case = Some(case.clone());
+            plan.case = Some(Arc::clone(&case));
             changes.queue_mail(&case_ref, plan.into_draft(&envelope_from))?;
         }
         let id = mail.message_id.clone();
@@ -925,8 +937,9 @@ impl<'e> Run<'e> {
                 let attachments = Arc::new(outgoing_attachments(&mail, &blobs));
                 let what =
                     format!("the forward of the customer's reply to department {department}");
+                let checked = Arc::new(work.case.clone());
                 let forward = ForwardOf {
-                    case: &work.case,
+                    case: &checked,
                     department: &department,
                     mail: &mail,
                     received_at,
@@ -1306,7 +1319,7 @@ fn store_texts_and_attachments(
 /// The attachments of a mail, to go with its forward.
 /// What a forward is made of: the case, where it goes, the mail it carries.
 struct ForwardOf<'a> {
-    case: &'a Case,
+    case: &'a Arc<Case>,
     department: &'a str,
     mail: &'a IncomingMail,
     received_at: DateTime<Utc>,

@@ -201,7 +201,7 @@ impl Engine {
                     } else {
                         active.default_language()
                     },
-                    case: Some(case.clone()),
+                    case: Some(Arc::new(case.clone())),
                     to: group
                         .iter()
                         .map(|r| Address::new(&r.address, None))
@@ -240,8 +240,9 @@ impl Engine {
             changes.append_event(&case_ref, event);
         }
         clocks.write(&mut changes, &case_ref, &case);
+        let case = Arc::new(case);
         for mut plan in plans {
-            plan.case = Some(case.clone());
+            plan.case = Some(Arc::clone(&case));
             changes.queue_mail(&case_ref, plan.into_draft(&self.settings.sender_address))?;
         }
         self.store.apply(&changes)?;

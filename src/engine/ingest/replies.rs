@@ -212,7 +212,7 @@ impl Run<'_> {
             purpose: purpose.to_owned(),
             template: template.to_owned(),
             language,
-            case: Some(case.clone()),
+            case: Some(Arc::new(case.clone())),
             to: vec![to],
             reply_department,
             reply_to: None,
@@ -759,7 +759,7 @@ impl Run<'_> {
         let attachments = Arc::new(outgoing_attachments(mail, blobs));
         let what = format!("the forward to department {department}");
         let plan = self.forward_plan(
-            &work.case,
+            &Arc::new(work.case.clone()),
             department,
             mail,
             received_at,
@@ -1211,8 +1211,11 @@ impl Run<'_> {
         store_texts_and_attachments(&mut changes, &case_ref, mail, blobs);
         work.clocks.write(&mut changes, &case_ref, &case);
         let envelope_from = self.engine.settings.sender_address.clone();
+        // The mails show the case as stored, one copy for all of them.
+        let mut stored: Option<Arc<Case>> = None;
         for mut plan in work.mails {
-            plan.case = Some(case.clone());
+            let shown = stored.get_or_insert_with(|| Arc::new(case.clone()));
+            plan.case = Some(Arc::clone(shown));
             changes.queue_mail(&case_ref, plan.into_draft(&envelope_from))?;
         }
         for (other, plan) in work.other_mails {
