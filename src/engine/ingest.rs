@@ -44,7 +44,7 @@ use super::policy::{ActivePolicy, ACKNOWLEDGEMENT_TEMPLATE, FORWARD_TEMPLATE};
 use super::timers::state_after;
 use super::{Engine, EngineError};
 use crate::case::{Address, Because, Case, CaseId, Event, EventKind};
-use crate::mail::classify::{classify, ClassifyContext, MailKind, UnverifiedReason};
+use crate::mail::classify::{classify_with, ClassifyContext, MailKind, UnverifiedReason};
 use crate::mail::inbound::{
     self, content_hash_id, AttachmentBlob, IncomingMail, ParseError, ParsedMail,
 };
@@ -52,7 +52,7 @@ use crate::mail::outbound::{OutgoingAttachment, ACKNOWLEDGEMENT};
 use crate::mail::template::MailView;
 use crate::mail::token::TokenError;
 use crate::rules::ast::ClockEvent;
-use crate::rules::eval::{apply, evaluate_sharing, CaseHistory, DueTimes, Evaluation, Input};
+use crate::rules::eval::{apply_owned, evaluate_sharing, CaseHistory, DueTimes, Evaluation, Input};
 use crate::store::{CaseRef, ChangeSet, Checkpoint, IngestBatch, QuarantineRecord, RenderAhead};
 
 /// Purpose of forwards (complaints and customer replies to a department).
@@ -461,7 +461,7 @@ impl<'e> Run<'e> {
                 secret: &self.engine.settings.reply_secret,
                 now: self.now,
             };
-            let kind = classify(&mail, &context, &lookup);
+            let kind = classify_with(&mail, &context, &self.engine.own_mailboxes, &lookup);
             if let Some(error) = lookup.take_error() {
                 return Err(error.into());
             }
@@ -603,7 +603,7 @@ impl<'e> Run<'e> {
         }
         let evaluation = self.evaluate(case, &Input::Lifecycle(event), history);
         clocks.observe(&evaluation.actions);
-        events.extend(apply(case, &evaluation.actions, self.now));
+        events.extend(apply_owned(case, evaluation.actions, self.now));
     }
 
     /// A forward that can be sent, or `None` with a note in `events` that
@@ -786,7 +786,7 @@ impl<'e> Run<'e> {
         {
             let evaluation = self.evaluate(&case, &Input::NewComplaint(&facts), &history);
             clocks.observe(&evaluation.actions);
-            events.extend(apply(&mut case, &evaluation.actions, now));
+            events.extend(apply_owned(&mut case, evaluation.actions, now));
         }
 
         // The mails are checked with the case as it is now (what a check
@@ -925,7 +925,7 @@ impl<'e> Run<'e> {
             let history = self.batch.history(&self.engine.store, Some(&exclude));
             let evaluation = self.evaluate(&case, &Input::CustomerReply(&facts), &history);
             clocks.observe(&evaluation.actions);
-            events.extend(apply(&mut case, &evaluation.actions, now));
+            events.extend(apply_owned(&mut case, evaluation.actions, now));
         }
         let mut work = replies::customer_start(case, events);
         work.clocks = clocks;

@@ -20,7 +20,7 @@ use crate::case::{Address, Because, CaseId, CaseState, Event, EventKind};
 use crate::mail::template::{local, EscalationView};
 use crate::rules::ast::ClockEvent;
 use crate::rules::eval::{
-    apply, clock_event_name, evaluate, Action, Input, StepRecipient, TimerKind,
+    apply, apply_owned, clock_event_name, evaluate, Action, Input, StepRecipient, TimerKind,
 };
 use crate::store::{CaseRef, ChangeSet, Timer};
 
@@ -293,7 +293,7 @@ impl Engine {
         );
         let mut clocks = ClockPlan::default();
         clocks.observe(&evaluation.actions);
-        events.extend(apply(&mut case, &evaluation.actions, now));
+        events.extend(apply_owned(&mut case, evaluation.actions, now));
         let case_ref = CaseRef::Existing(case_id.clone());
         let mut changes = ChangeSet::new();
         if case != base {
@@ -348,7 +348,7 @@ impl Engine {
         let evaluation = evaluate(&active.policy, &case, &Input::Recheck, &history, now);
         let mut clocks = ClockPlan::default();
         clocks.observe(&evaluation.actions);
-        events.extend(apply(&mut case, &evaluation.actions, now));
+        events.extend(apply_owned(&mut case, evaluation.actions, now));
         let case_ref = CaseRef::Existing(case_id.clone());
         let mut changes = ChangeSet::new();
         changes.update_case(&base, case.clone())?;

@@ -345,7 +345,39 @@ struct CountedDue {
     calendar: Option<String>,
     start: DateTime<Utc>,
     duration: super::ast::Duration,
-    due: Result<(DateTime<Utc>, String), String>,
+    due: Result<DueTime, String>,
+}
+
+/// A clock's due time with what a started clock tells about it.
+#[derive(Debug, Clone)]
+struct DueTime {
+    due: DateTime<Utc>,
+    /// How the due time was counted, for people.
+    counted: String,
+    /// The duration as the policy writes it, e.g. `3 working days`.
+    duration_text: String,
+    /// The trace's note on the start: the duration, the due time and how
+    /// it was counted.
+    note: String,
+}
+
+impl DueTime {
+    /// `duration` from `start` on `calendar`.
+    fn count(
+        calendar: Option<&Calendar>,
+        start: DateTime<Utc>,
+        duration: super::ast::Duration,
+    ) -> Result<DueTime, String> {
+        let (due, counted) = clockmath::due_after(calendar, start, duration)?;
+        let duration_text = clockmath::duration_text(duration);
+        let note = format!("{duration_text}: due {} ({counted})", due.to_rfc3339());
+        Ok(DueTime {
+            due,
+            counted,
+            duration_text,
+            note,
+        })
+    }
 }
 
 impl<'p> DueTimes<'p> {
@@ -370,14 +402,14 @@ impl<'p> DueTimes<'p> {
         calendar: Option<&Calendar>,
         start: DateTime<Utc>,
         duration: super::ast::Duration,
-    ) -> Result<(DateTime<Utc>, String), String> {
+    ) -> Result<DueTime, String> {
         let known = self.counted.iter().find(|c| {
             c.start == start && c.duration == duration && c.calendar.as_deref() == calendar_name
         });
         if let Some(counted) = known {
             return counted.due.clone();
         }
-        let due = clockmath::due_after(calendar, start, duration);
+        let due = DueTime::count(calendar, start, duration);
         if self.counted.len() == MAX_DUE_TIMES {
             self.counted.clear();
         }
@@ -394,9 +426,15 @@ impl<'p> DueTimes<'p> {
 /// Applies actions to a case in order and returns the events to log.
 /// Timers are the caller's to store; they produce no event.
 pub fn apply(case: &mut Case, actions: &[Action], now: DateTime<Utc>) -> Vec<Event> {
-    let mut events = Vec::new();
+    apply_owned(case, actions.to_vec(), now)
+}
+
+/// [`apply`], taking the actions: their texts move into the events instead
+/// of being copied.
+pub fn apply_owned(case: &mut Case, actions: Vec<Action>, now: DateTime<Utc>) -> Vec<Event> {
+    let mut events = Vec::with_capacity(actions.len());
     for action in actions {
-        mutate(case, action, now);
+        mutate(case, &action, now);
         if let Some(kind) = event_of(action) {
             events.push(Event { at: now, kind });
         }
@@ -520,34 +558,34 @@ fn is_clock_action(action: &Action) -> bool {
     )
 }
 
-fn event_of(action: &Action) -> Option<EventKind> {
+fn event_of(action: Action) -> Option<EventKind> {
     Some(match action {
         Action::SetField {
             field,
             value,
             because,
         } => EventKind::FieldSet {
-            field: field.clone(),
-            value: value.clone(),
-            because: because.clone(),
+            field,
+            value,
+            because,
         },
         Action::RaiseSeverity { to, because, .. } => EventKind::FieldSet {
             field: "severity".to_owned(),
-            value: FieldValue::Name(to.clone()),
-            because: because.clone(),
+            value: FieldValue::Name(to),
+            because,
         },
         Action::AddTag { tag, because } => EventKind::TagAdded {
-            tag: tag.clone(),
-            because: because.clone(),
+            tag,
+            because,
         },
         Action::Assign {
             department,
             cc,
             because,
         } => EventKind::Assigned {
-            department: department.clone(),
-            cc: cc.clone(),
-            because: because.clone(),
+            department,
+            cc,
+            because,
         },
         Action::StartClock {
             deadline,
@@ -557,18 +595,18 @@ fn event_of(action: &Action) -> Option<EventKind> {
             because,
             ..
         } => EventKind::ClockStarted {
-            deadline: deadline.clone(),
-            due: *due,
-            calendar: calendar.clone(),
-            counted: counted.clone(),
-            because: because.clone(),
+            deadline,
+            due,
+            calendar,
+            counted,
+            because,
         },
         Action::StopClock { deadline, met, .. } => EventKind::ClockStopped {
-            deadline: deadline.clone(),
-            met: *met,
+            deadline,
+            met,
         },
         Action::PauseClock { deadline, .. } => EventKind::ClockPaused {
-            deadline: deadline.clone(),
+            deadline,
         },
         Action::ResumeClock {
             deadline,
@@ -576,9 +614,9 @@ fn event_of(action: &Action) -> Option<EventKind> {
             paused_seconds,
             ..
         } => EventKind::ClockResumed {
-            deadline: deadline.clone(),
-            due: *due,
-            paused_seconds: *paused_seconds,
+            deadline,
+            due,
+            paused_seconds,
         },
         Action::FireStep {
             deadline,
@@ -587,11 +625,11 @@ fn event_of(action: &Action) -> Option<EventKind> {
             recipients,
             because,
         } => EventKind::EscalationFired {
-            deadline: deadline.clone(),
-            step: *step,
-            template: template.clone(),
-            recipients: recipients.iter().map(|r| r.address.clone()).collect(),
-            because: because.clone(),
+            deadline,
+            step,
+            template,
+            recipients: recipients.into_iter().map(|r| r.address).collect(),
+            because,
         },
         Action::MarkStepFired {
             deadline,
@@ -605,7 +643,7 @@ fn event_of(action: &Action) -> Option<EventKind> {
             ),
         },
         Action::Breach { deadline, .. } => EventKind::ClockBreached {
-            deadline: deadline.clone(),
+            deadline,
         },
         Action::ScheduleTimer { .. } => return None,
     })
@@ -1290,8 +1328,12 @@ impl<'p, 'e> Evaluator<'p, 'e> {
             },
         };
         match self.due_after(calendar_name.as_deref(), calendar, start, duration.node) {
-            Ok((due, counted)) => {
-                let duration_text = clockmath::duration_text(duration.node);
+            Ok(DueTime {
+                due,
+                counted,
+                duration_text,
+                note,
+            }) => {
                 seen.push((
                     Cow::Borrowed("starts on"),
                     Cow::Borrowed(clock_event_name(event)),
@@ -1301,10 +1343,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                     seen.push((Cow::Borrowed("calendar"), Cow::Owned(cal.clone())));
                 }
                 if let Some(verdict) = self.trace.last_mut() {
-                    verdict.notes.push(format!(
-                        "{duration_text}: due {} ({counted})",
-                        due.to_rfc3339()
-                    ));
+                    verdict.notes.push(note);
                 }
                 let because = self.because(&rule, span, &seen);
                 self.push(Action::StartClock {
@@ -1338,12 +1377,12 @@ impl<'p, 'e> Evaluator<'p, 'e> {
         calendar: Option<&'p Calendar>,
         start: DateTime<Utc>,
         duration: super::ast::Duration,
-    ) -> Result<(DateTime<Utc>, String), String> {
+    ) -> Result<DueTime, String> {
         if std::ptr::eq(self.policy, self.due_times.policy) {
             self.due_times
                 .due_after(calendar_name, calendar, start, duration)
         } else {
-            clockmath::due_after(calendar, start, duration)
+            DueTime::count(calendar, start, duration)
         }
     }
 

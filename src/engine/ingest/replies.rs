@@ -31,7 +31,7 @@ use crate::lifecycle::{check_transition, merge_note, merged_case_in_note, next_s
 use crate::mail::inbound::{AttachmentBlob, IncomingMail};
 use crate::mail::template::NoticeView;
 use crate::rules::ast::ClockEvent;
-use crate::rules::eval::{apply, Input};
+use crate::rules::eval::{apply_owned, Input};
 use crate::store::{CaseRef, ChangeSet};
 
 use super::Outcome;
@@ -170,7 +170,7 @@ impl Run<'_> {
         let evaluation = self.evaluate(&work.case, &input, &history);
         work.clocks.observe(&evaluation.actions);
         work.events
-            .extend(apply(&mut work.case, &evaluation.actions, self.now));
+            .extend(apply_owned(&mut work.case, evaluation.actions, self.now));
     }
 
     fn set_field(&self, work: &mut Work, field: &str, value: FieldValue, rule: &str, seen: &str) {
