@@ -224,6 +224,7 @@ impl Engine {
             links: HashMap::new(),
             pending_cases: HashMap::new(),
             preflight: RefCell::default(),
+            pending_acks: HashMap::new(),
             pending: Vec::new(),
             handled_uid: None,
             uncommitted: false,
@@ -288,6 +289,10 @@ struct Run<'e> {
     pending_cases: HashMap<CaseId, Case>,
     /// The preflight checks of the mail shapes seen in this ingest.
     preflight: RefCell<PreflightMemo>,
+    /// Acknowledgements the pending batch counts, by sender as the store
+    /// keys them ([`ack_sender`]); all at `now`, so all in its hour. The
+    /// same as the batch's `pending_acks`, without a walk over the batch.
+    pending_acks: HashMap<String, u64>,
     pending: Vec<(u32, String, Pending)>,
     /// Highest UID handled so far.
     handled_uid: Option<u32>,
@@ -796,8 +801,8 @@ impl<'e> Run<'e> {
 
         // The acknowledgement, within the sender's hourly allowance.
         let limit = self.engine.settings.acks_per_sender_per_hour;
-        let already =
-            store.acks_in_hour(&sender.email, now)? + self.batch.pending_acks(&sender.email, now);
+        let pending = self.pending_acks.get(&ack_sender(&sender.email));
+        let already = store.acks_in_hour(&sender.email, now)? + pending.copied().unwrap_or(0);
         let acknowledgement = if already >= u64::from(limit) {
             tracing::info!(sender = %sender.email, already, limit, "acknowledgement rate limit reached");
             events.push(self.event(EventKind::Note {
@@ -874,6 +879,10 @@ impl<'e> Run<'e> {
         let acknowledged = acknowledgement.is_some();
         if acknowledged {
             changes.count_ack(&sender.email, now);
+            *self
+                .pending_acks
+                .entry(ack_sender(&sender.email))
+                .or_default() += 1;
         }
         // The mails show the case as it is stored, after the lifecycle steps above.
         let case = Arc::new(case);
@@ -1162,6 +1171,7 @@ impl<'e> Run<'e> {
         self.uncommitted = false;
         self.links.clear();
         self.pending_cases.clear();
+        self.pending_acks.clear();
         for (uid, message_id, pending) in self.pending.drain(..) {
             let outcome = match pending {
                 Pending::Done(outcome) => outcome,
@@ -1279,6 +1289,12 @@ fn parse_one((uid, raw): (u32, RawMessage), max_bytes: u64) -> Fetched {
     (uid, raw, parsed)
 }
 
+/// A sender as acknowledgement counters are kept for it
+/// ([`ChangeSet::count_ack`]): trimmed and lower-cased.
+fn ack_sender(sender: &str) -> String {
+    sender.trim().to_lowercase()
+}
+
 /// Whether an unverified claim looks like someone posing as a department
 /// (a security alert) rather than a department writing the wrong way.
 fn is_attack(reason: &UnverifiedReason) -> bool {
@@ -1394,6 +1410,83 @@ mod tests {
                 (_, other) => panic!("message {uid}: {other:?}"),
             }
         }
+    }
+
+    /// A plain mail from `from`, answering `in_reply_to` if given.
+    fn mail_from(from: &str, id: &str, in_reply_to: Option<&str>) -> RawMessage {
+        let threading = in_reply_to
+            .map(|r| format!("In-Reply-To: <{r}>\r\nReferences: <{r}>\r\n"))
+            .unwrap_or_default();
+        RawMessage::full(
+            format!(
+                "From: <{from}>\r\nTo: <complaints@corp.example>\r\nMessage-ID: <{id}>\r\n\
+                 {threading}Subject: 停气\r\n\r\n小区停气了，请尽快处理。\r\n"
+            )
+            .into_bytes(),
+        )
+    }
+
+    /// The acknowledgement allowance counts the acknowledgements of the
+    /// pending batch and, once a reply to a new case made the batch commit
+    /// early, those committed: each exactly once.
+    #[test]
+    fn the_acknowledgement_allowance_counts_the_batch_and_what_it_committed_once() {
+        use crate::clock::ManualClock;
+        use crate::engine::EngineSettings;
+
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let settings = EngineSettings {
+            rules_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
+            complaint_address: "complaints@corp.example".into(),
+            sender_address: "complaints@corp.example".into(),
+            own_addresses: Vec::new(),
+            reply_secret: crate::mail::token::ReplySecret::new(
+                b"ingest-test-secret-0123456789".to_vec(),
+            )
+            .expect("a secret"),
+            token_valid_days: 90,
+            message_id_host: "corp.example".into(),
+            acks_per_sender_per_hour: 3,
+            case_prefix: "TS".into(),
+            case_number_width: 6,
+            time_zone: chrono_tz::Asia::Shanghai,
+            max_message_bytes: 1024 * 1024,
+            organisation: "Corp Gas".into(),
+            reopen_window_days: 30,
+        };
+        let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00+08:00")
+            .expect("a time")
+            .with_timezone(&Utc);
+        let clock = Arc::new(ManualClock::new(now));
+        let engine =
+            Engine::open(settings, &dir.path().join("store"), clock).expect("the engine opens");
+        let zhao = "zhao@customers.example";
+        let fetch = vec![
+            (1, mail_from(zhao, "c1@customers.example", None)),
+            (2, mail_from(zhao, "c2@customers.example", None)),
+            (
+                3,
+                mail_from(zhao, "r1@customers.example", Some("c1@customers.example")),
+            ),
+            (4, mail_from(zhao, "c3@customers.example", None)),
+            (5, mail_from(zhao, "c4@customers.example", None)),
+        ];
+        let report = engine
+            .ingest("complaints", "own", 1, fetch)
+            .expect("the fetch is ingested");
+        assert_eq!(report.transactions, 2);
+        let acknowledged: Vec<Option<bool>> = report
+            .messages
+            .iter()
+            .map(|m| match m.outcome {
+                Outcome::NewCase { acknowledged, .. } => Some(acknowledged),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            acknowledged,
+            [Some(true), Some(true), None, Some(true), Some(false)]
+        );
     }
 
     #[test]
