@@ -59,7 +59,8 @@ pub(crate) enum Content {
     /// A complaint or customer reply for a department.
     Forward {
         department: String,
-        mail: MailView,
+        /// Shared by the forwards of one mail to several departments.
+        mail: Arc<MailView>,
         attachments: Arc<Vec<OutgoingAttachment>>,
     },
     /// An escalation step's notice.
@@ -305,7 +306,7 @@ impl MailPlan {
                 department, mail, ..
             } => {
                 context.case = view;
-                context.mail = Some(mail.clone());
+                context.mail = Some(MailView::clone(mail));
                 context.department = Some(names.department(department));
                 context.reply_address = reply_to.map(|a| a.email.clone());
             }

@@ -623,17 +623,9 @@ impl<'e> Run<'e> {
             case,
             department,
             mail,
-            received_at,
             attachments,
         } = forward;
-        match self.forward_plan(
-            case,
-            department,
-            mail,
-            received_at,
-            attachments,
-            description.clone(),
-        ) {
+        match self.forward_plan(case, department, mail, attachments, description.clone()) {
             Ok(plan) => self.check_plan(&plan, events).then_some(plan),
             Err(error) => {
                 events.push(self.event(EventKind::Note {
@@ -650,8 +642,7 @@ impl<'e> Run<'e> {
         &self,
         case: &Arc<Case>,
         department: &str,
-        mail: &IncomingMail,
-        received_at: DateTime<Utc>,
+        mail: &Arc<MailView>,
         attachments: &Arc<Vec<OutgoingAttachment>>,
         description: String,
     ) -> Result<MailPlan, String> {
@@ -685,7 +676,7 @@ impl<'e> Run<'e> {
             references: Vec::new(),
             content: Content::Forward {
                 department: department.to_owned(),
-                mail: MailView::new(mail, received_at, self.letterhead.zone),
+                mail: Arc::clone(mail),
                 attachments: attachments.clone(),
             },
             description,
@@ -836,14 +827,15 @@ impl<'e> Run<'e> {
                 text: "the policy routed the case to no department; it is not forwarded".into(),
             })),
             Some(assignment) => {
+                // One view of the mail for every department's forward.
+                let view = Arc::new(MailView::new(&mail, received_at, self.letterhead.zone));
                 let departments = std::iter::once(assignment.department).chain(assignment.cc);
                 for department in departments {
                     let what = format!("the forward to department {department}");
                     let forward = ForwardOf {
                         case: &checked,
                         department: &department,
-                        mail: &mail,
-                        received_at,
+                        mail: &view,
                         attachments: &attachments,
                     };
                     if let Some(plan) = self.checked_forward(forward, what, &mut events) {
@@ -866,7 +858,6 @@ impl<'e> Run<'e> {
         }
 
         drop(history);
-        drop(checked);
         let mut changes = ChangeSet::for_message(&mail.message_id, received_at)?;
         let case_ref = changes.new_case(case.clone())?;
         for event in events {
@@ -947,11 +938,11 @@ impl<'e> Run<'e> {
                 let what =
                     format!("the forward of the customer's reply to department {department}");
                 let checked = Arc::new(work.case.clone());
+                let view = Arc::new(MailView::new(&mail, received_at, self.letterhead.zone));
                 let forward = ForwardOf {
                     case: &checked,
                     department: &department,
-                    mail: &mail,
-                    received_at,
+                    mail: &view,
                     attachments: &attachments,
                 };
                 if let Some(plan) = self.checked_forward(forward, what, &mut work.events) {
@@ -1332,16 +1323,15 @@ fn store_texts_and_attachments(
     }
 }
 
-/// The attachments of a mail, to go with its forward.
 /// What a forward is made of: the case, where it goes, the mail it carries.
 struct ForwardOf<'a> {
     case: &'a Arc<Case>,
     department: &'a str,
-    mail: &'a IncomingMail,
-    received_at: DateTime<Utc>,
+    mail: &'a Arc<MailView>,
     attachments: &'a Arc<Vec<OutgoingAttachment>>,
 }
 
+/// The attachments of a mail, to go with its forward.
 fn outgoing_attachments(mail: &IncomingMail, blobs: &[AttachmentBlob]) -> Vec<OutgoingAttachment> {
     mail.attachments
         .iter()

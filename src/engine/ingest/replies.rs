@@ -29,7 +29,7 @@ use crate::lifecycle::commands::{
 use crate::lifecycle::customer::{interpret, CustomerIntent};
 use crate::lifecycle::{check_transition, merge_note, merged_case_in_note, next_states, words};
 use crate::mail::inbound::{AttachmentBlob, IncomingMail};
-use crate::mail::template::NoticeView;
+use crate::mail::template::{MailView, NoticeView};
 use crate::rules::ast::ClockEvent;
 use crate::rules::eval::{apply_owned, Input};
 use crate::store::{CaseRef, ChangeSet};
@@ -758,11 +758,11 @@ impl Run<'_> {
     ) -> Result<(), String> {
         let attachments = Arc::new(outgoing_attachments(mail, blobs));
         let what = format!("the forward to department {department}");
+        let view = Arc::new(MailView::new(mail, received_at, self.letterhead.zone));
         let plan = self.forward_plan(
             &Arc::new(work.case.clone()),
             department,
-            mail,
-            received_at,
+            &view,
             &attachments,
             what.clone(),
         )?;
