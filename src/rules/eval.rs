@@ -5,7 +5,10 @@
 //! case through the actions decided so far (the latest field value, tag or
 //! route wins) and keeps its own copy of the clocks (made at the first clock
 //! action), so the case itself is never copied. The caller applies the returned actions to the real case
-//! with [`apply`] — the daemon, `simulate` and `rules test` all go through it.
+//! with [`apply`] (or [`apply_owned`], which moves them into the events) —
+//! the daemon, `simulate` and `rules test` all go through it. The
+//! evaluations of one ingest share the due times of the clocks they start
+//! ([`evaluate_sharing`], [`DueTimes`]): the same answers, counted once.
 //!
 //! One evaluation runs, in this order:
 //! 1. on a new complaint: the default (lowest) severity if none is set;
