@@ -31,25 +31,30 @@ impl ClockPlan {
                 Action::StartClock { deadline, .. }
                 | Action::ResumeClock { deadline, .. }
                 | Action::StopClock { deadline, .. }
-                | Action::PauseClock { deadline, .. } => {
-                    self.touched.insert(deadline.clone());
-                    self.scheduled.insert(deadline.clone(), Vec::new());
-                }
+                | Action::PauseClock { deadline, .. } => self.touch(deadline).clear(),
                 Action::ScheduleTimer {
                     deadline,
                     kind,
                     fire_at,
                     ..
-                } => {
-                    self.touched.insert(deadline.clone());
-                    self.scheduled
-                        .entry(deadline.clone())
-                        .or_default()
-                        .push((step_of(*kind), *fire_at));
-                }
+                } => self.touch(deadline).push((step_of(*kind), *fire_at)),
                 _ => {}
             }
         }
+    }
+
+    /// Marks a deadline's clock touched; its timers scheduled so far. The
+    /// deadline's name is copied only the first time.
+    fn touch(&mut self, deadline: &str) -> &mut Vec<(usize, DateTime<Utc>)> {
+        if !self.touched.contains(deadline) {
+            self.touched.insert(deadline.to_owned());
+        }
+        if !self.scheduled.contains_key(deadline) {
+            self.scheduled.insert(deadline.to_owned(), Vec::new());
+        }
+        self.scheduled
+            .get_mut(deadline)
+            .expect("the deadline's timers were just made sure of")
     }
 
     /// Replaces the timers of every touched clock: the scheduled ones while

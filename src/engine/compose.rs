@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use chrono_tz::Tz;
 use lettre::message::header::ContentType;
 
@@ -59,7 +59,8 @@ pub(crate) enum Content {
     /// A complaint or customer reply for a department.
     Forward {
         department: String,
-        mail: MailView,
+        /// Shared by the forwards of one mail to several departments.
+        mail: Arc<MailView>,
         attachments: Arc<Vec<OutgoingAttachment>>,
     },
     /// An escalation step's notice.
@@ -90,8 +91,9 @@ pub(crate) struct MailPlan {
     /// The template's declared name (recorded with the mail).
     pub template: String,
     pub language: String,
-    /// The case as it will be stored (its number comes with the identity).
-    pub case: Option<Case>,
+    /// The case as it will be stored (its number comes with the identity),
+    /// shared by the mails of one change.
+    pub case: Option<Arc<Case>>,
     pub to: Vec<Address>,
     /// Mint a reply token for (case, this department) into Reply-To.
     pub reply_department: Option<String>,
@@ -133,33 +135,26 @@ impl MailPlan {
     /// both happen once, for the real identity, when the store renders it.
     /// `Err` when the mail cannot be built.
     pub fn preflight(&self, case_prefix: &str) -> Result<(), String> {
-        let placeholder = self.case.as_ref().map(|case| {
-            CaseId(format!(
-                "{case_prefix}-{}-000001",
-                case.created_at.format("%Y")
-            ))
-        });
-        let identity = mail_identity(placeholder.as_ref(), &self.purpose, 1);
-        let reply_to = self.reply_to(identity.case.as_ref())?;
-        outbound::message_id(
-            identity.case.as_ref(),
-            &identity.purpose,
-            identity.sequence,
-            &self.letterhead.host,
-        )
-        .map_err(|e| e.to_string())?;
+        self.preflight_with(case_prefix, &mut PreflightMemo::default())
+    }
+
+    /// [`MailPlan::preflight`] with the checks that are the same for every
+    /// plan of one shape taken from `memo` (see [`PreflightMemo`]).
+    pub fn preflight_with(
+        &self,
+        case_prefix: &str,
+        memo: &mut PreflightMemo,
+    ) -> Result<(), String> {
+        let shape = memo.check(self, case_prefix);
+        shape.identity.clone()?;
         if self.to.is_empty() {
             return Err("the mail has no recipient".to_owned());
         }
-        let addresses = std::iter::once(&self.letterhead.from)
-            .chain(&self.to)
-            .chain(&reply_to);
-        for address in addresses {
-            let email = address.email.trim();
-            email
-                .parse::<lettre::Address>()
-                .map_err(|e| format!("{email:?} is not a valid mail address: {e}"))?;
+        shape.from.clone()?;
+        for address in &self.to {
+            check_address(address)?;
         }
+        shape.reply_to.clone()?;
         if let Content::Forward { attachments, .. } = &self.content {
             for attachment in attachments.iter() {
                 ContentType::parse(&attachment.content_type).map_err(|_| {
@@ -171,6 +166,36 @@ impl MailPlan {
             }
         }
         Ok(())
+    }
+
+    /// The checks of [`MailPlan::preflight`] that depend only on the
+    /// plan's shape: the placeholder identity's Reply-To and Message-ID,
+    /// and whether From and Reply-To are addresses lettre accepts.
+    fn check_shape(&self, case_prefix: &str) -> ShapeCheck {
+        let placeholder = self.case.as_ref().map(|case| {
+            CaseId(format!(
+                "{case_prefix}-{}-000001",
+                case.created_at.format("%Y")
+            ))
+        });
+        let identity = mail_identity(placeholder.as_ref(), &self.purpose, 1);
+        let reply_to = self.reply_to(identity.case.as_ref());
+        let message_id = outbound::message_id(
+            identity.case.as_ref(),
+            &identity.purpose,
+            identity.sequence,
+            &self.letterhead.host,
+        );
+        let (identity, reply_to) = match (reply_to, message_id) {
+            (Err(error), _) => (Err(error), Ok(())),
+            (Ok(_), Err(error)) => (Err(error.to_string()), Ok(())),
+            (Ok(reply_to), Ok(_)) => (Ok(()), reply_to.as_ref().map_or(Ok(()), check_address)),
+        };
+        ShapeCheck {
+            identity,
+            from: check_address(&self.letterhead.from),
+            reply_to,
+        }
     }
 
     /// The draft the store queues; it renders this plan.
@@ -281,7 +306,7 @@ impl MailPlan {
                 department, mail, ..
             } => {
                 context.case = view;
-                context.mail = Some(mail.clone());
+                context.mail = Some(MailView::clone(mail));
                 context.department = Some(names.department(department));
                 context.reply_address = reply_to.map(|a| a.email.clone());
             }
@@ -378,6 +403,95 @@ impl MailPlan {
     }
 }
 
+/// Whether lettre accepts an address (as the mail is built, trimmed).
+fn check_address(address: &Address) -> Result<(), String> {
+    let email = address.email.trim();
+    email
+        .parse::<lettre::Address>()
+        .map(drop)
+        .map_err(|e| format!("{email:?} is not a valid mail address: {e}"))
+}
+
+/// The results of the checks of [`MailPlan::preflight`] that depend only
+/// on a plan's shape.
+#[derive(Debug, Clone)]
+struct ShapeCheck {
+    /// The placeholder identity's Reply-To (a reply token is minted for
+    /// it) and Message-ID can be made.
+    identity: Result<(), String>,
+    /// The letterhead's From is a valid address.
+    from: Result<(), String>,
+    /// The Reply-To, if any, is a valid address (checked only when the
+    /// identity could be made).
+    reply_to: Result<(), String>,
+}
+
+/// What makes two plans' shape checks the same, besides their letterhead
+/// and the case-number prefix: the year of the case's placeholder number,
+/// the purpose, the department a reply token is minted for, and the fixed
+/// Reply-To.
+#[derive(Debug)]
+struct Shape {
+    year: Option<i32>,
+    purpose: String,
+    reply_department: Option<String>,
+    reply_to: Option<String>,
+}
+
+impl Shape {
+    fn of(plan: &MailPlan) -> Shape {
+        Shape {
+            year: plan.case.as_ref().map(|case| case.created_at.year()),
+            purpose: plan.purpose.clone(),
+            reply_department: plan.reply_department.clone(),
+            reply_to: plan.reply_to.as_ref().map(|a| a.email.clone()),
+        }
+    }
+
+    fn fits(&self, plan: &MailPlan) -> bool {
+        self.year == plan.case.as_ref().map(|case| case.created_at.year())
+            && self.purpose == plan.purpose
+            && self.reply_department.as_deref() == plan.reply_department.as_deref()
+            && self.reply_to.as_deref() == plan.reply_to.as_ref().map(|a| a.email.as_str())
+    }
+}
+
+/// The shape checks of [`MailPlan::preflight`] already made for one
+/// letterhead and case-number prefix. The mails of a batch come in a few
+/// shapes (an acknowledgement, a forward to each department), and checking
+/// a shape mints a reply token: an HMAC, worth doing once per shape rather
+/// than once per mail.
+#[derive(Debug, Default)]
+pub(crate) struct PreflightMemo {
+    letterhead: Option<Arc<Letterhead>>,
+    case_prefix: String,
+    shapes: Vec<(Shape, ShapeCheck)>,
+}
+
+impl PreflightMemo {
+    /// The shape checks of `plan`, made now unless made before.
+    fn check(&mut self, plan: &MailPlan, case_prefix: &str) -> &ShapeCheck {
+        let same_letterhead = self
+            .letterhead
+            .as_ref()
+            .is_some_and(|known| Arc::ptr_eq(known, &plan.letterhead));
+        if !same_letterhead || self.case_prefix != case_prefix {
+            self.letterhead = Some(plan.letterhead.clone());
+            case_prefix.clone_into(&mut self.case_prefix);
+            self.shapes.clear();
+        }
+        let index = match self.shapes.iter().position(|(shape, _)| shape.fits(plan)) {
+            Some(index) => index,
+            None => {
+                self.shapes
+                    .push((Shape::of(plan), plan.check_shape(case_prefix)));
+                self.shapes.len() - 1
+            }
+        };
+        &self.shapes[index].1
+    }
+}
+
 /// What a mail to the complainant may show of a case: its number,
 /// registration time, channel, language and state. Everything the sender
 /// wrote or the rules derived from it is left out: the sender of a new
@@ -416,5 +530,111 @@ pub(crate) fn purpose_or(wanted: &str, fallback: &str) -> String {
         wanted.to_owned()
     } else {
         fallback.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-24T10:00:00+08:00")
+            .expect("a time")
+            .with_timezone(&Utc)
+    }
+
+    fn active() -> Arc<ActivePolicy> {
+        let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        Arc::new(ActivePolicy::load(&rules, now()).expect("the default policy loads"))
+    }
+
+    fn letterhead(host: &str) -> Arc<Letterhead> {
+        Arc::new(Letterhead {
+            from: Address::new("complaints@corp.example", Some("Corp Gas")),
+            complaint_address: "complaints@corp.example".to_owned(),
+            secret: ReplySecret::new(b"compose-test-secret-0123456789".to_vec()).expect("a secret"),
+            token_expires: now().date_naive() + chrono::Days::new(90),
+            organisation: "Corp Gas".to_owned(),
+            host: host.to_owned(),
+            zone: chrono_tz::Asia::Shanghai,
+            at: now(),
+        })
+    }
+
+    /// A forward of a new case to `department`, to `to`.
+    fn forward(
+        active: &Arc<ActivePolicy>,
+        letterhead: &Arc<Letterhead>,
+        department: &str,
+        to: &[&str],
+    ) -> MailPlan {
+        let sender = Address::new("wang@customers.example", None);
+        let case = Case::new(CaseId(String::new()), now(), "own", sender, "漏气", "zh");
+        MailPlan {
+            active: active.clone(),
+            letterhead: letterhead.clone(),
+            purpose: "forward".to_owned(),
+            template: "forward".to_owned(),
+            language: "zh".to_owned(),
+            case: Some(Arc::new(case)),
+            to: to.iter().map(|a| Address::new(a, None)).collect(),
+            reply_department: Some(department.to_owned()),
+            reply_to: None,
+            in_reply_to: None,
+            references: Vec::new(),
+            content: Content::Acknowledgement,
+            description: "the forward".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_memo_checks_each_plan_of_a_shape_for_its_own_recipients() {
+        let (active, letterhead) = (active(), letterhead("mail.corp.example"));
+        let mut memo = PreflightMemo::default();
+        let plans = [
+            forward(&active, &letterhead, "network", &["network@gas.example"]),
+            forward(&active, &letterhead, "network", &["wang@example..com"]),
+            forward(&active, &letterhead, "network", &[]),
+            forward(&active, &letterhead, "service", &["service@gas.example"]),
+            forward(&active, &letterhead, "network", &["network@gas.example"]),
+        ];
+        let verdicts: Vec<Result<(), String>> = plans
+            .iter()
+            .map(|plan| plan.preflight_with("TS", &mut memo))
+            .collect();
+        for (plan, verdict) in plans.iter().zip(&verdicts) {
+            assert_eq!(*verdict, plan.preflight("TS"));
+        }
+        assert_eq!(verdicts[0], Ok(()));
+        assert!(verdicts[1]
+            .as_ref()
+            .is_err_and(|e| e.starts_with("\"wang@example..com\" is not a valid mail address")));
+        assert_eq!(verdicts[2], Err("the mail has no recipient".to_owned()));
+        assert_eq!(verdicts[3], Ok(()));
+        // Two departments, one shape each, whatever the recipients.
+        assert_eq!(memo.shapes.len(), 2);
+    }
+
+    #[test]
+    fn a_memo_starts_over_for_another_letterhead_or_prefix() {
+        let active = active();
+        let good = letterhead("mail.corp.example");
+        let bad = letterhead("no host");
+        let mut memo = PreflightMemo::default();
+        let to = ["network@gas.example"];
+        let refused = forward(&active, &bad, "network", &to).preflight_with("TS", &mut memo);
+        assert!(refused.is_err(), "{refused:?}");
+        assert_eq!(
+            forward(&active, &good, "network", &to).preflight_with("TS", &mut memo),
+            Ok(())
+        );
+        let bad_prefix = forward(&active, &good, "network", &to).preflight_with("T S", &mut memo);
+        assert_eq!(
+            bad_prefix,
+            forward(&active, &good, "network", &to).preflight("T S")
+        );
+        assert!(bad_prefix.is_err());
     }
 }

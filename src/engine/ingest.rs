@@ -25,6 +25,7 @@
 //! message) and a new batch begins. This is the only case where one fetch
 //! takes more than one transaction.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -37,13 +38,13 @@ mod replies;
 pub use replies::{CUSTOMER_REPLY, DEFAULT_REOPEN_WINDOW_DAYS, DEPARTMENT_REPLY};
 
 use super::clocks::ClockPlan;
-use super::compose::{Content, Letterhead, MailPlan};
+use super::compose::{Content, Letterhead, MailPlan, PreflightMemo};
 use super::lookup::{BatchLink, BatchLookup};
 use super::policy::{ActivePolicy, ACKNOWLEDGEMENT_TEMPLATE, FORWARD_TEMPLATE};
 use super::timers::state_after;
 use super::{Engine, EngineError};
 use crate::case::{Address, Because, Case, CaseId, Event, EventKind};
-use crate::mail::classify::{classify, ClassifyContext, MailKind, UnverifiedReason};
+use crate::mail::classify::{classify_with, ClassifyContext, MailKind, UnverifiedReason};
 use crate::mail::inbound::{
     self, content_hash_id, AttachmentBlob, IncomingMail, ParseError, ParsedMail,
 };
@@ -51,7 +52,7 @@ use crate::mail::outbound::{OutgoingAttachment, ACKNOWLEDGEMENT};
 use crate::mail::template::MailView;
 use crate::mail::token::TokenError;
 use crate::rules::ast::ClockEvent;
-use crate::rules::eval::{apply, evaluate, Input};
+use crate::rules::eval::{apply_owned, evaluate_sharing, CaseHistory, DueTimes, Evaluation, Input};
 use crate::store::{CaseRef, ChangeSet, Checkpoint, IngestBatch, QuarantineRecord, RenderAhead};
 
 /// Purpose of forwards (complaints and customer replies to a department).
@@ -212,7 +213,8 @@ impl Engine {
         let mut run = Run {
             engine: self,
             letterhead: self.letterhead(&active, now),
-            active,
+            active: active.clone(),
+            due_times: RefCell::new(DueTimes::new(&active.policy)),
             mailbox: mailbox.to_owned(),
             channel: channel.to_owned(),
             uidvalidity,
@@ -221,6 +223,8 @@ impl Engine {
             rendering: self.store.render_ahead(),
             links: HashMap::new(),
             pending_cases: HashMap::new(),
+            preflight: RefCell::default(),
+            pending_acks: HashMap::new(),
             pending: Vec::new(),
             handled_uid: None,
             uncommitted: false,
@@ -268,6 +272,9 @@ enum Pending {
 struct Run<'e> {
     engine: &'e Engine,
     active: Arc<ActivePolicy>,
+    /// The due times of the clocks the evaluations of this ingest started,
+    /// under `active`'s policy, all at `now`.
+    due_times: RefCell<DueTimes<'e>>,
     letterhead: Arc<Letterhead>,
     mailbox: String,
     channel: String,
@@ -280,6 +287,12 @@ struct Run<'e> {
     links: HashMap<String, BatchLink>,
     /// Stored cases changed by the pending batch, as they will be after it.
     pending_cases: HashMap<CaseId, Case>,
+    /// The preflight checks of the mail shapes seen in this ingest.
+    preflight: RefCell<PreflightMemo>,
+    /// Acknowledgements the pending batch counts, by sender as the store
+    /// keys them ([`ack_sender`]); all at `now`, so all in its hour. The
+    /// same as the batch's `pending_acks`, without a walk over the batch.
+    pending_acks: HashMap<String, u64>,
     pending: Vec<(u32, String, Pending)>,
     /// Highest UID handled so far.
     handled_uid: Option<u32>,
@@ -288,7 +301,7 @@ struct Run<'e> {
     report: IngestReport,
 }
 
-impl Run<'_> {
+impl<'e> Run<'e> {
     fn message(
         &mut self,
         uid: u32,
@@ -453,7 +466,7 @@ impl Run<'_> {
                 secret: &self.engine.settings.reply_secret,
                 now: self.now,
             };
-            let kind = classify(&mail, &context, &lookup);
+            let kind = classify_with(&mail, &context, &self.engine.own_mailboxes, &lookup);
             if let Some(error) = lookup.take_error() {
                 return Err(error.into());
             }
@@ -557,7 +570,21 @@ impl Run<'_> {
         }))
     }
 
-    /// Moves a case to the state of a lifecycle event and evaluates it.
+    /// Evaluates `input` on `case` at the ingest's `now`, sharing due
+    /// times with the other evaluations of the ingest.
+    fn evaluate(
+        &self,
+        case: &Case,
+        input: &Input<'_>,
+        history: &dyn CaseHistory,
+    ) -> Evaluation<'e> {
+        let mut due_times = self.due_times.borrow_mut();
+        let policy = due_times.policy();
+        evaluate_sharing(policy, case, input, history, self.now, &mut due_times)
+    }
+
+    /// Moves a case to the state of a lifecycle event and evaluates it
+    /// against `history` (the batch as it was before this message).
     fn lifecycle(
         &self,
         case: &mut Case,
@@ -565,7 +592,7 @@ impl Run<'_> {
         why: &str,
         events: &mut Vec<Event>,
         clocks: &mut ClockPlan,
-        exclude: Option<&CaseRef>,
+        history: &dyn CaseHistory,
     ) {
         if let Some(to) = state_after(event, case.state) {
             events.push(self.event(EventKind::StateChanged {
@@ -579,16 +606,9 @@ impl Run<'_> {
             }));
             case.state = to;
         }
-        let history = self.batch.history(&self.engine.store, exclude);
-        let evaluation = evaluate(
-            &self.active.policy,
-            case,
-            &Input::Lifecycle(event),
-            &history,
-            self.now,
-        );
+        let evaluation = self.evaluate(case, &Input::Lifecycle(event), history);
         clocks.observe(&evaluation.actions);
-        events.extend(apply(case, &evaluation.actions, self.now));
+        events.extend(apply_owned(case, evaluation.actions, self.now));
     }
 
     /// A forward that can be sent, or `None` with a note in `events` that
@@ -603,17 +623,9 @@ impl Run<'_> {
             case,
             department,
             mail,
-            received_at,
             attachments,
         } = forward;
-        match self.forward_plan(
-            case,
-            department,
-            mail,
-            received_at,
-            attachments,
-            description.clone(),
-        ) {
+        match self.forward_plan(case, department, mail, attachments, description.clone()) {
             Ok(plan) => self.check_plan(&plan, events).then_some(plan),
             Err(error) => {
                 events.push(self.event(EventKind::Note {
@@ -628,10 +640,9 @@ impl Run<'_> {
     /// `description` names it in the case's log.
     fn forward_plan(
         &self,
-        case: &Case,
+        case: &Arc<Case>,
         department: &str,
-        mail: &IncomingMail,
-        received_at: DateTime<Utc>,
+        mail: &Arc<MailView>,
         attachments: &Arc<Vec<OutgoingAttachment>>,
         description: String,
     ) -> Result<MailPlan, String> {
@@ -657,7 +668,7 @@ impl Run<'_> {
             purpose: FORWARD.to_owned(),
             template: FORWARD_TEMPLATE.to_owned(),
             language: self.active.default_language(),
-            case: Some(case.clone()),
+            case: Some(Arc::clone(case)),
             to,
             reply_department: Some(department.to_owned()),
             reply_to: None,
@@ -665,14 +676,19 @@ impl Run<'_> {
             references: Vec::new(),
             content: Content::Forward {
                 department: department.to_owned(),
-                mail: MailView::new(mail, received_at, self.letterhead.zone),
+                mail: Arc::clone(mail),
                 attachments: attachments.clone(),
             },
             description,
         })
     }
 
-    fn acknowledgement_plan(&self, case: &Case, mail: &IncomingMail, sender: &Address) -> MailPlan {
+    fn acknowledgement_plan(
+        &self,
+        case: &Arc<Case>,
+        mail: &IncomingMail,
+        sender: &Address,
+    ) -> MailPlan {
         let settings = &self.engine.settings;
         let reply_to = (!settings
             .complaint_address
@@ -691,7 +707,7 @@ impl Run<'_> {
             purpose: ACKNOWLEDGEMENT.to_owned(),
             template: ACKNOWLEDGEMENT_TEMPLATE.to_owned(),
             language: case.language.clone(),
-            case: Some(case.clone()),
+            case: Some(Arc::clone(case)),
             to: vec![sender.clone()],
             reply_department: None,
             reply_to,
@@ -706,7 +722,11 @@ impl Run<'_> {
     /// note. Its template is not rendered here: the store renders it for
     /// the mail's identity and notes there if the template failed.
     fn check_plan(&self, plan: &MailPlan, events: &mut Vec<Event>) -> bool {
-        match plan.preflight(&self.engine.settings.case_prefix) {
+        let checked = plan.preflight_with(
+            &self.engine.settings.case_prefix,
+            &mut self.preflight.borrow_mut(),
+        );
+        match checked {
             Ok(()) => true,
             Err(error) => {
                 let what = &plan.description;
@@ -735,7 +755,6 @@ impl Run<'_> {
         };
         let now = self.now;
         let store = &self.engine.store;
-        let policy = &self.active.policy;
         let language = self.active.language_for(&mail.language);
         let mut facts = mail.to_facts(&self.channel, received_at);
         facts.language = language.clone();
@@ -757,17 +776,24 @@ impl Run<'_> {
         ];
         events.extend(self.problems_note(&mail));
         let mut clocks = ClockPlan::default();
+        // The batch does not change until this message is pushed, so one
+        // view of its history serves every evaluation of the new case.
+        let history = self.batch.history(store, None);
         {
-            let history = self.batch.history(store, None);
-            let evaluation = evaluate(policy, &case, &Input::NewComplaint(&facts), &history, now);
+            let evaluation = self.evaluate(&case, &Input::NewComplaint(&facts), &history);
             clocks.observe(&evaluation.actions);
-            events.extend(apply(&mut case, &evaluation.actions, now));
+            events.extend(apply_owned(&mut case, evaluation.actions, now));
         }
+
+        // The mails are checked with the case as it is now (what a check
+        // looks at of it, its creation year, never changes) and carry the
+        // case as stored, once it is, below.
+        let checked = Arc::new(case.clone());
 
         // The acknowledgement, within the sender's hourly allowance.
         let limit = self.engine.settings.acks_per_sender_per_hour;
-        let already =
-            store.acks_in_hour(&sender.email, now)? + self.batch.pending_acks(&sender.email, now);
+        let pending = self.pending_acks.get(&ack_sender(&sender.email));
+        let already = store.acks_in_hour(&sender.email, now)? + pending.copied().unwrap_or(0);
         let acknowledgement = if already >= u64::from(limit) {
             tracing::info!(sender = %sender.email, already, limit, "acknowledgement rate limit reached");
             events.push(self.event(EventKind::Note {
@@ -778,7 +804,7 @@ impl Run<'_> {
             }));
             None
         } else {
-            let plan = self.acknowledgement_plan(&case, &mail, &sender);
+            let plan = self.acknowledgement_plan(&checked, &mail, &sender);
             self.check_plan(&plan, &mut events).then_some(plan)
         };
         if acknowledgement.is_some() {
@@ -789,7 +815,7 @@ impl Run<'_> {
                 why,
                 &mut events,
                 &mut clocks,
-                None,
+                &history,
             );
         }
 
@@ -801,14 +827,15 @@ impl Run<'_> {
                 text: "the policy routed the case to no department; it is not forwarded".into(),
             })),
             Some(assignment) => {
+                // One view of the mail for every department's forward.
+                let view = Arc::new(MailView::new(&mail, received_at, self.letterhead.zone));
                 let departments = std::iter::once(assignment.department).chain(assignment.cc);
                 for department in departments {
                     let what = format!("the forward to department {department}");
                     let forward = ForwardOf {
-                        case: &case,
+                        case: &checked,
                         department: &department,
-                        mail: &mail,
-                        received_at,
+                        mail: &view,
                         attachments: &attachments,
                     };
                     if let Some(plan) = self.checked_forward(forward, what, &mut events) {
@@ -826,10 +853,11 @@ impl Run<'_> {
                 &why,
                 &mut events,
                 &mut clocks,
-                None,
+                &history,
             );
         }
 
+        drop(history);
         let mut changes = ChangeSet::for_message(&mail.message_id, received_at)?;
         let case_ref = changes.new_case(case.clone())?;
         for event in events {
@@ -842,13 +870,18 @@ impl Run<'_> {
         let acknowledged = acknowledgement.is_some();
         if acknowledged {
             changes.count_ack(&sender.email, now);
+            *self
+                .pending_acks
+                .entry(ack_sender(&sender.email))
+                .or_default() += 1;
         }
         // The mails show the case as it is stored, after the lifecycle steps above.
+        let case = Arc::new(case);
         let plans = acknowledgement
             .into_iter()
             .chain(forwards.into_iter().map(|(_, plan)| plan));
         for mut plan in plans {
-            plan.case = Some(case.clone());
+            plan.case = Some(Arc::clone(&case));
             changes.queue_mail(&case_ref, plan.into_draft(&envelope_from))?;
         }
         let id = mail.message_id.clone();
@@ -890,15 +923,9 @@ impl Run<'_> {
         let mut clocks = ClockPlan::default();
         {
             let history = self.batch.history(&self.engine.store, Some(&exclude));
-            let evaluation = evaluate(
-                &self.active.policy,
-                &case,
-                &Input::CustomerReply(&facts),
-                &history,
-                now,
-            );
+            let evaluation = self.evaluate(&case, &Input::CustomerReply(&facts), &history);
             clocks.observe(&evaluation.actions);
-            events.extend(apply(&mut case, &evaluation.actions, now));
+            events.extend(apply_owned(&mut case, evaluation.actions, now));
         }
         let mut work = replies::customer_start(case, events);
         work.clocks = clocks;
@@ -910,11 +937,12 @@ impl Run<'_> {
                 let attachments = Arc::new(outgoing_attachments(&mail, &blobs));
                 let what =
                     format!("the forward of the customer's reply to department {department}");
+                let checked = Arc::new(work.case.clone());
+                let view = Arc::new(MailView::new(&mail, received_at, self.letterhead.zone));
                 let forward = ForwardOf {
-                    case: &work.case,
+                    case: &checked,
                     department: &department,
-                    mail: &mail,
-                    received_at,
+                    mail: &view,
                     attachments: &attachments,
                 };
                 if let Some(plan) = self.checked_forward(forward, what, &mut work.events) {
@@ -1134,6 +1162,7 @@ impl Run<'_> {
         self.uncommitted = false;
         self.links.clear();
         self.pending_cases.clear();
+        self.pending_acks.clear();
         for (uid, message_id, pending) in self.pending.drain(..) {
             let outcome = match pending {
                 Pending::Done(outcome) => outcome,
@@ -1251,6 +1280,12 @@ fn parse_one((uid, raw): (u32, RawMessage), max_bytes: u64) -> Fetched {
     (uid, raw, parsed)
 }
 
+/// A sender as acknowledgement counters are kept for it
+/// ([`ChangeSet::count_ack`]): trimmed and lower-cased.
+fn ack_sender(sender: &str) -> String {
+    sender.trim().to_lowercase()
+}
+
 /// Whether an unverified claim looks like someone posing as a department
 /// (a security alert) rather than a department writing the wrong way.
 fn is_attack(reason: &UnverifiedReason) -> bool {
@@ -1288,16 +1323,15 @@ fn store_texts_and_attachments(
     }
 }
 
-/// The attachments of a mail, to go with its forward.
 /// What a forward is made of: the case, where it goes, the mail it carries.
 struct ForwardOf<'a> {
-    case: &'a Case,
+    case: &'a Arc<Case>,
     department: &'a str,
-    mail: &'a IncomingMail,
-    received_at: DateTime<Utc>,
+    mail: &'a Arc<MailView>,
     attachments: &'a Arc<Vec<OutgoingAttachment>>,
 }
 
+/// The attachments of a mail, to go with its forward.
 fn outgoing_attachments(mail: &IncomingMail, blobs: &[AttachmentBlob]) -> Vec<OutgoingAttachment> {
     mail.attachments
         .iter()
@@ -1366,6 +1400,83 @@ mod tests {
                 (_, other) => panic!("message {uid}: {other:?}"),
             }
         }
+    }
+
+    /// A plain mail from `from`, answering `in_reply_to` if given.
+    fn mail_from(from: &str, id: &str, in_reply_to: Option<&str>) -> RawMessage {
+        let threading = in_reply_to
+            .map(|r| format!("In-Reply-To: <{r}>\r\nReferences: <{r}>\r\n"))
+            .unwrap_or_default();
+        RawMessage::full(
+            format!(
+                "From: <{from}>\r\nTo: <complaints@corp.example>\r\nMessage-ID: <{id}>\r\n\
+                 {threading}Subject: 停气\r\n\r\n小区停气了，请尽快处理。\r\n"
+            )
+            .into_bytes(),
+        )
+    }
+
+    /// The acknowledgement allowance counts the acknowledgements of the
+    /// pending batch and, once a reply to a new case made the batch commit
+    /// early, those committed: each exactly once.
+    #[test]
+    fn the_acknowledgement_allowance_counts_the_batch_and_what_it_committed_once() {
+        use crate::clock::ManualClock;
+        use crate::engine::EngineSettings;
+
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let settings = EngineSettings {
+            rules_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
+            complaint_address: "complaints@corp.example".into(),
+            sender_address: "complaints@corp.example".into(),
+            own_addresses: Vec::new(),
+            reply_secret: crate::mail::token::ReplySecret::new(
+                b"ingest-test-secret-0123456789".to_vec(),
+            )
+            .expect("a secret"),
+            token_valid_days: 90,
+            message_id_host: "corp.example".into(),
+            acks_per_sender_per_hour: 3,
+            case_prefix: "TS".into(),
+            case_number_width: 6,
+            time_zone: chrono_tz::Asia::Shanghai,
+            max_message_bytes: 1024 * 1024,
+            organisation: "Corp Gas".into(),
+            reopen_window_days: 30,
+        };
+        let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00+08:00")
+            .expect("a time")
+            .with_timezone(&Utc);
+        let clock = Arc::new(ManualClock::new(now));
+        let engine =
+            Engine::open(settings, &dir.path().join("store"), clock).expect("the engine opens");
+        let zhao = "zhao@customers.example";
+        let fetch = vec![
+            (1, mail_from(zhao, "c1@customers.example", None)),
+            (2, mail_from(zhao, "c2@customers.example", None)),
+            (
+                3,
+                mail_from(zhao, "r1@customers.example", Some("c1@customers.example")),
+            ),
+            (4, mail_from(zhao, "c3@customers.example", None)),
+            (5, mail_from(zhao, "c4@customers.example", None)),
+        ];
+        let report = engine
+            .ingest("complaints", "own", 1, fetch)
+            .expect("the fetch is ingested");
+        assert_eq!(report.transactions, 2);
+        let acknowledged: Vec<Option<bool>> = report
+            .messages
+            .iter()
+            .map(|m| match m.outcome {
+                Outcome::NewCase { acknowledged, .. } => Some(acknowledged),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            acknowledged,
+            [Some(true), Some(true), None, Some(true), Some(false)]
+        );
     }
 
     #[test]

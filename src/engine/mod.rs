@@ -57,6 +57,7 @@ pub fn configure_worker_pool() {
 use crate::case::{Address, CaseId};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::mail::classify::OwnMailboxes;
 use crate::mail::token::ReplySecret;
 use crate::store::{DeliveryFailure, OutboxEntry, Store, StoreError, StoreSettings};
 use compose::Letterhead;
@@ -192,6 +193,8 @@ pub struct Engine {
     store: Store,
     settings: EngineSettings,
     own_addresses: Vec<String>,
+    /// `own_addresses` as classification compares them.
+    own_mailboxes: OwnMailboxes,
     clock: Arc<dyn Clock>,
     active: RwLock<Arc<ActivePolicy>>,
     /// Serialises everything that commits case changes.
@@ -233,9 +236,11 @@ impl Engine {
         clock: Arc<dyn Clock>,
         active: ActivePolicy,
     ) -> Result<Engine, EngineError> {
+        let own_addresses = settings.all_own_addresses();
         let engine = Engine {
             store,
-            own_addresses: settings.all_own_addresses(),
+            own_mailboxes: OwnMailboxes::new(&own_addresses),
+            own_addresses,
             settings,
             clock,
             active: RwLock::new(Arc::new(active)),

@@ -20,7 +20,7 @@ use crate::case::{Address, Because, CaseId, CaseState, Event, EventKind};
 use crate::mail::template::{local, EscalationView};
 use crate::rules::ast::ClockEvent;
 use crate::rules::eval::{
-    apply, clock_event_name, evaluate, Action, Input, StepRecipient, TimerKind,
+    apply, apply_owned, clock_event_name, evaluate, Action, Input, StepRecipient, TimerKind,
 };
 use crate::store::{CaseRef, ChangeSet, Timer};
 
@@ -201,7 +201,7 @@ impl Engine {
                     } else {
                         active.default_language()
                     },
-                    case: Some(case.clone()),
+                    case: Some(Arc::new(case.clone())),
                     to: group
                         .iter()
                         .map(|r| Address::new(&r.address, None))
@@ -240,8 +240,9 @@ impl Engine {
             changes.append_event(&case_ref, event);
         }
         clocks.write(&mut changes, &case_ref, &case);
+        let case = Arc::new(case);
         for mut plan in plans {
-            plan.case = Some(case.clone());
+            plan.case = Some(Arc::clone(&case));
             changes.queue_mail(&case_ref, plan.into_draft(&self.settings.sender_address))?;
         }
         self.store.apply(&changes)?;
@@ -292,7 +293,7 @@ impl Engine {
         );
         let mut clocks = ClockPlan::default();
         clocks.observe(&evaluation.actions);
-        events.extend(apply(&mut case, &evaluation.actions, now));
+        events.extend(apply_owned(&mut case, evaluation.actions, now));
         let case_ref = CaseRef::Existing(case_id.clone());
         let mut changes = ChangeSet::new();
         if case != base {
@@ -347,7 +348,7 @@ impl Engine {
         let evaluation = evaluate(&active.policy, &case, &Input::Recheck, &history, now);
         let mut clocks = ClockPlan::default();
         clocks.observe(&evaluation.actions);
-        events.extend(apply(&mut case, &evaluation.actions, now));
+        events.extend(apply_owned(&mut case, evaluation.actions, now));
         let case_ref = CaseRef::Existing(case_id.clone());
         let mut changes = ChangeSet::new();
         changes.update_case(&base, case.clone())?;

@@ -277,12 +277,41 @@ impl std::fmt::Display for UnverifiedReason {
     }
 }
 
+/// The daemon's own mailboxes as classification compares addresses with
+/// them: base mailboxes (no plus-detail), lower-cased.
+#[derive(Debug, Clone, Default)]
+pub struct OwnMailboxes(HashSet<String>);
+
+impl OwnMailboxes {
+    pub fn new(own_addresses: &[String]) -> Self {
+        OwnMailboxes(
+            own_addresses
+                .iter()
+                .map(|a| token::base_mailbox(a))
+                .collect(),
+        )
+    }
+}
+
 /// Decides what `mail` is. See the module documentation for the order of checks.
 pub fn classify(
     mail: &IncomingMail,
     context: &ClassifyContext<'_>,
     lookup: &dyn ThreadLookup,
 ) -> MailKind {
+    let own = OwnMailboxes::new(context.own_addresses);
+    classify_with(mail, context, &own, lookup)
+}
+
+/// [`classify`] with `own`, [`OwnMailboxes::new`] of the context's own
+/// addresses, made once for the mails of a fetch.
+pub fn classify_with(
+    mail: &IncomingMail,
+    context: &ClassifyContext<'_>,
+    own: &OwnMailboxes,
+    lookup: &dyn ThreadLookup,
+) -> MailKind {
+    let own = &own.0;
     match lookup.message(&mail.message_id) {
         Some(KnownMessage::Ingested { case }) => return MailKind::Duplicate { case },
         Some(KnownMessage::Sent { .. }) => {
@@ -292,12 +321,7 @@ pub fn classify(
         }
         None => {}
     }
-    let own: HashSet<String> = context
-        .own_addresses
-        .iter()
-        .map(|a| token::base_mailbox(a))
-        .collect();
-    if let Some(reason) = loop_reason(mail, &own) {
+    if let Some(reason) = loop_reason(mail, own) {
         return MailKind::Loop { reason };
     }
     let thread = thread_of(mail, lookup);
@@ -323,7 +347,7 @@ pub fn classify(
             case: thread.map(|(case, _)| case),
         };
     }
-    classify_reply(mail, context, lookup, &own, thread)
+    classify_reply(mail, context, lookup, own, thread)
 }
 
 fn loop_reason(mail: &IncomingMail, own: &HashSet<String>) -> Option<LoopReason> {
@@ -432,8 +456,8 @@ fn token_verdicts(
         .flat_map(|name| mail.headers_named(name))
         .map(|value| bare_address(value).to_ascii_lowercase());
     let mut seen = HashSet::new();
-    let names = lookup.department_names();
-    mail.recipients()
+    let candidates: Vec<String> = mail
+        .recipients()
         .map(|a| a.email.clone())
         .chain(header_recipients)
         .filter(|address| {
@@ -444,6 +468,14 @@ fn token_verdicts(
                 && own.contains(&token::base_mailbox(address))
         })
         .filter(|address| seen.insert(address.clone()))
+        .collect();
+    // Most mail carries no token: the policy's names are read only for one.
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let names = lookup.department_names();
+    candidates
+        .into_iter()
         .map(|address| {
             let verdict = token::verify(
                 context.secret,

@@ -5,7 +5,10 @@
 //! case through the actions decided so far (the latest field value, tag or
 //! route wins) and keeps its own copy of the clocks (made at the first clock
 //! action), so the case itself is never copied. The caller applies the returned actions to the real case
-//! with [`apply`] — the daemon, `simulate` and `rules test` all go through it.
+//! with [`apply`] (or [`apply_owned`], which moves them into the events) —
+//! the daemon, `simulate` and `rules test` all go through it. The
+//! evaluations of one ingest share the due times of the clocks they start
+//! ([`evaluate_sharing`], [`DueTimes`]): the same answers, counted once.
 //!
 //! One evaluation runs, in this order:
 //! 1. on a new complaint: the default (lowest) severity if none is set;
@@ -250,6 +253,27 @@ pub fn evaluate<'p>(
     history: &dyn CaseHistory,
     now: DateTime<Utc>,
 ) -> Evaluation<'p> {
+    evaluate_sharing(
+        policy,
+        case,
+        input,
+        history,
+        now,
+        &mut DueTimes::new(policy),
+    )
+}
+
+/// [`evaluate`], counting the due times of the clocks it starts in
+/// `due_times` or taking them from there: the same evaluation, with the work
+/// shared between the evaluations of a batch.
+pub fn evaluate_sharing<'p>(
+    policy: &'p Policy,
+    case: &Case,
+    input: &Input<'_>,
+    history: &dyn CaseHistory,
+    now: DateTime<Utc>,
+    due_times: &mut DueTimes<'p>,
+) -> Evaluation<'p> {
     let mail = match *input {
         Input::NewComplaint(m) | Input::CustomerReply(m) => Some(m),
         _ => None,
@@ -267,6 +291,7 @@ pub fn evaluate<'p>(
         actions: Vec::with_capacity(8),
         trace: Vec::with_capacity(policy.prepared.trace_capacity + 8),
         fired_rules: 0,
+        due_times,
     };
     evaluator.run(input);
     Evaluation {
@@ -296,18 +321,123 @@ pub fn holds<'p>(
         actions: Vec::new(),
         trace: Vec::new(),
         fired_rules: 0,
+        due_times: &mut DueTimes::new(policy),
     };
     let mut looked = Looked::default();
     let holds = evaluator.eval_expr(condition, &mut looked);
     (holds, looked.owned())
 }
 
+/// Most due times a [`DueTimes`] keeps; past that it starts over.
+const MAX_DUE_TIMES: usize = 32;
+
+/// The due times of clocks, with their accounts, counted under one policy,
+/// for evaluations to share ([`evaluate_sharing`]). Every complaint of a
+/// fetch starts the same clocks at the same `now`, and counting a due time
+/// on a business calendar, with the account of how it was counted, costs
+/// more than the rest of an evaluation.
+#[derive(Debug)]
+pub struct DueTimes<'p> {
+    policy: &'p Policy,
+    counted: Vec<CountedDue>,
+}
+
+/// One due time: `duration` from `start` on the calendar named `calendar`.
+#[derive(Debug)]
+struct CountedDue {
+    calendar: Option<String>,
+    start: DateTime<Utc>,
+    duration: super::ast::Duration,
+    due: Result<DueTime, String>,
+}
+
+/// A clock's due time with what a started clock tells about it.
+#[derive(Debug, Clone)]
+struct DueTime {
+    due: DateTime<Utc>,
+    /// How the due time was counted, for people.
+    counted: String,
+    /// The duration as the policy writes it, e.g. `3 working days`.
+    duration_text: String,
+    /// The trace's note on the start: the duration, the due time and how
+    /// it was counted.
+    note: String,
+}
+
+impl DueTime {
+    /// `duration` from `start` on `calendar`.
+    fn count(
+        calendar: Option<&Calendar>,
+        start: DateTime<Utc>,
+        duration: super::ast::Duration,
+    ) -> Result<DueTime, String> {
+        let (due, counted) = clockmath::due_after(calendar, start, duration)?;
+        let duration_text = clockmath::duration_text(duration);
+        let note = format!("{duration_text}: due {} ({counted})", due.to_rfc3339());
+        Ok(DueTime {
+            due,
+            counted,
+            duration_text,
+            note,
+        })
+    }
+}
+
+impl<'p> DueTimes<'p> {
+    /// None counted yet, for evaluations under `policy`.
+    pub fn new(policy: &'p Policy) -> Self {
+        DueTimes {
+            policy,
+            counted: Vec::new(),
+        }
+    }
+
+    /// The policy these due times are counted under.
+    pub fn policy(&self) -> &'p Policy {
+        self.policy
+    }
+
+    /// The due time and account of `duration` from `start` on `calendar`
+    /// (the calendar of the policy named `calendar_name`).
+    fn due_after(
+        &mut self,
+        calendar_name: Option<&str>,
+        calendar: Option<&Calendar>,
+        start: DateTime<Utc>,
+        duration: super::ast::Duration,
+    ) -> Result<DueTime, String> {
+        let known = self.counted.iter().find(|c| {
+            c.start == start && c.duration == duration && c.calendar.as_deref() == calendar_name
+        });
+        if let Some(counted) = known {
+            return counted.due.clone();
+        }
+        let due = DueTime::count(calendar, start, duration);
+        if self.counted.len() == MAX_DUE_TIMES {
+            self.counted.clear();
+        }
+        self.counted.push(CountedDue {
+            calendar: calendar_name.map(str::to_owned),
+            start,
+            duration,
+            due: due.clone(),
+        });
+        due
+    }
+}
+
 /// Applies actions to a case in order and returns the events to log.
 /// Timers are the caller's to store; they produce no event.
 pub fn apply(case: &mut Case, actions: &[Action], now: DateTime<Utc>) -> Vec<Event> {
-    let mut events = Vec::new();
+    apply_owned(case, actions.to_vec(), now)
+}
+
+/// [`apply`], taking the actions: their texts move into the events instead
+/// of being copied.
+pub fn apply_owned(case: &mut Case, actions: Vec<Action>, now: DateTime<Utc>) -> Vec<Event> {
+    let mut events = Vec::with_capacity(actions.len());
     for action in actions {
-        mutate(case, action, now);
+        mutate(case, &action, now);
         if let Some(kind) = event_of(action) {
             events.push(Event { at: now, kind });
         }
@@ -431,34 +561,34 @@ fn is_clock_action(action: &Action) -> bool {
     )
 }
 
-fn event_of(action: &Action) -> Option<EventKind> {
+fn event_of(action: Action) -> Option<EventKind> {
     Some(match action {
         Action::SetField {
             field,
             value,
             because,
         } => EventKind::FieldSet {
-            field: field.clone(),
-            value: value.clone(),
-            because: because.clone(),
+            field,
+            value,
+            because,
         },
         Action::RaiseSeverity { to, because, .. } => EventKind::FieldSet {
             field: "severity".to_owned(),
-            value: FieldValue::Name(to.clone()),
-            because: because.clone(),
+            value: FieldValue::Name(to),
+            because,
         },
         Action::AddTag { tag, because } => EventKind::TagAdded {
-            tag: tag.clone(),
-            because: because.clone(),
+            tag,
+            because,
         },
         Action::Assign {
             department,
             cc,
             because,
         } => EventKind::Assigned {
-            department: department.clone(),
-            cc: cc.clone(),
-            because: because.clone(),
+            department,
+            cc,
+            because,
         },
         Action::StartClock {
             deadline,
@@ -468,18 +598,18 @@ fn event_of(action: &Action) -> Option<EventKind> {
             because,
             ..
         } => EventKind::ClockStarted {
-            deadline: deadline.clone(),
-            due: *due,
-            calendar: calendar.clone(),
-            counted: counted.clone(),
-            because: because.clone(),
+            deadline,
+            due,
+            calendar,
+            counted,
+            because,
         },
         Action::StopClock { deadline, met, .. } => EventKind::ClockStopped {
-            deadline: deadline.clone(),
-            met: *met,
+            deadline,
+            met,
         },
         Action::PauseClock { deadline, .. } => EventKind::ClockPaused {
-            deadline: deadline.clone(),
+            deadline,
         },
         Action::ResumeClock {
             deadline,
@@ -487,9 +617,9 @@ fn event_of(action: &Action) -> Option<EventKind> {
             paused_seconds,
             ..
         } => EventKind::ClockResumed {
-            deadline: deadline.clone(),
-            due: *due,
-            paused_seconds: *paused_seconds,
+            deadline,
+            due,
+            paused_seconds,
         },
         Action::FireStep {
             deadline,
@@ -498,11 +628,11 @@ fn event_of(action: &Action) -> Option<EventKind> {
             recipients,
             because,
         } => EventKind::EscalationFired {
-            deadline: deadline.clone(),
-            step: *step,
-            template: template.clone(),
-            recipients: recipients.iter().map(|r| r.address.clone()).collect(),
-            because: because.clone(),
+            deadline,
+            step,
+            template,
+            recipients: recipients.into_iter().map(|r| r.address).collect(),
+            because,
         },
         Action::MarkStepFired {
             deadline,
@@ -516,7 +646,7 @@ fn event_of(action: &Action) -> Option<EventKind> {
             ),
         },
         Action::Breach { deadline, .. } => EventKind::ClockBreached {
-            deadline: deadline.clone(),
+            deadline,
         },
         Action::ScheduleTimer { .. } => return None,
     })
@@ -601,6 +731,8 @@ struct Evaluator<'p, 'e> {
     actions: Vec<Action>,
     trace: Vec<Verdict<'p>>,
     fired_rules: usize,
+    /// Due times shared with other evaluations under the same policy.
+    due_times: &'e mut DueTimes<'p>,
 }
 
 impl<'p, 'e> Evaluator<'p, 'e> {
@@ -1198,9 +1330,13 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                 }
             },
         };
-        match clockmath::due_after(calendar, start, duration.node) {
-            Ok((due, counted)) => {
-                let duration_text = clockmath::duration_text(duration.node);
+        match self.due_after(calendar_name.as_deref(), calendar, start, duration.node) {
+            Ok(DueTime {
+                due,
+                counted,
+                duration_text,
+                note,
+            }) => {
                 seen.push((
                     Cow::Borrowed("starts on"),
                     Cow::Borrowed(clock_event_name(event)),
@@ -1210,10 +1346,7 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                     seen.push((Cow::Borrowed("calendar"), Cow::Owned(cal.clone())));
                 }
                 if let Some(verdict) = self.trace.last_mut() {
-                    verdict.notes.push(format!(
-                        "{duration_text}: due {} ({counted})",
-                        due.to_rfc3339()
-                    ));
+                    verdict.notes.push(note);
                 }
                 let because = self.because(&rule, span, &seen);
                 self.push(Action::StartClock {
@@ -1235,6 +1368,24 @@ impl<'p, 'e> Evaluator<'p, 'e> {
                         .push(format!("the clock does not start: {problem}"));
                 }
             }
+        }
+    }
+
+    /// The due time of `duration` from `start` on `calendar` (named
+    /// `calendar_name`), with how it was counted; shared with the other
+    /// evaluations of [`Evaluator::due_times`] when that is of this policy.
+    fn due_after(
+        &mut self,
+        calendar_name: Option<&str>,
+        calendar: Option<&'p Calendar>,
+        start: DateTime<Utc>,
+        duration: super::ast::Duration,
+    ) -> Result<DueTime, String> {
+        if std::ptr::eq(self.policy, self.due_times.policy) {
+            self.due_times
+                .due_after(calendar_name, calendar, start, duration)
+        } else {
+            DueTime::count(calendar, start, duration)
         }
     }
 
@@ -1819,5 +1970,126 @@ impl CaseHistory for MemoryHistory {
         until: DateTime<Utc>,
     ) -> Vec<String> {
         self.senders_where(since, until, |e| e.tags.iter().any(|t| t == tag))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::{Address, CaseId};
+    use crate::rules::check::{check, Environment};
+    use crate::rules::parse::parse_file;
+    use crate::rules::{Limits, SourceMap};
+
+    /// A policy whose office opens at `hours` on weekdays.
+    fn policy(hours: &str) -> Policy {
+        let text = format!(
+            r#"
+severity general < major
+category other "其他"
+channel own
+languages zh
+calendar office "Asia/Shanghai" {{
+    hours mon..fri {hours}
+}}
+department service "客服" <service@corp.example> {{ calendar office }}
+template reminder "reminder"
+classify {{
+    rule rest:
+        when category is empty
+        then category = other
+}}
+route {{
+    otherwise -> service
+}}
+deadline forward {{
+    calendar office
+    starts on received
+    stops on forwarded
+    otherwise -> 1 working hour
+}}
+deadline answer {{
+    starts on forwarded
+    stops on answered
+    otherwise -> 2 working days
+}}
+escalate answer {{
+    at 50% notify assignee using reminder
+    at 1 working day after due notify assignee using reminder
+}}
+"#
+        );
+        let mut sources = SourceMap::new();
+        let file = sources.add("test.rules", &text);
+        let parsed = parse_file(file, &text).expect("the test policy parses");
+        let checked = check(
+            sources,
+            &[parsed],
+            Limits::default(),
+            &Environment::default(),
+        );
+        checked.policy.expect("the test policy checks")
+    }
+
+    fn complaint(n: usize, now: DateTime<Utc>) -> (Case, MailFacts) {
+        let sender = Address::new(&format!("c{n}@customers.example"), None);
+        let mail = MailFacts {
+            subject: format!("停气 {n}"),
+            text: "小区停气了".to_owned(),
+            sender: sender.clone(),
+            language: "zh".to_owned(),
+            channel: "own".to_owned(),
+            received_at: now,
+            ..MailFacts::default()
+        };
+        let case = Case::new(
+            CaseId(String::new()),
+            now,
+            "own",
+            sender,
+            &mail.subject,
+            "zh",
+        );
+        (case, mail)
+    }
+
+    /// Evaluations sharing due times, under the policy of the shared due
+    /// times and under another one whose same calendar opens at other
+    /// hours, give what each evaluation gives alone.
+    #[test]
+    fn evaluations_that_share_due_times_give_what_they_give_alone() {
+        let (office, late_office) = (policy("08:30-12:00 14:00-17:30"), policy("10:30-17:00"));
+        let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00+08:00")
+            .expect("a time")
+            .with_timezone(&Utc);
+        let history = MemoryHistory::default();
+        let mut shared = DueTimes::new(&office);
+        let mut dues = Vec::new();
+        for n in 0..6 {
+            let policy = if n % 2 == 0 { &office } else { &late_office };
+            let (mut case, mail) = complaint(n, now);
+            for input in [
+                Input::NewComplaint(&mail),
+                Input::Lifecycle(ClockEvent::Forwarded),
+            ] {
+                let alone = evaluate(policy, &case, &input, &history, now);
+                let sharing = evaluate_sharing(policy, &case, &input, &history, now, &mut shared);
+                assert_eq!(sharing, alone, "complaint {n}, {input:?}");
+                dues.extend(alone.actions.iter().filter_map(|action| match action {
+                    Action::StartClock { deadline, due, .. } => {
+                        Some((n % 2, deadline.clone(), *due))
+                    }
+                    _ => None,
+                }));
+                apply(&mut case, &alone.actions, now);
+            }
+        }
+        // Both policies started both clocks each time, and the two offices
+        // count the forwarding hour differently.
+        assert_eq!(dues.len(), 12);
+        let forward_due = |office| dues.iter().find(|(o, d, _)| *o == office && d == "forward");
+        assert_ne!(forward_due(0).map(|d| d.2), forward_due(1).map(|d| d.2));
+        // The office's policy counted each of its two due times once.
+        assert_eq!(shared.counted.len(), 2);
     }
 }

@@ -29,9 +29,9 @@ use crate::lifecycle::commands::{
 use crate::lifecycle::customer::{interpret, CustomerIntent};
 use crate::lifecycle::{check_transition, merge_note, merged_case_in_note, next_states, words};
 use crate::mail::inbound::{AttachmentBlob, IncomingMail};
-use crate::mail::template::NoticeView;
+use crate::mail::template::{MailView, NoticeView};
 use crate::rules::ast::ClockEvent;
-use crate::rules::eval::{apply, evaluate, Input};
+use crate::rules::eval::{apply_owned, Input};
 use crate::store::{CaseRef, ChangeSet};
 
 use super::Outcome;
@@ -167,10 +167,10 @@ impl Run<'_> {
 
     fn run_rules(&self, work: &mut Work, input: Input<'_>, exclude: &CaseRef) {
         let history = self.batch.history(&self.engine.store, Some(exclude));
-        let evaluation = evaluate(&self.active.policy, &work.case, &input, &history, self.now);
+        let evaluation = self.evaluate(&work.case, &input, &history);
         work.clocks.observe(&evaluation.actions);
         work.events
-            .extend(apply(&mut work.case, &evaluation.actions, self.now));
+            .extend(apply_owned(&mut work.case, evaluation.actions, self.now));
     }
 
     fn set_field(&self, work: &mut Work, field: &str, value: FieldValue, rule: &str, seen: &str) {
@@ -212,7 +212,7 @@ impl Run<'_> {
             purpose: purpose.to_owned(),
             template: template.to_owned(),
             language,
-            case: Some(case.clone()),
+            case: Some(Arc::new(case.clone())),
             to: vec![to],
             reply_department,
             reply_to: None,
@@ -758,11 +758,11 @@ impl Run<'_> {
     ) -> Result<(), String> {
         let attachments = Arc::new(outgoing_attachments(mail, blobs));
         let what = format!("the forward to department {department}");
+        let view = Arc::new(MailView::new(mail, received_at, self.letterhead.zone));
         let plan = self.forward_plan(
-            &work.case,
+            &Arc::new(work.case.clone()),
             department,
-            mail,
-            received_at,
+            &view,
             &attachments,
             what.clone(),
         )?;
@@ -1211,8 +1211,11 @@ impl Run<'_> {
         store_texts_and_attachments(&mut changes, &case_ref, mail, blobs);
         work.clocks.write(&mut changes, &case_ref, &case);
         let envelope_from = self.engine.settings.sender_address.clone();
+        // The mails show the case as stored, one copy for all of them.
+        let mut stored: Option<Arc<Case>> = None;
         for mut plan in work.mails {
-            plan.case = Some(case.clone());
+            let shown = stored.get_or_insert_with(|| Arc::new(case.clone()));
+            plan.case = Some(Arc::clone(shown));
             changes.queue_mail(&case_ref, plan.into_draft(&envelope_from))?;
         }
         for (other, plan) in work.other_mails {

@@ -84,6 +84,24 @@ pub fn due_after(
     }
 }
 
+/// The due time of [`due_after`] without its account, which costs more
+/// than the arithmetic. Counting working minutes or hours, the account walks
+/// the calendar to the day after the due time and so may run past the
+/// calendar's horizon where the sum did not: those keep the full count, so
+/// that the answer, an error included, is always that of [`due_after`].
+fn due_at(
+    calendar: Option<&Calendar>,
+    start: DateTime<Utc>,
+    duration: Duration,
+) -> Result<DateTime<Utc>, String> {
+    match (calendar, duration.unit) {
+        (_, DurationUnit::WorkingMinutes | DurationUnit::WorkingHours) | (None, _) => {
+            due_after(calendar, start, duration).map(|(due, _)| due)
+        }
+        (Some(calendar), _) => calendar.add(start, duration).map_err(|e| e.to_string()),
+    }
+}
+
 /// Seconds between two instants in a clock's own measure.
 fn measure(
     calendar: Option<&Calendar>,
@@ -134,10 +152,10 @@ pub fn step_time(
             )
         }
         StepOffset::AfterStart(duration) => {
-            let (at, _) = due_after(calendar, clock.started_at, duration)?;
+            let at = due_at(calendar, clock.started_at, duration)?;
             advance(calendar, business, at, clock.paused_seconds)
         }
-        StepOffset::AfterDue(duration) => due_after(calendar, clock.due, duration).map(|(t, _)| t),
+        StepOffset::AfterDue(duration) => due_at(calendar, clock.due, duration),
         StepOffset::BeforeDue(duration) => before(calendar, clock.due, duration),
     }
 }
@@ -237,4 +255,73 @@ fn calendar_sub(
     duration: Duration,
 ) -> Result<DateTime<Utc>, String> {
     calendar.subtract(due, duration).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{NaiveDate, Weekday};
+
+    use super::*;
+    use crate::calendar::CalendarBuilder;
+
+    fn office(horizon_days: u32) -> Calendar {
+        let holiday = |d| NaiveDate::from_ymd_opt(2026, 10, d).expect("a date");
+        CalendarBuilder::new("office", "Asia/Shanghai")
+            .hours(Weekday::Mon, Weekday::Fri, "08:30-12:00 14:00-17:30")
+            .holiday(holiday(1), holiday(7), "国庆节")
+            .horizon_days(horizon_days)
+            .build()
+            .expect("a calendar")
+    }
+
+    const UNITS: [DurationUnit; 8] = [
+        DurationUnit::Minutes,
+        DurationUnit::Hours,
+        DurationUnit::Days,
+        DurationUnit::Weeks,
+        DurationUnit::WorkingMinutes,
+        DurationUnit::WorkingHours,
+        DurationUnit::WorkingDays,
+        DurationUnit::EndOfDay,
+    ];
+
+    /// `due_at` is `due_after` without the account: the same instant, or
+    /// the same error, with a calendar or without, near the calendar's
+    /// horizon too.
+    #[test]
+    fn a_due_time_without_its_account_is_the_one_with_it() {
+        let (roomy, tight) = (office(366), office(3));
+        let starts = [
+            "2026-09-30T09:00:00+08:00",
+            "2026-10-09T17:29:00+08:00",
+            "2026-10-10T20:00:00+08:00",
+            "2026-11-24T12:30:00+08:00",
+            // 20 or 21 working hours from here end on the third day, the
+            // last a horizon of three days reaches: the account then runs
+            // past the horizon where the sum did not.
+            "2026-11-23T08:30:00+08:00",
+        ];
+        let mut compared = 0;
+        for calendar in [Some(&roomy), Some(&tight), None] {
+            for start in starts {
+                let start = DateTime::parse_from_rfc3339(start)
+                    .expect("a time")
+                    .with_timezone(&Utc);
+                for unit in UNITS {
+                    for amount in [0, 1, 3, 20, 21] {
+                        let duration = Duration { amount, unit };
+                        let with_account = due_after(calendar, start, duration).map(|(due, _)| due);
+                        assert_eq!(
+                            due_at(calendar, start, duration),
+                            with_account,
+                            "{amount} {unit:?} from {start}"
+                        );
+                        compared += usize::from(with_account.is_err());
+                    }
+                }
+            }
+        }
+        // Some of the answers compared are errors (no calendar, past the horizon).
+        assert!(compared > 0);
+    }
 }
