@@ -24,8 +24,7 @@ use super::outbox::{
     queued_entry, MailDraft,
 };
 use super::prerender::{
-    prepared_for, prepared_message_id, AheadSlot, PreparedMail, Prerendered, PrerenderedMails,
-    SetAhead,
+    prepared_for, prepared_message_id, PreparedMail, Prerendered, PrerenderedMails, SetAhead,
 };
 use super::records::{
     normalize_message_id, AttachmentRecord, Checkpoint, MessageRecord, QuarantineRecord, Timer,
@@ -654,9 +653,7 @@ fn apply_changes(
     }
     let mut applied = Applied::default();
 
-    let encoded_cases = prepared
-        .and_then(|p| p.cases.get())
-        .and_then(Option::as_ref);
+    let encoded_cases = prepared.and_then(SetAhead::encoded_cases);
     for (index, (key, draft)) in changes.new_cases.iter().enumerate() {
         let id = allocate_case_number(tx, settings, draft.created_at)?;
         let mut case = draft.clone();
@@ -704,9 +701,7 @@ fn apply_changes(
             Some(case) => Some(resolver.resolve(tx, case)?),
             None => None,
         };
-        let prepared = prepared
-            .and_then(|p| p.mails.get(index))
-            .and_then(AheadSlot::get);
+        let prepared = prepared.and_then(|p| p.mail(index));
         applied
             .mails
             .push(queue_mail(tx, id.as_ref(), draft, prepared)?);

@@ -81,40 +81,56 @@ type EncodedEvents = Option<Vec<Arc<str>>>;
 /// foreseen to get and encoded with; `None` if one failed to encode.
 type EncodedCases = Option<Vec<(CaseId, sled::IVec)>>;
 
-/// A change set's mails rendered ahead and its events encoded ahead, if
-/// they were.
+/// What was prepared for one change set ahead of its transaction: its
+/// mails rendered for their foreseen identities (with their outbox
+/// records), its events and its new cases encoded, each `None` where it was
+/// not done. One job on the pool does a change set's work, so a set costs
+/// the serial pass one hand-over.
+pub(crate) struct Prepared {
+    mails: Vec<Option<Prerendered>>,
+    events: EncodedEvents,
+    cases: EncodedCases,
+}
+
+/// A change set's [`Prepared`] work, done or under way.
 pub(crate) struct SetAhead {
-    pub mails: Vec<AheadSlot<Prerendered>>,
-    /// Each of the change set's events as JSON, in order (`None` inside: an
-    /// event failed to encode, and the transaction encodes them itself).
-    pub events: AheadSlot<EncodedEvents>,
-    /// The change set's new cases as JSON, for the numbers foreseen.
-    pub cases: AheadSlot<EncodedCases>,
+    /// How many mails the change set queues (what the work was given).
+    mail_count: usize,
+    work: AheadSlot<Prepared>,
 }
 
 impl SetAhead {
     /// Nothing prepared for a change set of `mails` mails.
     fn empty(mails: usize) -> SetAhead {
         SetAhead {
-            mails: (0..mails).map(|_| AheadSlot::new(None)).collect(),
-            events: AheadSlot::new(None),
-            cases: AheadSlot::new(None),
+            mail_count: mails,
+            work: AheadSlot::new(None),
         }
+    }
+
+    /// The mail at `index` rendered ahead, waiting for it if under way.
+    pub(crate) fn mail(&self, index: usize) -> Option<&Prerendered> {
+        self.work.get()?.mails.get(index)?.as_ref()
     }
 
     /// The events' JSON, when it was encoded ahead for all `count` of them.
     pub(crate) fn encoded_events(&self, count: usize) -> Option<&[Arc<str>]> {
-        self.events
-            .get()
-            .and_then(Option::as_deref)
+        self.work
+            .get()?
+            .events
+            .as_deref()
             .filter(|encoded| encoded.len() == count)
+    }
+
+    /// The new cases' JSON with the numbers they were encoded for.
+    pub(crate) fn encoded_cases(&self) -> Option<&[(CaseId, sled::IVec)]> {
+        self.work.get()?.cases.as_deref()
     }
 }
 
-/// Work prepared ahead (a mail's rendering, a change set's events), done or
-/// under way on the pool: the commit waits for it only when it gets to it,
-/// so the pool goes on with the batch's later change sets while the
-/// transaction applies the earlier ones.
+/// Work prepared ahead (a change set's), done or under way on the pool: the
+/// commit waits for it only when it gets to it, so the pool goes on with the
+/// batch's later change sets while the transaction applies the earlier ones.
 pub(crate) struct AheadSlot<T> {
     work: Mutex<Option<Ahead<T>>>,
     finished: OnceLock<Option<T>>,
@@ -196,7 +212,7 @@ impl Store {
             && prerendered
                 .iter()
                 .zip(&shape)
-                .all(|(set, mails)| set.mails.len() == *mails);
+                .all(|(set, mails)| set.mail_count == *mails);
         if !aligned {
             // A renderer's output belongs to its own draft: anything not
             // given in the batch's order is rendered again in the commit.
@@ -213,16 +229,9 @@ impl Store {
 pub struct RenderAhead {
     /// `None` once a read failed: later mails are rendered in the commit.
     foresight: Option<Foresight>,
-    /// Per change set added: per mail, and its events.
-    sets: Vec<SetWork>,
+    /// Per change set added, in order.
+    sets: Vec<SetAhead>,
     on_pool: bool,
-}
-
-/// What was started for one change set.
-struct SetWork {
-    mails: Vec<Option<Ahead<Prerendered>>>,
-    events: Option<Ahead<EncodedEvents>>,
-    cases: Option<Ahead<EncodedCases>>,
 }
 
 /// Work done ahead, or under way on the pool.
@@ -252,58 +261,58 @@ impl RenderAhead {
         // On a pool thread, waiting for a job queued behind this one could
         // wait forever: such a caller does the work here.
         let on_pool = self.on_pool && rayon::current_thread_index().is_none();
-        let renderings = identities
-            .into_iter()
-            .zip(&change_set.mails)
-            .map(|(identity, (_, draft))| {
-                let identity = identity?;
-                Some(if on_pool {
-                    let draft = draft.clone();
-                    Ahead::OnPool(spawn_on_pool(move || render_for(&draft, identity, true)))
-                } else {
-                    Ahead::Done(render_for(draft, identity, false))
-                })
-            })
+        let drafts: Vec<(MailDraft, Option<MailIdentity>)> = change_set
+            .mails
+            .iter()
+            .zip(identities)
+            .map(|((_, draft), identity)| (draft.clone(), identity))
             .collect();
+        if !on_pool {
+            let prepared = Prepared {
+                mails: drafts
+                    .iter()
+                    .map(|(draft, identity)| Some(render_for(draft, identity.clone()?, false)))
+                    .collect(),
+                events: None,
+                cases: None,
+            };
+            self.sets.push(SetAhead {
+                mail_count: mails,
+                work: AheadSlot::new(Some(Ahead::Done(prepared))),
+            });
+            return;
+        }
         // The transaction would encode each event and new case as JSON on
         // the serial chain; the pool does it now, for the same bytes.
-        let events = (on_pool && !change_set.events.is_empty()).then(|| {
-            let events: Vec<Event> = change_set.events.iter().map(|(_, e)| e.clone()).collect();
-            Ahead::OnPool(spawn_on_pool(move || encode_events(&events)))
+        let events: Vec<Event> = change_set.events.iter().map(|(_, e)| e.clone()).collect();
+        let cases = self.foresight.as_ref().and_then(|foresight| {
+            change_set
+                .new_cases
+                .iter()
+                .map(|(key, draft)| {
+                    let mut case = draft.clone();
+                    case.id = foresight.new_ids.get(key)?.clone();
+                    Some(case)
+                })
+                .collect::<Option<Vec<Case>>>()
         });
-        let cases = self
-            .foresight
-            .as_ref()
-            .filter(|_| on_pool && !change_set.new_cases.is_empty())
-            .and_then(|foresight| {
-                change_set
-                    .new_cases
-                    .iter()
-                    .map(|(key, draft)| {
-                        let mut case = draft.clone();
-                        case.id = foresight.new_ids.get(key)?.clone();
-                        Some(case)
-                    })
-                    .collect::<Option<Vec<Case>>>()
-            })
-            .map(|cases| Ahead::OnPool(spawn_on_pool(move || encode_cases(cases))));
-        self.sets.push(SetWork {
-            mails: renderings,
-            events,
-            cases,
+        let work = spawn_on_pool(move || Prepared {
+            mails: drafts
+                .into_iter()
+                .map(|(draft, identity)| Some(render_for(&draft, identity?, true)))
+                .collect(),
+            events: encode_events(&events),
+            cases: cases.and_then(encode_cases),
+        });
+        self.sets.push(SetAhead {
+            mail_count: mails,
+            work: AheadSlot::new(Some(Ahead::OnPool(work))),
         });
     }
 
-    /// The work, each piece waited for when the commit gets to it.
+    /// The work, each change set's waited for when the commit gets to it.
     fn finish(self) -> PrerenderedMails {
         self.sets
-            .into_iter()
-            .map(|work| SetAhead {
-                mails: work.mails.into_iter().map(AheadSlot::new).collect(),
-                events: AheadSlot::new(work.events),
-                cases: AheadSlot::new(work.cases),
-            })
-            .collect()
     }
 }
 
@@ -696,14 +705,14 @@ mod tests {
         let refs: Vec<&ChangeSet> = changes.iter().collect();
         let prepared = store.prerender(&refs);
         for (n, set) in prepared.iter().enumerate() {
-            let cases = set.cases.get().and_then(Option::as_ref).expect("encoded");
+            let cases = set.encoded_cases().expect("encoded");
             let number = CaseId(format!("TS-2026-{:06}", n + 1));
             assert_eq!(cases.len(), 1);
             assert_eq!(cases[0].0, number);
             let json: Case = serde_json::from_slice(&cases[0].1).expect("a case");
             assert_eq!(json.id, number);
-            for slot in &set.mails {
-                let mail = slot.get().expect("rendered");
+            for index in 0..set.mail_count {
+                let mail = set.mail(index).expect("rendered");
                 let prepared = mail.result.as_ref().expect("rendered");
                 let record = prepared.record.as_ref().expect("a record");
                 let (entry, bytes) =
@@ -745,8 +754,7 @@ mod tests {
             let rendered = on_pool.prerender(&refs);
             let all = rendered
                 .iter()
-                .flat_map(|set| &set.mails)
-                .all(|slot| slot.get().is_some());
+                .all(|set| (0..set.mail_count).all(|index| set.mail(index).is_some()));
             let _ = done.send((all, std::thread::current().id()));
         });
         // Without the guard this job waits for renderings queued behind it
@@ -782,8 +790,8 @@ mod tests {
         let mut ahead = store.render_ahead();
         ahead.add(&store, &first);
         let prerendered = ahead.finish();
-        for slot in prerendered.iter().flat_map(|set| &set.mails) {
-            assert!(slot.get().is_some(), "rendered ahead");
+        for set in &prerendered {
+            assert!(set.mail(0).is_some(), "rendered ahead");
         }
         // Another commit takes the number the first change set was foreseen to get.
         store.apply(&complaint(2, &calls)).expect("commit");
