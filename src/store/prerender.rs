@@ -152,11 +152,11 @@ impl<T> AheadSlot<T> {
                 let work = self.work.lock().ok().and_then(|mut w| w.take());
                 match work? {
                     Ahead::Done(result) => Some(result),
-                    Ahead::OnPool(receiver) => match receiver.recv() {
-                        Ok(Ok(result)) => Some(result),
-                        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                    Ahead::OnPool(job) => match job.outcome() {
+                        Some(Ok(result)) => Some(result),
+                        Some(Err(panic)) => std::panic::resume_unwind(panic),
                         // The pool dropped the job: the commit does the work.
-                        Err(_) => None,
+                        None => None,
                     },
                 }
             })
@@ -237,7 +237,28 @@ pub struct RenderAhead {
 /// Work done ahead, or under way on the pool.
 enum Ahead<T> {
     Done(T),
-    OnPool(Receiver<std::thread::Result<T>>),
+    OnPool(PoolJob<T>),
+}
+
+/// Work queued on the pool. Whoever takes the work first does it: the pool
+/// when it gets to the job, or the committing thread when it needs the
+/// result before the pool has started (it does not wait for work queued
+/// behind other jobs, such as the parsing of the next fetch).
+struct PoolJob<T> {
+    work: Arc<Mutex<Option<Box<dyn FnOnce() -> T + Send>>>>,
+    result: Receiver<std::thread::Result<T>>,
+}
+
+impl<T> PoolJob<T> {
+    /// The result: computed here if the pool has not started the work,
+    /// else waited for. `None` if the pool dropped the job.
+    fn outcome(self) -> Option<std::thread::Result<T>> {
+        let unstarted = self.work.lock().ok().and_then(|mut work| work.take());
+        match unstarted {
+            Some(work) => Some(Ok(work())),
+            None => self.result.recv().ok(),
+        }
+    }
 }
 
 impl RenderAhead {
@@ -356,18 +377,23 @@ fn render_for(draft: &MailDraft, identity: MailIdentity, with_record: bool) -> P
     Prerendered { identity, result }
 }
 
-/// Runs `work` on rayon's pool, whose threads (and so the allocator's
+/// Queues `work` on rayon's pool, whose threads (and so the allocator's
 /// per-thread memory) stay from batch to batch.
-fn spawn_on_pool<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Receiver<std::thread::Result<T>> {
-    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+fn spawn_on_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> PoolJob<T> {
+    let (sender, result) = std::sync::mpsc::sync_channel(1);
+    let work: Arc<Mutex<Option<Box<dyn FnOnce() -> T + Send>>>> =
+        Arc::new(Mutex::new(Some(Box::new(work))));
+    let queued = Arc::clone(&work);
     rayon::spawn(move || {
+        // Taken already: the committing thread needed it first and did it.
+        let Some(work) = queued.lock().ok().and_then(|mut work| work.take()) else {
+            return;
+        };
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(work));
         // The receiver is gone only if the batch was given up meanwhile.
         let _ = sender.send(outcome);
     });
-    receiver
+    PoolJob { work, result }
 }
 
 /// The identities a batch's mails will get if its change sets are committed
@@ -721,6 +747,34 @@ mod tests {
                 assert_eq!(entry.case.as_ref(), Some(&number));
                 assert_eq!(bytes, prepared.bytes.as_ref());
             }
+        }
+    }
+
+    #[test]
+    fn work_the_pool_has_not_started_is_done_by_the_thread_that_needs_it() {
+        // Every thread of the global pool waits until released, so the job
+        // queued behind them cannot start.
+        let threads = rayon::current_num_threads();
+        let (started, all_started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(Mutex::new(released));
+        for _ in 0..threads {
+            let started = started.clone();
+            let released = Arc::clone(&released);
+            rayon::spawn(move || {
+                started.send(()).expect("the test waits");
+                // One blocker at a time holds the lock; the others wait on it.
+                let _ = released.lock().expect("lock").recv();
+            });
+        }
+        for _ in 0..threads {
+            all_started.recv().expect("a pool thread started");
+        }
+        let job = spawn_on_pool(|| std::thread::current().id());
+        let done_by = job.outcome().expect("an outcome").expect("no panic");
+        assert_eq!(done_by, std::thread::current().id());
+        for _ in 0..threads {
+            release.send(()).expect("a blocker waits");
         }
     }
 
