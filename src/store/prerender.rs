@@ -240,12 +240,15 @@ enum Ahead<T> {
     OnPool(PoolJob<T>),
 }
 
+/// The work of a [`PoolJob`] until someone takes it.
+type Unstarted<T> = Arc<Mutex<Option<Box<dyn FnOnce() -> T + Send>>>>;
+
 /// Work queued on the pool. Whoever takes the work first does it: the pool
 /// when it gets to the job, or the committing thread when it needs the
 /// result before the pool has started (it does not wait for work queued
 /// behind other jobs, such as the parsing of the next fetch).
 struct PoolJob<T> {
-    work: Arc<Mutex<Option<Box<dyn FnOnce() -> T + Send>>>>,
+    work: Unstarted<T>,
     result: Receiver<std::thread::Result<T>>,
 }
 
@@ -381,8 +384,7 @@ fn render_for(draft: &MailDraft, identity: MailIdentity, with_record: bool) -> P
 /// per-thread memory) stay from batch to batch.
 fn spawn_on_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> PoolJob<T> {
     let (sender, result) = std::sync::mpsc::sync_channel(1);
-    let work: Arc<Mutex<Option<Box<dyn FnOnce() -> T + Send>>>> =
-        Arc::new(Mutex::new(Some(Box::new(work))));
+    let work: Unstarted<T> = Arc::new(Mutex::new(Some(Box::new(work))));
     let queued = Arc::clone(&work);
     rayon::spawn(move || {
         // Taken already: the committing thread needed it first and did it.
