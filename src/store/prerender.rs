@@ -252,10 +252,20 @@ struct PoolJob<T> {
     result: Receiver<std::thread::Result<T>>,
 }
 
+impl<T> Drop for PoolJob<T> {
+    /// Work nobody wants any more (a batch given up, or its render-ahead
+    /// not matching it) is not started.
+    fn drop(&mut self) {
+        if let Ok(mut work) = self.work.lock() {
+            work.take();
+        }
+    }
+}
+
 impl<T> PoolJob<T> {
     /// The result: computed here if the pool has not started the work,
     /// else waited for. `None` if the pool dropped the job.
-    fn outcome(self) -> Option<std::thread::Result<T>> {
+    fn outcome(&self) -> Option<std::thread::Result<T>> {
         let unstarted = self.work.lock().ok().and_then(|mut work| work.take());
         match unstarted {
             Some(work) => Some(Ok(work())),
@@ -638,6 +648,12 @@ mod tests {
                 ahead.add(&store, &changes);
             }
             batch.push(changes);
+        }
+        // Every rendering ahead is done (or done here) before the commit,
+        // which may not use them: the count of renderings is then exact.
+        for set in &ahead.sets {
+            assert_eq!(set.mail_count, 2);
+            assert!(set.mail(1).is_some(), "rendered ahead");
         }
         let report = store.commit_rendered_ahead(&batch, ahead).expect("commit");
         let queued = queued_ids(&report);
