@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use chrono::{DateTime, Duration, Utc};
 use smallvec::SmallVec;
 
-use super::batch::{category_of, CaseRef, IngestBatch, NewCaseKey};
+use super::batch::{category_of, CaseRef, ChangeSet, IngestBatch, NewCaseKey};
 use super::error::StoreError;
 use super::keys::{self, KeyBuf};
 use super::trees::{IndexChange, TreeId};
@@ -647,14 +647,98 @@ impl Store {
     }
 }
 
+/// The history groups a pending new case is indexed under.
+#[derive(Debug, Clone, Copy)]
+enum PendingGroup {
+    Sender,
+    Category,
+    Subject,
+    Tag,
+}
+
+impl PendingGroup {
+    /// The store's index of the same group.
+    fn tree(self) -> TreeId {
+        match self {
+            PendingGroup::Sender => TreeId::IdxSender,
+            PendingGroup::Category => TreeId::IdxCategory,
+            PendingGroup::Subject => TreeId::IdxSubject,
+            PendingGroup::Tag => TreeId::IdxTag,
+        }
+    }
+}
+
+/// A pending new case under one term: opening time, sender and handle.
+#[derive(Debug, Clone)]
+struct PendingEntry {
+    at: DateTime<Utc>,
+    sender: Arc<str>,
+    case: NewCaseKey,
+}
+
+/// The new cases of a batch being built, by history group and term, in
+/// push order, and the positions of the change sets that update stored
+/// cases. [`IngestBatch::push`] keeps it, so a history question reads the
+/// pending cases of its one term instead of walking the whole batch.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PendingCases {
+    /// Per [`PendingGroup`], each term's entries.
+    terms: [HashMap<String, Vec<PendingEntry>>; 4],
+    updating: Vec<usize>,
+}
+
+impl PendingCases {
+    /// Indexes the change set pushed at `position` of the batch.
+    pub(super) fn add(&mut self, position: usize, changes: &ChangeSet) {
+        for (case, draft) in changes.new_cases() {
+            let entry = PendingEntry {
+                at: draft.created_at,
+                sender: Arc::from(draft.sender.email.as_str()),
+                case,
+            };
+            self.insert(PendingGroup::Sender, &draft.sender.email, &entry);
+            if let Some(category) = category_of(draft) {
+                self.insert(PendingGroup::Category, category, &entry);
+            }
+            // Unlike the store's index, the empty fingerprint is kept: a
+            // question about it counts the pending cases without a subject.
+            let fingerprint = subject_fingerprint(&draft.subject);
+            self.insert(PendingGroup::Subject, &fingerprint, &entry);
+            for tag in &draft.tags {
+                self.insert(PendingGroup::Tag, tag, &entry);
+            }
+        }
+        if changes.updated_cases().next().is_some() {
+            self.updating.push(position);
+        }
+    }
+
+    fn insert(&mut self, group: PendingGroup, term: &str, entry: &PendingEntry) {
+        let terms = &mut self.terms[group as usize];
+        match terms.get_mut(term) {
+            Some(entries) => entries.push(entry.clone()),
+            None => {
+                terms.insert(term.to_owned(), vec![entry.clone()]);
+            }
+        }
+    }
+
+    fn entries(&self, group: PendingGroup, term: &str) -> &[PendingEntry] {
+        self.terms[group as usize]
+            .get(term)
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
 /// [`CaseHistory`] over the store plus the cases pending in a batch that is
 /// being built, leaving out the case being evaluated. A pending update of a
 /// stored case replaces the stored version.
 #[derive(Debug)]
 pub struct BatchHistory<'a> {
     store: &'a Store,
-    /// The latest pending version of each case, new ones by handle.
-    pending_new: Vec<(NewCaseKey, &'a Case)>,
+    /// The batch's new cases, by term.
+    pending_new: &'a PendingCases,
+    /// The latest pending version of each updated stored case.
     pending_updates: HashMap<&'a CaseId, &'a Case>,
     exclude: Option<CaseRef>,
 }
@@ -663,55 +747,23 @@ impl IngestBatch {
     /// A history view for evaluating `exclude` (or a case not in the store
     /// nor in this batch yet, with `None`).
     pub fn history<'a>(&'a self, store: &'a Store, exclude: Option<&CaseRef>) -> BatchHistory<'a> {
-        let mut pending_new = Vec::new();
         let mut pending_updates = HashMap::new();
-        for changes in self.changes() {
-            pending_new.extend(changes.new_cases());
+        let updating = self
+            .pending
+            .updating
+            .iter()
+            .filter_map(|position| self.changes.get(*position));
+        for changes in updating {
             for case in changes.updated_cases() {
                 pending_updates.insert(&case.id, case);
             }
         }
         BatchHistory {
             store,
-            pending_new,
+            pending_new: &self.pending,
             pending_updates,
             exclude: exclude.cloned(),
         }
-    }
-}
-
-impl BatchHistory<'_> {
-    /// Senders of matching cases, one entry per case.
-    fn senders(
-        &self,
-        tree: TreeId,
-        term: &str,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-        matches: impl Fn(&Case) -> bool,
-    ) -> Vec<String> {
-        let excluded_id = self.excluded_id();
-        let replaced: HashSet<&CaseId> = self.pending_updates.keys().copied().collect();
-        let stored = hits_or_log(self.store.index_hits(tree, term, since, until), tree.name());
-        let in_window = |c: &Case| c.created_at >= since && c.created_at <= until && matches(c);
-        let mut senders: Vec<String> = stored
-            .into_iter()
-            .filter(|h| Some(&h.case) != excluded_id && !replaced.contains(&h.case))
-            .map(|h| h.sender)
-            .collect();
-        senders.extend(
-            self.pending_updates
-                .values()
-                .filter(|c| Some(&c.id) != excluded_id && in_window(c))
-                .map(|c| c.sender.email.clone()),
-        );
-        senders.extend(
-            self.pending_new
-                .iter()
-                .filter(|(key, c)| self.exclude != Some(CaseRef::New(*key)) && in_window(c))
-                .map(|(_, c)| c.sender.email.clone()),
-        );
-        senders
     }
 }
 
@@ -757,27 +809,44 @@ impl<'a> BatchHistory<'a> {
         })
     }
 
-    /// Senders of the pending cases (new and updated, less the one
-    /// evaluated) that match within the window, one per case.
+    fn excluded_new(&self) -> Option<NewCaseKey> {
+        match &self.exclude {
+            Some(CaseRef::New(key)) => Some(*key),
+            _ => None,
+        }
+    }
+
+    /// Senders of the pending cases (updated ones that `match`, new ones
+    /// under `term` of `group`, less the one evaluated) within the window,
+    /// one per case.
     fn pending_senders<'s>(
         &'s self,
+        group: PendingGroup,
+        term: &str,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
         matches: impl Fn(&Case) -> bool + 's,
     ) -> impl Iterator<Item = &'a str> + 's {
-        let in_window =
-            move |c: &Case| c.created_at >= since && c.created_at <= until && matches(c);
         let excluded_id = self.excluded_id();
-        self.pending_updates
+        let updated = self
+            .pending_updates
             .values()
             .copied()
-            .filter(move |c| Some(&c.id) != excluded_id)
-            .map(|c| (None, c))
-            .chain(self.pending_new.iter().map(|(key, c)| (Some(*key), *c)))
-            .filter(move |(key, c)| {
-                key.is_none_or(|key| self.exclude != Some(CaseRef::New(key))) && in_window(c)
+            .filter(move |c| {
+                Some(&c.id) != excluded_id
+                    && c.created_at >= since
+                    && c.created_at <= until
+                    && matches(c)
             })
-            .map(|(_, c)| c.sender.email.as_str())
+            .map(|c| c.sender.email.as_str());
+        let excluded_new = self.excluded_new();
+        let pending_new: &'a PendingCases = self.pending_new;
+        let new = pending_new
+            .entries(group, term)
+            .iter()
+            .filter(move |e| Some(e.case) != excluded_new && e.at >= since && e.at <= until)
+            .map(|e| &*e.sender);
+        updated.chain(new)
     }
 
     /// Distinct senders of matching cases in byte order: the stored ones
@@ -785,7 +854,7 @@ impl<'a> BatchHistory<'a> {
     /// pending ones.
     fn distinct_senders(
         &self,
-        tree: TreeId,
+        group: PendingGroup,
         term: &str,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
@@ -794,10 +863,10 @@ impl<'a> BatchHistory<'a> {
         if since > until {
             return Vec::new();
         }
-        self.with_stored(tree, term, since, until, |stored| {
+        self.with_stored(group.tree(), term, since, until, |stored| {
             let mut senders = stored.list();
             let mut pending: Vec<&str> = self
-                .pending_senders(since, until, &matches)
+                .pending_senders(group, term, since, until, &matches)
                 .filter(|sender| !stored.counts_sender(sender))
                 .collect();
             if !pending.is_empty() {
@@ -815,7 +884,7 @@ impl<'a> BatchHistory<'a> {
     /// among them.
     fn count_distinct(
         &self,
-        tree: TreeId,
+        group: PendingGroup,
         term: &str,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
@@ -828,9 +897,9 @@ impl<'a> BatchHistory<'a> {
                 includes: false,
             };
         }
-        self.with_stored(tree, term, since, until, |stored| {
+        self.with_stored(group.tree(), term, since, until, |stored| {
             let extra: HashSet<&str> = self
-                .pending_senders(since, until, &matches)
+                .pending_senders(group, term, since, until, &matches)
                 .filter(|pending| !stored.counts_sender(pending))
                 .collect();
             SenderCount {
@@ -843,10 +912,20 @@ impl<'a> BatchHistory<'a> {
 
 impl CaseHistory for BatchHistory<'_> {
     fn cases_from_sender(&self, sender: &str, since: DateTime<Utc>, until: DateTime<Utc>) -> u64 {
-        self.senders(TreeId::IdxSender, sender, since, until, |c| {
-            c.sender.email == sender
-        })
-        .len() as u64
+        let excluded_id = self.excluded_id();
+        let hits = self
+            .store
+            .index_hits(TreeId::IdxSender, sender, since, until);
+        let stored = hits_or_log(hits, TreeId::IdxSender.name())
+            .iter()
+            .filter(|h| Some(&h.case) != excluded_id && !self.pending_updates.contains_key(&h.case))
+            .count();
+        let pending = self
+            .pending_senders(PendingGroup::Sender, sender, since, until, |c| {
+                c.sender.email == sender
+            })
+            .count();
+        (stored + pending) as u64
     }
 
     fn distinct_senders_with_category(
@@ -855,7 +934,7 @@ impl CaseHistory for BatchHistory<'_> {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Vec<String> {
-        self.distinct_senders(TreeId::IdxCategory, category, since, until, |c| {
+        self.distinct_senders(PendingGroup::Category, category, since, until, |c| {
             category_of(c) == Some(category)
         })
     }
@@ -866,7 +945,7 @@ impl CaseHistory for BatchHistory<'_> {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Vec<String> {
-        self.distinct_senders(TreeId::IdxSubject, fingerprint, since, until, |c| {
+        self.distinct_senders(PendingGroup::Subject, fingerprint, since, until, |c| {
             subject_fingerprint(&c.subject) == fingerprint
         })
     }
@@ -877,7 +956,9 @@ impl CaseHistory for BatchHistory<'_> {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Vec<String> {
-        self.distinct_senders(TreeId::IdxTag, tag, since, until, |c| c.tags.contains(tag))
+        self.distinct_senders(PendingGroup::Tag, tag, since, until, |c| {
+            c.tags.contains(tag)
+        })
     }
 
     fn count_distinct_senders(
@@ -889,7 +970,7 @@ impl CaseHistory for BatchHistory<'_> {
     ) -> SenderCount {
         match group {
             SenderGroup::Category(category) => self.count_distinct(
-                TreeId::IdxCategory,
+                PendingGroup::Category,
                 category,
                 since,
                 until,
@@ -897,7 +978,7 @@ impl CaseHistory for BatchHistory<'_> {
                 sender,
             ),
             SenderGroup::Subject(fingerprint) => self.count_distinct(
-                TreeId::IdxSubject,
+                PendingGroup::Subject,
                 fingerprint,
                 since,
                 until,
@@ -905,7 +986,7 @@ impl CaseHistory for BatchHistory<'_> {
                 sender,
             ),
             SenderGroup::Tag(tag) => self.count_distinct(
-                TreeId::IdxTag,
+                PendingGroup::Tag,
                 tag,
                 since,
                 until,
