@@ -668,12 +668,38 @@ impl PendingGroup {
     }
 }
 
-/// A pending new case under one term: opening time, sender and handle.
-#[derive(Debug, Clone)]
+/// A pending new case under one term: opening time, sender (its slot in
+/// the term's [`PendingTerm::senders`]) and handle.
+#[derive(Debug, Clone, Copy)]
 struct PendingEntry {
     at: DateTime<Utc>,
-    sender: Arc<str>,
+    sender: usize,
     case: NewCaseKey,
+}
+
+/// The pending new cases under one term, in push order, with the term's
+/// distinct senders numbered, so a question tells senders apart without
+/// hashing each case's sender.
+#[derive(Debug, Clone, Default)]
+struct PendingTerm {
+    entries: Vec<PendingEntry>,
+    senders: Vec<Arc<str>>,
+    slots: HashMap<Arc<str>, usize>,
+}
+
+impl PendingTerm {
+    fn push(&mut self, at: DateTime<Utc>, sender: &Arc<str>, case: NewCaseKey) {
+        let sender = match self.slots.get(sender) {
+            Some(slot) => *slot,
+            None => {
+                let slot = self.senders.len();
+                self.senders.push(sender.clone());
+                self.slots.insert(sender.clone(), slot);
+                slot
+            }
+        };
+        self.entries.push(PendingEntry { at, sender, case });
+    }
 }
 
 /// The new cases of a batch being built, by history group and term, in
@@ -682,8 +708,8 @@ struct PendingEntry {
 /// pending cases of its one term instead of walking the whole batch.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PendingCases {
-    /// Per [`PendingGroup`], each term's entries.
-    terms: [HashMap<String, Vec<PendingEntry>>; 4],
+    /// Per [`PendingGroup`], each term's cases.
+    terms: [HashMap<String, PendingTerm>; 4],
     updating: Vec<usize>,
 }
 
@@ -691,21 +717,18 @@ impl PendingCases {
     /// Indexes the change set pushed at `position` of the batch.
     pub(super) fn add(&mut self, position: usize, changes: &ChangeSet) {
         for (case, draft) in changes.new_cases() {
-            let entry = PendingEntry {
-                at: draft.created_at,
-                sender: Arc::from(draft.sender.email.as_str()),
-                case,
-            };
-            self.insert(PendingGroup::Sender, &draft.sender.email, &entry);
+            let at = draft.created_at;
+            let sender: Arc<str> = Arc::from(draft.sender.email.as_str());
+            self.push(PendingGroup::Sender, &draft.sender.email, at, &sender, case);
             if let Some(category) = category_of(draft) {
-                self.insert(PendingGroup::Category, category, &entry);
+                self.push(PendingGroup::Category, category, at, &sender, case);
             }
             // Unlike the store's index, the empty fingerprint is kept: a
             // question about it counts the pending cases without a subject.
             let fingerprint = subject_fingerprint(&draft.subject);
-            self.insert(PendingGroup::Subject, &fingerprint, &entry);
+            self.push(PendingGroup::Subject, &fingerprint, at, &sender, case);
             for tag in &draft.tags {
-                self.insert(PendingGroup::Tag, tag, &entry);
+                self.push(PendingGroup::Tag, tag, at, &sender, case);
             }
         }
         if changes.updated_cases().next().is_some() {
@@ -713,20 +736,48 @@ impl PendingCases {
         }
     }
 
-    fn insert(&mut self, group: PendingGroup, term: &str, entry: &PendingEntry) {
+    fn push(
+        &mut self,
+        group: PendingGroup,
+        term: &str,
+        at: DateTime<Utc>,
+        sender: &Arc<str>,
+        case: NewCaseKey,
+    ) {
         let terms = &mut self.terms[group as usize];
         match terms.get_mut(term) {
-            Some(entries) => entries.push(entry.clone()),
+            Some(pending) => pending.push(at, sender, case),
             None => {
-                terms.insert(term.to_owned(), vec![entry.clone()]);
+                let mut pending = PendingTerm::default();
+                pending.push(at, sender, case);
+                terms.insert(term.to_owned(), pending);
             }
         }
     }
 
-    fn entries(&self, group: PendingGroup, term: &str) -> &[PendingEntry] {
-        self.terms[group as usize]
-            .get(term)
-            .map_or(&[], Vec::as_slice)
+    fn get(&self, group: PendingGroup, term: &str) -> Option<&PendingTerm> {
+        self.terms[group as usize].get(term)
+    }
+}
+
+/// The distinct senders of the pending cases a question counts.
+struct PendingSenders<'a> {
+    /// Each once, in no particular order.
+    list: Vec<&'a str>,
+    /// The term's senders, and which of them count.
+    term: Option<&'a PendingTerm>,
+    counted: Vec<bool>,
+    /// Senders of pending updates that are not among the term's counted ones.
+    updated: HashSet<&'a str>,
+}
+
+impl PendingSenders<'_> {
+    fn contains(&self, sender: &str) -> bool {
+        let in_term = self
+            .term
+            .and_then(|term| term.slots.get(sender))
+            .is_some_and(|slot| self.counted.get(*slot).copied().unwrap_or(false));
+        in_term || self.updated.contains(sender)
     }
 }
 
@@ -816,37 +867,80 @@ impl<'a> BatchHistory<'a> {
         }
     }
 
-    /// Senders of the pending cases (updated ones that `match`, new ones
-    /// under `term` of `group`, less the one evaluated) within the window,
-    /// one per case.
-    fn pending_senders<'s>(
+    /// The pending updates of stored cases (less the one evaluated) that
+    /// `match` within the window.
+    fn pending_updated<'s>(
+        &'s self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        matches: impl Fn(&Case) -> bool + 's,
+    ) -> impl Iterator<Item = &'a Case> + 's {
+        let excluded_id = self.excluded_id();
+        self.pending_updates.values().copied().filter(move |c| {
+            Some(&c.id) != excluded_id
+                && c.created_at >= since
+                && c.created_at <= until
+                && matches(c)
+        })
+    }
+
+    /// The pending new cases under `term` of `group` (less the one
+    /// evaluated) within the window.
+    fn pending_new<'s>(
         &'s self,
         group: PendingGroup,
         term: &str,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
-        matches: impl Fn(&Case) -> bool + 's,
-    ) -> impl Iterator<Item = &'a str> + 's {
-        let excluded_id = self.excluded_id();
-        let updated = self
-            .pending_updates
-            .values()
-            .copied()
-            .filter(move |c| {
-                Some(&c.id) != excluded_id
-                    && c.created_at >= since
-                    && c.created_at <= until
-                    && matches(c)
-            })
-            .map(|c| c.sender.email.as_str());
+    ) -> (
+        Option<&'a PendingTerm>,
+        impl Iterator<Item = &'a PendingEntry> + 's,
+    ) {
         let excluded_new = self.excluded_new();
-        let pending_new: &'a PendingCases = self.pending_new;
-        let new = pending_new
-            .entries(group, term)
+        let pending: &'a PendingCases = self.pending_new;
+        let term = pending.get(group, term);
+        let entries = term
+            .map_or(&[][..], |term| term.entries.as_slice())
             .iter()
-            .filter(move |e| Some(e.case) != excluded_new && e.at >= since && e.at <= until)
-            .map(|e| &*e.sender);
-        updated.chain(new)
+            .filter(move |e| Some(e.case) != excluded_new && e.at >= since && e.at <= until);
+        (term, entries)
+    }
+
+    /// The distinct senders of the pending cases that count: updated ones
+    /// that `match`, new ones under `term` of `group`, less the one
+    /// evaluated, within the window.
+    fn pending_senders(
+        &self,
+        group: PendingGroup,
+        term: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        matches: impl Fn(&Case) -> bool,
+    ) -> PendingSenders<'a> {
+        let (term, entries) = self.pending_new(group, term, since, until);
+        let mut senders = PendingSenders {
+            list: Vec::new(),
+            term,
+            counted: vec![false; term.map_or(0, |term| term.senders.len())],
+            updated: HashSet::new(),
+        };
+        if let Some(term) = term {
+            for entry in entries {
+                let slot = entry.sender;
+                if let Some(counted @ false) = senders.counted.get_mut(slot) {
+                    *counted = true;
+                    senders.list.extend(term.senders.get(slot).map(|s| &**s));
+                }
+            }
+        }
+        for case in self.pending_updated(since, until, matches) {
+            let sender = case.sender.email.as_str();
+            if !senders.contains(sender) {
+                senders.updated.insert(sender);
+                senders.list.push(sender);
+            }
+        }
+        senders
     }
 
     /// Distinct senders of matching cases in byte order: the stored ones
@@ -865,14 +959,16 @@ impl<'a> BatchHistory<'a> {
         }
         self.with_stored(group.tree(), term, since, until, |stored| {
             let mut senders = stored.list();
-            let mut pending: Vec<&str> = self
-                .pending_senders(group, term, since, until, &matches)
-                .filter(|sender| !stored.counts_sender(sender))
-                .collect();
-            if !pending.is_empty() {
-                pending.sort_unstable();
-                pending.dedup();
-                senders.extend(pending.into_iter().map(str::to_owned));
+            let pending = self.pending_senders(group, term, since, until, &matches);
+            let before = senders.len();
+            senders.extend(
+                pending
+                    .list
+                    .iter()
+                    .filter(|sender| !stored.counts_sender(sender))
+                    .map(|sender| (*sender).to_owned()),
+            );
+            if senders.len() > before {
                 senders.sort_unstable();
             }
             senders
@@ -898,13 +994,15 @@ impl<'a> BatchHistory<'a> {
             };
         }
         self.with_stored(group.tree(), term, since, until, |stored| {
-            let extra: HashSet<&str> = self
-                .pending_senders(group, term, since, until, &matches)
+            let pending = self.pending_senders(group, term, since, until, &matches);
+            let extra = pending
+                .list
+                .iter()
                 .filter(|pending| !stored.counts_sender(pending))
-                .collect();
+                .count();
             SenderCount {
-                senders: (stored.len() + extra.len()) as u64,
-                includes: stored.counts_sender(sender) || extra.contains(sender),
+                senders: (stored.len() + extra) as u64,
+                includes: stored.counts_sender(sender) || pending.contains(sender),
             }
         })
     }
@@ -920,11 +1018,14 @@ impl CaseHistory for BatchHistory<'_> {
             .iter()
             .filter(|h| Some(&h.case) != excluded_id && !self.pending_updates.contains_key(&h.case))
             .count();
-        let pending = self
-            .pending_senders(PendingGroup::Sender, sender, since, until, |c| {
-                c.sender.email == sender
-            })
+        let pending_new = self
+            .pending_new(PendingGroup::Sender, sender, since, until)
+            .1
             .count();
+        let pending_updated = self
+            .pending_updated(since, until, |c| c.sender.email == sender)
+            .count();
+        let pending = pending_new + pending_updated;
         (stored + pending) as u64
     }
 
