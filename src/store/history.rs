@@ -657,6 +657,17 @@ enum PendingGroup {
 }
 
 impl PendingGroup {
+    /// Where [`PendingCases::terms`] keeps the group's terms (the sender
+    /// group is kept by sender number).
+    fn term_slot(self) -> Option<usize> {
+        match self {
+            PendingGroup::Sender => None,
+            PendingGroup::Category => Some(0),
+            PendingGroup::Subject => Some(1),
+            PendingGroup::Tag => Some(2),
+        }
+    }
+
     /// The store's index of the same group.
     fn tree(self) -> TreeId {
         match self {
@@ -668,38 +679,13 @@ impl PendingGroup {
     }
 }
 
-/// A pending new case under one term: opening time, sender (its slot in
-/// the term's [`PendingTerm::senders`]) and handle.
+/// A pending new case under one term: opening time, sender (its number in
+/// [`PendingCases::senders`]) and handle.
 #[derive(Debug, Clone, Copy)]
 struct PendingEntry {
     at: DateTime<Utc>,
     sender: usize,
     case: NewCaseKey,
-}
-
-/// The pending new cases under one term, in push order, with the term's
-/// distinct senders numbered, so a question tells senders apart without
-/// hashing each case's sender.
-#[derive(Debug, Clone, Default)]
-struct PendingTerm {
-    entries: Vec<PendingEntry>,
-    senders: Vec<Arc<str>>,
-    slots: HashMap<Arc<str>, usize>,
-}
-
-impl PendingTerm {
-    fn push(&mut self, at: DateTime<Utc>, sender: &Arc<str>, case: NewCaseKey) {
-        let sender = match self.slots.get(sender) {
-            Some(slot) => *slot,
-            None => {
-                let slot = self.senders.len();
-                self.senders.push(sender.clone());
-                self.slots.insert(sender.clone(), slot);
-                slot
-            }
-        };
-        self.entries.push(PendingEntry { at, sender, case });
-    }
 }
 
 /// The new cases of a batch being built, by history group and term, in
@@ -708,8 +694,15 @@ impl PendingTerm {
 /// pending cases of its one term instead of walking the whole batch.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PendingCases {
-    /// Per [`PendingGroup`], each term's cases.
-    terms: [HashMap<String, PendingTerm>; 4],
+    /// The distinct senders of the new cases, numbered in the order first
+    /// seen, so a question tells senders apart without hashing each case's.
+    senders: Vec<Arc<str>>,
+    numbers: HashMap<Arc<str>, usize>,
+    /// The new cases of each sender, by number: the sender group's terms.
+    by_sender: Vec<Vec<PendingEntry>>,
+    /// Each term's new cases, per group other than the sender (category,
+    /// subject, tag).
+    terms: [HashMap<String, Vec<PendingEntry>>; 3],
     updating: Vec<usize>,
 }
 
@@ -717,18 +710,23 @@ impl PendingCases {
     /// Indexes the change set pushed at `position` of the batch.
     pub(super) fn add(&mut self, position: usize, changes: &ChangeSet) {
         for (case, draft) in changes.new_cases() {
-            let at = draft.created_at;
-            let sender: Arc<str> = Arc::from(draft.sender.email.as_str());
-            self.push(PendingGroup::Sender, &draft.sender.email, at, &sender, case);
+            let entry = PendingEntry {
+                at: draft.created_at,
+                sender: self.number(&draft.sender.email),
+                case,
+            };
+            if let Some(cases) = self.by_sender.get_mut(entry.sender) {
+                cases.push(entry);
+            }
             if let Some(category) = category_of(draft) {
-                self.push(PendingGroup::Category, category, at, &sender, case);
+                self.push(PendingGroup::Category, category, entry);
             }
             // Unlike the store's index, the empty fingerprint is kept: a
             // question about it counts the pending cases without a subject.
             let fingerprint = subject_fingerprint(&draft.subject);
-            self.push(PendingGroup::Subject, &fingerprint, at, &sender, case);
+            self.push(PendingGroup::Subject, &fingerprint, entry);
             for tag in &draft.tags {
-                self.push(PendingGroup::Tag, tag, at, &sender, case);
+                self.push(PendingGroup::Tag, tag, entry);
             }
         }
         if changes.updated_cases().next().is_some() {
@@ -736,27 +734,41 @@ impl PendingCases {
         }
     }
 
-    fn push(
-        &mut self,
-        group: PendingGroup,
-        term: &str,
-        at: DateTime<Utc>,
-        sender: &Arc<str>,
-        case: NewCaseKey,
-    ) {
-        let terms = &mut self.terms[group as usize];
+    /// The number of `sender`, given one if it has none yet.
+    fn number(&mut self, sender: &str) -> usize {
+        if let Some(number) = self.numbers.get(sender) {
+            return *number;
+        }
+        let number = self.senders.len();
+        let shared: Arc<str> = Arc::from(sender);
+        self.senders.push(shared.clone());
+        self.numbers.insert(shared, number);
+        self.by_sender.push(Vec::new());
+        number
+    }
+
+    fn push(&mut self, group: PendingGroup, term: &str, entry: PendingEntry) {
+        let Some(terms) = group.term_slot().and_then(|slot| self.terms.get_mut(slot)) else {
+            return;
+        };
         match terms.get_mut(term) {
-            Some(pending) => pending.push(at, sender, case),
+            Some(cases) => cases.push(entry),
             None => {
-                let mut pending = PendingTerm::default();
-                pending.push(at, sender, case);
-                terms.insert(term.to_owned(), pending);
+                terms.insert(term.to_owned(), vec![entry]);
             }
         }
     }
 
-    fn get(&self, group: PendingGroup, term: &str) -> Option<&PendingTerm> {
-        self.terms[group as usize].get(term)
+    /// The new cases under `term` of `group`, in push order.
+    fn entries(&self, group: PendingGroup, term: &str) -> &[PendingEntry] {
+        let cases = match group.term_slot() {
+            None => self
+                .numbers
+                .get(term)
+                .and_then(|number| self.by_sender.get(*number)),
+            Some(slot) => self.terms.get(slot).and_then(|terms| terms.get(term)),
+        };
+        cases.map_or(&[], Vec::as_slice)
     }
 }
 
@@ -764,20 +776,21 @@ impl PendingCases {
 struct PendingSenders<'a> {
     /// Each once, in no particular order.
     list: Vec<&'a str>,
-    /// The term's senders, and which of them count.
-    term: Option<&'a PendingTerm>,
+    /// The batch's new cases, and which of their senders (by number) count.
+    pending: &'a PendingCases,
     counted: Vec<bool>,
-    /// Senders of pending updates that are not among the term's counted ones.
+    /// Senders of pending updates that are not among the counted numbers.
     updated: HashSet<&'a str>,
 }
 
 impl PendingSenders<'_> {
     fn contains(&self, sender: &str) -> bool {
-        let in_term = self
-            .term
-            .and_then(|term| term.slots.get(sender))
-            .is_some_and(|slot| self.counted.get(*slot).copied().unwrap_or(false));
-        in_term || self.updated.contains(sender)
+        let numbered = self
+            .pending
+            .numbers
+            .get(sender)
+            .is_some_and(|number| self.counted.get(*number).copied().unwrap_or(false));
+        numbered || self.updated.contains(sender)
     }
 }
 
@@ -892,18 +905,13 @@ impl<'a> BatchHistory<'a> {
         term: &str,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
-    ) -> (
-        Option<&'a PendingTerm>,
-        impl Iterator<Item = &'a PendingEntry> + 's,
-    ) {
+    ) -> impl Iterator<Item = &'a PendingEntry> + 's {
         let excluded_new = self.excluded_new();
         let pending: &'a PendingCases = self.pending_new;
-        let term = pending.get(group, term);
-        let entries = term
-            .map_or(&[][..], |term| term.entries.as_slice())
+        pending
+            .entries(group, term)
             .iter()
-            .filter(move |e| Some(e.case) != excluded_new && e.at >= since && e.at <= until);
-        (term, entries)
+            .filter(move |e| Some(e.case) != excluded_new && e.at >= since && e.at <= until)
     }
 
     /// The distinct senders of the pending cases that count: updated ones
@@ -917,20 +925,22 @@ impl<'a> BatchHistory<'a> {
         until: DateTime<Utc>,
         matches: impl Fn(&Case) -> bool,
     ) -> PendingSenders<'a> {
-        let (term, entries) = self.pending_new(group, term, since, until);
+        let pending: &'a PendingCases = self.pending_new;
         let mut senders = PendingSenders {
             list: Vec::new(),
-            term,
-            counted: vec![false; term.map_or(0, |term| term.senders.len())],
+            pending,
+            counted: Vec::new(),
             updated: HashSet::new(),
         };
-        if let Some(term) = term {
-            for entry in entries {
-                let slot = entry.sender;
-                if let Some(counted @ false) = senders.counted.get_mut(slot) {
-                    *counted = true;
-                    senders.list.extend(term.senders.get(slot).map(|s| &**s));
-                }
+        for entry in self.pending_new(group, term, since, until) {
+            if senders.counted.is_empty() {
+                senders.counted = vec![false; pending.senders.len()];
+            }
+            if let Some(counted @ false) = senders.counted.get_mut(entry.sender) {
+                *counted = true;
+                senders
+                    .list
+                    .extend(pending.senders.get(entry.sender).map(|s| &**s));
             }
         }
         for case in self.pending_updated(since, until, matches) {
@@ -1020,7 +1030,6 @@ impl CaseHistory for BatchHistory<'_> {
             .count();
         let pending_new = self
             .pending_new(PendingGroup::Sender, sender, since, until)
-            .1
             .count();
         let pending_updated = self
             .pending_updated(since, until, |c| c.sender.email == sender)
