@@ -658,13 +658,12 @@ enum PendingGroup {
 
 impl PendingGroup {
     /// Where [`PendingCases::terms`] keeps the group's terms (the sender
-    /// group is kept by sender number).
+    /// group is kept by sender number, the subject group on its own).
     fn term_slot(self) -> Option<usize> {
         match self {
-            PendingGroup::Sender => None,
+            PendingGroup::Sender | PendingGroup::Subject => None,
             PendingGroup::Category => Some(0),
-            PendingGroup::Subject => Some(1),
-            PendingGroup::Tag => Some(2),
+            PendingGroup::Tag => Some(1),
         }
     }
 
@@ -692,7 +691,7 @@ struct PendingEntry {
 /// push order, and the positions of the change sets that update stored
 /// cases. [`IngestBatch::push`] keeps it, so a history question reads the
 /// pending cases of its one term instead of walking the whole batch.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct PendingCases {
     /// The distinct senders of the new cases, numbered in the order first
     /// seen, so a question tells senders apart without hashing each case's.
@@ -700,10 +699,63 @@ pub(crate) struct PendingCases {
     numbers: HashMap<Arc<str>, usize>,
     /// The new cases of each sender, by number: the sender group's terms.
     by_sender: Vec<Vec<PendingEntry>>,
-    /// Each term's new cases, per group other than the sender (category,
-    /// subject, tag).
-    terms: [HashMap<String, Vec<PendingEntry>>; 3],
+    /// Each term's new cases in the category and the tag group.
+    terms: [HashMap<String, Vec<PendingEntry>>; 2],
+    /// The subject group, indexed when a question first asks about it:
+    /// a fingerprint costs more than all other terms of a case, and most
+    /// policies ask no subject question.
+    subjects: Mutex<SubjectTerms>,
     updating: Vec<usize>,
+}
+
+impl Clone for PendingCases {
+    fn clone(&self) -> Self {
+        PendingCases {
+            senders: self.senders.clone(),
+            numbers: self.numbers.clone(),
+            by_sender: self.by_sender.clone(),
+            terms: self.terms.clone(),
+            subjects: Mutex::new(self.subjects().clone()),
+            updating: self.updating.clone(),
+        }
+    }
+}
+
+/// The subject group's terms over the new cases of the first `indexed`
+/// change sets of the batch.
+#[derive(Debug, Clone, Default)]
+struct SubjectTerms {
+    indexed: usize,
+    terms: HashMap<String, Vec<PendingEntry>>,
+}
+
+impl SubjectTerms {
+    /// Indexes the new cases of the change sets not indexed yet. Unlike the
+    /// store's index, the empty fingerprint is kept: a question about it
+    /// counts the pending cases without a subject.
+    fn catch_up(&mut self, changes: &[ChangeSet], numbers: &HashMap<Arc<str>, usize>) {
+        for change_set in changes.get(self.indexed..).unwrap_or_default() {
+            for (case, draft) in change_set.new_cases() {
+                // Every new case's sender was numbered when it was pushed.
+                let Some(sender) = numbers.get(draft.sender.email.as_str()).copied() else {
+                    continue;
+                };
+                let entry = PendingEntry {
+                    at: draft.created_at,
+                    sender,
+                    case,
+                };
+                let fingerprint = subject_fingerprint(&draft.subject);
+                match self.terms.get_mut(&fingerprint) {
+                    Some(cases) => cases.push(entry),
+                    None => {
+                        self.terms.insert(fingerprint, vec![entry]);
+                    }
+                }
+            }
+        }
+        self.indexed = self.indexed.max(changes.len());
+    }
 }
 
 impl PendingCases {
@@ -721,10 +773,6 @@ impl PendingCases {
             if let Some(category) = category_of(draft) {
                 self.push(PendingGroup::Category, category, entry);
             }
-            // Unlike the store's index, the empty fingerprint is kept: a
-            // question about it counts the pending cases without a subject.
-            let fingerprint = subject_fingerprint(&draft.subject);
-            self.push(PendingGroup::Subject, &fingerprint, entry);
             for tag in &draft.tags {
                 self.push(PendingGroup::Tag, tag, entry);
             }
@@ -759,16 +807,42 @@ impl PendingCases {
         }
     }
 
-    /// The new cases under `term` of `group`, in push order.
-    fn entries(&self, group: PendingGroup, term: &str) -> &[PendingEntry] {
-        let cases = match group.term_slot() {
-            None => self
+    /// The subject group. A panic while it was held may have left it half
+    /// indexed, so a poisoned lock starts it over.
+    fn subjects(&self) -> MutexGuard<'_, SubjectTerms> {
+        self.subjects.lock().unwrap_or_else(|poisoned| {
+            let mut subjects = poisoned.into_inner();
+            *subjects = SubjectTerms::default();
+            self.subjects.clear_poison();
+            subjects
+        })
+    }
+
+    /// Runs `answer` on the new cases under `term` of `group`, in push
+    /// order; `changes` are the batch's change sets, for the subject group.
+    fn with_entries<R>(
+        &self,
+        changes: &[ChangeSet],
+        group: PendingGroup,
+        term: &str,
+        answer: impl FnOnce(&[PendingEntry]) -> R,
+    ) -> R {
+        let cases = match group {
+            PendingGroup::Subject => {
+                let mut subjects = self.subjects();
+                subjects.catch_up(changes, &self.numbers);
+                return answer(subjects.terms.get(term).map_or(&[], Vec::as_slice));
+            }
+            PendingGroup::Sender => self
                 .numbers
                 .get(term)
                 .and_then(|number| self.by_sender.get(*number)),
-            Some(slot) => self.terms.get(slot).and_then(|terms| terms.get(term)),
+            PendingGroup::Category | PendingGroup::Tag => group
+                .term_slot()
+                .and_then(|slot| self.terms.get(slot))
+                .and_then(|terms| terms.get(term)),
         };
-        cases.map_or(&[], Vec::as_slice)
+        answer(cases.map_or(&[], Vec::as_slice))
     }
 }
 
@@ -800,8 +874,9 @@ impl PendingSenders<'_> {
 #[derive(Debug)]
 pub struct BatchHistory<'a> {
     store: &'a Store,
-    /// The batch's new cases, by term.
+    /// The batch's new cases, by term, and its change sets.
     pending_new: &'a PendingCases,
+    changes: &'a [ChangeSet],
     /// The latest pending version of each updated stored case.
     pending_updates: HashMap<&'a CaseId, &'a Case>,
     exclude: Option<CaseRef>,
@@ -825,6 +900,7 @@ impl IngestBatch {
         BatchHistory {
             store,
             pending_new: &self.pending,
+            changes: &self.changes,
             pending_updates,
             exclude: exclude.cloned(),
         }
@@ -897,21 +973,25 @@ impl<'a> BatchHistory<'a> {
         })
     }
 
-    /// The pending new cases under `term` of `group` (less the one
-    /// evaluated) within the window.
-    fn pending_new<'s>(
-        &'s self,
+    /// Runs `answer` on the pending new cases under `term` of `group`
+    /// (less the one evaluated) within the window.
+    fn with_pending_new<R>(
+        &self,
         group: PendingGroup,
         term: &str,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
-    ) -> impl Iterator<Item = &'a PendingEntry> + 's {
+        answer: impl FnOnce(&mut dyn Iterator<Item = &PendingEntry>) -> R,
+    ) -> R {
         let excluded_new = self.excluded_new();
-        let pending: &'a PendingCases = self.pending_new;
-        pending
-            .entries(group, term)
-            .iter()
-            .filter(move |e| Some(e.case) != excluded_new && e.at >= since && e.at <= until)
+        self.pending_new
+            .with_entries(self.changes, group, term, |entries| {
+                answer(
+                    &mut entries
+                        .iter()
+                        .filter(|e| Some(e.case) != excluded_new && e.at >= since && e.at <= until),
+                )
+            })
     }
 
     /// The distinct senders of the pending cases that count: updated ones
@@ -932,17 +1012,19 @@ impl<'a> BatchHistory<'a> {
             counted: Vec::new(),
             updated: HashSet::new(),
         };
-        for entry in self.pending_new(group, term, since, until) {
-            if senders.counted.is_empty() {
-                senders.counted = vec![false; pending.senders.len()];
+        self.with_pending_new(group, term, since, until, |entries| {
+            for entry in entries {
+                if senders.counted.is_empty() {
+                    senders.counted = vec![false; pending.senders.len()];
+                }
+                if let Some(counted @ false) = senders.counted.get_mut(entry.sender) {
+                    *counted = true;
+                    senders
+                        .list
+                        .extend(pending.senders.get(entry.sender).map(|s| &**s));
+                }
             }
-            if let Some(counted @ false) = senders.counted.get_mut(entry.sender) {
-                *counted = true;
-                senders
-                    .list
-                    .extend(pending.senders.get(entry.sender).map(|s| &**s));
-            }
-        }
+        });
         for case in self.pending_updated(since, until, matches) {
             let sender = case.sender.email.as_str();
             if !senders.contains(sender) {
@@ -1028,9 +1110,10 @@ impl CaseHistory for BatchHistory<'_> {
             .iter()
             .filter(|h| Some(&h.case) != excluded_id && !self.pending_updates.contains_key(&h.case))
             .count();
-        let pending_new = self
-            .pending_new(PendingGroup::Sender, sender, since, until)
-            .count();
+        let pending_new =
+            self.with_pending_new(PendingGroup::Sender, sender, since, until, |entries| {
+                entries.count()
+            });
         let pending_updated = self
             .pending_updated(since, until, |c| c.sender.email == sender)
             .count();
@@ -1213,5 +1296,56 @@ mod tests {
         assert!(result.is_err());
         assert_eq!(count(&store, "billing", minutes(0), minutes(10)), 1);
         assert_eq!(store.history.size(), (1, 1));
+    }
+
+    /// The subject group is indexed on the first subject question and
+    /// caught up with the change sets pushed since, on every later one; a
+    /// pending case whose subject has an empty fingerprint counts for the
+    /// empty fingerprint, as a walk over the pending cases counts it.
+    #[test]
+    fn subject_questions_between_pushes_see_every_pending_case() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let subjects = ["停气通知", "Re: 停气通知", "账单", "", "账单"];
+        let mut batch = IngestBatch::new();
+        let mut pushed: Vec<Case> = Vec::new();
+        for (n, subject) in subjects.iter().enumerate() {
+            let case = Case::new(
+                CaseId("unnumbered".into()),
+                minutes(n as i64),
+                "email",
+                Address::new(&format!("s{}@x.example", n % 3), None),
+                subject,
+                "zh",
+            );
+            let mut changes = ChangeSet::new();
+            changes.new_case(case.clone()).expect("case");
+            batch.push(changes);
+            pushed.push(case);
+            for fingerprint in ["停气通知", "账单", ""] {
+                let walked: Vec<String> = pushed
+                    .iter()
+                    .filter(|c| subject_fingerprint(&c.subject) == fingerprint)
+                    .map(|c| c.sender.email.clone())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let view = batch.history(&store, None);
+                assert_eq!(
+                    view.distinct_senders_with_subject(fingerprint, minutes(0), minutes(10)),
+                    walked,
+                    "fingerprint {fingerprint:?} after {} pushes",
+                    n + 1
+                );
+                let counted = view.count_distinct_senders(
+                    SenderGroup::Subject(fingerprint),
+                    minutes(0),
+                    minutes(10),
+                    "s0@x.example",
+                );
+                assert_eq!(counted.senders, walked.len() as u64);
+                assert_eq!(counted.includes, walked.iter().any(|s| s == "s0@x.example"));
+            }
+        }
     }
 }
