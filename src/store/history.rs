@@ -15,6 +15,10 @@
 //! ([`Tx`](super::trees::Tx)), and [`Store::transact`] applies them after
 //! the transaction committed, in commit order. A window is walked in sled
 //! once, when a term is first asked about (or asked about further back).
+//!
+//! The batch's pending part is indexed the same way: [`IngestBatch::push`]
+//! files each new case under its terms ([`PendingCases`]), so a question
+//! reads the pending cases of its one term, not every case of the batch.
 
 use std::collections::hash_map::Entry as HashEntry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
