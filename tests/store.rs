@@ -2113,6 +2113,7 @@ fn batch_over(
             "category".into(),
             FieldValue::Name(HISTORY_CATEGORIES[usize::from(category)].into()),
         );
+        next.subject = format!("停气通知 {category}");
         next.tags.clear();
         next.tags.insert(HISTORY_TAGS[usize::from(tag)].into());
         let mut changes = ChangeSet::new();
@@ -2153,14 +2154,24 @@ fn has_category(case: &Case, wanted: &str) -> bool {
 }
 
 /// Every distinct-sender question over `[since, until]` (each category,
-/// subject and tag of the pools, listed and counted) answers what a walk
-/// over `counted` does.
+/// subject and tag of the pools, listed and counted) and the case count of
+/// every sender of the pool (and one outside it) answers what a walk over
+/// `counted` does.
 fn check_window(
     view: &impl CaseHistory,
     counted: &[&Case],
     since: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Result<(), TestCaseError> {
+    for probe in 0..6 {
+        let sender = format!("s{probe}@x.example");
+        let walked = counted
+            .iter()
+            .filter(|c| c.created_at >= since && c.created_at <= until)
+            .filter(|c| c.sender.email == sender)
+            .count() as u64;
+        prop_assert_eq!(view.cases_from_sender(&sender, since, until), walked);
+    }
     for (position, wanted) in HISTORY_CATEGORIES.iter().enumerate() {
         let walked = walk_answer(counted, since, until, |c| has_category(c, wanted));
         prop_assert_eq!(

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::engine_ops::{self, ExtraOp};
 use super::error::StoreError;
+use super::history::PendingCases;
 use super::keys;
 use super::outbox::{
     encode_record, mail_identity, message_known, outbox_id_in_message_id, put_encoded_entry,
@@ -372,6 +373,9 @@ fn sort_slots(slots: &mut Vec<TimerSlot>) {
 pub struct IngestBatch {
     pub(crate) checkpoint: Option<(String, Checkpoint)>,
     pub(crate) changes: Vec<ChangeSet>,
+    /// The pending new cases by history group, kept as change sets are
+    /// pushed, so history questions do not walk the whole batch.
+    pub(super) pending: PendingCases,
 }
 
 impl IngestBatch {
@@ -386,6 +390,7 @@ impl IngestBatch {
     }
 
     pub fn push(&mut self, changes: ChangeSet) {
+        self.pending.add(self.changes.len(), &changes);
         self.changes.push(changes);
     }
 

@@ -15,6 +15,10 @@
 //! ([`Tx`](super::trees::Tx)), and [`Store::transact`] applies them after
 //! the transaction committed, in commit order. A window is walked in sled
 //! once, when a term is first asked about (or asked about further back).
+//!
+//! The batch's pending part is indexed the same way: [`IngestBatch::push`]
+//! files each new case under its terms ([`PendingCases`]), so a question
+//! reads the pending cases of its one term, not every case of the batch.
 
 use std::collections::hash_map::Entry as HashEntry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -23,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use chrono::{DateTime, Duration, Utc};
 use smallvec::SmallVec;
 
-use super::batch::{category_of, CaseRef, IngestBatch, NewCaseKey};
+use super::batch::{category_of, CaseRef, ChangeSet, IngestBatch, NewCaseKey};
 use super::error::StoreError;
 use super::keys::{self, KeyBuf};
 use super::trees::{IndexChange, TreeId};
@@ -647,14 +651,237 @@ impl Store {
     }
 }
 
+/// The history groups a pending new case is indexed under.
+#[derive(Debug, Clone, Copy)]
+enum PendingGroup {
+    Sender,
+    Category,
+    Subject,
+    Tag,
+}
+
+impl PendingGroup {
+    /// Where [`PendingCases::terms`] keeps the group's terms (the sender
+    /// group is kept by sender number, the subject group on its own).
+    fn term_slot(self) -> Option<usize> {
+        match self {
+            PendingGroup::Sender | PendingGroup::Subject => None,
+            PendingGroup::Category => Some(0),
+            PendingGroup::Tag => Some(1),
+        }
+    }
+
+    /// The store's index of the same group.
+    fn tree(self) -> TreeId {
+        match self {
+            PendingGroup::Sender => TreeId::IdxSender,
+            PendingGroup::Category => TreeId::IdxCategory,
+            PendingGroup::Subject => TreeId::IdxSubject,
+            PendingGroup::Tag => TreeId::IdxTag,
+        }
+    }
+}
+
+/// A pending new case under one term: opening time, sender (its number in
+/// [`PendingCases::senders`]) and handle.
+#[derive(Debug, Clone, Copy)]
+struct PendingEntry {
+    at: DateTime<Utc>,
+    sender: usize,
+    case: NewCaseKey,
+}
+
+/// The new cases of a batch being built, by history group and term, in
+/// push order, and the positions of the change sets that update stored
+/// cases. [`IngestBatch::push`] keeps it, so a history question reads the
+/// pending cases of its one term instead of walking the whole batch.
+#[derive(Debug, Default)]
+pub(crate) struct PendingCases {
+    /// The distinct senders of the new cases, numbered in the order first
+    /// seen, so a question tells senders apart without hashing each case's.
+    senders: Vec<Arc<str>>,
+    numbers: HashMap<Arc<str>, usize>,
+    /// The new cases of each sender, by number: the sender group's terms.
+    by_sender: Vec<Vec<PendingEntry>>,
+    /// Each term's new cases in the category and the tag group.
+    terms: [HashMap<String, Vec<PendingEntry>>; 2],
+    /// The subject group, indexed when a question first asks about it:
+    /// a fingerprint costs more than all other terms of a case, and most
+    /// policies ask no subject question.
+    subjects: Mutex<SubjectTerms>,
+    updating: Vec<usize>,
+}
+
+impl Clone for PendingCases {
+    fn clone(&self) -> Self {
+        PendingCases {
+            senders: self.senders.clone(),
+            numbers: self.numbers.clone(),
+            by_sender: self.by_sender.clone(),
+            terms: self.terms.clone(),
+            subjects: Mutex::new(self.subjects().clone()),
+            updating: self.updating.clone(),
+        }
+    }
+}
+
+/// The subject group's terms over the new cases of the first `indexed`
+/// change sets of the batch.
+#[derive(Debug, Clone, Default)]
+struct SubjectTerms {
+    indexed: usize,
+    terms: HashMap<String, Vec<PendingEntry>>,
+}
+
+impl SubjectTerms {
+    /// Indexes the new cases of the change sets not indexed yet. Unlike the
+    /// store's index, the empty fingerprint is kept: a question about it
+    /// counts the pending cases without a subject.
+    fn catch_up(&mut self, changes: &[ChangeSet], numbers: &HashMap<Arc<str>, usize>) {
+        for change_set in changes.get(self.indexed..).unwrap_or_default() {
+            for (case, draft) in change_set.new_cases() {
+                // Every new case's sender was numbered when it was pushed.
+                let Some(sender) = numbers.get(draft.sender.email.as_str()).copied() else {
+                    continue;
+                };
+                let entry = PendingEntry {
+                    at: draft.created_at,
+                    sender,
+                    case,
+                };
+                let fingerprint = subject_fingerprint(&draft.subject);
+                match self.terms.get_mut(&fingerprint) {
+                    Some(cases) => cases.push(entry),
+                    None => {
+                        self.terms.insert(fingerprint, vec![entry]);
+                    }
+                }
+            }
+        }
+        self.indexed = self.indexed.max(changes.len());
+    }
+}
+
+impl PendingCases {
+    /// Indexes the change set pushed at `position` of the batch.
+    pub(super) fn add(&mut self, position: usize, changes: &ChangeSet) {
+        for (case, draft) in changes.new_cases() {
+            let entry = PendingEntry {
+                at: draft.created_at,
+                sender: self.number(&draft.sender.email),
+                case,
+            };
+            if let Some(cases) = self.by_sender.get_mut(entry.sender) {
+                cases.push(entry);
+            }
+            if let Some(category) = category_of(draft) {
+                self.push(PendingGroup::Category, category, entry);
+            }
+            for tag in &draft.tags {
+                self.push(PendingGroup::Tag, tag, entry);
+            }
+        }
+        if changes.updated_cases().next().is_some() {
+            self.updating.push(position);
+        }
+    }
+
+    /// The number of `sender`, given one if it has none yet.
+    fn number(&mut self, sender: &str) -> usize {
+        if let Some(number) = self.numbers.get(sender) {
+            return *number;
+        }
+        let number = self.senders.len();
+        let shared: Arc<str> = Arc::from(sender);
+        self.senders.push(shared.clone());
+        self.numbers.insert(shared, number);
+        self.by_sender.push(Vec::new());
+        number
+    }
+
+    fn push(&mut self, group: PendingGroup, term: &str, entry: PendingEntry) {
+        let Some(terms) = group.term_slot().and_then(|slot| self.terms.get_mut(slot)) else {
+            return;
+        };
+        match terms.get_mut(term) {
+            Some(cases) => cases.push(entry),
+            None => {
+                terms.insert(term.to_owned(), vec![entry]);
+            }
+        }
+    }
+
+    /// The subject group. A panic while it was held may have left it half
+    /// indexed, so a poisoned lock starts it over.
+    fn subjects(&self) -> MutexGuard<'_, SubjectTerms> {
+        self.subjects.lock().unwrap_or_else(|poisoned| {
+            let mut subjects = poisoned.into_inner();
+            *subjects = SubjectTerms::default();
+            self.subjects.clear_poison();
+            subjects
+        })
+    }
+
+    /// Runs `answer` on the new cases under `term` of `group`, in push
+    /// order; `changes` are the batch's change sets, for the subject group.
+    fn with_entries<R>(
+        &self,
+        changes: &[ChangeSet],
+        group: PendingGroup,
+        term: &str,
+        answer: impl FnOnce(&[PendingEntry]) -> R,
+    ) -> R {
+        let cases = match group {
+            PendingGroup::Subject => {
+                let mut subjects = self.subjects();
+                subjects.catch_up(changes, &self.numbers);
+                return answer(subjects.terms.get(term).map_or(&[], Vec::as_slice));
+            }
+            PendingGroup::Sender => self
+                .numbers
+                .get(term)
+                .and_then(|number| self.by_sender.get(*number)),
+            PendingGroup::Category | PendingGroup::Tag => group
+                .term_slot()
+                .and_then(|slot| self.terms.get(slot))
+                .and_then(|terms| terms.get(term)),
+        };
+        answer(cases.map_or(&[], Vec::as_slice))
+    }
+}
+
+/// The distinct senders of the pending cases a question counts.
+struct PendingSenders<'a> {
+    /// Each once, in no particular order.
+    list: Vec<&'a str>,
+    /// The batch's new cases, and which of their senders (by number) count.
+    pending: &'a PendingCases,
+    counted: Vec<bool>,
+    /// Senders of pending updates that are not among the counted numbers.
+    updated: HashSet<&'a str>,
+}
+
+impl PendingSenders<'_> {
+    fn contains(&self, sender: &str) -> bool {
+        let numbered = self
+            .pending
+            .numbers
+            .get(sender)
+            .is_some_and(|number| self.counted.get(*number).copied().unwrap_or(false));
+        numbered || self.updated.contains(sender)
+    }
+}
+
 /// [`CaseHistory`] over the store plus the cases pending in a batch that is
 /// being built, leaving out the case being evaluated. A pending update of a
 /// stored case replaces the stored version.
 #[derive(Debug)]
 pub struct BatchHistory<'a> {
     store: &'a Store,
-    /// The latest pending version of each case, new ones by handle.
-    pending_new: Vec<(NewCaseKey, &'a Case)>,
+    /// The batch's new cases, by term, and its change sets.
+    pending_new: &'a PendingCases,
+    changes: &'a [ChangeSet],
+    /// The latest pending version of each updated stored case.
     pending_updates: HashMap<&'a CaseId, &'a Case>,
     exclude: Option<CaseRef>,
 }
@@ -663,55 +890,24 @@ impl IngestBatch {
     /// A history view for evaluating `exclude` (or a case not in the store
     /// nor in this batch yet, with `None`).
     pub fn history<'a>(&'a self, store: &'a Store, exclude: Option<&CaseRef>) -> BatchHistory<'a> {
-        let mut pending_new = Vec::new();
         let mut pending_updates = HashMap::new();
-        for changes in self.changes() {
-            pending_new.extend(changes.new_cases());
+        let updating = self
+            .pending
+            .updating
+            .iter()
+            .filter_map(|position| self.changes.get(*position));
+        for changes in updating {
             for case in changes.updated_cases() {
                 pending_updates.insert(&case.id, case);
             }
         }
         BatchHistory {
             store,
-            pending_new,
+            pending_new: &self.pending,
+            changes: &self.changes,
             pending_updates,
             exclude: exclude.cloned(),
         }
-    }
-}
-
-impl BatchHistory<'_> {
-    /// Senders of matching cases, one entry per case.
-    fn senders(
-        &self,
-        tree: TreeId,
-        term: &str,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-        matches: impl Fn(&Case) -> bool,
-    ) -> Vec<String> {
-        let excluded_id = self.excluded_id();
-        let replaced: HashSet<&CaseId> = self.pending_updates.keys().copied().collect();
-        let stored = hits_or_log(self.store.index_hits(tree, term, since, until), tree.name());
-        let in_window = |c: &Case| c.created_at >= since && c.created_at <= until && matches(c);
-        let mut senders: Vec<String> = stored
-            .into_iter()
-            .filter(|h| Some(&h.case) != excluded_id && !replaced.contains(&h.case))
-            .map(|h| h.sender)
-            .collect();
-        senders.extend(
-            self.pending_updates
-                .values()
-                .filter(|c| Some(&c.id) != excluded_id && in_window(c))
-                .map(|c| c.sender.email.clone()),
-        );
-        senders.extend(
-            self.pending_new
-                .iter()
-                .filter(|(key, c)| self.exclude != Some(CaseRef::New(*key)) && in_window(c))
-                .map(|(_, c)| c.sender.email.clone()),
-        );
-        senders
     }
 }
 
@@ -757,27 +953,90 @@ impl<'a> BatchHistory<'a> {
         })
     }
 
-    /// Senders of the pending cases (new and updated, less the one
-    /// evaluated) that match within the window, one per case.
-    fn pending_senders<'s>(
+    fn excluded_new(&self) -> Option<NewCaseKey> {
+        match &self.exclude {
+            Some(CaseRef::New(key)) => Some(*key),
+            _ => None,
+        }
+    }
+
+    /// The pending updates of stored cases (less the one evaluated) that
+    /// `match` within the window.
+    fn pending_updated<'s>(
         &'s self,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
         matches: impl Fn(&Case) -> bool + 's,
-    ) -> impl Iterator<Item = &'a str> + 's {
-        let in_window =
-            move |c: &Case| c.created_at >= since && c.created_at <= until && matches(c);
+    ) -> impl Iterator<Item = &'a Case> + 's {
         let excluded_id = self.excluded_id();
-        self.pending_updates
-            .values()
-            .copied()
-            .filter(move |c| Some(&c.id) != excluded_id)
-            .map(|c| (None, c))
-            .chain(self.pending_new.iter().map(|(key, c)| (Some(*key), *c)))
-            .filter(move |(key, c)| {
-                key.is_none_or(|key| self.exclude != Some(CaseRef::New(key))) && in_window(c)
+        self.pending_updates.values().copied().filter(move |c| {
+            Some(&c.id) != excluded_id
+                && c.created_at >= since
+                && c.created_at <= until
+                && matches(c)
+        })
+    }
+
+    /// Runs `answer` on the pending new cases under `term` of `group`
+    /// (less the one evaluated) within the window.
+    fn with_pending_new<R>(
+        &self,
+        group: PendingGroup,
+        term: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        answer: impl FnOnce(&mut dyn Iterator<Item = &PendingEntry>) -> R,
+    ) -> R {
+        let excluded_new = self.excluded_new();
+        self.pending_new
+            .with_entries(self.changes, group, term, |entries| {
+                answer(
+                    &mut entries
+                        .iter()
+                        .filter(|e| Some(e.case) != excluded_new && e.at >= since && e.at <= until),
+                )
             })
-            .map(|(_, c)| c.sender.email.as_str())
+    }
+
+    /// The distinct senders of the pending cases that count: updated ones
+    /// that `match`, new ones under `term` of `group`, less the one
+    /// evaluated, within the window.
+    fn pending_senders(
+        &self,
+        group: PendingGroup,
+        term: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        matches: impl Fn(&Case) -> bool,
+    ) -> PendingSenders<'a> {
+        let pending: &'a PendingCases = self.pending_new;
+        let mut senders = PendingSenders {
+            list: Vec::new(),
+            pending,
+            counted: Vec::new(),
+            updated: HashSet::new(),
+        };
+        self.with_pending_new(group, term, since, until, |entries| {
+            for entry in entries {
+                if senders.counted.is_empty() {
+                    senders.counted = vec![false; pending.senders.len()];
+                }
+                if let Some(counted @ false) = senders.counted.get_mut(entry.sender) {
+                    *counted = true;
+                    senders
+                        .list
+                        .extend(pending.senders.get(entry.sender).map(|s| &**s));
+                }
+            }
+        });
+        for case in self.pending_updated(since, until, matches) {
+            let sender = case.sender.email.as_str();
+            if !senders.contains(sender) {
+                senders.updated.insert(sender);
+                senders.list.push(sender);
+            }
+        }
+        senders
     }
 
     /// Distinct senders of matching cases in byte order: the stored ones
@@ -785,7 +1044,7 @@ impl<'a> BatchHistory<'a> {
     /// pending ones.
     fn distinct_senders(
         &self,
-        tree: TreeId,
+        group: PendingGroup,
         term: &str,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
@@ -794,16 +1053,18 @@ impl<'a> BatchHistory<'a> {
         if since > until {
             return Vec::new();
         }
-        self.with_stored(tree, term, since, until, |stored| {
+        self.with_stored(group.tree(), term, since, until, |stored| {
             let mut senders = stored.list();
-            let mut pending: Vec<&str> = self
-                .pending_senders(since, until, &matches)
-                .filter(|sender| !stored.counts_sender(sender))
-                .collect();
-            if !pending.is_empty() {
-                pending.sort_unstable();
-                pending.dedup();
-                senders.extend(pending.into_iter().map(str::to_owned));
+            let pending = self.pending_senders(group, term, since, until, &matches);
+            let before = senders.len();
+            senders.extend(
+                pending
+                    .list
+                    .iter()
+                    .filter(|sender| !stored.counts_sender(sender))
+                    .map(|sender| (*sender).to_owned()),
+            );
+            if senders.len() > before {
                 senders.sort_unstable();
             }
             senders
@@ -815,7 +1076,7 @@ impl<'a> BatchHistory<'a> {
     /// among them.
     fn count_distinct(
         &self,
-        tree: TreeId,
+        group: PendingGroup,
         term: &str,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
@@ -828,14 +1089,16 @@ impl<'a> BatchHistory<'a> {
                 includes: false,
             };
         }
-        self.with_stored(tree, term, since, until, |stored| {
-            let extra: HashSet<&str> = self
-                .pending_senders(since, until, &matches)
+        self.with_stored(group.tree(), term, since, until, |stored| {
+            let pending = self.pending_senders(group, term, since, until, &matches);
+            let extra = pending
+                .list
+                .iter()
                 .filter(|pending| !stored.counts_sender(pending))
-                .collect();
+                .count();
             SenderCount {
-                senders: (stored.len() + extra.len()) as u64,
-                includes: stored.counts_sender(sender) || extra.contains(sender),
+                senders: (stored.len() + extra) as u64,
+                includes: stored.counts_sender(sender) || pending.contains(sender),
             }
         })
     }
@@ -843,10 +1106,23 @@ impl<'a> BatchHistory<'a> {
 
 impl CaseHistory for BatchHistory<'_> {
     fn cases_from_sender(&self, sender: &str, since: DateTime<Utc>, until: DateTime<Utc>) -> u64 {
-        self.senders(TreeId::IdxSender, sender, since, until, |c| {
-            c.sender.email == sender
-        })
-        .len() as u64
+        let excluded_id = self.excluded_id();
+        let hits = self
+            .store
+            .index_hits(TreeId::IdxSender, sender, since, until);
+        let stored = hits_or_log(hits, TreeId::IdxSender.name())
+            .iter()
+            .filter(|h| Some(&h.case) != excluded_id && !self.pending_updates.contains_key(&h.case))
+            .count();
+        let pending_new =
+            self.with_pending_new(PendingGroup::Sender, sender, since, until, |entries| {
+                entries.count()
+            });
+        let pending_updated = self
+            .pending_updated(since, until, |c| c.sender.email == sender)
+            .count();
+        let pending = pending_new + pending_updated;
+        (stored + pending) as u64
     }
 
     fn distinct_senders_with_category(
@@ -855,7 +1131,7 @@ impl CaseHistory for BatchHistory<'_> {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Vec<String> {
-        self.distinct_senders(TreeId::IdxCategory, category, since, until, |c| {
+        self.distinct_senders(PendingGroup::Category, category, since, until, |c| {
             category_of(c) == Some(category)
         })
     }
@@ -866,7 +1142,7 @@ impl CaseHistory for BatchHistory<'_> {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Vec<String> {
-        self.distinct_senders(TreeId::IdxSubject, fingerprint, since, until, |c| {
+        self.distinct_senders(PendingGroup::Subject, fingerprint, since, until, |c| {
             subject_fingerprint(&c.subject) == fingerprint
         })
     }
@@ -877,7 +1153,9 @@ impl CaseHistory for BatchHistory<'_> {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Vec<String> {
-        self.distinct_senders(TreeId::IdxTag, tag, since, until, |c| c.tags.contains(tag))
+        self.distinct_senders(PendingGroup::Tag, tag, since, until, |c| {
+            c.tags.contains(tag)
+        })
     }
 
     fn count_distinct_senders(
@@ -889,7 +1167,7 @@ impl CaseHistory for BatchHistory<'_> {
     ) -> SenderCount {
         match group {
             SenderGroup::Category(category) => self.count_distinct(
-                TreeId::IdxCategory,
+                PendingGroup::Category,
                 category,
                 since,
                 until,
@@ -897,7 +1175,7 @@ impl CaseHistory for BatchHistory<'_> {
                 sender,
             ),
             SenderGroup::Subject(fingerprint) => self.count_distinct(
-                TreeId::IdxSubject,
+                PendingGroup::Subject,
                 fingerprint,
                 since,
                 until,
@@ -905,7 +1183,7 @@ impl CaseHistory for BatchHistory<'_> {
                 sender,
             ),
             SenderGroup::Tag(tag) => self.count_distinct(
-                TreeId::IdxTag,
+                PendingGroup::Tag,
                 tag,
                 since,
                 until,
@@ -1022,5 +1300,56 @@ mod tests {
         assert!(result.is_err());
         assert_eq!(count(&store, "billing", minutes(0), minutes(10)), 1);
         assert_eq!(store.history.size(), (1, 1));
+    }
+
+    /// The subject group is indexed on the first subject question and
+    /// caught up with the change sets pushed since, on every later one; a
+    /// pending case whose subject has an empty fingerprint counts for the
+    /// empty fingerprint, as a walk over the pending cases counts it.
+    #[test]
+    fn subject_questions_between_pushes_see_every_pending_case() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let subjects = ["停气通知", "Re: 停气通知", "账单", "", "账单"];
+        let mut batch = IngestBatch::new();
+        let mut pushed: Vec<Case> = Vec::new();
+        for (n, subject) in subjects.iter().enumerate() {
+            let case = Case::new(
+                CaseId("unnumbered".into()),
+                minutes(n as i64),
+                "email",
+                Address::new(&format!("s{}@x.example", n % 3), None),
+                subject,
+                "zh",
+            );
+            let mut changes = ChangeSet::new();
+            changes.new_case(case.clone()).expect("case");
+            batch.push(changes);
+            pushed.push(case);
+            for fingerprint in ["停气通知", "账单", ""] {
+                let walked: Vec<String> = pushed
+                    .iter()
+                    .filter(|c| subject_fingerprint(&c.subject) == fingerprint)
+                    .map(|c| c.sender.email.clone())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let view = batch.history(&store, None);
+                assert_eq!(
+                    view.distinct_senders_with_subject(fingerprint, minutes(0), minutes(10)),
+                    walked,
+                    "fingerprint {fingerprint:?} after {} pushes",
+                    n + 1
+                );
+                let counted = view.count_distinct_senders(
+                    SenderGroup::Subject(fingerprint),
+                    minutes(0),
+                    minutes(10),
+                    "s0@x.example",
+                );
+                assert_eq!(counted.senders, walked.len() as u64);
+                assert_eq!(counted.includes, walked.iter().any(|s| s == "s0@x.example"));
+            }
+        }
     }
 }
