@@ -14,6 +14,7 @@ pub mod imap;
 pub mod lifecycle;
 pub mod mail;
 pub mod metrics;
+pub mod pool;
 pub mod reload;
 pub mod rules;
 pub mod scheduler;

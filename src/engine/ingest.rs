@@ -27,7 +27,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -51,6 +50,7 @@ use crate::mail::inbound::{
 use crate::mail::outbound::{OutgoingAttachment, ACKNOWLEDGEMENT};
 use crate::mail::template::MailView;
 use crate::mail::token::TokenError;
+use crate::pool::{self, PoolJob};
 use crate::rules::ast::ClockEvent;
 use crate::rules::eval::{apply_owned, evaluate_sharing, CaseHistory, DueTimes, Evaluation, Input};
 use crate::store::{CaseRef, ChangeSet, Checkpoint, IngestBatch, QuarantineRecord, RenderAhead};
@@ -1203,9 +1203,11 @@ const PARSE_CHUNK: usize = 16;
 /// A fetch's messages parsed on rayon's pool, in chunks, and handed out in
 /// UID order as they are ready: parsing depends on nothing but the bytes,
 /// so the serial pass works on the first messages while the pool parses
-/// the later ones (and renders the mails of those already handled).
+/// the later ones (and renders the mails of those already handled). A
+/// chunk the pool has not started when the serial pass needs it is parsed
+/// by the serial pass.
 pub struct ParseAhead {
-    chunks: std::collections::VecDeque<Receiver<std::thread::Result<Vec<Fetched>>>>,
+    chunks: std::collections::VecDeque<PoolJob<Vec<Fetched>>>,
     ready: std::vec::IntoIter<Fetched>,
 }
 
@@ -1229,18 +1231,12 @@ impl ParseAhead {
         let mut rest = messages.into_iter().peekable();
         while rest.peek().is_some() {
             let chunk: Vec<(u32, RawMessage)> = rest.by_ref().take(PARSE_CHUNK).collect();
-            let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-            rayon::spawn(move || {
-                let parsed = std::panic::catch_unwind(|| {
-                    chunk
-                        .into_iter()
-                        .map(|message| parse_one(message, max_bytes))
-                        .collect::<Vec<_>>()
-                });
-                // The receiver is gone only if the ingest stopped early.
-                let _ = sender.send(parsed);
-            });
-            chunks.push_back(receiver);
+            chunks.push_back(pool::spawn(move || {
+                chunk
+                    .into_iter()
+                    .map(|message| parse_one(message, max_bytes))
+                    .collect::<Vec<_>>()
+            }));
         }
         ParseAhead {
             chunks,
@@ -1258,11 +1254,11 @@ impl Iterator for ParseAhead {
                 return Some(fetched);
             }
             let chunk = self.chunks.pop_front()?;
-            match chunk.recv() {
-                Ok(Ok(parsed)) => self.ready = parsed.into_iter(),
+            match chunk.outcome() {
+                Some(Ok(parsed)) => self.ready = parsed.into_iter(),
                 // A panic while parsing is the ingest's, as if parsed here.
-                Ok(Err(panic)) => std::panic::resume_unwind(panic),
-                Err(_) => {
+                Some(Err(panic)) => std::panic::resume_unwind(panic),
+                None => {
                     // Stopping here leaves the rest unhandled and the
                     // checkpoint before them: they are fetched again.
                     tracing::error!("a parsing job vanished; the rest of the fetch waits");

@@ -19,8 +19,6 @@
 //! its mails' outbox records.
 
 use std::collections::{HashMap, HashSet};
-use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::Datelike;
@@ -35,6 +33,7 @@ use super::records::normalize_message_id;
 use super::trees::{CaseCounters, TreeId};
 use super::Store;
 use crate::case::{Case, CaseId, Event};
+use crate::pool::{self, PoolJob};
 
 /// A mail rendered ahead of the transaction, for the identity it was foreseen to get.
 #[derive(Debug, Clone)]
@@ -240,40 +239,6 @@ enum Ahead<T> {
     OnPool(PoolJob<T>),
 }
 
-/// The work of a [`PoolJob`] until someone takes it.
-type Unstarted<T> = Arc<Mutex<Option<Box<dyn FnOnce() -> T + Send>>>>;
-
-/// Work queued on the pool. Whoever takes the work first does it: the pool
-/// when it gets to the job, or the committing thread when it needs the
-/// result before the pool has started (it does not wait for work queued
-/// behind other jobs, such as the parsing of the next fetch).
-struct PoolJob<T> {
-    work: Unstarted<T>,
-    result: Receiver<std::thread::Result<T>>,
-}
-
-impl<T> Drop for PoolJob<T> {
-    /// Work nobody wants any more (a batch given up, or its render-ahead
-    /// not matching it) is not started.
-    fn drop(&mut self) {
-        if let Ok(mut work) = self.work.lock() {
-            work.take();
-        }
-    }
-}
-
-impl<T> PoolJob<T> {
-    /// The result: computed here if the pool has not started the work,
-    /// else waited for. `None` if the pool dropped the job.
-    fn outcome(&self) -> Option<std::thread::Result<T>> {
-        let unstarted = self.work.lock().ok().and_then(|mut work| work.take());
-        match unstarted {
-            Some(work) => Some(Ok(work())),
-            None => self.result.recv().ok(),
-        }
-    }
-}
-
 impl RenderAhead {
     /// Foresees the identities of `change_set`'s mails (after those of the
     /// change sets added before it) and starts rendering them.
@@ -330,7 +295,7 @@ impl RenderAhead {
                 })
                 .collect::<Option<Vec<Case>>>()
         });
-        let work = spawn_on_pool(move || Prepared {
+        let work = pool::spawn(move || Prepared {
             mails: drafts
                 .into_iter()
                 .map(|(draft, identity)| Some(render_for(&draft, identity?, true)))
@@ -388,24 +353,6 @@ fn render_for(draft: &MailDraft, identity: MailIdentity, with_record: bool) -> P
         prepared
     });
     Prerendered { identity, result }
-}
-
-/// Queues `work` on rayon's pool, whose threads (and so the allocator's
-/// per-thread memory) stay from batch to batch.
-fn spawn_on_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> PoolJob<T> {
-    let (sender, result) = std::sync::mpsc::sync_channel(1);
-    let work: Unstarted<T> = Arc::new(Mutex::new(Some(Box::new(work))));
-    let queued = Arc::clone(&work);
-    rayon::spawn(move || {
-        // Taken already: the committing thread needed it first and did it.
-        let Some(work) = queued.lock().ok().and_then(|mut work| work.take()) else {
-            return;
-        };
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(work));
-        // The receiver is gone only if the batch was given up meanwhile.
-        let _ = sender.send(outcome);
-    });
-    PoolJob { work, result }
 }
 
 /// The identities a batch's mails will get if its change sets are committed
@@ -765,34 +712,6 @@ mod tests {
                 assert_eq!(entry.case.as_ref(), Some(&number));
                 assert_eq!(bytes, prepared.bytes.as_ref());
             }
-        }
-    }
-
-    #[test]
-    fn work_the_pool_has_not_started_is_done_by_the_thread_that_needs_it() {
-        // Every thread of the global pool waits until released, so the job
-        // queued behind them cannot start.
-        let threads = rayon::current_num_threads();
-        let (started, all_started) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let released = Arc::new(Mutex::new(released));
-        for _ in 0..threads {
-            let started = started.clone();
-            let released = Arc::clone(&released);
-            rayon::spawn(move || {
-                started.send(()).expect("the test waits");
-                // One blocker at a time holds the lock; the others wait on it.
-                let _ = released.lock().expect("lock").recv();
-            });
-        }
-        for _ in 0..threads {
-            all_started.recv().expect("a pool thread started");
-        }
-        let job = spawn_on_pool(|| std::thread::current().id());
-        let done_by = job.outcome().expect("an outcome").expect("no panic");
-        assert_eq!(done_by, std::thread::current().id());
-        for _ in 0..threads {
-            release.send(()).expect("a blocker waits");
         }
     }
 
