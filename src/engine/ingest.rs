@@ -53,7 +53,9 @@ use crate::mail::token::TokenError;
 use crate::pool::{self, PoolJob};
 use crate::rules::ast::ClockEvent;
 use crate::rules::eval::{apply_owned, evaluate_sharing, CaseHistory, DueTimes, Evaluation, Input};
-use crate::store::{CaseRef, ChangeSet, Checkpoint, IngestBatch, QuarantineRecord, RenderAhead};
+use crate::store::{
+    ack_counter_sender, CaseRef, ChangeSet, Checkpoint, IngestBatch, QuarantineRecord, RenderAhead,
+};
 
 /// Purpose of forwards (complaints and customer replies to a department).
 pub const FORWARD: &str = "forward";
@@ -792,7 +794,7 @@ impl<'e> Run<'e> {
 
         // The acknowledgement, within the sender's hourly allowance.
         let limit = self.engine.settings.acks_per_sender_per_hour;
-        let pending = self.pending_acks.get(&ack_sender(&sender.email));
+        let pending = self.pending_acks.get(&ack_counter_sender(&sender.email));
         let already = store.acks_in_hour(&sender.email, now)? + pending.copied().unwrap_or(0);
         let acknowledgement = if already >= u64::from(limit) {
             tracing::info!(sender = %sender.email, already, limit, "acknowledgement rate limit reached");
@@ -872,7 +874,7 @@ impl<'e> Run<'e> {
             changes.count_ack(&sender.email, now);
             *self
                 .pending_acks
-                .entry(ack_sender(&sender.email))
+                .entry(ack_counter_sender(&sender.email))
                 .or_default() += 1;
         }
         // The mails show the case as it is stored, after the lifecycle steps above.
@@ -1274,12 +1276,6 @@ fn parse_one((uid, raw): (u32, RawMessage), max_bytes: u64) -> Fetched {
     let oversized = !raw.complete || raw.size > max_bytes || raw.bytes.len() as u64 > max_bytes;
     let parsed = (!oversized).then(|| inbound::parse(&raw.bytes));
     (uid, raw, parsed)
-}
-
-/// A sender as acknowledgement counters are kept for it
-/// ([`ChangeSet::count_ack`]): trimmed and lower-cased.
-fn ack_sender(sender: &str) -> String {
-    sender.trim().to_lowercase()
 }
 
 /// Whether an unverified claim looks like someone posing as a department

@@ -293,7 +293,7 @@ impl ChangeSet {
     /// Counts one acknowledgement sent to `sender` in the hour of `at`.
     pub fn count_ack(&mut self, sender: &str, at: DateTime<Utc>) {
         self.acks
-            .push((sender.trim().to_lowercase(), keys::hour_bucket(at)));
+            .push((ack_counter_sender(sender), keys::hour_bucket(at)));
     }
 
     /// Quarantines a mail that could not be processed, with its raw bytes
@@ -349,6 +349,12 @@ fn check_storable(case: &Case) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The sender as acknowledgement counters are kept for it: trimmed and
+/// lower-cased, so `A@X.example ` and `a@x.example` share one allowance.
+pub fn ack_counter_sender(sender: &str) -> String {
+    sender.trim().to_lowercase()
+}
+
 fn check_draft(draft: &MailDraft) -> Result<(), StoreError> {
     if draft.purpose.trim().is_empty() {
         return Err(StoreError::InvalidBatch("a mail needs a purpose".into()));
@@ -371,8 +377,9 @@ fn sort_slots(slots: &mut Vec<TimerSlot>) {
 /// mailbox checkpoint, committed in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct IngestBatch {
-    pub(crate) checkpoint: Option<(String, Checkpoint)>,
-    pub(crate) changes: Vec<ChangeSet>,
+    pub(super) checkpoint: Option<(String, Checkpoint)>,
+    /// Only [`IngestBatch::push`] adds to it: it keeps the pending index.
+    pub(super) changes: Vec<ChangeSet>,
     /// The pending new cases by history group, kept as change sets are
     /// pushed, so history questions do not walk the whole batch.
     pub(super) pending: PendingCases,
@@ -431,7 +438,7 @@ impl IngestBatch {
     /// Acknowledgements to `sender` this batch counts in the hour of `at`,
     /// to add to [`Store::acks_in_hour`] for rate limiting.
     pub fn pending_acks(&self, sender: &str, at: DateTime<Utc>) -> u64 {
-        let sender = sender.trim().to_lowercase();
+        let sender = ack_counter_sender(sender);
         let bucket = keys::hour_bucket(at);
         self.changes
             .iter()

@@ -29,7 +29,8 @@ use serde::de::DeserializeOwned;
 use sled::transaction::{TransactionError, Transactional, TransactionalTree};
 
 pub use batch::{
-    Applied, CaseRef, ChangeOutcome, ChangeSet, CommitReport, IngestBatch, NewCaseKey, QueuedMail,
+    ack_counter_sender, Applied, CaseRef, ChangeOutcome, ChangeSet, CommitReport, IngestBatch,
+    NewCaseKey, QueuedMail,
 };
 pub use error::StoreError;
 pub use history::{BatchHistory, StoreHistory};
@@ -404,7 +405,7 @@ impl Store {
 
     /// Acknowledgements counted for `sender` in the hour of `at`.
     pub fn acks_in_hour(&self, sender: &str, at: DateTime<Utc>) -> Result<u64, StoreError> {
-        let sender = sender.trim().to_lowercase();
+        let sender = ack_counter_sender(sender);
         let key = keys::ack_key(&sender, keys::hour_bucket(at));
         match self.tree(TreeId::AckCounters).get(&key)? {
             None => Ok(0),
