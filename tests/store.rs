@@ -2043,6 +2043,19 @@ fn history_draft(spec: &HistoryCaseSpec) -> Case {
     case
 }
 
+/// `case` moved to another category, subject and tag, as the history
+/// tests update cases.
+fn regrouped(mut case: Case, category: u8, tag: u8) -> Case {
+    case.fields.insert(
+        "category".into(),
+        FieldValue::Name(HISTORY_CATEGORIES[usize::from(category)].into()),
+    );
+    case.subject = format!("停气通知 {category}");
+    case.tags.clear();
+    case.tags.insert(HISTORY_TAGS[usize::from(tag)].into());
+    case
+}
+
 /// What a walk over every case that counts answers: distinct senders in
 /// byte order of the cases with `keep` opened within the window.
 fn walk_answer(
@@ -2108,14 +2121,11 @@ fn batch_over(
         }
         let id = &stored_ids[usize::from(target) % stored_ids.len()];
         let base = store.case(id).expect("read").expect("stored");
-        let mut next = updated.get(id).cloned().unwrap_or_else(|| base.clone());
-        next.fields.insert(
-            "category".into(),
-            FieldValue::Name(HISTORY_CATEGORIES[usize::from(category)].into()),
+        let next = regrouped(
+            updated.get(id).cloned().unwrap_or_else(|| base.clone()),
+            category,
+            tag,
         );
-        next.subject = format!("停气通知 {category}");
-        next.tags.clear();
-        next.tags.insert(HISTORY_TAGS[usize::from(tag)].into());
         let mut changes = ChangeSet::new();
         changes.update_case(&base, next.clone()).expect("update");
         batch.push(changes);
@@ -2351,14 +2361,7 @@ fn check_history_across_commits(steps: Vec<HistoryStep>) -> Result<(), TestCaseE
                 }
                 let id = &stored_ids[usize::from(target) % stored_ids.len()];
                 let base = writer.case(id).expect("read").expect("stored");
-                let mut next = base.clone();
-                next.fields.insert(
-                    "category".into(),
-                    FieldValue::Name(HISTORY_CATEGORIES[usize::from(category)].into()),
-                );
-                next.subject = format!("停气通知 {category}");
-                next.tags.clear();
-                next.tags.insert(HISTORY_TAGS[usize::from(tag)].into());
+                let next = regrouped(base.clone(), category, tag);
                 let mut changes = ChangeSet::new();
                 changes.update_case(&base, next).expect("update");
                 writer.apply(&changes).expect("commit");
