@@ -25,7 +25,7 @@ use super::policy::ActivePolicy;
 use crate::case::{Address, Case, CaseId};
 use crate::mail::outbound::{self, OutgoingAttachment, OutgoingMail};
 use crate::mail::template::{
-    local, CaseView, DigestView, EscalationView, MailView, NoticeView, PersonView, RenderedMail,
+    local, CaseView, DigestView, EscalationView, MailView, NoticeView, RenderedMail,
     TemplateContext,
 };
 use crate::mail::token::{self, ReplySecret};
@@ -275,16 +275,19 @@ impl MailPlan {
         }
     }
 
-    fn case_view(&self, case_id: Option<&CaseId>) -> Option<CaseView> {
+    /// The case as the mail's template sees it, numbered `case_id`: whole,
+    /// or [`CaseView::redacted`] for the complainant (built redacted, not built whole
+    /// and then emptied).
+    fn case_view(&self, case_id: Option<&CaseId>, redact: bool) -> Option<CaseView> {
         let case = self.case.as_ref()?;
-        let mut view = CaseView::new(
-            case,
-            &self.active.names,
-            self.letterhead.zone,
-            self.letterhead.at,
-        );
+        let (names, zone) = (&self.active.names, self.letterhead.zone);
+        let mut view = if redact {
+            CaseView::new_redacted(case, names, zone)
+        } else {
+            CaseView::new(case, names, zone, self.letterhead.at)
+        };
         if let Some(id) = case_id {
-            view.number = id.0.clone();
+            id.0.clone_into(&mut view.number);
         }
         Some(view)
     }
@@ -296,16 +299,15 @@ impl MailPlan {
             now: local(self.letterhead.at, self.letterhead.zone),
             ..TemplateContext::default()
         };
-        let view = self.case_view(case_id);
         let names = &self.active.names;
         match &self.content {
             Content::Acknowledgement => {
-                context.case = view.map(|v| redacted(&v));
+                context.case = self.case_view(case_id, true);
             }
             Content::Forward {
                 department, mail, ..
             } => {
-                context.case = view;
+                context.case = self.case_view(case_id, false);
                 context.mail = Some(MailView::clone(mail));
                 context.department = Some(names.department(department));
                 context.reply_address = reply_to.map(|a| a.email.clone());
@@ -316,10 +318,8 @@ impl MailPlan {
                 to_customer,
             } => {
                 context.escalation = Some(escalation.clone());
-                if *to_customer {
-                    context.case = view.map(|v| redacted(&v));
-                } else {
-                    context.case = view;
+                context.case = self.case_view(case_id, *to_customer);
+                if !*to_customer {
                     context.department = department.as_deref().map(|d| names.department(d));
                     context.reply_address = reply_to.map(|a| a.email.clone());
                 }
@@ -332,11 +332,7 @@ impl MailPlan {
                 to_customer,
             } => {
                 context.notice = Some(notice.clone());
-                context.case = if *to_customer {
-                    view.map(|v| redacted(&v))
-                } else {
-                    view
-                };
+                context.case = self.case_view(case_id, *to_customer);
                 context.reply_address = reply_to.map(|a| a.email.clone());
             }
         }
@@ -489,33 +485,6 @@ impl PreflightMemo {
             }
         };
         &self.shapes[index].1
-    }
-}
-
-/// What a mail to the complainant may show of a case: its number,
-/// registration time, channel, language and state. Everything the sender
-/// wrote or the rules derived from it is left out: the sender of a new
-/// complaint is unverified, and a forged From must not receive the content.
-pub(crate) fn redacted(view: &CaseView) -> CaseView {
-    CaseView {
-        number: view.number.clone(),
-        subject: String::new(),
-        received_at: view.received_at.clone(),
-        channel: view.channel.clone(),
-        language: view.language.clone(),
-        status: view.status.clone(),
-        severity: None,
-        category: None,
-        responsibility: None,
-        tags: Vec::new(),
-        department: None,
-        cc_departments: Vec::new(),
-        fields: Vec::new(),
-        sender: PersonView {
-            name: String::new(),
-            email: String::new(),
-        },
-        deadlines: Vec::new(),
     }
 }
 

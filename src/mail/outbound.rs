@@ -11,10 +11,9 @@ use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 use lettre::message::header::{
-    self, ContentTransferEncoding, ContentType, Header, HeaderName, HeaderValue,
+    self, ContentTransferEncoding, ContentType, Header, HeaderName, HeaderValue, Headers,
 };
 use lettre::message::{Attachment, Body as PartBody, Mailbox, Mailboxes, MultiPart, SinglePart};
-use lettre::Message;
 use sha2::{Digest, Sha256};
 
 use super::inbound::clean_line;
@@ -162,19 +161,37 @@ pub fn auto_submitted(purpose: &str) -> &'static str {
 pub fn subject_with_case(case: Option<&CaseId>, subject: &str) -> String {
     let subject = clean_line(subject);
     let mut subject = match case {
-        Some(case) if !subject.contains(&format!("[{case}]")) => {
-            if subject.is_empty() {
-                format!("[{case}]")
-            } else {
-                format!("[{case}] {subject}")
+        Some(case) if !contains_bracketed(&subject, &case.0) => {
+            let mut with_case = String::with_capacity(case.0.len() + subject.len() + 3);
+            with_case.push('[');
+            with_case.push_str(&case.0);
+            with_case.push(']');
+            if !subject.is_empty() {
+                with_case.push(' ');
+                with_case.push_str(&subject);
             }
+            with_case
         }
         _ => subject,
     };
-    if let Some((end, _)) = subject.char_indices().nth(MAX_SUBJECT_CHARS) {
-        subject.truncate(end);
+    // A string of at most as many bytes as the limit has no more characters than that.
+    if subject.len() > MAX_SUBJECT_CHARS {
+        if let Some((end, _)) = subject.char_indices().nth(MAX_SUBJECT_CHARS) {
+            subject.truncate(end);
+        }
     }
     subject
+}
+
+/// Whether `text` contains `[number]`.
+fn contains_bracketed(text: &str, number: &str) -> bool {
+    // Looking for each `[` and comparing what follows avoids building the
+    // needle and setting up a substring searcher for every mail.
+    text.match_indices('[').any(|(start, _)| {
+        text[start + 1..]
+            .strip_prefix(number)
+            .is_some_and(|rest| rest.starts_with(']'))
+    })
 }
 
 /// Builds the mail. `host` is the domain of Message-IDs.
@@ -188,59 +205,64 @@ pub fn build(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
     if to.iter().next().is_none() && cc.iter().next().is_none() {
         return Err(BuildError::NoRecipients);
     }
-    let mut envelope_to: Vec<lettre::Address> = Vec::new();
+    let mut envelope_to: Vec<String> = Vec::new();
     for mailbox in to.iter().chain(cc.iter()) {
-        if !envelope_to.contains(&mailbox.email) {
-            envelope_to.push(mailbox.email.clone());
+        let email: &str = mailbox.email.as_ref();
+        if !envelope_to.iter().any(|known| known == email) {
+            envelope_to.push(email.to_owned());
         }
     }
-    let envelope = lettre::address::Envelope::new(Some(from.email.clone()), envelope_to.clone())
-        .map_err(|e| BuildError::Builder(e.to_string()))?;
+    let envelope_from = from.email.to_string();
 
-    let mut builder = Message::builder()
-        .message_id(Some(format!("<{message_id}>")))
-        .date(SystemTime::from(mail.date))
-        .mailbox(header::From::from(Mailboxes::from(from.clone())))
-        .subject(subject.clone())
-        .header(AutoSubmitted(auto_submitted(&mail.purpose).to_owned()))
-        // Asks Exchange not to send out-of-office replies to our mail.
-        .header(AutoResponseSuppress("All".to_owned()))
-        .header(ComplaintdPurpose(mail.purpose.clone()))
-        .envelope(envelope);
+    // The headers in the order `Message::builder()` sets them. They are
+    // collected in lettre's `Headers` (each value encoded by its typed
+    // header) rather than through `MessageBuilder`, whose `build` parses
+    // From and Date back out of their encoded values to check what we
+    // just put in.
+    let mut headers = Headers::with_capacity(16);
+    headers.set(header::MessageId::from(format!("<{message_id}>")));
+    headers.set(header::Date::new(SystemTime::from(mail.date)));
+    headers.set(header::From::from(Mailboxes::from(from)));
+    headers.set(header::Subject::from(subject.clone()));
+    headers.set(AutoSubmitted(auto_submitted(&mail.purpose).to_owned()));
+    // Asks Exchange not to send out-of-office replies to our mail.
+    headers.set(AutoResponseSuppress("All".to_owned()));
+    headers.set(ComplaintdPurpose(mail.purpose.clone()));
     if to.iter().next().is_some() {
-        builder = builder.mailbox(header::To::from(to));
+        headers.set(header::To::from(to));
     }
     if cc.iter().next().is_some() {
-        builder = builder.mailbox(header::Cc::from(cc));
+        headers.set(header::Cc::from(cc));
     }
     if let Some(reply_to) = &mail.reply_to {
-        builder = builder.mailbox(header::ReplyTo::from(Mailboxes::from(mailbox(
+        headers.set(header::ReplyTo::from(Mailboxes::from(mailbox(
             "Reply-To", reply_to,
         )?)));
     }
     if let Some(case) = &mail.case {
-        builder = builder.header(ComplaintdCase(case.0.clone()));
+        headers.set(ComplaintdCase(case.0.clone()));
     }
     let in_reply_to = mail.in_reply_to.as_deref().and_then(header_message_id);
     if let Some(id) = &in_reply_to {
-        builder = builder.in_reply_to(id.clone());
+        headers.set(header::InReplyTo::from(id.clone()));
     }
     let mut references: Vec<String> = mail
         .references
         .iter()
         .filter_map(|id| header_message_id(id))
         .collect();
-    if let Some(id) = &in_reply_to {
-        if !references.contains(id) {
-            references.push(id.clone());
+    if let Some(id) = in_reply_to {
+        if !references.contains(&id) {
+            references.push(id);
         }
     }
     if references.len() > MAX_REFERENCES {
         references.drain(..references.len() - MAX_REFERENCES);
     }
     if !references.is_empty() {
-        builder = builder.references(references.join(" "));
+        headers.set(header::References::from(references.join(" ")));
     }
+    headers.set(header::MIME_VERSION_1_0);
 
     let boundary_seed = boundary_seed(&message_id, mail);
     let plain = text_part(ContentType::TEXT_PLAIN, &mail.text);
@@ -264,18 +286,22 @@ pub fn build(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
         }
         Body::Multi(mixed)
     };
-    let message = match body {
-        Body::Single(part) => builder.singlepart(part),
-        Body::Multi(part) => builder.multipart(part),
-    }
-    .map_err(|e| BuildError::Builder(e.to_string()))?;
+
+    // What `Message::formatted` writes: the message's headers, then the
+    // MIME part with its own headers.
+    let part = match body {
+        Body::Single(part) => part.formatted(),
+        Body::Multi(part) => part.formatted(),
+    };
+    let mut bytes = headers.to_string().into_bytes();
+    bytes.extend_from_slice(&part);
 
     Ok(BuiltMail {
         message_id,
         subject,
-        envelope_from: from.email.to_string(),
-        envelope_to: envelope_to.iter().map(ToString::to_string).collect(),
-        bytes: message.formatted(),
+        envelope_from,
+        envelope_to,
+        bytes,
     })
 }
 
@@ -462,6 +488,7 @@ text_header!(ComplaintdPurpose, "X-Complaintd-Purpose");
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lettre::Message;
     use proptest::prelude::*;
 
     /// What lettre's own builder makes of the text.
@@ -532,6 +559,232 @@ mod tests {
                 String::from_utf8(base64_lines(&bytes)).unwrap(),
                 expected,
                 "{len}"
+            );
+        }
+    }
+
+
+    /// The subject as `subject_with_case` made it with `format!` and a substring search.
+    fn subject_with_case_by_format(case: Option<&CaseId>, subject: &str) -> String {
+        let subject = clean_line(subject);
+        let mut subject = match case {
+            Some(case) if !subject.contains(&format!("[{case}]")) => {
+                if subject.is_empty() {
+                    format!("[{case}]")
+                } else {
+                    format!("[{case}] {subject}")
+                }
+            }
+            _ => subject,
+        };
+        if let Some((end, _)) = subject.char_indices().nth(MAX_SUBJECT_CHARS) {
+            subject.truncate(end);
+        }
+        subject
+    }
+
+    /// The mail as `build` made it with lettre's `MessageBuilder`.
+    fn build_with_message_builder(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
+        let message_id = message_id(mail.case.as_ref(), &mail.purpose, mail.sequence, host)?;
+        let subject = subject_with_case_by_format(mail.case.as_ref(), &mail.subject);
+
+        let from = mailbox("From", &mail.from)?;
+        let to = mailboxes("To", &mail.to)?;
+        let cc = mailboxes("Cc", &mail.cc)?;
+        if to.iter().next().is_none() && cc.iter().next().is_none() {
+            return Err(BuildError::NoRecipients);
+        }
+        let mut envelope_to: Vec<lettre::Address> = Vec::new();
+        for mailbox in to.iter().chain(cc.iter()) {
+            if !envelope_to.contains(&mailbox.email) {
+                envelope_to.push(mailbox.email.clone());
+            }
+        }
+        let envelope = lettre::address::Envelope::new(Some(from.email.clone()), envelope_to.clone())
+            .map_err(|e| BuildError::Builder(e.to_string()))?;
+
+        let mut builder = Message::builder()
+            .message_id(Some(format!("<{message_id}>")))
+            .date(SystemTime::from(mail.date))
+            .mailbox(header::From::from(Mailboxes::from(from.clone())))
+            .subject(subject.clone())
+            .header(AutoSubmitted(auto_submitted(&mail.purpose).to_owned()))
+            // Asks Exchange not to send out-of-office replies to our mail.
+            .header(AutoResponseSuppress("All".to_owned()))
+            .header(ComplaintdPurpose(mail.purpose.clone()))
+            .envelope(envelope);
+        if to.iter().next().is_some() {
+            builder = builder.mailbox(header::To::from(to));
+        }
+        if cc.iter().next().is_some() {
+            builder = builder.mailbox(header::Cc::from(cc));
+        }
+        if let Some(reply_to) = &mail.reply_to {
+            builder = builder.mailbox(header::ReplyTo::from(Mailboxes::from(mailbox(
+                "Reply-To", reply_to,
+            )?)));
+        }
+        if let Some(case) = &mail.case {
+            builder = builder.header(ComplaintdCase(case.0.clone()));
+        }
+        let in_reply_to = mail.in_reply_to.as_deref().and_then(header_message_id);
+        if let Some(id) = &in_reply_to {
+            builder = builder.in_reply_to(id.clone());
+        }
+        let mut references: Vec<String> = mail
+            .references
+            .iter()
+            .filter_map(|id| header_message_id(id))
+            .collect();
+        if let Some(id) = &in_reply_to {
+            if !references.contains(id) {
+                references.push(id.clone());
+            }
+        }
+        if references.len() > MAX_REFERENCES {
+            references.drain(..references.len() - MAX_REFERENCES);
+        }
+        if !references.is_empty() {
+            builder = builder.references(references.join(" "));
+        }
+
+        let boundary_seed = boundary_seed(&message_id, mail);
+        let plain = text_part(ContentType::TEXT_PLAIN, &mail.text);
+        let body = match &mail.html {
+            Some(html) => Body::Multi(
+                multipart("alternative", &boundary_seed)
+                    .singlepart(plain)
+                    .singlepart(text_part(ContentType::TEXT_HTML, html)),
+            ),
+            None => Body::Single(plain),
+        };
+        let body = if mail.attachments.is_empty() {
+            body
+        } else {
+            let mut mixed = match body {
+                Body::Single(part) => multipart("mixed", &boundary_seed).singlepart(part),
+                Body::Multi(part) => multipart("mixed", &boundary_seed).multipart(part),
+            };
+            for attachment in &mail.attachments {
+                mixed = mixed.singlepart(attachment_part(attachment)?);
+            }
+            Body::Multi(mixed)
+        };
+        let message = match body {
+            Body::Single(part) => builder.singlepart(part),
+            Body::Multi(part) => builder.multipart(part),
+        }
+        .map_err(|e| BuildError::Builder(e.to_string()))?;
+
+        Ok(BuiltMail {
+            message_id,
+            subject,
+            envelope_from: from.email.to_string(),
+            envelope_to: envelope_to.iter().map(ToString::to_string).collect(),
+            bytes: message.formatted(),
+        })
+    }
+
+    fn address(email: &str, name: Option<&str>) -> Address {
+        Address {
+            email: email.to_owned(),
+            name: name.map(str::to_owned),
+        }
+    }
+
+    /// Mails of every shape `build` makes: with and without case, Cc,
+    /// Reply-To, threading, HTML and attachments, and names that need encoding.
+    fn mails_of_every_shape() -> Vec<OutgoingMail> {
+        let date = DateTime::parse_from_rfc3339("2026-11-24T10:00:00+08:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        let ack = OutgoingMail {
+            case: Some(CaseId("TS-2026-000123".to_owned())),
+            purpose: ACKNOWLEDGEMENT.to_owned(),
+            sequence: 1,
+            from: address("complaints@corp.example", Some("Corp Gas 燃气公司")),
+            to: vec![address("wang@customers.example", Some("王 \"小明\""))],
+            cc: Vec::new(),
+            reply_to: None,
+            subject: "您的投诉已受理".to_owned(),
+            text: "您好：\n\n编号 TS-2026-000123。\n".to_owned(),
+            html: None,
+            in_reply_to: Some("<abc@customers.example>".to_owned()),
+            references: vec!["older@customers.example".to_owned()],
+            attachments: Vec::new(),
+            date,
+        };
+        let forward = OutgoingMail {
+            purpose: "forward".to_owned(),
+            sequence: 2,
+            to: vec![
+                address("network@gas.example", None),
+                address("Network@gas.example", Some("Network")),
+                address("network@gas.example", Some("again")),
+            ],
+            cc: vec![address("boss@gas.example", Some("Boss, The"))],
+            reply_to: Some(address("complaints+tok@corp.example", None)),
+            subject: "[TS-2026-000123] 转派：漏气".to_owned(),
+            text: "Case TS-2026-000123\r\nmostly ASCII ü\n".repeat(20),
+            html: Some("<p>金额 &lt;100&gt; 元</p>\n".repeat(30)),
+            in_reply_to: None,
+            references: (0..25).map(|n| format!("m{n}@x.example")).collect(),
+            attachments: vec![OutgoingAttachment {
+                name: "../照片 1.jpg".to_owned(),
+                content_type: "image/jpeg".to_owned(),
+                bytes: vec![0xFF, 0xD8, 0xFF, 0x00, 0x10],
+            }],
+            ..ack.clone()
+        };
+        let digest = OutgoingMail {
+            case: None,
+            purpose: "digest".to_owned(),
+            to: Vec::new(),
+            cc: vec![address("team@gas.example", None)],
+            subject: "Weekly digest\r\nBcc: evil@x.example".to_owned(),
+            text: "plain ascii\n".to_owned(),
+            html: None,
+            in_reply_to: None,
+            references: Vec::new(),
+            attachments: vec![OutgoingAttachment {
+                name: String::new(),
+                content_type: "text/csv".to_owned(),
+                bytes: b"a,b\n1,2\n".to_vec(),
+            }],
+            ..ack.clone()
+        };
+        let html_only_alternative = OutgoingMail {
+            attachments: Vec::new(),
+            in_reply_to: Some("not a message id".to_owned()),
+            ..forward.clone()
+        };
+        vec![ack, forward, digest, html_only_alternative]
+    }
+
+    #[test]
+    fn mails_are_the_bytes_lettres_message_builder_makes() {
+        for mail in mails_of_every_shape() {
+            let ours = build(&mail, "mail.corp.example").unwrap();
+            let lettres = build_with_message_builder(&mail, "mail.corp.example").unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&ours.bytes),
+                String::from_utf8_lossy(&lettres.bytes)
+            );
+            assert_eq!(ours, lettres);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn subjects_are_the_ones_format_makes(
+            subject in "([a-z \\[\\]\\t\\r\\n]{0,8}|TS-2026-00012[34]|中{0,90}){0,8}",
+            with_case in any::<bool>()
+        ) {
+            let case = CaseId("TS-2026-000123".to_owned());
+            let case = with_case.then_some(&case);
+            prop_assert_eq!(
+                subject_with_case(case, &subject),
+                subject_with_case_by_format(case, &subject)
             );
         }
     }
