@@ -330,7 +330,7 @@ fn multipart(kind: &str, boundary_seed: &str) -> lettre::message::MultiPartBuild
 fn text_part(content_type: ContentType, text: &str) -> SinglePart {
     use email_encoding::body::Encoding;
     // lettre chooses on the text as given, before converting line endings.
-    let encoding = Encoding::choose(text, false);
+    let encoding = choose_encoding(text);
     let crlf = crlf_line_endings(text);
     let body = match encoding {
         Encoding::SevenBit => {
@@ -348,6 +348,33 @@ fn text_part(content_type: ContentType, text: &str) -> SinglePart {
         }
     };
     SinglePart::builder().header(content_type).body(body)
+}
+
+/// `Encoding::choose(text, false)`: what lettre chooses for a text part.
+///
+/// For non-ASCII text the crate's choice is quoted-printable when at most a
+/// third of the bytes need escaping, else base64; it counts those bytes one
+/// at a time over the whole text (after measuring every line, which only
+/// matters for ASCII). Counting in blocks that the compiler vectorises, and
+/// stopping once the third is passed, gives the same answer for less.
+fn choose_encoding(text: &str) -> email_encoding::body::Encoding {
+    use email_encoding::body::Encoding;
+    if text.is_ascii() {
+        return Encoding::choose(text, false);
+    }
+    let limit = text.len() / 3;
+    let mut requiring_escaping = 0;
+    // A block of 255 bytes cannot overflow the byte-wide counter.
+    for block in text.as_bytes().chunks(255) {
+        let in_block = block.iter().fold(0u8, |count, &byte| {
+            count + u8::from(!matches!(byte, b'\t' | b' '..=b'~'))
+        });
+        requiring_escaping += usize::from(in_block);
+        if requiring_escaping > limit {
+            return Encoding::Base64;
+        }
+    }
+    Encoding::QuotedPrintable
 }
 
 /// Characters of a base64 body line (RFC 2045: at most 76).
@@ -535,6 +562,37 @@ mod tests {
                 text_part(ContentType::TEXT_PLAIN, &text).formatted(),
                 lettre_part(ContentType::TEXT_PLAIN, &text)
             );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_encoding_is_the_one_lettre_chooses(
+            text in "([a-z =\\t]{0,90}|[\\r\\n\\x01\\x7f]{1,3}|[é中😀]{0,3}){0,40}"
+        ) {
+            prop_assert_eq!(
+                choose_encoding(&text),
+                email_encoding::body::Encoding::choose(text.as_str(), false)
+            );
+        }
+    }
+
+    #[test]
+    fn the_encoding_changes_where_lettres_does_at_a_third() {
+        use email_encoding::body::Encoding;
+        // "é" is two bytes that need escaping; each "a" is one that does not.
+        for accents in [1, 2, 100, 128, 129, 200, 400] {
+            for plain in [0, 1, 2, 3, 4, 250, 255, 256, 257, 400, 401, 402, 403, 1000] {
+                let text = format!("{}{}", "é".repeat(accents), "a".repeat(plain));
+                let text_at_end = format!("{}{}", "a".repeat(plain), "é".repeat(accents));
+                for text in [text, text_at_end] {
+                    assert_eq!(
+                        choose_encoding(&text),
+                        Encoding::choose(text.as_str(), false),
+                        "{accents} {plain}"
+                    );
+                }
+            }
         }
     }
 

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use minijinja::{AutoEscape, Environment, Output, State, UndefinedBehavior, Value};
 use serde::Serialize;
 
 use super::inbound::{clean_line, IncomingMail};
@@ -144,6 +144,7 @@ impl Templates {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.add_filter("status_label", status_label);
+        env.set_formatter(print_value);
         env.set_auto_escape_callback(|name| {
             if name.ends_with(".html") {
                 AutoEscape::Html
@@ -300,6 +301,19 @@ impl Templates {
             line,
             message: error_message(error),
         }
+    }
+}
+
+/// Prints a value of `{{ … }}`: minijinja's own formatter, except that a
+/// string in a plain-text template is copied as it is. That is what the
+/// default formatter writes too, but it gets there through two nested
+/// `write!` calls per printed value.
+fn print_value(out: &mut Output, state: &State, value: &Value) -> Result<(), minijinja::Error> {
+    match value.as_str() {
+        Some(text) if state.auto_escape() == AutoEscape::None => {
+            out.write_str(text).map_err(minijinja::Error::from)
+        }
+        _ => minijinja::escape_formatter(out, state, value),
     }
 }
 
