@@ -7,13 +7,14 @@
 //! boundaries are derived from the content, so building the same mail twice
 //! gives the same bytes: a retried send is recognisably the same mail.
 
+use std::io::Write;
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 use lettre::message::header::{
     self, ContentTransferEncoding, ContentType, Header, HeaderName, HeaderValue, Headers,
 };
-use lettre::message::{Attachment, Body as PartBody, Mailbox, Mailboxes, MultiPart, SinglePart};
+use lettre::message::{Attachment, Body as PartBody, Mailbox, Mailboxes, SinglePart};
 use sha2::{Digest, Sha256};
 
 use super::inbound::clean_line;
@@ -27,6 +28,8 @@ pub const ACKNOWLEDGEMENT: &str = "ack";
 const MAX_REFERENCES: usize = 20;
 /// Subjects are cut to this many characters.
 const MAX_SUBJECT_CHARS: usize = 250;
+/// Bytes reserved for a mail's header section, which is rarely longer.
+const HEADER_ROOM: usize = 2048;
 
 /// A mail to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -265,35 +268,29 @@ pub fn build(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
     headers.set(header::MIME_VERSION_1_0);
 
     let boundary_seed = boundary_seed(&message_id, mail);
-    let plain = text_part(ContentType::TEXT_PLAIN, &mail.text);
+    let plain = text_part(ContentType::TEXT_PLAIN, &mail.text).formatted();
     let body = match &mail.html {
-        Some(html) => Body::Multi(
-            multipart("alternative", &boundary_seed)
-                .singlepart(plain)
-                .singlepart(text_part(ContentType::TEXT_HTML, html)),
-        ),
-        None => Body::Single(plain),
+        Some(html) => {
+            let html = text_part(ContentType::TEXT_HTML, html).formatted();
+            multipart("alternative", &boundary_seed, &[plain, html])
+        }
+        None => plain,
     };
-    let body = if mail.attachments.is_empty() {
+    let part = if mail.attachments.is_empty() {
         body
     } else {
-        let mut mixed = match body {
-            Body::Single(part) => multipart("mixed", &boundary_seed).singlepart(part),
-            Body::Multi(part) => multipart("mixed", &boundary_seed).multipart(part),
-        };
+        let mut parts = vec![body];
         for attachment in &mail.attachments {
-            mixed = mixed.singlepart(attachment_part(attachment)?);
+            parts.push(attachment_part(attachment)?.formatted());
         }
-        Body::Multi(mixed)
+        multipart("mixed", &boundary_seed, &parts)
     };
 
     // What `Message::formatted` writes: the message's headers, then the
-    // MIME part with its own headers.
-    let part = match body {
-        Body::Single(part) => part.formatted(),
-        Body::Multi(part) => part.formatted(),
-    };
-    let mut bytes = headers.to_string().into_bytes();
+    // MIME part with its own headers. Room for the headers is reserved up
+    // front: growing the buffer while they are written costs more.
+    let mut bytes = Vec::with_capacity(HEADER_ROOM + part.len());
+    write!(bytes, "{headers}").expect("writing to a Vec cannot fail");
     bytes.extend_from_slice(&part);
 
     Ok(BuiltMail {
@@ -305,23 +302,36 @@ pub fn build(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
     })
 }
 
-enum Body {
-    Single(SinglePart),
-    Multi(MultiPart),
-}
-
-/// `multipart/<kind>` with the boundary `=_<first three letters of kind>_<seed>`.
+/// A `multipart/<kind>` part around the formatted `parts`, with the boundary
+/// `=_<first three letters of kind>_<seed>`.
 ///
-/// The same header as `MultiPart::alternative().boundary(…)`, without the
-/// random boundary lettre makes first and the parsing of it.
-fn multipart(kind: &str, boundary_seed: &str) -> lettre::message::MultiPartBuilder {
-    let content_type = format!(
-        "multipart/{kind}; boundary=\"=_{}_{boundary_seed}\"",
-        &kind[..3]
-    );
+/// The bytes `MultiPart::<kind>().boundary(…)` with these parts formats to,
+/// without the random boundary lettre makes first, and without lettre
+/// parsing the boundary back out of the Content-Type header to write it.
+fn multipart(kind: &str, boundary_seed: &str, parts: &[Vec<u8>]) -> Vec<u8> {
+    let boundary = format!("=_{}_{boundary_seed}", &kind[..3]);
+    let content_type = format!("multipart/{kind}; boundary=\"{boundary}\"");
     let content_type =
         ContentType::parse(&content_type).expect("a multipart type with a hex boundary parses");
-    MultiPart::builder().header(content_type)
+    let mut headers = Headers::new();
+    headers.set(content_type);
+    let size = parts
+        .iter()
+        .map(|part| part.len() + boundary.len() + 4)
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(HEADER_ROOM + size);
+    write!(out, "{headers}").expect("writing to a Vec cannot fail");
+    out.extend_from_slice(b"\r\n");
+    for part in parts {
+        out.extend_from_slice(b"--");
+        out.extend_from_slice(boundary.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(b"--");
+    out.extend_from_slice(boundary.as_bytes());
+    out.extend_from_slice(b"--\r\n");
+    out
 }
 
 /// A text part: the bytes `SinglePart::builder().header(content_type).body(text.to_owned())`
@@ -398,17 +408,19 @@ fn base64_lines(bytes: &[u8]) -> Vec<u8> {
 
 /// `text` with a `\r` before every `\n` that has none.
 fn crlf_line_endings(text: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + text.len() / 16 + 2);
-    // `str::split` on a char finds the line feeds with memchr.
-    let mut lines = text.split('\n');
-    let mut line = lines.next().unwrap_or_default();
-    out.extend_from_slice(line.as_bytes());
-    for next in lines {
-        let ending: &[u8] = if line.ends_with('\r') { b"\n" } else { b"\r\n" };
-        out.extend_from_slice(ending);
-        out.extend_from_slice(next.as_bytes());
-        line = next;
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 16 + 2);
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', bytes) {
+        let line = &bytes[start..end];
+        out.extend_from_slice(line);
+        if !line.ends_with(b"\r") {
+            out.push(b'\r');
+        }
+        out.push(b'\n');
+        start = end + 1;
     }
+    out.extend_from_slice(&bytes[start..]);
     out
 }
 
@@ -515,6 +527,7 @@ text_header!(ComplaintdPurpose, "X-Complaintd-Purpose");
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lettre::message::MultiPart;
     use lettre::Message;
     use proptest::prelude::*;
 
@@ -621,7 +634,6 @@ mod tests {
         }
     }
 
-
     /// The subject as `subject_with_case` made it with `format!` and a substring search.
     fn subject_with_case_by_format(case: Option<&CaseId>, subject: &str) -> String {
         let subject = clean_line(subject);
@@ -641,8 +653,17 @@ mod tests {
         subject
     }
 
-    /// The mail as `build` made it with lettre's `MessageBuilder`.
-    fn build_with_message_builder(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
+    enum Body {
+        Single(SinglePart),
+        Multi(MultiPart),
+    }
+
+    /// The mail as `build` made it with lettre's `MessageBuilder` (and the
+    /// multiparts as lettre makes them).
+    fn build_with_message_builder(
+        mail: &OutgoingMail,
+        host: &str,
+    ) -> Result<BuiltMail, BuildError> {
         let message_id = message_id(mail.case.as_ref(), &mail.purpose, mail.sequence, host)?;
         let subject = subject_with_case_by_format(mail.case.as_ref(), &mail.subject);
 
@@ -658,8 +679,9 @@ mod tests {
                 envelope_to.push(mailbox.email.clone());
             }
         }
-        let envelope = lettre::address::Envelope::new(Some(from.email.clone()), envelope_to.clone())
-            .map_err(|e| BuildError::Builder(e.to_string()))?;
+        let envelope =
+            lettre::address::Envelope::new(Some(from.email.clone()), envelope_to.clone())
+                .map_err(|e| BuildError::Builder(e.to_string()))?;
 
         let mut builder = Message::builder()
             .message_id(Some(format!("<{message_id}>")))
@@ -707,10 +729,12 @@ mod tests {
         }
 
         let boundary_seed = boundary_seed(&message_id, mail);
+        let alternative = || MultiPart::alternative().boundary(format!("=_alt_{boundary_seed}"));
+        let mixed = || MultiPart::mixed().boundary(format!("=_mix_{boundary_seed}"));
         let plain = text_part(ContentType::TEXT_PLAIN, &mail.text);
         let body = match &mail.html {
             Some(html) => Body::Multi(
-                multipart("alternative", &boundary_seed)
+                alternative()
                     .singlepart(plain)
                     .singlepart(text_part(ContentType::TEXT_HTML, html)),
             ),
@@ -719,14 +743,14 @@ mod tests {
         let body = if mail.attachments.is_empty() {
             body
         } else {
-            let mut mixed = match body {
-                Body::Single(part) => multipart("mixed", &boundary_seed).singlepart(part),
-                Body::Multi(part) => multipart("mixed", &boundary_seed).multipart(part),
+            let mut with_attachments = match body {
+                Body::Single(part) => mixed().singlepart(part),
+                Body::Multi(part) => mixed().multipart(part),
             };
             for attachment in &mail.attachments {
-                mixed = mixed.singlepart(attachment_part(attachment)?);
+                with_attachments = with_attachments.singlepart(attachment_part(attachment)?);
             }
-            Body::Multi(mixed)
+            Body::Multi(with_attachments)
         };
         let message = match body {
             Body::Single(part) => builder.singlepart(part),
@@ -863,23 +887,27 @@ mod tests {
     }
 
     #[test]
-    fn multipart_headers_are_the_ones_lettre_builds() {
+    fn multiparts_are_the_ones_lettre_builds() {
         let seed = "0123456789abcdef0123456789abcdef";
-        let ours = multipart("alternative", seed)
-            .singlepart(SinglePart::plain("a".to_owned()))
-            .formatted();
+        let plain = SinglePart::plain("a".to_owned());
+        let html = SinglePart::html("<p>b</p>".to_owned());
+        let ours = multipart("alternative", seed, &[plain.formatted(), html.formatted()]);
         let lettres = MultiPart::alternative()
             .boundary(format!("=_alt_{seed}"))
-            .singlepart(SinglePart::plain("a".to_owned()))
-            .formatted();
-        assert_eq!(ours, lettres);
-        let ours = multipart("mixed", seed)
-            .singlepart(SinglePart::plain("a".to_owned()))
-            .formatted();
+            .singlepart(plain.clone())
+            .singlepart(html.clone());
+        assert_eq!(
+            String::from_utf8_lossy(&ours),
+            String::from_utf8_lossy(&lettres.formatted())
+        );
+        let ours = multipart("mixed", seed, &[ours, plain.formatted()]);
         let lettres = MultiPart::mixed()
             .boundary(format!("=_mix_{seed}"))
-            .singlepart(SinglePart::plain("a".to_owned()))
-            .formatted();
-        assert_eq!(ours, lettres);
+            .multipart(lettres)
+            .singlepart(plain);
+        assert_eq!(
+            String::from_utf8_lossy(&ours),
+            String::from_utf8_lossy(&lettres.formatted())
+        );
     }
 }
