@@ -8,6 +8,7 @@
 //! gives the same bytes: a retried send is recognisably the same mail.
 
 use std::io::Write;
+use std::sync::LazyLock;
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
@@ -30,6 +31,8 @@ const MAX_REFERENCES: usize = 20;
 const MAX_SUBJECT_CHARS: usize = 250;
 /// Bytes reserved for a mail's header section, which is rarely longer.
 const HEADER_ROOM: usize = 2048;
+/// Bytes reserved for the headers of a MIME part.
+const PART_HEADER_ROOM: usize = 256;
 
 /// A mail to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -268,10 +271,10 @@ pub fn build(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
     headers.set(header::MIME_VERSION_1_0);
 
     let boundary_seed = boundary_seed(&message_id, mail);
-    let plain = text_part(ContentType::TEXT_PLAIN, &mail.text).formatted();
+    let plain = single_part_bytes(&text_part(ContentType::TEXT_PLAIN, &mail.text));
     let body = match &mail.html {
         Some(html) => {
-            let html = text_part(ContentType::TEXT_HTML, html).formatted();
+            let html = single_part_bytes(&text_part(ContentType::TEXT_HTML, html));
             multipart("alternative", &boundary_seed, &[plain, html])
         }
         None => plain,
@@ -281,7 +284,7 @@ pub fn build(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
     } else {
         let mut parts = vec![body];
         for attachment in &mail.attachments {
-            parts.push(attachment_part(attachment)?.formatted());
+            parts.push(single_part_bytes(&attachment_part(attachment)?));
         }
         multipart("mixed", &boundary_seed, &parts)
     };
@@ -302,6 +305,17 @@ pub fn build(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
     })
 }
 
+/// What `SinglePart::formatted` writes: the part's headers, a blank line,
+/// the body and a line break. Written into a buffer of the right size;
+/// lettre's starts empty and grows several times for a long body.
+fn single_part_bytes(part: &SinglePart) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PART_HEADER_ROOM + part.raw_body().len() + 2);
+    write!(out, "{}\r\n", part.headers()).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(part.raw_body());
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// A `multipart/<kind>` part around the formatted `parts`, with the boundary
 /// `=_<first three letters of kind>_<seed>`.
 ///
@@ -319,7 +333,7 @@ fn multipart(kind: &str, boundary_seed: &str, parts: &[Vec<u8>]) -> Vec<u8> {
         .iter()
         .map(|part| part.len() + boundary.len() + 4)
         .sum::<usize>();
-    let mut out = Vec::with_capacity(HEADER_ROOM + size);
+    let mut out = Vec::with_capacity(PART_HEADER_ROOM + size);
     write!(out, "{headers}").expect("writing to a Vec cannot fail");
     out.extend_from_slice(b"\r\n");
     for part in parts {
@@ -387,6 +401,12 @@ fn choose_encoding(text: &str) -> email_encoding::body::Encoding {
     Encoding::QuotedPrintable
 }
 
+/// The base64 engine of text parts: the crate's SIMD engine (AVX2 when the
+/// CPU has it, else the scalar engine), with the output of
+/// `general_purpose::STANDARD` at several times its speed.
+static BASE64: LazyLock<base64::engine::Simd> =
+    LazyLock::new(|| base64::engine::Simd::standard(base64::engine::general_purpose::PAD));
+
 /// Characters of a base64 body line (RFC 2045: at most 76).
 const BASE64_LINE: usize = 76;
 
@@ -395,7 +415,7 @@ const BASE64_LINE: usize = 76;
 /// instead of 57 bytes at a time through a UTF-8 check and a `fmt::Write`.
 fn base64_lines(bytes: &[u8]) -> Vec<u8> {
     use base64::Engine;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let encoded = BASE64.encode(bytes);
     let mut out = Vec::with_capacity(encoded.len() + encoded.len() / BASE64_LINE * 2);
     for (index, line) in encoded.as_bytes().chunks(BASE64_LINE).enumerate() {
         if index > 0 {
@@ -612,7 +632,7 @@ mod tests {
     proptest! {
         #[test]
         fn base64_lines_are_what_lettres_encoder_writes(
-            bytes in proptest::collection::vec(any::<u8>(), 0..400)
+            bytes in proptest::collection::vec(any::<u8>(), 0..3000)
         ) {
             let mut expected = String::new();
             email_encoding::body::base64::encode(&bytes, &mut expected).unwrap();
@@ -622,7 +642,7 @@ mod tests {
 
     #[test]
     fn base64_lines_break_exactly_at_76_characters() {
-        for len in [0, 1, 56, 57, 58, 114, 171] {
+        for len in [0, 1, 56, 57, 58, 114, 171, 1000, 4096, 4097] {
             let bytes = vec![0xE4; len];
             let mut expected = String::new();
             email_encoding::body::base64::encode(&bytes, &mut expected).unwrap();
@@ -900,6 +920,9 @@ mod tests {
             String::from_utf8_lossy(&ours),
             String::from_utf8_lossy(&lettres.formatted())
         );
+        for part in [&plain, &html] {
+            assert_eq!(single_part_bytes(part), part.formatted());
+        }
         let ours = multipart("mixed", seed, &[ours, plain.formatted()]);
         let lettres = MultiPart::mixed()
             .boundary(format!("=_mix_{seed}"))

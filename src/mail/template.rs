@@ -71,11 +71,22 @@ enum Part {
 impl Part {
     /// Name of the part in the environment; `.html` names turn autoescape on.
     fn key(self, name: &str, language: &str) -> String {
-        match self {
-            Part::Subject => format!("{name}.{language}.txt#subject"),
-            Part::Text => format!("{name}.{language}.txt"),
-            Part::Html => format!("{name}.{language}.html"),
+        let mut key = String::new();
+        self.write_key(name, language, &mut key);
+        key
+    }
+
+    /// [`Part::key`] written into `key`, which is emptied first.
+    fn write_key(self, name: &str, language: &str, key: &mut String) {
+        key.clear();
+        for piece in [name, ".", language] {
+            key.push_str(piece);
         }
+        key.push_str(match self {
+            Part::Subject => ".txt#subject",
+            Part::Text => ".txt",
+            Part::Html => ".html",
+        });
     }
 }
 
@@ -231,13 +242,19 @@ impl Templates {
     /// The language a mail in `language` is rendered in: that language when
     /// the template has it, else the policy's default language.
     pub fn language_for(&self, name: &str, language: &str) -> Option<String> {
-        if self.has(name, language) {
-            return Some(language.to_owned());
-        }
-        self.languages
-            .first()
-            .filter(|default| self.has(name, default))
-            .cloned()
+        self.resolve(name, language)
+            .map(|(language, _)| language.to_owned())
+    }
+
+    /// [`Templates::language_for`], borrowed, and whether the template has
+    /// an HTML part in that language.
+    fn resolve(&self, name: &str, language: &str) -> Option<(&str, bool)> {
+        let languages = self.available.get(name)?;
+        let found = match languages.get_key_value(language) {
+            Some(found) => found,
+            None => languages.get_key_value(self.languages.first()?.as_str())?,
+        };
+        Some((found.0.as_str(), *found.1))
     }
 
     /// Renders template `name` in `language` (or the default language).
@@ -247,31 +264,27 @@ impl Templates {
         language: &str,
         context: &impl Serialize,
     ) -> Result<RenderedMail, TemplateError> {
-        let language =
-            self.language_for(name, language)
+        let (language, has_html) =
+            self.resolve(name, language)
                 .ok_or_else(|| TemplateError::NotFound {
                     name: name.to_owned(),
                     language: language.to_owned(),
                 })?;
         let context = minijinja::Value::from_serialize(context);
-        let render = |part: Part| -> Result<String, TemplateError> {
-            let key = part.key(name, &language);
+        // One buffer for the three parts' names.
+        let mut key = String::with_capacity(name.len() + language.len() + 16);
+        let mut render = |part: Part| -> Result<String, TemplateError> {
+            part.write_key(name, language, &mut key);
             let template = self
                 .env
                 .get_template(&key)
-                .map_err(|e| self.render_error(name, &language, part, &e))?;
+                .map_err(|e| self.render_error(name, language, part, &e))?;
             template
                 .render(&context)
-                .map_err(|e| self.render_error(name, &language, part, &e))
+                .map_err(|e| self.render_error(name, language, part, &e))
         };
         let subject = clean_line(&render(Part::Subject)?);
         let text = tidy_text(&render(Part::Text)?);
-        let has_html = self
-            .available
-            .get(name)
-            .and_then(|l| l.get(&language))
-            .copied()
-            .unwrap_or(false);
         let html = if has_html {
             Some(render(Part::Html)?)
         } else {
