@@ -859,6 +859,103 @@ mod tests {
     }
 
     #[test]
+    fn a_redacted_view_built_directly_is_the_whole_view_redacted() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 24, 2, 30, 0).unwrap();
+        let sender = crate::case::Address {
+            email: "wang@customers.example".to_owned(),
+            name: Some("王小明".to_owned()),
+        };
+        let mut case = Case::new(
+            crate::case::CaseId("TS-2026-000123".to_owned()),
+            at,
+            "email",
+            sender,
+            "楼道里有燃气味",
+            "zh",
+        );
+        case.fields.insert(
+            "category".to_owned(),
+            FieldValue::Name("gas_leak".to_owned()),
+        );
+        case.fields
+            .insert("urgent".to_owned(), FieldValue::Flag(true));
+        case.tags.insert("repeat".to_owned());
+        case.assignment = Some(crate::case::Assignment {
+            department: "network".to_owned(),
+            cc: vec!["service".to_owned()],
+            rule: "route #1".to_owned(),
+        });
+        case.clocks.insert(
+            "first_response".to_owned(),
+            crate::case::ClockState {
+                deadline: "first_response".to_owned(),
+                calendar: None,
+                started_at: at,
+                due: at + chrono::Duration::hours(4),
+                paused_since: None,
+                paused_seconds: 0,
+                stopped_at: None,
+                fired_steps: Default::default(),
+                business: false,
+            },
+        );
+        let mut names = DisplayNames::default();
+        names
+            .channels
+            .insert("email".to_owned(), "电子邮件".to_owned());
+        let tz = chrono_tz::Asia::Shanghai;
+        let whole = CaseView::new(&case, &names, tz, at);
+        assert!(!whole.deadlines.is_empty() && !whole.fields.is_empty());
+        assert_eq!(CaseView::new_redacted(&case, &names, tz), whole.redacted());
+    }
+
+    #[test]
+    fn values_print_as_minijinjas_own_formatter_prints_them() {
+        let probe = "{{ text }}|{{ long }}|{{ markup }}|{{ markup|safe }}|{{ number }}|\
+                     {{ fraction }}|{{ flag }}|{{ nothing }}|{{ list }}|{{ map }}|\
+                     {{ map.key }}|{{ missing if false }}|{{ bytes }}";
+        let files = vec![
+            ("probe.en.txt".to_owned(), format!("Subject: s\n\n{probe}")),
+            ("probe.en.html".to_owned(), probe.to_owned()),
+        ];
+        let templates = Templates::from_files(files, &["en".to_owned()]).unwrap();
+        let mut plain = Environment::new();
+        plain.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+        plain.set_auto_escape_callback(|name| {
+            if name.ends_with(".html") {
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
+        // The body of a `.txt` template keeps its subject line and the blank line as empty lines.
+        plain
+            .add_template_owned("probe.txt", format!("\n\n{probe}"))
+            .unwrap();
+        plain.add_template("probe.html", probe).unwrap();
+        let context = minijinja::context! {
+            text => "Wang <wang@example.com> & 王",
+            long => "x".repeat(40) + "<b>",
+            markup => Value::from_safe_string("<b>bold</b>".to_owned()),
+            number => 42,
+            fraction => 2.5,
+            flag => true,
+            nothing => (),
+            list => vec!["a", "<b>"],
+            map => BTreeMap::from([("key", "v&l")]),
+            bytes => Value::from_bytes("字节".as_bytes().to_vec()),
+        };
+        for (ours, theirs) in [
+            ("probe.en.txt", "probe.txt"),
+            ("probe.en.html", "probe.html"),
+        ] {
+            let ours = templates.env.get_template(ours).unwrap().render(&context);
+            let theirs = plain.get_template(theirs).unwrap().render(&context);
+            assert_eq!(ours.unwrap(), theirs.unwrap());
+        }
+    }
+
+    #[test]
     fn tidy_text_trims_lines_and_blank_ends() {
         assert_eq!(
             tidy_text("\n\n  \nHello  \n\n\nWorld\t\r\n\n \n"),
