@@ -323,8 +323,14 @@ fn single_part_bytes(part: &SinglePart) -> Vec<u8> {
 /// without the random boundary lettre makes first, and without lettre
 /// parsing the boundary back out of the Content-Type header to write it.
 fn multipart(kind: &str, boundary_seed: &str, parts: &[Vec<u8>]) -> Vec<u8> {
-    let boundary = format!("=_{}_{boundary_seed}", &kind[..3]);
-    let content_type = format!("multipart/{kind}; boundary=\"{boundary}\"");
+    let mut boundary = String::with_capacity(boundary_seed.len() + 6);
+    for piece in ["=_", &kind[..3], "_", boundary_seed] {
+        boundary.push_str(piece);
+    }
+    let mut content_type = String::with_capacity(boundary.len() + kind.len() + 24);
+    for piece in ["multipart/", kind, "; boundary=\"", &boundary, "\""] {
+        content_type.push_str(piece);
+    }
     let content_type =
         ContentType::parse(&content_type).expect("a multipart type with a hex boundary parses");
     let mut headers = Headers::new();
@@ -518,6 +524,17 @@ fn mailboxes(field: &'static str, addresses: &[Address]) -> Result<Mailboxes, Bu
     Ok(out)
 }
 
+/// The value of one of our text headers: [`clean_line`] of it, which
+/// leaves printable ASCII without spaces (the usual purpose and case
+/// number) as it is, so that is copied without the character-by-character pass.
+fn header_text(value: &str) -> String {
+    if value.bytes().all(|b| b.is_ascii_graphic()) {
+        value.to_owned()
+    } else {
+        clean_line(value)
+    }
+}
+
 macro_rules! text_header {
     ($type_name:ident, $header_name:expr) => {
         #[derive(Debug, Clone, PartialEq, Eq)]
@@ -533,7 +550,7 @@ macro_rules! text_header {
             }
 
             fn display(&self) -> HeaderValue {
-                HeaderValue::new(Self::name(), clean_line(&self.0))
+                HeaderValue::new(Self::name(), header_text(&self.0))
             }
         }
     };
@@ -888,6 +905,13 @@ mod tests {
                 subject_with_case(case, &subject),
                 subject_with_case_by_format(case, &subject)
             );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn header_text_is_the_clean_line(value in "([a-z0-9_-]{0,12}|[ \\t\\r\\n\\x00\\x7f]{0,2}|中){0,6}") {
+            prop_assert_eq!(header_text(&value), clean_line(&value));
         }
     }
 
