@@ -7,6 +7,7 @@
 //! boundaries are derived from the content, so building the same mail twice
 //! gives the same bytes: a retried send is recognisably the same mail.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::sync::LazyLock;
 use std::time::SystemTime;
@@ -205,7 +206,7 @@ pub fn build(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
     let message_id = message_id(mail.case.as_ref(), &mail.purpose, mail.sequence, host)?;
     let subject = subject_with_case(mail.case.as_ref(), &mail.subject);
 
-    let from = mailbox("From", &mail.from)?;
+    let (envelope_from, from_header) = from_header(&mail.from)?;
     let to = mailboxes("To", &mail.to)?;
     let cc = mailboxes("Cc", &mail.cc)?;
     if to.iter().next().is_none() && cc.iter().next().is_none() {
@@ -218,7 +219,6 @@ pub fn build(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
             envelope_to.push(email.to_owned());
         }
     }
-    let envelope_from = from.email.to_string();
 
     // The headers in the order `Message::builder()` sets them. They are
     // collected in lettre's `Headers` (each value encoded by its typed
@@ -228,7 +228,7 @@ pub fn build(mail: &OutgoingMail, host: &str) -> Result<BuiltMail, BuildError> {
     let mut headers = Headers::with_capacity(16);
     headers.set(header::MessageId::from(format!("<{message_id}>")));
     headers.set(header::Date::new(SystemTime::from(mail.date)));
-    headers.set(header::From::from(Mailboxes::from(from)));
+    headers.insert_raw(from_header);
     headers.set(header::Subject::from(subject.clone()));
     headers.set(AutoSubmitted(auto_submitted(&mail.purpose).to_owned()));
     // Asks Exchange not to send out-of-office replies to our mail.
@@ -496,6 +496,30 @@ fn header_message_id(id: &str) -> Option<String> {
     normalize_message_id(id)
         .filter(|id| id.is_ascii())
         .map(|id| format!("<{id}>"))
+}
+
+thread_local! {
+    /// The last From address built on this thread, with its envelope
+    /// address and encoded header: every mail of a daemon comes from the
+    /// same address, and parsing and encoding it is a good part of the
+    /// work of a mail.
+    static LAST_FROM: RefCell<Option<(Address, String, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// The envelope address of `from` and its From header, as lettre encodes them.
+fn from_header(from: &Address) -> Result<(String, HeaderValue), BuildError> {
+    LAST_FROM.with_borrow_mut(|last| {
+        if let Some((known, envelope, header)) = last.as_ref() {
+            if known == from {
+                return Ok((envelope.clone(), header.clone()));
+            }
+        }
+        let mailbox = mailbox("From", from)?;
+        let envelope = mailbox.email.to_string();
+        let header = header::From::from(Mailboxes::from(mailbox)).display();
+        *last = Some((from.clone(), envelope.clone(), header.clone()));
+        Ok((envelope, header))
+    })
 }
 
 fn mailbox(field: &'static str, address: &Address) -> Result<Mailbox, BuildError> {
@@ -857,6 +881,7 @@ mod tests {
         };
         let digest = OutgoingMail {
             case: None,
+            from: address("reports@corp.example", Some("Reports")),
             purpose: "digest".to_owned(),
             to: Vec::new(),
             cc: vec![address("team@gas.example", None)],
