@@ -142,24 +142,18 @@ impl<'de> Visitor<'de> for EventVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
         let mut at: Option<DateTime<Utc>> = None;
-        // Entries before the tag other than `at`: only in JSON not written by `serialize`.
+        // Entries met before `at` and the tag: only in JSON not written by `serialize`.
         let mut others = serde_json::Map::new();
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            match key {
-                Key::At if at.is_some() => return Err(de::Error::duplicate_field("at")),
-                Key::At => at = Some(map.next_value_seed(Rfc3339Seed)?),
-                Key::Event if others.is_empty() => {
-                    if let Some(at) = at {
-                        let kind = KindFields::deserialize(KindAfterTag { map })?;
-                        return Ok(Event { at, kind });
-                    }
-                    others.insert("event".to_owned(), map.next_value()?);
+            match (key, at) {
+                (Key::At, Some(_)) => return Err(de::Error::duplicate_field("at")),
+                (Key::At, None) => at = Some(map.next_value_seed(Rfc3339Seed)?),
+                (Key::Event, Some(at)) if others.is_empty() => {
+                    let kind = KindFields::deserialize(KindAfterTag { map })?;
+                    return Ok(Event { at, kind });
                 }
-                Key::Event => {
-                    others.insert("event".to_owned(), map.next_value()?);
-                }
-                Key::Other(name) => {
-                    others.insert(name, map.next_value()?);
+                (key, _) => {
+                    others.insert(key.into_name(), map.next_value()?);
                 }
             }
         }
@@ -176,6 +170,16 @@ enum Key {
     At,
     Event,
     Other(String),
+}
+
+impl Key {
+    fn into_name(self) -> String {
+        match self {
+            Key::At => "at".to_owned(),
+            Key::Event => "event".to_owned(),
+            Key::Other(name) => name,
+        }
+    }
 }
 
 struct KeySeed;
