@@ -937,6 +937,11 @@ pub fn content_hash_id(raw: &[u8]) -> String {
 /// One line of display text: control characters (CR, LF, TAB, …) become
 /// spaces, runs of spaces collapse, the ends are trimmed.
 pub(crate) fn clean_line(text: &str) -> String {
+    // The ends go whatever they hold (a header value's leading space and
+    // line end); what is left is often clean already.
+    let text = text
+        .trim_start_matches(|c: char| c == ' ' || c.is_control())
+        .trim_end_matches(|c: char| c.is_whitespace() || c.is_control());
     if is_clean_line(text) {
         return text.to_owned();
     }
