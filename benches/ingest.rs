@@ -329,6 +329,7 @@ fn engine_only(mails: usize, batch: usize) -> Result<()> {
         acks_per_sender_per_hour: 100,
         case_prefix: "TS".into(),
         case_number_width: 6,
+        store_cache_mb: complaintd::store::DEFAULT_CACHE_MB,
         time_zone: chrono_tz::Asia::Shanghai,
         max_message_bytes: 1024 * 1024,
         organisation: "Bench Gas".into(),

@@ -151,6 +151,9 @@ pub struct StoreConfig {
     pub case_prefix: String,
     #[serde(default = "default_width")]
     pub case_number_width: u8,
+    /// Memory for the store's page cache, in MiB.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -265,6 +268,9 @@ fn default_prefix() -> String {
 }
 fn default_width() -> u8 {
     6
+}
+fn default_cache_mb() -> u64 {
+    crate::store::DEFAULT_CACHE_MB
 }
 fn default_true() -> bool {
     true
@@ -453,6 +459,12 @@ impl Config {
                 "must be between 3 and 12".into(),
             );
         }
+        if self.store.cache_mb < crate::store::MIN_CACHE_MB {
+            err(
+                "store.cache_mb".into(),
+                format!("must be at least {}", crate::store::MIN_CACHE_MB),
+            );
+        }
         let case_number_len = self.store.case_prefix.len()
             + "-YYYY-".len()
             + usize::from(self.store.case_number_width);
@@ -602,6 +614,22 @@ from = "complaints@example.test"
         assert_eq!(config.smtp.per_minute_cap, 600);
         assert_eq!(config.smtp.in_doubt, InDoubt::Resend);
         assert_eq!(config.store.case_prefix, "TS");
+        assert_eq!(config.store.cache_mb, crate::store::DEFAULT_CACHE_MB);
+    }
+
+    #[test]
+    fn a_store_cache_below_the_minimum_is_refused_with_its_key() {
+        let small = MINIMAL.replace("path = \"store\"", "path = \"store\"\ncache_mb = 64");
+        assert_eq!(Config::parse(&small).unwrap().store.cache_mb, 64);
+        let tiny = MINIMAL.replace("path = \"store\"", "path = \"store\"\ncache_mb = 2");
+        let mut config = Config::parse(&tiny).unwrap();
+        config.resolve_paths(Path::new("/nonexistent-dir"));
+        let errors = config.validate().unwrap_err();
+        let error = errors
+            .iter()
+            .find(|e| e.key == "store.cache_mb")
+            .expect("the cache size is refused");
+        assert_eq!(error.message, "must be at least 8");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod pool;
 pub mod reload;
 pub mod rules;
 pub mod scheduler;
+pub mod serde_time;
 pub mod simulate;
 pub mod smtp;
 pub mod store;

@@ -62,6 +62,7 @@ fn settings(rules: &Path, acks_per_hour: u32) -> EngineSettings {
         acks_per_sender_per_hour: acks_per_hour,
         case_prefix: "TS".into(),
         case_number_width: 6,
+        store_cache_mb: complaintd::store::DEFAULT_CACHE_MB,
         time_zone: chrono_tz::Asia::Shanghai,
         max_message_bytes: 1024 * 1024,
         organisation: "Corp Gas".into(),

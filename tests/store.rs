@@ -478,6 +478,7 @@ fn case_numbers_restart_each_year_in_the_configured_time_zone() {
         case_prefix: "GAS".into(),
         case_number_width: 4,
         case_number_tz: chrono_tz::Asia::Shanghai,
+        ..StoreSettings::default()
     };
     let store = Store::open_with(dir.path().join("db"), settings).expect("open");
     // 2026-12-31 17:00 UTC is already 2027-01-01 01:00 in Shanghai.
@@ -534,6 +535,17 @@ fn invalid_settings_are_refused() {
     };
     let err = Store::open_with(dir.path().join("db"), settings).expect_err("bad prefix");
     assert!(matches!(err, StoreError::Settings(_)), "{err}");
+
+    let settings = StoreSettings {
+        cache_mb: 4,
+        ..StoreSettings::default()
+    };
+    let err = Store::open_with(dir.path().join("db"), settings).expect_err("tiny cache");
+    assert_eq!(
+        err.to_string(),
+        StoreError::Settings("page cache of 4 MiB is below the minimum of 8 MiB".into())
+            .to_string()
+    );
 }
 
 #[test]

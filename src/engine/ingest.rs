@@ -1431,6 +1431,7 @@ mod tests {
             acks_per_sender_per_hour: 3,
             case_prefix: "TS".into(),
             case_number_width: 6,
+            store_cache_mb: crate::store::DEFAULT_CACHE_MB,
             time_zone: chrono_tz::Asia::Shanghai,
             max_message_bytes: 1024 * 1024,
             organisation: "Corp Gas".into(),

@@ -82,6 +82,8 @@ pub struct EngineSettings {
     pub acks_per_sender_per_hour: u32,
     pub case_prefix: String,
     pub case_number_width: usize,
+    /// The store's page cache, in MiB.
+    pub store_cache_mb: u64,
     /// The zone case numbers take their year from, and times are shown in
     /// when the policy has no calendar.
     pub time_zone: Tz,
@@ -122,6 +124,7 @@ impl EngineSettings {
             acks_per_sender_per_hour: config.mail.acks_per_sender_per_hour,
             case_prefix: config.store.case_prefix.clone(),
             case_number_width: usize::from(config.store.case_number_width),
+            store_cache_mb: config.store.cache_mb,
             time_zone,
             max_message_bytes: config.mail.max_message_bytes,
             organisation: config.mail.organisation.clone(),
@@ -135,6 +138,7 @@ impl EngineSettings {
             case_prefix: self.case_prefix.clone(),
             case_number_width: self.case_number_width,
             case_number_tz: self.time_zone,
+            cache_mb: self.store_cache_mb,
         }
     }
 

@@ -307,7 +307,8 @@ fn read_body_without_boundary(
             return read_body(&reparsed, mail);
         }
     }
-    let full_text = normalize_newlines(&String::from_utf8_lossy(body));
+    let body = String::from_utf8_lossy(body);
+    let full_text = normalize_newlines(&body);
     let split = split_reply(&full_text);
     mail.text = split.new_text;
     mail.quoted = split.quoted;
@@ -470,11 +471,11 @@ fn read_body(message: &Message<'_>, mail: &mut IncomingMail) -> Vec<AttachmentBl
         mail.problems.extend(charset_problems(id, part));
         match &part.body {
             PartType::Text(text) => {
-                texts.push(text.to_string());
+                texts.push(Cow::Borrowed(text.as_ref()));
                 source = BodySource::Plain;
             }
             PartType::Html(html) => {
-                texts.push(html_to_text(html));
+                texts.push(Cow::Owned(html_to_text(html)));
                 if source == BodySource::None {
                     source = BodySource::Html;
                 }
@@ -494,11 +495,12 @@ fn read_body(message: &Message<'_>, mail: &mut IncomingMail) -> Vec<AttachmentBl
             .filter(|t| !t.trim().is_empty())
             .collect();
         if !html_texts.is_empty() {
-            texts = html_texts;
+            texts = html_texts.into_iter().map(Cow::Owned).collect();
             source = BodySource::Html;
         }
     }
-    let full_text = normalize_newlines(&texts.join("\n\n"));
+    let joined = texts.join("\n\n");
+    let full_text = normalize_newlines(&joined);
     let split = split_reply(&full_text);
     mail.text = split.new_text;
     mail.quoted = split.quoted;
@@ -825,7 +827,30 @@ fn decoded_headers(message: &Message<'_>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A header value, unfolded and with its encoded words decoded, as one
+/// [`clean_line`].
 fn decode_unstructured(raw_value: &[u8]) -> String {
+    match std::str::from_utf8(raw_value) {
+        // clean_line alone unfolds as mail-parser does (the line breaks and
+        // the white space around them become one space), without its copy of
+        // the value token by token.
+        Ok(value) if has_nothing_to_decode(value) => clean_line(value),
+        _ => decode_unstructured_by_mail_parser(raw_value),
+    }
+}
+
+/// Whether a header value has no encoded word and no line break that ends
+/// it early: every line after the first is folded (starts with white space).
+fn has_nothing_to_decode(value: &str) -> bool {
+    !value.contains("=?")
+        && value
+            .trim_end()
+            .split('\n')
+            .skip(1)
+            .all(|line| line.starts_with([' ', '\t']))
+}
+
+fn decode_unstructured_by_mail_parser(raw_value: &[u8]) -> String {
     let mut owned;
     let raw_value = if raw_value.ends_with(b"\n") {
         raw_value
@@ -912,6 +937,14 @@ pub fn content_hash_id(raw: &[u8]) -> String {
 /// One line of display text: control characters (CR, LF, TAB, …) become
 /// spaces, runs of spaces collapse, the ends are trimmed.
 pub(crate) fn clean_line(text: &str) -> String {
+    // The ends go whatever they hold (a header value's leading space and
+    // line end); what is left is often clean already.
+    let text = text
+        .trim_start_matches(|c: char| c == ' ' || c.is_control())
+        .trim_end_matches(|c: char| c.is_whitespace() || c.is_control());
+    if is_clean_line(text) {
+        return text.to_owned();
+    }
     let mut out = String::with_capacity(text.len());
     // Leading spaces are dropped as if a space came before them.
     let mut after_space = true;
@@ -932,8 +965,37 @@ pub(crate) fn clean_line(text: &str) -> String {
     out
 }
 
-fn normalize_newlines(text: &str) -> String {
-    text.replace("\r\n", "\n").replace('\r', "\n")
+/// Whether [`clean_line`] would return `text` unchanged: no control
+/// character, no space first, no two spaces in a row, no white space last.
+/// Most header values are clean, and looking at their bytes is cheaper than
+/// building them again character by character.
+fn is_clean_line(text: &str) -> bool {
+    // A space first counts as a second space.
+    let mut previous = b' ';
+    for &byte in text.as_bytes() {
+        let ascii_control = byte < 0x20 || byte == 0x7f;
+        let double_space = byte == b' ' && previous == b' ';
+        // U+0080 to U+009F, the other control characters, are 0xC2 0x80 to 0xC2 0x9F.
+        let c1_control = previous == 0xc2 && (0x80..=0x9f).contains(&byte);
+        if ascii_control || double_space || c1_control {
+            return false;
+        }
+        previous = byte;
+    }
+    !text.ends_with(char::is_whitespace)
+}
+
+/// `text` with CRLF and lone CR line ends as LF, copied only when it has a CR.
+fn normalize_newlines(text: &str) -> Cow<'_, str> {
+    if !text.contains('\r') {
+        return Cow::Borrowed(text);
+    }
+    let unix = text.replace("\r\n", "\n");
+    if unix.contains('\r') {
+        Cow::Owned(unix.replace('\r', "\n"))
+    } else {
+        Cow::Owned(unix)
+    }
 }
 
 impl IncomingMail {
@@ -1010,10 +1072,32 @@ mod tests {
     proptest! {
         #[test]
         fn clean_line_agrees_with_the_pushing_version(
-            text in "([a-z]{0,3}|[ \\t\\r\\n\\u{0}\\u{85}\\u{3000}\\u{a0}]{0,3}|中){0,12}"
+            text in "([a-z]{0,3}|[ \\t\\r\\n\\u{0}\\u{7f}\\u{80}\\u{85}\\u{9f}\\u{3000}\\u{a0}]{0,3}|[§Â]|中){0,12}"
         ) {
             prop_assert_eq!(clean_line(&text), clean_line_by_pushing(&text));
         }
+    }
+
+    proptest! {
+        #[test]
+        fn header_values_with_nothing_to_decode_read_as_mail_parser_reads_them(
+            value in concat!(
+                "([a-z]{1,3}|[ \\t\\r\\n]{1,3}|\\r\\n[ \\t]|=|\\?|=\\?utf-8\\?B\\?5Lit\\?=",
+                "|中|é|\\u{3000}|\\u{85}|\\u{1}){0,12}",
+            )
+        ) {
+            prop_assert_eq!(
+                decode_unstructured(value.as_bytes()),
+                decode_unstructured_by_mail_parser(value.as_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn header_values_take_both_ways() {
+        assert!(has_nothing_to_decode(" Gas leak in\r\n the hall\r\n"));
+        assert!(!has_nothing_to_decode(" =?utf-8?B?5Lit?=\r\n"));
+        assert!(!has_nothing_to_decode(" a\r\nb\r\n"));
     }
 
     #[test]

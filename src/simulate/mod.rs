@@ -130,6 +130,7 @@ impl Simulation {
             acks_per_sender_per_hour: settings.acks_per_sender_per_hour,
             case_prefix: settings.case_prefix.clone(),
             case_number_width: 6,
+            store_cache_mb: crate::store::DEFAULT_CACHE_MB,
             time_zone: settings.time_zone,
             max_message_bytes: 25 * 1024 * 1024,
             organisation: settings.organisation.clone(),

@@ -59,11 +59,20 @@ pub struct StoreSettings {
     pub case_number_width: usize,
     /// The time zone whose calendar year a case number carries.
     pub case_number_tz: chrono_tz::Tz,
+    /// Memory sled may use for its page cache, in MiB.
+    pub cache_mb: u64,
 }
 
-/// Memory sled may use for its page cache: sled's own default is 1 GiB,
-/// too much for a small daemon whose working set is the open cases.
-const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+/// The page cache of a store whose settings do not say: 512 MiB. sled's
+/// log-structured storage rewrites old pages to reclaim log segments as it
+/// writes, so a cache smaller than the pages being written and reclaimed
+/// makes every such rewrite read its page back from disk first: at 64 MiB
+/// that was ~4 % of the daemon's CPU after 10,000 complaints, at 512 MiB
+/// none (`docs/PERFORMANCE.md`, "Fifth round").
+pub const DEFAULT_CACHE_MB: u64 = 512;
+
+/// The smallest page cache a store accepts, in MiB.
+pub const MIN_CACHE_MB: u64 = 8;
 
 impl Default for StoreSettings {
     fn default() -> Self {
@@ -71,6 +80,7 @@ impl Default for StoreSettings {
             case_prefix: "TS".into(),
             case_number_width: 6,
             case_number_tz: chrono_tz::UTC,
+            cache_mb: DEFAULT_CACHE_MB,
         }
     }
 }
@@ -92,6 +102,12 @@ impl StoreSettings {
             return Err(StoreError::Settings(format!(
                 "case number width {} must be between 1 and 18",
                 self.case_number_width
+            )));
+        }
+        if self.cache_mb < MIN_CACHE_MB {
+            return Err(StoreError::Settings(format!(
+                "page cache of {} MiB is below the minimum of {MIN_CACHE_MB} MiB",
+                self.cache_mb
             )));
         }
         Ok(())
@@ -166,7 +182,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         settings.validate()?;
         let path = path.as_ref();
-        let db = open_db(path, wait)?;
+        let db = open_db(path, settings.cache_mb, wait)?;
         let meta = db.open_tree(META_TREE)?;
         schema::prepare(&db, &meta)?;
         let trees = TreeId::ALL
@@ -504,10 +520,10 @@ pub enum LockWait {
 /// lock a moment after the last handle of a closed store is dropped, so with
 /// [`LockWait::Retry`] a held lock is retried for about three seconds before
 /// it is reported as the store being in use by another process.
-fn open_db(path: &Path, wait: LockWait) -> Result<sled::Db, StoreError> {
+fn open_db(path: &Path, cache_mb: u64, wait: LockWait) -> Result<sled::Db, StoreError> {
     let config = sled::Config::new()
         .path(path)
-        .cache_capacity(CACHE_CAPACITY_BYTES);
+        .cache_capacity(cache_mb.saturating_mul(1024 * 1024));
     let last = LOCK_RETRY_PAUSES_MS.len() - 1;
     let retries = match wait {
         LockWait::Retry => LOCK_RETRIES,

@@ -44,30 +44,44 @@ use crate::case::{CaseId, Event, EventKind};
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum OutboxState {
     /// Waiting for its first attempt.
-    Scheduled { next_attempt: DateTime<Utc> },
+    Scheduled {
+        #[serde(with = "crate::serde_time")]
+        next_attempt: DateTime<Utc>,
+    },
     /// Accepted by the SMTP server.
-    Sent { at: DateTime<Utc> },
+    Sent {
+        #[serde(with = "crate::serde_time")]
+        at: DateTime<Utc>,
+    },
     /// The last attempt failed in a way worth retrying.
     TemporaryFailure {
         attempts: u32,
         last_error: String,
+        #[serde(with = "crate::serde_time")]
         next_attempt: DateTime<Utc>,
     },
     /// Given up: rejected by the server, or bounced after it was sent.
-    PermanentFailure { at: DateTime<Utc>, error: String },
+    PermanentFailure {
+        #[serde(with = "crate::serde_time")]
+        at: DateTime<Utc>,
+        error: String,
+    },
     /// Handed to the SMTP server (recorded before DATA); the outcome is not
     /// recorded yet. Found at start, the entry is in doubt: the server may
     /// have accepted it.
     Sending {
         /// Failed attempts before this one.
         attempts: u32,
+        #[serde(with = "crate::serde_time")]
         started_at: DateTime<Utc>,
         /// When it was due; it keeps this place in the due index.
+        #[serde(with = "crate::serde_time")]
         due: DateTime<Utc>,
     },
     /// In doubt after a crash and held for an operator (`smtp.in_doubt =
     /// "hold"`): never sent again until released.
     Held {
+        #[serde(with = "crate::serde_time")]
         at: DateTime<Utc>,
         attempts: u32,
         reason: String,
@@ -139,6 +153,7 @@ pub struct OutboxEntry {
     pub recipients: Vec<String>,
     pub subject: String,
     pub template: String,
+    #[serde(with = "crate::serde_time")]
     pub queued_at: DateTime<Utc>,
     pub state: OutboxState,
 }

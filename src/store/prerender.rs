@@ -317,9 +317,16 @@ impl RenderAhead {
 
 /// Each event's JSON as the store writes it (`None` if one fails).
 fn encode_events(events: &[Event]) -> EncodedEvents {
+    // One buffer for all of them: an event is copied into its `Arc` anyway,
+    // and a fresh buffer per event would grow from nothing each time.
+    let mut buffer = Vec::with_capacity(1024);
     events
         .iter()
-        .map(|event| serde_json::to_string(event).ok().map(Arc::from))
+        .map(|event| {
+            buffer.clear();
+            serde_json::to_writer(&mut buffer, event).ok()?;
+            std::str::from_utf8(&buffer).ok().map(Arc::from)
+        })
         .collect()
 }
 
@@ -328,7 +335,8 @@ fn encode_cases(cases: Vec<Case>) -> EncodedCases {
     cases
         .into_iter()
         .map(|case| {
-            let json = serde_json::to_vec(&case).ok()?;
+            let mut json = Vec::with_capacity(2048);
+            serde_json::to_writer(&mut json, &case).ok()?;
             Some((case.id, sled::IVec::from(json)))
         })
         .collect()

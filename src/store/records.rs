@@ -12,7 +12,11 @@ use crate::mail::classify::KnownMessage;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MessageRecord {
     /// An incoming mail that was ingested into a case.
-    Incoming { case: CaseId, at: DateTime<Utc> },
+    Incoming {
+        case: CaseId,
+        #[serde(with = "crate::serde_time")]
+        at: DateTime<Utc>,
+    },
     /// A mail the daemon queued for sending (for a case, or a digest).
     Outgoing {
         case: Option<CaseId>,
@@ -22,10 +26,15 @@ pub enum MessageRecord {
     /// An incoming mail that was ingested but belongs to no case
     /// (an auto-reply, a loop, a bounce to nothing); kept so it is never
     /// processed twice.
-    Discarded { reason: String, at: DateTime<Utc> },
+    Discarded {
+        reason: String,
+        #[serde(with = "crate::serde_time")]
+        at: DateTime<Utc>,
+    },
     /// An incoming mail that could not be processed and was quarantined.
     Quarantined {
         quarantine_id: u64,
+        #[serde(with = "crate::serde_time")]
         at: DateTime<Utc>,
     },
 }
@@ -83,6 +92,7 @@ impl Checkpoint {
 /// deadline clock of a case.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Timer {
+    #[serde(with = "crate::serde_time")]
     pub due: DateTime<Utc>,
     pub case: CaseId,
     pub deadline: String,
@@ -92,6 +102,7 @@ pub struct Timer {
 /// One timer of a clock as kept in the per-clock list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct TimerSlot {
+    #[serde(with = "crate::serde_time")]
     pub due: DateTime<Utc>,
     pub step: usize,
 }
@@ -100,6 +111,7 @@ pub(crate) struct TimerSlot {
 /// in a way the daemon cannot handle. The raw bytes are stored beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuarantineRecord {
+    #[serde(with = "crate::serde_time")]
     pub at: DateTime<Utc>,
     pub mailbox: String,
     pub uid: Option<u32>,
