@@ -643,26 +643,13 @@ impl CaseView {
     /// `CaseView::new(case, names, tz, now).redacted()`, without building
     /// the parts the redaction empties.
     pub fn new_redacted(case: &Case, names: &DisplayNames, tz: Tz) -> Self {
-        CaseView {
-            number: case.id.0.clone(),
-            subject: String::new(),
-            received_at: local(case.created_at, tz),
-            channel: names.channel(&case.channel),
-            language: case.language.clone(),
-            status: case.state.as_str().to_owned(),
-            severity: None,
-            category: None,
-            responsibility: None,
-            tags: Vec::new(),
-            department: None,
-            cc_departments: Vec::new(),
-            fields: Vec::new(),
-            sender: PersonView {
-                name: String::new(),
-                email: String::new(),
-            },
-            deadlines: Vec::new(),
-        }
+        CaseView::only_registration(
+            case.id.0.clone(),
+            local(case.created_at, tz),
+            names.channel(&case.channel),
+            case.language.clone(),
+            case.state.as_str().to_owned(),
+        )
     }
 
     /// What an acknowledgement may show: the number, the registration time,
@@ -671,13 +658,30 @@ impl CaseView {
     /// unverified and an acknowledgement must not echo content to whoever
     /// forged the From address.
     pub fn redacted(&self) -> CaseView {
+        CaseView::only_registration(
+            self.number.clone(),
+            self.received_at.clone(),
+            self.channel.clone(),
+            self.language.clone(),
+            self.status.clone(),
+        )
+    }
+
+    /// A view with the registration facts only and everything else empty.
+    fn only_registration(
+        number: String,
+        received_at: String,
+        channel: String,
+        language: String,
+        status: String,
+    ) -> CaseView {
         CaseView {
-            number: self.number.clone(),
+            number,
             subject: String::new(),
-            received_at: self.received_at.clone(),
-            channel: self.channel.clone(),
-            language: self.language.clone(),
-            status: self.status.clone(),
+            received_at,
+            channel,
+            language,
+            status,
             severity: None,
             category: None,
             responsibility: None,
