@@ -671,7 +671,7 @@ impl CaseView {
     fn only_registration(
         number: String,
         received_at: String,
-        channel: String,
+        channel: Named,
         language: String,
         status: String,
     ) -> CaseView {
