@@ -264,7 +264,8 @@ pub struct Event {
 }
 
 /// Everything that can happen to a case. New kinds are added at the end, and
-/// also to `KindFields` in `case/event_json.rs`, which reads events back.
+/// also to `KindFields` in `case/event_json.rs`, which reads events back (the build
+/// fails until it has them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
