@@ -403,6 +403,8 @@ async fn wait_for_acks(
     expected: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, (usize, String)>> {
     let deadline = tokio::time::Instant::now() + DEADLINE;
+    // Watching starts before the first look, so no delivery falls between the two.
+    let arrivals = MailArrivals::watch(stack)?;
     loop {
         let mut copies: BTreeMap<String, (usize, String)> = BTreeMap::new();
         for customer in customers {
@@ -416,11 +418,8 @@ async fn wait_for_acks(
                 entry.0 += 1;
             }
         }
-        if expected.iter().all(|id| copies.contains_key(id))
-            || tokio::time::Instant::now() > deadline
-        {
+        if expected.iter().all(|id| copies.contains_key(id)) || !arrivals.next(deadline).await {
             return Ok(copies);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -414,6 +414,8 @@ pub async fn wait_for_mails(
     within: Duration,
 ) -> Result<Vec<Vec<u8>>> {
     let deadline = Instant::now() + within;
+    // Watching starts before the first look, so no delivery falls between the two.
+    let arrivals = MailArrivals::watch(stack)?;
     loop {
         let matching: Vec<Vec<u8>> = inbox(stack, user)
             .await?
@@ -423,13 +425,70 @@ pub async fn wait_for_mails(
         if matching.len() >= count {
             return Ok(matching);
         }
-        if Instant::now() >= deadline {
+        if !arrivals.next(deadline).await {
             bail!(
                 "{user}: {} of {count} expected mails after {within:?}",
                 matching.len()
             );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Deliveries into any mailbox of a mail stack, as they happen: a file created in, or
+/// renamed into, a Maildir's `new/` directory (Dovecot's LMTP delivery and
+/// [`deliver_to_maildir`] both end that way). Nothing else wakes a waiter, so Dovecot's own
+/// writes while a waiter reads the mailbox (its index files, moving mail to `cur/`) do not
+/// make it look again.
+pub struct MailArrivals {
+    arrived: Arc<tokio::sync::Notify>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl MailArrivals {
+    /// Starts watching every mailbox of `stack`.
+    pub fn watch(stack: &MailStack) -> Result<MailArrivals> {
+        use notify::event::{EventKind, ModifyKind, RenameMode};
+        use notify::Watcher;
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let wake = Arc::clone(&arrived);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                // A rename reported as one event names the source first, the target last.
+                let targets = match event.kind {
+                    EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                        &event.paths[..]
+                    }
+                    EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                        &event.paths[event.paths.len().saturating_sub(1)..]
+                    }
+                    _ => return,
+                };
+                let in_new = |path: &PathBuf| {
+                    path.parent().and_then(Path::file_name) == Some("new".as_ref())
+                };
+                if targets.iter().any(in_new) {
+                    // One stored wake-up covers any number of deliveries until the waiter looks.
+                    wake.notify_one();
+                }
+            })
+            .context("starting a watch on the mail stack's mailboxes")?;
+        let mail = stack.dir().join("mail");
+        watcher
+            .watch(&mail, notify::RecursiveMode::Recursive)
+            .with_context(|| format!("watching {}", mail.display()))?;
+        Ok(MailArrivals {
+            arrived,
+            _watcher: watcher,
+        })
+    }
+
+    /// Waits for a delivery after the last one waited for (or since watching began);
+    /// `false` when `deadline` came first.
+    pub async fn next(&self, deadline: Instant) -> bool {
+        tokio::time::timeout_at(deadline, self.arrived.notified())
+            .await
+            .is_ok()
     }
 }
 
