@@ -129,7 +129,8 @@ impl Stack {
 
 /// A plain IMAP client for the test's own look at the server.
 struct TestImap {
-    session: async_imap::Session<TcpStream>,
+    /// Taken out only while it idles ([`TestImap::wait_for`]).
+    session: Option<async_imap::Session<TcpStream>>,
 }
 
 impl TestImap {
@@ -142,33 +143,41 @@ impl TestImap {
             .await
             .map_err(|(e, _)| e)
             .expect("test login");
-        TestImap { session }
+        TestImap {
+            session: Some(session),
+        }
+    }
+
+    fn session(&mut self) -> &mut async_imap::Session<TcpStream> {
+        self.session
+            .as_mut()
+            .expect("the session is back after IDLE")
     }
 
     async fn append(&mut self, folder: &str, message: &[u8]) {
-        self.session
+        self.session()
             .append(folder, None, None, message)
             .await
             .unwrap();
     }
 
     async fn create(&mut self, folder: &str) {
-        self.session.create(folder).await.unwrap();
+        self.session().create(folder).await.unwrap();
     }
 
     async fn delete(&mut self, folder: &str) {
-        self.session.delete(folder).await.unwrap();
+        self.session().delete(folder).await.unwrap();
     }
 
     /// UID → (flags, whole message) of every message in `folder`.
     async fn messages(&mut self, folder: &str) -> BTreeMap<u32, (Vec<String>, Vec<u8>)> {
-        let selected = self.session.examine(folder).await.unwrap();
+        let selected = self.session().examine(folder).await.unwrap();
         let mut out = BTreeMap::new();
         if selected.exists == 0 {
             return out;
         }
         let fetches: Vec<_> = self
-            .session
+            .session()
             .uid_fetch("1:*", "(UID FLAGS BODY.PEEK[])")
             .await
             .unwrap()
@@ -184,7 +193,8 @@ impl TestImap {
         out
     }
 
-    /// Polls the server until `check` holds for `folder`, or fails the test.
+    /// Looks at `folder` until `check` holds, or fails the test; between looks it waits in
+    /// IMAP IDLE on the folder for the server to report a change (new mail, flags, expunges).
     async fn wait_for(
         &mut self,
         folder: &str,
@@ -205,9 +215,23 @@ impl TestImap {
                     .map(|(uid, (flags, _))| (uid, flags))
                     .collect::<Vec<_>>()
             );
-            // Polling a server we do not control: a short pause between looks.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.idle_until_change(DEADLINE.saturating_sub(start.elapsed()))
+                .await;
         }
+    }
+
+    /// Idles on the folder last looked at until the server reports anything, or `within`.
+    /// A change made after the last look and before IDLE began is reported when it begins.
+    async fn idle_until_change(&mut self, within: Duration) {
+        let session = self.session.take().expect("a session to idle on");
+        let mut handle = session.idle();
+        handle.init().await.unwrap();
+        {
+            let (wait, _stop) = handle.wait_with_timeout(within);
+            // Any answer (new data or the timeout) ends the wait; the caller looks again.
+            let _ = tokio::time::timeout(within, wait).await;
+        }
+        self.session = Some(handle.done().await.unwrap());
     }
 }
 
