@@ -16,7 +16,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -25,6 +25,7 @@ use complaintd::engine::EngineSettings;
 use complaintd::store::{MessageRecord, OutboxState, Store};
 use daemon_support::*;
 use rand::{Rng, SeedableRng};
+use tokio::process::{Child, Command};
 
 const CUSTOMERS: usize = 100;
 
@@ -52,12 +53,15 @@ fn spawn_daemon(config: &Path, log: &Path) -> Result<Child> {
         .context("starting complaintd run")
 }
 
-fn terminate(child: &mut Child) -> Result<()> {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+async fn terminate(child: &mut Child) -> Result<()> {
+    let pid = child
+        .id()
+        .context("the daemon runs until it is waited for")?;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
         .status()?;
     ensure!(status.success(), "kill -TERM failed");
-    let exit = child.wait()?;
+    let exit = child.wait().await?;
     ensure!(
         exit.success(),
         "complaintd run exited with {exit} after SIGTERM"
@@ -175,11 +179,12 @@ async fn crash_run(run_size: Run) -> Result<()> {
             delivered = end;
         }
         let mut child = spawn_daemon(&config_path, &log)?;
-        // The random moment of the kill: anywhere from startup to well into the work.
+        // The random moment of the kill: anywhere from startup to well into the work. The
+        // daemon must still run then; it exiting by itself before fails the test.
         let delay = Duration::from_millis(rng.gen_range(50..1500));
         kill_delays.push(delay);
-        tokio::time::sleep(delay).await;
-        if let Some(status) = child.try_wait()? {
+        if let Ok(status) = tokio::time::timeout(delay, child.wait()).await {
+            let status = status?;
             // The workspace goes with the test, so the log's end goes into the message.
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
@@ -188,8 +193,8 @@ async fn crash_run(run_size: Run) -> Result<()> {
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
-        child.kill()?;
-        child.wait()?;
+        // SIGKILL, then reaped.
+        child.kill().await?;
     }
     ensure!(delivered == mails);
 
@@ -200,7 +205,7 @@ async fn crash_run(run_size: Run) -> Result<()> {
         let mut child = spawn_daemon(&config_path, &log)?;
         let ran = tokio::time::Instant::now();
         wait_until_quiet(http_port).await?;
-        terminate(&mut child)?;
+        terminate(&mut child).await?;
         let store = open_store(&config)?;
         let missing = message_ids
             .iter()
