@@ -25,6 +25,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+/// The longest a `GET /metrics?after=G` request waits for a change before answering anyway.
+const LONG_POLL_LIMIT: Duration = Duration::from_secs(30);
+
+/// The response header of `/metrics` naming the change generation (see [`Metrics::changes`])
+/// the text is at least as new as; `GET /metrics?after=G` answers once it differs from `G`.
+pub const GENERATION_HEADER: &str = "x-complaintd-generation";
+
 /// The content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -128,6 +135,9 @@ struct Inner {
     mail_in_doubt: Counter,
     /// Told of every change of the IMAP metrics, so a waiter need not poll.
     imap_changes: tokio::sync::watch::Sender<()>,
+    /// The change generation: bumped after every metric change and every commit reported
+    /// through [`Metrics::state_changed`]; a watch keeps only the latest value.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// A cheap, cloneable handle on every metric of the daemon.
@@ -222,6 +232,7 @@ impl Metrics {
         Metrics {
             inner: Arc::new(Inner {
                 imap_changes: tokio::sync::watch::Sender::new(()),
+                changes: tokio::sync::watch::Sender::new(0),
                 outbox_held,
                 mail_in_doubt,
                 registry,
@@ -241,6 +252,7 @@ impl Metrics {
 
     pub fn cases_ingested(&self, count: u64) {
         self.inner.cases_ingested.inc_by(count);
+        self.bump();
     }
 
     pub fn messages_fetched(&self, mailbox: &str, count: u64) {
@@ -250,10 +262,12 @@ impl Metrics {
                 mailbox: mailbox.to_owned(),
             })
             .inc_by(count);
+        self.bump();
     }
 
     pub fn mail_sent(&self) {
         self.inner.mail_sent.inc();
+        self.bump();
     }
 
     pub fn mail_failed(&self, kind: FailureKind) {
@@ -261,18 +275,21 @@ impl Metrics {
             .mail_failed
             .get_or_create(&FailureLabels { kind })
             .inc();
+        self.bump();
     }
 
     pub fn set_outbox_depth(&self, depth: u64) {
         self.inner
             .outbox_depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.bump();
     }
 
     pub fn set_outbox_held(&self, held: u64) {
         self.inner
             .outbox_held
             .set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.bump();
     }
 
     pub fn outbox_held(&self) -> u64 {
@@ -281,6 +298,7 @@ impl Metrics {
 
     pub fn mail_in_doubt(&self, count: u64) {
         self.inner.mail_in_doubt.inc_by(count);
+        self.bump();
     }
 
     pub fn imap_reconnect(&self, mailbox: &str) {
@@ -291,6 +309,7 @@ impl Metrics {
             })
             .inc();
         self.inner.imap_changes.send_replace(());
+        self.bump();
     }
 
     /// A receiver that sees every change of the IMAP reconnect, connected and
@@ -307,6 +326,7 @@ impl Metrics {
             })
             .set(i64::from(connected));
         self.inner.imap_changes.send_replace(());
+        self.bump();
     }
 
     pub fn set_imap_idling(&self, mailbox: &str, idling: bool) {
@@ -317,6 +337,7 @@ impl Metrics {
             })
             .set(i64::from(idling));
         self.inner.imap_changes.send_replace(());
+        self.bump();
     }
 
     /// Whether the mailbox waits in IDLE right now.
@@ -344,6 +365,42 @@ impl Metrics {
         if success {
             self.inner.last_reload.set(at.timestamp());
         }
+        self.bump();
+    }
+
+    /// Mail just committed to the outbox: the depth gauge counts it at once, before the
+    /// sender's next look at the queue sets the exact depth.
+    pub fn outbox_queued(&self, count: u64) {
+        self.inner
+            .outbox_depth
+            .inc_by(i64::try_from(count).unwrap_or(i64::MAX));
+        self.bump();
+    }
+
+    /// Tells the waiters on [`Metrics::changes`] that the daemon committed a change to its
+    /// store (an outbox result, fired timers) that no metric shows once it is durable.
+    pub fn state_changed(&self) {
+        self.bump();
+    }
+
+    /// A receiver woken after every change of a metric and every [`Metrics::state_changed`],
+    /// holding the change generation: tests and status output wait on it instead of polling.
+    /// Changes coalesce (only the latest generation is kept), so a waiter looks again at what
+    /// it waits for on every wake.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// The change generation now (see [`Metrics::changes`]).
+    pub fn generation(&self) -> u64 {
+        *self.inner.changes.borrow()
+    }
+
+    /// Called after each change is made, so a waiter woken by it sees the change.
+    fn bump(&self) {
+        self.inner
+            .changes
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
     /// Reads one IMAP reconnect counter (for tests and status output).
@@ -407,7 +464,9 @@ impl MetricsServer {
     }
 
     /// Serves `/health` and `/metrics` until `shutdown` is cancelled, then finishes the
-    /// requests in flight and returns.
+    /// requests in flight and returns. `/metrics?after=G` answers once the change generation
+    /// (the [`GENERATION_HEADER`] of an earlier answer) is no longer `G`, or after 30 s: a
+    /// client follows the daemon without polling.
     pub async fn serve(self, metrics: Metrics, shutdown: CancellationToken) {
         self.serve_with(metrics, None, shutdown).await;
     }
@@ -447,10 +506,14 @@ impl MetricsServer {
             let shutdown = shutdown.clone();
             connections.spawn(async move {
                 let _permit = permit;
+                let stopping = shutdown.clone();
                 let service = hyper::service::service_fn(move |request| {
                     let metrics = metrics.clone();
                     let api = api.clone();
-                    async move { Ok::<_, Infallible>(respond(&request, &metrics, api).await) }
+                    let stopping = stopping.clone();
+                    async move {
+                        Ok::<_, Infallible>(respond(&request, &metrics, api, &stopping).await)
+                    }
                 });
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
@@ -478,6 +541,7 @@ async fn respond(
     request: &Request<Incoming>,
     metrics: &Metrics,
     api: Option<Arc<dyn Api>>,
+    shutdown: &CancellationToken,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     if let (Some(api), false) = (api, matches!(path, "/health" | "/metrics")) {
@@ -489,16 +553,47 @@ async fn respond(
     match path {
         "/health" => plain(StatusCode::OK, "ok\n"),
         "/metrics" => {
+            match after_parameter(request.uri().query()) {
+                Ok(None) => {}
+                Ok(Some(after)) => wait_for_change(metrics, after, shutdown).await,
+                Err(message) => return plain(StatusCode::BAD_REQUEST, message),
+            }
+            // Read before the text, so the text is at least as new as the generation named.
+            let generation = metrics.generation();
             let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT));
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT));
+            headers.insert(GENERATION_HEADER, HeaderValue::from(generation));
             response
         }
         _ => plain(
             StatusCode::NOT_FOUND,
             "not found: try /health or /metrics\n",
         ),
+    }
+}
+
+/// The `after` parameter of a `/metrics` request: the change generation its client has seen.
+fn after_parameter(query: Option<&str>) -> Result<Option<u64>, &'static str> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    match form_urlencoded::parse(query.as_bytes()).find(|(name, _)| name == "after") {
+        None => Ok(None),
+        Some((_, value)) => value
+            .parse()
+            .map(Some)
+            .map_err(|_| "after must be a change generation (a whole number)\n"),
+    }
+}
+
+/// Returns once the change generation differs from `after` (a client's generation from an
+/// earlier run may be ahead: it answers at once), after [`LONG_POLL_LIMIT`], or on shutdown.
+async fn wait_for_change(metrics: &Metrics, after: u64, shutdown: &CancellationToken) {
+    let mut changes = metrics.changes();
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::timeout(LONG_POLL_LIMIT, changes.wait_for(|now| *now != after)) => {}
     }
 }
 
@@ -615,6 +710,107 @@ mod tests {
     }
 
     #[test]
+    fn the_change_feed_sees_every_metric_change_and_each_reported_commit() {
+        let metrics = Metrics::new();
+        let mut changes = metrics.changes();
+        let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        type Change<'a> = (&'a str, &'a dyn Fn(&Metrics));
+        let changers: [Change; 13] = [
+            ("cases_ingested", &|m| m.cases_ingested(1)),
+            ("messages_fetched", &|m| m.messages_fetched("complaints", 1)),
+            ("mail_sent", &|m| m.mail_sent()),
+            ("mail_failed", &|m| m.mail_failed(FailureKind::Temporary)),
+            ("set_outbox_depth", &|m| m.set_outbox_depth(3)),
+            ("outbox_queued", &|m| m.outbox_queued(2)),
+            ("set_outbox_held", &|m| m.set_outbox_held(1)),
+            ("mail_in_doubt", &|m| m.mail_in_doubt(1)),
+            ("imap_reconnect", &|m| m.imap_reconnect("complaints")),
+            ("set_imap_connected", &|m| {
+                m.set_imap_connected("complaints", true)
+            }),
+            ("set_imap_idling", &|m| {
+                m.set_imap_idling("complaints", true)
+            }),
+            ("rules_reloaded", &|m| m.rules_reloaded(false, at)),
+            ("state_changed", &|m| m.state_changed()),
+        ];
+        for (generation, (name, change)) in (1..).zip(changers) {
+            assert!(!changes.has_changed().unwrap(), "before {name}");
+            change(&metrics);
+            assert!(changes.has_changed().unwrap(), "{name} is not reported");
+            assert_eq!(*changes.borrow_and_update(), generation, "{name}");
+            assert_eq!(metrics.generation(), generation, "{name}");
+        }
+        // Reading changes nothing.
+        metrics.encode();
+        metrics.mail_sent_count();
+        assert!(!changes.has_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_change_between_subscribing_and_waiting_is_not_lost() {
+        let metrics = Metrics::new();
+        let mut changes = metrics.changes();
+        // The change lands after the subscription and before anyone waits.
+        metrics.mail_sent();
+        let woken = futures::FutureExt::now_or_never(changes.changed());
+        assert!(
+            matches!(woken, Some(Ok(()))),
+            "the waiter is woken at once by a change it has not seen"
+        );
+        assert!(
+            futures::FutureExt::now_or_never(changes.changed()).is_none(),
+            "and only once"
+        );
+        // Many changes before the waiter looks again wake it once, at the latest generation.
+        metrics.mail_sent();
+        metrics.mail_sent();
+        assert!(futures::FutureExt::now_or_never(changes.changed()).is_some());
+        assert_eq!(*changes.borrow(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_waits_for_the_next_change_or_shutdown() {
+        let metrics = Metrics::new();
+        let running = CancellationToken::new();
+        let current = metrics.generation();
+        let waiting = wait_for_change(&metrics, current, &running);
+        tokio::pin!(waiting);
+        assert!(
+            futures::poll!(waiting.as_mut()).is_pending(),
+            "nothing changed yet"
+        );
+        metrics.set_outbox_depth(0);
+        assert!(
+            futures::poll!(waiting.as_mut()).is_ready(),
+            "woken by the change"
+        );
+
+        // A generation the daemon is already past (seen before a restart, say) answers at once.
+        let stale = wait_for_change(&metrics, current, &running);
+        assert!(futures::FutureExt::now_or_never(stale).is_some());
+
+        let stopping = CancellationToken::new();
+        let waiting = wait_for_change(&metrics, metrics.generation(), &stopping);
+        tokio::pin!(waiting);
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        stopping.cancel();
+        assert!(
+            futures::poll!(waiting.as_mut()).is_ready(),
+            "shutdown ends it"
+        );
+    }
+
+    #[test]
+    fn the_after_parameter_is_a_generation_or_absent() {
+        assert_eq!(after_parameter(None), Ok(None));
+        assert_eq!(after_parameter(Some("x=1")), Ok(None));
+        assert_eq!(after_parameter(Some("x=1&after=42")), Ok(Some(42)));
+        assert!(after_parameter(Some("after=soon")).is_err());
+        assert!(after_parameter(Some("after=-1")).is_err());
+    }
+
+    #[test]
     fn counters_appear_in_the_text_format() {
         let metrics = Metrics::new();
         metrics.cases_ingested(3);
@@ -698,6 +894,21 @@ mod tests {
             "{scrape}"
         );
         assert!(scrape.contains("application/openmetrics-text"), "{scrape}");
+        assert!(
+            scrape.contains(&format!("\r\n{GENERATION_HEADER}: 1\r\n")),
+            "one change so far: {scrape}"
+        );
+
+        // A client behind the daemon's generation is answered at once, with what changed.
+        metrics.mail_sent();
+        let caught_up = get(address, "/metrics?after=1").await;
+        assert!(
+            caught_up.contains("\ncomplaintd_mail_sent_total 2\n")
+                && caught_up.contains(&format!("\r\n{GENERATION_HEADER}: 2\r\n")),
+            "{caught_up}"
+        );
+        let bad = get(address, "/metrics?after=soon").await;
+        assert!(bad.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{bad}");
 
         let missing = get(address, "/nothing").await;
         assert!(

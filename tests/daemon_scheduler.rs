@@ -80,10 +80,11 @@ async fn run_daemon_at(
     };
     let daemon = RunningDaemon::start(config.clone(), options).await?;
     let engine = Arc::clone(&daemon.engine);
-    let outcome = wait_until("the scheduler to fire", DEADLINE, || {
-        Ok(until(&engine)?.then_some(()))
-    })
-    .await;
+    let outcome = daemon
+        .wait_until("the scheduler to fire", DEADLINE, || {
+            Ok(until(&engine)?.then_some(()))
+        })
+        .await;
     daemon.stop().await?;
     outcome
 }

@@ -62,21 +62,24 @@ fn expected_json(engine: &Engine, query: &CaseQuery) -> Result<String> {
 }
 
 /// Waits until `count` cases exist and no mail is waiting, so the store stands still.
-async fn wait_settled(engine: &Engine, count: usize) -> Result<()> {
-    wait_until("the cases and their mail to settle", DEADLINE, || {
-        let store = engine.store();
-        let cases = store.list_cases(&CaseFilter::default())?;
-        let mut pending = store.queue_depth();
-        for case in &cases {
-            pending += store
-                .outbox_of_case(&case.id)?
-                .iter()
-                .filter(|e| !matches!(e.state, OutboxState::Sent { .. } | OutboxState::Held { .. }))
-                .count();
-        }
-        Ok((cases.len() == count && pending == 0).then_some(()))
-    })
-    .await
+async fn wait_settled(daemon: &RunningDaemon, count: usize) -> Result<()> {
+    daemon
+        .wait_until("the cases and their mail to settle", DEADLINE, || {
+            let store = daemon.engine.store();
+            let cases = store.list_cases(&CaseFilter::default())?;
+            let mut pending = store.queue_depth();
+            for case in &cases {
+                pending += store
+                    .outbox_of_case(&case.id)?
+                    .iter()
+                    .filter(|e| {
+                        !matches!(e.state, OutboxState::Sent { .. } | OutboxState::Held { .. })
+                    })
+                    .count();
+            }
+            Ok((cases.len() == count && pending == 0).then_some(()))
+        })
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +120,7 @@ async fn the_cli_reads_live_cases_and_releases_held_mail_through_the_running_dae
     for i in 0..3 {
         deliver(i)?;
     }
-    wait_settled(&daemon.engine, 3).await?;
+    wait_settled(&daemon, 3).await?;
 
     let listed = ok(&["case", "list", "--json"], &config_path).await?;
     let all = CaseQuery::List(CaseFilter::default());
@@ -206,27 +209,28 @@ async fn the_cli_reads_live_cases_and_releases_held_mail_through_the_running_dae
     // daemon stops, and its attempt is recorded as a crash during DATA leaves it.
     stack.stop_smtp()?;
     deliver(3)?;
-    let ack_id = wait_until(
-        "the fourth acknowledgement to fail for now",
-        DEADLINE,
-        || {
-            let store = daemon.engine.store();
-            for case in store.list_cases(&CaseFilter::default())? {
-                if case.sender.email != customers[3] {
-                    continue;
-                }
-                for entry in store.outbox_of_case(&case.id)? {
-                    if entry.recipients == [customers[3].clone()]
-                        && matches!(entry.state, OutboxState::TemporaryFailure { .. })
-                    {
-                        return Ok(Some(entry.id));
+    let ack_id = daemon
+        .wait_until(
+            "the fourth acknowledgement to fail for now",
+            DEADLINE,
+            || {
+                let store = daemon.engine.store();
+                for case in store.list_cases(&CaseFilter::default())? {
+                    if case.sender.email != customers[3] {
+                        continue;
+                    }
+                    for entry in store.outbox_of_case(&case.id)? {
+                        if entry.recipients == [customers[3].clone()]
+                            && matches!(entry.state, OutboxState::TemporaryFailure { .. })
+                        {
+                            return Ok(Some(entry.id));
+                        }
                     }
                 }
-            }
-            Ok(None)
-        },
-    )
-    .await?;
+                Ok(None)
+            },
+        )
+        .await?;
     daemon.stop().await?;
     {
         let settings = EngineSettings::from_config(&config)?.store_settings();
@@ -240,7 +244,7 @@ async fn the_cli_reads_live_cases_and_releases_held_mail_through_the_running_dae
     let daemon = RunningDaemon::start(config.clone(), fast_options(Default::default())).await?;
     ensure!(daemon.metric("complaintd_outbox_held") == 1.0);
     ensure!(daemon.metric("complaintd_mail_in_doubt_total") == 1.0);
-    wait_settled(&daemon.engine, 4).await?;
+    wait_settled(&daemon, 4).await?;
     let held = ok(&["outbox", "list", "--held", "--json"], &config_path).await?;
     let held: Vec<OutboxEntry> = serde_json::from_str(&held)?;
     ensure!(held.len() == 1 && held[0].id == ack_id, "{held:?}");
@@ -265,18 +269,19 @@ async fn the_cli_reads_live_cases_and_releases_held_mail_through_the_running_dae
 
     let released = ok(&["outbox", "release", &ack_id], &config_path).await?;
     ensure!(released == format!("released {ack_id}\n"), "{released}");
-    wait_until("the released acknowledgement to be sent", DEADLINE, || {
-        Ok(matches!(
-            daemon
-                .engine
-                .store()
-                .outbox_entry(&ack_id)?
-                .map(|e| e.state),
-            Some(OutboxState::Sent { .. })
-        )
-        .then_some(()))
-    })
-    .await?;
+    daemon
+        .wait_until("the released acknowledgement to be sent", DEADLINE, || {
+            Ok(matches!(
+                daemon
+                    .engine
+                    .store()
+                    .outbox_entry(&ack_id)?
+                    .map(|e| e.state),
+                Some(OutboxState::Sent { .. })
+            )
+            .then_some(()))
+        })
+        .await?;
     ensure!(daemon.metric("complaintd_outbox_held") == 0.0);
     let acks = wait_for_mails(
         &stack,

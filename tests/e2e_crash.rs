@@ -204,7 +204,7 @@ async fn crash_run(run_size: Run) -> Result<()> {
     loop {
         let mut child = spawn_daemon(&config_path, &log)?;
         let ran = tokio::time::Instant::now();
-        wait_until_quiet(http_port).await?;
+        wait_until_quiet(&mut child, &log, http_port).await?;
         terminate(&mut child).await?;
         let store = open_store(&config)?;
         let missing = message_ids
@@ -360,17 +360,28 @@ async fn crash_run(run_size: Run) -> Result<()> {
     Ok(())
 }
 
-/// The daemon's `/metrics` text, or `None` while the endpoint does not answer.
-fn scrape(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+/// The daemon's `/metrics` text and the change generation it is at least as new as, or
+/// `None` while the endpoint does not answer. With `after`, the daemon answers once its
+/// generation is no longer `after` (or after its long-poll limit): a look per change.
+async fn scrape(port: u16, after: Option<u64>) -> Option<(String, u64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
         .ok()?;
+    let path = match after {
+        Some(generation) => format!("/metrics?after={generation}"),
+        None => "/metrics".to_owned(),
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
     let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    Some(text)
+    stream.read_to_string(&mut text).await.ok()?;
+    let generation = text.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case(complaintd::metrics::GENERATION_HEADER)
+            .then(|| value.trim().parse().ok())?
+    })?;
+    Some((text, generation))
 }
 
 fn gauge(text: &str, name: &str) -> Option<f64> {
@@ -383,21 +394,77 @@ fn gauge(text: &str, name: &str) -> Option<f64> {
     })
 }
 
-/// Waits until the daemon idles in IMAP IDLE with an empty outbox on two looks in a row
-/// (the gauges may lag a commit by a moment; the caller checks the store afterwards).
-async fn wait_until_quiet(port: u16) -> Result<()> {
-    let mut quiet_looks = 0;
+/// Writes to one file (the daemon's log), as they happen.
+struct FileWrites {
+    written: std::sync::Arc<tokio::sync::Notify>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl FileWrites {
+    fn watch(path: &Path) -> Result<FileWrites> {
+        use notify::Watcher;
+        let written = std::sync::Arc::new(tokio::sync::Notify::new());
+        let wake = std::sync::Arc::clone(&written);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|event| event.kind.is_modify()) {
+                    // One stored wake-up covers any number of writes until the waiter looks.
+                    wake.notify_one();
+                }
+            })
+            .context("starting a watch on the daemon's log")?;
+        watcher
+            .watch(path, notify::RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching {}", path.display()))?;
+        Ok(FileWrites {
+            written,
+            _watcher: watcher,
+        })
+    }
+
+    /// Waits for a write after the last one waited for (or since watching began).
+    async fn next(&self) {
+        self.written.notified().await;
+    }
+}
+
+/// Waits until the daemon (`child`, logging to `log`, serving `/metrics` on `port`) reports
+/// itself quiet: its mailbox task waits in IMAP IDLE, so everything in the folder was fetched
+/// and committed, and its outbox is empty (the gauge counts mail as soon as a batch queues it).
+/// It looks once per change the daemon reports (a long poll on `/metrics`), and before the
+/// endpoint answers, once per write to the log ("daemon: running" follows the bind). The
+/// caller's look at the store afterwards decides whether the work is done.
+async fn wait_until_quiet(child: &mut Child, log: &Path, port: u16) -> Result<()> {
     // Draining thousands of mails through OpenSMTPD takes a while on a busy machine.
     let within = Duration::from_secs(300);
-    wait_until("the daemon to idle with an empty outbox", within, || {
-        let quiet = scrape(port).is_some_and(|text| {
-            gauge(&text, "complaintd_imap_idling{mailbox=\"complaints\"}") == Some(1.0)
-                && gauge(&text, "complaintd_outbox_depth") == Some(0.0)
-        });
-        quiet_looks = if quiet { quiet_looks + 1 } else { 0 };
-        Ok((quiet_looks >= 2).then_some(()))
-    })
-    .await
+    let quiet = |text: &str| {
+        gauge(text, "complaintd_imap_idling{mailbox=\"complaints\"}") == Some(1.0)
+            && gauge(text, "complaintd_outbox_depth") == Some(0.0)
+    };
+    let follow = async {
+        // Watching starts before the first look, so the line that follows the bind wakes us.
+        let log_writes = FileWrites::watch(log)?;
+        let mut seen = None;
+        loop {
+            match scrape(port, seen).await {
+                Some((text, generation)) => {
+                    if quiet(&text) {
+                        return Ok::<(), anyhow::Error>(());
+                    }
+                    seen = Some(generation);
+                }
+                None => {
+                    seen = None;
+                    log_writes.next().await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        followed = tokio::time::timeout(within, follow) => followed
+            .with_context(|| format!("timed out after {within:?} waiting for the daemon to idle with an empty outbox"))?,
+        exited = child.wait() => bail!("complaintd exited with {} before it was quiet", exited?),
+    }
 }
 
 /// Waits until the customers' mailboxes hold every acknowledgement of `expected` (by

@@ -94,11 +94,12 @@ async fn two_hundred_complaints_become_cases_with_acknowledgements_and_forwards(
     results.into_iter().collect::<Result<Vec<()>>>()?;
 
     // 200 cases, one per Message-ID.
-    let cases = wait_until("200 cases", DEADLINE, || {
-        let cases = daemon.cases_by_message_id()?;
-        Ok((cases.len() >= count).then_some(cases))
-    })
-    .await?;
+    let cases = daemon
+        .wait_until("200 cases", DEADLINE, || {
+            let cases = daemon.cases_by_message_id()?;
+            Ok((cases.len() >= count).then_some(cases))
+        })
+        .await?;
     ensure!(
         cases.len() == count,
         "{} cases for {count} mails",
@@ -259,19 +260,6 @@ async fn two_hundred_complaints_become_cases_with_acknowledgements_and_forwards(
 
     ensure!(daemon.metric("complaintd_cases_ingested_total") == count as f64);
     daemon.stop().await
-}
-
-/// Waits until every one of `message_ids` is known to the store.
-async fn wait_ingested(daemon: &RunningDaemon, message_ids: &[&str]) -> Result<()> {
-    wait_until("the mails to be ingested", DEADLINE, || {
-        for id in message_ids {
-            if daemon.engine.store().message(id)?.is_none() {
-                return Ok(None);
-            }
-        }
-        Ok(Some(()))
-    })
-    .await
 }
 
 /// Recipients of every mail the daemon ever queued.
@@ -493,10 +481,11 @@ async fn a_broken_rule_file_is_rejected_and_a_fixed_one_takes_effect_without_res
         &hotfix,
         "classify {\n    rule vip \"VIP\":\n        when subjekt contains \"VIP\"\n        then tag vip\n}\n",
     )?;
-    wait_until("the broken policy to be rejected", DEADLINE, || {
-        Ok((daemon.metric(failures) >= 1.0).then_some(()))
-    })
-    .await?;
+    daemon
+        .wait_until("the broken policy to be rejected", DEADLINE, || {
+            Ok((daemon.metric(failures) >= 1.0).then_some(()))
+        })
+        .await?;
     ensure!(daemon.metric(successes) == successes_at_start);
 
     // The old policy keeps working.
@@ -508,10 +497,11 @@ async fn a_broken_rule_file_is_rejected_and_a_fixed_one_takes_effect_without_res
         "dave-1@example.test",
     );
     stack.send_raw(&customer, &[COMPLAINTS], &before).await?;
-    let case = wait_until("the first case", DEADLINE, || {
-        Ok(daemon.cases_by_message_id()?.remove("dave-1@example.test"))
-    })
-    .await?;
+    let case = daemon
+        .wait_until("the first case", DEADLINE, || {
+            Ok(daemon.cases_by_message_id()?.remove("dave-1@example.test"))
+        })
+        .await?;
     ensure!(
         case.fields
             .get("category")
@@ -527,10 +517,11 @@ async fn a_broken_rule_file_is_rejected_and_a_fixed_one_takes_effect_without_res
         &hotfix,
         "classify {\n    rule vip \"VIP\":\n        when subject contains \"VIP\"\n        then tag vip\n}\n",
     )?;
-    wait_until("the fixed policy to load", DEADLINE, || {
-        Ok((daemon.metric(successes) > successes_at_start).then_some(()))
-    })
-    .await?;
+    daemon
+        .wait_until("the fixed policy to load", DEADLINE, || {
+            Ok((daemon.metric(successes) > successes_at_start).then_some(()))
+        })
+        .await?;
     let after = complaint(
         "Dave",
         &customer,
@@ -539,10 +530,11 @@ async fn a_broken_rule_file_is_rejected_and_a_fixed_one_takes_effect_without_res
         "dave-2@example.test",
     );
     stack.send_raw(&customer, &[COMPLAINTS], &after).await?;
-    let case = wait_until("the second case", DEADLINE, || {
-        Ok(daemon.cases_by_message_id()?.remove("dave-2@example.test"))
-    })
-    .await?;
+    let case = daemon
+        .wait_until("the second case", DEADLINE, || {
+            Ok(daemon.cases_by_message_id()?.remove("dave-2@example.test"))
+        })
+        .await?;
     ensure!(
         case.tags.contains("vip"),
         "the new rule did not run: {case:?}"

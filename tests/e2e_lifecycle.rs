@@ -49,10 +49,11 @@ fn is_case_mail(raw: &[u8], case: &CaseId) -> bool {
 /// Waits until the case is in `state` and returns it.
 async fn wait_state(daemon: &RunningDaemon, case: &CaseId, state: CaseState) -> Result<Case> {
     let store = daemon.engine.store();
-    wait_until(&format!("{case} to be {state:?}"), STEP, || {
-        Ok(store.case(case)?.filter(|c| c.state == state))
-    })
-    .await
+    daemon
+        .wait_until(&format!("{case} to be {state:?}"), STEP, || {
+            Ok(store.case(case)?.filter(|c| c.state == state))
+        })
+        .await
 }
 
 /// The forwards of `case` in the department's mailbox, waiting for at least `count`.
@@ -147,10 +148,11 @@ async fn a_complaint_is_answered_reopened_answered_again_and_closed_all_by_mail(
         "life-1@example.test",
     );
     stack.send_raw(CUSTOMER, &[COMPLAINTS], &complaint).await?;
-    let case = wait_until("the complaint's case", STEP, || {
-        Ok(daemon.cases_by_message_id()?.remove("life-1@example.test"))
-    })
-    .await?;
+    let case = daemon
+        .wait_until("the complaint's case", STEP, || {
+            Ok(daemon.cases_by_message_id()?.remove("life-1@example.test"))
+        })
+        .await?;
     let id = case.id.clone();
     let case = wait_state(&daemon, &id, Assigned).await?;
     ensure!(case.subject == SUBJECT, "subject {:?}", case.subject);
@@ -371,7 +373,7 @@ async fn a_complaint_is_answered_reopened_answered_again_and_closed_all_by_mail(
 
     // Everything the daemon sent went out, and the customer got exactly the acknowledgement
     // and the two results; the satisfied answer is not forwarded.
-    wait_outbox_sent(&daemon.engine, &id).await?;
+    wait_outbox_sent(&daemon, &id).await?;
     let customer_mails: Vec<String> = inbox(&stack, CUSTOMER)
         .await?
         .iter()

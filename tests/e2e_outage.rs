@@ -19,10 +19,11 @@ const IMAP_CONNECTED: &str = "complaintd_imap_connected{mailbox=\"complaints\"}"
 
 /// Waits until the daemon's mailbox task has logged in (so the complaint Maildir exists).
 async fn wait_connected(daemon: &RunningDaemon) -> Result<()> {
-    wait_until("the IMAP connection", DEADLINE, || {
-        Ok((daemon.metric(IMAP_CONNECTED) == 1.0).then_some(()))
-    })
-    .await
+    daemon
+        .wait_until("the IMAP connection", DEADLINE, || {
+            Ok((daemon.metric(IMAP_CONNECTED) == 1.0).then_some(()))
+        })
+        .await
 }
 
 /// Puts complaints `range` from the `customers` (round robin) into the complaint Maildir;
@@ -79,10 +80,11 @@ async fn an_imap_outage_during_ingest_loses_and_duplicates_nothing() -> Result<(
 
     let mut ids = deliver_complaints(&stack, &customers, 0..300)?;
     // Stop Dovecot as soon as ingest has begun.
-    wait_until("the first committed batch", DEADLINE, || {
-        Ok((daemon.metric("complaintd_cases_ingested_total") > 0.0).then_some(()))
-    })
-    .await?;
+    daemon
+        .wait_until("the first committed batch", DEADLINE, || {
+            Ok((daemon.metric("complaintd_cases_ingested_total") > 0.0).then_some(()))
+        })
+        .await?;
     stack.stop_imap()?;
     let during = daemon.metric("complaintd_cases_ingested_total");
     // Mail keeps arriving while the IMAP server is down.
@@ -90,10 +92,14 @@ async fn an_imap_outage_during_ingest_loses_and_duplicates_nothing() -> Result<(
     stack.start_imap()?;
 
     let total = ids.len();
-    wait_until("every complaint to be a case", DEADLINE, || {
-        Ok((daemon.engine.store().list_cases(&Default::default())?.len() >= total).then_some(()))
-    })
-    .await?;
+    daemon
+        .wait_until("every complaint to be a case", DEADLINE, || {
+            Ok(
+                (daemon.engine.store().list_cases(&Default::default())?.len() >= total)
+                    .then_some(()),
+            )
+        })
+        .await?;
     assert_one_case_each(&daemon, &ids)?;
     // Usually the outage cuts the first backlog short; the test holds either way.
     eprintln!("cases committed when Dovecot stopped: {during} of 300");
@@ -127,10 +133,11 @@ async fn an_smtp_outage_grows_the_queue_which_drains_after_restart() -> Result<(
 
     let ids = deliver_complaints(&stack, &customers, 0..customers.len())?;
     let store = daemon.engine.store().clone();
-    wait_until("every complaint to be a case", DEADLINE, || {
-        Ok((store.list_cases(&Default::default())?.len() >= ids.len()).then_some(()))
-    })
-    .await?;
+    daemon
+        .wait_until("every complaint to be a case", DEADLINE, || {
+            Ok((store.list_cases(&Default::default())?.len() >= ids.len()).then_some(()))
+        })
+        .await?;
     assert_one_case_each(&daemon, &ids)?;
     // Every queued mail has been tried and failed for now: nothing sent, nothing given up.
     let all_entries = || -> Result<Vec<complaintd::store::OutboxEntry>> {
@@ -140,14 +147,15 @@ async fn an_smtp_outage_grows_the_queue_which_drains_after_restart() -> Result<(
         }
         Ok(entries)
     };
-    let queued = wait_until("every queued mail to have failed once", DEADLINE, || {
-        let entries = all_entries()?;
-        Ok(entries
-            .iter()
-            .all(|e| matches!(e.state, OutboxState::TemporaryFailure { .. }))
-            .then_some(entries))
-    })
-    .await?;
+    let queued = daemon
+        .wait_until("every queued mail to have failed once", DEADLINE, || {
+            let entries = all_entries()?;
+            Ok(entries
+                .iter()
+                .all(|e| matches!(e.state, OutboxState::TemporaryFailure { .. }))
+                .then_some(entries))
+        })
+        .await?;
     ensure!(
         queued.len() >= 2 * customers.len(),
         "acknowledgements and forwards: {}",
@@ -164,14 +172,15 @@ async fn an_smtp_outage_grows_the_queue_which_drains_after_restart() -> Result<(
 
     // The server returns: the queue drains, every customer gets one acknowledgement.
     stack.start_smtp()?;
-    wait_until("the queue to drain", DEADLINE, || {
-        let entries = all_entries()?;
-        Ok(entries
-            .iter()
-            .all(|e| matches!(e.state, OutboxState::Sent { .. }))
-            .then_some(()))
-    })
-    .await?;
+    daemon
+        .wait_until("the queue to drain", DEADLINE, || {
+            let entries = all_entries()?;
+            Ok(entries
+                .iter()
+                .all(|e| matches!(e.state, OutboxState::Sent { .. }))
+                .then_some(()))
+        })
+        .await?;
     ensure!(store.queue_depth() == 0);
     ensure!(daemon.metric("complaintd_mail_sent_total") == queued.len() as f64);
     for customer in &customers {
@@ -211,24 +220,26 @@ async fn a_permanent_refusal_is_recorded_on_the_case() -> Result<()> {
         "ghost-1@example.test",
     );
     deliver_to_maildir(&stack, COMPLAINTS, "ghost-1", &raw)?;
-    let case = wait_until("the case", DEADLINE, || {
-        Ok(daemon.cases_by_message_id()?.remove("ghost-1@example.test"))
-    })
-    .await?;
+    let case = daemon
+        .wait_until("the case", DEADLINE, || {
+            Ok(daemon.cases_by_message_id()?.remove("ghost-1@example.test"))
+        })
+        .await?;
     let store = daemon.engine.store().clone();
-    let (entry, reason) = wait_until("the refusal to be recorded", DEADLINE, || {
-        let events = store.events(&case.id)?;
-        let failed = events.iter().find_map(|e| match &e.kind {
-            EventKind::MailFailed {
-                outbox_id,
-                permanent: true,
-                reason,
-            } => Some((outbox_id.clone(), reason.clone())),
-            _ => None,
-        });
-        Ok(failed)
-    })
-    .await?;
+    let (entry, reason) = daemon
+        .wait_until("the refusal to be recorded", DEADLINE, || {
+            let events = store.events(&case.id)?;
+            let failed = events.iter().find_map(|e| match &e.kind {
+                EventKind::MailFailed {
+                    outbox_id,
+                    permanent: true,
+                    reason,
+                } => Some((outbox_id.clone(), reason.clone())),
+                _ => None,
+            });
+            Ok(failed)
+        })
+        .await?;
     ensure!(
         reason.starts_with("5") || reason.contains(" 5"),
         "reason: {reason}"
@@ -247,15 +258,16 @@ async fn a_permanent_refusal_is_recorded_on_the_case() -> Result<()> {
         .filter(|e| e.id != entry.id)
         .collect();
     ensure!(!others.is_empty());
-    wait_until("the forwards to be sent", DEADLINE, || {
-        let sent = others.iter().all(|e| {
-            matches!(
-                store.outbox_entry(&e.id).ok().flatten().map(|e| e.state),
-                Some(OutboxState::Sent { .. })
-            )
-        });
-        Ok(sent.then_some(()))
-    })
-    .await?;
+    daemon
+        .wait_until("the forwards to be sent", DEADLINE, || {
+            let sent = others.iter().all(|e| {
+                matches!(
+                    store.outbox_entry(&e.id).ok().flatten().map(|e| e.state),
+                    Some(OutboxState::Sent { .. })
+                )
+            });
+            Ok(sent.then_some(()))
+        })
+        .await?;
     daemon.stop().await
 }

@@ -57,10 +57,11 @@ async fn start(config: &Config, clock: &ManualClock) -> Result<RunningDaemon> {
 /// returns the case.
 async fn billing_complaint(
     stack: &MailStack,
-    engine: &Engine,
+    daemon: &RunningDaemon,
     customer: &str,
     message_id: &str,
 ) -> Result<CaseId> {
+    let engine = &daemon.engine;
     let raw = complaint(
         "客户",
         customer,
@@ -69,10 +70,11 @@ async fn billing_complaint(
         message_id,
     );
     stack.send_raw(customer, &[COMPLAINTS], &raw).await?;
-    let case = wait_until("the complaint's case", STEP, || {
-        Ok(cases_by_message_id(engine)?.remove(message_id))
-    })
-    .await?;
+    let case = daemon
+        .wait_until("the complaint's case", STEP, || {
+            Ok(cases_by_message_id(engine)?.remove(message_id))
+        })
+        .await?;
     ensure!(case.state == CaseState::Assigned, "{:?}", case.state);
     let prefix = format!("[{}]", case.id);
     wait_for_matching(
@@ -83,7 +85,7 @@ async fn billing_complaint(
         STEP,
     )
     .await?;
-    wait_outbox_sent(engine, &case.id).await?;
+    wait_outbox_sent(daemon, &case.id).await?;
     Ok(case.id)
 }
 
@@ -171,13 +173,7 @@ async fn escalation_steps_are_mailed_once_across_restarts_and_while_running() ->
 
     // Run 1: the complaint, forwarded; its investigation deadline is set.
     let daemon = start(&config, &clock).await?;
-    let case = billing_complaint(
-        &stack,
-        &daemon.engine,
-        CUSTOMERS[0],
-        "restart-1@example.test",
-    )
-    .await?;
+    let case = billing_complaint(&stack, &daemon, CUSTOMERS[0], "restart-1@example.test").await?;
     let timers = daemon.engine.store().timers_of_case(&case)?;
     let reminder_due = timer(&timers, "investigate", 0)?;
     let supervision_due = timer(&timers, "investigate", 1)?;
@@ -202,7 +198,7 @@ async fn escalation_steps_are_mailed_once_across_restarts_and_while_running() ->
         STEP,
     )
     .await?;
-    wait_outbox_sent(&daemon.engine, &case).await?;
+    wait_outbox_sent(&daemon, &case).await?;
     ensure!(fired(&daemon.engine, &case, "investigate")? == [0]);
     let reminder_id = exactly_one(&stack, BILLING, &case, "提醒").await?;
     let queued: Vec<String> = daemon
@@ -223,13 +219,7 @@ async fn escalation_steps_are_mailed_once_across_restarts_and_while_running() ->
     // anything the start could have queued, marks the point up to which the mailbox is read.
     clock.advance(chrono::Duration::minutes(1));
     let daemon = start(&config, &clock).await?;
-    billing_complaint(
-        &stack,
-        &daemon.engine,
-        CUSTOMERS[1],
-        "restart-2@example.test",
-    )
-    .await?;
+    billing_complaint(&stack, &daemon, CUSTOMERS[1], "restart-2@example.test").await?;
     ensure!(exactly_one(&stack, BILLING, &case, "提醒").await? == reminder_id);
     ensure!(fired(&daemon.engine, &case, "investigate")? == [0]);
 
@@ -240,20 +230,14 @@ async fn escalation_steps_are_mailed_once_across_restarts_and_while_running() ->
         |raw: &[u8]| subject_of(raw).starts_with(&prefix) && subject_of(raw).contains("督办");
     wait_for_matching(&stack, BILLING_LEAD, 1, supervision, STEP).await?;
     wait_for_matching(&stack, BILLING, 1, supervision, STEP).await?;
-    wait_outbox_sent(&daemon.engine, &case).await?;
+    wait_outbox_sent(&daemon, &case).await?;
     ensure!(fired(&daemon.engine, &case, "investigate")? == [0, 1]);
     daemon.stop().await?;
 
     // Run 4: nothing of the case is sent again.
     clock.advance(chrono::Duration::minutes(1));
     let daemon = start(&config, &clock).await?;
-    billing_complaint(
-        &stack,
-        &daemon.engine,
-        CUSTOMERS[2],
-        "restart-3@example.test",
-    )
-    .await?;
+    billing_complaint(&stack, &daemon, CUSTOMERS[2], "restart-3@example.test").await?;
     ensure!(exactly_one(&stack, BILLING, &case, "提醒").await? == reminder_id);
     let supervision_id = exactly_one(&stack, BILLING, &case, "督办").await?;
     ensure!(exactly_one(&stack, BILLING_LEAD, &case, "督办").await? == supervision_id);

@@ -39,10 +39,11 @@ fn t0() -> DateTime<Utc> {
 /// department's mailbox.
 async fn complaint_with_forward(
     stack: &MailStack,
-    engine: &Engine,
+    daemon: &RunningDaemon,
     customer: &str,
     message_id: &str,
 ) -> Result<(CaseId, Vec<u8>)> {
+    let engine = &daemon.engine;
     let raw = complaint(
         "客户",
         customer,
@@ -51,10 +52,11 @@ async fn complaint_with_forward(
         message_id,
     );
     stack.send_raw(customer, &[COMPLAINTS], &raw).await?;
-    let case = wait_until("the complaint's case", STEP, || {
-        Ok(cases_by_message_id(engine)?.remove(message_id))
-    })
-    .await?;
+    let case = daemon
+        .wait_until("the complaint's case", STEP, || {
+            Ok(cases_by_message_id(engine)?.remove(message_id))
+        })
+        .await?;
     ensure!(case.state == CaseState::Assigned, "{:?}", case.state);
     let id = case.id.clone();
     let prefix = format!("[{id}]");
@@ -67,7 +69,7 @@ async fn complaint_with_forward(
     )
     .await?
     .remove(0);
-    wait_outbox_sent(engine, &id).await?;
+    wait_outbox_sent(daemon, &id).await?;
     Ok((id, forward))
 }
 
@@ -120,21 +122,22 @@ struct Attempt<'a> {
 
 async fn attempt(
     stack: &MailStack,
-    engine: &Engine,
+    daemon: &RunningDaemon,
     cases: [&CaseId; 2],
     attempt: Attempt<'_>,
 ) -> Result<()> {
+    let engine = &daemon.engine;
     let what = attempt.what;
     // Delivery outcomes are events too: let the earlier mail settle first.
     for id in cases {
-        wait_outbox_sent(engine, id).await?;
+        wait_outbox_sent(daemon, id).await?;
     }
     let before = [snapshot(engine, cases[0])?, snapshot(engine, cases[1])?];
     stack
         .send_raw(attempt.envelope_from, &[attempt.to], &attempt.raw)
         .await
         .with_context(|| format!("{what}: sending"))?;
-    wait_ingested(engine, &[attempt.message_id]).await?;
+    wait_ingested(daemon, &[attempt.message_id]).await?;
     for (id, before) in cases.into_iter().zip(&before) {
         let after = snapshot(engine, id)?;
         ensure!(
@@ -198,8 +201,9 @@ async fn replies_that_do_not_verify_change_nothing_and_are_recorded() -> Result<
     let engine = &daemon.engine;
 
     let (wang, forward) =
-        complaint_with_forward(&stack, engine, WANG, "sec-1@example.test").await?;
-    let (li, li_forward) = complaint_with_forward(&stack, engine, LI, "sec-2@example.test").await?;
+        complaint_with_forward(&stack, &daemon, WANG, "sec-1@example.test").await?;
+    let (li, li_forward) =
+        complaint_with_forward(&stack, &daemon, LI, "sec-2@example.test").await?;
     let token_address = reply_to_of(&forward).context("the forward's Reply-To")?;
     let li_token_address = reply_to_of(&li_forward).context("the forward's Reply-To")?;
     ensure!(token_address != li_token_address, "one token per case");
@@ -222,7 +226,7 @@ async fn replies_that_do_not_verify_change_nothing_and_are_recorded() -> Result<
     // The forward, answered from an address outside the department.
     attempt(
         &stack,
-        engine,
+        &daemon,
         cases,
         Attempt {
             what: "a non-department address with the token",
@@ -248,7 +252,7 @@ async fn replies_that_do_not_verify_change_nothing_and_are_recorded() -> Result<
     // subject.
     attempt(
         &stack,
-        engine,
+        &daemon,
         cases,
         Attempt {
             what: "a department address without the token",
@@ -273,7 +277,7 @@ async fn replies_that_do_not_verify_change_nothing_and_are_recorded() -> Result<
     // The department, answering Wang's forward through the token of Li's case.
     attempt(
         &stack,
-        engine,
+        &daemon,
         cases,
         Attempt {
             what: "a token of another case",
@@ -305,7 +309,7 @@ async fn replies_that_do_not_verify_change_nothing_and_are_recorded() -> Result<
     let forged_address = format!("complaints+{forged_token}@example.test");
     attempt(
         &stack,
-        engine,
+        &daemon,
         cases,
         Attempt {
             what: "a forged token",
@@ -331,7 +335,7 @@ async fn replies_that_do_not_verify_change_nothing_and_are_recorded() -> Result<
     // the forward's subject and threading, to the complaint address: no token, no authority.
     attempt(
         &stack,
-        engine,
+        &daemon,
         cases,
         Attempt {
             what: "a forged From of a department address",
@@ -358,13 +362,14 @@ async fn replies_that_do_not_verify_change_nothing_and_are_recorded() -> Result<
     // are still, and the expired reply must change nothing.
     clock.advance(chrono::Duration::days(4));
     let now = clock.now();
-    wait_until("the scheduler to fire what fell due", STEP, || {
-        Ok(engine
-            .next_wakeup()
-            .is_some_and(|next| next > now)
-            .then_some(()))
-    })
-    .await?;
+    daemon
+        .wait_until("the scheduler to fire what fell due", STEP, || {
+            Ok(engine
+                .next_wakeup()
+                .is_some_and(|next| next > now)
+                .then_some(()))
+        })
+        .await?;
     ensure!(
         !engine
             .store()
@@ -375,7 +380,7 @@ async fn replies_that_do_not_verify_change_nothing_and_are_recorded() -> Result<
     );
     attempt(
         &stack,
-        engine,
+        &daemon,
         cases,
         Attempt {
             what: "an expired token",
@@ -406,7 +411,7 @@ async fn replies_that_do_not_verify_change_nothing_and_are_recorded() -> Result<
             case.state
         );
         ensure!(!case.fields.contains_key("result"), "{id} has a result");
-        wait_outbox_sent(engine, id).await?;
+        wait_outbox_sent(&daemon, id).await?;
         let mails = inbox(&stack, customer).await?;
         if mails.len() != 1 {
             let subjects: Vec<String> = mails.iter().map(|m| subject_of(m)).collect();

@@ -204,6 +204,7 @@ impl IngestSink for EngineSink {
             "ingest: batch committed"
         );
         if report.mails_queued > 0 {
+            self.metrics.outbox_queued(report.mails_queued as u64);
             self.outbox.notify_queued();
         }
         // The batch may have committed timers nearer than the one the scheduler sleeps on.
@@ -263,7 +264,9 @@ impl EngineOutbox {
             })
             .await
             .map_err(OutboxError::new)?
-            .map_err(|e| OutboxError::new(format!("{what}: {e}")))
+            .map_err(|e| OutboxError::new(format!("{what}: {e}")))?;
+        self.metrics.state_changed();
+        Ok(())
     }
 }
 

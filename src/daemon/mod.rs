@@ -232,13 +232,17 @@ pub async fn run_with(
         let outbox = Arc::clone(&outbox);
         let options = options.scheduler.clone();
         let intake = intake.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             scheduler
                 .run(
                     engine,
                     clock,
                     options,
-                    move |_| outbox.notify_queued(),
+                    move |_| {
+                        metrics.state_changed();
+                        outbox.notify_queued();
+                    },
                     intake,
                 )
                 .await;

@@ -287,6 +287,16 @@ impl RunningDaemon {
     pub fn metric(&self, line_prefix: &str) -> f64 {
         metric(&self.metrics, line_prefix)
     }
+
+    /// [`wait_until`] on this daemon's changes.
+    pub async fn wait_until<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        check: impl FnMut() -> Result<Option<T>>,
+    ) -> Result<T> {
+        wait_until(&self.metrics, what, within, check).await
+    }
 }
 
 /// A metric's value from the Prometheus text, by the start of its line (name and labels).
@@ -326,22 +336,29 @@ pub fn cases_by_message_id(engine: &Engine) -> Result<BTreeMap<String, complaint
     Ok(out)
 }
 
-/// Polls `check` until it returns `Some`, or fails after `within` naming `what`. The poll
-/// interval is short: this waits on a condition, it does not guess a duration.
+/// Looks at `check` now and again after every change the daemon reports through `metrics`
+/// ([`Metrics::changes`]: a metric changed, a batch or an outbox result was committed,
+/// timers fired) until it returns `Some`; fails after `within` naming `what`. Nothing is
+/// looked at on a timer: the daemon's own report that something changed is the only wake.
 pub async fn wait_until<T>(
+    metrics: &Metrics,
     what: &str,
     within: Duration,
     mut check: impl FnMut() -> Result<Option<T>>,
 ) -> Result<T> {
     let deadline = Instant::now() + within;
+    // Subscribed before the first look, so a change during it wakes the next wait.
+    let mut changes = metrics.changes();
     loop {
         if let Some(value) = check()? {
             return Ok(value);
         }
-        if Instant::now() >= deadline {
-            bail!("timed out after {within:?} waiting for {what}");
+        // Changes coalesce: one wake may stand for many, so every wake looks again.
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => bail!("the daemon's metrics went away while waiting for {what}"),
+            Err(_) => bail!("timed out after {within:?} waiting for {what}"),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -641,29 +658,35 @@ pub fn state_changes(
 }
 
 /// Waits until the store knows every one of `message_ids` (ingested, in one committed batch).
-pub async fn wait_ingested(engine: &Engine, message_ids: &[&str]) -> Result<()> {
-    wait_until("the mails to be ingested", DEADLINE, || {
-        for id in message_ids {
-            if engine.store().message(id)?.is_none() {
-                return Ok(None);
+pub async fn wait_ingested(daemon: &RunningDaemon, message_ids: &[&str]) -> Result<()> {
+    daemon
+        .wait_until("the mails to be ingested", DEADLINE, || {
+            for id in message_ids {
+                if daemon.engine.store().message(id)?.is_none() {
+                    return Ok(None);
+                }
             }
-        }
-        Ok(Some(()))
-    })
-    .await
+            Ok(Some(()))
+        })
+        .await
 }
 
 /// Waits until every mail queued for `case` was sent (none scheduled or failing for now).
-pub async fn wait_outbox_sent(engine: &Engine, case: &complaintd::case::CaseId) -> Result<()> {
+pub async fn wait_outbox_sent(
+    daemon: &RunningDaemon,
+    case: &complaintd::case::CaseId,
+) -> Result<()> {
     use complaintd::store::OutboxState;
-    wait_until(&format!("the mail of {case} to be sent"), DEADLINE, || {
-        let pending = engine
-            .store()
-            .outbox_of_case(case)?
-            .into_iter()
-            .filter(|entry| !matches!(entry.state, OutboxState::Sent { .. }))
-            .count();
-        Ok((pending == 0).then_some(()))
-    })
-    .await
+    daemon
+        .wait_until(&format!("the mail of {case} to be sent"), DEADLINE, || {
+            let pending = daemon
+                .engine
+                .store()
+                .outbox_of_case(case)?
+                .into_iter()
+                .filter(|entry| !matches!(entry.state, OutboxState::Sent { .. }))
+                .count();
+            Ok((pending == 0).then_some(()))
+        })
+        .await
 }
