@@ -4,8 +4,10 @@
 //! conditions with deadlines.
 //!
 //! Used by `tests/e2e_daemon.rs`, `tests/e2e_outage.rs`, `tests/e2e_crash.rs`,
-//! `tests/e2e_lifecycle.rs`, `tests/e2e_security.rs`, `tests/e2e_restart.rs` and
-//! `tests/daemon_scheduler.rs` next to `tests/support/` (`mod support; mod daemon_support;`).
+//! `tests/e2e_lifecycle.rs`, `tests/e2e_security.rs`, `tests/e2e_restart.rs`,
+//! `tests/e2e_admin.rs`, `tests/daemon_scheduler.rs`, `tests/daemon_waits.rs` (the waits'
+//! own tests) and `benches/ingest.rs` next to `tests/support/`
+//! (`mod support; mod daemon_support;`).
 
 // Each test binary uses only part of this module.
 #![allow(dead_code)]
