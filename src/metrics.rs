@@ -378,13 +378,14 @@ impl Metrics {
     }
 
     /// Tells the waiters on [`Metrics::changes`] that the daemon committed a change to its
-    /// store (an outbox result, fired timers) that no metric shows once it is durable.
+    /// store that no metric shows (an outbox result, fired timers); called once it is durable.
     pub fn state_changed(&self) {
         self.bump();
     }
 
     /// A receiver woken after every change of a metric and every [`Metrics::state_changed`],
-    /// holding the change generation: tests and status output wait on it instead of polling.
+    /// holding the change generation: tests (and anything following the daemon) wait on it
+    /// instead of polling.
     /// Changes coalesce (only the latest generation is kept), so a waiter looks again at what
     /// it waits for on every wake.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
