@@ -526,6 +526,63 @@ fn a_held_lock_is_waited_for_only_when_asked_to() {
         .expect("the closed store opens again");
 }
 
+/// The snapshot file an open leaves when the process is killed while sled
+/// writes it: created, nothing written yet. Its name sorts after every
+/// finished snapshot, so sled would read it first.
+const UNFINISHED_SNAPSHOT: &str = "snap.FFFFFFFFFFFFFFFF.generating";
+
+#[test]
+fn a_snapshot_left_unfinished_by_a_killed_open_is_removed_and_the_store_opens() {
+    let dir = TempDir::new().expect("tempdir");
+    let case = {
+        let store = open(&dir);
+        let case = ingest_new(
+            &store,
+            "<kept@customer.example>",
+            "a@customer.example",
+            t0(),
+        );
+        store.flush().expect("flush");
+        case
+    };
+    let path = dir.path().join("db");
+    let unfinished = path.join(UNFINISHED_SNAPSHOT);
+    std::fs::write(&unfinished, b"").expect("write the unfinished snapshot");
+
+    let store = Store::open_waiting(&path, StoreSettings::default(), LockWait::Retry)
+        .expect("the store opens despite the unfinished snapshot");
+    assert!(!unfinished.exists(), "the unfinished snapshot is gone");
+    let stored = store
+        .case(&case)
+        .expect("read")
+        .expect("the case is still there");
+    assert_eq!(stored.id, case);
+    assert!(store
+        .message("<kept@customer.example>")
+        .expect("read")
+        .is_some());
+}
+
+#[test]
+fn a_snapshot_of_a_store_open_elsewhere_is_left_alone() {
+    let dir = TempDir::new().expect("tempdir");
+    let held = open(&dir);
+    let path = dir.path().join("db");
+    // While a process holds the store, a `.generating` file may be the
+    // snapshot it is writing right now.
+    let in_progress = path.join(UNFINISHED_SNAPSHOT);
+    std::fs::write(&in_progress, b"being written").expect("write");
+    let err =
+        Store::open_waiting(&path, StoreSettings::default(), LockWait::Fail).expect_err("held");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(
+        in_progress.exists(),
+        "another process's snapshot is not touched"
+    );
+    std::fs::remove_file(&in_progress).expect("clean up");
+    drop(held);
+}
+
 #[test]
 fn invalid_settings_are_refused() {
     let dir = TempDir::new().expect("tempdir");

@@ -501,6 +501,53 @@ impl Store {
     }
 }
 
+/// Removes the snapshot files a killed open left unfinished.
+///
+/// sled (0.34) writes a snapshot only while opening a database: into
+/// `snap.<lsn>.generating`, which it renames to `snap.<lsn>` once synced,
+/// and only then deletes the older snapshot. Its reader, though, also takes
+/// a `.generating` file for a snapshot, the newest one even, so after a kill
+/// in the middle of an open every later open fails with "corrupted data".
+/// Such a file is never the only record of anything (the older snapshot and
+/// the log it was made from are still there), so it is removed: but only
+/// while holding sled's own lock on the `db` file, because the process that
+/// holds it may be writing that snapshot right now.
+fn remove_unfinished_snapshots(path: &Path) -> Result<(), StoreError> {
+    let unreadable = |e: std::io::Error| StoreError::Open {
+        path: path.display().to_string(),
+        source: sled::Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("removing a snapshot an earlier open did not finish: {e}"),
+        )),
+    };
+    let db_file = match std::fs::File::open(path.join("db")) {
+        Ok(file) => file,
+        // A new store, or one sled has yet to create: nothing was snapshot.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(unreadable(e)),
+    };
+    if db_file.try_lock().is_err() {
+        // Another process has the store open; opening will say so.
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(path).map_err(unreadable)? {
+        let name = entry.map_err(unreadable)?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(
+                store = %path.display(),
+                file = %name,
+                "store: removing a snapshot an earlier open did not finish (the process was \
+                 stopped while opening)"
+            );
+            std::fs::remove_file(path.join(&*name)).map_err(unreadable)?;
+        }
+    }
+    // Dropping the file releases the lock for sled's own open.
+    drop(db_file);
+    Ok(())
+}
+
 /// How often opening retries a store whose lock is held, and the pause
 /// before each retry in milliseconds (doubling, then staying at the last).
 const LOCK_RETRIES: usize = 20;
@@ -531,6 +578,7 @@ fn open_db(path: &Path, cache_mb: u64, wait: LockWait) -> Result<sled::Db, Store
     };
     let mut pauses = (0..retries).map(|i| LOCK_RETRY_PAUSES_MS[i.min(last)]);
     loop {
+        remove_unfinished_snapshots(path)?;
         match config.open() {
             Ok(db) => return Ok(db),
             Err(e) if is_lock_error(&e) => match pauses.next() {
