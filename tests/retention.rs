@@ -1,0 +1,479 @@
+//! The retention purge on a real sled store: an expired closed case leaves no
+//! trace in any tree, while recent, open, still-sending and recently active
+//! cases, shared attachments, recent quarantine and recent acknowledgement
+//! counters stay; a case reopened after the scan is kept; a zero retention
+//! and a second run purge nothing.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use complaintd::case::{Address, Case, CaseId, CaseState, Event, EventKind};
+use complaintd::store::{
+    CaseRef, ChangeSet, MailDraft, MailIdentity, MessageRecord, PurgeReport, QuarantineRecord,
+    RenderedMail, Store,
+};
+use tempfile::TempDir;
+
+const RETENTION_DAYS: i64 = 730;
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2028, 6, 1, 12, 0, 0).unwrap()
+}
+
+fn retention() -> Duration {
+    Duration::days(RETENTION_DAYS)
+}
+
+/// Well before the retention's start.
+fn long_ago() -> DateTime<Utc> {
+    now() - Duration::days(800)
+}
+
+/// A mail whose Message-ID is `OUTBOX_ID@host`, as the daemon renders them.
+fn render_plain(identity: &MailIdentity) -> Result<RenderedMail, String> {
+    let message_id = format!("{}@corp.example", identity.outbox_id);
+    Ok(RenderedMail {
+        bytes: format!(
+            "Message-ID: <{message_id}>\r\n\r\nabout {:?}\r\n",
+            identity.case
+        )
+        .into_bytes(),
+        message_id,
+        subject: identity.purpose.clone(),
+        template_failure: None,
+    })
+}
+
+fn ack(to: &str, at: DateTime<Utc>) -> MailDraft {
+    MailDraft::new(
+        "ack",
+        "acknowledgement",
+        "complaints@corp.example",
+        vec![to.into()],
+        at,
+        render_plain,
+    )
+}
+
+/// A mail whose Message-ID is of its own form, so the store indexes it.
+fn reminder_with_message_id(message_id: &'static str, at: DateTime<Utc>) -> MailDraft {
+    MailDraft::new(
+        "remind",
+        "reminder",
+        "complaints@corp.example",
+        vec!["service@corp.example".into()],
+        at,
+        move |identity: &MailIdentity| {
+            Ok(RenderedMail {
+                message_id: message_id.into(),
+                subject: "s".into(),
+                bytes: format!("reminder of {:?}", identity.case).into_bytes(),
+                template_failure: None,
+            })
+        },
+    )
+}
+
+/// A new complaint as ingest commits it: case, event, Message-ID, a timer,
+/// an acknowledgement and its counter; optionally an attachment.
+fn complaint(
+    store: &Store,
+    message_id: &str,
+    sender: &str,
+    at: DateTime<Utc>,
+    attachment: Option<&[u8]>,
+) -> CaseId {
+    let mut changes = ChangeSet::for_message(message_id, at).unwrap();
+    let case = changes
+        .new_case(Case::new(
+            CaseId("unnumbered".into()),
+            at,
+            "email",
+            Address::new(sender, None),
+            "停气 通知",
+            "zh",
+        ))
+        .unwrap();
+    changes.append_event(
+        &case,
+        Event {
+            at,
+            kind: EventKind::Created {
+                message_id: message_id.into(),
+                channel: "email".into(),
+                sender: sender.into(),
+            },
+        },
+    );
+    changes.link_message(&case).unwrap();
+    changes.replace_clock_timers(&case, "forward", vec![(0, at + Duration::days(900))]);
+    changes.queue_mail(&case, ack(sender, at)).unwrap();
+    changes.count_ack(sender, at);
+    if let Some(bytes) = attachment {
+        changes.store_attachment(&case, "photo.png", "image/png", bytes.to_vec());
+    }
+    let outcome = store.apply(&changes).unwrap();
+    outcome.case_id(&case).expect("a new case")
+}
+
+/// A reply of the customer linked to the case, with an attachment.
+fn reply(store: &Store, case: &CaseId, message_id: &str, at: DateTime<Utc>, attachment: &[u8]) {
+    let mut changes = ChangeSet::for_message(message_id, at).unwrap();
+    let case_ref = CaseRef::from(case);
+    changes.append_event(
+        &case_ref,
+        Event {
+            at,
+            kind: EventKind::MailReceived {
+                message_id: message_id.into(),
+                from: "customer".into(),
+                role: "customer".into(),
+                subject: "Re".into(),
+            },
+        },
+    );
+    changes.link_message(&case_ref).unwrap();
+    changes.store_attachment(
+        &case_ref,
+        "scan.pdf",
+        "application/pdf",
+        attachment.to_vec(),
+    );
+    store.apply(&changes).unwrap();
+}
+
+fn set_state(store: &Store, id: &CaseId, to: CaseState, at: DateTime<Utc>) {
+    let base = store.case(id).unwrap().unwrap();
+    let mut updated = base.clone();
+    updated.state = to;
+    let mut changes = ChangeSet::new();
+    let case_ref = changes.update_case(&base, updated).unwrap();
+    changes.append_event(
+        &case_ref,
+        Event {
+            at,
+            kind: EventKind::StateChanged {
+                from: base.state,
+                to,
+                because: Default::default(),
+            },
+        },
+    );
+    store.apply(&changes).unwrap();
+}
+
+fn send_all(store: &Store, id: &CaseId, at: DateTime<Utc>) {
+    for entry in store.outbox_of_case(id).unwrap() {
+        store.outbox_sent(&entry.id, at).unwrap();
+    }
+}
+
+fn quarantine(store: &Store, message_id: &str, at: DateTime<Utc>) {
+    let mut changes = ChangeSet::for_message(message_id, at).unwrap();
+    changes
+        .quarantine(
+            QuarantineRecord {
+                at,
+                mailbox: "INBOX".into(),
+                uid: Some(1),
+                message_id: Some(message_id.into()),
+                reason: "unparseable".into(),
+                size: 5,
+                truncated: false,
+            },
+            format!("raw of {message_id}").into_bytes(),
+        )
+        .unwrap();
+    store.apply(&changes).unwrap();
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Every tree, key and value of the store's database that contains `needle`.
+fn mentions(path: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let db = sled::open(path).unwrap();
+    let mut found = Vec::new();
+    for name in db.tree_names() {
+        let tree = db.open_tree(&name).unwrap();
+        for item in tree.iter() {
+            let (key, value) = item.unwrap();
+            let contains = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+            if contains(&key) || contains(&value) {
+                found.push(format!(
+                    "{}: {}",
+                    String::from_utf8_lossy(&name),
+                    String::from_utf8_lossy(&key)
+                ));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn an_expired_case_leaves_no_trace_and_everything_else_stays() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::open(&path).unwrap();
+    let shared: &[u8] = b"a photo two complainants sent";
+    let own: &[u8] = b"a scan only the purged case has";
+
+    // Expired: closed long ago, all its mail sent or failed for good.
+    let purged = complaint(&store, "<a1@x>", "purged@a.example", long_ago(), None);
+    reply(
+        &store,
+        &purged,
+        "<a2@x>",
+        long_ago() + Duration::hours(1),
+        own,
+    );
+    let mut changes = ChangeSet::new();
+    changes
+        .queue_mail(
+            &CaseRef::from(&purged),
+            reminder_with_message_id("<a-own-form@corp.example>", long_ago()),
+        )
+        .unwrap();
+    store.apply(&changes).unwrap();
+    send_all(&store, &purged, long_ago() + Duration::hours(2));
+    let mut changes = ChangeSet::new();
+    changes.fail_outbox(
+        &format!("{}.remind.1", purged.0),
+        "550 no such user",
+        long_ago() + Duration::hours(3),
+    );
+    store.apply(&changes).unwrap();
+    // Its photo is also an open case's: the content stays for that case.
+    let mut changes = ChangeSet::for_message("<a3@x>", long_ago()).unwrap();
+    changes.store_attachment(
+        &CaseRef::from(&purged),
+        "p.png",
+        "image/png",
+        shared.to_vec(),
+    );
+    changes.link_message(&CaseRef::from(&purged)).unwrap();
+    store.apply(&changes).unwrap();
+    set_state(
+        &store,
+        &purged,
+        CaseState::Closed,
+        long_ago() + Duration::days(1),
+    );
+
+    // Kept: open although old; its photo is the purged case's too.
+    let open = complaint(&store, "<c1@x>", "open@c.example", long_ago(), Some(shared));
+    send_all(&store, &open, long_ago());
+    // Kept: closed long ago but its acknowledgement is still to be sent.
+    let unsent = complaint(&store, "<d1@x>", "unsent@d.example", long_ago(), None);
+    set_state(
+        &store,
+        &unsent,
+        CaseState::Closed,
+        long_ago() + Duration::days(1),
+    );
+    // Kept: opened long ago, but something happened within the retention.
+    let active = complaint(&store, "<e1@x>", "active@e.example", long_ago(), None);
+    send_all(&store, &active, long_ago());
+    set_state(
+        &store,
+        &active,
+        CaseState::Closed,
+        now() - Duration::days(10),
+    );
+    // Kept: closed recently.
+    let recent = complaint(
+        &store,
+        "<b1@x>",
+        "recent@b.example",
+        now() - Duration::days(100),
+        None,
+    );
+    send_all(&store, &recent, now() - Duration::days(100));
+    set_state(
+        &store,
+        &recent,
+        CaseState::Rejected,
+        now() - Duration::days(99),
+    );
+
+    quarantine(&store, "<q-old@x>", long_ago());
+    quarantine(&store, "<q-new@x>", now() - Duration::days(10));
+    for (message_id, at) in [("<auto-old@x>", long_ago()), ("<auto-new@x>", now())] {
+        let mut changes = ChangeSet::for_message(message_id, at).unwrap();
+        changes
+            .discard_message("automatic mail about no case")
+            .unwrap();
+        store.apply(&changes).unwrap();
+    }
+    let mut changes = ChangeSet::new();
+    changes.count_ack("hour@f.example", now() - Duration::hours(26));
+    changes.count_ack("hour@f.example", now() - Duration::hours(23));
+    store.apply(&changes).unwrap();
+    assert!(store.case_attachments(&purged).unwrap().len() == 2);
+
+    // No retention: nothing goes, and no purge is recorded.
+    assert_eq!(
+        store.purge_expired(now(), Duration::zero(), 200).unwrap(),
+        PurgeReport::default()
+    );
+    assert!(store.case(&purged).unwrap().is_some());
+    assert_eq!(store.last_purge().unwrap(), None);
+
+    let report = store.purge_expired(now(), retention(), 200).unwrap();
+    assert_eq!(
+        report,
+        PurgeReport {
+            cases: 1,
+            incoming_mails: 3,
+            outgoing_mails: 2,
+            attachments: 1,
+            quarantined: 1,
+            discarded: 1,
+            // The hour 26 h ago and each complaint's hour long ago (five
+            // senders; the recent case's hour is 100 days ago).
+            ack_counters: 6,
+        }
+    );
+    assert_eq!(store.last_purge().unwrap(), Some(now()));
+
+    assert_eq!(store.case(&purged).unwrap(), None);
+    assert!(store.events(&purged).unwrap().is_empty());
+    for kept in [&open, &unsent, &active, &recent] {
+        assert!(store.case(kept).unwrap().is_some(), "{kept} was purged");
+        assert!(
+            !store.events(kept).unwrap().is_empty(),
+            "{kept} lost its log"
+        );
+        assert_eq!(store.outbox_of_case(kept).unwrap().len(), 1, "{kept}");
+    }
+    assert!(matches!(
+        store.message("<c1@x>").unwrap(),
+        Some(MessageRecord::Incoming { case, .. }) if case == open
+    ));
+    assert_eq!(store.timers_of_case(&open).unwrap().len(), 1);
+    assert_eq!(
+        store.attachment(&sha256_hex(shared)).unwrap(),
+        Some(shared.to_vec())
+    );
+    assert_eq!(store.attachment(&sha256_hex(own)).unwrap(), None);
+    assert_eq!(store.case_attachments(&open).unwrap().len(), 1);
+    let quarantined = store.quarantined().unwrap();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(
+        quarantined[0].record.message_id.as_deref(),
+        Some("<q-new@x>")
+    );
+    assert!(store.message("<q-new@x>").unwrap().is_some());
+    assert_eq!(store.message("<q-old@x>").unwrap(), None);
+    assert_eq!(store.message("<auto-old@x>").unwrap(), None);
+    assert!(store.message("<auto-new@x>").unwrap().is_some());
+    assert_eq!(
+        store
+            .acks_in_hour("hour@f.example", now() - Duration::hours(23))
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .acks_in_hour("hour@f.example", now() - Duration::hours(26))
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store.next_timer_due().unwrap(),
+        store
+            .timers_of_case(&open)
+            .unwrap()
+            .iter()
+            .map(|t| t.due)
+            .min()
+    );
+    for message_id in ["<a1@x>", "<a2@x>", "<a3@x>", "<a-own-form@corp.example>"] {
+        assert_eq!(store.message(message_id).unwrap(), None, "{message_id}");
+    }
+
+    // A second run finds nothing more.
+    let later = now() + Duration::days(1);
+    assert_eq!(
+        store.purge_expired(later, retention(), 200).unwrap(),
+        PurgeReport {
+            ack_counters: 1,
+            ..PurgeReport::default()
+        }
+    );
+    assert_eq!(
+        store.purge_expired(later, retention(), 200).unwrap(),
+        PurgeReport::default()
+    );
+    drop(store);
+
+    // No tree holds the case's number, its Message-IDs, its sender or its
+    // own attachment's bytes; the kept cases are still found this way.
+    let needles: Vec<Vec<u8>> = [
+        purged.0.as_str(),
+        "a1@x",
+        "a2@x",
+        "a3@x",
+        "a-own-form@corp.example",
+        "purged@a.example",
+        "q-old@x",
+        "auto-old@x",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .chain([own.to_vec(), sha256_hex(own).into_bytes()])
+    .collect();
+    for needle in &needles {
+        let found = mentions(&path, needle);
+        assert!(
+            found.is_empty(),
+            "{} is still in {found:?}",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    for kept in [&open, &unsent, &active, &recent] {
+        assert!(!mentions(&path, kept.0.as_bytes()).is_empty());
+    }
+    assert!(!mentions(&path, shared).is_empty());
+}
+
+#[test]
+fn a_case_reopened_after_the_scan_is_kept_and_chunks_are_held_apart() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path().join("db")).unwrap();
+    let mut cases = Vec::new();
+    for n in 0..5 {
+        let sender = format!("s{n}@x.example");
+        let id = complaint(&store, &format!("<m{n}@x>"), &sender, long_ago(), None);
+        send_all(&store, &id, long_ago());
+        set_state(
+            &store,
+            &id,
+            CaseState::Closed,
+            long_ago() + Duration::days(1),
+        );
+        cases.push(id);
+    }
+    let reopened = cases[3].clone();
+    let mut holds = 0;
+    let report = store
+        .purge_expired_guarded(now(), retention(), 2, || {
+            holds += 1;
+            // Between the scan and the first chunk, a mail reopens a case
+            // of the last-but-one chunk.
+            if holds == 1 {
+                set_state(&store, &reopened, CaseState::Reopened, now());
+            }
+        })
+        .unwrap();
+    // Three chunks of at most two cases, then the quarantine.
+    assert_eq!(holds, 4);
+    assert_eq!(report.cases, 4);
+    assert_eq!(report.incoming_mails, 4);
+    assert_eq!(report.outgoing_mails, 4);
+    for id in &cases {
+        assert_eq!(store.case(id).unwrap().is_some(), *id == reopened, "{id}");
+    }
+    assert_eq!(store.events(&reopened).unwrap().len(), 5);
+}
