@@ -185,6 +185,30 @@ fn quarantine(store: &Store, message_id: &str, at: DateTime<Utc>) {
     store.apply(&changes).unwrap();
 }
 
+/// A digest (mail of no case) whose text is `body`.
+fn digest(store: &Store, body: String, at: DateTime<Utc>) -> String {
+    let mut changes = ChangeSet::new();
+    changes
+        .queue_mail_without_case(MailDraft::new(
+            "digest",
+            "weekly-digest",
+            "complaints@corp.example",
+            vec!["gm@corp.example".into()],
+            at,
+            move |identity: &MailIdentity| {
+                Ok(RenderedMail {
+                    message_id: format!("{}@corp.example", identity.outbox_id),
+                    subject: "digest".into(),
+                    bytes: body.clone().into_bytes(),
+                    template_failure: None,
+                })
+            },
+        ))
+        .unwrap();
+    let outcome = store.apply(&changes).unwrap();
+    outcome.applied().unwrap().mails[0].outbox_id.clone()
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -297,6 +321,14 @@ fn an_expired_case_leaves_no_trace_and_everything_else_stays() {
         now() - Duration::days(99),
     );
 
+    // Digests: an old sent one lists the purged case and goes; an old one
+    // not sent yet and a recent one stay.
+    let old_digest = digest(&store, format!("cases: {purged}"), long_ago());
+    store.outbox_sent(&old_digest, long_ago()).unwrap();
+    let unsent_digest = digest(&store, "cases: none".into(), long_ago());
+    let recent_digest = digest(&store, format!("cases: {recent}"), now());
+    store.outbox_sent(&recent_digest, now()).unwrap();
+
     quarantine(&store, "<q-old@x>", long_ago());
     quarantine(&store, "<q-new@x>", now() - Duration::days(10));
     for (message_id, at) in [("<auto-old@x>", long_ago()), ("<auto-new@x>", now())] {
@@ -326,7 +358,8 @@ fn an_expired_case_leaves_no_trace_and_everything_else_stays() {
         PurgeReport {
             cases: 1,
             incoming_mails: 3,
-            outgoing_mails: 2,
+            // The case's two and the old digest.
+            outgoing_mails: 3,
             attachments: 1,
             quarantined: 1,
             discarded: 1,
@@ -389,6 +422,9 @@ fn an_expired_case_leaves_no_trace_and_everything_else_stays() {
             .map(|t| t.due)
             .min()
     );
+    assert!(store.outbox_entry(&old_digest).unwrap().is_none());
+    assert!(store.outbox_entry(&unsent_digest).unwrap().is_some());
+    assert!(store.outbox_entry(&recent_digest).unwrap().is_some());
     for message_id in ["<a1@x>", "<a2@x>", "<a3@x>", "<a-own-form@corp.example>"] {
         assert_eq!(store.message(message_id).unwrap(), None, "{message_id}");
     }

@@ -15,7 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 use super::batch::index_entries;
 use super::error::StoreError;
 use super::keys::{self, KeyBuf, KeyReader};
-use super::outbox::{split_record, OutboxState};
+use super::outbox::{read_record, split_record, OutboxEntry, OutboxState, NO_CASE_SCOPE};
 use super::records::{normalize_message_id, MessageRecord, QuarantineRecord, TimerSlot};
 use super::trees::{abort, decode, TreeId};
 use super::Store;
@@ -36,7 +36,8 @@ pub struct PurgeReport {
     pub cases: usize,
     /// Message-ID records of incoming mail of those cases.
     pub incoming_mails: usize,
-    /// Outbox entries (the sent mail's bytes) of those cases.
+    /// Outbox entries (the sent mail's bytes) of those cases, and old mail of
+    /// no case (digests).
     pub outgoing_mails: usize,
     /// Attachment contents no remaining case refers to.
     pub attachments: usize,
@@ -90,7 +91,8 @@ impl Store {
     /// open, whose last event (or opening, without events) is older than
     /// `now - retention` and none of whose outgoing mails is still to be sent
     /// or undecided (only sent and permanently failed mail lets a case go);
-    /// quarantined mail and records of discarded mail older than that;
+    /// quarantined mail, records of discarded mail and sent mail of no case
+    /// (digests) older than that;
     /// acknowledgement counters of hours
     /// that ended a day or more before `now`. Cases go at most `max_cases`
     /// per transaction. A `retention` of zero or less purges nothing (zero
@@ -134,6 +136,7 @@ impl Store {
             let _held = hold();
             report.quarantined = self.purge_quarantine(cutoff, max_cases)?;
             report.discarded = self.purge_discarded(&discarded, cutoff, max_cases)?;
+            report.outgoing_mails += self.purge_caseless_mail(cutoff, max_cases)?;
         }
         report.ack_counters =
             self.prune_ack_counters(now - Duration::hours(ACK_COUNTER_GRACE_HOURS))?;
@@ -279,11 +282,7 @@ impl Store {
             if entry.case.as_ref() != Some(id) {
                 continue;
             }
-            let settled = matches!(
-                entry.state,
-                OutboxState::Sent { .. } | OutboxState::PermanentFailure { .. }
-            );
-            if !settled {
+            if !is_settled(&entry.state) {
                 return Ok(None);
             }
             outbox.push(entry);
@@ -476,6 +475,50 @@ impl Store {
 }
 
 impl Store {
+    /// Removes mail of no case (digests, which list cases) queued before
+    /// `cutoff` and sent or failed for good, with its Message-ID record when
+    /// it has one; re-checked in the transaction.
+    fn purge_caseless_mail(
+        &self,
+        cutoff: DateTime<Utc>,
+        max_records: usize,
+    ) -> Result<usize, StoreError> {
+        let mut old = Vec::new();
+        let prefix = format!("{NO_CASE_SCOPE}.");
+        for item in self.tree(TreeId::Outbox).scan_prefix(prefix.as_bytes()) {
+            let (key, value) = item?;
+            let (entry, _) = split_record(&key, &value)?;
+            if expired_caseless(&entry, cutoff) {
+                old.push(entry.id);
+            }
+        }
+        let mut removed = 0;
+        for chunk in old.chunks(max_records) {
+            removed += self.transact(|tx| {
+                let mut removed = 0;
+                for id in chunk {
+                    let Some((entry, _)) = read_record(tx, id)? else {
+                        continue;
+                    };
+                    if !expired_caseless(&entry, cutoff) {
+                        continue;
+                    }
+                    let message_key = entry.message_id.as_bytes();
+                    let record: Option<MessageRecord> =
+                        tx.get_json(TreeId::MessageIds, message_key)?;
+                    if matches!(&record, Some(MessageRecord::Outgoing { outbox_id, .. }) if *outbox_id == entry.id)
+                    {
+                        tx.remove(TreeId::MessageIds, message_key.to_vec())?;
+                    }
+                    tx.remove(TreeId::Outbox, entry.id.into_bytes())?;
+                    removed += 1;
+                }
+                Ok(removed)
+            })?;
+        }
+        Ok(removed)
+    }
+
     /// Removes the records of discarded mail (auto-replies, loops, reports
     /// about nothing) that the scan found older than `cutoff`, re-checked in
     /// the transaction, at most `max_records` per transaction.
@@ -502,6 +545,19 @@ impl Store {
         }
         Ok(removed)
     }
+}
+
+/// Whether a mail of no case was queued before `cutoff` and is settled.
+fn expired_caseless(entry: &OutboxEntry, cutoff: DateTime<Utc>) -> bool {
+    entry.case.is_none() && entry.queued_at < cutoff && is_settled(&entry.state)
+}
+
+/// Whether nothing more will be done with a mail: sent, or failed for good.
+fn is_settled(state: &OutboxState) -> bool {
+    matches!(
+        state,
+        OutboxState::Sent { .. } | OutboxState::PermanentFailure { .. }
+    )
 }
 
 /// When a case last changed: its latest event, or its opening.
