@@ -2,10 +2,25 @@
 //! trace in any tree, while recent, open, still-sending and recently active
 //! cases, shared attachments, recent quarantine and recent acknowledgement
 //! counters stay; a case reopened after the scan is kept; a zero retention
-//! and a second run purge nothing.
+//! and a second run purge nothing. And the daemon's scheduler on an injected
+//! `ManualClock` (no mail server: its IMAP and SMTP tasks meet refused
+//! connections): a day before the retention has passed it purges nothing,
+//! a day after it the case is gone.
 
+mod daemon_support;
+mod support;
+
+use std::sync::Arc;
+
+use anyhow::{ensure, Context};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use complaintd::case::{Address, Case, CaseId, CaseState, Event, EventKind};
+use complaintd::clock::{Clock, ManualClock};
+use complaintd::config::Config;
+use complaintd::daemon::DaemonOptions;
+use complaintd::engine::{Engine, RawMessage, PURGE_INTERVAL_HOURS};
+use complaintd::metrics::Metrics;
+use complaintd::rules::ast::ClockEvent;
 use complaintd::store::{
     CaseRef, ChangeSet, MailDraft, MailIdentity, MessageRecord, PurgeReport, QuarantineRecord,
     RenderedMail, Store,
@@ -512,4 +527,135 @@ fn a_case_reopened_after_the_scan_is_kept_and_chunks_are_held_apart() {
         assert_eq!(store.case(id).unwrap().is_some(), *id == reopened, "{id}");
     }
     assert_eq!(store.events(&reopened).unwrap().len(), 5);
+}
+
+/// A configuration whose mail servers are nowhere (port 9 refuses).
+fn daemon_config(work: &daemon_support::Workspace) -> anyhow::Result<Config> {
+    let complaints = daemon_support::COMPLAINTS;
+    let text = format!(
+        r#"
+time_zone = "Asia/Shanghai"
+[store]
+path = "store"
+retention_days = {RETENTION_DAYS}
+[rules]
+dir = "rules"
+watch = false
+[mail]
+complaint_address = "{complaints}"
+reply_token_secret_file = "secret"
+[[mailbox]]
+name = "complaints"
+host = "127.0.0.1"
+port = 9
+tls = "none"
+user = "{complaints}"
+password_file = "password"
+channel = "own"
+[smtp]
+host = "127.0.0.1"
+port = 9
+tls = "none"
+from = "{complaints}"
+"#
+    );
+    let path = work.path().join("config.toml");
+    std::fs::write(&path, text)?;
+    Config::load(&path).map_err(|e| anyhow::anyhow!("config: {e:?}"))
+}
+
+/// Marks every mail of the case sent, as the SMTP sender would.
+fn all_sent(engine: &Engine, case: &CaseId, at: DateTime<Utc>) -> anyhow::Result<()> {
+    for entry in engine.store().outbox_of_case(case)? {
+        engine.mail_sent(&entry.id, at)?;
+    }
+    Ok(())
+}
+
+/// Runs the daemon with its clock at `at` until its scheduler has purged at
+/// `at`, and returns whether the case survived.
+async fn run_daemon_until_purged(
+    config: &Config,
+    at: DateTime<Utc>,
+    case: &CaseId,
+) -> anyhow::Result<bool> {
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(at));
+    let options = DaemonOptions {
+        clock,
+        ..daemon_support::fast_options(Metrics::new())
+    };
+    let daemon = daemon_support::RunningDaemon::start(config.clone(), options).await?;
+    let engine = Arc::clone(&daemon.engine);
+    let purged = daemon
+        .wait_until("the scheduler to purge", daemon_support::DEADLINE, || {
+            Ok((engine.store().last_purge()? == Some(at)).then_some(()))
+        })
+        .await;
+    let survived = engine.store().case_exists(case);
+    daemon.stop().await?;
+    purged?;
+    Ok(survived?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_purges_a_closed_case_once_the_retention_has_passed() -> anyhow::Result<()> {
+    daemon_support::init_test_logging();
+    let work = daemon_support::Workspace::new()?;
+    let config = daemon_config(&work)?;
+    let opened = Utc.with_ymd_and_hms(2026, 11, 24, 2, 0, 0).unwrap();
+    let closed = opened + Duration::hours(1);
+
+    // A complaint ingested, answered and closed (by the engine alone).
+    let case = {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(opened));
+        let engine = Engine::from_config(&config, clock)?;
+        let raw =
+            std::fs::read(daemon_support::repo().join("examples/complaints/01-gas-leak.eml"))?;
+        let report = engine.ingest(
+            "complaints",
+            "own",
+            1,
+            vec![(1, RawMessage::full(raw).received_at(opened))],
+        )?;
+        let case = report.new_cases().next().context("a case")?.clone();
+        engine.lifecycle_event(&case, ClockEvent::Closed, closed)?;
+        // The policy's escalation timers outlive the closing; let them run
+        // out now, so that nothing is left to happen to the case.
+        engine.fire_due(closed + Duration::days(5))?;
+        all_sent(&engine, &case, closed + Duration::days(5))?;
+        ensure!(
+            engine.store().timers_of_case(&case)?.is_empty(),
+            "timers left: {:?}",
+            engine.store().timers_of_case(&case)?
+        );
+        case
+    };
+    let last_event = {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(opened));
+        let engine = Engine::from_config(&config, clock)?;
+        let events = engine.store().events(&case)?;
+        events.iter().map(|e| e.at).max().context("events")?
+    };
+
+    // A day before the retention has passed: the first purge keeps it.
+    let before = last_event + Duration::days(RETENTION_DAYS - 1);
+    ensure!(
+        run_daemon_until_purged(&config, before, &case).await?,
+        "purged a day early"
+    );
+    // A day after: the purge due since `before + 24 h` removes it.
+    let after = last_event + Duration::days(RETENTION_DAYS + 1);
+    ensure!(
+        !run_daemon_until_purged(&config, after, &case).await?,
+        "still there after the retention"
+    );
+
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(after));
+    let engine = Engine::from_config(&config, clock)?;
+    ensure!(engine.store().events(&case)?.is_empty());
+    ensure!(engine.store().outbox_of_case(&case)?.is_empty());
+    // The next purge is a day later, not at the next start.
+    ensure!(engine.next_purge()? == Some(after + Duration::hours(PURGE_INTERVAL_HOURS)));
+    ensure!(engine.purge_if_due(after + Duration::hours(1))?.is_none());
+    Ok(())
 }

@@ -71,6 +71,14 @@ fn last_purge_key() -> Vec<u8> {
     KeyBuf::new().tail(b"p").build()
 }
 
+/// What the walk over `message_ids` found: per candidate case the
+/// Message-IDs pointing at it, and the discarded mail older than the cutoff.
+#[derive(Debug, Default)]
+struct MessageScan {
+    linked: HashMap<CaseId, Vec<String>>,
+    discarded: Vec<String>,
+}
+
 /// Everything one case owns, read under the writer lock.
 struct CasePurge {
     id: CaseId,
@@ -127,7 +135,10 @@ impl Store {
         };
         let max_cases = max_cases.max(1);
         let candidates = self.expired_case_candidates(cutoff)?;
-        let (mut linked, discarded) = self.scan_message_ids(&candidates, cutoff)?;
+        let MessageScan {
+            mut linked,
+            discarded,
+        } = self.scan_message_ids(&candidates, cutoff)?;
         for chunk in candidates.chunks(max_cases) {
             let _held = hold();
             report.add(self.purge_cases(chunk, &mut linked, cutoff)?);
@@ -186,24 +197,29 @@ impl Store {
         &self,
         candidates: &[CaseId],
         cutoff: DateTime<Utc>,
-    ) -> Result<(HashMap<CaseId, Vec<String>>, Vec<String>), StoreError> {
+    ) -> Result<MessageScan, StoreError> {
         let candidates: HashSet<&CaseId> = candidates.iter().collect();
-        let mut linked: HashMap<CaseId, Vec<String>> = HashMap::new();
-        let mut discarded = Vec::new();
+        let mut found = MessageScan::default();
         for item in self.tree(TreeId::MessageIds).iter() {
             let (key, value) = item?;
             let record: MessageRecord = decode(TreeId::MessageIds, &key, &value)?;
             let message_id = || String::from_utf8_lossy(&key).into_owned();
             match &record {
-                MessageRecord::Discarded { at, .. } if *at < cutoff => discarded.push(message_id()),
+                MessageRecord::Discarded { at, .. } if *at < cutoff => {
+                    found.discarded.push(message_id())
+                }
                 _ => {
                     if let Some(case) = record.case().filter(|case| candidates.contains(case)) {
-                        linked.entry(case.clone()).or_default().push(message_id());
+                        found
+                            .linked
+                            .entry(case.clone())
+                            .or_default()
+                            .push(message_id());
                     }
                 }
             }
         }
-        Ok((linked, discarded))
+        Ok(found)
     }
 
     /// Removes the cases of `chunk` that are still expired, in one transaction.
