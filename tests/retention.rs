@@ -4,8 +4,9 @@
 //! counters stay; a case reopened after the scan is kept; a zero retention
 //! and a second run purge nothing. And the daemon's scheduler on an injected
 //! `ManualClock` (no mail server: its IMAP and SMTP tasks meet refused
-//! connections): a day before the retention has passed it purges nothing,
-//! a day after it the case is gone.
+//! connections): the first purge runs at start, the next a day later on the
+//! moved clock; the case stays while its last event is not older than the
+//! retention and is gone at the purge after that.
 
 mod daemon_support;
 mod support;
@@ -572,29 +573,37 @@ fn all_sent(engine: &Engine, case: &CaseId, at: DateTime<Utc>) -> anyhow::Result
     Ok(())
 }
 
-/// Runs the daemon with its clock at `at` until its scheduler has purged at
-/// `at`, and returns whether the case survived.
-async fn run_daemon_until_purged(
+/// Runs the daemon with its clock at each of `instants` in turn (moved by
+/// hand while it runs), waiting each time until its scheduler has purged at
+/// that instant; returns whether the case survived each purge.
+async fn run_daemon_through_purges(
     config: &Config,
-    at: DateTime<Utc>,
+    instants: &[DateTime<Utc>],
     case: &CaseId,
-) -> anyhow::Result<bool> {
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(at));
+) -> anyhow::Result<Vec<bool>> {
+    let clock = Arc::new(ManualClock::new(instants[0]));
     let options = DaemonOptions {
-        clock,
+        clock: clock.clone(),
         ..daemon_support::fast_options(Metrics::new())
     };
     let daemon = daemon_support::RunningDaemon::start(config.clone(), options).await?;
     let engine = Arc::clone(&daemon.engine);
-    let purged = daemon
-        .wait_until("the scheduler to purge", daemon_support::DEADLINE, || {
-            Ok((engine.store().last_purge()? == Some(at)).then_some(()))
-        })
-        .await;
-    let survived = engine.store().case_exists(case);
+    let mut survived = Vec::new();
+    let mut outcome = Ok(());
+    for at in instants {
+        clock.set(*at);
+        outcome = daemon
+            .wait_until("the scheduler to purge", daemon_support::DEADLINE, || {
+                Ok((engine.store().last_purge()? == Some(*at)).then_some(()))
+            })
+            .await;
+        if outcome.is_err() {
+            break;
+        }
+        survived.push(engine.store().case_exists(case)?);
+    }
     daemon.stop().await?;
-    purged?;
-    Ok(survived?)
+    outcome.map(|()| survived)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -637,16 +646,31 @@ async fn the_scheduler_purges_a_closed_case_once_the_retention_has_passed() -> a
         events.iter().map(|e| e.at).max().context("events")?
     };
 
-    // A day before the retention has passed: the first purge keeps it.
+    // A day before the retention has passed the first purge keeps the case,
+    // and so does the next, a day later, with the retention passed exactly
+    // (only what is older than it goes).
     let before = last_event + Duration::days(RETENTION_DAYS - 1);
+    let exactly = before + Duration::hours(PURGE_INTERVAL_HOURS);
     ensure!(
-        run_daemon_until_purged(&config, before, &case).await?,
-        "purged a day early"
+        run_daemon_through_purges(&config, &[before, exactly], &case).await? == [true, true],
+        "purged early"
     );
-    // A day after: the purge due since `before + 24 h` removes it.
-    let after = last_event + Duration::days(RETENTION_DAYS + 1);
+    // Kept for ever: an engine with `retention_days = 0` has no purge to run.
+    {
+        let mut forever = config.clone();
+        forever.store.retention_days = 0;
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(exactly));
+        let engine = Engine::from_config(&forever, clock)?;
+        ensure!(engine.next_purge()?.is_none());
+        ensure!(engine
+            .purge_if_due(exactly + Duration::days(10_000))?
+            .is_none());
+        ensure!(engine.store().case_exists(&case)?);
+    }
+    // After a restart a day later the purge due then removes it.
+    let after = exactly + Duration::hours(PURGE_INTERVAL_HOURS);
     ensure!(
-        !run_daemon_until_purged(&config, after, &case).await?,
+        run_daemon_through_purges(&config, &[after], &case).await? == [false],
         "still there after the retention"
     );
 
