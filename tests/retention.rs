@@ -15,16 +15,17 @@ use std::sync::Arc;
 
 use anyhow::{ensure, Context};
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use complaintd::case::{Address, Case, CaseId, CaseState, Event, EventKind};
+use complaintd::case::{Address, Case, CaseId, CaseState, Event, EventKind, FieldValue};
 use complaintd::clock::{Clock, ManualClock};
 use complaintd::config::Config;
 use complaintd::daemon::DaemonOptions;
 use complaintd::engine::{Engine, RawMessage, PURGE_INTERVAL_HOURS};
 use complaintd::metrics::Metrics;
 use complaintd::rules::ast::ClockEvent;
+use complaintd::rules::eval::CaseHistory;
 use complaintd::store::{
-    CaseRef, ChangeSet, MailDraft, MailIdentity, MessageRecord, PurgeReport, QuarantineRecord,
-    RenderedMail, Store,
+    CaseRef, ChangeSet, IngestBatch, MailDraft, MailIdentity, MessageRecord, PurgeReport,
+    QuarantineRecord, RenderedMail, Store,
 };
 use tempfile::TempDir;
 
@@ -528,6 +529,46 @@ fn a_case_reopened_after_the_scan_is_kept_and_chunks_are_held_apart() {
         assert_eq!(store.case(id).unwrap().is_some(), *id == reopened, "{id}");
     }
     assert_eq!(store.events(&reopened).unwrap().len(), 5);
+}
+
+#[test]
+fn the_history_the_rules_ask_forgets_purged_cases() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path().join("db")).unwrap();
+    let mut cases = Vec::new();
+    for (n, sender) in ["gone@x.example", "kept@x.example"].iter().enumerate() {
+        let id = complaint(&store, &format!("<h{n}@x>"), sender, long_ago(), None);
+        let base = store.case(&id).unwrap().unwrap();
+        let mut updated = base.clone();
+        updated
+            .fields
+            .insert("category".into(), FieldValue::Name("billing".into()));
+        let mut changes = ChangeSet::new();
+        changes.update_case(&base, updated).unwrap();
+        store.apply(&changes).unwrap();
+        send_all(&store, &id, long_ago());
+        cases.push(id);
+    }
+    set_state(&store, &cases[0], CaseState::Closed, long_ago());
+    let (since, until) = (long_ago() - Duration::days(1), now());
+    // Asked through a batch, the answer comes from (and fills) the store's
+    // history cache, which must learn of the purge's removals.
+    let asked = || {
+        IngestBatch::new()
+            .history(&store, None)
+            .distinct_senders_with_category("billing", since, until)
+    };
+    assert_eq!(asked(), ["gone@x.example", "kept@x.example"]);
+    assert_eq!(
+        store.purge_expired(now(), retention(), 200).unwrap().cases,
+        1
+    );
+    assert_eq!(asked(), ["kept@x.example"]);
+    assert_eq!(
+        store.distinct_senders_with_category("billing", since, until),
+        ["kept@x.example"]
+    );
+    assert_eq!(store.cases_from_sender("gone@x.example", since, until), 0);
 }
 
 /// A configuration whose mail servers are nowhere (port 9 refuses).
