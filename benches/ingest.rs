@@ -341,6 +341,7 @@ fn engine_only(mails: usize, batch: usize) -> Result<()> {
         max_message_bytes: 1024 * 1024,
         organisation: "Bench Gas".into(),
         reopen_window_days: 30,
+        retention_days: complaintd::config::DEFAULT_RETENTION_DAYS,
     };
     let engine = Engine::open(settings, &dir.path().join("store"), Arc::new(SystemClock))?;
     let raws: Vec<Vec<u8>> = (0..mails)

@@ -10,6 +10,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// How long records are kept by default: the policy's "two years".
+pub const DEFAULT_RETENTION_DAYS: u32 = 730;
+
+/// The longest retention accepted (a century); 0 means for ever.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
 /// A configuration problem, with the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -154,6 +160,10 @@ pub struct StoreConfig {
     /// Memory for the store's page cache, in MiB.
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
+    /// Days a closed case (and quarantined mail) is kept after its last
+    /// event before the daily purge removes it; 0 keeps everything for ever.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -271,6 +281,9 @@ fn default_width() -> u8 {
 }
 fn default_cache_mb() -> u64 {
     crate::store::DEFAULT_CACHE_MB
+}
+fn default_retention_days() -> u32 {
+    DEFAULT_RETENTION_DAYS
 }
 fn default_true() -> bool {
     true
@@ -465,6 +478,22 @@ impl Config {
                 format!("must be at least {}", crate::store::MIN_CACHE_MB),
             );
         }
+        let retention = self.store.retention_days;
+        if retention > MAX_RETENTION_DAYS {
+            err(
+                "store.retention_days".into(),
+                format!("must be at most {MAX_RETENTION_DAYS} (0 keeps records for ever)"),
+            );
+        } else if retention != 0 && retention < self.mail.reopen_window_days {
+            err(
+                "store.retention_days".into(),
+                format!(
+                    "must be 0 (keep for ever) or at least mail.reopen_window_days ({}), or a \
+                     closed case could be purged while a reply may still reopen it",
+                    self.mail.reopen_window_days
+                ),
+            );
+        }
         let case_number_len = self.store.case_prefix.len()
             + "-YYYY-".len()
             + usize::from(self.store.case_number_width);
@@ -630,6 +659,37 @@ from = "complaints@example.test"
             .find(|e| e.key == "store.cache_mb")
             .expect("the cache size is refused");
         assert_eq!(error.message, "must be at least 8");
+    }
+
+    #[test]
+    fn the_retention_defaults_to_two_years_and_is_checked_with_its_key() {
+        assert_eq!(Config::parse(MINIMAL).unwrap().store.retention_days, 730);
+        let refused = |days: u32| {
+            let text = MINIMAL.replace(
+                "path = \"store\"",
+                &format!("path = \"store\"\nretention_days = {days}"),
+            );
+            let mut config = Config::parse(&text).unwrap();
+            assert_eq!(config.store.retention_days, days);
+            config.resolve_paths(Path::new("/nonexistent-dir"));
+            let errors = config.validate().err().unwrap_or_default();
+            errors
+                .into_iter()
+                .find(|e| e.key == "store.retention_days")
+                .map(|e| e.message)
+        };
+        assert_eq!(refused(0), None);
+        assert_eq!(refused(365), None);
+        assert_eq!(refused(MAX_RETENTION_DAYS), None);
+        assert_eq!(
+            refused(MAX_RETENTION_DAYS + 1).as_deref(),
+            Some("must be at most 36500 (0 keeps records for ever)")
+        );
+        let short = refused(7).expect("shorter than the reopen window");
+        assert!(short.contains("mail.reopen_window_days (30)"), "{short}");
+        let negative = MINIMAL.replace("path = \"store\"", "path = \"store\"\nretention_days = -1");
+        let errors = Config::parse(&negative).unwrap_err();
+        assert_eq!(errors[0].key, "store.retention_days");
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn settings(rules: &Path, acks_per_hour: u32) -> EngineSettings {
         max_message_bytes: 1024 * 1024,
         organisation: "Corp Gas".into(),
         reopen_window_days: 30,
+        retention_days: complaintd::config::DEFAULT_RETENTION_DAYS,
     }
 }
 

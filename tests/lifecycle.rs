@@ -62,6 +62,7 @@ fn settings(rules: &Path) -> EngineSettings {
         max_message_bytes: 1024 * 1024,
         organisation: "Corp Gas".into(),
         reopen_window_days: 30,
+        retention_days: complaintd::config::DEFAULT_RETENTION_DAYS,
     }
 }
 

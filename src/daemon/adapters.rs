@@ -415,14 +415,36 @@ impl OutboxSource for EngineOutbox {
 impl Timekeeper for Engine {
     type Error = EngineError;
 
+    /// The engine's timers and schedules, and the daily retention purge.
     fn next_wakeup(&self) -> Result<Option<DateTime<Utc>>, EngineError> {
-        Ok(Engine::next_wakeup(self))
+        let work = Engine::next_wakeup(self);
+        let purge = match self.next_purge() {
+            Ok(due) => due,
+            Err(error) => {
+                // As for timers: look again in a minute rather than never.
+                tracing::error!(%error, "cannot read when the last retention purge ran");
+                Some(self.clock().now() + chrono::Duration::minutes(1))
+            }
+        };
+        Ok(match (work, purge) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
+    /// A purge that ran counts as one thing fired, whatever it removed. Its
+    /// failure is logged and does not undo or hide the timers that fired.
     fn fire_due(&self, now: DateTime<Utc>) -> Result<usize, EngineError> {
         let timers = Engine::fire_due(self, now)?;
         let schedules = self.run_schedules(now)?;
-        Ok(timers + schedules)
+        let purged = match self.purge_if_due(now) {
+            Ok(ran) => usize::from(ran.is_some()),
+            Err(error) => {
+                tracing::error!(%error, "the retention purge failed; it is tried again");
+                0
+            }
+        };
+        Ok(timers + schedules + purged)
     }
 }
 
@@ -543,6 +565,7 @@ mod tests {
                 max_message_bytes: 1024 * 1024,
                 organisation: "城市燃气".into(),
                 reopen_window_days: 30,
+                retention_days: crate::config::DEFAULT_RETENTION_DAYS,
             };
             let engine = Engine::open(
                 settings,

@@ -1436,6 +1436,7 @@ mod tests {
             max_message_bytes: 1024 * 1024,
             organisation: "Corp Gas".into(),
             reopen_window_days: 30,
+            retention_days: crate::config::DEFAULT_RETENTION_DAYS,
         };
         let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00+08:00")
             .expect("a time")

@@ -18,6 +18,7 @@ mod ingest;
 pub mod inspect;
 mod lookup;
 mod policy;
+mod retention;
 mod schedules;
 mod timers;
 
@@ -32,6 +33,7 @@ pub use ingest::{
     DEFAULT_REOPEN_WINDOW_DAYS, DEPARTMENT_REPLY,
 };
 pub use policy::{ActivePolicy, ACKNOWLEDGEMENT_TEMPLATE, FORWARD_TEMPLATE};
+pub use retention::PURGE_INTERVAL_HOURS;
 pub use timers::DUE_TIMER_STEP;
 
 /// Sizes rayon's global pool, which parses fetched mail and renders queued
@@ -93,6 +95,9 @@ pub struct EngineSettings {
     pub organisation: String,
     /// How many days after closing a customer's new mail reopens the case.
     pub reopen_window_days: u32,
+    /// Days a closed case is kept after its last event (the daily purge,
+    /// [`Engine::purge_if_due`]); 0 keeps everything for ever.
+    pub retention_days: u32,
 }
 
 impl EngineSettings {
@@ -129,6 +134,7 @@ impl EngineSettings {
             max_message_bytes: config.mail.max_message_bytes,
             organisation: config.mail.organisation.clone(),
             reopen_window_days: config.mail.reopen_window_days,
+            retention_days: config.store.retention_days,
         })
     }
 

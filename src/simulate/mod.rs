@@ -135,6 +135,8 @@ impl Simulation {
             max_message_bytes: 25 * 1024 * 1024,
             organisation: settings.organisation.clone(),
             reopen_window_days: crate::engine::DEFAULT_REOPEN_WINDOW_DAYS,
+            // A simulation spans weeks and never runs the retention purge.
+            retention_days: 0,
         };
         let dir = tempfile::Builder::new()
             .prefix("complaintd-simulate-")

@@ -17,6 +17,7 @@ mod keys;
 mod outbox;
 mod prerender;
 mod records;
+mod retention;
 mod schema;
 mod trees;
 
@@ -43,6 +44,7 @@ pub use records::{
     normalize_message_id, AttachmentRecord, Checkpoint, MessageRecord, QuarantineRecord,
     Quarantined, Timer,
 };
+pub use retention::{PurgeReport, PURGE_CHUNK_CASES};
 pub use schema::SCHEMA_VERSION;
 
 use crate::case::{Case, CaseId, CaseState, Event};
@@ -217,7 +219,18 @@ impl Store {
         &self,
         body: impl Fn(&Tx<'_>) -> TxResult<T>,
     ) -> Result<T, StoreError> {
-        let _writer = self.history.lock_writer();
+        let writer = self.history.lock_writer();
+        self.transact_holding(&writer, body)
+    }
+
+    /// [`Store::transact`] for a caller that already holds the writer lock
+    /// ([`history::HistoryCache::lock_writer`]): no other transaction can
+    /// commit between what it read under the lock and this one.
+    pub(crate) fn transact_holding<T>(
+        &self,
+        _writer: &std::sync::MutexGuard<'_, ()>,
+        body: impl Fn(&Tx<'_>) -> TxResult<T>,
+    ) -> Result<T, StoreError> {
         let index_changes = RefCell::new(Vec::new());
         let result = self
             .trees
