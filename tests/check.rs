@@ -99,7 +99,7 @@ diagnostic_snapshot!(
 );
 diagnostic_snapshot!(
     unknown_template,
-    &format!("{ROUTE}deadline resolve {{\n    starts on received\n    stops on resolved\n    otherwise -> 3 days\n}}\nescalate resolve {{\n    at 50% notify assignee using remider\n}}\n")
+    &format!("{ROUTE}deadline resolve {{\n    starts on received\n    stops on resolved, closed, withdrawn, rejected, abnormally_closed, merged\n    otherwise -> 3 days\n}}\nescalate resolve {{\n    at 50% notify assignee using remider\n}}\n")
 );
 diagnostic_snapshot!(
     unknown_field_in_a_condition,
@@ -153,11 +153,11 @@ diagnostic_snapshot!(
 );
 diagnostic_snapshot!(
     otherwise_none_for_some_cases_only_is_clean,
-    &format!("{ROUTE}deadline report {{\n    starts on received\n    stops on resolved\n    when severity == major -> 12 hours\n    otherwise -> none\n}}\nescalate report {{\n    at 50% notify assignee using reminder\n}}\n")
+    &format!("{ROUTE}deadline report {{\n    starts on received\n    stops on resolved, closed, withdrawn, rejected, abnormally_closed, merged\n    when severity == major -> 12 hours\n    otherwise -> none\n}}\nescalate report {{\n    at 50% notify assignee using reminder\n}}\n")
 );
 diagnostic_snapshot!(
     step_after_a_hard_stop,
-    &format!("{ROUTE}deadline appeal {{\n    starts on received\n    stops on closed\n    hard stop\n    otherwise -> 3 days\n}}\nescalate appeal {{\n    at 1 day after due notify assignee using reminder\n}}\n")
+    &format!("{ROUTE}deadline appeal {{\n    starts on received\n    stops on closed, withdrawn, rejected, abnormally_closed, merged\n    hard stop\n    otherwise -> 3 days\n}}\nescalate appeal {{\n    at 1 day after due notify assignee using reminder\n}}\n")
 );
 diagnostic_snapshot!(
     unreachable_route_is_a_warning,
@@ -185,7 +185,7 @@ diagnostic_snapshot!(
 );
 diagnostic_snapshot!(
     unknown_contact_role,
-    &format!("{ROUTE}deadline resolve {{\n    starts on received\n    stops on resolved\n    otherwise -> 3 days\n}}\nescalate resolve {{\n    at 100% notify assignee.supervsor using reminder\n}}\n")
+    &format!("{ROUTE}deadline resolve {{\n    starts on received\n    stops on resolved, closed, withdrawn, rejected, abnormally_closed, merged\n    otherwise -> 3 days\n}}\nescalate resolve {{\n    at 100% notify assignee.supervsor using reminder\n}}\n")
 );
 diagnostic_snapshot!(
     address_of_two_departments,
@@ -251,4 +251,90 @@ fn a_directory_of_broken_files_yields_every_diagnostic() {
     let expected = std::fs::read_to_string("tests/fixtures/rules/errors.expected").unwrap();
     assert!(checked.policy.is_none());
     assert_eq!(render_all(&checked.diagnostics, &checked.sources), expected);
+}
+
+/// A deadline with `starts on forwarded` and the given `stops on` list, with
+/// an escalation ladder, after the route.
+fn escalated_deadline(stops_on: &str) -> String {
+    format!(
+        "{ROUTE}deadline investigate \"调查\" {{\n    starts on forwarded\n    stops on {stops_on}\n    otherwise -> 3 days\n}}\nescalate investigate {{\n    at 50% notify assignee using reminder\n}}\n"
+    )
+}
+
+#[test]
+fn an_escalated_deadline_that_runs_on_finished_cases_is_a_warning() {
+    let policy = escalated_deadline("resolved, closed");
+    let checked = check_files(&[("base.rules", BASE), ("policy.rules", &policy)]);
+    assert_eq!(
+        render_all(&checked.diagnostics, &checked.sources),
+        "warning: deadline `investigate` keeps running when a case is withdrawn, rejected, \
+         abnormally closed or merged; its escalations would go on for a finished case\n \
+         --> policy.rules:4:10\n  \
+         |\n\
+         4 | deadline investigate \"调查\" {\n  \
+         |          ^^^^^^^^^^^\n  \
+         = help: add them to `stops on`: withdrawn, rejected, abnormally_closed, merged\n\
+         \n\
+         ok: 0 errors, 1 warning\n"
+    );
+    assert!(checked.policy.is_some(), "a warning does not reject the policy");
+}
+
+#[test]
+fn a_deadline_missing_one_finishing_event_names_it() {
+    assert_eq!(
+        diagnostics(&escalated_deadline(
+            "resolved, closed, withdrawn, rejected, abnormally_closed"
+        )),
+        "warning: deadline `investigate` keeps running when a case is merged; \
+         its escalations would go on for a finished case\n \
+         --> policy.rules:4:10\n  \
+         |\n\
+         4 | deadline investigate \"调查\" {\n  \
+         |          ^^^^^^^^^^^\n  \
+         = help: add it to `stops on`: merged\n\
+         \n\
+         ok: 0 errors, 1 warning\n"
+    );
+}
+
+#[test]
+fn a_deadline_that_stops_on_every_finishing_event_is_clean() {
+    assert_eq!(
+        diagnostics(&escalated_deadline(
+            "resolved, merged, abnormally_closed, rejected, withdrawn, closed"
+        )),
+        ""
+    );
+}
+
+#[test]
+fn an_unescalated_deadline_warns_only_when_a_condition_reads_overdue() {
+    let deadline = format!(
+        "{ROUTE}deadline investigate {{\n    starts on forwarded\n    stops on resolved\n    otherwise -> 3 days\n}}\n"
+    );
+    assert_eq!(diagnostics(&deadline), "", "nothing acts on the clock");
+    let digest = format!(
+        "{deadline}schedule late \"0 9 * * MON\" {{\n    digest cases where overdue\n    to service\n    using reminder\n}}\n"
+    );
+    assert_eq!(
+        diagnostics(&digest),
+        "warning: deadline `investigate` keeps running when a case is closed, withdrawn, \
+         rejected, abnormally closed or merged; a finished case would count as `overdue`\n \
+         --> policy.rules:4:10\n  \
+         |\n\
+         4 | deadline investigate {\n  \
+         |          ^^^^^^^^^^^\n  \
+         = help: add them to `stops on`: closed, withdrawn, rejected, abnormally_closed, merged\n\
+         \n\
+         ok: 0 errors, 1 warning\n"
+    );
+}
+
+#[test]
+fn a_deadline_that_starts_on_a_finishing_event_may_run_on_a_finished_case() {
+    let policy = format!(
+        "{ROUTE}deadline survey {{\n    starts on closed\n    stops on reopened\n    otherwise -> 7 days\n}}\nescalate survey {{\n    at 100% notify assignee using reminder\n}}\n"
+    );
+    assert_eq!(diagnostics(&policy), "");
 }

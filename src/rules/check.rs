@@ -158,6 +158,9 @@ struct Checker<'a> {
     built_calendars: HashMap<String, Calendar>,
     regexes: HashMap<Span, regex::Regex>,
     crons: HashMap<String, cron::Schedule>,
+    /// Whether some condition reads the `overdue` flag, which any running
+    /// clock past its due time sets.
+    reads_overdue: bool,
     /// Where each file starts, for problems that belong to no declaration.
     first_span: Span,
 }
@@ -186,6 +189,7 @@ impl<'a> Checker<'a> {
             built_calendars: HashMap::new(),
             regexes: HashMap::new(),
             crons: HashMap::new(),
+            reads_overdue: false,
             first_span: Span {
                 file: 0,
                 start: 0,
@@ -298,6 +302,8 @@ impl<'a> Checker<'a> {
         self.check_escalations();
         self.check_schedules();
         self.check_tests();
+        // Last: it needs to know whether any condition above read `overdue`.
+        self.check_finished_clocks();
     }
 
     // ----- declarations -----
@@ -608,6 +614,9 @@ impl<'a> Checker<'a> {
                     .map(|i| i.node.as_str())
                     .collect::<Vec<_>>()
                     .join(".");
+                if joined == "overdue" {
+                    self.reads_overdue = true;
+                }
                 match self.path_type(&joined) {
                     Some(ty) => Some(ty),
                     None => {
@@ -1254,6 +1263,56 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// A deadline whose clock keeps running when the case is finished, while
+    /// an escalation ladder or an `overdue` condition acts on it, would remind
+    /// and supervise people about a case that will not change again. A
+    /// deadline that starts on a finishing event is meant to run on finished
+    /// cases and is left alone.
+    fn check_finished_clocks(&mut self) {
+        for deadline in self.deadlines.clone() {
+            let starts_on_finish = deadline
+                .starts_on
+                .iter()
+                .any(|e| FINISHING_EVENTS.contains(&e.node));
+            if starts_on_finish {
+                continue;
+            }
+            let missing: Vec<ClockEvent> = FINISHING_EVENTS
+                .into_iter()
+                .filter(|event| !deadline.stops_on.iter().any(|e| e.node == *event))
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let escalated = self
+                .escalations
+                .iter()
+                .any(|block| block.deadline.node == deadline.name.node);
+            let consequence = if escalated {
+                "its escalations would go on for a finished case"
+            } else if self.reads_overdue {
+                "a finished case would count as `overdue`"
+            } else {
+                continue;
+            };
+            let described: Vec<&str> = missing.iter().map(|e| finishing_text(*e)).collect();
+            let written: Vec<&str> = missing.iter().map(|e| event_keyword(*e)).collect();
+            self.warning(
+                deadline.name.span,
+                format!(
+                    "deadline `{}` keeps running when a case is {}; {consequence}",
+                    deadline.name.node,
+                    join_or(&described)
+                ),
+            )
+            .help = Some(format!(
+                "add {} to `stops on`: {}",
+                if missing.len() == 1 { "it" } else { "them" },
+                written.join(", ")
+            ));
+        }
+    }
+
     fn check_recipient(&mut self, recipient: &Spanned<Recipient>) {
         match &recipient.node {
             Recipient::Assignee | Recipient::Customer => {}
@@ -1457,6 +1516,38 @@ impl<'a> Checker<'a> {
             prepared: Default::default(),
         }
         .prepare()
+    }
+}
+
+/// The events after which a case is finished (`CaseState::is_open` is false):
+/// only a closed case may be reopened, and a reopening starts clocks afresh.
+const FINISHING_EVENTS: [ClockEvent; 5] = [
+    ClockEvent::Closed,
+    ClockEvent::Withdrawn,
+    ClockEvent::Rejected,
+    ClockEvent::AbnormallyClosed,
+    ClockEvent::Merged,
+];
+
+/// A finishing event as the end of "when a case is …".
+fn finishing_text(event: ClockEvent) -> &'static str {
+    match event {
+        ClockEvent::AbnormallyClosed => "abnormally closed",
+        other => event_keyword(other),
+    }
+}
+
+/// An event as a policy writes it in `starts on` and `stops on`.
+fn event_keyword(event: ClockEvent) -> &'static str {
+    super::eval::clock_event_name(event)
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn join_or(items: &[&str]) -> String {
+    match items.split_last() {
+        None => String::new(),
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
     }
 }
 
