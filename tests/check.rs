@@ -277,7 +277,10 @@ fn an_escalated_deadline_that_runs_on_finished_cases_is_a_warning() {
          \n\
          ok: 0 errors, 1 warning\n"
     );
-    assert!(checked.policy.is_some(), "a warning does not reject the policy");
+    assert!(
+        checked.policy.is_some(),
+        "a warning does not reject the policy"
+    );
 }
 
 #[test]

@@ -103,7 +103,14 @@ impl Harness {
     }
 
     /// Ingests one raw mail, as one poll of the `own` channel's mailbox.
-    fn send(&self, from: &str, to: &str, subject: &str, in_reply_to: Option<&str>, body: &str) -> Outcome {
+    fn send(
+        &self,
+        from: &str,
+        to: &str,
+        subject: &str,
+        in_reply_to: Option<&str>,
+        body: &str,
+    ) -> Outcome {
         let n = self.next_message.get();
         self.next_message.set(n + 1);
         let mut raw = format!(
@@ -125,7 +132,12 @@ impl Harness {
         self.next_uid.set(uid + 1);
         let report = self
             .engine
-            .ingest("INBOX", "own", 7, vec![(uid, RawMessage::full(raw.into_bytes()))])
+            .ingest(
+                "INBOX",
+                "own",
+                7,
+                vec![(uid, RawMessage::full(raw.into_bytes()))],
+            )
             .expect("ingest");
         assert_eq!(report.messages.len(), 1);
         report.messages[0].outcome.clone()
