@@ -4,19 +4,15 @@
 //! queues no reminder, supervision or overdue mail for it, while an open case
 //! of the same kind next to it is escalated as usual.
 
-use std::cell::Cell;
-use std::path::Path;
-use std::sync::Arc;
+mod engine_harness;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use complaintd::case::{CaseId, CaseState, EventKind};
-use complaintd::clock::{Clock, ManualClock};
-use complaintd::engine::{Engine, EngineSettings, Outcome, RawMessage};
+use complaintd::clock::Clock;
+use complaintd::engine::{Outcome, RawMessage};
 use complaintd::mail::inbound::parse;
-use complaintd::mail::token::ReplySecret;
 use complaintd::rules::ast::ClockEvent;
-use complaintd::store::{OutboxEntry, Store};
-use tempfile::TempDir;
+use engine_harness::{Harness, Setup};
 
 const SECRET: &[u8] = b"finished-cases-test-reply-secret-0123456789";
 const CUSTOMER: &str = "wang@example.com";
@@ -25,83 +21,16 @@ const BILLING: &str = "billing@gas.example";
 /// The mail purposes of the default policy's escalation ladders.
 const ESCALATIONS: [&str; 3] = ["reminder", "supervision", "overdue"];
 
-fn at(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text)
-        .expect("test time")
-        .with_timezone(&Utc)
-}
-
-/// Copies the default policy's rule files and templates into `dir`.
-fn copy_default_policy(dir: &Path) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-    std::fs::create_dir_all(dir.join("templates")).unwrap();
-    for entry in std::fs::read_dir(&root).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "rules") {
-            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    for entry in std::fs::read_dir(root.join("templates")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join("templates").join(path.file_name().unwrap())).unwrap();
-    }
-}
-
-fn settings(rules: &Path) -> EngineSettings {
-    EngineSettings {
-        rules_dir: rules.to_owned(),
-        complaint_address: "complaints@gas.example".into(),
-        sender_address: "complaints@gas.example".into(),
-        own_addresses: Vec::new(),
-        reply_secret: ReplySecret::new(SECRET.to_vec()).unwrap(),
-        token_valid_days: 90,
-        message_id_host: "mail.gas.example".into(),
-        acks_per_sender_per_hour: 10,
-        case_prefix: "TS".into(),
-        case_number_width: 6,
-        store_cache_mb: complaintd::store::DEFAULT_CACHE_MB,
-        time_zone: chrono_tz::Asia::Shanghai,
-        max_message_bytes: 1024 * 1024,
-        organisation: "Gas".into(),
-        reopen_window_days: 30,
-        retention_days: complaintd::config::DEFAULT_RETENTION_DAYS,
-    }
-}
-
-struct Harness {
-    _dir: TempDir,
-    clock: ManualClock,
-    engine: Engine,
-    next_uid: Cell<u32>,
-    next_message: Cell<u32>,
+fn harness() -> Harness {
+    Harness::open(&Setup {
+        rules: "rules",
+        domain: "gas.example",
+        organisation: "Gas",
+        secret: SECRET,
+    })
 }
 
 impl Harness {
-    fn new() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let rules = dir.path().join("rules");
-        copy_default_policy(&rules);
-        // A Tuesday morning in Shanghai, in working hours.
-        let clock = ManualClock::new(at("2026-11-24T10:00:00+08:00"));
-        let engine = Engine::open(
-            settings(&rules),
-            &dir.path().join("store"),
-            Arc::new(clock.clone()),
-        )
-        .expect("engine opens on the default policy");
-        Harness {
-            _dir: dir,
-            clock,
-            engine,
-            next_uid: Cell::new(1),
-            next_message: Cell::new(1),
-        }
-    }
-
-    fn store(&self) -> &Store {
-        self.engine.store()
-    }
-
     /// Ingests one raw mail, as one poll of the `own` channel's mailbox.
     fn send(
         &self,
@@ -163,18 +92,6 @@ impl Harness {
             }
             other => panic!("{other:?}"),
         }
-    }
-
-    fn outbox(&self, id: &CaseId) -> Vec<OutboxEntry> {
-        self.store().outbox_of_case(id).unwrap()
-    }
-
-    fn last_mail(&self, id: &CaseId, purpose: &str) -> OutboxEntry {
-        self.outbox(id)
-            .into_iter()
-            .filter(|e| e.purpose == purpose)
-            .max_by_key(|e| e.sequence)
-            .unwrap_or_else(|| panic!("no {purpose} mail"))
     }
 
     /// A reply of the billing department to the newest forward of the case,
@@ -265,7 +182,7 @@ impl Harness {
 
 #[test]
 fn a_forwarded_complaint_rejected_by_its_department_is_not_escalated() {
-    let h = Harness::new();
+    let h = harness();
     let rejected = h.billing_complaint(CUSTOMER);
     let open = h.billing_complaint("li@example.com");
     h.clock.advance(Duration::hours(1));
@@ -278,7 +195,7 @@ fn a_forwarded_complaint_rejected_by_its_department_is_not_escalated() {
 
 #[test]
 fn a_withdrawn_complaint_is_not_escalated() {
-    let h = Harness::new();
+    let h = harness();
     let withdrawn = h.billing_complaint(CUSTOMER);
     let open = h.billing_complaint("li@example.com");
     h.clock.advance(Duration::hours(1));
@@ -291,7 +208,7 @@ fn a_withdrawn_complaint_is_not_escalated() {
 
 #[test]
 fn an_abnormally_closed_complaint_is_not_escalated() {
-    let h = Harness::new();
+    let h = harness();
     let closed = h.billing_complaint(CUSTOMER);
     let open = h.billing_complaint("li@example.com");
     h.clock.advance(Duration::hours(1));
@@ -307,7 +224,7 @@ fn an_abnormally_closed_complaint_is_not_escalated() {
 
 #[test]
 fn a_merged_complaint_is_not_escalated_and_the_case_it_joined_is() {
-    let h = Harness::new();
+    let h = harness();
     let joined = h.billing_complaint("li@example.com");
     let merged = h.billing_complaint(CUSTOMER);
     h.clock.advance(Duration::hours(1));
@@ -320,7 +237,7 @@ fn a_merged_complaint_is_not_escalated_and_the_case_it_joined_is() {
 
 #[test]
 fn a_case_moved_straight_to_closed_is_not_escalated() {
-    let h = Harness::new();
+    let h = harness();
     let closed = h.billing_complaint(CUSTOMER);
     let open = h.billing_complaint("li@example.com");
     let later = h.clock.now() + Duration::hours(1);

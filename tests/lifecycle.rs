@@ -4,18 +4,16 @@
 //! The policy is `tests/fixtures/lifecycle/rules/` with the project's
 //! default templates (`rules/templates/`).
 
-use std::cell::Cell;
-use std::path::Path;
-use std::sync::Arc;
+mod engine_harness;
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{Duration, NaiveDate};
 use complaintd::case::{Case, CaseId, CaseState, Event, EventKind, FieldValue};
-use complaintd::clock::{Clock, ManualClock};
-use complaintd::engine::{Engine, EngineSettings, Outcome, RawMessage, DEPARTMENT_REPLY};
+use complaintd::clock::Clock;
+use complaintd::engine::{Outcome, RawMessage, DEPARTMENT_REPLY};
 use complaintd::mail::inbound::{parse, IncomingMail};
 use complaintd::mail::token::{self, ReplySecret};
-use complaintd::store::{OutboxEntry, Store};
-use tempfile::TempDir;
+use complaintd::store::OutboxEntry;
+use engine_harness::{at, Harness, Setup};
 
 use CaseState::*;
 
@@ -25,53 +23,13 @@ const BILLING: &str = "billing@corp.example";
 const SERVICE: &str = "service@corp.example";
 const OFFICE: &str = "office@corp.example";
 
-fn at(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text)
-        .expect("test time")
-        .with_timezone(&Utc)
-}
-
-/// Copies the test policy and the default templates into `dir`.
-fn copy_policy(dir: &Path) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::create_dir_all(dir.join("templates")).unwrap();
-    for entry in std::fs::read_dir(root.join("tests/fixtures/lifecycle/rules")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
-    for entry in std::fs::read_dir(root.join("rules/templates")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join("templates").join(path.file_name().unwrap())).unwrap();
-    }
-}
-
-fn settings(rules: &Path) -> EngineSettings {
-    EngineSettings {
-        rules_dir: rules.to_owned(),
-        complaint_address: "complaints@corp.example".into(),
-        sender_address: "complaints@corp.example".into(),
-        own_addresses: Vec::new(),
-        reply_secret: ReplySecret::new(SECRET.to_vec()).unwrap(),
-        token_valid_days: 90,
-        message_id_host: "mail.corp.example".into(),
-        acks_per_sender_per_hour: 10,
-        case_prefix: "TS".into(),
-        case_number_width: 6,
-        store_cache_mb: complaintd::store::DEFAULT_CACHE_MB,
-        time_zone: chrono_tz::Asia::Shanghai,
-        max_message_bytes: 1024 * 1024,
-        organisation: "Corp Gas".into(),
-        reopen_window_days: 30,
-        retention_days: complaintd::config::DEFAULT_RETENTION_DAYS,
-    }
-}
-
-struct Harness {
-    _dir: TempDir,
-    clock: ManualClock,
-    engine: Engine,
-    next_uid: Cell<u32>,
-    next_message: Cell<u32>,
+fn harness() -> Harness {
+    Harness::open(&Setup {
+        rules: "tests/fixtures/lifecycle/rules",
+        domain: "corp.example",
+        organisation: "Corp Gas",
+        secret: SECRET,
+    })
 }
 
 /// One raw mail, 8-bit UTF-8 text.
@@ -84,31 +42,6 @@ struct Mail<'a> {
 }
 
 impl Harness {
-    fn new() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let rules = dir.path().join("rules");
-        copy_policy(&rules);
-        // A Tuesday morning in Shanghai, in working hours.
-        let clock = ManualClock::new(at("2026-11-24T10:00:00+08:00"));
-        let engine = Engine::open(
-            settings(&rules),
-            &dir.path().join("store"),
-            Arc::new(clock.clone()),
-        )
-        .expect("engine opens");
-        Harness {
-            _dir: dir,
-            clock,
-            engine,
-            next_uid: Cell::new(1),
-            next_message: Cell::new(1),
-        }
-    }
-
-    fn store(&self) -> &Store {
-        self.engine.store()
-    }
-
     fn send(&self, mail: Mail<'_>) -> Outcome {
         let outcomes = self.send_together(vec![mail]);
         assert_eq!(outcomes.len(), 1);
@@ -234,19 +167,6 @@ impl Harness {
         self.store().events(id).unwrap()
     }
 
-    fn outbox(&self, id: &CaseId) -> Vec<OutboxEntry> {
-        self.store().outbox_of_case(id).unwrap()
-    }
-
-    /// The newest outbox entry of a purpose.
-    fn last_mail(&self, id: &CaseId, purpose: &str) -> OutboxEntry {
-        self.outbox(id)
-            .into_iter()
-            .filter(|e| e.purpose == purpose)
-            .max_by_key(|e| e.sequence)
-            .unwrap_or_else(|| panic!("no {purpose} mail"))
-    }
-
     fn count(&self, id: &CaseId, purpose: &str) -> usize {
         self.outbox(id)
             .iter()
@@ -320,7 +240,7 @@ fn rejections(events: &[Event]) -> Vec<String> {
 
 #[test]
 fn a_complaint_is_resolved_reopened_resolved_again_and_closed_by_mail() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     assert_eq!(h.case(&id).state, Assigned);
 
@@ -420,7 +340,7 @@ fn a_complaint_is_resolved_reopened_resolved_again_and_closed_by_mail() {
 
 #[test]
 fn replies_that_do_not_verify_change_nothing() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     let other = h.complaint("li@example.com");
     let forward = h.last_mail(&id, "forward");
@@ -501,7 +421,7 @@ fn replies_that_do_not_verify_change_nothing() {
 
 #[test]
 fn a_reply_with_one_bad_command_applies_nothing_and_gets_an_error_mail() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     let before = h.case(&id);
     h.department_reply(
@@ -522,7 +442,7 @@ fn a_reply_with_one_bad_command_applies_nothing_and_gets_an_error_mail() {
 
 #[test]
 fn an_illegal_status_is_refused_whole() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     h.department_reply(&id, BILLING, "状态: 不予受理\n原因: 不属于本单位受理范围");
     assert_eq!(h.case(&id).state, Rejected);
@@ -541,7 +461,7 @@ fn an_illegal_status_is_refused_whole() {
 
 #[test]
 fn a_transfer_reassigns_and_forwards_with_the_new_departments_token() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     h.department_reply(&id, BILLING, "转办: nowhere，不归我们");
     assert_eq!(h.case(&id).assignment.unwrap().department, "billing_dept");
@@ -571,7 +491,7 @@ fn a_transfer_reassigns_and_forwards_with_the_new_departments_token() {
 
 #[test]
 fn a_customer_withdraws_and_a_second_withdrawal_is_refused() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     h.customer_reply(&id, "ack", "撤诉\n已经和营业厅当面解决了。");
     let case = h.case(&id);
@@ -595,7 +515,7 @@ fn a_customer_withdraws_and_a_second_withdrawal_is_refused() {
 #[test]
 fn an_appeal_is_heard_inside_its_window_and_refused_after_it() {
     for (days_later, heard) in [(1, true), (10, false)] {
-        let h = Harness::new();
+        let h = harness();
         let id = h.complaint(CUSTOMER);
         h.department_reply(&id, BILLING, "责任: 我方");
         assert!(
@@ -621,7 +541,7 @@ fn an_appeal_is_heard_inside_its_window_and_refused_after_it() {
 #[test]
 fn a_reply_after_closing_reopens_only_within_the_window() {
     for (days_later, reopens) in [(5, true), (40, false)] {
-        let h = Harness::new();
+        let h = harness();
         let id = h.complaint(CUSTOMER);
         h.department_reply(&id, BILLING, "状态: 已解决\n处理结果: 已退款。");
         h.customer_reply(&id, "result", "满意");
@@ -693,7 +613,7 @@ fn notes(events: &[Event]) -> Vec<String> {
 
 #[test]
 fn a_follow_up_call_is_recorded_and_the_customer_still_closes() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     h.department_reply(
         &id,
@@ -756,7 +676,7 @@ fn a_follow_up_call_is_recorded_and_the_customer_still_closes() {
 
 #[test]
 fn a_follow_up_in_english_and_by_the_complaint_office() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.english_complaint(CUSTOMER);
     h.department_reply(
         &id,
@@ -784,7 +704,7 @@ fn a_follow_up_in_english_and_by_the_complaint_office() {
 
 #[test]
 fn a_follow_up_is_refused_before_the_answer_and_to_a_department_with_only_a_copy() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     let text = refused(&h, &[&id], BILLING, || {
         h.department_reply(&id, BILLING, "状态: 回访")
@@ -805,7 +725,7 @@ fn a_follow_up_is_refused_before_the_answer_and_to_a_department_with_only_a_copy
 
 #[test]
 fn an_abnormal_close_records_its_reason_and_stops_the_clocks() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     h.department_reply(&id, BILLING, "状态: 处理中");
     assert!(!h.clock_ended(&id, "investigate"));
@@ -847,7 +767,7 @@ fn an_abnormal_close_records_its_reason_and_stops_the_clocks() {
 
 #[test]
 fn an_abnormal_close_in_english_and_without_its_reason() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.english_complaint(CUSTOMER);
     let text = refused(&h, &[&id], SERVICE, || {
         h.department_reply(&id, SERVICE, "status: abnormal-close")
@@ -866,7 +786,7 @@ fn an_abnormal_close_in_english_and_without_its_reason() {
 
 #[test]
 fn a_rejection_stops_the_clocks_that_stop_on_rejected() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     assert!(!h.clock_ended(&id, "investigate"));
     h.department_reply(&id, BILLING, "状态: 不予受理\n原因: 不属于本单位受理范围");
@@ -876,7 +796,7 @@ fn a_rejection_stops_the_clocks_that_stop_on_rejected() {
 
 #[test]
 fn a_merge_ends_the_case_tells_its_complainant_and_notes_it_on_the_other() {
-    let h = Harness::new();
+    let h = harness();
     let first = h.complaint(CUSTOMER);
     let second = h.complaint("li@example.com");
     h.clock.advance(Duration::hours(1));
@@ -932,7 +852,7 @@ fn a_merge_ends_the_case_tells_its_complainant_and_notes_it_on_the_other() {
 
 #[test]
 fn a_merge_in_english_takes_the_number_in_any_case() {
-    let h = Harness::new();
+    let h = harness();
     let first = h.english_complaint(CUSTOMER);
     let second = h.english_complaint("li@example.com");
     h.department_reply(
@@ -950,7 +870,7 @@ fn a_merge_in_english_takes_the_number_in_any_case() {
 
 #[test]
 fn a_merge_is_refused_into_itself_a_missing_or_finished_case_and_to_others() {
-    let h = Harness::new();
+    let h = harness();
     let first = h.complaint(CUSTOMER);
     let second = h.complaint("li@example.com");
     let withdrawn = h.complaint("zhao@example.com");
@@ -1016,7 +936,7 @@ const COMPLAINT_CONTENT: &str = "多收了 120 元";
 
 #[test]
 fn a_rejection_tells_the_complainant_the_reason_in_chinese() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     let reason = "所反映问题属物业管理范围，不属于本单位受理范围，请向物业公司反映";
     h.clock.advance(Duration::hours(1));
@@ -1055,7 +975,7 @@ fn a_rejection_tells_the_complainant_the_reason_in_chinese() {
 
 #[test]
 fn an_abnormal_close_tells_the_complainant_the_reason_in_english() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.english_complaint(CUSTOMER);
     h.department_reply(&id, SERVICE, "status: in-progress");
     let reason = "the compensation asked for is far beyond the law and our policy";
@@ -1085,7 +1005,7 @@ fn an_abnormal_close_tells_the_complainant_the_reason_in_english() {
 
 #[test]
 fn an_english_rejection_and_a_chinese_abnormal_close_go_in_the_cases_language() {
-    let h = Harness::new();
+    let h = harness();
     let english = h.english_complaint(CUSTOMER);
     h.department_reply(
         &english,
@@ -1125,7 +1045,7 @@ fn an_english_rejection_and_a_chinese_abnormal_close_go_in_the_cases_language() 
 
 #[test]
 fn a_rejection_or_abnormal_close_without_its_reason_is_refused_whole() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     for body in ["状态: 不予受理", "备注: 不归我们管\n状态: 驳回"] {
         let text = refused(&h, &[&id], BILLING, || {
@@ -1160,7 +1080,7 @@ fn a_rejection_or_abnormal_close_without_its_reason_is_refused_whole() {
 
 #[test]
 fn the_complainants_of_merged_cases_get_the_result_of_the_case_they_were_merged_into() {
-    let h = Harness::new();
+    let h = harness();
     let target = h.complaint(CUSTOMER);
     let english = h.english_complaint("li@example.com");
     let chinese = h.complaint("zhao@example.com");
@@ -1270,7 +1190,7 @@ fn the_complainants_of_merged_cases_get_the_result_of_the_case_they_were_merged_
 
 #[test]
 fn a_complainants_reply_on_a_merged_case_goes_to_the_department_of_the_case_it_joined() {
-    let h = Harness::new();
+    let h = harness();
     let target = h.complaint(CUSTOMER);
     let merged = h.english_complaint("li@example.com");
     h.reply_with_token(&merged, "office", OFFICE, &format!("merge: {}", target.0));
@@ -1313,7 +1233,7 @@ fn a_complainants_reply_on_a_merged_case_goes_to_the_department_of_the_case_it_j
 
 #[test]
 fn a_result_reaches_the_complainants_of_a_chain_of_merges_and_of_a_merge_in_the_same_batch() {
-    let h = Harness::new();
+    let h = harness();
     let target = h.complaint(CUSTOMER);
     let middle = h.complaint("zhao@example.com");
     let first = h.english_complaint("li@example.com");
@@ -1372,7 +1292,7 @@ fn a_result_reaches_the_complainants_of_a_chain_of_merges_and_of_a_merge_in_the_
 
 #[test]
 fn a_department_sets_a_declared_field_by_reply_and_its_clock_starts_from_it() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     h.department_reply(
         &id,
@@ -1421,7 +1341,7 @@ fn a_department_sets_a_declared_field_by_reply_and_its_clock_starts_from_it() {
 
 #[test]
 fn a_field_value_that_does_not_read_refuses_the_whole_reply() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     let text = refused(&h, &[&id], BILLING, || {
         h.department_reply(&id, BILLING, "状态: 处理中\n承诺办结日期: 下周五")
@@ -1433,7 +1353,7 @@ fn a_field_value_that_does_not_read_refuses_the_whole_reply() {
 
 #[test]
 fn a_field_not_declared_set_by_department_is_refused() {
-    let h = Harness::new();
+    let h = harness();
     let id = h.complaint(CUSTOMER);
     let text = refused(&h, &[&id], BILLING, || {
         h.department_reply(&id, BILLING, "状态: 处理中\n损失金额: 100")
