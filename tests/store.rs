@@ -1567,6 +1567,55 @@ fn a_version_1_store_is_migrated_and_keeps_its_event_logs() {
 }
 
 #[test]
+fn a_version_3_store_gets_its_held_mail_indexed_and_the_index_follows_the_state() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("db");
+    let held_ids = |store: &Store| -> Vec<String> {
+        store
+            .held_outbox()
+            .expect("read")
+            .into_iter()
+            .map(|e| e.id)
+            .collect()
+    };
+    let id = {
+        let store = Store::open(&path).expect("open");
+        let case = ingest_new(&store, "<held@x>", "h@x.example", t0());
+        // A second mail stays scheduled: it must not be listed.
+        ingest_new(&store, "<queued@x>", "q@x.example", t0());
+        let id = store.outbox_of_case(&case).expect("read")[0].id.clone();
+        store.outbox_attempt(&id, t0()).expect("attempt");
+        store.outbox_hold(&id, "in doubt", t0()).expect("hold");
+        assert_eq!(held_ids(&store), vec![id.clone()]);
+        store.flush().expect("flush");
+        id
+    };
+    {
+        // Plays schema version 3, which had no index of held mail.
+        let db = sled::open(&path).expect("raw open");
+        db.drop_tree("outbox_held").expect("drop the index");
+        db.open_tree("meta")
+            .expect("meta")
+            .insert("schema_version", &3u32.to_be_bytes())
+            .expect("write");
+        db.flush().expect("flush");
+    }
+    let store = Store::open(&path).expect("migrated");
+    assert_eq!(
+        held_ids(&store),
+        vec![id.clone()],
+        "the migration indexes it"
+    );
+    store
+        .outbox_requeue(&id, "released by an operator", t0())
+        .expect("release");
+    assert!(
+        held_ids(&store).is_empty(),
+        "released mail leaves the index"
+    );
+}
+
+#[test]
 fn a_version_2_store_is_migrated_to_fewer_keys_and_keeps_its_numbers_and_mail() {
     let dir = TempDir::new().expect("tempdir");
     let path = dir.path().join("db");

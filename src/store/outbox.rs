@@ -24,7 +24,8 @@
 //!
 //! `Sending` stays in the due index (at the time it was due), so the start-up
 //! search for entries in doubt reads only what is pending; `Held` is out of
-//! the index and waits for an operator.
+//! the due index and waits for an operator, listed in the `outbox_held`
+//! index (schema 4), so listing held mail reads only held mail.
 
 use std::sync::Arc;
 
@@ -407,6 +408,13 @@ pub(crate) fn put_encoded_entry(
             Vec::new(),
         )?;
     }
+    let was_held = old.is_some_and(|o| matches!(o.state, OutboxState::Held { .. }));
+    let is_held = matches!(entry.state, OutboxState::Held { .. });
+    if was_held && !is_held {
+        tx.remove(TreeId::OutboxHeld, entry.id.as_bytes().to_vec())?;
+    } else if is_held && !was_held {
+        tx.put(TreeId::OutboxHeld, entry.id.as_bytes().to_vec(), Vec::new())?;
+    }
     tx.put(TreeId::Outbox, entry.id.as_bytes().to_vec(), record)
 }
 
@@ -701,20 +709,23 @@ impl Store {
         })
     }
 
-    /// Every held entry, in id order. Reads the whole outbox (held entries
-    /// are in no index), skipping entries without `"held"` before decoding.
+    /// Every held entry, in id order, from the `outbox_held` index.
     pub fn held_outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
-        const HELD: &[u8] = br#""state":"held""#;
         let mut out = Vec::new();
-        for item in self.tree(TreeId::Outbox).iter() {
-            let (key, value) = item?;
-            let json = value.split(|b| *b == 0).next().unwrap_or_default();
-            if !json.windows(HELD.len()).any(|w| w == HELD) {
-                continue;
-            }
-            let (entry, _) = split_record(&key, &value)?;
-            if matches!(entry.state, OutboxState::Held { .. }) {
-                out.push(entry);
+        for item in self.tree(TreeId::OutboxHeld).iter() {
+            let (key, _) = item?;
+            let id = String::from_utf8_lossy(&key).into_owned();
+            match self.outbox_entry(&id)? {
+                Some(entry) if matches!(entry.state, OutboxState::Held { .. }) => out.push(entry),
+                // The index and the entry change in one transaction, so this
+                // is a damaged store: say so rather than list it.
+                _ => {
+                    return Err(StoreError::corrupt(
+                        TreeId::OutboxHeld.name(),
+                        &key,
+                        "indexes an outbox entry that is not held",
+                    ))
+                }
             }
         }
         Ok(out)

@@ -25,7 +25,9 @@ use super::trees::{decode, CaseCounters, TreeId};
 ///    Message-IDs of the
 ///    form `OUTBOX_ID@host` are no longer written to `message_ids` (the
 ///    ones written before stay valid, so that needs no step).
-pub const SCHEMA_VERSION: u32 = 3;
+/// 4. Held outbox entries are listed in the `outbox_held` index, so listing
+///    them (at every start, and for the operator) reads only held mail.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Key of the version in the `meta` tree.
 pub const VERSION_KEY: &[u8] = b"schema_version";
@@ -35,7 +37,7 @@ pub(crate) type Migration = fn(&sled::Db) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[i]` upgrades version `i + 1` to `i + 2`. Add steps here,
 /// never edit shipped ones.
-pub(crate) const MIGRATIONS: &[Migration] = &[events_as_groups, fewer_keys];
+pub(crate) const MIGRATIONS: &[Migration] = &[events_as_groups, fewer_keys, held_index];
 
 /// Records rewritten per sled batch while migrating.
 const MIGRATION_CHUNK: usize = 10_000;
@@ -73,6 +75,24 @@ fn fewer_keys(db: &sled::Db) -> Result<(), StoreError> {
     earliest_timer_per_clock(db)?;
     case_counters_in_one_record(db)?;
     mail_bytes_in_outbox_records(db)
+}
+
+/// 3 → 4: every held outbox entry gets its key in `outbox_held`. Writing a
+/// key that is there already changes nothing, so an interrupted step just
+/// runs again.
+fn held_index(db: &sled::Db) -> Result<(), StoreError> {
+    let outbox = db.open_tree(TreeId::Outbox.name())?;
+    let held = db.open_tree(TreeId::OutboxHeld.name())?;
+    let mut batch = sled::Batch::default();
+    for item in outbox.iter() {
+        let (key, value) = item?;
+        let (entry, _) = super::outbox::split_record(&key, &value)?;
+        if matches!(entry.state, super::outbox::OutboxState::Held { .. }) {
+            batch.insert(key, Vec::new());
+        }
+    }
+    held.apply_batch(batch)?;
+    Ok(())
 }
 
 /// Name of the tree that held the mails' bytes up to schema 2.

@@ -29,6 +29,7 @@ pub(crate) enum TreeId {
     TimerClocks,
     Outbox,
     OutboxDue,
+    OutboxHeld,
     Attachments,
     AttachmentRefs,
     Quarantine,
@@ -37,7 +38,7 @@ pub(crate) enum TreeId {
 }
 
 impl TreeId {
-    pub const ALL: [TreeId; 18] = [
+    pub const ALL: [TreeId; 19] = [
         TreeId::Cases,
         TreeId::Events,
         TreeId::Counters,
@@ -51,6 +52,7 @@ impl TreeId {
         TreeId::TimerClocks,
         TreeId::Outbox,
         TreeId::OutboxDue,
+        TreeId::OutboxHeld,
         TreeId::Attachments,
         TreeId::AttachmentRefs,
         TreeId::Quarantine,
@@ -74,6 +76,7 @@ impl TreeId {
             TreeId::TimerClocks => "timer_clocks",
             TreeId::Outbox => "outbox",
             TreeId::OutboxDue => "outbox_due",
+            TreeId::OutboxHeld => "outbox_held",
             TreeId::Attachments => "attachments",
             TreeId::AttachmentRefs => "attachment_refs",
             TreeId::Quarantine => "quarantine",
