@@ -335,6 +335,31 @@ fn an_unescalated_deadline_warns_only_when_a_condition_reads_overdue() {
 }
 
 #[test]
+fn overdue_read_only_beside_open_counts_no_finished_case() {
+    let deadline = format!(
+        "{ROUTE}deadline investigate {{\n    starts on forwarded\n    stops on resolved\n    otherwise -> 3 days\n}}\n"
+    );
+    let digest = |filter: &str| {
+        diagnostics(&format!(
+            "{deadline}schedule late \"0 9 * * MON\" {{\n    digest cases where {filter}\n    to service\n    using reminder\n}}\n"
+        ))
+    };
+    assert_eq!(digest("overdue and open"), "");
+    assert_eq!(digest("open and (overdue or severity >= major)"), "");
+    assert_eq!(digest("open and not overdue"), "");
+    // A finished case passes this one whatever `overdue` says.
+    assert_eq!(digest("not (open and not overdue)"), "");
+    let warned = "ok: 0 errors, 1 warning\n";
+    for filter in ["overdue or open", "not open and overdue", "overdue"] {
+        assert!(
+            digest(filter).ends_with(warned),
+            "`{filter}` can count a finished case: {}",
+            digest(filter)
+        );
+    }
+}
+
+#[test]
 fn a_deadline_that_starts_on_a_finishing_event_may_run_on_a_finished_case() {
     let policy = format!(
         "{ROUTE}deadline survey {{\n    starts on closed\n    stops on reopened\n    otherwise -> 7 days\n}}\nescalate survey {{\n    at 100% notify assignee using reminder\n}}\n"

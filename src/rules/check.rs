@@ -158,9 +158,12 @@ struct Checker<'a> {
     built_calendars: HashMap<String, Calendar>,
     regexes: HashMap<Span, regex::Regex>,
     crons: HashMap<String, cron::Schedule>,
-    /// Whether some condition reads the `overdue` flag, which any running
-    /// clock past its due time sets.
-    reads_overdue: bool,
+    /// Whether some condition reads the `overdue` flag (which any running
+    /// clock past its due time sets) where it could decide about a finished
+    /// case: anywhere but beside `open` in an `and`.
+    reads_overdue_of_finished: bool,
+    /// How many `open and …` the expression being checked lies within.
+    open_guards: usize,
     /// Where each file starts, for problems that belong to no declaration.
     first_span: Span,
 }
@@ -189,7 +192,8 @@ impl<'a> Checker<'a> {
             built_calendars: HashMap::new(),
             regexes: HashMap::new(),
             crons: HashMap::new(),
-            reads_overdue: false,
+            reads_overdue_of_finished: false,
+            open_guards: 0,
             first_span: Span {
                 file: 0,
                 start: 0,
@@ -614,8 +618,8 @@ impl<'a> Checker<'a> {
                     .map(|i| i.node.as_str())
                     .collect::<Vec<_>>()
                     .join(".");
-                if joined == "overdue" {
-                    self.reads_overdue = true;
+                if joined == "overdue" && self.open_guards == 0 {
+                    self.reads_overdue_of_finished = true;
                 }
                 match self.path_type(&joined) {
                     Some(ty) => Some(ty),
@@ -744,6 +748,14 @@ impl<'a> Checker<'a> {
     /// Checks a condition; returns the number of capture groups of the regexes it matches.
     fn check_expr(&mut self, expr: &Expr) -> usize {
         match expr {
+            Expr::And(a, b, _) if is_open_flag(a) || is_open_flag(b) => {
+                // Under `open and …` the other side matters only for open
+                // cases, so an `overdue` there never counts a finished one.
+                self.open_guards += 1;
+                let depth = self.check_expr(a).max(self.check_expr(b));
+                self.open_guards -= 1;
+                depth
+            }
             Expr::And(a, b, _) | Expr::Or(a, b, _) => self.check_expr(a).max(self.check_expr(b)),
             Expr::Not(a, _) => {
                 self.check_expr(a);
@@ -1290,7 +1302,7 @@ impl<'a> Checker<'a> {
                 .any(|block| block.deadline.node == deadline.name.node);
             let consequence = if escalated {
                 "its escalations would go on for a finished case"
-            } else if self.reads_overdue {
+            } else if self.reads_overdue_of_finished {
                 "a finished case would count as `overdue`"
             } else {
                 continue;
@@ -1667,4 +1679,13 @@ fn first_meaningful_line(message: &str) -> String {
         .find(|l| l.starts_with("error:"))
         .map(|l| l.trim_start_matches("error:").trim().to_owned())
         .unwrap_or_else(|| message.lines().next().unwrap_or("").trim().to_owned())
+}
+
+/// Whether `expr` is the bare flag `open` (the case is not finished).
+fn is_open_flag(expr: &Expr) -> bool {
+    matches!(
+        expr,
+        Expr::Flag { left: Operand::Path(path), .. }
+            if path.node.len() == 1 && path.node[0].node == "open"
+    )
 }
