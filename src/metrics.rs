@@ -126,6 +126,9 @@ struct Inner {
     mail_sent: Counter,
     mail_failed: Family<FailureLabels, Counter>,
     outbox_depth: Gauge,
+    /// Held while reading the store's queue depth and setting the gauge, so
+    /// that the last update made is made with the latest count.
+    outbox_depth_updates: std::sync::Mutex<()>,
     imap_reconnects: Family<MailboxLabels, Counter>,
     imap_connected: Family<MailboxLabels, Gauge>,
     imap_idling: Family<MailboxLabels, Gauge>,
@@ -135,8 +138,9 @@ struct Inner {
     mail_in_doubt: Counter,
     /// Told of every change of the IMAP metrics, so a waiter need not poll.
     imap_changes: tokio::sync::watch::Sender<()>,
-    /// The change generation: bumped after every metric change and every commit reported
-    /// through [`Metrics::state_changed`]; a watch keeps only the latest value.
+    /// The change generation: bumped after every metric change (an outbox result or a
+    /// scheduler run is reported through [`Metrics::refresh_outbox_depth`]); a watch keeps
+    /// only the latest value.
     changes: tokio::sync::watch::Sender<u64>,
 }
 
@@ -241,6 +245,7 @@ impl Metrics {
                 mail_sent,
                 mail_failed,
                 outbox_depth,
+                outbox_depth_updates: std::sync::Mutex::new(()),
                 imap_reconnects,
                 imap_connected,
                 imap_idling,
@@ -278,10 +283,23 @@ impl Metrics {
         self.bump();
     }
 
-    pub fn set_outbox_depth(&self, depth: u64) {
-        self.inner
-            .outbox_depth
-            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    /// Sets the outbox-depth gauge to what `count` reads (the store's count
+    /// of pending mail, which costs nothing to read): call it after every
+    /// commit that queued mail or ended some. Reading and setting happen
+    /// under one lock, so two updates racing cannot leave the older count
+    /// behind: whoever sets last also read last.
+    pub fn refresh_outbox_depth(&self, count: impl FnOnce() -> usize) {
+        {
+            let _update = self
+                .inner
+                .outbox_depth_updates
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let depth = count();
+            self.inner
+                .outbox_depth
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
         self.bump();
     }
 
@@ -368,23 +386,9 @@ impl Metrics {
         self.bump();
     }
 
-    /// Mail just committed to the outbox: the depth gauge counts it at once, before the
-    /// sender's next look at the queue sets the exact depth.
-    pub fn outbox_queued(&self, count: u64) {
-        self.inner
-            .outbox_depth
-            .inc_by(i64::try_from(count).unwrap_or(i64::MAX));
-        self.bump();
-    }
-
-    /// Tells the waiters on [`Metrics::changes`] that the daemon committed a change to its
-    /// store that no metric shows (an outbox result, fired timers); called once it is durable.
-    pub fn state_changed(&self) {
-        self.bump();
-    }
-
-    /// A receiver woken after every change of a metric and every [`Metrics::state_changed`],
-    /// holding the change generation: tests (and anything following the daemon) wait on it
+    /// A receiver woken after every change of a metric (every refresh of the outbox depth
+    /// included, changed or not: the daemon refreshes it after each outbox result and each
+    /// scheduler run that fired something), holding the change generation: tests (and anything following the daemon) wait on it
     /// instead of polling.
     /// Changes coalesce (only the latest generation is kept), so a waiter looks again at what
     /// it waits for on every wake.
@@ -716,13 +720,12 @@ mod tests {
         let mut changes = metrics.changes();
         let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         type Change<'a> = (&'a str, &'a dyn Fn(&Metrics));
-        let changers: [Change; 13] = [
+        let changers: [Change; 11] = [
             ("cases_ingested", &|m| m.cases_ingested(1)),
             ("messages_fetched", &|m| m.messages_fetched("complaints", 1)),
             ("mail_sent", &|m| m.mail_sent()),
             ("mail_failed", &|m| m.mail_failed(FailureKind::Temporary)),
-            ("set_outbox_depth", &|m| m.set_outbox_depth(3)),
-            ("outbox_queued", &|m| m.outbox_queued(2)),
+            ("refresh_outbox_depth", &|m| m.refresh_outbox_depth(|| 3)),
             ("set_outbox_held", &|m| m.set_outbox_held(1)),
             ("mail_in_doubt", &|m| m.mail_in_doubt(1)),
             ("imap_reconnect", &|m| m.imap_reconnect("complaints")),
@@ -733,7 +736,6 @@ mod tests {
                 m.set_imap_idling("complaints", true)
             }),
             ("rules_reloaded", &|m| m.rules_reloaded(false, at)),
-            ("state_changed", &|m| m.state_changed()),
         ];
         for (generation, (name, change)) in (1..).zip(changers) {
             assert!(!changes.has_changed().unwrap(), "before {name}");
@@ -781,7 +783,7 @@ mod tests {
             futures::poll!(waiting.as_mut()).is_pending(),
             "nothing changed yet"
         );
-        metrics.set_outbox_depth(0);
+        metrics.refresh_outbox_depth(|| 0);
         assert!(
             futures::poll!(waiting.as_mut()).is_ready(),
             "woken by the change"
@@ -820,7 +822,7 @@ mod tests {
         metrics.mail_failed(FailureKind::Permanent);
         metrics.mail_failed(FailureKind::Temporary);
         metrics.mail_failed(FailureKind::Temporary);
-        metrics.set_outbox_depth(7);
+        metrics.refresh_outbox_depth(|| 7);
         metrics.imap_reconnect("complaints");
         metrics.set_imap_connected("complaints", true);
         metrics.set_imap_idling("complaints", true);

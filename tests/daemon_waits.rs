@@ -31,7 +31,7 @@ async fn a_change_reported_while_waiting_ends_the_wait_without_time_passing() ->
         // Made once the wait has looked, while it sleeps on the feed.
         looked.notified().await;
         ready.set(true);
-        metrics.state_changed();
+        metrics.refresh_outbox_depth(|| 0);
     };
     let (seen, ()) = tokio::join!(waiting, change);
     assert_eq!(seen?, "seen");

@@ -968,6 +968,94 @@ fn digests_belong_to_no_case_and_log_no_event() {
     assert_eq!(store.queue_depth(), 1);
 }
 
+#[test]
+fn the_queue_depth_is_a_count_that_follows_the_due_index_through_every_change() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("db");
+    let far = t0() + Duration::days(3650);
+    // What the due index holds, walked: the count must always equal it.
+    let walked = |store: &Store| store.due_outbox(far, usize::MAX).expect("walk").len();
+    let check = |store: &Store, expected: usize, after: &str| {
+        assert_eq!(store.queue_depth(), expected, "counted, after {after}");
+        assert_eq!(walked(store), expected, "walked, after {after}");
+    };
+    let ids = {
+        let store = Store::open(&path).expect("open");
+        check(&store, 0, "opening an empty store");
+        let cases: Vec<CaseId> = (0..4)
+            .map(|i| {
+                ingest_new(
+                    &store,
+                    &format!("<{i}@x>"),
+                    &format!("s{i}@x.example"),
+                    t0(),
+                )
+            })
+            .collect();
+        check(&store, 4, "four acknowledgements queued");
+        let ids: Vec<String> = cases
+            .iter()
+            .map(|case| store.outbox_of_case(case).expect("read")[0].id.clone())
+            .collect();
+        store.outbox_attempt(&ids[0], t0()).expect("attempt");
+        check(&store, 4, "an attempt (still due, in doubt)");
+        store.outbox_sent(&ids[0], t0()).expect("sent");
+        check(&store, 3, "one sent");
+        store.outbox_sent(&ids[0], t0()).expect("sent again");
+        check(&store, 3, "the same one marked sent again");
+        let retry = DeliveryFailure::Temporary {
+            error: "421 busy".into(),
+            next_attempt: t0() + Duration::minutes(5),
+        };
+        store.outbox_failed(&ids[1], retry, t0()).expect("retry");
+        check(&store, 3, "a temporary failure (due again later)");
+        let refused = DeliveryFailure::Permanent {
+            error: "550 no such user".into(),
+        };
+        store
+            .outbox_failed(&ids[1], refused, t0())
+            .expect("given up");
+        check(&store, 2, "a permanent failure");
+        store.outbox_attempt(&ids[2], t0()).expect("attempt");
+        store.outbox_hold(&ids[2], "in doubt", t0()).expect("hold");
+        check(&store, 1, "one in doubt held");
+        store.flush().expect("flush");
+        ids
+    };
+    let store = Store::open(&path).expect("reopen");
+    check(&store, 1, "reopening");
+    store
+        .outbox_requeue(&ids[2], "released", t0())
+        .expect("release");
+    check(&store, 2, "the held one released");
+    let mut changes = ChangeSet::new();
+    changes
+        .queue_mail_without_case(MailDraft::new(
+            "digest",
+            "weekly-digest",
+            "complaints@corp.example",
+            vec!["gm@corp.example".into()],
+            t0(),
+            render,
+        ))
+        .expect("queue");
+    store.apply(&changes).expect("commit");
+    check(&store, 3, "a digest queued");
+    // A commit that fails changes nothing, the count included.
+    let mut broken = ChangeSet::new();
+    broken
+        .queue_mail(
+            &CaseRef::from(&CaseId("TS-2026-999999".into())),
+            ack("z@x.example", t0()),
+        )
+        .expect("queue");
+    assert!(store.apply(&broken).is_err(), "an unknown case aborts");
+    check(&store, 3, "an aborted commit");
+    let clone = store.clone();
+    clone.outbox_sent(&ids[3], t0()).expect("sent by a clone");
+    check(&store, 2, "a clone's change");
+}
+
 /// A reminder whose renderer gives every identity the same Message-ID.
 fn reminder_with_message_id(message_id: &'static str) -> MailDraft {
     MailDraft::new(

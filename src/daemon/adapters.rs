@@ -204,7 +204,8 @@ impl IngestSink for EngineSink {
             "ingest: batch committed"
         );
         if report.mails_queued > 0 {
-            self.metrics.outbox_queued(report.mails_queued as u64);
+            let store = self.engine.store();
+            self.metrics.refresh_outbox_depth(|| store.queue_depth());
             self.outbox.notify_queued();
         }
         // The batch may have committed timers nearer than the one the scheduler sleeps on.
@@ -227,7 +228,7 @@ pub struct EngineOutbox {
 
 impl EngineOutbox {
     pub fn new(engine: Arc<Engine>, metrics: Metrics, work: BlockingWork) -> Self {
-        metrics.set_outbox_depth(engine.store().queue_depth() as u64);
+        metrics.refresh_outbox_depth(|| engine.store().queue_depth());
         EngineOutbox {
             engine,
             wakeup: Notify::new(),
@@ -265,7 +266,9 @@ impl EngineOutbox {
             .await
             .map_err(OutboxError::new)?
             .map_err(|e| OutboxError::new(format!("{what}: {e}")))?;
-        self.metrics.state_changed();
+        // Also tells the waiters on the change feed that the result is durable.
+        self.metrics
+            .refresh_outbox_depth(|| self.engine.store().queue_depth());
         Ok(())
     }
 }
@@ -288,7 +291,7 @@ impl OutboxSource for EngineOutbox {
     ) -> Result<Vec<OutgoingMail>, OutboxError> {
         let engine = Arc::clone(&self.engine);
         let hold = self.in_doubt == InDoubt::Hold;
-        let (due, depth, held) = self
+        let (due, held) = self
             .work
             .run(move || {
                 let mut due = engine.due_mail(now, limit)?;
@@ -314,12 +317,13 @@ impl OutboxSource for EngineOutbox {
                     }
                     due = send;
                 }
-                Ok::<_, EngineError>((due, engine.store().queue_depth(), held))
+                Ok::<_, EngineError>((due, held))
             })
             .await
             .map_err(OutboxError::new)?
             .map_err(OutboxError::new)?;
-        self.metrics.set_outbox_depth(depth as u64);
+        self.metrics
+            .refresh_outbox_depth(|| self.engine.store().queue_depth());
         if held > 0 {
             self.metrics
                 .set_outbox_held(self.metrics.outbox_held() + held);

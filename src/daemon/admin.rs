@@ -256,7 +256,7 @@ impl AdminApi {
             .run(move || {
                 let released = release(&store, &which, now)?;
                 let held = store.held_outbox()?.len();
-                Ok::<_, ReleaseError>((released, held, store.queue_depth()))
+                Ok::<_, ReleaseError>((released, held))
             })
             .await;
         match result {
@@ -270,9 +270,10 @@ impl AdminApi {
                 json: error_json(&error.to_string()),
             },
             Ok(Err(error)) => server_error(&error.to_string()),
-            Ok(Ok((released, held, depth))) => {
+            Ok(Ok((released, held))) => {
                 self.metrics.set_outbox_held(held as u64);
-                self.metrics.set_outbox_depth(depth as u64);
+                self.metrics
+                    .refresh_outbox_depth(|| self.store.queue_depth());
                 for entry in &released {
                     tracing::info!(id = %entry.id, "outbox: held mail released by an operator");
                 }

@@ -233,6 +233,7 @@ pub async fn run_with(
         let options = options.scheduler.clone();
         let intake = intake.clone();
         let metrics = metrics.clone();
+        let store = engine.store().clone();
         tokio::spawn(async move {
             scheduler
                 .run(
@@ -240,7 +241,8 @@ pub async fn run_with(
                     clock,
                     options,
                     move |_| {
-                        metrics.state_changed();
+                        // Also tells the change feed that the run is durable.
+                        metrics.refresh_outbox_depth(|| store.queue_depth());
                         outbox.notify_queued();
                     },
                     intake,

@@ -16,7 +16,7 @@ pub struct StoreOutbox {
 
 impl StoreOutbox {
     pub fn new(store: Store, metrics: Metrics) -> Self {
-        metrics.set_outbox_depth(store.queue_depth() as u64);
+        metrics.refresh_outbox_depth(|| store.queue_depth());
         StoreOutbox {
             store,
             wakeup: Notify::new(),
@@ -27,13 +27,13 @@ impl StoreOutbox {
     /// Wakes the sender: call after committing anything that queued mail.
     pub fn notify_queued(&self) {
         self.metrics
-            .set_outbox_depth(self.store.queue_depth() as u64);
+            .refresh_outbox_depth(|| self.store.queue_depth());
         self.wakeup.notify_one();
     }
 
     fn update_depth(&self) {
         self.metrics
-            .set_outbox_depth(self.store.queue_depth() as u64);
+            .refresh_outbox_depth(|| self.store.queue_depth());
     }
 }
 

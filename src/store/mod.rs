@@ -23,6 +23,7 @@ mod trees;
 
 use std::cell::RefCell;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -153,6 +154,11 @@ pub struct Store {
     /// Index windows the history questions asked about, kept in step by
     /// [`Store::transact`] (shared by clones).
     history: Arc<history::HistoryCache>,
+    /// Entries in the outbox due index (mail not yet sent or given up),
+    /// counted once at open and kept in step by [`Store::transact`], so that
+    /// the sender's every look at the queue depth costs nothing however
+    /// long the queue grew (shared by clones).
+    pending_mail: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -191,13 +197,16 @@ impl Store {
             .iter()
             .map(|id| db.open_tree(id.name()))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Store {
+        let store = Store {
             db,
             trees: trees.into(),
             settings: Arc::new(settings),
             path: path.into(),
             history: Arc::default(),
-        })
+            pending_mail: Arc::default(),
+        };
+        store.recount_pending_mail();
+        Ok(store)
     }
 
     pub fn settings(&self) -> &StoreSettings {
@@ -228,10 +237,11 @@ impl Store {
     /// commit between what it read under the lock and this one.
     pub(crate) fn transact_holding<T>(
         &self,
-        _writer: &std::sync::MutexGuard<'_, ()>,
+        writer: &std::sync::MutexGuard<'_, ()>,
         body: impl Fn(&Tx<'_>) -> TxResult<T>,
     ) -> Result<T, StoreError> {
         let index_changes = RefCell::new(Vec::new());
+        let due_delta = std::cell::Cell::new(0);
         let result = self
             .trees
             .as_ref()
@@ -242,17 +252,23 @@ impl Store {
                 tx.write_case_counters()?;
                 // A retried run starts over; the last run is the one committed.
                 *index_changes.borrow_mut() = tx.take_index_changes();
+                due_delta.set(tx.due_delta());
                 Ok(value)
             });
         match result {
             Ok(value) => {
                 self.history.apply(&index_changes.into_inner());
+                // Two's complement: adding a negative delta's bits subtracts.
+                self.pending_mail
+                    .fetch_add(due_delta.get() as u64, Ordering::AcqRel);
                 Ok(value)
             }
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => {
-                // Whether anything was written is unknown: cache nothing.
+                // Whether anything was written is unknown: cache nothing,
+                // count again.
                 self.history.clear();
+                self.recount_pending_mail_holding(writer);
                 Err(StoreError::Storage(e))
             }
         }

@@ -27,6 +27,7 @@
 //! the due index and waits for an operator, listed in the `outbox_held`
 //! index (schema 4), so listing held mail reads only held mail.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -499,9 +500,23 @@ impl Store {
     }
 
     /// Entries not yet sent or given up (scheduled or awaiting retry): the
-    /// length of the due index, so it costs what is pending, not the history.
+    /// length of the due index, kept as a count, so asking costs nothing.
     pub fn queue_depth(&self) -> usize {
-        self.tree(TreeId::OutboxDue).len()
+        self.pending_mail.load(Ordering::Acquire) as usize
+    }
+
+    /// Counts the due index again (at open, and when a failed commit left
+    /// unknown what it wrote). Holds the writer lock, so no transaction
+    /// changes the index while it is counted.
+    pub(crate) fn recount_pending_mail(&self) {
+        let writer = self.history.lock_writer();
+        self.recount_pending_mail_holding(&writer);
+    }
+
+    /// [`Store::recount_pending_mail`] for a caller holding the writer lock.
+    pub(crate) fn recount_pending_mail_holding(&self, _writer: &std::sync::MutexGuard<'_, ()>) {
+        let count = self.tree(TreeId::OutboxDue).len();
+        self.pending_mail.store(count as u64, Ordering::Release);
     }
 
     /// Every outbox entry of a case, in id order.

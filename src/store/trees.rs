@@ -1,6 +1,6 @@
 //! The sled trees of the store, and the transaction view that reads and writes them.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -202,6 +202,9 @@ pub(crate) struct Tx<'a> {
     /// The puts and removes of the trees [`TreeId::is_grouping_index`], in
     /// order, for the history cache to apply once the transaction committed.
     index_changes: RefCell<Vec<IndexChange>>,
+    /// Keys this transaction added to the outbox due index less those it
+    /// took away, for the store's count of pending mail.
+    due_delta: Cell<i64>,
 }
 
 /// A put (with the sender, the value) or remove (`sender` = `None`) of an
@@ -220,7 +223,13 @@ impl<'a> Tx<'a> {
             events: RefCell::new(BTreeMap::new()),
             case_counters: RefCell::new(BTreeMap::new()),
             index_changes: RefCell::new(Vec::new()),
+            due_delta: Cell::new(0),
         }
+    }
+
+    /// How many keys the due index gained (or lost) in this transaction.
+    pub fn due_delta(&self) -> i64 {
+        self.due_delta.get()
     }
 
     /// The index changes this transaction made, in order.
@@ -334,7 +343,10 @@ impl<'a> Tx<'a> {
 
     pub fn put(&self, id: TreeId, key: Vec<u8>, value: impl Into<sled::IVec>) -> TxResult<()> {
         if !id.is_grouping_index() {
-            self.tree(id).insert(key, value)?;
+            let old = self.tree(id).insert(key, value)?;
+            if id == TreeId::OutboxDue && old.is_none() {
+                self.due_delta.set(self.due_delta.get() + 1);
+            }
             return Ok(());
         }
         let (key, sender) = (sled::IVec::from(key), value.into());
@@ -349,7 +361,10 @@ impl<'a> Tx<'a> {
 
     pub fn remove(&self, id: TreeId, key: Vec<u8>) -> TxResult<()> {
         if !id.is_grouping_index() {
-            self.tree(id).remove(key)?;
+            let old = self.tree(id).remove(key)?;
+            if id == TreeId::OutboxDue && old.is_some() {
+                self.due_delta.set(self.due_delta.get() - 1);
+            }
             return Ok(());
         }
         let key = sled::IVec::from(key);
