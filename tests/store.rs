@@ -83,6 +83,18 @@ fn render_plain(identity: &MailIdentity) -> Result<RenderedMail, String> {
     })
 }
 
+/// A weekly digest to the general manager, of no case.
+fn digest() -> MailDraft {
+    MailDraft::new(
+        "digest",
+        "weekly-digest",
+        "complaints@corp.example",
+        vec!["gm@corp.example".into()],
+        t0(),
+        render,
+    )
+}
+
 fn ack(to: &str, at: DateTime<Utc>) -> MailDraft {
     MailDraft::new(
         "ack",
@@ -935,16 +947,7 @@ fn digests_belong_to_no_case_and_log_no_event() {
     let store = open(&dir);
     let mut changes = ChangeSet::new();
     for _ in 0..2 {
-        changes
-            .queue_mail_without_case(MailDraft::new(
-                "digest",
-                "weekly-digest",
-                "complaints@corp.example",
-                vec!["gm@corp.example".into()],
-                t0(),
-                render,
-            ))
-            .expect("queue");
+        changes.queue_mail_without_case(digest()).expect("queue");
     }
     let outcome = store.apply(&changes).expect("commit");
     let mails = &outcome.applied().expect("applied").mails;
@@ -1029,16 +1032,7 @@ fn the_queue_depth_is_a_count_that_follows_the_due_index_through_every_change() 
         .expect("release");
     check(&store, 2, "the held one released");
     let mut changes = ChangeSet::new();
-    changes
-        .queue_mail_without_case(MailDraft::new(
-            "digest",
-            "weekly-digest",
-            "complaints@corp.example",
-            vec!["gm@corp.example".into()],
-            t0(),
-            render,
-        ))
-        .expect("queue");
+    changes.queue_mail_without_case(digest()).expect("queue");
     store.apply(&changes).expect("commit");
     check(&store, 3, "a digest queued");
     // A commit that fails changes nothing, the count included.
