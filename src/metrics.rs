@@ -13,7 +13,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -37,6 +37,11 @@ const PROMETHEUS_TEXT: &str = "application/openmetrics-text; version=1.0.0; char
 
 /// Most HTTP connections served at once; the endpoint is for one scraper and an operator.
 const MAX_CONNECTIONS: usize = 32;
+
+/// Most `/metrics?after=G` long polls waiting at once: each holds a connection for up to
+/// [`LONG_POLL_LIMIT`], and half the connections stay free for health checks, scrapes and
+/// the API however many followers there are.
+const MAX_LONG_POLLS: usize = MAX_CONNECTIONS / 2;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -484,6 +489,7 @@ impl MetricsServer {
         shutdown: CancellationToken,
     ) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let long_polls = Arc::new(Semaphore::new(MAX_LONG_POLLS));
         let mut connections = tokio::task::JoinSet::new();
         loop {
             let permit = tokio::select! {
@@ -509,6 +515,7 @@ impl MetricsServer {
             let metrics = metrics.clone();
             let api = api.clone();
             let shutdown = shutdown.clone();
+            let long_polls = Arc::clone(&long_polls);
             connections.spawn(async move {
                 let _permit = permit;
                 let stopping = shutdown.clone();
@@ -516,8 +523,10 @@ impl MetricsServer {
                     let metrics = metrics.clone();
                     let api = api.clone();
                     let stopping = stopping.clone();
+                    let long_polls = Arc::clone(&long_polls);
                     async move {
-                        Ok::<_, Infallible>(respond(&request, &metrics, api, &stopping).await)
+                        let response = respond(&request, &metrics, api, &stopping, &long_polls);
+                        Ok::<_, Infallible>(response.await)
                     }
                 });
                 let mut builder = hyper::server::conn::http1::Builder::new();
@@ -547,6 +556,7 @@ async fn respond(
     metrics: &Metrics,
     api: Option<Arc<dyn Api>>,
     shutdown: &CancellationToken,
+    long_polls: &Semaphore,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     if let (Some(api), false) = (api, matches!(path, "/health" | "/metrics")) {
@@ -560,7 +570,21 @@ async fn respond(
         "/metrics" => {
             match after_parameter(request.uri().query()) {
                 Ok(None) => {}
-                Ok(Some(after)) => wait_for_change(metrics, after, shutdown).await,
+                Ok(Some(after)) => {
+                    if wait_for_change(metrics, after, shutdown, long_polls)
+                        .await
+                        .is_err()
+                    {
+                        let mut response = plain(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "too many clients are waiting for a change; try again\n",
+                        );
+                        response
+                            .headers_mut()
+                            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                        return response;
+                    }
+                }
                 Err(message) => return plain(StatusCode::BAD_REQUEST, message),
             }
             // Read before the text, so the text is at least as new as the generation named.
@@ -592,14 +616,26 @@ fn after_parameter(query: Option<&str>) -> Result<Option<u64>, &'static str> {
     }
 }
 
+/// All [`MAX_LONG_POLLS`] long polls are waiting already.
+#[derive(Debug, PartialEq)]
+struct TooManyLongPolls;
+
 /// Returns once the change generation differs from `after` (a client's generation from an
-/// earlier run may be ahead: it answers at once), after [`LONG_POLL_LIMIT`], or on shutdown.
-async fn wait_for_change(metrics: &Metrics, after: u64, shutdown: &CancellationToken) {
+/// earlier run may be ahead: it answers at once), after [`LONG_POLL_LIMIT`], or on shutdown;
+/// at once with an error when every permit of `long_polls` is taken.
+async fn wait_for_change(
+    metrics: &Metrics,
+    after: u64,
+    shutdown: &CancellationToken,
+    long_polls: &Semaphore,
+) -> Result<(), TooManyLongPolls> {
+    let _waiting = long_polls.try_acquire().map_err(|_| TooManyLongPolls)?;
     let mut changes = metrics.changes();
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::timeout(LONG_POLL_LIMIT, changes.wait_for(|now| *now != after)) => {}
     }
+    Ok(())
 }
 
 /// Answers a request of the API, after the checks that keep it for local operators.
@@ -776,32 +812,61 @@ mod tests {
     async fn a_long_poll_waits_for_the_next_change_or_shutdown() {
         let metrics = Metrics::new();
         let running = CancellationToken::new();
+        let long_polls = Semaphore::new(MAX_LONG_POLLS);
         let current = metrics.generation();
-        let waiting = wait_for_change(&metrics, current, &running);
+        let waiting = wait_for_change(&metrics, current, &running, &long_polls);
         tokio::pin!(waiting);
         assert!(
             futures::poll!(waiting.as_mut()).is_pending(),
             "nothing changed yet"
         );
         metrics.refresh_outbox_depth(|| 0);
-        assert!(
-            futures::poll!(waiting.as_mut()).is_ready(),
+        assert_eq!(
+            futures::poll!(waiting.as_mut()),
+            std::task::Poll::Ready(Ok(())),
             "woken by the change"
         );
 
         // A generation the daemon is already past (seen before a restart, say) answers at once.
-        let stale = wait_for_change(&metrics, current, &running);
-        assert!(futures::FutureExt::now_or_never(stale).is_some());
+        let stale = wait_for_change(&metrics, current, &running, &long_polls);
+        assert_eq!(futures::FutureExt::now_or_never(stale), Some(Ok(())));
 
         let stopping = CancellationToken::new();
-        let waiting = wait_for_change(&metrics, metrics.generation(), &stopping);
+        let waiting = wait_for_change(&metrics, metrics.generation(), &stopping, &long_polls);
         tokio::pin!(waiting);
         assert!(futures::poll!(waiting.as_mut()).is_pending());
         stopping.cancel();
-        assert!(
-            futures::poll!(waiting.as_mut()).is_ready(),
+        assert_eq!(
+            futures::poll!(waiting.as_mut()),
+            std::task::Poll::Ready(Ok(())),
             "shutdown ends it"
         );
+    }
+
+    #[tokio::test]
+    async fn long_polls_beyond_their_share_of_the_connections_are_turned_away_at_once() {
+        let metrics = Metrics::new();
+        let running = CancellationToken::new();
+        let long_polls = Semaphore::new(2);
+        let now = metrics.generation();
+        let first = wait_for_change(&metrics, now, &running, &long_polls);
+        let second = wait_for_change(&metrics, now, &running, &long_polls);
+        tokio::pin!(first, second);
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        assert!(futures::poll!(second.as_mut()).is_pending());
+        let third = wait_for_change(&metrics, now, &running, &long_polls);
+        assert_eq!(
+            futures::FutureExt::now_or_never(third),
+            Some(Err(TooManyLongPolls)),
+            "no permit left: answered at once"
+        );
+        metrics.refresh_outbox_depth(|| 0);
+        assert!(futures::poll!(first.as_mut()).is_ready());
+        assert!(futures::poll!(second.as_mut()).is_ready());
+        // The permits came back with the answers.
+        let fourth = wait_for_change(&metrics, metrics.generation(), &running, &long_polls);
+        tokio::pin!(fourth);
+        assert!(futures::poll!(fourth.as_mut()).is_pending());
     }
 
     #[test]
