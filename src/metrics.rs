@@ -393,8 +393,8 @@ impl Metrics {
 
     /// A receiver woken after every change of a metric (every refresh of the outbox depth
     /// included, changed or not: the daemon refreshes it after each outbox result and each
-    /// scheduler run that fired something), holding the change generation: tests (and anything following the daemon) wait on it
-    /// instead of polling.
+    /// scheduler run that fired something), holding the change generation: tests (and
+    /// anything following the daemon) wait on it instead of polling.
     /// Changes coalesce (only the latest generation is kept), so a waiter looks again at what
     /// it waits for on every wake.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
