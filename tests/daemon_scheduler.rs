@@ -19,39 +19,6 @@ use complaintd::engine::{Engine, RawMessage};
 use complaintd::metrics::Metrics;
 use daemon_support::*;
 
-/// A configuration whose mail servers are nowhere (port 9 refuses).
-fn config(work: &Workspace) -> Result<Config> {
-    let text = format!(
-        r#"
-time_zone = "Asia/Shanghai"
-[store]
-path = "store"
-[rules]
-dir = "rules"
-watch = false
-[mail]
-complaint_address = "{COMPLAINTS}"
-reply_token_secret_file = "secret"
-[[mailbox]]
-name = "complaints"
-host = "127.0.0.1"
-port = 9
-tls = "none"
-user = "{COMPLAINTS}"
-password_file = "password"
-channel = "own"
-[smtp]
-host = "127.0.0.1"
-port = 9
-tls = "none"
-from = "{COMPLAINTS}"
-"#
-    );
-    let path = work.path().join("config.toml");
-    std::fs::write(&path, text)?;
-    Config::load(&path).map_err(|e| anyhow::anyhow!("config: {e:?}"))
-}
-
 /// Tuesday 2026-11-24, 10:00 in Shanghai: inside office hours.
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 24, 2, 0, 0).unwrap()
@@ -93,7 +60,7 @@ async fn run_daemon_at(
 async fn timers_missed_while_down_fire_at_start_and_each_step_once_across_restarts() -> Result<()> {
     init_test_logging();
     let work = Workspace::new()?;
-    let config = config(&work)?;
+    let config = work.offline_config("")?;
 
     // A complaint ingested at t0 (by the engine alone, as a daemon run would).
     let case = {

@@ -571,41 +571,6 @@ fn the_history_the_rules_ask_forgets_purged_cases() {
     assert_eq!(store.cases_from_sender("gone@x.example", since, until), 0);
 }
 
-/// A configuration whose mail servers are nowhere (port 9 refuses).
-fn daemon_config(work: &daemon_support::Workspace) -> anyhow::Result<Config> {
-    let complaints = daemon_support::COMPLAINTS;
-    let text = format!(
-        r#"
-time_zone = "Asia/Shanghai"
-[store]
-path = "store"
-retention_days = {RETENTION_DAYS}
-[rules]
-dir = "rules"
-watch = false
-[mail]
-complaint_address = "{complaints}"
-reply_token_secret_file = "secret"
-[[mailbox]]
-name = "complaints"
-host = "127.0.0.1"
-port = 9
-tls = "none"
-user = "{complaints}"
-password_file = "password"
-channel = "own"
-[smtp]
-host = "127.0.0.1"
-port = 9
-tls = "none"
-from = "{complaints}"
-"#
-    );
-    let path = work.path().join("config.toml");
-    std::fs::write(&path, text)?;
-    Config::load(&path).map_err(|e| anyhow::anyhow!("config: {e:?}"))
-}
-
 /// Marks every mail of the case sent, as the SMTP sender would.
 fn all_sent(engine: &Engine, case: &CaseId, at: DateTime<Utc>) -> anyhow::Result<()> {
     for entry in engine.store().outbox_of_case(case)? {
@@ -651,7 +616,7 @@ async fn run_daemon_through_purges(
 async fn the_scheduler_purges_a_closed_case_once_the_retention_has_passed() -> anyhow::Result<()> {
     daemon_support::init_test_logging();
     let work = daemon_support::Workspace::new()?;
-    let config = daemon_config(&work)?;
+    let config = work.offline_config(&format!("retention_days = {RETENTION_DAYS}"))?;
     let opened = Utc.with_ymd_and_hms(2026, 11, 24, 2, 0, 0).unwrap();
     let closed = opened + Duration::hours(1);
 

@@ -6,7 +6,7 @@
 //! Used by `tests/e2e_daemon.rs`, `tests/e2e_outage.rs`, `tests/e2e_crash.rs`,
 //! `tests/e2e_lifecycle.rs`, `tests/e2e_security.rs`, `tests/e2e_restart.rs`,
 //! `tests/e2e_admin.rs`, `tests/daemon_scheduler.rs`, `tests/daemon_waits.rs` (the waits'
-//! own tests) and `benches/ingest.rs` next to `tests/support/`
+//! own tests), `tests/retention.rs` and `benches/ingest.rs` next to `tests/support/`
 //! (`mod support; mod daemon_support;`).
 
 // Each test binary uses only part of this module.
@@ -195,6 +195,43 @@ level = "info"
                     .join("; ")
             )
         })
+    }
+}
+
+impl Workspace {
+    /// A configuration whose mail servers are nowhere (port 9 refuses), for a daemon that is
+    /// driven by its clock alone; `store_extra` adds lines to `[store]`.
+    pub fn offline_config(&self, store_extra: &str) -> Result<Config> {
+        let text = format!(
+            r#"
+time_zone = "Asia/Shanghai"
+[store]
+path = "store"
+{store_extra}
+[rules]
+dir = "rules"
+watch = false
+[mail]
+complaint_address = "{COMPLAINTS}"
+reply_token_secret_file = "secret"
+[[mailbox]]
+name = "complaints"
+host = "127.0.0.1"
+port = 9
+tls = "none"
+user = "{COMPLAINTS}"
+password_file = "password"
+channel = "own"
+[smtp]
+host = "127.0.0.1"
+port = 9
+tls = "none"
+from = "{COMPLAINTS}"
+"#
+        );
+        let path = self.path().join("config.toml");
+        std::fs::write(&path, text)?;
+        Config::load(&path).map_err(|e| anyhow::anyhow!("config: {e:?}"))
     }
 }
 
