@@ -712,6 +712,67 @@ fn timers_come_out_in_due_order_and_clock_changes_replace_them() {
 }
 
 #[test]
+fn clock_changes_to_a_case_created_in_the_same_commit_build_on_each_other() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let (mut changes, case) = new_complaint("<c@x>", "c@x.example", t0());
+    // `new_complaint` starts `forward`; here `resolve` is started, moved,
+    // and `answer` started and stopped, all before the case has a number.
+    changes.add_timer(&case, "resolve", 0, t0() + Duration::hours(8));
+    changes.replace_clock_timers(
+        &case,
+        "resolve",
+        vec![
+            (0, t0() + Duration::hours(2)),
+            (1, t0() + Duration::hours(4)),
+        ],
+    );
+    changes.add_timer(&case, "resolve", 2, t0() + Duration::hours(6));
+    changes.add_timer(&case, "answer", 0, t0() + Duration::hours(1));
+    changes.replace_clock_timers(&case, "answer", Vec::new());
+    let id = store
+        .apply(&changes)
+        .expect("commit")
+        .case_id(&case)
+        .expect("numbered");
+
+    let mut timers: Vec<(String, usize, DateTime<Utc>)> = store
+        .timers_of_case(&id)
+        .expect("read")
+        .into_iter()
+        .map(|t| (t.deadline, t.step, t.due))
+        .collect();
+    timers.sort();
+    assert_eq!(
+        timers,
+        [
+            ("forward".to_owned(), 0, t0() + Duration::hours(1)),
+            ("resolve".to_owned(), 0, t0() + Duration::hours(2)),
+            ("resolve".to_owned(), 1, t0() + Duration::hours(4)),
+            ("resolve".to_owned(), 2, t0() + Duration::hours(6)),
+        ],
+        "each change saw the ones before it; the replaced 8-hour slot is gone"
+    );
+    // The timer index holds each clock's earliest slot once: nothing of
+    // the replaced slot or the stopped clock fires.
+    let due: Vec<(String, usize)> = store
+        .due_timers(t0() + Duration::days(1))
+        .expect("read")
+        .into_iter()
+        .map(|t| (t.deadline, t.step))
+        .collect();
+    assert_eq!(
+        due,
+        [
+            ("forward".to_owned(), 0),
+            ("resolve".to_owned(), 0),
+            ("resolve".to_owned(), 1),
+            ("resolve".to_owned(), 2),
+        ]
+    );
+}
+
+#[test]
 fn every_due_step_of_a_clock_comes_out_and_fired_steps_go() {
     let dir = TempDir::new().expect("tempdir");
     let store = open(&dir);

@@ -809,6 +809,7 @@ fn allocate_case_number(
             "the next case number is already in use",
         ));
     }
+    tx.mark_fresh(&id);
     Ok(id)
 }
 
@@ -878,26 +879,6 @@ pub(crate) fn append_event(tx: &Tx<'_>, case: &CaseId, event: &Event) -> TxResul
     Ok(())
 }
 
-fn clock_slots(tx: &Tx<'_>, case: &CaseId, deadline: &str) -> TxResult<Vec<TimerSlot>> {
-    Ok(tx
-        .get_json(TreeId::TimerClocks, &keys::clock_key(case, deadline))?
-        .unwrap_or_default())
-}
-
-fn put_clock_slots(
-    tx: &Tx<'_>,
-    case: &CaseId,
-    deadline: &str,
-    slots: &[TimerSlot],
-) -> TxResult<()> {
-    let key = keys::clock_key(case, deadline);
-    if slots.is_empty() {
-        tx.remove(TreeId::TimerClocks, key)
-    } else {
-        tx.put_json(TreeId::TimerClocks, key, &slots)
-    }
-}
-
 fn timer_key(case: &CaseId, deadline: &str, slot: &TimerSlot) -> Vec<u8> {
     keys::timer_key(slot.due, case, deadline, slot.step as u64)
 }
@@ -934,20 +915,27 @@ fn apply_timer_op(tx: &Tx<'_>, resolver: &mut Resolver<'_>, op: &TimerOp) -> TxR
             slot,
         } => {
             let id = resolver.resolve(tx, case)?;
-            let mut slots = clock_slots(tx, &id, deadline)?;
-            let before = slots.first().copied();
+            let stored = tx.clock_slots(&id, deadline)?;
+            let mut slots = stored.clone();
             slots.push(*slot);
             sort_slots(&mut slots);
-            reindex_clock(tx, &id, deadline, before, slots.first().copied())?;
-            put_clock_slots(tx, &id, deadline, &slots)
+            reindex_clock(
+                tx,
+                &id,
+                deadline,
+                stored.first().copied(),
+                slots.first().copied(),
+            )?;
+            tx.put_clock_slots(&id, deadline, &stored, &slots)
         }
         TimerOp::Remove(timer) => {
             let slot = TimerSlot {
                 due: timer.due,
                 step: timer.step,
             };
-            let mut slots = clock_slots(tx, &timer.case, &timer.deadline)?;
-            let before = slots.first().copied();
+            let stored = tx.clock_slots(&timer.case, &timer.deadline)?;
+            let before = stored.first().copied();
+            let mut slots = stored.clone();
             slots.retain(|s| *s != slot);
             let after = slots.first().copied();
             // The fired timer's own key goes whether or not it was the
@@ -959,7 +947,7 @@ fn apply_timer_op(tx: &Tx<'_>, resolver: &mut Resolver<'_>, op: &TimerOp) -> TxR
                 )?;
             }
             reindex_clock(tx, &timer.case, &timer.deadline, before, after)?;
-            put_clock_slots(tx, &timer.case, &timer.deadline, &slots)
+            tx.put_clock_slots(&timer.case, &timer.deadline, &stored, &slots)
         }
         TimerOp::ReplaceClock {
             case,
@@ -967,9 +955,15 @@ fn apply_timer_op(tx: &Tx<'_>, resolver: &mut Resolver<'_>, op: &TimerOp) -> TxR
             slots,
         } => {
             let id = resolver.resolve(tx, case)?;
-            let before = clock_slots(tx, &id, deadline)?.first().copied();
-            reindex_clock(tx, &id, deadline, before, slots.first().copied())?;
-            put_clock_slots(tx, &id, deadline, slots)
+            let stored = tx.clock_slots(&id, deadline)?;
+            reindex_clock(
+                tx,
+                &id,
+                deadline,
+                stored.first().copied(),
+                slots.first().copied(),
+            )?;
+            tx.put_clock_slots(&id, deadline, &stored, slots)
         }
     }
 }
@@ -1001,7 +995,9 @@ fn queue_mail(
         )));
     };
     let identity = mail_identity(case, &draft.purpose, sequence);
-    if tx.contains(TreeId::Outbox, identity.outbox_id.as_bytes())? {
+    // A case created in this transaction has no outbox entries yet.
+    let fresh = case.is_some_and(|case| tx.is_fresh(case));
+    if !fresh && tx.contains(TreeId::Outbox, identity.outbox_id.as_bytes())? {
         return abort(StoreError::corrupt(
             TreeId::Outbox.name(),
             identity.outbox_id.as_bytes(),
@@ -1023,7 +1019,12 @@ fn queue_mail(
     if message_id.is_empty() {
         return abort(render_error("the rendered mail has no Message-ID".into()));
     }
-    if message_known(tx, &message_id)? {
+    // The usual Message-ID of a new case's mail is unused: no entry has it
+    // yet, and ingest never records a foreign mail under an id of our
+    // domain (`Run::claims_our_message_id`).
+    let usual_and_fresh =
+        fresh && outbox_id_in_message_id(&message_id) == Some(&identity.outbox_id);
+    if !usual_and_fresh && message_known(tx, &message_id)? {
         return abort(render_error(format!(
             "Message-ID <{message_id}> is already in use; Message-IDs must be unique per \
              (case, purpose, sequence)"

@@ -2,7 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -10,6 +10,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::error::StoreError;
 use super::keys;
+use super::records::TimerSlot;
 use crate::case::{CaseId, Event};
 
 /// Every tree that takes part in transactions. The `meta` tree (schema
@@ -205,6 +206,18 @@ pub(crate) struct Tx<'a> {
     /// Keys this transaction added to the outbox due index less those it
     /// took away, for the store's count of pending mail.
     due_delta: Cell<i64>,
+    /// Cases this transaction created, with the clock lists it gave them.
+    fresh_cases: RefCell<HashMap<CaseId, FreshCase>>,
+}
+
+/// What a transaction wrote of a case it created. A new case's number was
+/// checked unused, and every per-case key (counter record, clocks, outbox
+/// entries) is written with or after its case and purged with it, so none
+/// can be stored yet: reading them from sled would only find nothing.
+#[derive(Debug, Default)]
+struct FreshCase {
+    /// Clock key → the slots this transaction put there.
+    clocks: HashMap<Vec<u8>, Vec<TimerSlot>>,
 }
 
 /// A put (with the sender, the value) or remove (`sender` = `None`) of an
@@ -224,6 +237,51 @@ impl<'a> Tx<'a> {
             case_counters: RefCell::new(BTreeMap::new()),
             index_changes: RefCell::new(Vec::new()),
             due_delta: Cell::new(0),
+            fresh_cases: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Records that this transaction created `case` under a number it
+    /// checked unused.
+    pub fn mark_fresh(&self, case: &CaseId) {
+        self.fresh_cases
+            .borrow_mut()
+            .insert(case.clone(), FreshCase::default());
+    }
+
+    /// Whether this transaction created `case`.
+    pub fn is_fresh(&self, case: &CaseId) -> bool {
+        self.fresh_cases.borrow().contains_key(case)
+    }
+
+    /// The slots of one of a case's clocks (empty when it has none).
+    pub fn clock_slots(&self, case: &CaseId, deadline: &str) -> TxResult<Vec<TimerSlot>> {
+        let key = keys::clock_key(case, deadline);
+        if let Some(fresh) = self.fresh_cases.borrow().get(case) {
+            return Ok(fresh.clocks.get(&key).cloned().unwrap_or_default());
+        }
+        Ok(self
+            .get_json(TreeId::TimerClocks, &key)?
+            .unwrap_or_default())
+    }
+
+    /// Stores the slots of one of a case's clocks; `stored` is what
+    /// [`Tx::clock_slots`] gave before (an empty list is never stored).
+    pub fn put_clock_slots(
+        &self,
+        case: &CaseId,
+        deadline: &str,
+        stored: &[TimerSlot],
+        slots: &[TimerSlot],
+    ) -> TxResult<()> {
+        let key = keys::clock_key(case, deadline);
+        if let Some(fresh) = self.fresh_cases.borrow_mut().get_mut(case) {
+            fresh.clocks.insert(key.clone(), slots.to_vec());
+        }
+        match (stored.is_empty(), slots.is_empty()) {
+            (true, true) => Ok(()),
+            (false, true) => self.remove(TreeId::TimerClocks, key),
+            (_, false) => self.put_json(TreeId::TimerClocks, key, &slots),
         }
     }
 
@@ -252,6 +310,9 @@ impl<'a> Tx<'a> {
     }
 
     fn stored_case_counters(&self, case: &CaseId) -> TxResult<CaseCounters> {
+        if self.is_fresh(case) {
+            return Ok(CaseCounters::default());
+        }
         let key = keys::event_sequence_key(case);
         match self.get(TreeId::Counters, &key)? {
             None => Ok(CaseCounters::default()),
