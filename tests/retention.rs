@@ -532,6 +532,69 @@ fn a_case_reopened_after_the_scan_is_kept_and_chunks_are_held_apart() {
 }
 
 #[test]
+fn content_goes_with_the_last_case_that_has_it_and_stays_for_one_that_took_it_up_meanwhile() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path().join("db")).unwrap();
+    let across_chunks: &[u8] = b"a photo of the first and the last expired case";
+    let taken_up: &[u8] = b"a scan a new complaint brings again during the purge";
+    let mut cases = Vec::new();
+    for n in 0..4 {
+        let attachment = match n {
+            0 | 3 => Some(across_chunks),
+            1 => Some(taken_up),
+            _ => None,
+        };
+        let sender = format!("s{n}@x.example");
+        let id = complaint(
+            &store,
+            &format!("<m{n}@x>"),
+            &sender,
+            long_ago(),
+            attachment,
+        );
+        send_all(&store, &id, long_ago());
+        set_state(
+            &store,
+            &id,
+            CaseState::Closed,
+            long_ago() + Duration::days(1),
+        );
+        cases.push(id);
+    }
+    let mut holds = 0;
+    let mut newcomer = None;
+    let report = store
+        .purge_expired_guarded(now(), retention(), 2, || {
+            holds += 1;
+            // After the walk over the references, before the first chunk:
+            // a new complaint carries the scan of case 1 (stored once, so
+            // it only adds a reference).
+            if holds == 1 {
+                newcomer = Some(complaint(
+                    &store,
+                    "<new@x>",
+                    "new@x.example",
+                    now(),
+                    Some(taken_up),
+                ));
+            }
+        })
+        .unwrap();
+    assert_eq!(report.cases, 4);
+    for id in &cases {
+        assert!(store.case(id).unwrap().is_none(), "{id}");
+    }
+    // Cases 0 and 3 went in different chunks; the photo went with the second.
+    assert_eq!(store.attachment(&sha256_hex(across_chunks)).unwrap(), None);
+    assert_eq!(
+        store.attachment(&sha256_hex(taken_up)).unwrap().as_deref(),
+        Some(taken_up),
+        "the new complaint {newcomer:?} still has it"
+    );
+    assert_eq!(report.attachments, 1);
+}
+
+#[test]
 fn the_history_the_rules_ask_forgets_purged_cases() {
     let dir = TempDir::new().unwrap();
     let store = Store::open(dir.path().join("db")).unwrap();

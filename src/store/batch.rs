@@ -725,11 +725,7 @@ fn apply_changes(
         if !tx.contains(TreeId::Attachments, &hash_key)? {
             tx.put(TreeId::Attachments, hash_key, op.bytes.as_slice())?;
         }
-        tx.put_json(
-            TreeId::AttachmentRefs,
-            keys::attachment_ref_key(&id, &op.record.sha256),
-            &op.record,
-        )?;
+        tx.put_attachment_ref(&id, &op.record.sha256, &op.record)?;
     }
 
     for (sender, bucket) in &changes.acks {

@@ -24,7 +24,7 @@ mod trees;
 use std::cell::RefCell;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -159,6 +159,9 @@ pub struct Store {
     /// the sender's every look at the queue depth costs nothing however
     /// long the queue grew (shared by clones).
     pending_mail: Arc<AtomicU64>,
+    /// Attachment contents given a new reference while a retention purge
+    /// runs (`retention::RefWatch`; shared by clones).
+    ref_watch: Arc<Mutex<retention::RefWatch>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -204,6 +207,7 @@ impl Store {
             path: path.into(),
             history: Arc::default(),
             pending_mail: Arc::default(),
+            ref_watch: Arc::default(),
         };
         store.recount_pending_mail();
         Ok(store)
@@ -242,6 +246,7 @@ impl Store {
     ) -> Result<T, StoreError> {
         let index_changes = RefCell::new(Vec::new());
         let due_delta = std::cell::Cell::new(0);
+        let referenced = RefCell::new(Vec::new());
         let result = self
             .trees
             .as_ref()
@@ -253,8 +258,16 @@ impl Store {
                 // A retried run starts over; the last run is the one committed.
                 *index_changes.borrow_mut() = tx.take_index_changes();
                 due_delta.set(tx.due_delta());
+                *referenced.borrow_mut() = tx.take_attachment_refs();
                 Ok(value)
             });
+        // A commit that failed in sled may have written its references.
+        if !matches!(result, Err(TransactionError::Abort(_))) {
+            self.ref_watch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .saw(referenced.into_inner());
+        }
         match result {
             Ok(value) => {
                 self.history.apply(&index_changes.into_inner());

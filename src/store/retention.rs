@@ -7,8 +7,12 @@
 //! every transaction takes), so nothing can commit between reading what a
 //! case owns and removing it; the transaction itself re-checks that each
 //! case and its counter record are still exactly what the plan read.
+//! Which attachment contents other cases still need is known from one walk
+//! before the chunks and a watch on the references added since
+//! ([`RefWatch`]), so no chunk walks all references under the lock.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -79,6 +83,56 @@ struct MessageScan {
     discarded: Vec<String>,
 }
 
+/// Attachment contents given a new reference while a purge runs. A purge
+/// walks the references once, without the lock, before its chunks; a
+/// content referred to since (or by a commit sled failed, which may have
+/// written) is kept. Transactions report here while any purge watches.
+#[derive(Debug, Default)]
+pub(crate) struct RefWatch {
+    watchers: usize,
+    referenced: HashSet<String>,
+}
+
+impl RefWatch {
+    /// Notes the contents a transaction referred cases to.
+    pub(crate) fn saw(&mut self, referenced: Vec<String>) {
+        if self.watchers > 0 {
+            self.referenced.extend(referenced);
+        }
+    }
+}
+
+/// Watches new attachment references while it lives.
+struct Watching<'s> {
+    watch: &'s Mutex<RefWatch>,
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
+        watch.watchers -= 1;
+        if watch.watchers == 0 {
+            watch.referenced.clear();
+        }
+    }
+}
+
+/// Who refers to each attachment content a candidate case refers to, as
+/// the walk before the chunks found it.
+#[derive(Debug, Default)]
+struct AttachmentUsers {
+    by_content: HashMap<String, ContentUsers>,
+    /// Candidates removed by the chunks so far.
+    purged: HashSet<CaseId>,
+}
+
+#[derive(Debug, Default)]
+struct ContentUsers {
+    /// A case that is no candidate refers to it.
+    kept_case: bool,
+    candidates: HashSet<CaseId>,
+}
+
 /// Everything one case owns, read under the writer lock.
 struct CasePurge {
     id: CaseId,
@@ -134,14 +188,18 @@ impl Store {
             return Ok(report);
         };
         let max_cases = max_cases.max(1);
+        // Watching starts before the walk over the references, so a
+        // reference is seen by the walk, by the watch, or by both.
+        let _watching = self.watch_attachment_refs();
         let candidates = self.expired_case_candidates(cutoff)?;
         let MessageScan {
             mut linked,
             discarded,
         } = self.scan_message_ids(&candidates, cutoff)?;
+        let mut users = self.attachment_users(&candidates)?;
         for chunk in candidates.chunks(max_cases) {
             let _held = hold();
-            report.add(self.purge_cases(chunk, &mut linked, cutoff)?);
+            report.add(self.purge_cases(chunk, &mut linked, &mut users, cutoff)?);
         }
         {
             let _held = hold();
@@ -227,6 +285,7 @@ impl Store {
         &self,
         chunk: &[CaseId],
         linked: &mut HashMap<CaseId, Vec<String>>,
+        users: &mut AttachmentUsers,
         cutoff: DateTime<Utc>,
     ) -> Result<PurgeReport, StoreError> {
         let writer = self.history.lock_writer();
@@ -240,7 +299,7 @@ impl Store {
         if plans.is_empty() {
             return Ok(PurgeReport::default());
         }
-        let unused = self.attachments_unused_after(&plans)?;
+        let unused = self.attachments_unused_after(&plans, users);
         self.transact_holding(&writer, |tx| {
             for plan in &plans {
                 let case_key = keys::case_key(&plan.id);
@@ -259,6 +318,9 @@ impl Store {
             }
             Ok(())
         })?;
+        users
+            .purged
+            .extend(plans.iter().map(|plan| plan.id.clone()));
         let mut report = PurgeReport {
             cases: plans.len(),
             attachments: unused.len(),
@@ -411,36 +473,100 @@ impl Store {
         Ok(())
     }
 
-    /// The attachments of the planned cases that no other case refers to.
-    /// One walk over the reference keys, only when the chunk has any.
-    fn attachments_unused_after(&self, plans: &[CasePurge]) -> Result<Vec<String>, StoreError> {
-        let mut wanted: BTreeMap<&str, bool> = plans
-            .iter()
-            .flat_map(|plan| &plan.attachments)
-            .map(|sha256| (sha256.as_str(), false))
-            .collect();
-        if wanted.is_empty() {
-            return Ok(Vec::new());
+    /// Starts watching new attachment references until the guard drops.
+    fn watch_attachment_refs(&self) -> Watching<'_> {
+        self.ref_watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .watchers += 1;
+        Watching {
+            watch: &self.ref_watch,
         }
-        let purged: HashSet<&str> = plans.iter().map(|plan| plan.id.0.as_str()).collect();
+    }
+
+    /// One walk over the reference keys, holding no lock, for the contents
+    /// the candidates refer to; none when they refer to nothing.
+    fn attachment_users(&self, candidates: &[CaseId]) -> Result<AttachmentUsers, StoreError> {
+        let mut users = AttachmentUsers::default();
+        for id in candidates {
+            for sha256 in self.attachment_refs_of(id)? {
+                users
+                    .by_content
+                    .entry(sha256)
+                    .or_default()
+                    .candidates
+                    .insert(id.clone());
+            }
+        }
+        if users.by_content.is_empty() {
+            return Ok(users);
+        }
         for item in self.tree(TreeId::AttachmentRefs).iter().keys() {
             let key = item?;
             let mut reader = KeyReader::new(&key);
             let bad = || StoreError::corrupt(TreeId::AttachmentRefs.name(), &key, "bad key");
             let case = reader.str().ok_or_else(bad)?;
             let sha256 = std::str::from_utf8(&key[4 + case.len()..]).map_err(|_| bad())?;
-            if purged.contains(case) {
-                continue;
-            }
-            if let Some(used) = wanted.get_mut(sha256) {
-                *used = true;
+            if let Some(content) = users.by_content.get_mut(sha256) {
+                if !content.candidates.contains(&CaseId(case.to_owned())) {
+                    content.kept_case = true;
+                }
             }
         }
-        Ok(wanted
+        Ok(users)
+    }
+
+    /// The contents a case refers to.
+    fn attachment_refs_of(&self, id: &CaseId) -> Result<Vec<String>, StoreError> {
+        let prefix = keys::attachment_ref_prefix(id);
+        let mut out = Vec::new();
+        for item in self
+            .tree(TreeId::AttachmentRefs)
+            .scan_prefix(&prefix)
+            .keys()
+        {
+            let key = item?;
+            let sha256 = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| {
+                StoreError::corrupt(TreeId::AttachmentRefs.name(), &key, "bad hash")
+            })?;
+            out.push(sha256.to_owned());
+        }
+        Ok(out)
+    }
+
+    /// The attachments of the planned cases that no case will refer to once
+    /// they are gone: every case the walk found referring to one is planned
+    /// now or purged before, and nothing referred to it since the walk.
+    /// Reads no tree; called under the writer lock.
+    fn attachments_unused_after(
+        &self,
+        plans: &[CasePurge],
+        users: &AttachmentUsers,
+    ) -> Vec<String> {
+        let planned: HashSet<&CaseId> = plans.iter().map(|plan| &plan.id).collect();
+        let watch = self
+            .ref_watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let contents: BTreeSet<&String> = plans.iter().flat_map(|plan| &plan.attachments).collect();
+        contents
             .into_iter()
-            .filter(|(_, used)| !used)
-            .map(|(sha256, _)| sha256.to_owned())
-            .collect())
+            .filter(|sha256| !watch.referenced.contains(sha256.as_str()))
+            .filter(|sha256| {
+                // A reference the walk did not see came after it: the watch has it.
+                users
+                    .by_content
+                    .get(sha256.as_str())
+                    .is_some_and(|content| {
+                        !content.kept_case
+                            && content
+                                .candidates
+                                .iter()
+                                .all(|case| planned.contains(case) || users.purged.contains(case))
+                    })
+            })
+            .cloned()
+            .collect()
     }
 
     /// Removes quarantined mail (record, raw bytes, Message-ID record) put

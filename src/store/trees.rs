@@ -206,6 +206,8 @@ pub(crate) struct Tx<'a> {
     /// Keys this transaction added to the outbox due index less those it
     /// took away, for the store's count of pending mail.
     due_delta: Cell<i64>,
+    /// SHA-256 of each attachment this transaction referred a case to.
+    attachment_refs: RefCell<Vec<String>>,
     /// Cases this transaction created, with the clock lists it gave them.
     fresh_cases: RefCell<HashMap<CaseId, FreshCase>>,
 }
@@ -238,7 +240,28 @@ impl<'a> Tx<'a> {
             index_changes: RefCell::new(Vec::new()),
             due_delta: Cell::new(0),
             fresh_cases: RefCell::new(HashMap::new()),
+            attachment_refs: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Refers `case` to the stored attachment `sha256` with `record`.
+    pub fn put_attachment_ref<T: Serialize>(
+        &self,
+        case: &CaseId,
+        sha256: &str,
+        record: &T,
+    ) -> TxResult<()> {
+        self.attachment_refs.borrow_mut().push(sha256.to_owned());
+        self.put_json(
+            TreeId::AttachmentRefs,
+            keys::attachment_ref_key(case, sha256),
+            record,
+        )
+    }
+
+    /// The attachments this transaction referred cases to.
+    pub fn take_attachment_refs(&self) -> Vec<String> {
+        std::mem::take(&mut *self.attachment_refs.borrow_mut())
     }
 
     /// Records that this transaction created `case` under a number it
