@@ -855,15 +855,19 @@ fn write_encoded_case(
     json: sled::IVec,
 ) -> TxResult<()> {
     let new_entries = index_entries(case);
-    if let Some(old) = old {
-        for entry in index_entries(old) {
-            if !new_entries.contains(&entry) {
-                tx.remove(entry.0, entry.1)?;
-            }
+    let old_entries = old.map(index_entries).unwrap_or_default();
+    for entry in &old_entries {
+        if !new_entries.contains(entry) {
+            tx.remove(entry.0, entry.1.clone())?;
         }
     }
+    // An entry's value is the sender: an update that keeps the sender
+    // writes only the entries that are new.
+    let same_sender = old.is_some_and(|old| old.sender.email == case.sender.email);
     for (tree, key) in new_entries {
-        tx.put(tree, key, case.sender.email.as_bytes())?;
+        if !(same_sender && old_entries.iter().any(|(t, k)| *t == tree && *k == key)) {
+            tx.put(tree, key, case.sender.email.as_bytes())?;
+        }
     }
     tx.put(TreeId::Cases, keys::case_key(&case.id), json)
 }
