@@ -157,6 +157,20 @@ fn reply(store: &Store, case: &CaseId, message_id: &str, at: DateTime<Utc>, atta
     store.apply(&changes).unwrap();
 }
 
+/// Complaint number `n`, long ago, its mail sent, closed the next day.
+fn expired_complaint(store: &Store, n: usize, attachment: Option<&[u8]>) -> CaseId {
+    let sender = format!("s{n}@x.example");
+    let id = complaint(store, &format!("<m{n}@x>"), &sender, long_ago(), attachment);
+    send_all(store, &id, long_ago());
+    set_state(
+        store,
+        &id,
+        CaseState::Closed,
+        long_ago() + Duration::days(1),
+    );
+    id
+}
+
 fn set_state(store: &Store, id: &CaseId, to: CaseState, at: DateTime<Utc>) {
     let base = store.case(id).unwrap().unwrap();
     let mut updated = base.clone();
@@ -497,16 +511,7 @@ fn a_case_reopened_after_the_scan_is_kept_and_chunks_are_held_apart() {
     let store = Store::open(dir.path().join("db")).unwrap();
     let mut cases = Vec::new();
     for n in 0..5 {
-        let sender = format!("s{n}@x.example");
-        let id = complaint(&store, &format!("<m{n}@x>"), &sender, long_ago(), None);
-        send_all(&store, &id, long_ago());
-        set_state(
-            &store,
-            &id,
-            CaseState::Closed,
-            long_ago() + Duration::days(1),
-        );
-        cases.push(id);
+        cases.push(expired_complaint(&store, n, None));
     }
     let reopened = cases[3].clone();
     let mut holds = 0;
@@ -544,22 +549,7 @@ fn content_goes_with_the_last_case_that_has_it_and_stays_for_one_that_took_it_up
             1 => Some(taken_up),
             _ => None,
         };
-        let sender = format!("s{n}@x.example");
-        let id = complaint(
-            &store,
-            &format!("<m{n}@x>"),
-            &sender,
-            long_ago(),
-            attachment,
-        );
-        send_all(&store, &id, long_ago());
-        set_state(
-            &store,
-            &id,
-            CaseState::Closed,
-            long_ago() + Duration::days(1),
-        );
-        cases.push(id);
+        cases.push(expired_complaint(&store, n, attachment));
     }
     let mut holds = 0;
     let mut newcomer = None;

@@ -919,14 +919,7 @@ fn apply_timer_op(tx: &Tx<'_>, resolver: &mut Resolver<'_>, op: &TimerOp) -> TxR
             let mut slots = stored.clone();
             slots.push(*slot);
             sort_slots(&mut slots);
-            reindex_clock(
-                tx,
-                &id,
-                deadline,
-                stored.first().copied(),
-                slots.first().copied(),
-            )?;
-            tx.put_clock_slots(&id, deadline, &stored, &slots)
+            rewrite_clock(tx, &id, deadline, &stored, &slots)
         }
         TimerOp::Remove(timer) => {
             let slot = TimerSlot {
@@ -934,20 +927,17 @@ fn apply_timer_op(tx: &Tx<'_>, resolver: &mut Resolver<'_>, op: &TimerOp) -> TxR
                 step: timer.step,
             };
             let stored = tx.clock_slots(&timer.case, &timer.deadline)?;
-            let before = stored.first().copied();
             let mut slots = stored.clone();
             slots.retain(|s| *s != slot);
-            let after = slots.first().copied();
             // The fired timer's own key goes whether or not it was the
             // indexed one, so no stray key can fire again.
-            if before != Some(slot) {
+            if stored.first() != Some(&slot) {
                 tx.remove(
                     TreeId::Timers,
                     timer_key(&timer.case, &timer.deadline, &slot),
                 )?;
             }
-            reindex_clock(tx, &timer.case, &timer.deadline, before, after)?;
-            tx.put_clock_slots(&timer.case, &timer.deadline, &stored, &slots)
+            rewrite_clock(tx, &timer.case, &timer.deadline, &stored, &slots)
         }
         TimerOp::ReplaceClock {
             case,
@@ -956,16 +946,28 @@ fn apply_timer_op(tx: &Tx<'_>, resolver: &mut Resolver<'_>, op: &TimerOp) -> TxR
         } => {
             let id = resolver.resolve(tx, case)?;
             let stored = tx.clock_slots(&id, deadline)?;
-            reindex_clock(
-                tx,
-                &id,
-                deadline,
-                stored.first().copied(),
-                slots.first().copied(),
-            )?;
-            tx.put_clock_slots(&id, deadline, &stored, slots)
+            rewrite_clock(tx, &id, deadline, &stored, slots)
         }
     }
+}
+
+/// Replaces a clock's slot list `stored` with `slots`, moving its index
+/// key along.
+fn rewrite_clock(
+    tx: &Tx<'_>,
+    case: &CaseId,
+    deadline: &str,
+    stored: &[TimerSlot],
+    slots: &[TimerSlot],
+) -> TxResult<()> {
+    reindex_clock(
+        tx,
+        case,
+        deadline,
+        stored.first().copied(),
+        slots.first().copied(),
+    )?;
+    tx.put_clock_slots(case, deadline, stored, slots)
 }
 
 fn queue_mail(

@@ -420,19 +420,9 @@ impl Store {
             remove.push((TreeId::Outbox, entry.id.into_bytes()));
         }
 
-        let ref_prefix = keys::attachment_ref_prefix(id);
-        let mut attachments = Vec::new();
-        for item in self
-            .tree(TreeId::AttachmentRefs)
-            .scan_prefix(&ref_prefix)
-            .keys()
-        {
-            let key = item?;
-            let sha256 = std::str::from_utf8(&key[ref_prefix.len()..]).map_err(|_| {
-                StoreError::corrupt(TreeId::AttachmentRefs.name(), &key, "bad hash")
-            })?;
-            attachments.push(sha256.to_owned());
-            remove.push((TreeId::AttachmentRefs, key.to_vec()));
+        let attachments = self.attachment_refs_of(id)?;
+        for sha256 in &attachments {
+            remove.push((TreeId::AttachmentRefs, keys::attachment_ref_key(id, sha256)));
         }
 
         Ok(Some(CasePurge {
