@@ -1,6 +1,7 @@
 //! Store throughput: ingesting messages with commit+flush per message versus
-//! one commit+flush per batch of 100, and the idle-path reads the scheduler
-//! and rules make (next timer due, a sender's recent cases).
+//! one commit+flush per batch of 100, updates of cases (what a timer firing
+//! or a reply commits), and the idle-path reads the scheduler and rules make
+//! (next timer due, a sender's recent cases).
 //!
 //! Run: `cargo bench --bench store`. Every ingested message is a complete
 //! new complaint: a case, two events, its Message-ID, a timer, a queued
@@ -11,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use complaintd::case::{Address, Case, CaseId, Event, EventKind};
+use complaintd::case::{Address, Case, CaseId, Event, EventKind, FieldValue};
 use complaintd::mail::outbound::{self, OutgoingMail};
 use complaintd::rules::eval::CaseHistory;
 use complaintd::store::{
@@ -220,6 +221,79 @@ fn ingest(c: &mut Criterion) {
     group.finish();
 }
 
+/// Stored case number `n` (1-based) of a store that numbered only these.
+fn case_id(n: u64) -> CaseId {
+    CaseId(format!("TS-2026-{n:06}"))
+}
+
+fn updates(c: &mut Criterion) {
+    const CASES: u64 = 10_000;
+    let dir = TempDir::new().expect("tempdir");
+    let store = Store::open(dir.path().join("updates")).expect("open");
+    for chunk in 0..CASES / BATCH {
+        let mut batch = IngestBatch::new();
+        for n in chunk * BATCH..(chunk + 1) * BATCH {
+            batch.push(complaint(n));
+        }
+        store.commit(&batch).expect("commit");
+    }
+    // Each case gets a category and two tags: five index entries in all.
+    for chunk in 0..CASES / BATCH {
+        let mut changes = ChangeSet::new();
+        for n in chunk * BATCH + 1..=(chunk + 1) * BATCH {
+            let base = store.case(&case_id(n)).expect("read").expect("stored");
+            let mut updated = base.clone();
+            updated
+                .fields
+                .insert("category".into(), FieldValue::Name("metering".into()));
+            updated
+                .tags
+                .extend(["meter".to_owned(), "visit".to_owned()]);
+            changes.update_case(&base, updated).expect("update");
+        }
+        store.apply(&changes).expect("commit");
+    }
+
+    let mut group = c.benchmark_group("store_updates_10k_cases");
+    group
+        .throughput(Throughput::Elements(BATCH))
+        .sample_size(10)
+        .warm_up_time(StdDuration::from_secs(1))
+        .measurement_time(StdDuration::from_secs(5));
+    // What an escalation step commits: a field that is in no index, and an event.
+    let mut round = 0u64;
+    group.bench_function("update_100_cases_keeping_their_index_entries", |b| {
+        b.iter_batched(
+            || {
+                round += 1;
+                let first = (round * BATCH) % CASES + 1;
+                let mut changes = ChangeSet::new();
+                for n in first..first + BATCH {
+                    let base = store.case(&case_id(n)).expect("read").expect("stored");
+                    let mut updated = base.clone();
+                    updated
+                        .fields
+                        .insert("severity".into(), FieldValue::Number(round as f64));
+                    let case = changes.update_case(&base, updated).expect("update");
+                    changes.append_event(
+                        &case,
+                        Event {
+                            at: start(),
+                            kind: EventKind::Note {
+                                text: "escalated".into(),
+                            },
+                        },
+                    );
+                }
+                changes
+            },
+            |changes| store.apply(&changes).expect("commit"),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 fn reads(c: &mut Criterion) {
     let dir = TempDir::new().expect("tempdir");
     let store = Store::open(dir.path().join("reads")).expect("open");
@@ -255,5 +329,5 @@ fn reads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, ingest, reads);
+criterion_group!(benches, ingest, updates, reads);
 criterion_main!(benches);
