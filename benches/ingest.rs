@@ -36,6 +36,17 @@ use daemon_support::*;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Complaint `i`'s subject and text: one of the default policy's kinds,
+/// with the complaint's own number in both, so no two complaints share a
+/// text (the store keeps each text once per content, as for real mail).
+fn complaint_text(i: usize) -> (String, String) {
+    let (subject, body) = KINDS[i % KINDS.len()];
+    (
+        format!("{subject}（{i}）"),
+        format!("{body}\n\n客户编号 / customer no. {i}"),
+    )
+}
+
 /// Complaint texts of the default policy's kinds: (subject, body).
 const KINDS: [(&str, &str); 5] = [
     (
@@ -178,12 +189,12 @@ async fn throughput(
     let writing = Instant::now();
     let mut bytes = 0;
     for i in 0..mails {
-        let (subject, body) = KINDS[i % KINDS.len()];
+        let (subject, body) = complaint_text(i);
         let raw = complaint(
             &format!("客户 {i}"),
             &format!("sender{i}@customers.example"),
-            &format!("{subject}（{i}）"),
-            body,
+            &subject,
+            &body,
             &format!("bulk-{i}@customers.example"),
         );
         bytes += raw.len();
@@ -346,12 +357,12 @@ fn engine_only(mails: usize, batch: usize) -> Result<()> {
     let engine = Engine::open(settings, &dir.path().join("store"), Arc::new(SystemClock))?;
     let raws: Vec<Vec<u8>> = (0..mails)
         .map(|i| {
-            let (subject, body) = KINDS[i % KINDS.len()];
+            let (subject, body) = complaint_text(i);
             complaint(
                 &format!("客户 {i}"),
                 &format!("sender{i}@customers.example"),
-                &format!("{subject}（{i}）"),
-                body,
+                &subject,
+                &body,
                 &format!("bulk-{i}@customers.example"),
             )
         })
@@ -508,12 +519,12 @@ async fn latency(stack: &support::MailStack, customers: &[String], samples: usiz
         let customer = &customers[k % customers.len()];
         let inbox = maildir_new(stack, customer)?;
         let before = files_in(&inbox);
-        let (subject, body) = KINDS[k % KINDS.len()];
+        let (subject, body) = complaint_text(k);
         let raw = complaint(
             "客户",
             customer,
-            subject,
-            body,
+            &subject,
+            &body,
             &format!("latency-{k}@example.test"),
         );
         let t0 = Instant::now();
