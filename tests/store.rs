@@ -1111,6 +1111,170 @@ fn the_queue_depth_is_a_count_that_follows_the_due_index_through_every_change() 
     check(&store, 2, "a clone's change");
 }
 
+#[test]
+fn mail_queued_before_due_batches_is_still_sent_after_the_upgrade() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("db");
+    {
+        let store = Store::open(&path).expect("create");
+        let mut batch = IngestBatch::new();
+        for i in 0..2 {
+            batch.push(new_complaint(&format!("<v{i}@x>"), &format!("v{i}@x.example"), t0()).0);
+        }
+        store.commit(&batch).expect("commit");
+        store.flush().expect("flush");
+    }
+    {
+        // Rewritten as schema 4 kept it: one due key per mail, no batch.
+        let db = sled::open(&path).expect("raw open");
+        let due = db.open_tree("outbox_due").expect("tree");
+        let outbox = db.open_tree("outbox").expect("tree");
+        let (batch_key, list) = due.pop_min().expect("read").expect("the batch key");
+        assert!(due.is_empty(), "one key for the commit's mails");
+        let ids: Vec<String> = serde_json::from_slice(&list).expect("a list of ids");
+        for id in &ids {
+            let mut key = batch_key[..12].to_vec();
+            key.extend_from_slice(id.as_bytes());
+            due.insert(key, Vec::<u8>::new()).expect("write");
+            let record = outbox.get(id).expect("read").expect("entry");
+            let flag = b",\"batched\":true";
+            let at = record
+                .windows(flag.len())
+                .position(|w| w == flag)
+                .expect("flagged");
+            let old = [&record[..at], &record[at + flag.len()..]].concat();
+            outbox.insert(id.as_bytes(), old).expect("write");
+        }
+        db.open_tree("meta")
+            .expect("meta")
+            .insert("schema_version", &4u32.to_be_bytes())
+            .expect("write");
+        db.flush().expect("flush");
+    }
+    let store = Store::open(&path).expect("migrate");
+    assert_eq!(store.queue_depth(), 2);
+    let due = store.due_outbox(t0(), 10).expect("read");
+    assert_eq!(due.len(), 2);
+    assert!(due.iter().all(|e| !e.state.in_due_batch()));
+    store.outbox_attempt(&due[0].id, t0()).expect("attempt");
+    store.outbox_sent(&due[0].id, t0()).expect("sent");
+    assert_eq!(store.queue_depth(), 1);
+    let left: Vec<String> = store
+        .due_outbox(t0(), 10)
+        .expect("read")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(left, [due[1].id.clone()]);
+    drop(store);
+    assert_eq!(due_index_keys(&path), 1);
+    let db = sled::open(&path).expect("raw open");
+    let version = db
+        .open_tree("meta")
+        .expect("meta")
+        .get("schema_version")
+        .expect("read");
+    assert_eq!(version.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
+}
+
+/// Keys in the store's outbox due index, read from sled itself.
+fn due_index_keys(path: &std::path::Path) -> usize {
+    let db = sled::open(path).expect("raw open");
+    db.open_tree("outbox_due").expect("tree").len()
+}
+
+#[test]
+fn the_mails_one_commit_queues_share_one_due_key_until_the_last_leaves_it() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("db");
+    let ids: Vec<String> = {
+        let store = Store::open(&path).expect("open");
+        let mut batch = IngestBatch::new();
+        for i in 0..5 {
+            let (changes, _) =
+                new_complaint(&format!("<b{i}@x>"), &format!("s{i}@x.example"), t0());
+            batch.push(changes);
+        }
+        store.commit(&batch).expect("commit");
+        assert_eq!(store.queue_depth(), 5);
+        let first_two: Vec<String> = store
+            .due_outbox(t0(), 2)
+            .expect("read")
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        let ids: Vec<String> = store
+            .due_outbox(t0(), usize::MAX)
+            .expect("read")
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids.len(), 5);
+        assert_eq!(first_two, ids[..2], "in the order they were queued");
+        assert!(store
+            .due_outbox(t0() - Duration::seconds(1), 10)
+            .expect("read")
+            .is_empty());
+
+        for id in &ids[..2] {
+            store.outbox_attempt(id, t0()).expect("attempt");
+            store.outbox_sent(id, t0()).expect("sent");
+        }
+        let retry_at = t0() + Duration::minutes(5);
+        let retry = DeliveryFailure::Temporary {
+            error: "421 busy".into(),
+            next_attempt: retry_at,
+        };
+        store.outbox_failed(&ids[2], retry, t0()).expect("retry");
+        let still: Vec<String> = store
+            .due_outbox(t0(), 10)
+            .expect("read")
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(still, ids[3..], "sent and retried mail left the batch");
+        let again: Vec<String> = store
+            .due_outbox(t0(), 1)
+            .expect("read")
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(again, ids[3..4], "what the sender remembers skips no mail");
+        assert_eq!(store.queue_depth(), 3);
+        store.outbox_attempt(&ids[3], t0()).expect("attempt");
+        store.flush().expect("flush");
+        ids
+    };
+    // The batch's key and the retry's own key.
+    assert_eq!(due_index_keys(&path), 2);
+
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.queue_depth(), 3, "counted again at open");
+    let in_doubt: Vec<String> = store
+        .outbox_in_doubt()
+        .expect("read")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        in_doubt,
+        ids[3..4],
+        "an attempt in a batch is found in doubt"
+    );
+    for id in &ids[3..] {
+        store.outbox_sent(id, t0()).expect("sent");
+    }
+    assert_eq!(store.queue_depth(), 1);
+    assert!(store.due_outbox(t0(), 10).expect("read").is_empty());
+    assert_eq!(
+        store.next_outbox_due().expect("read"),
+        Some(t0() + Duration::minutes(5))
+    );
+    drop(store);
+    // Looking for due mail dropped the batch's key once none was left in it.
+    assert_eq!(due_index_keys(&path), 1);
+}
+
 /// A reminder whose renderer gives every identity the same Message-ID.
 fn reminder_with_message_id(message_id: &'static str) -> MailDraft {
     MailDraft::new(

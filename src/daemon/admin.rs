@@ -562,7 +562,10 @@ mod tests {
         assert_eq!(resent.held_total, 1);
         assert_eq!(
             store.outbox_entry(&ids[2]).unwrap().unwrap().state,
-            OutboxState::Scheduled { next_attempt: now }
+            OutboxState::Scheduled {
+                next_attempt: now,
+                batched: false,
+            }
         );
     }
 
@@ -687,7 +690,8 @@ mod tests {
         assert_eq!(
             released[0].state,
             OutboxState::Scheduled {
-                next_attempt: t0() + chrono::Duration::hours(1)
+                next_attempt: t0() + chrono::Duration::hours(1),
+                batched: false,
             }
         );
         assert_eq!(wakes.load(Ordering::SeqCst), 1, "the sender is woken");

@@ -475,7 +475,7 @@ pub fn print_detail(detail: &CaseDetail, zone: Tz, out: &mut dyn Write) -> std::
 /// An outbox state for people, times in `zone`.
 pub fn outbox_state(state: &OutboxState, zone: Tz) -> String {
     match state {
-        OutboxState::Scheduled { next_attempt } => {
+        OutboxState::Scheduled { next_attempt, .. } => {
             format!("scheduled {}", local(*next_attempt, zone))
         }
         OutboxState::Sent { at } => format!("sent {}", local(*at, zone)),

@@ -211,6 +211,18 @@ pub fn outbox_due_key(next_attempt: DateTime<Utc>, outbox_id: &str) -> Vec<u8> {
         .build()
 }
 
+/// Key of the due index's entry for the mails one transaction queued, all
+/// first due at `due`: a zero byte (no outbox id starts with one) and the
+/// batch's id after the time, so it sorts among the single entries by time.
+pub fn outbox_due_batch_key(due: DateTime<Utc>, batch: u64) -> Vec<u8> {
+    KeyBuf::new().time(due).tail(&[0]).u64(batch).build()
+}
+
+/// Whether a due index key is a batch's ([`outbox_due_batch_key`]).
+pub fn is_outbox_due_batch_key(key: &[u8]) -> bool {
+    key.get(TIME_LEN) == Some(&0)
+}
+
 /// Key of an acknowledgement counter: sender, then hour bucket.
 pub fn ack_key(sender: &str, bucket: i64) -> Vec<u8> {
     KeyBuf::new().bytes(&index_term(sender)).i64(bucket).build()

@@ -22,6 +22,7 @@ mod schema;
 mod trees;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -154,11 +155,14 @@ pub struct Store {
     /// Index windows the history questions asked about, kept in step by
     /// [`Store::transact`] (shared by clones).
     history: Arc<history::HistoryCache>,
-    /// Entries in the outbox due index (mail not yet sent or given up),
-    /// counted once at open and kept in step by [`Store::transact`], so that
-    /// the sender's every look at the queue depth costs nothing however
-    /// long the queue grew (shared by clones).
+    /// Mail in the outbox due index (not yet sent or given up), counted
+    /// once at open and kept in step by [`Store::transact`], so that the
+    /// sender's every look at the queue depth costs nothing however long
+    /// the queue grew (shared by clones).
     pending_mail: Arc<AtomicU64>,
+    /// Per due batch key, how many of its first mails are known to have
+    /// left it (`outbox::Store::due_batch_members`; shared by clones).
+    due_batch_cursors: Arc<Mutex<HashMap<Vec<u8>, usize>>>,
     /// Attachment contents given a new reference while a retention purge
     /// runs (`retention::RefWatch`; shared by clones).
     ref_watch: Arc<Mutex<retention::RefWatch>>,
@@ -207,9 +211,10 @@ impl Store {
             path: path.into(),
             history: Arc::default(),
             pending_mail: Arc::default(),
+            due_batch_cursors: Arc::default(),
             ref_watch: Arc::default(),
         };
-        store.recount_pending_mail();
+        store.recount_pending_mail()?;
         Ok(store)
     }
 
@@ -255,6 +260,7 @@ impl Store {
                 let value = body(&tx)?;
                 tx.write_events()?;
                 tx.write_case_counters()?;
+                tx.write_due_batches()?;
                 // A retried run starts over; the last run is the one committed.
                 *index_changes.borrow_mut() = tx.take_index_changes();
                 due_delta.set(tx.due_delta());
@@ -281,7 +287,8 @@ impl Store {
                 // Whether anything was written is unknown: cache nothing,
                 // count again.
                 self.history.clear();
-                self.recount_pending_mail_holding(writer);
+                // The commit's own error is the one to report.
+                let _ = self.recount_pending_mail_holding(writer);
                 Err(StoreError::Storage(e))
             }
         }

@@ -28,7 +28,7 @@
 //! index (schema 4), so listing held mail reads only held mail.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,10 @@ pub enum OutboxState {
     Scheduled {
         #[serde(with = "crate::serde_time")]
         next_attempt: DateTime<Utc>,
+        /// Found through the due index's key for the mails its transaction
+        /// queued, not a key of its own (see [`OutboxState::in_due_batch`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        batched: bool,
     },
     /// Accepted by the SMTP server.
     Sent {
@@ -79,6 +83,9 @@ pub enum OutboxState {
         /// When it was due; it keeps this place in the due index.
         #[serde(with = "crate::serde_time")]
         due: DateTime<Utc>,
+        /// Still found through its queueing transaction's batch key.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        batched: bool,
     },
     /// In doubt after a crash and held for an operator (`smtp.in_doubt =
     /// "hold"`): never sent again until released.
@@ -105,13 +112,27 @@ impl OutboxState {
     /// When the sender should try next; `None` once the entry is final.
     pub fn next_attempt(&self) -> Option<DateTime<Utc>> {
         match self {
-            OutboxState::Scheduled { next_attempt }
+            OutboxState::Scheduled { next_attempt, .. }
             | OutboxState::TemporaryFailure { next_attempt, .. } => Some(*next_attempt),
             OutboxState::Sending { due, .. } => Some(*due),
             OutboxState::Sent { .. }
             | OutboxState::PermanentFailure { .. }
             | OutboxState::Held { .. } => None,
         }
+    }
+
+    /// Whether the entry is found in the due index through the key of the
+    /// transaction that queued it ([`keys::outbox_due_batch_key`]): from
+    /// its queueing until its first attempt ends. A mail queued is due at
+    /// once, and one key for all the mails of a transaction costs less than
+    /// one each; every later due time (a retry, a requeue) has a key of its
+    /// own, and an entry never goes back into its batch.
+    pub fn in_due_batch(&self) -> bool {
+        matches!(
+            self,
+            OutboxState::Scheduled { batched: true, .. }
+                | OutboxState::Sending { batched: true, .. }
+        )
     }
 
     /// Failed attempts so far.
@@ -127,7 +148,10 @@ impl OutboxState {
     /// The state that sends the entry again at `at`, keeping its failed attempts.
     fn requeued(attempts: u32, reason: &str, at: DateTime<Utc>) -> OutboxState {
         if attempts == 0 {
-            OutboxState::Scheduled { next_attempt: at }
+            OutboxState::Scheduled {
+                next_attempt: at,
+                batched: false,
+            }
         } else {
             OutboxState::TemporaryFailure {
                 attempts,
@@ -377,6 +401,7 @@ pub(crate) fn queued_entry(
         queued_at: draft.at,
         state: OutboxState::Scheduled {
             next_attempt: draft.at,
+            batched: true,
         },
     }
 }
@@ -399,15 +424,30 @@ pub(crate) fn put_encoded_entry(
     entry: &OutboxEntry,
     record: impl Into<sled::IVec>,
 ) -> TxResult<()> {
-    if let Some(due) = old.and_then(|o| o.state.next_attempt()) {
-        tx.remove(TreeId::OutboxDue, keys::outbox_due_key(due, &entry.id))?;
-    }
-    if let Some(due) = entry.state.next_attempt() {
-        tx.put(
-            TreeId::OutboxDue,
-            keys::outbox_due_key(due, &entry.id),
-            Vec::new(),
-        )?;
+    let was_batched = old.is_some_and(|o| o.state.in_due_batch());
+    match (old, entry.state.next_attempt()) {
+        // Queued now: its transaction's batch key finds it.
+        (None, Some(due)) if entry.state.in_due_batch() => tx.queue_in_due_batch(due, &entry.id),
+        // Its first attempt began: it stays where it was.
+        (Some(_), _) if was_batched && entry.state.in_due_batch() => {}
+        (_, due) => {
+            debug_assert!(
+                !entry.state.in_due_batch(),
+                "only a new entry joins a due batch"
+            );
+            if was_batched {
+                tx.add_due_delta(-1);
+            } else if let Some(old_due) = old.and_then(|o| o.state.next_attempt()) {
+                tx.remove(TreeId::OutboxDue, keys::outbox_due_key(old_due, &entry.id))?;
+            }
+            if let Some(due) = due {
+                tx.put(
+                    TreeId::OutboxDue,
+                    keys::outbox_due_key(due, &entry.id),
+                    Vec::new(),
+                )?;
+            }
+        }
     }
     let was_held = old.is_some_and(|o| matches!(o.state, OutboxState::Held { .. }));
     let is_held = matches!(entry.state, OutboxState::Held { .. });
@@ -417,6 +457,36 @@ pub(crate) fn put_encoded_entry(
         tx.put(TreeId::OutboxHeld, entry.id.as_bytes().to_vec(), Vec::new())?;
     }
     tx.put(TreeId::Outbox, entry.id.as_bytes().to_vec(), record)
+}
+
+/// Blanks the mails of `case` in the list of a due batch, so that a purged
+/// case leaves no trace there, keeping every other mail's place (the
+/// sender remembers places; see `Store::due_batch_members`); removes the key
+/// once no mail is left in the list.
+pub(crate) fn forget_case_in_due_batch(tx: &Tx<'_>, key: &[u8], case: &CaseId) -> TxResult<()> {
+    let Some(ids) = tx.get_json::<Vec<String>>(TreeId::OutboxDue, key)? else {
+        return Ok(());
+    };
+    // Case numbers contain no '.', so this prefix is exactly the case's mail.
+    let prefix = format!("{}.", case.0);
+    if !ids.iter().any(|id| id.starts_with(&prefix)) {
+        return Ok(());
+    }
+    let ids: Vec<String> = ids
+        .into_iter()
+        .map(|id| {
+            if id.starts_with(&prefix) {
+                String::new()
+            } else {
+                id
+            }
+        })
+        .collect();
+    if ids.iter().all(String::is_empty) {
+        tx.remove(TreeId::OutboxDue, key.to_vec())
+    } else {
+        tx.put_json(TreeId::OutboxDue, key.to_vec(), &ids)
+    }
 }
 
 impl Store {
@@ -453,7 +523,8 @@ impl Store {
     }
 
     /// Entries whose next attempt is at or before `now`, earliest first, at
-    /// most `limit`. Reads only the due index, never the whole outbox.
+    /// most `limit`. Reads only the due index, never the whole outbox. A
+    /// batch key whose mails have all left it is dropped on the way.
     pub fn due_outbox(
         &self,
         now: DateTime<Utc>,
@@ -466,8 +537,19 @@ impl Store {
             None => due.range::<&[u8], _>(..),
         };
         let mut out = Vec::new();
-        for item in range.take(limit) {
-            let (key, _) = item?;
+        let mut drained = Vec::new();
+        for item in range {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            if keys::is_outbox_due_batch_key(&key) {
+                let room = limit - out.len();
+                if self.due_batch_members(&key, &value, Some(room), &mut out)? {
+                    drained.push(key);
+                }
+                continue;
+            }
             let id = &key[keys::TIME_LEN..];
             match self.outbox_entry(&String::from_utf8_lossy(id))? {
                 // A transition may commit between reading the index and the
@@ -485,7 +567,93 @@ impl Store {
                 }
             }
         }
+        for key in drained {
+            self.drop_due_batch(&key)?;
+        }
         Ok(out)
+    }
+
+    /// Adds to `out` the entries of a due batch that are still in it, at
+    /// most `room` (all with `None`); `true` when none is left. The members
+    /// before the first one still in it are remembered, since an entry
+    /// never goes back into its batch: a batch being sent is not read from
+    /// its start on every call.
+    fn due_batch_members(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        room: Option<usize>,
+        out: &mut Vec<OutboxEntry>,
+    ) -> Result<bool, StoreError> {
+        let due = keys::decode_time(key)
+            .ok_or_else(|| StoreError::corrupt(TreeId::OutboxDue.name(), key, "bad time prefix"))?;
+        let ids: Vec<String> = decode(TreeId::OutboxDue, key, value)?;
+        let start = self.due_batch_cursor(key);
+        let mut first_in_batch = None;
+        let mut taken = 0;
+        for (position, id) in ids.iter().enumerate().skip(start) {
+            // A purged entry has left its batch too.
+            if id.is_empty() {
+                continue;
+            }
+            let Some(entry) = self
+                .outbox_entry(id)?
+                .filter(|e| e.state.in_due_batch() && e.state.next_attempt() == Some(due))
+            else {
+                continue;
+            };
+            first_in_batch.get_or_insert(position);
+            if room.is_some_and(|room| taken >= room) {
+                break;
+            }
+            out.push(entry);
+            taken += 1;
+        }
+        let left_before = first_in_batch.unwrap_or(ids.len());
+        if left_before > start {
+            self.due_batch_cursors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key.to_vec(), left_before);
+        }
+        Ok(first_in_batch.is_none())
+    }
+
+    /// How many of a due batch's first members are known to have left it.
+    fn due_batch_cursor(&self, key: &[u8]) -> usize {
+        self.due_batch_cursors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Forgets what is remembered of those of these due batch keys that are
+    /// gone (a purge removed them).
+    pub(crate) fn forget_gone_due_batches<'k>(
+        &self,
+        batch_keys: impl IntoIterator<Item = &'k Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        for key in batch_keys {
+            if !self.tree(TreeId::OutboxDue).contains_key(key)? {
+                self.due_batch_cursors
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the key of a due batch none of whose mails is in it any more.
+    fn drop_due_batch(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.transact(|tx| tx.remove(TreeId::OutboxDue, key.to_vec()))?;
+        self.due_batch_cursors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+        Ok(())
     }
 
     /// When the earliest pending entry is due, so the sender can sleep until
@@ -500,23 +668,38 @@ impl Store {
     }
 
     /// Entries not yet sent or given up (scheduled or awaiting retry): the
-    /// length of the due index, kept as a count, so asking costs nothing.
+    /// mail in the due index, kept as a count, so asking costs nothing.
     pub fn queue_depth(&self) -> usize {
         self.pending_mail.load(Ordering::Acquire) as usize
     }
 
-    /// Counts the due index again (at open, and when a failed commit left
-    /// unknown what it wrote). Holds the writer lock, so no transaction
-    /// changes the index while it is counted.
-    pub(crate) fn recount_pending_mail(&self) {
+    /// Counts the mail in the due index again (at open, and when a failed
+    /// commit left unknown what it wrote): one per single key, and the
+    /// entries still in each batch. Holds the writer lock, so no
+    /// transaction changes the index while it is counted.
+    pub(crate) fn recount_pending_mail(&self) -> Result<(), StoreError> {
         let writer = self.history.lock_writer();
-        self.recount_pending_mail_holding(&writer);
+        self.recount_pending_mail_holding(&writer)
     }
 
     /// [`Store::recount_pending_mail`] for a caller holding the writer lock.
-    pub(crate) fn recount_pending_mail_holding(&self, _writer: &std::sync::MutexGuard<'_, ()>) {
-        let count = self.tree(TreeId::OutboxDue).len();
+    pub(crate) fn recount_pending_mail_holding(
+        &self,
+        _writer: &std::sync::MutexGuard<'_, ()>,
+    ) -> Result<(), StoreError> {
+        let mut count = 0;
+        for item in self.tree(TreeId::OutboxDue).iter() {
+            let (key, value) = item?;
+            if keys::is_outbox_due_batch_key(&key) {
+                let mut members = Vec::new();
+                self.due_batch_members(&key, &value, None, &mut members)?;
+                count += members.len();
+            } else {
+                count += 1;
+            }
+        }
         self.pending_mail.store(count as u64, Ordering::Release);
+        Ok(())
     }
 
     /// Every outbox entry of a case, in id order.
@@ -632,20 +815,42 @@ impl Store {
     /// sending for the record to survive a crash.
     pub fn outbox_attempt(&self, id: &str, at: DateTime<Utc>) -> Result<OutboxEntry, StoreError> {
         self.outbox_change(id, "sending", |entry| match &entry.state {
-            OutboxState::Scheduled { next_attempt }
-            | OutboxState::TemporaryFailure { next_attempt, .. } => Ok(Some((
+            OutboxState::Scheduled {
+                next_attempt,
+                batched,
+            } => Ok(Some((
                 OutboxState::Sending {
-                    attempts: entry.state.failed_attempts(),
+                    attempts: 0,
                     started_at: at,
                     due: *next_attempt,
+                    batched: *batched,
                 },
                 None,
             ))),
-            OutboxState::Sending { attempts, due, .. } => Ok(Some((
+            OutboxState::TemporaryFailure {
+                attempts,
+                next_attempt,
+                ..
+            } => Ok(Some((
+                OutboxState::Sending {
+                    attempts: *attempts,
+                    started_at: at,
+                    due: *next_attempt,
+                    batched: false,
+                },
+                None,
+            ))),
+            OutboxState::Sending {
+                attempts,
+                due,
+                batched,
+                ..
+            } => Ok(Some((
                 OutboxState::Sending {
                     attempts: *attempts,
                     started_at: at,
                     due: *due,
+                    batched: *batched,
                 },
                 None,
             ))),
@@ -659,17 +864,18 @@ impl Store {
     /// at start, before the sender runs, these are in doubt: the server may
     /// have accepted them before the process died. Reads the due index only.
     pub fn outbox_in_doubt(&self) -> Result<Vec<OutboxEntry>, StoreError> {
-        let mut out = Vec::new();
+        let mut pending = Vec::new();
         for item in self.tree(TreeId::OutboxDue).iter() {
-            let (key, _) = item?;
-            let id = String::from_utf8_lossy(&key[keys::TIME_LEN.min(key.len())..]).into_owned();
-            if let Some(entry) = self.outbox_entry(&id)? {
-                if matches!(entry.state, OutboxState::Sending { .. }) {
-                    out.push(entry);
-                }
+            let (key, value) = item?;
+            if keys::is_outbox_due_batch_key(&key) {
+                self.due_batch_members(&key, &value, None, &mut pending)?;
+                continue;
             }
+            let id = String::from_utf8_lossy(&key[keys::TIME_LEN.min(key.len())..]).into_owned();
+            pending.extend(self.outbox_entry(&id)?);
         }
-        Ok(out)
+        pending.retain(|entry| matches!(entry.state, OutboxState::Sending { .. }));
+        Ok(pending)
     }
 
     /// Holds an entry in doubt for an operator (`Sending` → `Held`), with a
@@ -896,7 +1102,8 @@ mod tests {
                 OutboxState::Sending {
                     attempts: 0,
                     started_at: started,
-                    due: t0()
+                    due: t0(),
+                    batched: true,
                 }
             );
             store.flush().unwrap();
@@ -957,7 +1164,8 @@ mod tests {
             assert_eq!(
                 entry.state,
                 OutboxState::Scheduled {
-                    next_attempt: released
+                    next_attempt: released,
+                    batched: false,
                 }
             );
             assert!(store.held_outbox().unwrap().is_empty());

@@ -19,7 +19,9 @@ use chrono::{DateTime, Duration, Utc};
 use super::batch::index_entries;
 use super::error::StoreError;
 use super::keys::{self, KeyBuf, KeyReader};
-use super::outbox::{read_record, split_record, OutboxEntry, OutboxState, NO_CASE_SCOPE};
+use super::outbox::{
+    forget_case_in_due_batch, read_record, split_record, OutboxEntry, OutboxState, NO_CASE_SCOPE,
+};
 use super::records::{normalize_message_id, MessageRecord, QuarantineRecord, TimerSlot};
 use super::trees::{abort, decode, TreeId};
 use super::Store;
@@ -142,6 +144,10 @@ struct CasePurge {
     counter_bytes: Option<sled::IVec>,
     /// Every key to remove, attachment contents aside.
     keys: Vec<(TreeId, Vec<u8>)>,
+    /// Its mails still in a due batch (no key of their own to remove).
+    batched_mails: i64,
+    /// The due batch keys that may list its mails (`forget_case_in_due_batch`).
+    due_batches: BTreeSet<Vec<u8>>,
     incoming_mails: usize,
     outgoing_mails: usize,
     /// SHA-256 of each attachment the case refers to.
@@ -312,12 +318,17 @@ impl Store {
                 for (tree, key) in &plan.keys {
                     tx.remove(*tree, key.clone())?;
                 }
+                tx.add_due_delta(-plan.batched_mails);
+                for key in &plan.due_batches {
+                    forget_case_in_due_batch(tx, key, &plan.id)?;
+                }
             }
             for sha256 in &unused {
                 tx.remove(TreeId::Attachments, sha256.as_bytes().to_vec())?;
             }
             Ok(())
         })?;
+        self.forget_gone_due_batches(plans.iter().flat_map(|plan| &plan.due_batches))?;
         users
             .purged
             .extend(plans.iter().map(|plan| plan.id.clone()));
@@ -407,8 +418,21 @@ impl Store {
         }
 
         let outgoing_mails = outbox.len();
+        let mut batched_mails = 0;
+        let mut due_batches = BTreeSet::new();
         for entry in outbox {
-            if let Some(due) = entry.state.next_attempt() {
+            // A batch is due when its mails were queued.
+            let batch_prefix = [&keys::time_key(entry.queued_at)[..], &[0]].concat();
+            for key in self
+                .tree(TreeId::OutboxDue)
+                .scan_prefix(batch_prefix)
+                .keys()
+            {
+                due_batches.insert(key?.to_vec());
+            }
+            if entry.state.in_due_batch() {
+                batched_mails += 1;
+            } else if let Some(due) = entry.state.next_attempt() {
                 remove.push((TreeId::OutboxDue, keys::outbox_due_key(due, &entry.id)));
             }
             let record: Option<MessageRecord> =
@@ -430,6 +454,8 @@ impl Store {
             case_bytes,
             counter_bytes,
             keys: remove,
+            batched_mails,
+            due_batches,
             incoming_mails,
             outgoing_mails,
             attachments,

@@ -5,6 +5,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
@@ -203,9 +204,12 @@ pub(crate) struct Tx<'a> {
     /// The puts and removes of the trees [`TreeId::is_grouping_index`], in
     /// order, for the history cache to apply once the transaction committed.
     index_changes: RefCell<Vec<IndexChange>>,
-    /// Keys this transaction added to the outbox due index less those it
-    /// took away, for the store's count of pending mail.
+    /// Mail this transaction added to the outbox due index less the mail
+    /// it took away, for the store's count of pending mail.
     due_delta: Cell<i64>,
+    /// The mails this transaction queued, by first due time: one due
+    /// batch key each, written at its end.
+    due_batches: RefCell<BTreeMap<DateTime<Utc>, Vec<String>>>,
     /// SHA-256 of each attachment this transaction referred a case to.
     attachment_refs: RefCell<Vec<String>>,
     /// Cases this transaction created, with the clock lists it gave them.
@@ -239,6 +243,7 @@ impl<'a> Tx<'a> {
             case_counters: RefCell::new(BTreeMap::new()),
             index_changes: RefCell::new(Vec::new()),
             due_delta: Cell::new(0),
+            due_batches: RefCell::new(BTreeMap::new()),
             fresh_cases: RefCell::new(HashMap::new()),
             attachment_refs: RefCell::new(Vec::new()),
         }
@@ -308,9 +313,40 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// How many keys the due index gained (or lost) in this transaction.
+    /// How much mail the due index gained (or lost) in this transaction.
     pub fn due_delta(&self) -> i64 {
         self.due_delta.get()
+    }
+
+    /// Counts mail that entered or left the due index without a key of its
+    /// own changing.
+    pub fn add_due_delta(&self, delta: i64) {
+        self.due_delta.set(self.due_delta.get() + delta);
+    }
+
+    /// Puts a mail this transaction queued, due at `due`, in the due batch
+    /// key [`Tx::write_due_batches`] writes.
+    pub fn queue_in_due_batch(&self, due: DateTime<Utc>, outbox_id: &str) {
+        self.due_batches
+            .borrow_mut()
+            .entry(due)
+            .or_default()
+            .push(outbox_id.to_owned());
+        self.add_due_delta(1);
+    }
+
+    /// Writes one due index key per first due time of the mails this
+    /// transaction queued, listing them (see `OutboxState::in_due_batch`).
+    pub fn write_due_batches(&self) -> TxResult<()> {
+        for (due, ids) in std::mem::take(&mut *self.due_batches.borrow_mut()) {
+            let batch = self.tree(TreeId::OutboxDue).generate_id()?;
+            self.put_json(
+                TreeId::OutboxDue,
+                keys::outbox_due_batch_key(due, batch),
+                &ids,
+            )?;
+        }
+        Ok(())
     }
 
     /// The index changes this transaction made, in order.
@@ -427,8 +463,9 @@ impl<'a> Tx<'a> {
 
     pub fn put(&self, id: TreeId, key: Vec<u8>, value: impl Into<sled::IVec>) -> TxResult<()> {
         if !id.is_grouping_index() {
+            let single_due = id == TreeId::OutboxDue && !keys::is_outbox_due_batch_key(&key);
             let old = self.tree(id).insert(key, value)?;
-            if id == TreeId::OutboxDue && old.is_none() {
+            if single_due && old.is_none() {
                 self.due_delta.set(self.due_delta.get() + 1);
             }
             return Ok(());
@@ -445,8 +482,9 @@ impl<'a> Tx<'a> {
 
     pub fn remove(&self, id: TreeId, key: Vec<u8>) -> TxResult<()> {
         if !id.is_grouping_index() {
+            let single_due = id == TreeId::OutboxDue && !keys::is_outbox_due_batch_key(&key);
             let old = self.tree(id).remove(key)?;
-            if id == TreeId::OutboxDue && old.is_some() {
+            if single_due && old.is_some() {
                 self.due_delta.set(self.due_delta.get() - 1);
             }
             return Ok(());
