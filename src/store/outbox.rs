@@ -22,6 +22,10 @@
 //!                                    └─resend─► Scheduled / TemporaryFailure (same bytes)
 //! ```
 //!
+//! The mails one transaction queues share one due index key (a due batch,
+//! schema 5) until their first attempt ends; later due times have keys of
+//! their own (see [`OutboxState::in_due_batch`]).
+//!
 //! `Sending` stays in the due index (at the time it was due), so the start-up
 //! search for entries in doubt reads only what is pending; `Held` is out of
 //! the due index and waits for an operator, listed in the `outbox_held`
