@@ -1960,6 +1960,22 @@ fn a_version_2_store_is_migrated_to_fewer_keys_and_keeps_its_numbers_and_mail() 
             key.extend_from_slice(&(step as u64).to_be_bytes());
             timers.insert(key, Vec::new()).expect("write");
         }
+        // Versions 2 to 5 kept each clock's slots in a record of its own.
+        let clocks = db.open_tree("timer_clocks").expect("timer_clocks");
+        let slot = |due: DateTime<Utc>, step: usize| serde_json::json!({"due": due, "step": step});
+        let mut forward_key = str_part(&case.0);
+        forward_key.extend(str_part("forward"));
+        let forward = vec![slot(t0() + Duration::hours(1), 0)];
+        clocks
+            .insert(forward_key, serde_json::to_vec(&forward).expect("json"))
+            .expect("write");
+        let mut resolve_key = str_part(&case.0);
+        resolve_key.extend(str_part("resolve"));
+        let mut resolve = vec![slot(t0() + Duration::hours(2), 0)];
+        resolve.extend(later.iter().map(|(step, due)| slot(*due, *step)));
+        clocks
+            .insert(resolve_key, serde_json::to_vec(&resolve).expect("json"))
+            .expect("write");
         // Version 2 kept a case's numbers under one key each: the next
         // event (two so far) and the last mail of each purpose.
         let counters = db.open_tree("counters").expect("counters");
@@ -2019,6 +2035,22 @@ fn a_version_2_store_is_migrated_to_fewer_keys_and_keeps_its_numbers_and_mail() 
             .purpose,
         "ack"
     );
+    // The clocks moved into the case's counter record, their tree is gone.
+    let clocks: Vec<(String, usize)> = store
+        .timers_of_case(&case)
+        .expect("read")
+        .into_iter()
+        .map(|t| (t.deadline, t.step))
+        .collect();
+    assert_eq!(
+        clocks,
+        [
+            ("forward".to_owned(), 0),
+            ("resolve".to_owned(), 0),
+            ("resolve".to_owned(), 1),
+            ("resolve".to_owned(), 2)
+        ]
+    );
     // The numbers go on from where version 2 left them.
     let mut again = ChangeSet::new();
     again
@@ -2042,6 +2074,12 @@ fn a_version_2_store_is_migrated_to_fewer_keys_and_keeps_its_numbers_and_mail() 
         .map(|t| (t.deadline, t.step))
         .collect();
     assert_eq!(left, [("forward".to_owned(), 0)]);
+    drop(store);
+    let db = sled::open(&path).expect("raw open");
+    assert!(!db
+        .tree_names()
+        .iter()
+        .any(|name| &name[..] == b"timer_clocks"));
 }
 
 #[test]

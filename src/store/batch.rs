@@ -967,7 +967,7 @@ fn rewrite_clock(
         stored.first().copied(),
         slots.first().copied(),
     )?;
-    tx.put_clock_slots(case, deadline, stored, slots)
+    tx.put_clock_slots(case, deadline, slots)
 }
 
 fn queue_mail(

@@ -198,11 +198,6 @@ pub fn timer_key(due: DateTime<Utc>, id: &CaseId, deadline: &str, step: u64) -> 
         .build()
 }
 
-/// Key of the list of timers of one deadline clock of a case.
-pub fn clock_key(id: &CaseId, deadline: &str) -> Vec<u8> {
-    KeyBuf::new().str(&id.0).str(deadline).build()
-}
-
 /// Key of an outbox entry in the due index.
 pub fn outbox_due_key(next_attempt: DateTime<Utc>, outbox_id: &str) -> Vec<u8> {
     KeyBuf::new()

@@ -50,8 +50,7 @@ pub use retention::{PurgeReport, PURGE_CHUNK_CASES};
 pub use schema::SCHEMA_VERSION;
 
 use crate::case::{Case, CaseId, CaseState, Event};
-use records::TimerSlot;
-use trees::{decode, TreeId, Tx, TxResult, META_TREE};
+use trees::{decode, CaseCounters, TreeId, Tx, TxResult, META_TREE};
 
 /// How case numbers and Message-IDs are made.
 #[derive(Debug, Clone, PartialEq)]
@@ -410,9 +409,10 @@ impl Store {
         for item in range {
             let (key, _) = item?;
             let indexed = decode_timer(&key)?;
-            let clock_key = keys::clock_key(&indexed.case, &indexed.deadline);
-            let slots: Vec<TimerSlot> = self
-                .get_json(TreeId::TimerClocks, &clock_key)?
+            let slots = self
+                .case_counters(&indexed.case)?
+                .clocks
+                .remove(&indexed.deadline)
                 .unwrap_or_default();
             let mut listed = false;
             for slot in slots.into_iter().take_while(|slot| slot.due <= until) {
@@ -450,22 +450,27 @@ impl Store {
     /// The pending timers of a case, by deadline then due time.
     pub fn timers_of_case(&self, id: &CaseId) -> Result<Vec<Timer>, StoreError> {
         let mut out = Vec::new();
-        let prefix = keys::KeyBuf::new().str(&id.0).build();
-        for item in self.tree(TreeId::TimerClocks).scan_prefix(&prefix) {
-            let (key, value) = item?;
-            let mut reader = keys::KeyReader::new(&key[prefix.len()..]);
-            let deadline = reader
-                .str()
-                .ok_or_else(|| StoreError::corrupt(TreeId::TimerClocks.name(), &key, "bad key"))?;
-            let slots: Vec<TimerSlot> = decode(TreeId::TimerClocks, &key, &value)?;
+        for (deadline, slots) in self.case_counters(id)?.clocks {
             out.extend(slots.into_iter().map(|s| Timer {
                 due: s.due,
                 case: id.clone(),
-                deadline: deadline.to_owned(),
+                deadline: deadline.clone(),
                 step: s.step,
             }));
         }
         Ok(out)
+    }
+
+    /// A case's counter record: its sequence numbers and clocks (empty when
+    /// it has none).
+    pub(crate) fn case_counters(&self, case: &CaseId) -> Result<CaseCounters, StoreError> {
+        match self
+            .tree(TreeId::Counters)
+            .get(keys::event_sequence_key(case))?
+        {
+            None => Ok(CaseCounters::default()),
+            Some(bytes) => CaseCounters::decode_stored(case, &bytes),
+        }
     }
 
     /// Acknowledgements counted for `sender` in the hour of `at`.

@@ -30,7 +30,7 @@ use super::outbox::{
     encode_record, mail_identity, queued_entry, MailDraft, MailIdentity, RenderedMail,
 };
 use super::records::normalize_message_id;
-use super::trees::{CaseCounters, TreeId};
+use super::trees::TreeId;
 use super::Store;
 use crate::case::{Case, CaseId, Event};
 use crate::pool::{self, PoolJob};
@@ -459,15 +459,12 @@ impl Store {
         let Some(case) = case else {
             return self.stored_counter(&keys::mail_sequence_key(None, purpose));
         };
-        let key = keys::event_sequence_key(case);
-        match self.tree(TreeId::Counters).get(&key)? {
-            None => Ok(0),
-            Some(raw) => CaseCounters::decode(&raw)
-                .map(|counters| counters.mails.get(purpose).copied().unwrap_or(0))
-                .ok_or_else(|| {
-                    StoreError::corrupt(TreeId::Counters.name(), &key, "not a case counter record")
-                }),
-        }
+        Ok(self
+            .case_counters(case)?
+            .mails
+            .get(purpose)
+            .copied()
+            .unwrap_or(0))
     }
 
     fn stored_counter(&self, key: &[u8]) -> Result<u64, StoreError> {

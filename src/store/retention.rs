@@ -22,8 +22,8 @@ use super::keys::{self, KeyBuf, KeyReader};
 use super::outbox::{
     forget_case_in_due_batch, read_record, split_record, OutboxEntry, OutboxState, NO_CASE_SCOPE,
 };
-use super::records::{normalize_message_id, MessageRecord, QuarantineRecord, TimerSlot};
-use super::trees::{abort, decode, TreeId};
+use super::records::{normalize_message_id, MessageRecord, QuarantineRecord};
+use super::trees::{abort, decode, CaseCounters, TreeId};
 use super::Store;
 use crate::case::{Case, CaseId, Event, EventKind};
 
@@ -388,7 +388,7 @@ impl Store {
             remove.push((TreeId::Events, item?.to_vec()));
         }
         remove.extend(index_entries(&case));
-        self.plan_timers(id, &mut remove)?;
+        self.plan_timers(id, counter_bytes.as_ref(), &mut remove)?;
 
         // Incoming mail: the Message-IDs its events name and those the scan
         // found pointing at it, where the record still says they do.
@@ -468,23 +468,20 @@ impl Store {
     fn plan_timers(
         &self,
         id: &CaseId,
+        counter_bytes: Option<&sled::IVec>,
         remove: &mut Vec<(TreeId, Vec<u8>)>,
     ) -> Result<(), StoreError> {
-        let prefix = KeyBuf::new().str(&id.0).build();
-        for item in self.tree(TreeId::TimerClocks).scan_prefix(&prefix) {
-            let (key, value) = item?;
-            let deadline = KeyReader::new(&key[prefix.len()..])
-                .str()
-                .ok_or_else(|| StoreError::corrupt(TreeId::TimerClocks.name(), &key, "bad key"))?
-                .to_owned();
-            let slots: Vec<TimerSlot> = decode(TreeId::TimerClocks, &key, &value)?;
+        let Some(bytes) = counter_bytes else {
+            return Ok(());
+        };
+        let counters = CaseCounters::decode_stored(id, bytes)?;
+        for (deadline, slots) in &counters.clocks {
             for slot in slots {
                 remove.push((
                     TreeId::Timers,
-                    keys::timer_key(slot.due, id, &deadline, slot.step as u64),
+                    keys::timer_key(slot.due, id, deadline, slot.step as u64),
                 ));
             }
-            remove.push((TreeId::TimerClocks, key.to_vec()));
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use super::error::StoreError;
 use super::keys;
 use super::records::TimerSlot;
-use super::trees::{decode, CaseCounters, TreeId};
+use super::trees::{CaseCounters, TreeId};
 
 /// The schema version this build writes.
 ///
@@ -32,7 +32,10 @@ use super::trees::{decode, CaseCounters, TreeId};
 ///    key each. The single keys written before stay valid, so the step
 ///    changes nothing; the version keeps an older build, which would take a
 ///    batch key for a mail's, away from the store.
-pub const SCHEMA_VERSION: u32 = 5;
+/// 6. A case's clocks are part of its counter record in `counters`; the
+///    `timer_clocks` tree (one record per clock) is gone: one key fewer per
+///    new complaint.
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Key of the version in the `meta` tree.
 pub const VERSION_KEY: &[u8] = b"schema_version";
@@ -42,8 +45,13 @@ pub(crate) type Migration = fn(&sled::Db) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[i]` upgrades version `i + 1` to `i + 2`. Add steps here,
 /// never edit shipped ones.
-pub(crate) const MIGRATIONS: &[Migration] =
-    &[events_as_groups, fewer_keys, held_index, due_batches];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    events_as_groups,
+    fewer_keys,
+    held_index,
+    due_batches,
+    clocks_in_counter_records,
+];
 
 /// Records rewritten per sled batch while migrating.
 const MIGRATION_CHUNK: usize = 10_000;
@@ -200,17 +208,13 @@ fn case_counters_in_one_record(db: &sled::Db) -> Result<(), StoreError> {
 /// keys of its later slots (they stay in the clock's list). Removing a key
 /// that is already gone is harmless, so an interrupted run just runs again.
 fn earliest_timer_per_clock(db: &sled::Db) -> Result<(), StoreError> {
-    let clocks = db.open_tree(TreeId::TimerClocks.name())?;
+    let clocks = db.open_tree(TIMER_CLOCKS_TREE)?;
     let timers = db.open_tree(TreeId::Timers.name())?;
     let mut batch = sled::Batch::default();
     let mut in_batch = 0;
     for item in clocks.iter() {
         let (key, value) = item?;
-        let bad = || StoreError::corrupt(TreeId::TimerClocks.name(), &key, "bad clock key");
-        let mut reader = keys::KeyReader::new(&key);
-        let case = crate::case::CaseId(reader.str().ok_or_else(bad)?.to_owned());
-        let deadline = reader.str().ok_or_else(bad)?.to_owned();
-        let mut slots: Vec<TimerSlot> = decode(TreeId::TimerClocks, &key, &value)?;
+        let (case, deadline, mut slots) = stored_clock(&key, &value)?;
         slots.sort_by_key(|s| (s.due, s.step));
         for later in slots.iter().skip(1) {
             batch.remove(keys::timer_key(
@@ -227,6 +231,63 @@ fn earliest_timer_per_clock(db: &sled::Db) -> Result<(), StoreError> {
         }
     }
     timers.apply_batch(batch)?;
+    Ok(())
+}
+
+/// Name of the tree that held one record per clock up to schema 5.
+const TIMER_CLOCKS_TREE: &str = "timer_clocks";
+
+/// A record of the `timer_clocks` tree: its case, its deadline, its slots.
+fn stored_clock(
+    key: &[u8],
+    value: &[u8],
+) -> Result<(crate::case::CaseId, String, Vec<TimerSlot>), StoreError> {
+    let bad = |reason: &str| StoreError::corrupt(TIMER_CLOCKS_TREE, key, reason);
+    let mut reader = keys::KeyReader::new(key);
+    let case = crate::case::CaseId(reader.str().ok_or_else(|| bad("bad clock key"))?.to_owned());
+    let deadline = reader.str().ok_or_else(|| bad("bad clock key"))?.to_owned();
+    let slots = serde_json::from_slice(value).map_err(|e| bad(&e.to_string()))?;
+    Ok((case, deadline, slots))
+}
+
+/// 5 → 6: each clock's slots move from its `timer_clocks` record into its
+/// case's counter record (`trees::CaseCounters`), one atomic batch per
+/// 10,000 cases; then the `timer_clocks` tree is dropped. Putting a clock's
+/// slots into a record that has them already changes nothing, so an
+/// interrupted run just runs again.
+fn clocks_in_counter_records(db: &sled::Db) -> Result<(), StoreError> {
+    let clocks = db.open_tree(TIMER_CLOCKS_TREE)?;
+    let counters = db.open_tree(TreeId::Counters.name())?;
+    let mut by_case: BTreeMap<crate::case::CaseId, BTreeMap<String, Vec<TimerSlot>>> =
+        BTreeMap::new();
+    for item in clocks.iter() {
+        let (key, value) = item?;
+        let (case, deadline, slots) = stored_clock(&key, &value)?;
+        if !slots.is_empty() {
+            by_case.entry(case).or_default().insert(deadline, slots);
+        }
+    }
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
+    for (case, case_clocks) in by_case {
+        let key = keys::event_sequence_key(&case);
+        let mut record = match counters.get(&key)? {
+            None => CaseCounters::default(),
+            Some(bytes) => CaseCounters::decode(&bytes).ok_or_else(|| {
+                StoreError::corrupt(TreeId::Counters.name(), &key, "not a case counter record")
+            })?,
+        };
+        record.clocks.extend(case_clocks);
+        batch.insert(key, record.encode());
+        in_batch += 1;
+        if in_batch == MIGRATION_CHUNK {
+            counters.apply_batch(std::mem::take(&mut batch))?;
+            in_batch = 0;
+        }
+    }
+    counters.apply_batch(batch)?;
+    db.flush()?;
+    db.drop_tree(TIMER_CLOCKS_TREE)?;
     Ok(())
 }
 

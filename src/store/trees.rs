@@ -2,7 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -28,7 +28,6 @@ pub(crate) enum TreeId {
     IdxSubject,
     IdxTag,
     Timers,
-    TimerClocks,
     Outbox,
     OutboxDue,
     OutboxHeld,
@@ -40,7 +39,7 @@ pub(crate) enum TreeId {
 }
 
 impl TreeId {
-    pub const ALL: [TreeId; 19] = [
+    pub const ALL: [TreeId; 18] = [
         TreeId::Cases,
         TreeId::Events,
         TreeId::Counters,
@@ -51,7 +50,6 @@ impl TreeId {
         TreeId::IdxSubject,
         TreeId::IdxTag,
         TreeId::Timers,
-        TreeId::TimerClocks,
         TreeId::Outbox,
         TreeId::OutboxDue,
         TreeId::OutboxHeld,
@@ -75,7 +73,6 @@ impl TreeId {
             TreeId::IdxSubject => "idx_subject",
             TreeId::IdxTag => "idx_tag",
             TreeId::Timers => "timers",
-            TreeId::TimerClocks => "timer_clocks",
             TreeId::Outbox => "outbox",
             TreeId::OutboxDue => "outbox_due",
             TreeId::OutboxHeld => "outbox_held",
@@ -141,49 +138,110 @@ impl<T> OrAbort<T> for Result<T, StoreError> {
     }
 }
 
-/// A case's sequence numbers, one record per case in `counters` under
-/// [`keys::event_sequence_key`] (schema 3; before, one key per number): the
-/// sequence number its next event gets, and the last mail sequence of each
-/// purpose. One record instead of one key per number saves two writes per
-/// new complaint.
+/// A case's sequence numbers and clocks, one record per case in `counters`
+/// under [`keys::event_sequence_key`] (schema 3; before, one key per
+/// number): the sequence number its next event gets, the last mail
+/// sequence of each purpose, and (schema 6; before, one `timer_clocks`
+/// record per clock) the slots of each running clock. One record instead of
+/// one key each saves three writes per new complaint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct CaseCounters {
     pub next_event: u64,
     pub mails: BTreeMap<String, u64>,
+    /// Deadline → its slots, earliest first; a clock without slots is absent.
+    pub clocks: BTreeMap<String, Vec<TimerSlot>>,
 }
 
 impl CaseCounters {
-    /// First byte of the record; schema 2's plain 8-byte event counter has
-    /// no such byte, which tells the two apart.
+    /// First byte of a record without clocks; schema 2's plain 8-byte event
+    /// counter has no such byte, which tells the two apart.
     const FORMAT: u8 = 1;
+    /// First byte of a record with clocks.
+    const FORMAT_WITH_CLOCKS: u8 = 2;
 
-    /// `FORMAT ++ next_event u64 BE ++ (str(purpose) ++ seq u64 BE)*`.
+    /// Without clocks: `1 ++ next_event u64 BE ++ (str(purpose) ++ seq u64
+    /// BE)*`. With clocks: `2 ++ next_event ++ number of purposes u64 ++
+    /// (str(purpose) ++ seq)* ++ (str(deadline) ++ number of slots u64 ++
+    /// (time(due) ++ step u64)*)*`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut record = keys::KeyBuf::new()
-            .tail(&[Self::FORMAT])
-            .u64(self.next_event);
+        let format = if self.clocks.is_empty() {
+            Self::FORMAT
+        } else {
+            Self::FORMAT_WITH_CLOCKS
+        };
+        let mut record = keys::KeyBuf::new().tail(&[format]).u64(self.next_event);
+        if format == Self::FORMAT_WITH_CLOCKS {
+            record = record.u64(self.mails.len() as u64);
+        }
         for (purpose, sequence) in &self.mails {
             record = record.str(purpose).u64(*sequence);
+        }
+        for (deadline, slots) in &self.clocks {
+            record = record.str(deadline).u64(slots.len() as u64);
+            for slot in slots {
+                record = record.time(slot.due).u64(slot.step as u64);
+            }
         }
         record.build()
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let (&format, rest) = bytes.split_first()?;
-        if format != Self::FORMAT {
-            return None;
-        }
         let mut reader = keys::KeyReader::new(rest);
         let mut counters = CaseCounters {
             next_event: reader.u64()?,
-            mails: BTreeMap::new(),
+            ..CaseCounters::default()
         };
-        while !reader.is_empty() {
-            let purpose = reader.str()?.to_owned();
-            counters.mails.insert(purpose, reader.u64()?);
+        match format {
+            Self::FORMAT => {
+                while !reader.is_empty() {
+                    let purpose = reader.str()?.to_owned();
+                    counters.mails.insert(purpose, reader.u64()?);
+                }
+            }
+            Self::FORMAT_WITH_CLOCKS => {
+                for _ in 0..reader.u64()? {
+                    let purpose = reader.str()?.to_owned();
+                    counters.mails.insert(purpose, reader.u64()?);
+                }
+                while !reader.is_empty() {
+                    let deadline = reader.str()?.to_owned();
+                    let count = reader.u64()?;
+                    let mut slots = Vec::new();
+                    for _ in 0..count {
+                        let due = reader.time()?;
+                        let step = usize::try_from(reader.u64()?).ok()?;
+                        slots.push(TimerSlot { due, step });
+                    }
+                    counters.clocks.insert(deadline, slots);
+                }
+            }
+            _ => return None,
         }
         Some(counters)
     }
+}
+
+impl CaseCounters {
+    /// [`CaseCounters::decode`] of `case`'s stored record, naming it when
+    /// it is corrupt.
+    pub fn decode_stored(case: &CaseId, bytes: &[u8]) -> Result<Self, StoreError> {
+        CaseCounters::decode(bytes).ok_or_else(|| {
+            StoreError::corrupt(
+                TreeId::Counters.name(),
+                &keys::event_sequence_key(case),
+                "not a case counter record",
+            )
+        })
+    }
+}
+
+/// A counter record as a transaction holds it: loaded once, written at its
+/// end when changed.
+#[derive(Debug)]
+struct HeldCounters {
+    counters: CaseCounters,
+    changed: bool,
 }
 
 /// An event appended in a transaction: the event, or its JSON when that was
@@ -199,8 +257,9 @@ pub(crate) struct Tx<'a> {
     /// Events appended in this transaction, per case in the order appended;
     /// written as one record per case when the transaction's body is done.
     events: RefCell<BTreeMap<CaseId, Vec<AppendedEvent>>>,
-    /// The counter records this transaction moved, written once at its end.
-    case_counters: RefCell<BTreeMap<CaseId, CaseCounters>>,
+    /// The counter records this transaction read or moved; those it moved
+    /// are written once at its end.
+    case_counters: RefCell<BTreeMap<CaseId, HeldCounters>>,
     /// The puts and removes of the trees [`TreeId::is_grouping_index`], in
     /// order, for the history cache to apply once the transaction committed.
     index_changes: RefCell<Vec<IndexChange>>,
@@ -212,18 +271,11 @@ pub(crate) struct Tx<'a> {
     due_batches: RefCell<BTreeMap<DateTime<Utc>, Vec<String>>>,
     /// SHA-256 of each attachment this transaction referred a case to.
     attachment_refs: RefCell<Vec<String>>,
-    /// Cases this transaction created, with the clock lists it gave them.
-    fresh_cases: RefCell<HashMap<CaseId, FreshCase>>,
-}
-
-/// What a transaction wrote of a case it created. A new case's number was
-/// checked unused, and every per-case key (counter record, clocks, outbox
-/// entries) is written with or after its case and purged with it, so none
-/// can be stored yet: reading them from sled would only find nothing.
-#[derive(Debug, Default)]
-struct FreshCase {
-    /// Clock key → the slots this transaction put there.
-    clocks: HashMap<Vec<u8>, Vec<TimerSlot>>,
+    /// Cases this transaction created. A new case's number was checked
+    /// unused, and every per-case key (counter record, outbox entries) is
+    /// written with or after its case and purged with it, so none can be
+    /// stored yet: reading them from sled would only find nothing.
+    fresh_cases: RefCell<HashSet<CaseId>>,
 }
 
 /// A put (with the sender, the value) or remove (`sender` = `None`) of an
@@ -244,7 +296,7 @@ impl<'a> Tx<'a> {
             index_changes: RefCell::new(Vec::new()),
             due_delta: Cell::new(0),
             due_batches: RefCell::new(BTreeMap::new()),
-            fresh_cases: RefCell::new(HashMap::new()),
+            fresh_cases: RefCell::new(HashSet::new()),
             attachment_refs: RefCell::new(Vec::new()),
         }
     }
@@ -272,45 +324,40 @@ impl<'a> Tx<'a> {
     /// Records that this transaction created `case` under a number it
     /// checked unused.
     pub fn mark_fresh(&self, case: &CaseId) {
-        self.fresh_cases
-            .borrow_mut()
-            .insert(case.clone(), FreshCase::default());
+        self.fresh_cases.borrow_mut().insert(case.clone());
     }
 
     /// Whether this transaction created `case`.
     pub fn is_fresh(&self, case: &CaseId) -> bool {
-        self.fresh_cases.borrow().contains_key(case)
+        self.fresh_cases.borrow().contains(case)
     }
 
     /// The slots of one of a case's clocks (empty when it has none).
     pub fn clock_slots(&self, case: &CaseId, deadline: &str) -> TxResult<Vec<TimerSlot>> {
-        let key = keys::clock_key(case, deadline);
-        if let Some(fresh) = self.fresh_cases.borrow().get(case) {
-            return Ok(fresh.clocks.get(&key).cloned().unwrap_or_default());
-        }
-        Ok(self
-            .get_json(TreeId::TimerClocks, &key)?
-            .unwrap_or_default())
+        self.read_case_counters(case, |counters| {
+            counters.clocks.get(deadline).cloned().unwrap_or_default()
+        })
     }
 
-    /// Stores the slots of one of a case's clocks; `stored` is what
-    /// [`Tx::clock_slots`] gave before (an empty list is never stored).
+    /// Stores the slots of one of a case's clocks (an empty list is no
+    /// clock); a list that does not change writes nothing.
     pub fn put_clock_slots(
         &self,
         case: &CaseId,
         deadline: &str,
-        stored: &[TimerSlot],
         slots: &[TimerSlot],
     ) -> TxResult<()> {
-        let key = keys::clock_key(case, deadline);
-        if let Some(fresh) = self.fresh_cases.borrow_mut().get_mut(case) {
-            fresh.clocks.insert(key.clone(), slots.to_vec());
+        let stored = self.clock_slots(case, deadline)?;
+        if stored == slots {
+            return Ok(());
         }
-        match (stored.is_empty(), slots.is_empty()) {
-            (true, true) => Ok(()),
-            (false, true) => self.remove(TreeId::TimerClocks, key),
-            (_, false) => self.put_json(TreeId::TimerClocks, key, &slots),
-        }
+        self.update_case_counters(case, |counters| {
+            if slots.is_empty() {
+                counters.clocks.remove(deadline);
+            } else {
+                counters.clocks.insert(deadline.to_owned(), slots.to_vec());
+            }
+        })
     }
 
     /// How much mail the due index gained (or lost) in this transaction.
@@ -360,12 +407,35 @@ impl<'a> Tx<'a> {
         case: &CaseId,
         change: impl FnOnce(&mut CaseCounters) -> R,
     ) -> TxResult<R> {
+        self.with_case_counters(case, |held| {
+            held.changed = true;
+            change(&mut held.counters)
+        })
+    }
+
+    /// Reads a case's counter record (read once per transaction).
+    pub fn read_case_counters<R>(
+        &self,
+        case: &CaseId,
+        read: impl FnOnce(&CaseCounters) -> R,
+    ) -> TxResult<R> {
+        self.with_case_counters(case, |held| read(&held.counters))
+    }
+
+    fn with_case_counters<R>(
+        &self,
+        case: &CaseId,
+        work: impl FnOnce(&mut HeldCounters) -> R,
+    ) -> TxResult<R> {
         let mut records = self.case_counters.borrow_mut();
-        let counters = match records.entry(case.clone()) {
+        let held = match records.entry(case.clone()) {
             Entry::Occupied(loaded) => loaded.into_mut(),
-            Entry::Vacant(absent) => absent.insert(self.stored_case_counters(case)?),
+            Entry::Vacant(absent) => absent.insert(HeldCounters {
+                counters: self.stored_case_counters(case)?,
+                changed: false,
+            }),
         };
-        Ok(change(counters))
+        Ok(work(held))
     }
 
     fn stored_case_counters(&self, case: &CaseId) -> TxResult<CaseCounters> {
@@ -388,13 +458,15 @@ impl<'a> Tx<'a> {
 
     /// Writes the counter records this transaction changed.
     pub fn write_case_counters(&self) -> TxResult<()> {
-        let changed = std::mem::take(&mut *self.case_counters.borrow_mut());
-        for (case, counters) in changed {
-            self.put(
-                TreeId::Counters,
-                keys::event_sequence_key(&case),
-                counters.encode(),
-            )?;
+        let held = std::mem::take(&mut *self.case_counters.borrow_mut());
+        for (case, held) in held {
+            if held.changed {
+                self.put(
+                    TreeId::Counters,
+                    keys::event_sequence_key(&case),
+                    held.counters.encode(),
+                )?;
+            }
         }
         Ok(())
     }
@@ -540,8 +612,57 @@ mod tests {
         let counters = CaseCounters {
             next_event: 17,
             mails: BTreeMap::from([("ack".to_owned(), 1), ("forward".to_owned(), 3)]),
+            clocks: BTreeMap::new(),
         };
-        assert_eq!(CaseCounters::decode(&counters.encode()), Some(counters));
+        assert_eq!(
+            counters.encode()[0],
+            CaseCounters::FORMAT,
+            "schema 3's form"
+        );
+        assert_eq!(
+            CaseCounters::decode(&counters.encode()),
+            Some(counters.clone())
+        );
+        let at = |h| chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 3, 2, h, 0, 0).unwrap();
+        let with_clocks = CaseCounters {
+            clocks: BTreeMap::from([
+                (
+                    "调查反馈".to_owned(),
+                    vec![
+                        TimerSlot {
+                            due: at(9),
+                            step: 0,
+                        },
+                        TimerSlot {
+                            due: at(17),
+                            step: 1,
+                        },
+                    ],
+                ),
+                (
+                    "forward".to_owned(),
+                    vec![TimerSlot {
+                        due: at(10),
+                        step: 2,
+                    }],
+                ),
+            ]),
+            ..counters
+        };
+        let encoded = with_clocks.encode();
+        assert_eq!(encoded[0], CaseCounters::FORMAT_WITH_CLOCKS);
+        assert_eq!(CaseCounters::decode(&encoded), Some(with_clocks.clone()));
+        let without_mails = CaseCounters {
+            mails: BTreeMap::new(),
+            ..with_clocks
+        };
+        assert_eq!(
+            CaseCounters::decode(&without_mails.encode()),
+            Some(without_mails.clone())
+        );
+        let mut cut = without_mails.encode();
+        cut.pop();
+        assert_eq!(CaseCounters::decode(&cut), None);
         assert_eq!(
             CaseCounters::decode(&CaseCounters::default().encode()),
             Some(CaseCounters::default())
@@ -550,6 +671,7 @@ mod tests {
         let mut truncated = CaseCounters {
             next_event: 1,
             mails: BTreeMap::from([("ack".to_owned(), 1)]),
+            clocks: BTreeMap::new(),
         }
         .encode();
         truncated.pop();
