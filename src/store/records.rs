@@ -99,7 +99,7 @@ pub struct Timer {
     pub step: usize,
 }
 
-/// One timer of a clock as kept in the per-clock list.
+/// One timer of a clock as kept in its list in the case's counter record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct TimerSlot {
     #[serde(with = "crate::serde_time")]
