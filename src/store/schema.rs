@@ -273,9 +273,7 @@ fn clocks_in_counter_records(db: &sled::Db) -> Result<(), StoreError> {
         let key = keys::event_sequence_key(&case);
         let mut record = match counters.get(&key)? {
             None => CaseCounters::default(),
-            Some(bytes) => CaseCounters::decode(&bytes).ok_or_else(|| {
-                StoreError::corrupt(TreeId::Counters.name(), &key, "not a case counter record")
-            })?,
+            Some(bytes) => CaseCounters::decode_stored(&case, &bytes)?,
         };
         record.clocks.extend(case_clocks);
         batch.insert(key, record.encode());
