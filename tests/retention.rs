@@ -98,6 +98,18 @@ fn complaint(
     at: DateTime<Utc>,
     attachment: Option<&[u8]>,
 ) -> CaseId {
+    let (changes, case) = complaint_changes(message_id, sender, at, attachment);
+    let outcome = store.apply(&changes).unwrap();
+    outcome.case_id(&case).expect("a new case")
+}
+
+/// The change set of a new complaint at `at`, with its acknowledgement.
+fn complaint_changes(
+    message_id: &str,
+    sender: &str,
+    at: DateTime<Utc>,
+    attachment: Option<&[u8]>,
+) -> (ChangeSet, CaseRef) {
     let mut changes = ChangeSet::for_message(message_id, at).unwrap();
     let case = changes
         .new_case(Case::new(
@@ -127,8 +139,7 @@ fn complaint(
     if let Some(bytes) = attachment {
         changes.store_attachment(&case, "photo.png", "image/png", bytes.to_vec());
     }
-    let outcome = store.apply(&changes).unwrap();
-    outcome.case_id(&case).expect("a new case")
+    (changes, case)
 }
 
 /// A reply of the customer linked to the case, with an attachment.
@@ -264,6 +275,55 @@ fn mentions(path: &std::path::Path, needle: &[u8]) -> Vec<String> {
         }
     }
     found
+}
+
+#[test]
+fn a_purged_case_leaves_its_due_batch_to_the_mail_of_a_case_that_stays() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::open(&path).unwrap();
+    // One commit queues both acknowledgements: one due batch lists them.
+    let (first, first_ref) = complaint_changes("<gone@x>", "gone@x.example", long_ago(), None);
+    let (second, second_ref) = complaint_changes("<stays@x>", "stays@x.example", long_ago(), None);
+    let mut batch = IngestBatch::new();
+    batch.push(first);
+    batch.push(second);
+    let committed = store.commit(&batch).unwrap();
+    let gone = committed.case_id(&first_ref).unwrap();
+    let stays = committed.case_id(&second_ref).unwrap();
+    send_all(&store, &gone, long_ago());
+    set_state(
+        &store,
+        &gone,
+        CaseState::Closed,
+        long_ago() + Duration::days(1),
+    );
+    let report = store.purge_expired(now(), retention(), 200).unwrap();
+    assert_eq!(report.cases, 1);
+    assert!(store.case(&gone).unwrap().is_none());
+
+    // The mail of the case that stays is still found, once, and counted.
+    let waiting = store.outbox_of_case(&stays).unwrap();
+    assert_eq!(store.queue_depth(), 1);
+    let due: Vec<String> = store
+        .due_outbox(now(), 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(due, [waiting[0].id.clone()]);
+    drop(store);
+    let found = mentions(&path, gone.0.as_bytes());
+    assert!(found.is_empty(), "{} is still in {found:?}", gone.0);
+    let listed = mentions(&path, waiting[0].id.as_bytes());
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|place| place.starts_with("outbox_due"))
+            .count(),
+        1,
+        "the batch still lists it: {listed:?}"
+    );
 }
 
 #[test]
