@@ -252,9 +252,10 @@ fn stored_clock(
 
 /// 5 → 6: each clock's slots move from its `timer_clocks` record into its
 /// case's counter record (`trees::CaseCounters`), one atomic batch per
-/// 10,000 cases; then the `timer_clocks` tree is dropped. Putting a clock's
-/// slots into a record that has them already changes nothing, so an
-/// interrupted run just runs again.
+/// 10,000 cases (a clock of a case without one is left behind); then the
+/// `timer_clocks` tree is dropped. Putting a clock's slots into a record
+/// that has them already changes nothing, so an interrupted run just runs
+/// again.
 fn clocks_in_counter_records(db: &sled::Db) -> Result<(), StoreError> {
     let clocks = db.open_tree(TIMER_CLOCKS_TREE)?;
     let counters = db.open_tree(TreeId::Counters.name())?;
@@ -271,10 +272,13 @@ fn clocks_in_counter_records(db: &sled::Db) -> Result<(), StoreError> {
     let mut in_batch = 0;
     for (case, case_clocks) in by_case {
         let key = keys::event_sequence_key(&case);
-        let mut record = match counters.get(&key)? {
-            None => CaseCounters::default(),
-            Some(bytes) => CaseCounters::decode_stored(&case, &bytes)?,
+        // Every case has a counter record (its first event moved it); a
+        // clock without one is left over from a case that is gone, and its
+        // timers are dropped when they fall due.
+        let Some(bytes) = counters.get(&key)? else {
+            continue;
         };
+        let mut record = CaseCounters::decode_stored(&case, &bytes)?;
         record.clocks.extend(case_clocks);
         batch.insert(key, record.encode());
         in_batch += 1;
