@@ -258,6 +258,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Every tree, key and value of the store's database that contains `needle`.
 fn mentions(path: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    // sled's I/O threads let go of a closed store's file lock a moment after
+    // it is dropped: wait on that lock itself (`flock`, as sled takes it).
+    let lock = std::fs::File::open(path.join("db")).unwrap();
+    lock.lock().unwrap();
+    drop(lock);
     let db = sled::open(path).unwrap();
     let mut found = Vec::new();
     for name in db.tree_names() {

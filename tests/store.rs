@@ -1126,7 +1126,7 @@ fn mail_queued_before_due_batches_is_still_sent_after_the_upgrade() {
     }
     {
         // Rewritten as schema 4 kept it: one due key per mail, no batch.
-        let db = sled::open(&path).expect("raw open");
+        let db = raw_open(&path);
         let due = db.open_tree("outbox_due").expect("tree");
         let outbox = db.open_tree("outbox").expect("tree");
         let (batch_key, list) = due.pop_min().expect("read").expect("the batch key");
@@ -1168,7 +1168,7 @@ fn mail_queued_before_due_batches_is_still_sent_after_the_upgrade() {
     assert_eq!(left, [due[1].id.clone()]);
     drop(store);
     assert_eq!(due_index_keys(&path), 1);
-    let db = sled::open(&path).expect("raw open");
+    let db = raw_open(&path);
     let version = db
         .open_tree("meta")
         .expect("meta")
@@ -1177,9 +1177,20 @@ fn mail_queued_before_due_batches_is_still_sent_after_the_upgrade() {
     assert_eq!(version.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
 }
 
+/// The store's sled database opened directly (or a new one made). sled's
+/// I/O threads let go of a closed store's file lock a moment after it is
+/// dropped: this blocks on that lock itself (`flock`, as sled takes it)
+/// until they have.
+fn raw_open(path: &std::path::Path) -> sled::Db {
+    if let Ok(lock) = std::fs::File::open(path.join("db")) {
+        lock.lock().expect("wait for the lock");
+    }
+    sled::open(path).expect("raw open")
+}
+
 /// Keys in the store's outbox due index, read from sled itself.
 fn due_index_keys(path: &std::path::Path) -> usize {
-    let db = sled::open(path).expect("raw open");
+    let db = raw_open(path);
     db.open_tree("outbox_due").expect("tree").len()
 }
 
@@ -1759,8 +1770,8 @@ fn a_store_from_a_newer_complaintd_is_refused() {
     let path = dir.path().join("db");
     drop(Store::open(&path).expect("create"));
     {
-        // Only this test writes sled directly: it plays a newer complaintd.
-        let db = sled::open(&path).expect("raw open");
+        // Plays a newer complaintd.
+        let db = raw_open(&path);
         db.open_tree("meta")
             .expect("meta")
             .insert("schema_version", &(SCHEMA_VERSION + 1).to_be_bytes())
@@ -1795,7 +1806,7 @@ fn a_version_1_store_is_migrated_and_keeps_its_event_logs() {
     {
         // Plays complaintd with schema version 1: one record per event, the
         // case's event counter at the next sequence number.
-        let db = sled::open(&path).expect("raw open");
+        let db = raw_open(&path);
         db.open_tree("meta")
             .expect("meta")
             .insert("schema_version", &1u32.to_be_bytes())
@@ -1862,7 +1873,7 @@ fn a_version_1_store_is_migrated_and_keeps_its_event_logs() {
     let store = Store::open(&path).expect("reopen");
     assert_eq!(store.events(&id).expect("read").len(), 4);
     drop(store);
-    let db = sled::open(&path).expect("raw open");
+    let db = raw_open(&path);
     assert_eq!(
         db.open_tree("meta")
             .expect("meta")
@@ -1899,7 +1910,7 @@ fn a_version_3_store_gets_its_held_mail_indexed_and_the_index_follows_the_state(
     };
     {
         // Plays schema version 3, which had no index of held mail.
-        let db = sled::open(&path).expect("raw open");
+        let db = raw_open(&path);
         db.drop_tree("outbox_held").expect("drop the index");
         db.open_tree("meta")
             .expect("meta")
@@ -1943,7 +1954,7 @@ fn a_version_2_store_is_migrated_to_fewer_keys_and_keeps_its_numbers_and_mail() 
     };
     {
         // Plays schema version 2, which indexed every slot of a clock.
-        let db = sled::open(&path).expect("raw open");
+        let db = raw_open(&path);
         let timers = db.open_tree("timers").expect("timers");
         let str_part = |s: &str| {
             let mut out = (s.len() as u32).to_be_bytes().to_vec();
@@ -1975,6 +1986,12 @@ fn a_version_2_store_is_migrated_to_fewer_keys_and_keeps_its_numbers_and_mail() 
         resolve.extend(later.iter().map(|(step, due)| slot(*due, *step)));
         clocks
             .insert(resolve_key, serde_json::to_vec(&resolve).expect("json"))
+            .expect("write");
+        // A clock left over from a case that is gone.
+        let mut orphan_key = str_part("TS-2026-999999");
+        orphan_key.extend(str_part("forward"));
+        clocks
+            .insert(orphan_key, serde_json::to_vec(&forward).expect("json"))
             .expect("write");
         // Version 2 kept a case's numbers under one key each: the next
         // event (two so far) and the last mail of each purpose.
@@ -2075,11 +2092,20 @@ fn a_version_2_store_is_migrated_to_fewer_keys_and_keeps_its_numbers_and_mail() 
         .collect();
     assert_eq!(left, [("forward".to_owned(), 0)]);
     drop(store);
-    let db = sled::open(&path).expect("raw open");
+    let db = raw_open(&path);
     assert!(!db
         .tree_names()
         .iter()
         .any(|name| &name[..] == b"timer_clocks"));
+    let mut orphan_counter = b"e".to_vec();
+    orphan_counter.extend_from_slice(&12u32.to_be_bytes());
+    orphan_counter.extend_from_slice(b"TS-2026-999999");
+    let counters = db.open_tree("counters").expect("counters");
+    assert_eq!(
+        counters.get(orphan_counter).expect("read"),
+        None,
+        "no counter record made for a case that is gone"
+    );
 }
 
 #[test]
