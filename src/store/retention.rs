@@ -144,8 +144,6 @@ struct CasePurge {
     counter_bytes: Option<sled::IVec>,
     /// Every key to remove, attachment contents aside.
     keys: Vec<(TreeId, Vec<u8>)>,
-    /// Its mails still in a due batch (no key of their own to remove).
-    batched_mails: i64,
     /// The due batch keys that may list its mails (`forget_case_in_due_batch`).
     due_batches: BTreeSet<Vec<u8>>,
     incoming_mails: usize,
@@ -318,7 +316,6 @@ impl Store {
                 for (tree, key) in &plan.keys {
                     tx.remove(*tree, key.clone())?;
                 }
-                tx.add_due_delta(-plan.batched_mails);
                 for key in &plan.due_batches {
                     forget_case_in_due_batch(tx, key, &plan.id)?;
                 }
@@ -418,7 +415,6 @@ impl Store {
         }
 
         let outgoing_mails = outbox.len();
-        let mut batched_mails = 0;
         let mut due_batches = BTreeSet::new();
         for entry in outbox {
             // A batch is due when its mails were queued.
@@ -430,9 +426,7 @@ impl Store {
             {
                 due_batches.insert(key?.to_vec());
             }
-            if entry.state.in_due_batch() {
-                batched_mails += 1;
-            } else if let Some(due) = entry.state.next_attempt() {
+            if let Some(due) = entry.state.next_attempt() {
                 remove.push((TreeId::OutboxDue, keys::outbox_due_key(due, &entry.id)));
             }
             let record: Option<MessageRecord> =
@@ -454,7 +448,6 @@ impl Store {
             case_bytes,
             counter_bytes,
             keys: remove,
-            batched_mails,
             due_batches,
             incoming_mails,
             outgoing_mails,
